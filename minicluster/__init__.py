@@ -1,0 +1,72 @@
+"""minicluster: Ray Core's API and fault-tolerance semantics on one machine.
+
+    import minicluster as ray
+
+    ray.init(num_nodes=3, num_cpus=2)   # three virtual nodes, two CPUs each
+
+    @ray.remote(max_retries=2)
+    def square(x):
+        return x * x
+
+    print(ray.get([square.remote(i) for i in range(4)]))
+
+Where things live (one concept per module):
+
+    api.py              the public functions (init, get, put, wait, remote, ...)
+    remote_function.py  @remote functions -> TaskSpec (task_spec.py), options.py validates
+    object_ref.py       ObjectRef and per-process ref counting
+    driver.py           the driver's runtime client: session + embedded head
+    head.py             the head: tasks, retries, failures, scheduling glue
+      scheduler.py        placement by resources and strategy
+      objects.py          object directory: values, locations, holders, freeing
+      task_records.py     task and attempt records (state API, timeline)
+      virtual_nodes.py    node and worker records; starting and killing node processes
+      hub.py              the head's I/O thread (sockets, timers)
+    node_manager.py     a virtual node's process: forks and watches its workers
+    worker.py           a worker process: runs tasks, reports results
+    object_store.py     a node's shared-memory folder of object files
+    serialization.py    pickle-5 blobs with zero-copy buffers
+    protocol.py         framing and authentication of connections
+    session.py          session folder, socket, key, stale-session cleanup
+    exceptions.py       Ray's exception hierarchy
+"""
+
+from . import exceptions
+from .api import (
+    RuntimeContext,
+    available_resources,
+    cancel,
+    cluster_resources,
+    get,
+    get_runtime_context,
+    init,
+    is_initialized,
+    method,
+    nodes,
+    put,
+    remote,
+    shutdown,
+    wait,
+)
+from .object_ref import ObjectRef
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ObjectRef",
+    "RuntimeContext",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
+    "exceptions",
+    "get",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "method",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]

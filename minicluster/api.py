@@ -1,0 +1,397 @@
+"""The public functions of `import minicluster as ray`, with Ray's names and signatures.
+
+Runs in the driver and in workers alike: each call finds this process's
+runtime client (context.py) and validates its input before anything happens,
+so bad input fails fast with a message naming the problem and changes nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import inspect
+import os
+import sys
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from . import context
+from .exceptions import RayError
+from .ids import ActorID, JobID, NodeID, TaskID, WorkerID
+from .object_ref import ObjectRef
+from .remote_function import RemoteFunction
+
+_init_lock = threading.RLock()
+
+
+# ==== init / shutdown ====================================================================
+
+
+class RayContext(dict):
+    """What `init()` returns: a dict with the session's details (Ray returns a similar object)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __enter__(self) -> "RayContext":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutdown()
+
+    def disconnect(self) -> None:
+        shutdown()
+
+
+def init(
+    address: Optional[str] = None,
+    *,
+    num_cpus: Optional[float] = None,
+    num_gpus: Optional[float] = None,
+    num_nodes: int = 1,
+    resources: Optional[Dict[str, float]] = None,
+    object_store_memory: Optional[int] = None,
+    ignore_reinit_error: bool = False,
+    namespace: Optional[str] = None,
+    include_dashboard: Optional[bool] = None,
+    logging_level: Any = None,
+    log_to_driver: bool = True,
+    runtime_env: Optional[dict] = None,
+    configure_logging: bool = True,
+    **kwargs: Any,
+) -> RayContext:
+    """Start a session of `num_nodes` virtual nodes, each with `num_cpus` CPUs and `resources`.
+
+    `num_cpus` defaults to this machine's cores divided among the nodes (at least 1 each).
+    """
+    unknown = [k for k in kwargs if not k.startswith("_")]
+    if unknown:
+        raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
+    if address not in (None, "local"):
+        raise ValueError(
+            f"init(address={address!r}): minicluster runs on this machine only; "
+            "leave address unset (or switch the import back to ray to join a cluster)"
+        )
+    if context.in_worker():
+        return RayContext(node_id=context.current().node_id.hex())
+    with _init_lock:
+        if context.current() is not None:
+            if ignore_reinit_error:
+                print("minicluster: init() called again; ignoring (ignore_reinit_error=True)", file=sys.stderr)
+                return _context_info()
+            raise RuntimeError(
+                "Maybe you called init twice by accident? This error can be suppressed by passing in "
+                "'ignore_reinit_error=True' or by calling 'shutdown()' prior to 'init()'."
+            )
+        num_nodes = _check_int("num_nodes", num_nodes, minimum=1)
+        if num_cpus is None:
+            num_cpus = max(1, (os.cpu_count() or 1) // num_nodes)
+        elif isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0:
+            raise ValueError(f"init(num_cpus={num_cpus!r}): num_cpus must be a number >= 0")
+        if resources is not None:
+            if not isinstance(resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                for k, v in resources.items()
+            ):
+                raise ValueError(f"init(resources={resources!r}): must be a dict of name -> quantity >= 0")
+            if "CPU" in resources or "GPU" in resources:
+                raise ValueError("init(): use num_cpus/num_gpus instead of 'CPU'/'GPU' in resources")
+        resources = dict(resources or {})
+        if num_gpus:
+            resources["GPU"] = float(num_gpus)
+        if object_store_memory is not None:
+            object_store_memory = _check_int("object_store_memory", object_store_memory, minimum=1)
+        from .driver import DriverClient
+
+        client = DriverClient(num_nodes, num_cpus, resources, object_store_memory, namespace)
+        context.set_client(client)
+        atexit.register(_atexit_shutdown)
+        return _context_info()
+
+
+def _context_info() -> RayContext:
+    client = context.current()
+    return RayContext(
+        address_info={"session_dir": client.session.dir, "node_id": client.node_id.hex()},
+        session_dir=client.session.dir,
+        dashboard_url=None,
+        node_id=client.node_id.hex(),
+    )
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"init({name}={value!r}): {name} must be an int >= {minimum}")
+    return value
+
+
+def shutdown() -> None:
+    """Stop the session: kill every node's processes and remove its shared memory."""
+    if context.in_worker():
+        return
+    with _init_lock:
+        client = context.current()
+        if client is None:
+            return
+        context.set_client(None)
+        client.shutdown()
+
+
+def _atexit_shutdown() -> None:
+    try:
+        shutdown()
+    except Exception:  # noqa: BLE001 - never fail interpreter exit
+        pass
+
+
+def is_initialized() -> bool:
+    return context.current() is not None
+
+
+def _client() -> Any:
+    client = context.current()
+    if client is None:
+        with _init_lock:
+            client = context.current()
+            if client is None:
+                print(
+                    "minicluster: init() was not called; starting a local session with default settings.",
+                    file=sys.stderr,
+                )
+                init()
+                client = context.current()
+    return client
+
+
+# ==== remote ===========================================================================
+
+
+def remote(*args: Any, **kwargs: Any) -> Any:
+    """Declare a remote function or actor class: `@remote` or `@remote(num_cpus=..., ...)`."""
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError(
+            "The @remote decorator takes either a function or class alone, or only keyword options: "
+            "@remote or @remote(num_cpus=1, ...)"
+        )
+
+    def decorator(target: Any) -> Any:
+        return _make_remote(target, kwargs)
+
+    return decorator
+
+
+def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
+    if inspect.isclass(target):
+        raise NotImplementedError("minicluster does not support actors yet (remote classes)")
+    if not callable(target):
+        raise TypeError(f"@remote needs a function or a class, got {type(target).__name__}")
+    return RemoteFunction(target, options)
+
+
+def method(*args: Any, **kwargs: Any) -> Any:
+    """Per-method options on actor classes: `@method(num_returns=2)`."""
+    from . import options as opts
+
+    if args:
+        raise TypeError("@method takes keyword options only, e.g. @method(num_returns=2)")
+    validated = opts.validate(kwargs, opts.METHOD_OPTIONS, "actor methods")
+
+    def decorator(fn: Any) -> Any:
+        fn.__minicluster_method_options__ = validated
+        return fn
+
+    return decorator
+
+
+# ==== objects ============================================================================
+
+
+def _as_ids(object_refs: Any, what: str) -> Tuple[List[bytes], bool]:
+    if isinstance(object_refs, ObjectRef):
+        return [object_refs._id], True
+    if isinstance(object_refs, (list, tuple)):
+        ids = []
+        for i, ref in enumerate(object_refs):
+            if not isinstance(ref, ObjectRef):
+                raise TypeError(
+                    f"{what}: element {i} is a {type(ref).__name__}, not an ObjectRef. "
+                    f"'object_refs' must be an ObjectRef or a list of ObjectRefs."
+                )
+            ids.append(ref._id)
+        return ids, False
+    raise TypeError(
+        f"Invalid type of object refs, {type(object_refs)}, is given. "
+        "'object_refs' must either be an ObjectRef or a list of ObjectRefs."
+    )
+
+
+def _check_timeout(timeout: Any) -> Optional[float]:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if timeout < 0:
+        raise ValueError(f"'timeout' must be a non-negative number, got {timeout}")
+    return float(timeout)
+
+
+def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None) -> Any:
+    """The value(s) of one ref or a list of refs; raises the task's error, or GetTimeoutError."""
+    ids, single = _as_ids(object_refs, "get")
+    timeout = _check_timeout(timeout)
+    values = _client().get(ids, timeout)
+    return values[0] if single else values
+
+
+def put(value: Any, *, _owner: Any = None) -> ObjectRef:
+    """Store a value in the object store; returns its ref."""
+    if isinstance(value, ObjectRef):
+        raise TypeError(
+            "Calling 'put' on an ObjectRef is not allowed. If you really want to do this, "
+            "you can wrap the ObjectRef in a list and call 'put' on it."
+        )
+    return _client().put(value)
+
+
+def wait(
+    object_refs: Sequence[ObjectRef],
+    *,
+    num_returns: int = 1,
+    timeout: Optional[float] = None,
+    fetch_local: bool = True,
+) -> Tuple[List[ObjectRef], List[ObjectRef]]:
+    """Split refs into (ready, not ready) once `num_returns` are ready or `timeout` passes."""
+    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
+        raise TypeError(f"wait() expected a list of ObjectRefs, got {type(object_refs).__name__}")
+    ids, _ = _as_ids(list(object_refs), "wait")
+    if len(set(ids)) != len(ids):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
+        raise ValueError(f"Invalid number of objects to return {num_returns!r}: must be a positive int.")
+    if num_returns > len(ids):
+        raise ValueError("num_returns cannot be greater than the number of objects provided to wait.")
+    timeout = _check_timeout(timeout)
+    if not ids:
+        return [], []
+    ready_ids = set(_client().wait(ids, num_returns, timeout, fetch_local))
+    ready = [r for r in object_refs if r._id in ready_ids]
+    not_ready = [r for r in object_refs if r._id not in ready_ids]
+    return ready, not_ready
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that makes `object_ref` (see SPEC: pending, running, force)."""
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"cancel() expected an ObjectRef, got {type(object_ref).__name__}")
+    _client().cancel(object_ref._id, bool(force), bool(recursive))
+
+
+def _future_of(ref: ObjectRef) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def resolve() -> None:
+        try:
+            future.set_result(get(ref))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future
+            future.set_exception(exc)
+
+    threading.Thread(target=resolve, name="minicluster-future", daemon=True).start()
+    return future
+
+
+# ==== cluster information ===============================================================
+
+
+def nodes() -> List[Dict[str, Any]]:
+    """One dict per node (alive or dead), with Ray's keys."""
+    return _client().state("nodes")
+
+
+def cluster_resources() -> Dict[str, float]:
+    return _client().state("cluster_resources")
+
+
+def available_resources() -> Dict[str, float]:
+    return _client().state("available_resources")
+
+
+class RuntimeContext:
+    """Ids of the current job, node, worker, task and actor (`get_runtime_context()`)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def get_job_id(self) -> str:
+        return self._client.job_id.hex()
+
+    @property
+    def job_id(self) -> JobID:
+        return JobID(self._client.job_id)
+
+    def get_node_id(self) -> str:
+        return self._client.node_id.hex()
+
+    @property
+    def node_id(self) -> NodeID:
+        return NodeID(self._client.node_id)
+
+    def get_worker_id(self) -> str:
+        return self._client.worker_id.hex()
+
+    @property
+    def worker_id(self) -> WorkerID:
+        return WorkerID(self._client.worker_id)
+
+    def get_task_id(self) -> Optional[str]:
+        if not context.in_worker():
+            return None
+        task_id = self._client.current_task_id
+        return task_id.hex() if task_id else None
+
+    @property
+    def task_id(self) -> Optional[TaskID]:
+        task_id = self.get_task_id()
+        return TaskID(bytes.fromhex(task_id)) if task_id else None
+
+    def get_task_name(self) -> Optional[str]:
+        return self._client.current_task_name if context.in_worker() else None
+
+    def get_actor_id(self) -> Optional[str]:
+        actor_id = self._client.current_actor_id
+        return actor_id.hex() if actor_id else None
+
+    @property
+    def actor_id(self) -> Optional[ActorID]:
+        actor_id = self._client.current_actor_id
+        return ActorID(actor_id) if actor_id else None
+
+    @property
+    def namespace(self) -> str:
+        return getattr(self._client, "namespace", "default")
+
+    @property
+    def gcs_address(self) -> str:
+        return "127.0.0.1"
+
+    def get_assigned_resources(self) -> Dict[str, float]:
+        return dict(getattr(self._client, "assigned_resources", {}) or {})
+
+    def get(self) -> Dict[str, Any]:
+        return {"job_id": self.job_id, "node_id": self.node_id, "namespace": self.namespace,
+                "task_id": self.task_id, "actor_id": self.actor_id}
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext(_client())
+
+
+__all__ = [
+    "init", "shutdown", "is_initialized", "remote", "method", "get", "put", "wait", "cancel",
+    "nodes", "cluster_resources", "available_resources", "get_runtime_context", "RuntimeContext",
+    "RayError",
+]

@@ -1,0 +1,90 @@
+"""What the driver and the workers share as users of the runtime.
+
+A `RuntimeClient` is the per-process object behind the public API (`get`,
+`put`, `remote`, ...). The driver's (driver.py) calls the embedded head
+directly; a worker's (worker.py) sends messages to it. Both turn the head's
+answers ("payloads") into values the same way, here.
+
+A payload describes where a value is:
+    ("i", blob)            inline: the serialized value itself
+    ("s", node_ids, size)  in the stores of these nodes
+    ("e", blob)            an error to raise (RayTaskError, ObjectLostError, ...)
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, List, Optional, Sequence
+
+from . import object_store
+from .exceptions import RayTaskError
+from .ids import JOB_ID, object_id_for_put
+from .object_ref import LocalRefCounter
+from .serialization import FLAG_ERROR, deserialize
+
+
+class RuntimeClient:
+    """Base of DriverClient and WorkerClient."""
+
+    node_id: bytes
+    worker_id: bytes
+    store_root: str
+    refs: LocalRefCounter
+
+    def __init__(self) -> None:
+        self.known_functions: set = set()
+        self._put_counter = 0
+        self._put_lock = threading.Lock()
+        self.current_task_id: bytes = b""
+        self.current_actor_id: Optional[bytes] = None
+        self.current_task_name: Optional[str] = None
+
+    # ---- ids -----------------------------------------------------------------
+
+    def next_put_id(self) -> bytes:
+        with self._put_lock:
+            self._put_counter += 1
+            index = self._put_counter
+        return object_id_for_put(self.current_task_id, index)
+
+    @property
+    def job_id(self) -> bytes:
+        return JOB_ID
+
+    # ---- turning payloads into values ----------------------------------------------
+
+    def load(self, object_id: bytes, payload: tuple) -> Any:
+        """The value a payload describes; raises the stored error for error payloads."""
+        kind = payload[0]
+        if kind == "i":
+            value, flags = deserialize(payload[1])
+        elif kind == "s":
+            view, copied = object_store.fetch(self.store_root, self.node_id, object_id, payload[1])
+            if copied:
+                self.add_location(object_id, copied)
+            value, flags = deserialize(view)
+        else:
+            value, flags = deserialize(payload[1])
+            flags |= FLAG_ERROR
+        if flags & FLAG_ERROR:
+            raise as_raisable(value)
+        return value
+
+    def add_location(self, object_id: bytes, size: int) -> None:
+        """Tell the head this node now holds a copy of the object."""
+        raise NotImplementedError
+
+    # ---- the operations every client provides -------------------------------
+
+    def get(self, object_ids: Sequence[bytes], timeout: Optional[float]) -> List[Any]:
+        raise NotImplementedError
+
+    def put(self, value: Any) -> bytes:
+        raise NotImplementedError
+
+
+def as_raisable(error: BaseException) -> BaseException:
+    """The exception `get` raises for a stored error: task errors also match the user's class."""
+    if isinstance(error, RayTaskError):
+        return error.as_instanceof_cause()
+    return error

@@ -1,0 +1,72 @@
+"""Tunables and environment variables, read when a session starts.
+
+Ray's variables work with either prefix: `MINICLUSTER_<name>` wins, else
+`RAY_<name>` is honoured, so a Ray job's environment carries over unchanged.
+Module constants are the knobs tests may monkeypatch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable, Optional, TypeVar
+
+T = TypeVar("T")
+
+# Values up to this many serialized bytes travel inside messages; larger ones go
+# to the node's shared-memory store. Ray uses 100 KiB: large enough that tiny
+# task results never touch a file, small enough that messages stay cheap.
+INLINE_THRESHOLD = 100 * 1024
+
+# A worker that died is reported by its node manager (with its exit status)
+# right after the socket closes; this bounds how long the head waits for that
+# report before handling the death without a reason.
+DEATH_REPORT_GRACE_S = 1.0
+
+# Below this many bytes free in /dev/shm the store falls back to a disk folder.
+MIN_SHM_BYTES = 64 * 1024 * 1024
+
+# Default store size: this share of free /dev/shm, split among the nodes.
+DEFAULT_STORE_SHARE = 0.3
+
+
+def env(name: str, default: T, cast: Callable[[str], T]) -> T:
+    """The value of MINICLUSTER_<name>, else RAY_<name>, else `default`."""
+    for prefix in ("MINICLUSTER_", "RAY_"):
+        raw = os.environ.get(prefix + name)
+        if raw is not None and raw != "":
+            try:
+                return cast(raw)
+            except ValueError as exc:
+                raise ValueError(f"environment variable {prefix + name}={raw!r} is not a valid value: {exc}") from None
+    return default
+
+
+def task_max_retries() -> int:
+    return env("TASK_MAX_RETRIES", 3, int)
+
+
+def max_lineage_bytes() -> int:
+    return env("max_lineage_bytes", 1024**3, int)
+
+
+def fetch_fail_timeout_s() -> float:
+    return env("fetch_fail_timeout_milliseconds", 600_000, int) / 1000.0
+
+
+def object_store_memory() -> Optional[int]:
+    value = env("OBJECT_STORE_MEMORY", None, int)  # type: ignore[arg-type]
+    return env("object_store_memory", value, int)  # type: ignore[arg-type]
+
+
+def session_root() -> str:
+    """Where session folders live: MINICLUSTER_TMPDIR / RAY_TMPDIR, else /tmp/minicluster-<uid>."""
+    base = env("TMPDIR", "", str)
+    if base:
+        return os.path.join(base, f"minicluster-{os.getuid()}")
+    return os.path.join(tempfile.gettempdir(), f"minicluster-{os.getuid()}")
+
+
+def shm_root() -> str:
+    """The folder whose filesystem holds object stores (tmpfs on Linux)."""
+    return env("SHM_DIR", "/dev/shm", str)

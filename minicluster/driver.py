@@ -1,0 +1,148 @@
+"""The driver's side of the runtime: the session, the embedded head, and the client API.
+
+Runs in the user's process. `DriverClient` starts the session (session.py),
+the head and its I/O thread (head.py, hub.py) and the node processes, then
+serves the public API by calling the head directly: no message hop between
+the driver and the head, which is why a driver-side `.remote()` costs a few
+microseconds. The driver lives on the first node (the head node): its `put`s
+go to that node's store, and values it reads from other nodes are copied there.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import config, object_store
+from .client import RuntimeClient
+from .exceptions import GetTimeoutError, RayError
+from .head import Head
+from .ids import driver_task_id, new_worker_id
+from .object_ref import LocalRefCounter, ObjectRef, set_counter
+from .serialization import serialize
+from .session import Session
+
+NODE_START_TIMEOUT_S = 30.0
+
+
+class DriverClient(RuntimeClient):
+    def __init__(self, num_nodes: int, num_cpus: float, resources: Optional[Dict[str, float]],
+                 object_store_memory: Optional[int], namespace: Optional[str]) -> None:
+        super().__init__()
+        self.worker_id = new_worker_id()
+        self.current_task_id = driver_task_id()
+        self.namespace = namespace or "default"
+        self.refs = LocalRefCounter()
+        self.session = Session(object_store_memory)
+        self.store_root = self.session.store_root
+        self.head = Head(self.session, self.refs.counts, self.refs.drain)
+        self.head.start()
+        self.default_cpus = num_cpus
+        self.default_resources = resources
+        self.num_workers_per_node = max(1, int(num_cpus))
+        for _ in range(num_nodes):
+            self.head.add_node(num_cpus, resources, self.num_workers_per_node)
+        self.head.wait_for_nodes(NODE_START_TIMEOUT_S)
+        self.node_id = next(iter(self.head.nodes))
+        set_counter(self.refs)
+
+    # ---- tasks -----------------------------------------------------------------------
+
+    def submit(self, spec: Any, function_blob: Optional[bytes]) -> List[ObjectRef]:
+        # The refs exist before the head knows the task, so a result can never be
+        # freed for lack of holders between submission and the caller seeing it.
+        refs = [ObjectRef(oid) for oid in spec.return_ids()]
+        blob = None if spec.function_id in self.known_functions else function_blob
+        self.head.submit_from_driver(spec, blob, self.node_id)
+        self.known_functions.add(spec.function_id)
+        return refs
+
+    def put(self, value: Any) -> ObjectRef:
+        object_id = self.next_put_id()
+        ref = ObjectRef(object_id)
+        serialized = serialize(value, what="put() value")
+        if serialized.size <= config.INLINE_THRESHOLD:
+            self.head.put_from_driver(object_id, "i", serialized.to_bytes(), serialized.refs, self.node_id)
+        else:
+            store_dir = os.path.join(self.store_root, self.node_id.hex())
+            size = object_store.write(store_dir, object_id, serialized)
+            self.head.put_from_driver(object_id, "s", size, serialized.refs, self.node_id)
+        return ref
+
+    # ---- values ----------------------------------------------------------------------
+
+    def get(self, object_ids: Sequence[bytes], timeout: Optional[float]) -> List[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait_all(object_ids, len(object_ids), timeout)
+        head = self.head
+        values = []
+        for object_id in object_ids:
+            for _ in range(100):
+                with head.lock:
+                    payload = head.payload_of(object_id)
+                try:
+                    values.append(self.load(object_id, payload))
+                    break
+                except FileNotFoundError:
+                    # The copy vanished under us (its node died): let the head sort it out, then retry.
+                    with head.lock:
+                        head.check_copies(object_id)
+                        head._flush()
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    self._wait_all([object_id], 1, remaining)
+        return values
+
+    def wait(self, object_ids: Sequence[bytes], num_returns: int, timeout: Optional[float], fetch_local: bool) -> List[bytes]:
+        try:
+            self._wait_all(object_ids, num_returns, timeout)
+        except GetTimeoutError:
+            pass
+        with self.head.lock:
+            return self.head.ready_ids(list(object_ids))[:num_returns]
+
+    def _wait_all(self, object_ids: Sequence[bytes], num_ready: int, timeout: Optional[float]) -> None:
+        """Block until `num_ready` of the objects are ready; GetTimeoutError after `timeout`."""
+        head = self.head
+        event = threading.Event()
+        with head.lock:
+            head._apply_driver_refs()
+            waiter = head.register_wait(list(object_ids), len(object_ids) - num_ready, lambda w: event.set())
+        if waiter is None:
+            return
+        if self._wait_event(event, timeout):
+            if head.closed:
+                raise RayError("minicluster was shut down while get() was waiting")
+            return
+        with head.lock:
+            if not waiter.fired:
+                waiter.fired = True
+                head._unregister_waiter(waiter)
+                raise GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout} seconds.")
+
+    @staticmethod
+    def _wait_event(event: threading.Event, timeout: Optional[float]) -> bool:
+        # Wait in slices so Ctrl-C reaches the main thread promptly on every platform.
+        if timeout is None:
+            while not event.wait(0.5):
+                pass
+            return True
+        return event.wait(max(0.0, timeout))
+
+    def add_location(self, object_id: bytes, size: int) -> None:
+        self.head.add_location(object_id, self.node_id, size)
+
+    def state(self, what: str) -> Any:
+        return self.head.state(what)
+
+    def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
+        self.head.cancel(object_id, force, recursive)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        self.refs.alive = False
+        set_counter(None)
+        self.head.shutdown()
+        self.session.cleanup()

@@ -1,0 +1,356 @@
+"""The errors minicluster raises, with Ray's names and class hierarchy.
+
+Every process imports this module; errors cross process boundaries pickled.
+
+    RayError
+    ├── RayTaskError                  (also an instance of the user's class, see as_instanceof_cause)
+    ├── TaskCancelledError
+    ├── WorkerCrashedError
+    ├── NodeDiedError
+    ├── TaskUnschedulableError
+    ├── ObjectStoreFullError
+    ├── GetTimeoutError               (also a builtin TimeoutError)
+    ├── RayActorError
+    │   ├── ActorDiedError
+    │   └── ActorUnavailableError
+    └── ObjectLostError
+        ├── OwnerDiedError
+        ├── ObjectFetchTimedOutError
+        ├── ReferenceCountingAssertionError   (also an AssertionError)
+        └── ObjectReconstructionFailedError   (.reason names Ray's reason)
+            ├── ObjectReconstructionFailedMaxAttemptsExceededError
+            └── ObjectReconstructionFailedLineageEvictedError
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+
+class RayError(Exception):
+    """Base class of every error minicluster raises."""
+
+
+class RayTaskError(RayError):
+    """A task raised an exception; stored as the task's result and raised by `get`.
+
+    `get` raises `as_instanceof_cause()`, a subclass of both this class and the
+    user's exception class, so `except MyError` works where the user expects it.
+    """
+
+    def __init__(
+        self,
+        function_name: str,
+        traceback_str: str,
+        cause: Optional[BaseException],
+        proctitle: Optional[str] = None,
+        pid: Optional[int] = None,
+        ip: Optional[str] = None,
+        actor_repr: Optional[str] = None,
+        actor_id: Optional[str] = None,
+    ) -> None:
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        self.proctitle = proctitle or f"ray::{function_name}()"
+        self.pid = os.getpid() if pid is None else pid
+        self.ip = ip or "127.0.0.1"
+        self.actor_repr = actor_repr
+        self.actor_id = actor_id
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        header = f"{self.proctitle} (pid={self.pid}, ip={self.ip}"
+        if self.actor_repr:
+            header += f", actor_id={self.actor_id}, repr={self.actor_repr}"
+        header += ")"
+        body = self.traceback_str.rstrip("\n")
+        return f"{header}\n{body}" if body else header
+
+    def __str__(self) -> str:
+        return self._message()
+
+    def __reduce__(self) -> tuple:
+        return (
+            RayTaskError,
+            (
+                self.function_name,
+                self.traceback_str,
+                self.cause,
+                self.proctitle,
+                self.pid,
+                self.ip,
+                self.actor_repr,
+                self.actor_id,
+            ),
+        )
+
+    def as_instanceof_cause(self) -> "RayTaskError":
+        """Return an error that is both a RayTaskError and an instance of the cause's class.
+
+        Falls back to this plain RayTaskError when the cause's class cannot be
+        subclassed or a subclass instance cannot be made.
+        """
+        cause_cls = type(self.cause) if self.cause is not None else None
+        if cause_cls is None or issubclass(cause_cls, RayTaskError):
+            return self
+        try:
+            cls = _dual_class(cause_cls)
+            err = cls.__new__(cls)
+            RayTaskError.__init__(
+                err,
+                self.function_name,
+                self.traceback_str,
+                self.cause,
+                self.proctitle,
+                self.pid,
+                self.ip,
+                self.actor_repr,
+                self.actor_id,
+            )
+            # Copy the cause's attributes so `e.errno`, `e.args` etc. read like the original.
+            for key, value in getattr(self.cause, "__dict__", {}).items():
+                err.__dict__.setdefault(key, value)
+            err.args = (str(self),)
+            return err
+        except Exception:  # noqa: BLE001 - any failure means "not subclassable"
+            return self
+
+
+_DUAL_CLASSES: dict[type, type] = {}
+
+
+def _dual_class(cause_cls: type) -> type:
+    cls = _DUAL_CLASSES.get(cause_cls)
+    if cls is None:
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # never called by us
+            RayTaskError.__init__(self, *args, **kwargs)
+
+        cls = type(
+            f"RayTaskError({cause_cls.__name__})",
+            (RayTaskError, cause_cls),
+            {"__init__": __init__, "__module__": __name__, "__str__": RayTaskError.__str__},
+        )
+        _DUAL_CLASSES[cause_cls] = cls
+    return cls
+
+
+class TaskCancelledError(RayError):
+    """The task was cancelled with `cancel()`."""
+
+    def __init__(self, task_id: Optional[str] = None, error_message: Optional[str] = None) -> None:
+        self.task_id = task_id
+        self.error_message = error_message
+        super().__init__(task_id, error_message)
+
+    def __str__(self) -> str:
+        if self.error_message:
+            return self.error_message
+        return f"Task {self.task_id} was cancelled." if self.task_id else "This task or its dependency was cancelled."
+
+
+class WorkerCrashedError(RayError):
+    """The worker running the task died and the task has no retries left."""
+
+    def __init__(self, message: str = "The worker died unexpectedly while executing this task.") -> None:
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NodeDiedError(RayError):
+    """The node running the task died and the task has no retries left."""
+
+    def __init__(self, message: str = "The node running this task died.") -> None:
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TaskUnschedulableError(RayError):
+    """The task can never be scheduled (for example: hard affinity to a dead node)."""
+
+    def __init__(self, error_message: str) -> None:
+        self.error_message = error_message
+        super().__init__(error_message)
+
+    def __str__(self) -> str:
+        return f"The task is not schedulable: {self.error_message}"
+
+
+class ObjectStoreFullError(RayError):
+    """The object store cannot hold the object, even after eviction and spilling."""
+
+
+class GetTimeoutError(RayError, TimeoutError):
+    """`get` or `wait` did not finish within its timeout."""
+
+
+class RayActorError(RayError):
+    """The actor is dead or unavailable."""
+
+    def __init__(self, actor_id: Optional[str] = None, error_msg: str = "The actor died unexpectedly before finishing this task.") -> None:
+        self.actor_id = actor_id
+        self.error_msg = error_msg
+        super().__init__(error_msg)
+
+    def __str__(self) -> str:
+        return self.error_msg
+
+
+class ActorDiedError(RayActorError):
+    """The actor is dead for good: its restarts are exhausted, it was killed, or its constructor failed."""
+
+    def __init__(
+        self,
+        actor_id: Optional[str] = None,
+        error_msg: str = "The actor died unexpectedly before finishing this task.",
+        actor_init_failed: bool = False,
+    ) -> None:
+        self.actor_init_failed = actor_init_failed
+        super().__init__(actor_id, error_msg)
+
+    def __reduce__(self) -> tuple:
+        return (ActorDiedError, (self.actor_id, self.error_msg, self.actor_init_failed))
+
+
+class ActorUnavailableError(RayActorError):
+    """The actor is restarting; the call may or may not have run."""
+
+    def __reduce__(self) -> tuple:
+        return (ActorUnavailableError, (self.actor_id, self.error_msg))
+
+
+class ObjectLostError(RayError):
+    """No copy of the object's value can be reached."""
+
+    def __init__(self, object_ref_hex: str, owner_address: str = "", call_site: str = "") -> None:
+        self.object_ref_hex = object_ref_hex
+        self.owner_address = owner_address
+        self.call_site = call_site
+        super().__init__(object_ref_hex, owner_address, call_site)
+
+    def _base_str(self) -> str:
+        return f"Failed to retrieve object {self.object_ref_hex}."
+
+    def __str__(self) -> str:
+        return (
+            self._base_str()
+            + "\n\nAll copies of the object are lost, and it cannot be rebuilt from lineage"
+            " (it was made by put, lineage reconstruction is disabled, or its creator is not retryable)."
+        )
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned the object (created its ref) died; its objects are gone."""
+
+    def __str__(self) -> str:
+        owner = f" ({self.owner_address})" if self.owner_address else ""
+        return (
+            self._base_str()
+            + f"\n\nThe object's owner{owner} has exited. The owner is the process that created the "
+            "ObjectRef with .remote() or put(); objects whose owner died cannot be recovered."
+        )
+
+
+class ObjectFetchTimedOutError(ObjectLostError):
+    """Fetching a copy from another node did not finish within fetch_fail_timeout_milliseconds."""
+
+    def __str__(self) -> str:
+        return (
+            self._base_str()
+            + "\n\nFetching the object's value from the node that holds it timed out "
+            "(MINICLUSTER_fetch_fail_timeout_milliseconds)."
+        )
+
+
+class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
+    """The object was freed because no reference to it remained."""
+
+    def __str__(self) -> str:
+        return self._base_str() + "\n\nThe object has already been deleted by the reference counting protocol."
+
+
+# Ray's names for why an object could not be rebuilt.
+RECONSTRUCTION_REASONS = (
+    "OBJECT_UNRECONSTRUCTABLE_PUT",
+    "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED",
+    "OBJECT_UNRECONSTRUCTABLE_MAX_ATTEMPTS_EXCEEDED",
+    "OBJECT_UNRECONSTRUCTABLE_LINEAGE_EVICTED",
+    "OBJECT_UNRECONSTRUCTABLE_BORROWED",
+    "OBJECT_UNRECONSTRUCTABLE_TASK_CANCELLED",
+)
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """The object was lost and could not be rebuilt; `.reason` says why."""
+
+    default_reason = "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED"
+
+    def __init__(
+        self, object_ref_hex: str, owner_address: str = "", call_site: str = "", reason: Optional[str] = None
+    ) -> None:
+        self.reason = reason or self.default_reason
+        super().__init__(object_ref_hex, owner_address, call_site)
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.object_ref_hex, self.owner_address, self.call_site, self.reason))
+
+    def __str__(self) -> str:
+        return (
+            self._base_str()
+            + f"\n\nThe object cannot be reconstructed ({self.reason}): "
+            + _REASON_TEXT.get(self.reason, "see the reason name.")
+        )
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectReconstructionFailedError):
+    """The task that made the object ran out of retries while rebuilding it."""
+
+    default_reason = "OBJECT_UNRECONSTRUCTABLE_MAX_ATTEMPTS_EXCEEDED"
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedError):
+    """The lineage needed to rebuild the object was evicted (max_lineage_bytes)."""
+
+    default_reason = "OBJECT_UNRECONSTRUCTABLE_LINEAGE_EVICTED"
+
+
+_REASON_TEXT = {
+    "OBJECT_UNRECONSTRUCTABLE_PUT": "objects made by put() cannot be rebuilt from lineage.",
+    "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED": "the task that made it has max_retries=0 "
+    "(or MINICLUSTER_TASK_MAX_RETRIES=0).",
+    "OBJECT_UNRECONSTRUCTABLE_MAX_ATTEMPTS_EXCEEDED": "the task that made it has used all its retries.",
+    "OBJECT_UNRECONSTRUCTABLE_LINEAGE_EVICTED": "its lineage was evicted to stay under "
+    "max_lineage_bytes (MINICLUSTER_max_lineage_bytes).",
+    "OBJECT_UNRECONSTRUCTABLE_BORROWED": "it was borrowed and its owner could not rebuild it.",
+    "OBJECT_UNRECONSTRUCTABLE_TASK_CANCELLED": "the task that made it was cancelled.",
+}
+
+
+__all__ = [
+    "RayError",
+    "RayTaskError",
+    "TaskCancelledError",
+    "WorkerCrashedError",
+    "NodeDiedError",
+    "TaskUnschedulableError",
+    "ObjectStoreFullError",
+    "GetTimeoutError",
+    "RayActorError",
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "ObjectLostError",
+    "OwnerDiedError",
+    "ObjectFetchTimedOutError",
+    "ReferenceCountingAssertionError",
+    "ObjectReconstructionFailedError",
+    "ObjectReconstructionFailedMaxAttemptsExceededError",
+    "ObjectReconstructionFailedLineageEvictedError",
+]

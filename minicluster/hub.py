@@ -1,0 +1,306 @@
+"""The head's I/O thread: sockets in, sockets out, timers.
+
+Runs in the driver process, one thread ("minicluster-hub"). It owns the
+listening Unix socket and every accepted connection:
+
+    node managers ──┐                     ┌── handler.on_messages(peer, msgs)
+    workers ────────┼─► selector loop ────┼── handler.on_close(peer)
+    wake pipe ──────┘   (+ timer heap)    └── timers: call_later(delay, fn)
+
+Reads are non-blocking and parsed into frames; a connection first has to pass
+the session-key handshake (protocol.ServerHandshake) before any of its frames
+reach the handler. Writes are non-blocking too: `Peer.send` writes what the
+socket takes at once and leaves the rest in the peer's buffer, which the loop
+flushes when the socket becomes writable, so a stopped (SIGSTOPped) process can
+never block the head. Handlers and timers run on this thread; an exception in
+one is printed and does not stop the loop.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import pickle
+import selectors
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, List, Optional, Protocol
+
+from .protocol import FrameDecoder, ServerHandshake, encode
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
+
+class Handler(Protocol):
+    def on_messages(self, peer: "Peer", messages: List[Any]) -> None: ...
+
+    def on_close(self, peer: "Peer") -> None: ...
+
+
+class Peer:
+    """One accepted connection. `state` is the head's per-connection record (a node or worker)."""
+
+    __slots__ = ("sock", "decoder", "handshake", "out", "lock", "closed", "state", "outbox", "hub")
+
+    def __init__(self, sock: socket.socket, handshake: ServerHandshake, hub: "Hub") -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder()
+        self.handshake = handshake
+        self.out = bytearray()
+        self.lock = threading.Lock()
+        self.closed = False
+        self.state: Any = None
+        self.outbox: List[Any] = []  # messages the head batches up before one send()
+        self.hub = hub
+
+    def send(self, messages: List[Any]) -> None:
+        """Send messages as one frame without ever blocking; safe from any thread."""
+        self.send_raw(encode(messages))
+
+    def send_raw(self, data: bytes) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            if not self.out:
+                try:
+                    sent = self.sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    return  # the read side notices the dead socket and closes the peer
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            self.out += data
+        self.hub.want_write(self)
+
+
+class Hub:
+    def __init__(self, listen_path: str, key: bytes, handler: Handler) -> None:
+        self.key = key
+        self.handler = handler
+        self.listen_path = listen_path
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket file itself is private to the user
+        try:
+            self.listener.bind(listen_path)
+        finally:
+            os.umask(old_umask)
+        self.listener.listen(256)
+        self.listener.setblocking(False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, _READ, "listen")
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.selector.register(self._wake_r, _READ, "wake")
+        self._lock = threading.Lock()
+        self._timers: List[tuple] = []
+        self._seq = itertools.count()
+        self._want_write: set = set()
+        self._woken = False
+        self._stopping = False
+        self.peers: set = set()
+        self.thread = threading.Thread(target=self._run, name="minicluster-hub", daemon=True)
+
+    # ---- API for other threads -------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def wake(self) -> None:
+        if not self._woken:
+            self._woken = True
+            try:
+                os.write(self._wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+    def want_write(self, peer: Peer) -> None:
+        with self._lock:
+            self._want_write.add(peer)
+        self.wake()
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> list:
+        """Run fn on the hub thread after `delay` seconds; returns a handle for cancel_timer."""
+        entry = [time.monotonic() + delay, next(self._seq), fn]
+        with self._lock:
+            heapq.heappush(self._timers, entry)
+        self.wake()
+        return entry
+
+    @staticmethod
+    def cancel_timer(handle: list) -> None:
+        handle[2] = None
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake()
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(timeout=2.0)
+        for peer in list(self.peers):
+            self._close(peer, notify=False)
+        try:
+            self.selector.close()
+        except OSError:
+            pass
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.listener.close()
+        try:
+            os.unlink(self.listen_path)
+        except OSError:
+            pass
+
+    # ---- the loop ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            timeout = self._next_timeout()
+            try:
+                events = self.selector.select(timeout)
+            except OSError:
+                if self._stopping:
+                    return
+                raise
+            for key, mask in events:
+                data = key.data
+                if data == "listen":
+                    self._accept()
+                elif data == "wake":
+                    self._woken = False
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                else:
+                    if mask & _READ:
+                        self._read(data)
+                    if mask & _WRITE and not data.closed:
+                        self._flush(data)
+            self._run_timers()
+            self._register_writers()
+
+    def _next_timeout(self) -> Optional[float]:
+        with self._lock:
+            while self._timers and self._timers[0][2] is None:
+                heapq.heappop(self._timers)
+            if not self._timers:
+                return None
+            return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        due = []
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                entry = heapq.heappop(self._timers)
+                if entry[2] is not None:
+                    due.append(entry[2])
+        for fn in due:
+            self._guard(fn)
+
+    def _register_writers(self) -> None:
+        with self._lock:
+            peers, self._want_write = self._want_write, set()
+        for peer in peers:
+            if not peer.closed:
+                try:
+                    self.selector.modify(peer.sock, _READ | _WRITE, peer)
+                except (KeyError, ValueError, OSError):
+                    pass
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            sock.setblocking(False)
+            handshake = ServerHandshake(self.key)
+            peer = Peer(sock, handshake, self)
+            self.peers.add(peer)
+            self.selector.register(sock, _READ, peer)
+            peer.send_raw(handshake.hello())
+
+    def _read(self, peer: Peer) -> None:
+        if peer.closed:
+            return
+        try:
+            data = peer.sock.recv(1 << 18)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(peer)
+            return
+        frames = peer.decoder.feed(data)
+        if not frames:
+            return
+        if not peer.handshake.done:
+            proof = peer.handshake.answer(frames.pop(0))
+            if proof is None:
+                print("minicluster: rejected a connection that failed authentication", file=sys.stderr)
+                self._close(peer, notify=False)
+                return
+            peer.send_raw(proof)
+        if frames:
+            messages: List[Any] = []
+            for frame in frames:
+                messages.extend(pickle.loads(frame))
+            self._guard(self.handler.on_messages, peer, messages)
+
+    def _flush(self, peer: Peer) -> None:
+        with peer.lock:
+            if peer.out:
+                try:
+                    sent = peer.sock.send(peer.out)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    sent = len(peer.out)
+                del peer.out[:sent]
+            empty = not peer.out
+        if empty:
+            try:
+                self.selector.modify(peer.sock, _READ, peer)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def _close(self, peer: Peer, notify: bool = True) -> None:
+        with peer.lock:
+            if peer.closed:
+                return
+            peer.closed = True
+        self.peers.discard(peer)
+        try:
+            self.selector.unregister(peer.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        peer.sock.close()
+        if notify and peer.handshake.done:
+            self._guard(self.handler.on_close, peer)
+
+    def close_peer(self, peer: Peer) -> None:
+        """Drop a connection from the hub thread (for example: a worker we killed)."""
+        self._close(peer, notify=False)
+
+    @staticmethod
+    def _guard(fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001 - one bad message must not kill the I/O thread
+            print("minicluster: internal error in the head's I/O thread:", file=sys.stderr)
+            traceback.print_exc()

@@ -1,0 +1,128 @@
+"""Ray-shaped identifiers: job, task, object, node, worker and actor ids.
+
+Ids are raw `bytes` inside the runtime (cheap to hash and pickle); the small
+`BaseID` classes below wrap them for the public API (`.hex()`, `.binary()`).
+Layout follows Ray so the hex strings look familiar:
+
+    JobID     4 bytes                       01000000
+    ActorID   12 unique + job               (16 bytes)
+    TaskID    8 unique + 12 actor part + job  (24 bytes; actor part is ff.. for normal tasks)
+    ObjectID  TaskID + 4-byte return index  (28 bytes; puts use indexes with the top bit set)
+    NodeID, WorkerID  28 random bytes
+
+Any process may make ids: uniqueness comes from a random per-process prefix
+plus a counter, so no coordination is needed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+
+JOB_ID = b"\x01\x00\x00\x00"
+NIL_ACTOR_PART = b"\xff" * 12
+PUT_INDEX_FLAG = 1 << 31
+
+_lock = threading.Lock()
+_prefix = os.urandom(4)
+_counter = itertools.count(1)
+_prefix_pid = os.getpid()
+
+
+def _unique8() -> bytes:
+    global _prefix, _counter, _prefix_pid
+    pid = os.getpid()
+    if pid != _prefix_pid:  # forked child: never reuse the parent's sequence
+        with _lock:
+            if pid != _prefix_pid:
+                _prefix, _counter, _prefix_pid = os.urandom(4), itertools.count(1), pid
+    return _prefix + (next(_counter) & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def new_task_id(actor_id: bytes | None = None) -> bytes:
+    actor_part = actor_id[:12] if actor_id else NIL_ACTOR_PART
+    return _unique8() + actor_part + JOB_ID
+
+
+def new_actor_id() -> bytes:
+    return os.urandom(4) + _unique8() + JOB_ID
+
+
+def object_id_for_return(task_id: bytes, index: int) -> bytes:
+    """Id of the `index`-th (1-based) return value of a task."""
+    return task_id + index.to_bytes(4, "little")
+
+
+def object_id_for_put(task_id: bytes, put_index: int) -> bytes:
+    return task_id + (put_index | PUT_INDEX_FLAG).to_bytes(4, "little")
+
+
+def is_put_object(object_id: bytes) -> bool:
+    return bool(int.from_bytes(object_id[24:28], "little") & PUT_INDEX_FLAG)
+
+
+def task_of(object_id: bytes) -> bytes:
+    return object_id[:24]
+
+
+def new_node_id() -> bytes:
+    return os.urandom(28)
+
+
+def new_worker_id() -> bytes:
+    return os.urandom(28)
+
+
+def driver_task_id() -> bytes:
+    """The id Ray gives the driver's own (pseudo) task: no unique part, job suffix."""
+    return b"\xff" * 20 + JOB_ID
+
+
+class BaseID:
+    """A public, hashable wrapper around an id's bytes."""
+
+    __slots__ = ("_bytes",)
+
+    def __init__(self, id_bytes: bytes) -> None:
+        self._bytes = id_bytes
+
+    def binary(self) -> bytes:
+        return self._bytes
+
+    def hex(self) -> str:
+        return self._bytes.hex()
+
+    def is_nil(self) -> bool:
+        return all(b == 0xFF for b in self._bytes)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._bytes == self._bytes  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._bytes)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.hex()})"
+
+    __str__ = hex
+
+
+class JobID(BaseID):
+    pass
+
+
+class TaskID(BaseID):
+    pass
+
+
+class NodeID(BaseID):
+    pass
+
+
+class WorkerID(BaseID):
+    pass
+
+
+class ActorID(BaseID):
+    pass

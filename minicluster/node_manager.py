@@ -1,0 +1,150 @@
+"""A virtual node's manager process: the zygote that forks its workers and watches them.
+
+Started by the head as `python -m minicluster.node_manager` in a new session,
+so the node manager and every worker it forks share one process group: killing
+the node is one `killpg(SIGKILL)`, like pulling a machine's plug. It is
+single-threaded (so forking is safe) and loops on two things:
+
+    head socket      "spawn" -> fork workers; "kill_worker" -> signal one
+    SIGCHLD (pipe)   reap exited workers -> "worker_exit" with the exit status
+
+The runtime modules are imported before the first fork, so a worker starts in
+a millisecond or two instead of paying for a fresh interpreter.
+
+If the head's socket closes (the driver exited or was SIGKILLed), the node
+cleans up after itself: removes its store folder and the session's socket
+file, then kills its whole process group, itself included.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import sys
+from typing import Dict
+
+# Imported here, before any fork, so workers inherit them ready to use.
+from . import object_store, worker  # noqa: F401
+from .ids import new_worker_id
+from .protocol import Connection, FrameDecoder
+
+
+class NodeManager:
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = cfg
+        self.node_id: bytes = cfg["node_id"]
+        self.store_dir = os.path.join(cfg["store_root"], self.node_id.hex())
+        self.workers: Dict[int, bytes] = {}  # pid -> worker id
+        self.conn = Connection.connect(cfg["socket_path"], cfg["key"])
+        self.decoder = FrameDecoder()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+
+    def run(self) -> None:
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w)
+        self.conn.send(("node_hello", self.node_id, os.getpid()))
+        self.spawn(self.cfg["num_workers"])
+        sock = self.conn.sock
+        sock.setblocking(False)
+        while True:
+            try:
+                readable, _, _ = select.select([sock, self.wake_r], [], [])
+            except InterruptedError:
+                continue
+            if self.wake_r in readable:
+                try:
+                    while os.read(self.wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            self.reap()
+            if sock in readable:
+                try:
+                    data = sock.recv(1 << 16)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self.head_gone()
+                for frame in self.decoder.feed(data):
+                    for message in pickle.loads(frame):
+                        self.handle(message)
+
+    def handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "spawn":
+            self.spawn(message[1])
+        elif kind == "kill_worker":
+            try:
+                os.kill(message[1], message[2])
+            except ProcessLookupError:
+                pass
+
+    def spawn(self, count: int) -> None:
+        for _ in range(count):
+            worker_id = new_worker_id()
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(worker_id)
+            self.workers[pid] = worker_id
+
+    def _become_worker(self, worker_id: bytes) -> None:
+        parent = os.getppid()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in (self.wake_r, self.wake_w):
+            os.close(fd)
+        self.conn.sock.close()
+        cfg = self.cfg
+        worker.worker_main(cfg["socket_path"], cfg["key"], worker_id, self.node_id, cfg["store_root"], parent)
+
+    def reap(self) -> None:
+        exits = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            worker_id = self.workers.pop(pid, None)
+            if worker_id is not None:
+                exits.append(("worker_exit", pid, worker_id, os.waitstatus_to_exitcode(status)))
+        if exits:
+            try:
+                self.conn.send(*exits)
+            except OSError:
+                self.head_gone()
+
+    def head_gone(self) -> None:
+        object_store.remove_store(self.store_dir)
+        try:
+            os.rmdir(self.cfg["store_root"])  # the last node out removes the session's store root
+        except OSError:
+            pass
+        try:
+            os.unlink(self.cfg["socket_path"])
+        except OSError:
+            pass
+        os.killpg(0, signal.SIGKILL)
+
+
+def main() -> None:
+    cfg = pickle.load(sys.stdin.buffer)
+    sys.stdin.close()
+    # Workers import user modules by the driver's path (e.g. test files, scripts' folders).
+    sys.path[:] = cfg["sys_path"] + [p for p in sys.path if p not in cfg["sys_path"]]
+    try:
+        NodeManager(cfg).run()
+    except (ConnectionError, OSError) as exc:
+        print(f"minicluster node manager: cannot reach the head: {exc}", file=sys.stderr)
+        os.killpg(0, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()

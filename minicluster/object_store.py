@@ -1,0 +1,137 @@
+"""A node's object store: one folder of immutable object files in shared memory.
+
+Any process of the session may call these functions; the folder belongs to
+one virtual node (`<store root>/<node id hex>/`), on tmpfs (/dev/shm) unless
+that is too small, then on disk. The head decides what lives where and when
+it goes; this module only moves bytes:
+
+* write: the writer fills `<id>.tmp-<pid>` and renames it to `<id>`, so a
+  reader never sees a partial object (rename is atomic);
+* read: `mmap` read-only, so values are zero-copy, read-only views;
+* copy: a reader on another node copies the file into its own node's folder
+  (the single-host stand-in for a network transfer), which makes the copy a
+  second location of the object;
+* delete: unlink. Processes that still map the file keep their view valid
+  (POSIX semantics), so freeing an object never corrupts a live array.
+
+Killing a node deletes its whole folder: that is how its objects are lost.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+from typing import Optional
+
+from .serialization import Serialized
+
+_TMP_SUFFIX = ".tmp-"
+
+
+def object_path(store_dir: str, object_id: bytes) -> str:
+    return os.path.join(store_dir, object_id.hex())
+
+
+def write(store_dir: str, object_id: bytes, value: Serialized) -> int:
+    """Store a serialized value as an object file; returns its size in bytes."""
+    final = object_path(store_dir, object_id)
+    tmp = f"{final}{_TMP_SUFFIX}{os.getpid()}"
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    try:
+        for chunk in value.chunks():
+            view = memoryview(chunk).cast("B") if not isinstance(chunk, bytes) else memoryview(chunk)
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+    except BaseException:
+        os.close(fd)
+        _unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, final)
+    return value.size
+
+
+def read(store_dir: str, object_id: bytes) -> memoryview:
+    """Map an object file read-only. Raises FileNotFoundError if this node lost it."""
+    fd = os.open(object_path(store_dir, object_id), os.O_RDONLY)
+    try:
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    return memoryview(mapped)
+
+
+def copy(src_dir: str, dst_dir: str, object_id: bytes) -> int:
+    """Copy an object from another node's folder into this node's; returns its size."""
+    src = object_path(src_dir, object_id)
+    final = object_path(dst_dir, object_id)
+    tmp = f"{final}{_TMP_SUFFIX}{os.getpid()}"
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        os.chmod(tmp, 0o600)
+        size = os.fstat(fin.fileno()).st_size
+        sent = 0
+        while sent < size:
+            sent += os.sendfile(fout.fileno(), fin.fileno(), sent, size - sent)
+    os.rename(tmp, final)
+    return size
+
+
+def delete(store_dir: str, object_id: bytes) -> None:
+    _unlink(object_path(store_dir, object_id))
+
+
+def exists(store_dir: str, object_id: bytes) -> bool:
+    return os.path.exists(object_path(store_dir, object_id))
+
+
+def remove_store(store_dir: str) -> None:
+    shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def choose_root(requested_bytes: Optional[int], shm_dir: str, disk_dir: str, min_shm: int) -> tuple[str, bool]:
+    """Pick the folder for this session's stores: (root, is_shared_memory).
+
+    Shared memory when it has room for the requested size (or `min_shm` when
+    nothing was requested); else a folder on disk, which still works, only slower.
+    """
+    try:
+        free = shutil.disk_usage(shm_dir).free if os.path.isdir(shm_dir) else 0
+    except OSError:
+        free = 0
+    need = requested_bytes or min_shm
+    if free >= need and free >= min_shm:
+        return shm_dir, True
+    return disk_dir, False
+
+
+def fetch(store_root: str, local_node: bytes, object_id: bytes, nodes: list) -> tuple[memoryview, int]:
+    """Map an object that lives on `nodes`, copying it to `local_node` first if needed.
+
+    Returns (view, copied) where copied is the size of a new local copy, or 0 if
+    the object was already local. Raises FileNotFoundError when no listed node
+    still has it (they died or it was freed meanwhile).
+    """
+    local_dir = os.path.join(store_root, local_node.hex())
+    if local_node in nodes:
+        try:
+            return read(local_dir, object_id), 0
+        except FileNotFoundError:
+            pass
+    for node in nodes:
+        if node == local_node:
+            continue
+        try:
+            size = copy(os.path.join(store_root, node.hex()), local_dir, object_id)
+        except FileNotFoundError:
+            continue
+        return read(local_dir, object_id), size
+    raise FileNotFoundError(object_id.hex())

@@ -1,0 +1,201 @@
+"""The object directory: every live object's state, value location and holders.
+
+Owned by the head (driver process, under the head's lock). For each object id:
+
+* state: PENDING until its task reports, then READY (a value or an error);
+* payload: where the value is (see client.py: inline blob, node stores, or error);
+* who keeps it alive: the driver's live ObjectRefs (the driver's LocalRefCounter),
+  workers that announced holding a ref (`borrowers`), and `pins` - tasks that
+  take it as an argument and objects that contain its ref;
+* owner: the worker (or driver) that created the ref; if the owner dies, the
+  object is gone for everyone (OwnerDiedError);
+* waiters: blocked `get`/`wait` calls, notified when it becomes READY.
+
+An object is freed - its entry dropped, its store files unlinked - once
+nothing keeps it alive and it is not PENDING. Freed ids are remembered (a
+bounded set) so a late `get` can say ReferenceCountingAssertionError.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any, Callable, Dict, List, Optional, Set
+
+from . import object_store
+
+PENDING = "PENDING"
+READY = "READY"
+
+FREED_MEMORY = 100_000  # how many freed ids to remember for error messages
+
+
+class Waiter:
+    """A blocked get/wait: fires `on_ready` once `needed` of its objects are ready."""
+
+    __slots__ = ("remaining", "needed", "on_ready", "fired", "object_ids")
+
+    def __init__(self, object_ids: List[bytes], remaining: int, needed: int, on_ready: Callable[["Waiter"], None]) -> None:
+        self.object_ids = object_ids
+        self.remaining = remaining  # how many are not ready yet
+        self.needed = needed  # fire when remaining <= needed
+        self.on_ready = on_ready
+        self.fired = False
+
+    def notify(self) -> None:
+        self.remaining -= 1
+        if not self.fired and self.remaining <= self.needed:
+            self.fired = True
+            self.on_ready(self)
+
+
+class ObjectEntry:
+    __slots__ = ("state", "payload", "size", "owner", "pins", "borrowers", "nested", "waiters", "dependents", "is_error")
+
+    def __init__(self, owner: bytes) -> None:
+        self.state = PENDING
+        self.payload: Optional[tuple] = None
+        self.size = 0
+        self.owner = owner
+        self.pins = 0
+        self.borrowers: Optional[Set[bytes]] = None
+        self.nested: tuple = ()
+        self.waiters: Optional[List[Waiter]] = None
+        self.dependents: Optional[List[Any]] = None
+        self.is_error = False
+
+
+class ObjectDirectory:
+    def __init__(self, driver_counts: Dict[bytes, int], store_root: str) -> None:
+        self.entries: Dict[bytes, ObjectEntry] = {}
+        self.driver_counts = driver_counts  # the driver's LocalRefCounter.counts (read-only here)
+        self.store_root = store_root
+        self.freed: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
+        self.node_usage: Dict[bytes, int] = collections.defaultdict(int)
+
+    # ---- creation and values ---------------------------------------------------------
+
+    def create(self, object_id: bytes, owner: bytes) -> ObjectEntry:
+        entry = self.entries.get(object_id)
+        if entry is None:
+            entry = self.entries[object_id] = ObjectEntry(owner)
+        return entry
+
+    def set_value(self, object_id: bytes, kind: str, data: Any, nested: List[bytes], node: Optional[bytes], is_error: bool) -> Optional[ObjectEntry]:
+        """Record a produced value; returns the entry (None if the object was freed meanwhile)."""
+        entry = self.entries.get(object_id)
+        if entry is None:
+            if kind == "s" and node is not None:
+                object_store.delete(self._dir(node), object_id)
+            return None
+        if kind == "s":
+            entry.payload = ("s", [node], data)
+            entry.size = data
+            self.node_usage[node] += data
+        else:
+            entry.payload = (kind, data)
+            entry.size = len(data)
+        entry.is_error = is_error
+        entry.state = READY
+        if nested:
+            entry.nested = tuple(nested)
+            for ref in nested:
+                self.pin(ref)
+        return entry
+
+    def add_location(self, object_id: bytes, node: bytes, size: int) -> None:
+        entry = self.entries.get(object_id)
+        if entry is None or entry.payload is None or entry.payload[0] != "s":
+            object_store.delete(self._dir(node), object_id)  # freed meanwhile: drop the stray copy
+            return
+        if node not in entry.payload[1]:
+            entry.payload[1].append(node)
+            self.node_usage[node] += size
+
+    def drop_node(self, node: bytes) -> List[bytes]:
+        """Forget every copy on a dead node; return the ids that have no copy left."""
+        lost = []
+        for object_id, entry in self.entries.items():
+            payload = entry.payload
+            if payload is not None and payload[0] == "s" and node in payload[1]:
+                payload[1].remove(node)
+                if not payload[1]:
+                    lost.append(object_id)
+        self.node_usage.pop(node, None)
+        return lost
+
+    # ---- reference counting ---------------------------------------------------------
+
+    def pin(self, object_id: bytes) -> bool:
+        entry = self.entries.get(object_id)
+        if entry is None:
+            return False
+        entry.pins += 1
+        return True
+
+    def unpin(self, object_id: bytes) -> None:
+        entry = self.entries.get(object_id)
+        if entry is not None:
+            entry.pins -= 1
+            if entry.pins <= 0:
+                self.maybe_free(object_id)
+
+    def add_borrower(self, object_id: bytes, worker_id: bytes) -> bool:
+        entry = self.entries.get(object_id)
+        if entry is None:
+            return False
+        if entry.borrowers is None:
+            entry.borrowers = set()
+        entry.borrowers.add(worker_id)
+        return True
+
+    def remove_borrower(self, object_id: bytes, worker_id: bytes) -> None:
+        entry = self.entries.get(object_id)
+        if entry is not None and entry.borrowers:
+            entry.borrowers.discard(worker_id)
+            self.maybe_free(object_id)
+
+    def maybe_free(self, object_id: bytes) -> None:
+        entry = self.entries.get(object_id)
+        if (
+            entry is None
+            or entry.state == PENDING
+            or entry.pins > 0
+            or entry.borrowers
+            or object_id in self.driver_counts
+            or entry.waiters
+        ):
+            return
+        self.free(object_id)
+
+    def free(self, object_id: bytes) -> None:
+        entry = self.entries.pop(object_id)
+        self._delete_files(object_id, entry)
+        self.freed[object_id] = None
+        if len(self.freed) > FREED_MEMORY:
+            self.freed.popitem(last=False)
+        for ref in entry.nested:
+            self.unpin(ref)
+
+    def _delete_files(self, object_id: bytes, entry: ObjectEntry) -> None:
+        payload = entry.payload
+        if payload is not None and payload[0] == "s":
+            for node in payload[1]:
+                object_store.delete(self._dir(node), object_id)
+                self.node_usage[node] -= entry.size
+            payload[1].clear()
+
+    def replace_with_error(self, object_id: bytes, error_blob: bytes) -> Optional[ObjectEntry]:
+        """Drop the value (and its files) and store an error instead (owner died, lost...)."""
+        entry = self.entries.get(object_id)
+        if entry is None:
+            return None
+        self._delete_files(object_id, entry)
+        entry.payload = ("e", error_blob)
+        entry.size = len(error_blob)
+        entry.is_error = True
+        entry.state = READY
+        return entry
+
+    def _dir(self, node: bytes) -> str:
+        return os.path.join(self.store_root, node.hex())

@@ -1,0 +1,142 @@
+"""Validation of the options of remote functions and actors (`@remote(...)`, `.options(...)`).
+
+Runs in whichever process declares or submits. Every problem is a ValueError
+(or TypeError for a wrong type) that names the option, the bad value and what
+is accepted, raised where the user wrote it, before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Dict
+
+from .util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+# Options Ray accepts that have no effect here; taken so Ray code runs unchanged.
+_ACCEPTED_NO_EFFECT = {"memory", "runtime_env", "accelerator_type", "label_selector", "enable_task_events", "_metadata", "_labels", "object_store_memory", "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks", "concurrency_groups", "max_pending_calls", "allow_out_of_order_execution", "_generator_backpressure_num_objects"}
+
+
+def _int_at_least(minimum: int) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"The option {name!r} must be an int, got {value!r} ({type(value).__name__})")
+        if value < minimum:
+            raise ValueError(f"The option {name!r} must be >= {minimum}, got {value}")
+
+    return check
+
+
+def _non_negative_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"The option {name!r} must be a number, got {value!r} ({type(value).__name__})")
+    if value < 0:
+        raise ValueError(f"The option {name!r} must be >= 0, got {value}")
+
+
+def _resources(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise TypeError(f"The option 'resources' must be a dict of resource name to quantity, got {value!r}")
+    for key, qty in value.items():
+        if not isinstance(key, str):
+            raise TypeError(f"Resource names must be strings, got {key!r}")
+        if key in ("CPU", "GPU"):
+            raise ValueError(f"Use the 'num_cpus' and 'num_gpus' options instead of {key!r} in 'resources'")
+        _non_negative_number(f"resources[{key!r}]", qty)
+
+
+def _bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"The option {name!r} must be a bool, got {value!r}")
+
+
+def _str(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"The option {name!r} must be a string, got {value!r}")
+
+
+def _num_returns(name: str, value: Any) -> None:
+    if value in ("dynamic", "streaming"):
+        raise ValueError(f"num_returns={value!r} (generator tasks) is not supported by minicluster; use an int")
+    _int_at_least(0)(name, value)
+
+
+def _retry_exceptions(name: str, value: Any) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(c, type) and issubclass(c, BaseException) for c in value
+    ):
+        return
+    raise TypeError(
+        f"The option 'retry_exceptions' must be a bool or a non-empty list of exception classes, got {value!r}"
+    )
+
+
+def _strategy(name: str, value: Any) -> None:
+    if value is None or value in ("DEFAULT", "SPREAD") or isinstance(value, NodeAffinitySchedulingStrategy):
+        return
+    raise ValueError(
+        f"The option 'scheduling_strategy' must be None, 'DEFAULT', 'SPREAD' or a "
+        f"NodeAffinitySchedulingStrategy, got {value!r}"
+    )
+
+
+def _lifetime(name: str, value: Any) -> None:
+    if value not in (None, "detached", "non_detached"):
+        raise ValueError(f"The option 'lifetime' must be None, 'detached' or 'non_detached', got {value!r}")
+
+
+def _max_concurrency(name: str, value: Any) -> None:
+    _int_at_least(1)(name, value)
+
+
+_COMMON: Dict[str, Callable[[str, Any], None]] = {
+    "num_cpus": _non_negative_number,
+    "num_gpus": _non_negative_number,
+    "resources": _resources,
+    "scheduling_strategy": _strategy,
+    "name": _str,
+}
+
+TASK_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
+    **_COMMON,
+    "num_returns": _num_returns,
+    "max_retries": _int_at_least(-1),
+    "retry_exceptions": _retry_exceptions,
+    "max_calls": _int_at_least(0),
+}
+
+ACTOR_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
+    **_COMMON,
+    "max_restarts": _int_at_least(-1),
+    "max_task_retries": _int_at_least(-1),
+    "max_concurrency": _max_concurrency,
+    "lifetime": _lifetime,
+    "namespace": _str,
+    "get_if_exists": _bool,
+}
+
+METHOD_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
+    "num_returns": _num_returns,
+    "max_task_retries": _int_at_least(-1),
+    "retry_exceptions": _retry_exceptions,
+    "name": _str,
+    "concurrency_group": _str,
+}
+
+
+def validate(options: Dict[str, Any], allowed: Dict[str, Callable[[str, Any], None]], what: str) -> Dict[str, Any]:
+    """Check every option; returns the options that have an effect."""
+    for name, value in options.items():
+        check = allowed.get(name)
+        if check is None:
+            if name in _ACCEPTED_NO_EFFECT:
+                continue
+            valid = ", ".join(sorted(set(allowed) | _ACCEPTED_NO_EFFECT))
+            raise ValueError(f"Invalid option keyword {name!r} for {what}. Valid ones are: {valid}.")
+        if value is None and name not in ("scheduling_strategy",):
+            continue
+        check(name, value)
+    return {k: v for k, v in options.items() if k in allowed and v is not None}

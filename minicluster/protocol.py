@@ -1,0 +1,165 @@
+"""Framing and authentication for the Unix-socket connections of a session.
+
+Every connection (node manager -> head, worker -> head) starts with a mutual
+HMAC challenge over the session's secret key, so only processes that were given
+the key (the session's own, forked from its node managers) can talk to the
+head. After that, each frame is a 4-byte little-endian length and a pickled
+*list* of messages: batching many messages into one frame is what keeps the
+per-task cost low.
+
+Messages are plain tuples whose first element is a kind string; protocol
+tuples are cheaper to pickle than objects (1 us vs 5 us a round trip), and
+the table below is their one definition.
+
+head -> node manager
+    ("spawn", count)                       fork `count` more workers
+    ("kill_worker", pid, signum)
+node manager -> head
+    ("node_hello", node_id, pid)
+    ("worker_exit", pid, worker_id, exitcode)   exitcode < 0 means killed by signal -exitcode
+head -> worker
+    ("fn", function_id, blob)              define a function before its first task
+    ("exec", ExecRequest-tuple)            run a task (see worker.py)
+    ("reply", request_id, payload)         answer to get/wait/submit
+    ("cancel", task_id, force)
+    ("retire",)                            exit after the current task
+worker -> head
+    ("worker_hello", worker_id, node_id, pid)
+    ("done", task_id, attempt, results, error_info)
+    ("submit", TaskSpec)
+    ("get", request_id, object_ids, timeout)   ("wait", ...), ("put", ...), ...
+    ("refs", added, removed)               reference-count deltas
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import pickle
+import socket
+import struct
+import threading
+from typing import Any, List, Optional
+
+_LEN = struct.Struct("<I")
+CHALLENGE_BYTES = 32
+MAX_FRAME = 1 << 31
+
+
+class ProtocolError(ConnectionError):
+    """The peer broke the protocol or failed authentication."""
+
+
+def _proof(key: bytes, challenge: bytes) -> bytes:
+    return hmac.new(key, challenge, "sha256").digest()
+
+
+class FrameDecoder:
+    """Accumulates bytes and yields complete frames."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> List[bytes]:
+        buf = self._buf
+        buf += data
+        frames = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (length,) = _LEN.unpack_from(buf, pos)
+            if end - pos - 4 < length:
+                break
+            frames.append(bytes(buf[pos + 4 : pos + 4 + length]))
+            pos += 4 + length
+        if pos:
+            del buf[:pos]
+        return frames
+
+
+def frame(payload: bytes) -> bytes:
+    return _LEN.pack(len(payload)) + payload
+
+
+def encode(messages: List[Any]) -> bytes:
+    return frame(pickle.dumps(messages, protocol=5))
+
+
+class Connection:
+    """A blocking, authenticated connection; the client side of the protocol.
+
+    `send` may be called from several threads; `recv` from one thread only.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._decoder = FrameDecoder()
+        self._pending: List[bytes] = []
+        self._send_lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, path: str, key: bytes, timeout: float = 10.0) -> "Connection":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(path)
+        conn = cls(sock)
+        challenge = conn._recv_frame()
+        mine = os.urandom(CHALLENGE_BYTES)
+        sock.sendall(frame(_proof(key, challenge) + mine))
+        answer = conn._recv_frame()
+        if not hmac.compare_digest(answer, _proof(key, mine)):
+            raise ProtocolError("the head failed to prove it knows the session key")
+        sock.settimeout(None)
+        return conn
+
+    def _recv_frame(self) -> bytes:
+        while not self._pending:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise ConnectionError("connection closed")
+            self._pending.extend(self._decoder.feed(data))
+        return self._pending.pop(0)
+
+    def recv(self) -> List[Any]:
+        """Block until a frame arrives; return its messages. Raises ConnectionError on EOF."""
+        return pickle.loads(self._recv_frame())
+
+    def send(self, *messages: Any) -> None:
+        data = encode(list(messages))
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def send_list(self, messages: List[Any]) -> None:
+        data = encode(messages)
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class ServerHandshake:
+    """The head's side of the challenge, driven by the hub's non-blocking reads."""
+
+    __slots__ = ("key", "challenge", "done")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.challenge = os.urandom(CHALLENGE_BYTES)
+        self.done = False
+
+    def hello(self) -> bytes:
+        return frame(self.challenge)
+
+    def answer(self, payload: bytes) -> Optional[bytes]:
+        """Check the client's proof; return the frame proving ourselves, or None if it failed."""
+        proof, theirs = payload[:-CHALLENGE_BYTES], payload[-CHALLENGE_BYTES:]
+        if len(theirs) != CHALLENGE_BYTES or not hmac.compare_digest(proof, _proof(self.key, self.challenge)):
+            return None
+        self.done = True
+        return frame(_proof(self.key, theirs))

@@ -1,0 +1,148 @@
+"""`@remote` functions: turning a call into a TaskSpec and handing it to the runtime.
+
+Runs in whichever process calls `.remote()` (the driver, or a worker for
+nested tasks). The function is pickled by value once per process and sent
+to the head once; each call then only pickles its arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import threading
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import config, options as opts
+from .ids import new_task_id
+from .object_ref import ObjectRef
+from .serialization import dumps_function, serialize
+from .task_spec import TaskSpec, resources_of, strategy_of
+
+
+class RemoteFunction:
+    """A function declared with `@remote`; call `.remote(...)` to run it as a task."""
+
+    def __init__(self, function: Any, options: Dict[str, Any]) -> None:
+        self._function = function
+        self._options = opts.validate(options, opts.TASK_OPTIONS, "remote functions")
+        self._func_name = f"{function.__module__}.{function.__qualname__}"
+        self._blob: Optional[bytes] = None
+        self._function_id = b""
+        self._lock = threading.Lock()
+        self.__doc__ = function.__doc__
+        self.__name__ = getattr(function, "__name__", "remote_function")
+        self.__qualname__ = getattr(function, "__qualname__", self.__name__)
+        self.__module__ = function.__module__
+
+    def __getstate__(self) -> dict:
+        return {"function": self._function, "options": self._options}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["function"], state["options"])  # type: ignore[misc]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Remote functions cannot be called directly. Instead of running '{self._func_name}()', "
+            f"try '{self._func_name}.remote()'."
+        )
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._remote(args, kwargs, self._options)
+
+    def options(self, **options: Any) -> "_BoundOptions":
+        validated = opts.validate(options, opts.TASK_OPTIONS, "remote functions")
+        return _BoundOptions(self, {**self._options, **validated})
+
+    def _pickled(self) -> Tuple[bytes, bytes]:
+        if self._blob is None:
+            with self._lock:
+                if self._blob is None:
+                    blob = dumps_function(self._function, f"remote function {self._func_name}")
+                    self._function_id = hashlib.blake2b(blob, digest_size=16).digest()
+                    self._blob = blob
+        return self._function_id, self._blob  # type: ignore[return-value]
+
+    def _remote(self, args: tuple, kwargs: dict, options: Dict[str, Any]) -> Any:
+        from .api import _client
+
+        client = _client()
+        function_id, blob = self._pickled()
+        args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self._func_name)
+        num_returns = options.get("num_returns", 1)
+        retry_exceptions = options.get("retry_exceptions", False)
+        if isinstance(retry_exceptions, (list, tuple)):
+            retry_exceptions = pickle.dumps(tuple(retry_exceptions))
+        max_retries = options.get("max_retries")
+        spec = TaskSpec(
+            task_id=new_task_id(),
+            name=options.get("name") or self._function.__qualname__,
+            func_name=self._func_name,
+            function_id=function_id,
+            args=args_blob,
+            arg_refs=arg_refs,
+            borrowed=borrowed,
+            num_returns=num_returns,
+            resources=resources_of(options),
+            max_retries=config.task_max_retries() if max_retries is None else max_retries,
+            retry_exceptions=retry_exceptions,
+            max_calls=options.get("max_calls", 0),
+            strategy=strategy_of(options.get("scheduling_strategy")),
+            parent_task_id=client.current_task_id,
+            owner=client.worker_id,
+            args_size=len(args_blob),
+        )
+        refs = client.submit(spec, blob)
+        del keep_alive  # put() refs of large arguments: pinned by the head from submission on
+        if num_returns == 1:
+            return refs[0]
+        if num_returns == 0:
+            return None
+        return refs
+
+
+class _BoundOptions:
+    """`f.options(...)`: the same function with other options, ready for `.remote()`."""
+
+    def __init__(self, function: RemoteFunction, options: Dict[str, Any]) -> None:
+        self._function = function
+        self._options = options
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._function._remote(args, kwargs, self._options)
+
+    def options(self, **options: Any) -> "_BoundOptions":
+        validated = opts.validate(options, opts.TASK_OPTIONS, "remote functions")
+        return _BoundOptions(self._function, {**self._options, **validated})
+
+
+def _serialize_args(client: Any, args: tuple, kwargs: dict, func_name: str) -> Tuple[bytes, tuple, tuple, list]:
+    """Pickle (args, kwargs); large argument values go to the object store first, as in Ray.
+
+    Returns (blob, top-level ref ids, nested ref ids, refs to keep alive until submitted).
+    """
+    keep_alive: List[ObjectRef] = []
+    serialized = serialize((args, kwargs), what=f"arguments of {func_name}")
+    if serialized.size > config.INLINE_THRESHOLD:
+        args = tuple(_maybe_put(client, a, keep_alive, func_name) for a in args)
+        kwargs = {k: _maybe_put(client, v, keep_alive, func_name) for k, v in kwargs.items()}
+        serialized = serialize((args, kwargs), what=f"arguments of {func_name}")
+    top = [a._id for a in args if type(a) is ObjectRef]
+    top.extend(v._id for v in kwargs.values() if type(v) is ObjectRef)
+    if serialized.refs:
+        remaining = list(serialized.refs)
+        for oid in top:
+            remaining.remove(oid)
+        borrowed = tuple(remaining)
+    else:
+        borrowed = ()
+    return serialized.to_bytes(), tuple(top), borrowed, keep_alive
+
+
+def _maybe_put(client: Any, value: Any, keep_alive: List[ObjectRef], func_name: str) -> Any:
+    if type(value) is ObjectRef:
+        return value
+    if serialize(value, what=f"an argument of {func_name}").size <= config.INLINE_THRESHOLD:
+        return value
+    ref = client.put(value)
+    keep_alive.append(ref)
+    return ref

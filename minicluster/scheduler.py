@@ -1,0 +1,139 @@
+"""Placement: which node runs a task, by resources and scheduling strategy.
+
+Pure bookkeeping with no I/O, owned by the head (driver process, under the
+head's lock), so it can be tested without processes.
+
+Every node has resources: `CPU`, `node:<node id hex>`, and any custom ones.
+A task's request must fit a node's *available* resources to be placed there;
+it is *infeasible* if no live node's *total* could ever hold it (Ray then
+warns and keeps it pending until a fitting node is added).
+
+Strategies, as in Ray:
+  DEFAULT  the preferred node (where the task's large arguments live, else
+           the submitter's node) while it is at most half busy, else the least
+           busy node that fits;
+  SPREAD   round-robin over the nodes that fit;
+  NODE     NodeAffinitySchedulingStrategy: that node; if it is dead or can
+           never fit the task, soft=True falls back to DEFAULT and soft=False
+           makes the task unschedulable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Tuple
+
+INFEASIBLE = "INFEASIBLE"
+_EPS = 1e-9
+
+
+class Unschedulable(Exception):
+    """The task can never run (hard affinity to a dead node)."""
+
+
+@dataclass
+class NodeResources:
+    node_id: bytes
+    total: Dict[str, float]
+    available: Dict[str, float] = field(default_factory=dict)
+    alive: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.available:
+            self.available = dict(self.total)
+
+    def fits(self, request: Dict[str, float]) -> bool:
+        available = self.available
+        for key, qty in request.items():
+            if available.get(key, 0.0) + _EPS < qty:
+                return False
+        return True
+
+    def could_fit(self, request: Dict[str, float]) -> bool:
+        total = self.total
+        return all(total.get(key, 0.0) + _EPS >= qty for key, qty in request.items())
+
+    def cpu_load(self) -> float:
+        total = self.total.get("CPU", 0.0)
+        if total <= 0:
+            return 1.0
+        return 1.0 - self.available.get("CPU", 0.0) / total
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self.nodes: Dict[bytes, NodeResources] = {}
+        self._spread_next = 0
+
+    def add_node(self, node_id: bytes, total: Dict[str, float]) -> None:
+        self.nodes[node_id] = NodeResources(node_id, dict(total))
+
+    def remove_node(self, node_id: bytes) -> None:
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.alive = False
+
+    def alive(self) -> List[NodeResources]:
+        return [n for n in self.nodes.values() if n.alive]
+
+    def feasible(self, request: Dict[str, float]) -> bool:
+        return any(n.could_fit(request) for n in self.nodes.values() if n.alive)
+
+    def place(self, request: Dict[str, float], strategy: Tuple, preferred: Optional[bytes]) -> Optional[bytes] | str:
+        """A node id that fits now; None to wait; INFEASIBLE; raises Unschedulable."""
+        kind = strategy[0]
+        if kind == "NODE":
+            target = self.nodes.get(strategy[1])
+            soft = strategy[2]
+            if target is not None and target.alive and target.could_fit(request):
+                return target.node_id if target.fits(request) else None
+            if not soft:
+                if target is None or not target.alive:
+                    raise Unschedulable(
+                        f"the node {strategy[1].hex()} specified via NodeAffinitySchedulingStrategy "
+                        "doesn't exist any more or is dead"
+                    )
+                return INFEASIBLE
+            kind = "DEFAULT"
+        candidates = [n for n in self.nodes.values() if n.alive and n.fits(request)]
+        if not candidates:
+            return None if self.feasible(request) else INFEASIBLE
+        if kind == "SPREAD":
+            ordered = sorted(candidates, key=lambda n: list(self.nodes).index(n.node_id))
+            index = self._spread_next % len(self.nodes)
+            self._spread_next += 1
+            after = [n for n in ordered if list(self.nodes).index(n.node_id) >= index]
+            return (after or ordered)[0].node_id
+        if preferred is not None:
+            node = self.nodes.get(preferred)
+            if node is not None and node in candidates and node.cpu_load() < 0.5 + _EPS:
+                return preferred
+        best = min(candidates, key=lambda n: (n.cpu_load(), n.node_id != preferred))
+        return best.node_id
+
+    def acquire(self, node_id: bytes, request: Dict[str, float]) -> None:
+        available = self.nodes[node_id].available
+        for key, qty in request.items():
+            available[key] = available.get(key, 0.0) - qty
+
+    def release(self, node_id: bytes, request: Dict[str, float]) -> None:
+        node = self.nodes.get(node_id)
+        if node is None:
+            return
+        available = node.available
+        for key, qty in request.items():
+            available[key] = min(node.total.get(key, 0.0), available.get(key, 0.0) + qty)
+
+    def totals(self) -> Dict[str, float]:
+        return _sum(n.total for n in self.alive())
+
+    def availables(self) -> Dict[str, float]:
+        return _sum(n.available for n in self.alive())
+
+
+def _sum(dicts: Iterable[Dict[str, float]]) -> Dict[str, float]:
+    out: Dict[str, float] = {}
+    for d in dicts:
+        for key, qty in d.items():
+            out[key] = out.get(key, 0.0) + qty
+    return {k: max(0.0, v) for k, v in out.items()}

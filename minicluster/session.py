@@ -1,0 +1,127 @@
+"""The session's files: a private folder, the head's socket, the secret key, the store root.
+
+Created by the driver at `init()`. Layout:
+
+    <session root>/                          /tmp/minicluster-<uid>/ (0700), MINICLUSTER_TMPDIR to move it
+        session_latest -> session_<time>_<pid>
+        session_<time>_<pid>/                (0700)
+            head.sock                        the head's Unix socket (0600), removed at shutdown
+            session.json                     driver pid, store root, start time; removed at shutdown
+            logs/                            kept after the session on purpose
+    /dev/shm/minicluster-<uid>-<pid>-<rand>/<node id hex>/   the nodes' object stores
+
+At `init()`, sessions whose driver is dead (it was SIGKILLed before its nodes
+could clean up) are reaped: their sockets and store folders are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Optional
+
+from . import config, object_store
+
+
+class Session:
+    def __init__(self, store_bytes: Optional[int]) -> None:
+        root = config.session_root()
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        _check_private(root)
+        reap_stale_sessions(root)
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        self.root = root
+        self.dir = os.path.join(root, f"session_{stamp}_{os.getpid()}")
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self.logs_dir = os.path.join(self.dir, "logs")
+        os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
+        self.socket_path = os.path.join(self.dir, "head.sock")
+        self.key = os.urandom(32)
+        suffix = f"minicluster-{os.getuid()}-{os.getpid()}-{os.urandom(3).hex()}"
+        shm_parent, in_shm = object_store.choose_root(store_bytes, config.shm_root(), self.dir, config.MIN_SHM_BYTES)
+        if not in_shm:
+            print(
+                f"minicluster: warning: {config.shm_root()} has too little free space for the object store; "
+                f"using a folder on disk instead ({self.dir}). Objects still work, only slower.",
+                file=sys.stderr,
+            )
+        self.in_shm = in_shm
+        self.store_root = os.path.join(shm_parent, suffix if in_shm else "store")
+        os.makedirs(self.store_root, mode=0o700, exist_ok=True)
+        self.start_time = time.time()
+        self._write_info()
+        latest = os.path.join(root, "session_latest")
+        try:
+            if os.path.islink(latest):
+                os.unlink(latest)
+            os.symlink(os.path.basename(self.dir), latest)
+        except OSError:
+            pass
+
+    def _write_info(self) -> None:
+        info = {
+            "driver_pid": os.getpid(),
+            "start_time": self.start_time,
+            "store_root": self.store_root,
+            "socket_path": self.socket_path,
+        }
+        path = os.path.join(self.dir, "session.json")
+        with open(path, "w") as f:
+            json.dump(info, f)
+        os.chmod(path, 0o600)
+
+    def cleanup(self) -> None:
+        """Remove everything but the logs folder."""
+        shutil.rmtree(self.store_root, ignore_errors=True)
+        for name in ("head.sock", "session.json"):
+            try:
+                os.unlink(os.path.join(self.dir, name))
+            except FileNotFoundError:
+                pass
+
+
+def _check_private(path: str) -> None:
+    st = os.stat(path)
+    if st.st_uid != os.getuid():
+        raise PermissionError(f"minicluster: session folder {path} belongs to another user; set MINICLUSTER_TMPDIR")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def reap_stale_sessions(root: str) -> None:
+    """Clean up after drivers that died without cleaning up (their nodes normally do it)."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        info_path = os.path.join(root, name, "session.json")
+        try:
+            with open(info_path) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            continue
+        pid = info.get("driver_pid")
+        if not isinstance(pid, int) or _alive(pid):
+            continue
+        store_root = info.get("store_root")
+        if isinstance(store_root, str) and "minicluster" in store_root:
+            shutil.rmtree(store_root, ignore_errors=True)
+        for leftover in ("head.sock", "session.json"):
+            try:
+                os.unlink(os.path.join(root, name, leftover))
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,101 @@
+"""The head's record of each task and of each of its attempts.
+
+Runs in the driver process, under the head's lock. One TaskRecord per task,
+one AttemptRecord per attempt (0, 1, ...): the state API and the timeline
+read these. Finished tasks move to a bounded TaskHistory so a long job keeps
+a steady memory footprint.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any, Deque, Dict, List, Optional
+
+# Ray's task states, in the order a task normally passes through them.
+STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "RUNNING", "FINISHED", "FAILED")
+
+HISTORY_LIMIT = 100_000  # finished tasks kept for the state API
+
+
+class AttemptRecord:
+    __slots__ = ("attempt_number", "state", "node_id", "worker_id", "error_type", "error_message",
+                 "creation_time", "start_time", "end_time")
+
+    def __init__(self, attempt_number: int) -> None:
+        self.attempt_number = attempt_number
+        self.state = "PENDING_ARGS_AVAIL"
+        self.node_id: Optional[bytes] = None
+        self.worker_id: Optional[bytes] = None
+        self.error_type: Optional[str] = None
+        self.error_message: Optional[str] = None
+        self.creation_time = time.time()
+        self.start_time: Optional[float] = None
+        self.end_time: Optional[float] = None
+
+
+class TaskRecord:
+    __slots__ = ("spec", "attempt", "retries_left", "submitter_node", "node", "worker", "deps_waiting",
+                 "attempts", "cancelled", "owner_dead", "finished", "pinned", "shape")
+
+    def __init__(self, spec: Any, max_retries: int, submitter_node: bytes) -> None:
+        self.spec = spec
+        self.attempt = 0
+        self.retries_left = max_retries
+        self.submitter_node = submitter_node
+        self.node: Any = None
+        self.worker: Any = None
+        self.deps_waiting = 0
+        self.attempts: List[AttemptRecord] = [AttemptRecord(0)]
+        self.cancelled = False
+        self.owner_dead = False
+        self.finished = False
+        self.pinned = False
+        self.shape = (tuple(sorted(spec.resources.items())), spec.strategy)
+
+    @property
+    def state(self) -> str:
+        return self.attempts[-1].state
+
+    def set_state(self, state: str, node_id: Optional[bytes] = None, worker_id: Optional[bytes] = None) -> None:
+        record = self.attempts[-1]
+        record.state = state
+        if node_id is not None:
+            record.node_id = node_id
+        if worker_id is not None:
+            record.worker_id = worker_id
+            record.start_time = time.time()
+
+    def record_times(self, start: float, end: float) -> None:
+        record = self.attempts[-1]
+        record.start_time = start
+        record.end_time = end
+
+    def fail_attempt(self, error_type: str, message: str) -> None:
+        record = self.attempts[-1]
+        record.state = "FAILED"
+        record.error_type = error_type
+        record.error_message = message
+        record.end_time = record.end_time or time.time()
+
+    def new_attempt(self) -> None:
+        self.attempt += 1
+        self.attempts.append(AttemptRecord(self.attempt))
+
+    def close(self, state: str, error_type: Optional[str], message: Optional[str]) -> None:
+        self.finished = True
+        record = self.attempts[-1]
+        record.state = state
+        record.error_type = error_type
+        record.error_message = message
+        record.end_time = record.end_time or time.time()
+
+
+class TaskHistory:
+    """Finished tasks, newest last, at most HISTORY_LIMIT of them."""
+
+    def __init__(self) -> None:
+        self.tasks: Deque[TaskRecord] = collections.deque(maxlen=HISTORY_LIMIT)
+
+    def add(self, task: TaskRecord) -> None:
+        self.tasks.append(task)

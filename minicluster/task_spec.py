@@ -1,0 +1,73 @@
+"""TaskSpec: everything the head needs to run, retry and rebuild one task.
+
+Made by the submitting process (driver or worker), kept by the head for the
+task's life and, as lineage, for as long as its results may need rebuilding.
+A spec never changes after submission; attempts are tracked in the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+NORMAL_TASK = "NORMAL_TASK"
+ACTOR_CREATION_TASK = "ACTOR_CREATION_TASK"
+ACTOR_TASK = "ACTOR_TASK"
+DRIVER_TASK = "DRIVER_TASK"
+
+# Strategy encodings: ("DEFAULT",), ("SPREAD",), ("NODE", node_id, soft)
+DEFAULT_STRATEGY: Tuple = ("DEFAULT",)
+
+
+@dataclass(slots=True)
+class TaskSpec:
+    task_id: bytes
+    name: str  #: display name: the `name` option, else the function's qualified name
+    func_name: str  #: module-qualified function or class name
+    function_id: bytes  #: key of the pickled function in the head's function table
+    args: bytes  #: serialized (args, kwargs)
+    arg_refs: Tuple[bytes, ...]  #: top-level ObjectRef arguments: resolved to values before the task runs
+    borrowed: Tuple[bytes, ...]  #: refs nested inside the arguments: kept alive while the task runs
+    num_returns: int
+    resources: Dict[str, float]
+    max_retries: int  #: -1 means forever
+    retry_exceptions: object  #: False, True, or pickled tuple of exception classes
+    max_calls: int  #: 0 means unlimited
+    strategy: Tuple
+    parent_task_id: bytes
+    owner: bytes  #: worker id of the submitting process; the owner of the results
+    task_type: str = NORMAL_TASK
+    actor_id: Optional[bytes] = None
+    args_size: int = field(default=0)
+
+    def return_ids(self) -> Tuple[bytes, ...]:
+        tid = self.task_id
+        return tuple(tid + i.to_bytes(4, "little") for i in range(1, self.num_returns + 1))
+
+
+def resources_of(options: dict, default_cpus: float = 1.0) -> Dict[str, float]:
+    """The resource request of a task from its (validated) options."""
+    res: Dict[str, float] = {}
+    cpus = options.get("num_cpus", default_cpus)
+    if cpus:
+        res["CPU"] = float(cpus)
+    gpus = options.get("num_gpus")
+    if gpus:
+        res["GPU"] = float(gpus)
+    for key, qty in (options.get("resources") or {}).items():
+        if qty:
+            res[key] = float(qty)
+    return res
+
+
+def strategy_of(value: object) -> Tuple:
+    if value is None or value == "DEFAULT":
+        return DEFAULT_STRATEGY
+    if value == "SPREAD":
+        return ("SPREAD",)
+    node_hex = getattr(value, "node_id")
+    try:
+        node_id = bytes.fromhex(node_hex)
+    except ValueError:
+        raise ValueError(f"NodeAffinitySchedulingStrategy: {node_hex!r} is not a node id (hex string)") from None
+    return ("NODE", node_id, bool(getattr(value, "soft")))

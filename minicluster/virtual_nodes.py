@@ -1,0 +1,114 @@
+"""The head's records of virtual nodes and their workers, and the node processes' birth and death.
+
+Runs in the driver process (the head), under the head's lock. A node is a
+node manager process (node_manager.py), leader of its own process group, plus
+the workers it forks; its store is the folder `<store root>/<node id hex>`.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any, Deque, Dict, Optional, Set
+
+from . import object_store
+
+
+class WorkerRecord:
+    """What the head knows about one worker process."""
+
+    __slots__ = ("worker_id", "node", "pid", "peer", "task", "functions", "blocked", "dead", "retiring",
+                 "borrowed", "owned", "requests", "tasks_done")
+
+    def __init__(self, worker_id: bytes, node: "NodeRecord", pid: int, peer: Any) -> None:
+        self.worker_id = worker_id
+        self.node = node
+        self.pid = pid
+        self.peer = peer
+        self.task: Any = None  #: the TaskRecord it runs now, or None when idle
+        self.functions: Set[bytes] = set()  #: function ids it has been sent
+        self.blocked = 0  #: >0 while its task waits in get/wait (its CPU is lent out)
+        self.dead = False
+        self.retiring = False  #: leaving after max_calls; its exit is not a failure
+        self.borrowed: Set[bytes] = set()  #: object ids it announced holding
+        self.owned: Set[bytes] = set()  #: object ids it created (task returns, puts)
+        self.requests: Dict[int, Any] = {}  #: its blocked get/wait requests (Waiters)
+        self.tasks_done = 0
+
+
+class NodeRecord:
+    """What the head knows about one virtual node."""
+
+    def __init__(self, node_id: bytes, index: int, resources: Dict[str, float], num_workers: int, store_dir: str) -> None:
+        self.node_id = node_id
+        self.index = index
+        self.resources = resources
+        self.target_workers = num_workers  #: pool size kept warm
+        self.store_dir = store_dir
+        self.process: Optional[subprocess.Popen] = None
+        self.pid = 0
+        self.peer: Any = None
+        self.workers: Dict[bytes, WorkerRecord] = {}
+        self.idle: Deque[WorkerRecord] = collections.deque()
+        self.waiting: Deque[Any] = collections.deque()  #: tasks placed here, holding resources, waiting for a worker
+        self.pending_spawn = 0  #: workers asked for and not yet connected
+        self.alive = True
+        self.death_reason = ""
+        self.stopped = False  #: SIGSTOPped (hung) on purpose
+        self.hello = threading.Event()
+        self.start_time = 0.0
+        self.end_time = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"node-{self.index}"
+
+
+def launch(cfg: Dict[str, Any], log_path: Optional[str]) -> subprocess.Popen:
+    """Start a node manager in a new session (so: its own process group); cfg goes over stdin."""
+    os.makedirs(os.path.join(cfg["store_root"], cfg["node_id"].hex()), mode=0o700, exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minicluster.node_manager"],
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+        env=env,
+        close_fds=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(pickle.dumps(cfg))
+    proc.stdin.close()
+    return proc
+
+
+def kill(node: NodeRecord) -> None:
+    """Power cut: SIGKILL the node's whole process group and delete its store folder."""
+    if node.pid:
+        try:
+            os.killpg(node.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    object_store.remove_store(node.store_dir)
+    if node.process is not None:
+        try:
+            node.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def exit_reason(exitcode: Optional[int]) -> str:
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name}"
+    return f"exit code {exitcode}"

@@ -1,0 +1,388 @@
+"""A worker process: runs tasks the head sends it, one at a time, and reports results.
+
+Forked by its node manager (the zygote, node_manager.py), so it starts with
+the runtime already imported. It connects to the head itself and is then
+reused for task after task until it is told to go, reaches `max_calls`, or
+its node or the driver dies. Two threads:
+
+    reader thread           main thread
+    -------------           -----------
+    head socket ──► "exec" ──► queue ──► run the task ──► "done" ──► head socket
+                   "reply" ──► wakes a get/wait blocked in the running task
+                   "cancel" ─► KeyboardInterrupt in the main thread (SIGINT)
+                   EOF ──────► the driver is gone: exit at once
+
+Results up to INLINE_THRESHOLD bytes travel in the "done" message; larger ones
+are written to this node's store folder first. An exception in a task is the
+task's result: a RayTaskError carrying the traceback, marked retryable when
+`retry_exceptions` covers it (the head decides whether retries are left).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from . import config, context, object_store
+from .client import RuntimeClient
+from .exceptions import GetTimeoutError, RayTaskError, TaskCancelledError
+from .object_ref import LocalRefCounter, ObjectRef, set_counter
+from .protocol import Connection
+from .serialization import FLAG_ERROR, SerializationError, serialize
+
+# ExecRequest tuple fields, in order (the head builds it in head.py).
+EXEC_FIELDS = ("task_id", "attempt", "function_id", "name", "args", "arg_payloads", "num_returns",
+               "retry_exceptions", "max_calls", "actor_id", "task_type")
+
+
+class WorkerClient(RuntimeClient):
+    """The runtime as code running inside this worker sees it."""
+
+    def __init__(self, conn: Connection, worker_id: bytes, node_id: bytes, store_root: str) -> None:
+        super().__init__()
+        self.conn = conn
+        self.worker_id = worker_id
+        self.node_id = node_id
+        self.store_root = store_root
+        self.store_dir = os.path.join(store_root, node_id.hex())
+        self.refs = LocalRefCounter(on_first=self._on_first_ref)
+        self._adds: List[bytes] = []
+        self._delta_lock = threading.Lock()
+        self._requests: Dict[int, list] = {}
+        self._request_ids = itertools.count(1)
+
+    # ---- outgoing messages ----------------------------------------------------
+
+    def _on_first_ref(self, object_id: bytes) -> None:
+        with self._delta_lock:
+            self._adds.append(object_id)
+
+    def _ref_deltas(self) -> Optional[tuple]:
+        removed = self.refs.drain() if self.refs.has_released() else []
+        with self._delta_lock:
+            added, self._adds = self._adds, []
+        if added or removed:
+            return ("refs", added, removed)
+        return None
+
+    def send(self, *messages: Any) -> None:
+        """Send messages, preceded by any pending reference-count changes (order matters)."""
+        deltas = self._ref_deltas()
+        if deltas is not None:
+            self.conn.send(deltas, *messages)
+        else:
+            self.conn.send(*messages)
+
+    def flush_refs(self) -> None:
+        deltas = self._ref_deltas()
+        if deltas is not None:
+            self.conn.send(deltas)
+
+    def _request(self, kind: str, *args: Any, timeout: Optional[float] = None) -> Any:
+        """Send a request and block for its reply; interruptible by cancellation (SIGINT)."""
+        request_id = next(self._request_ids)
+        slot: list = [threading.Event(), None]
+        self._requests[request_id] = slot
+        try:
+            self.send((kind, request_id, *args))
+            if not slot[0].wait(timeout):
+                self.send(("forget", request_id))
+                raise GetTimeoutError(f"{kind} timed out after {timeout} seconds")
+            return slot[1]
+        except BaseException:
+            # Cancelled (KeyboardInterrupt) or timed out: the head must stop counting us as blocked.
+            if not slot[0].is_set():
+                try:
+                    self.send(("forget", request_id))
+                except OSError:
+                    pass
+            raise
+        finally:
+            self._requests.pop(request_id, None)
+
+    def on_reply(self, request_id: int, payload: Any) -> None:
+        slot = self._requests.get(request_id)
+        if slot is not None:
+            slot[1] = payload
+            slot[0].set()
+
+    # ---- the client API ---------------------------------------------------------
+
+    def add_location(self, object_id: bytes, size: int) -> None:
+        self.send(("located", object_id, self.node_id, size))
+
+    def submit(self, spec: Any, function_blob: Optional[bytes]) -> List[ObjectRef]:
+        # The head counts this worker as holding each result from the submission on,
+        # so the refs are made without announcing them again.
+        messages: List[Any] = []
+        if spec.function_id not in self.known_functions and function_blob is not None:
+            messages.append(("fn", spec.function_id, function_blob))
+            self.known_functions.add(spec.function_id)
+        messages.append(("submit", spec))
+        self.send(*messages)
+        return [ObjectRef(oid, _announce=False) for oid in spec.return_ids()]
+
+    def get(self, object_ids: Sequence[bytes], timeout: Optional[float]) -> List[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in range(100):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            payloads = self._request("get", list(object_ids), timeout=remaining)
+            try:
+                return [self.load(oid, payload) for oid, payload in zip(object_ids, payloads)]
+            except FileNotFoundError as exc:
+                # A copy vanished between the head's answer and our read (its node died):
+                # tell the head, which rebuilds or reports the loss, then ask again.
+                self.send(("lost", bytes.fromhex(str(exc.args[0]))))
+        raise RuntimeError("object kept vanishing while being fetched")
+
+    def put(self, value: Any) -> ObjectRef:
+        object_id = self.next_put_id()
+        kind, data, refs = store_value(self, object_id, value, what="put() value")
+        self.send(("put", object_id, kind, data, refs))
+        return ObjectRef(object_id, _announce=False)
+
+    def wait(self, object_ids: Sequence[bytes], num_returns: int, timeout: Optional[float], fetch_local: bool) -> List[bytes]:
+        return self._request("wait", list(object_ids), num_returns, timeout)
+
+    def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
+        self.send(("cancel", object_id, force, recursive))
+
+    def state(self, what: str) -> Any:
+        return self._request("state", what)
+
+
+def store_value(client: RuntimeClient, object_id: bytes, value: Any, what: str, flags: int = 0) -> Tuple[str, Any, List[bytes]]:
+    """Serialize a value into a payload: inline bytes, or a file in this node's store."""
+    serialized = serialize(value, flags=flags, what=what)
+    if serialized.size <= config.INLINE_THRESHOLD:
+        return "i", serialized.to_bytes(), serialized.refs
+    size = object_store.write(os.path.join(client.store_root, client.node_id.hex()), object_id, serialized)
+    return "s", size, serialized.refs
+
+
+class Worker:
+    """The worker process's main loop and its reader thread."""
+
+    def __init__(self, client: WorkerClient) -> None:
+        self.client = client
+        self.tasks: "queue.SimpleQueue[Optional[tuple]]" = queue.SimpleQueue()
+        self.function_blobs: Dict[bytes, bytes] = {}
+        self.functions: Dict[bytes, Any] = {}
+        self.calls: Dict[bytes, int] = {}
+        self.current: Optional[bytes] = None
+        self.cancel_target: Optional[bytes] = None
+        self.cancel_fired = False  # the running task's KeyboardInterrupt came from cancel()
+        self.cancelled_queued: set = set()
+        self.main_ident = threading.get_ident()
+
+    # ---- reader thread -----------------------------------------------------------
+
+    def read_loop(self) -> None:
+        conn = self.client.conn
+        try:
+            while True:
+                for message in conn.recv():
+                    kind = message[0]
+                    if kind == "exec":
+                        self.tasks.put(message[1])
+                    elif kind == "reply":
+                        self.client.on_reply(message[1], message[2])
+                    elif kind == "fn":
+                        self.function_blobs[message[1]] = message[2]
+                    elif kind == "cancel":
+                        self._cancel(message[1])
+                    elif kind == "retire":
+                        self.tasks.put(None)
+        except (ConnectionError, OSError, EOFError):
+            pass
+        os._exit(0)  # the head is gone: nothing left to do and nobody to tell
+
+    def _cancel(self, task_id: bytes) -> None:
+        if self.current == task_id:
+            self.cancel_target = task_id
+            signal.pthread_kill(self.main_ident, signal.SIGINT)
+        else:
+            self.cancelled_queued.add(task_id)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        # Only a cancel aimed at the task running right now interrupts it.
+        if self.cancel_target is not None and self.cancel_target == self.current:
+            self.cancel_target = None
+            self.cancel_fired = True
+            raise KeyboardInterrupt
+
+    # ---- main thread -------------------------------------------------------------
+
+    def run(self) -> None:
+        signal.signal(signal.SIGINT, self._on_sigint)
+        client = self.client
+        while True:
+            try:
+                request = self.tasks.get_nowait()
+            except queue.Empty:
+                client.flush_refs()  # going idle: report dropped refs so objects can be freed
+                request = self.tasks.get()
+            if request is None:
+                break
+            retire = self.execute(request)
+            if retire:
+                break
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    def _function(self, function_id: bytes) -> Any:
+        fn = self.functions.get(function_id)
+        if fn is None:
+            fn = pickle.loads(self.function_blobs.pop(function_id))
+            self.functions[function_id] = fn
+        return fn
+
+    def execute(self, request: tuple) -> bool:
+        """Run one task and report it; returns True if this worker must now retire (max_calls)."""
+        (task_id, attempt, function_id, name, args_blob, arg_payloads, num_returns,
+         retry_exceptions, max_calls, actor_id, task_type) = request
+        client = self.client
+        start = time.time()
+        error_info = None
+        return_ids = [task_id + i.to_bytes(4, "little") for i in range(1, num_returns + 1)]
+        self.current = task_id
+        self.cancel_fired = False
+        client.current_task_id = task_id
+        client.current_task_name = name
+        try:
+            if task_id in self.cancelled_queued:
+                self.cancelled_queued.discard(task_id)
+                self.cancel_fired = True
+                raise KeyboardInterrupt
+            fn = self._function(function_id)
+            args, kwargs = _resolve_args(client, args_blob, arg_payloads)
+            outputs = _split_returns(fn(*args, **kwargs), num_returns, name)
+            results = [store_value(client, oid, value, what=f"return value of {name}")
+                       for oid, value in zip(return_ids, outputs)]
+        except BaseException as exc:  # noqa: BLE001 - every failure of user code is the task's result
+            cancelled = isinstance(exc, KeyboardInterrupt) and self.cancel_fired
+            error, retryable = _task_error(exc, name, retry_exceptions, cancelled)
+            results = _error_results(client, return_ids, error, name)
+            error_type = "TASK_CANCELLED" if cancelled else "TASK_EXECUTION_EXCEPTION"
+            error_info = (error_type, retryable and not cancelled, _one_line(exc))
+        finally:
+            self.current = None
+            self.cancel_target = None
+            client.current_task_id = b""
+        end = time.time()
+        self.calls[function_id] = calls = self.calls.get(function_id, 0) + 1
+        retire = bool(max_calls) and calls >= max_calls
+        sys.stdout.flush()
+        sys.stderr.flush()
+        client.send(("done", task_id, attempt, results, error_info, start, end, retire))
+        return retire
+
+
+def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Dict[bytes, tuple]) -> Tuple[list, dict]:
+    from .serialization import deserialize
+
+    (args, kwargs), _ = deserialize(args_blob)
+    if payloads:
+        args = [client.load(a._id, payloads[a._id]) if type(a) is ObjectRef else a for a in args]
+        kwargs = {k: client.load(v._id, payloads[v._id]) if type(v) is ObjectRef else v for k, v in kwargs.items()}
+    return args, kwargs
+
+
+def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:
+    if num_returns == 1:
+        return (result,)
+    if num_returns == 0:
+        return ()
+    try:
+        values = tuple(result)
+    except TypeError:
+        raise ValueError(
+            f"Task {name} declared num_returns={num_returns} but returned a non-iterable {type(result).__name__}"
+        ) from None
+    if len(values) != num_returns:
+        raise ValueError(
+            f"Task {name} declared num_returns={num_returns} but returned {len(values)} values"
+        )
+    return values
+
+
+def _task_error(exc: BaseException, name: str, retry_exceptions: Any, cancelled: bool) -> Tuple[BaseException, bool]:
+    if cancelled:
+        cause: BaseException = TaskCancelledError(error_message=f"Task {name} was cancelled while running")
+        tb = "".join(traceback.format_exception(type(exc), exc, _user_traceback(exc.__traceback__)))
+        return RayTaskError(name, tb, cause), False
+    tb = "".join(traceback.format_exception(type(exc), exc, _user_traceback(exc.__traceback__)))
+    if retry_exceptions is True:
+        retryable = isinstance(exc, Exception)
+    elif retry_exceptions:
+        classes = pickle.loads(retry_exceptions)
+        retryable = isinstance(exc, classes)
+    else:
+        retryable = False
+    if isinstance(exc, RayTaskError):
+        return exc, retryable  # an upstream task error re-raised in this task: pass it through
+    return RayTaskError(name, tb, exc), retryable
+
+
+def _user_traceback(tb: Any) -> Any:
+    """Skip the worker's own frames so the traceback starts in user code."""
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return tb
+
+
+def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseException, name: str) -> List[tuple]:
+    try:
+        payload = store_value(client, return_ids[0] if return_ids else b"", error, what="task error", flags=FLAG_ERROR)
+    except SerializationError:
+        # The exception itself cannot be pickled: keep its text, drop the object.
+        fallback = RayTaskError(name, getattr(error, "traceback_str", str(error)), None)
+        payload = store_value(client, b"", fallback, what="task error", flags=FLAG_ERROR)
+    if payload[0] != "i":
+        payload = ("i", serialize(RayTaskError(name, "(error too large to store)", None), FLAG_ERROR).to_bytes(), [])
+    return [payload for _ in return_ids]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) < 500 else text[:497] + "..."
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: die with the node manager even if nobody else notices (belt and braces)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, store_root: str, parent_pid: int) -> None:
+    """Entry point of a freshly forked worker; never returns."""
+    _set_parent_death_signal()
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the node manager died between fork and prctl
+    try:
+        conn = Connection.connect(socket_path, key)
+        client = WorkerClient(conn, worker_id, node_id, store_root)
+        set_counter(client.refs)
+        context.set_client(client, is_worker=True)
+        conn.send(("worker_hello", worker_id, node_id, os.getpid()))
+        worker = Worker(client)
+        threading.Thread(target=worker.read_loop, name="minicluster-reader", daemon=True).start()
+        worker.run()
+    except BaseException:  # noqa: BLE001 - a worker must never fall back into the zygote's code
+        traceback.print_exc()
+    finally:
+        os._exit(1)
