@@ -1,0 +1,85 @@
+"""Shared fixtures: a fresh session per test, and a check that nothing leaked after it.
+
+`cluster(**init_kwargs)` starts a session; whatever the test does (even when it
+fails), teardown shuts it down and then checks that every process the session
+started is gone and its shared-memory folder is removed.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from typing import Any, Callable, Iterator, List
+
+import psutil
+import pytest
+
+import minicluster as ray
+from minicluster import context
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `condition` until it is truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def session_pids() -> List[int]:
+    """Pids of every node manager and worker of the running session."""
+    client = context.current()
+    if client is None:
+        return []
+    head = client.head
+    with head.lock:
+        pids = [n.pid for n in head.nodes.values() if n.pid]
+        pids += [w.pid for n in head.nodes.values() for w in n.workers.values()]
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _own_shm() -> List[str]:
+    return glob.glob(f"/dev/shm/minicluster-{os.getuid()}-{os.getpid()}-*")
+
+
+@pytest.fixture
+def cluster() -> Iterator[Callable[..., Any]]:
+    """Start a session with `cluster(num_nodes=..., num_cpus=..., ...)`; torn down and leak-checked."""
+    started: List[int] = []
+    stores: List[str] = []
+
+    def start(**kwargs: Any) -> Any:
+        kwargs.setdefault("num_cpus", 1)
+        info = ray.init(**kwargs)
+        stores.append(context.current().store_root)
+        return info
+
+    yield start
+    started.extend(session_pids())
+    ray.shutdown()
+    wait_for(lambda: not [p for p in started if _alive(p)], timeout=3.0,
+             what=f"session processes to exit: {[p for p in started if _alive(p)]}")
+    for store in stores:
+        assert not os.path.exists(store), f"store folder left behind: {store}"
+    assert not _own_shm(), f"shared-memory folders left behind: {_own_shm()}"
+
+
+@pytest.fixture(autouse=True)
+def _always_shut_down() -> Iterator[None]:
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
