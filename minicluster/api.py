@@ -8,8 +8,6 @@ so bad input fails fast with a message naming the problem and changes nothing.
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
-import inspect
 import os
 import sys
 import threading
@@ -186,7 +184,7 @@ def remote(*args: Any, **kwargs: Any) -> Any:
 
 
 def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
-    if inspect.isclass(target):
+    if isinstance(target, type):
         raise NotImplementedError("minicluster does not support actors yet (remote classes)")
     if not callable(target):
         raise TypeError(f"@remote needs a function or a class, got {type(target).__name__}")
@@ -224,7 +222,7 @@ def _as_ids(object_refs: Any, what: str) -> Tuple[List[bytes], bool]:
                 )
             ids.append(ref._id)
         return ids, False
-    raise TypeError(
+    raise ValueError(
         f"Invalid type of object refs, {type(object_refs)}, is given. "
         "'object_refs' must either be an ObjectRef or a list of ObjectRefs."
     )
@@ -291,7 +289,9 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     _client().cancel(object_ref._id, bool(force), bool(recursive))
 
 
-def _future_of(ref: ObjectRef) -> concurrent.futures.Future:
+def _future_of(ref: ObjectRef) -> Any:
+    import concurrent.futures
+
     future: concurrent.futures.Future = concurrent.futures.Future()
 
     def resolve() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Any, List, Optional, Sequence
 
-from . import object_store
+from . import config, object_store
 from .exceptions import RayTaskError
 from .ids import JOB_ID, object_id_for_put
 from .object_ref import LocalRefCounter
@@ -38,6 +38,8 @@ class RuntimeClient:
         self.current_task_id: bytes = b""
         self.current_actor_id: Optional[bytes] = None
         self.current_task_name: Optional[str] = None
+        # Read once per process, like Ray reads RAY_TASK_MAX_RETRIES at start-up.
+        self.default_max_retries = config.task_max_retries()
 
     # ---- ids -----------------------------------------------------------------
 

@@ -8,7 +8,6 @@ Module constants are the knobs tests may monkeypatch.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Callable, Optional, TypeVar
 
 T = TypeVar("T")
@@ -64,6 +63,8 @@ def session_root() -> str:
     base = env("TMPDIR", "", str)
     if base:
         return os.path.join(base, f"minicluster-{os.getuid()}")
+    import tempfile
+
     return os.path.join(tempfile.gettempdir(), f"minicluster-{os.getuid()}")
 
 

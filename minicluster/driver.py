@@ -38,13 +38,18 @@ class DriverClient(RuntimeClient):
         self.session = Session(object_store_memory)
         self.store_root = self.session.store_root
         self.head = Head(self.session, self.refs.counts, self.refs.drain)
-        self.head.start()
         self.default_cpus = num_cpus
         self.default_resources = resources
         self.num_workers_per_node = max(1, int(num_cpus))
-        for _ in range(num_nodes):
-            self.head.add_node(num_cpus, resources, self.num_workers_per_node)
-        self.head.wait_for_nodes(NODE_START_TIMEOUT_S)
+        try:
+            self.head.start()
+            for _ in range(num_nodes):
+                self.head.add_node(num_cpus, resources, self.num_workers_per_node)
+            self.head.wait_for_nodes(NODE_START_TIMEOUT_S)
+        except BaseException:
+            self.head.shutdown()  # a failed start leaves nothing running
+            self.session.cleanup()
+            raise
         self.node_id = next(iter(self.head.nodes))
         set_counter(self.refs)
 

@@ -52,6 +52,12 @@ from .task_records import TaskRecord, TaskHistory
 
 DRIVER = b"driver"  # owner id of objects the driver creates
 
+# Tiny tasks are pipelined: up to PIPELINE_DEPTH queued at a busy worker, so one
+# message carries many. Deeper amortizes more but lets a worker hoard work other
+# workers could start; only functions averaging under PIPELINE_QUICK_S qualify.
+PIPELINE_DEPTH = 16
+PIPELINE_QUICK_S = 0.001
+
 
 def error_blob(error: BaseException) -> bytes:
     return serialize(error, flags=FLAG_ERROR).to_bytes()
@@ -71,7 +77,9 @@ class Head:
         self.workers: Dict[bytes, WorkerRecord] = {}
         self.ready: Dict[tuple, collections.deque] = {}  # resource shape -> tasks waiting for placement
         self.infeasible_warned: set = set()
+        self.durations: Dict[bytes, float] = {}  # function id -> moving average run time (s)
         self._dirty: List[Peer] = []
+        self._placement_pending = False
         self._drain_driver_refs = drain_driver_refs
         self.hub = Hub(session.socket_path, session.key, self)
         self.closed = False
@@ -109,7 +117,9 @@ class Head:
             key=self.session.key,
             store_root=self.session.store_root,
             num_workers=num_workers,
-            sys_path=list(sys.path),
+            # The package's own folder first: editable installs are found by a
+            # site hook that the node's `python -S` does not run.
+            sys_path=[os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] + sys.path,
         )
         node.process = node_procs.launch(cfg, None)
         node.pid = node.process.pid
@@ -119,16 +129,16 @@ class Head:
         return node
 
     def wait_for_nodes(self, timeout: float) -> None:
+        """Block until every live node manager has said hello; fail fast if one exits."""
         deadline = time.monotonic() + timeout
         for node in list(self.nodes.values()):
-            if not node.alive:
-                continue
-            if not node.hello.wait(max(0.0, deadline - time.monotonic())):
+            while node.alive and not node.hello.wait(0.05):
                 code = node.process.poll() if node.process else None
-                raise RuntimeError(
-                    f"minicluster: {node.name} did not start within {timeout:.0f} s"
-                    + (f" (its process exited with {code})" if code is not None else "")
-                )
+                if code is not None:
+                    raise RuntimeError(f"minicluster: {node.name} failed to start (its process exited with {code}); "
+                                       "see its error output above")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"minicluster: {node.name} did not start within {timeout:.0f} s")
 
     def kill_node(self, node_id: bytes, reason: str = "killed") -> None:
         with self.lock:
@@ -294,13 +304,21 @@ class Head:
 
     def _on_done(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         _, task_id, attempt, results, error_info, start, end, retire = message
-        task = worker.task
-        worker.task = None
+        queue = worker.queue
+        task = queue.popleft() if queue else None
         worker.tasks_done += 1
-        if worker.blocked:
-            worker.blocked = 0  # its CPU was lent out while blocked; nothing more to release
-        elif task is not None:
-            self.scheduler.release(worker.node.node_id, task.spec.resources)
+        was_blocked, worker.blocked = worker.blocked, 0
+        if task is not None:
+            # The next pipelined task inherits the lease; the last one gives it back.
+            if queue:
+                if was_blocked:
+                    self.scheduler.acquire(worker.node.node_id, task.spec.resources)
+                queue[0].set_state("RUNNING", worker_id=worker.worker_id)
+            elif not was_blocked:
+                self.scheduler.release(worker.node.node_id, task.spec.resources)
+            previous = self.durations.get(task.spec.function_id)
+            took = end - start
+            self.durations[task.spec.function_id] = took if previous is None else 0.8 * previous + 0.2 * took
         if retire:
             worker.retiring = True
         if task is None or task.spec.task_id != task_id or task.attempt != attempt:
@@ -308,9 +326,40 @@ class Head:
         else:
             task.record_times(start, end)
             self._task_reported(task, results, error_info, worker.node.node_id)
-        if not retire:
+        if not retire and not queue:
             self._worker_free(worker)
         self._schedule()
+        if queue and not retire:
+            self._pipeline(worker)
+
+    def _pipeline(self, worker: WorkerRecord) -> None:
+        """Queue more tiny tasks of the same shape behind a busy worker's current one.
+
+        Only tasks whose function is known to run in under PIPELINE_QUICK_S, and
+        only those no free resources could take right now (_schedule ran first):
+        one frame then carries many tasks, and one frame their results.
+        """
+        if worker.dead or worker.blocked or len(worker.queue) >= PIPELINE_DEPTH:
+            return
+        shape = worker.queue[0].shape
+        if shape[1][0] == "SPREAD":
+            return
+        ready = self.ready.get(shape)
+        node_id = worker.node.node_id
+        while ready and len(worker.queue) < PIPELINE_DEPTH:
+            task = ready[0]
+            if task.finished or task.state != "PENDING_NODE_ASSIGNMENT":
+                ready.popleft()
+                continue
+            strategy = task.spec.strategy
+            if self.durations.get(task.spec.function_id, 1.0) >= PIPELINE_QUICK_S or (
+                strategy[0] == "NODE" and strategy[1] != node_id
+            ):
+                break
+            ready.popleft()
+            task.node = worker.node
+            task.set_state("SUBMITTED_TO_WORKER", node_id=node_id)
+            self._dispatch(task, worker)
 
     # ==== tasks ======================================================================
 
@@ -349,8 +398,10 @@ class Head:
                 entry.dependents.append(task)
         task.deps_waiting = waiting
         if waiting == 0:
+            self._placement_pending = True
             self._args_ready(task)
-            self._schedule()
+            if self._placement_pending:
+                self._schedule()
 
     def _max_retries(self, spec: Any) -> int:
         return spec.max_retries
@@ -375,6 +426,8 @@ class Head:
         queue = self.ready.get(shape)
         if queue is None:
             queue = self.ready[shape] = collections.deque()
+        elif queue:
+            self._placement_pending = False  # tasks of this shape already wait: FIFO, nothing to try
         queue.append(task)
 
     def _schedule(self) -> None:
@@ -454,9 +507,10 @@ class Head:
 
     def _dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
         spec = task.spec
-        worker.task = task
+        worker.queue.append(task)
         task.worker = worker
-        task.set_state("RUNNING", node_id=worker.node.node_id, worker_id=worker.worker_id)
+        if len(worker.queue) == 1:
+            task.set_state("RUNNING", node_id=worker.node.node_id, worker_id=worker.worker_id)
         peer = worker.peer
         if spec.function_id not in worker.functions:
             worker.functions.add(spec.function_id)
@@ -579,13 +633,18 @@ class Head:
             waiter.fired = True
             self._unregister_waiter(waiter)
         worker.requests.clear()
-        task = worker.task
-        worker.task = None
-        if task is not None:
+        queued, worker.queue = list(worker.queue), collections.deque()
+        if queued:
             if not worker.blocked:
-                self.scheduler.release(node.node_id, task.spec.resources)
-            task.worker = None
-            self._attempt_died(task, worker, exitcode, node_death)
+                self.scheduler.release(node.node_id, queued[0].spec.resources)
+            for task in queued:
+                task.worker = None
+            self._attempt_died(queued[0], worker, exitcode, node_death)
+            for task in queued[1:]:  # never started: back in line, no retry used
+                if not task.finished:
+                    task.node = None
+                    task.set_state("PENDING_NODE_ASSIGNMENT")
+                    self._args_ready(task)
         for object_id in list(worker.borrowed):
             self.objects.remove_borrower(object_id, worker.worker_id)
         worker.borrowed.clear()
@@ -706,7 +765,7 @@ class Head:
                     pass
             self._finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
                                     "cancelled before it started")
-        elif force:
+        elif force and worker.task is task:
             try:
                 os.kill(worker.pid, 9)
             except ProcessLookupError:

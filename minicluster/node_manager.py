@@ -1,6 +1,6 @@
 """A virtual node's manager process: the zygote that forks its workers and watches them.
 
-Started by the head as `python -m minicluster.node_manager` in a new session,
+Started by the head (virtual_nodes.launch) in a new session,
 so the node manager and every worker it forks share one process group: killing
 the node is one `killpg(SIGKILL)`, like pulling a machine's plug. It is
 single-threaded (so forking is safe) and loops on two things:
@@ -134,17 +134,12 @@ class NodeManager:
         os.killpg(0, signal.SIGKILL)
 
 
-def main() -> None:
-    cfg = pickle.load(sys.stdin.buffer)
-    sys.stdin.close()
-    # Workers import user modules by the driver's path (e.g. test files, scripts' folders).
-    sys.path[:] = cfg["sys_path"] + [p for p in sys.path if p not in cfg["sys_path"]]
+def main(cfg: dict) -> None:
+    """Entry point; started by virtual_nodes.launch with the driver's sys.path already set,
+    so workers import user modules (scripts' folders, test files) as the driver does."""
     try:
         NodeManager(cfg).run()
     except (ConnectionError, OSError) as exc:
         print(f"minicluster node manager: cannot reach the head: {exc}", file=sys.stderr)
         os.killpg(0, signal.SIGKILL)
 
-
-if __name__ == "__main__":
-    main()

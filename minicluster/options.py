@@ -127,6 +127,10 @@ METHOD_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
 }
 
 
+# Options fixed when a function is declared; Ray refuses them in .options().
+DECLARATION_ONLY = {"max_calls"}
+
+
 def validate(options: Dict[str, Any], allowed: Dict[str, Callable[[str, Any], None]], what: str) -> Dict[str, Any]:
     """Check every option; returns the options that have an effect."""
     for name, value in options.items():

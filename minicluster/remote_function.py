@@ -27,6 +27,7 @@ class RemoteFunction:
         self._options = opts.validate(options, opts.TASK_OPTIONS, "remote functions")
         self._func_name = f"{function.__module__}.{function.__qualname__}"
         self._blob: Optional[bytes] = None
+        self._static: Optional[_StaticOptions] = None
         self._function_id = b""
         self._lock = threading.Lock()
         self.__doc__ = function.__doc__
@@ -47,11 +48,12 @@ class RemoteFunction:
         )
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._remote(args, kwargs, self._options)
+        if self._static is None:
+            self._static = _StaticOptions(self._options)
+        return self._remote(args, kwargs, self._static)
 
     def options(self, **options: Any) -> "_BoundOptions":
-        validated = opts.validate(options, opts.TASK_OPTIONS, "remote functions")
-        return _BoundOptions(self, {**self._options, **validated})
+        return _BoundOptions(self, {**self._options, **_validate_call_options(options)})
 
     def _pickled(self) -> Tuple[bytes, bytes]:
         if self._blob is None:
@@ -62,31 +64,27 @@ class RemoteFunction:
                     self._blob = blob
         return self._function_id, self._blob  # type: ignore[return-value]
 
-    def _remote(self, args: tuple, kwargs: dict, options: Dict[str, Any]) -> Any:
+    def _remote(self, args: tuple, kwargs: dict, static: "_StaticOptions") -> Any:
         from .api import _client
 
         client = _client()
         function_id, blob = self._pickled()
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self._func_name)
-        num_returns = options.get("num_returns", 1)
-        retry_exceptions = options.get("retry_exceptions", False)
-        if isinstance(retry_exceptions, (list, tuple)):
-            retry_exceptions = pickle.dumps(tuple(retry_exceptions))
-        max_retries = options.get("max_retries")
+        num_returns = static.num_returns
         spec = TaskSpec(
             task_id=new_task_id(),
-            name=options.get("name") or self._function.__qualname__,
+            name=static.name or self._function.__qualname__,
             func_name=self._func_name,
             function_id=function_id,
             args=args_blob,
             arg_refs=arg_refs,
             borrowed=borrowed,
             num_returns=num_returns,
-            resources=resources_of(options),
-            max_retries=config.task_max_retries() if max_retries is None else max_retries,
-            retry_exceptions=retry_exceptions,
-            max_calls=options.get("max_calls", 0),
-            strategy=strategy_of(options.get("scheduling_strategy")),
+            resources=static.resources,
+            max_retries=client.default_max_retries if static.max_retries is None else static.max_retries,
+            retry_exceptions=static.retry_exceptions,
+            max_calls=static.max_calls,
+            strategy=static.strategy,
             parent_task_id=client.current_task_id,
             owner=client.worker_id,
             args_size=len(args_blob),
@@ -100,19 +98,47 @@ class RemoteFunction:
         return refs
 
 
+class _StaticOptions:
+    """A task's options resolved once per options set, not once per call."""
+
+    __slots__ = ("num_returns", "name", "resources", "max_retries", "retry_exceptions", "max_calls", "strategy")
+
+    def __init__(self, options: Dict[str, Any]) -> None:
+        self.num_returns = options.get("num_returns", 1)
+        self.name = options.get("name")
+        self.resources = resources_of(options)
+        self.max_retries = options.get("max_retries")
+        retry_exceptions = options.get("retry_exceptions", False)
+        if isinstance(retry_exceptions, (list, tuple)):
+            retry_exceptions = pickle.dumps(tuple(retry_exceptions))
+        self.retry_exceptions = retry_exceptions
+        self.max_calls = options.get("max_calls", 0)
+        self.strategy = strategy_of(options.get("scheduling_strategy"))
+
+
 class _BoundOptions:
     """`f.options(...)`: the same function with other options, ready for `.remote()`."""
 
     def __init__(self, function: RemoteFunction, options: Dict[str, Any]) -> None:
         self._function = function
         self._options = options
+        self._static = _StaticOptions(options)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._function._remote(args, kwargs, self._options)
+        return self._function._remote(args, kwargs, self._static)
 
     def options(self, **options: Any) -> "_BoundOptions":
-        validated = opts.validate(options, opts.TASK_OPTIONS, "remote functions")
-        return _BoundOptions(self._function, {**self._options, **validated})
+        return _BoundOptions(self._function, {**self._options, **_validate_call_options(options)})
+
+
+def _validate_call_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    fixed = sorted(opts.DECLARATION_ONLY & set(options))
+    if fixed:
+        raise ValueError(
+            f"The option {fixed[0]!r} can only be set in @remote(...), not in .options(): "
+            "it applies to the workers that run the function, not to one call"
+        )
+    return opts.validate(options, opts.TASK_OPTIONS, "remote functions")
 
 
 def _serialize_args(client: Any, args: tuple, kwargs: dict, func_name: str) -> Tuple[bytes, tuple, tuple, list]:

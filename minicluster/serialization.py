@@ -114,12 +114,26 @@ def serialize(value: Any, flags: int = 0, what: str = "value") -> Serialized:
 def _dumps(value: Any, buffer_callback: Any) -> bytes:
     # Plain builtins pickle the same with the C pickler, which is several times
     # faster than cloudpickle's Python-level reducer hook.
-    if type(value) in _FAST_TYPES or (type(value) is tuple and all(type(v) in _FAST_TYPES for v in value)):
+    if _is_plain(value, 2):
         return pickle.dumps(value, protocol=5)
     return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
 
 
 _FAST_TYPES = frozenset([int, float, str, bytes, bool, type(None)])
+
+
+def _is_plain(value: Any, depth: int) -> bool:
+    """Small values made only of builtin scalars, tuples, lists and str-keyed dicts."""
+    kind = type(value)
+    if kind in _FAST_TYPES:
+        return kind is not bytes or len(value) < 65536
+    if depth == 0:
+        return False
+    if kind is tuple or kind is list:
+        return len(value) <= 16 and all(_is_plain(v, depth - 1) for v in value)
+    if kind is dict:
+        return len(value) <= 16 and all(type(k) is str and _is_plain(v, depth - 1) for k, v in value.items())
+    return False
 
 
 def dumps_function(fn: Any, what: str) -> bytes:

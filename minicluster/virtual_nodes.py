@@ -22,7 +22,7 @@ from . import object_store
 class WorkerRecord:
     """What the head knows about one worker process."""
 
-    __slots__ = ("worker_id", "node", "pid", "peer", "task", "functions", "blocked", "dead", "retiring",
+    __slots__ = ("worker_id", "node", "pid", "peer", "queue", "functions", "blocked", "dead", "retiring",
                  "borrowed", "owned", "requests", "tasks_done")
 
     def __init__(self, worker_id: bytes, node: "NodeRecord", pid: int, peer: Any) -> None:
@@ -30,7 +30,10 @@ class WorkerRecord:
         self.node = node
         self.pid = pid
         self.peer = peer
-        self.task: Any = None  #: the TaskRecord it runs now, or None when idle
+        #: TaskRecords sent to it, in order; the first is running. More than one only
+        #: when tiny tasks are pipelined (head.py, PIPELINE_DEPTH); they share one
+        #: resource lease, taken when the first was placed.
+        self.queue: Deque[Any] = collections.deque()
         self.functions: Set[bytes] = set()  #: function ids it has been sent
         self.blocked = 0  #: >0 while its task waits in get/wait (its CPU is lent out)
         self.dead = False
@@ -39,6 +42,11 @@ class WorkerRecord:
         self.owned: Set[bytes] = set()  #: object ids it created (task returns, puts)
         self.requests: Dict[int, Any] = {}  #: its blocked get/wait requests (Waiters)
         self.tasks_done = 0
+
+    @property
+    def task(self) -> Any:
+        """The task running now, or None when idle."""
+        return self.queue[0] if self.queue else None
 
 
 class NodeRecord:
@@ -74,8 +82,10 @@ def launch(cfg: Dict[str, Any], log_path: Optional[str]) -> subprocess.Popen:
     os.makedirs(os.path.join(cfg["store_root"], cfg["node_id"].hex()), mode=0o700, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    # -S skips site initialisation (~15 ms); the driver's sys.path, sent in cfg,
+    # replaces it before anything else is imported.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "minicluster.node_manager"],
+        [sys.executable, "-S", "-c", _BOOTSTRAP],
         stdin=subprocess.PIPE,
         start_new_session=True,
         env=env,
@@ -85,6 +95,13 @@ def launch(cfg: Dict[str, Any], log_path: Optional[str]) -> subprocess.Popen:
     proc.stdin.write(pickle.dumps(cfg))
     proc.stdin.close()
     return proc
+
+
+_BOOTSTRAP = (
+    "import sys, pickle; cfg = pickle.load(sys.stdin.buffer); sys.stdin.close(); "
+    "sys.path[:] = cfg['sys_path']; "
+    "from minicluster.node_manager import main; main(cfg)"
+)
 
 
 def kill(node: NodeRecord) -> None:

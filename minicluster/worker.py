@@ -39,6 +39,14 @@ from .object_ref import LocalRefCounter, ObjectRef, set_counter
 from .protocol import Connection
 from .serialization import FLAG_ERROR, SerializationError, serialize
 
+# Results of tiny tasks are held back and sent together while more tasks wait in
+# this worker's queue: fewer messages, at the price of up to HOLD_RESULTS_S of
+# extra latency for the first result of a batch. Only tasks whose function last
+# ran in under QUICK_TASK_S may run while results are held.
+HOLD_RESULTS_S = 0.002
+HOLD_RESULTS_MAX = 64
+QUICK_TASK_S = 0.001
+
 # ExecRequest tuple fields, in order (the head builds it in head.py).
 EXEC_FIELDS = ("task_id", "attempt", "function_id", "name", "args", "arg_payloads", "num_returns",
                "retry_exceptions", "max_calls", "actor_id", "task_type")
@@ -59,6 +67,7 @@ class WorkerClient(RuntimeClient):
         self._delta_lock = threading.Lock()
         self._requests: Dict[int, list] = {}
         self._request_ids = itertools.count(1)
+        self._held: List[Any] = []  # "done" messages batched while more tiny tasks are queued
 
     # ---- outgoing messages ----------------------------------------------------
 
@@ -75,17 +84,23 @@ class WorkerClient(RuntimeClient):
         return None
 
     def send(self, *messages: Any) -> None:
-        """Send messages, preceded by any pending reference-count changes (order matters)."""
+        """Send messages, after any held ones and pending reference-count changes (order matters)."""
         deltas = self._ref_deltas()
+        batch = self._held
+        if batch:
+            self._held = []
         if deltas is not None:
-            self.conn.send(deltas, *messages)
-        else:
-            self.conn.send(*messages)
+            batch.insert(0, deltas)
+        batch.extend(messages)
+        if batch:
+            self.conn.send_list(batch)
 
-    def flush_refs(self) -> None:
-        deltas = self._ref_deltas()
-        if deltas is not None:
-            self.conn.send(deltas)
+    def hold(self, message: Any) -> None:
+        """Queue a message to go with the next send (see Worker.run for when that is)."""
+        self._held.append(message)
+
+    def flush(self) -> None:
+        self.send()
 
     def _request(self, kind: str, *args: Any, timeout: Optional[float] = None) -> Any:
         """Send a request and block for its reply; interruptible by cancellation (SIGINT)."""
@@ -178,9 +193,9 @@ class Worker:
         self.function_blobs: Dict[bytes, bytes] = {}
         self.functions: Dict[bytes, Any] = {}
         self.calls: Dict[bytes, int] = {}
+        self.durations: Dict[bytes, float] = {}  # last run time per function
         self.current: Optional[bytes] = None
         self.cancel_target: Optional[bytes] = None
-        self.cancel_fired = False  # the running task's KeyboardInterrupt came from cancel()
         self.cancelled_queued: set = set()
         self.main_ident = threading.get_ident()
 
@@ -217,7 +232,6 @@ class Worker:
         # Only a cancel aimed at the task running right now interrupts it.
         if self.cancel_target is not None and self.cancel_target == self.current:
             self.cancel_target = None
-            self.cancel_fired = True
             raise KeyboardInterrupt
 
     # ---- main thread -------------------------------------------------------------
@@ -225,20 +239,33 @@ class Worker:
     def run(self) -> None:
         signal.signal(signal.SIGINT, self._on_sigint)
         client = self.client
+        held_since = 0.0
         while True:
             try:
                 request = self.tasks.get_nowait()
             except queue.Empty:
-                client.flush_refs()  # going idle: report dropped refs so objects can be freed
+                client.flush()  # going idle: report results and dropped refs now
+                held_since = 0.0
                 request = self.tasks.get()
             if request is None:
                 break
-            retire = self.execute(request)
-            if retire:
+            if held_since and (time.monotonic() - held_since > HOLD_RESULTS_S
+                               or len(client._held) >= HOLD_RESULTS_MAX
+                               or not self._known_quick(request[2])):
+                client.flush()
+                held_since = 0.0
+            done = self.execute(request)
+            client.hold(done)
+            held_since = held_since or time.monotonic()
+            if done[-1]:  # retire after max_calls
                 break
+        client.flush()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+    def _known_quick(self, function_id: bytes) -> bool:
+        return self.durations.get(function_id, 1.0) < QUICK_TASK_S
 
     def _function(self, function_id: bytes) -> Any:
         fn = self.functions.get(function_id)
@@ -247,8 +274,8 @@ class Worker:
             self.functions[function_id] = fn
         return fn
 
-    def execute(self, request: tuple) -> bool:
-        """Run one task and report it; returns True if this worker must now retire (max_calls)."""
+    def execute(self, request: tuple) -> tuple:
+        """Run one task; returns its "done" message (whose last field says: retire now, max_calls)."""
         (task_id, attempt, function_id, name, args_blob, arg_payloads, num_returns,
          retry_exceptions, max_calls, actor_id, task_type) = request
         client = self.client
@@ -256,21 +283,26 @@ class Worker:
         error_info = None
         return_ids = [task_id + i.to_bytes(4, "little") for i in range(1, num_returns + 1)]
         self.current = task_id
-        self.cancel_fired = False
         client.current_task_id = task_id
         client.current_task_name = name
         try:
             if task_id in self.cancelled_queued:
                 self.cancelled_queued.discard(task_id)
-                self.cancel_fired = True
                 raise KeyboardInterrupt
             fn = self._function(function_id)
             args, kwargs = _resolve_args(client, args_blob, arg_payloads)
             outputs = _split_returns(fn(*args, **kwargs), num_returns, name)
             results = [store_value(client, oid, value, what=f"return value of {name}")
                        for oid, value in zip(return_ids, outputs)]
+        except SystemExit as exc:
+            # As in Ray, sys.exit() in a task ends the worker: the head sees a crash and retries.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
         except BaseException as exc:  # noqa: BLE001 - every failure of user code is the task's result
-            cancelled = isinstance(exc, KeyboardInterrupt) and self.cancel_fired
+            # KeyboardInterrupt is how cancel() reaches a running task; Ray reports a
+            # self-raised one the same way (TaskCancelledError), never retried.
+            cancelled = isinstance(exc, KeyboardInterrupt)
             error, retryable = _task_error(exc, name, retry_exceptions, cancelled)
             results = _error_results(client, return_ids, error, name)
             error_type = "TASK_CANCELLED" if cancelled else "TASK_EXECUTION_EXCEPTION"
@@ -281,11 +313,11 @@ class Worker:
             client.current_task_id = b""
         end = time.time()
         self.calls[function_id] = calls = self.calls.get(function_id, 0) + 1
+        self.durations[function_id] = end - start
         retire = bool(max_calls) and calls >= max_calls
         sys.stdout.flush()
         sys.stderr.flush()
-        client.send(("done", task_id, attempt, results, error_info, start, end, retire))
-        return retire
+        return ("done", task_id, attempt, results, error_info, start, end, retire)
 
 
 def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Dict[bytes, tuple]) -> Tuple[list, dict]:
