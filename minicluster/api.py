@@ -361,6 +361,9 @@ class RuntimeContext:
     def get_task_name(self) -> Optional[str]:
         return self._client.current_task_name if context.in_worker() else None
 
+    def get_task_function_name(self) -> Optional[str]:
+        return self._client.current_function_name if context.in_worker() else None
+
     def get_actor_id(self) -> Optional[str]:
         actor_id = self._client.current_actor_id
         return actor_id.hex() if actor_id else None

@@ -38,6 +38,7 @@ class RuntimeClient:
         self.current_task_id: bytes = b""
         self.current_actor_id: Optional[bytes] = None
         self.current_task_name: Optional[str] = None
+        self.current_function_name: Optional[str] = None
         # Read once per process, like Ray reads RAY_TASK_MAX_RETRIES at start-up.
         self.default_max_retries = config.task_max_retries()
 

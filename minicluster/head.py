@@ -56,6 +56,11 @@ DRIVER = b"driver"  # owner id of objects the driver creates
 # message carries many. Deeper amortizes more but lets a worker hoard work other
 # workers could start; only functions averaging under PIPELINE_QUICK_S qualify.
 PIPELINE_DEPTH = 16
+
+# A node keeps `num_cpus` workers warm; extra ones (started while tasks were
+# blocked in get) exit after being idle this long. Shorter frees memory sooner;
+# longer avoids forking again in bursty nested workloads.
+IDLE_RETIRE_S = 2.0
 PIPELINE_QUICK_S = 0.001
 
 
@@ -246,8 +251,9 @@ class Head:
         self._worker_free(worker)
 
     def _on_fn(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
+        # Not marked as known to this worker: it holds the function as a RemoteFunction,
+        # not in its task-function cache, so its first task of it must carry the blob.
         self.functions[message[1]] = message[2]
-        worker.functions.add(message[1])
 
     def _on_submit(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         spec = message[1]
@@ -504,6 +510,22 @@ class Head:
             self._dispatch(task, worker)
             return
         node.idle.append(worker)
+        if len(node.workers) > node.target_workers:
+            # Extra workers are started for tasks blocked in get(); let them go once idle.
+            self.hub.call_later(IDLE_RETIRE_S, lambda: self._retire_if_idle(worker))
+
+    def _retire_if_idle(self, worker: WorkerRecord) -> None:
+        with self.lock:
+            node = worker.node
+            if worker.dead or worker.retiring or worker.queue or len(node.workers) <= node.target_workers:
+                return
+            try:
+                node.idle.remove(worker)
+            except ValueError:
+                return
+            worker.retiring = True
+            self._post(worker.peer, ("retire",))
+            self._flush()
 
     def _dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
         spec = task.spec
@@ -524,7 +546,7 @@ class Head:
                 payloads[object_id] = ("s", list(payload[1]), payload[2]) if payload[0] == "s" else payload
         self._post(peer, ("exec", (spec.task_id, task.attempt, spec.function_id, spec.name, spec.args, payloads,
                                    spec.num_returns, spec.retry_exceptions, spec.max_calls, spec.actor_id,
-                                   spec.task_type)))
+                                   spec.task_type, spec.func_name)))
 
     def _task_reported(self, task: TaskRecord, results: list, error_info: Optional[tuple], node_id: bytes) -> None:
         task.worker = None

@@ -73,7 +73,7 @@ class RemoteFunction:
         num_returns = static.num_returns
         spec = TaskSpec(
             task_id=new_task_id(),
-            name=static.name or self._function.__qualname__,
+            name=static.name or self.__name__,
             func_name=self._func_name,
             function_id=function_id,
             args=args_blob,

@@ -99,11 +99,15 @@ class Scheduler:
         if not candidates:
             return None if self.feasible(request) else INFEASIBLE
         if kind == "SPREAD":
-            ordered = sorted(candidates, key=lambda n: list(self.nodes).index(n.node_id))
-            index = self._spread_next % len(self.nodes)
-            self._spread_next += 1
-            after = [n for n in ordered if list(self.nodes).index(n.node_id) >= index]
-            return (after or ordered)[0].node_id
+            # Round-robin over all nodes in order, skipping those that do not fit now.
+            order = list(self.nodes)
+            start = self._spread_next % len(order)
+            fitting = {n.node_id for n in candidates}
+            for step in range(len(order)):
+                node_id = order[(start + step) % len(order)]
+                if node_id in fitting:
+                    self._spread_next = start + step + 1
+                    return node_id
         if preferred is not None:
             node = self.nodes.get(preferred)
             if node is not None and node in candidates and node.cpu_load() < 0.5 + _EPS:

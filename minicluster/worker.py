@@ -49,7 +49,7 @@ QUICK_TASK_S = 0.001
 
 # ExecRequest tuple fields, in order (the head builds it in head.py).
 EXEC_FIELDS = ("task_id", "attempt", "function_id", "name", "args", "arg_payloads", "num_returns",
-               "retry_exceptions", "max_calls", "actor_id", "task_type")
+               "retry_exceptions", "max_calls", "actor_id", "task_type", "func_name")
 
 
 class WorkerClient(RuntimeClient):
@@ -277,7 +277,7 @@ class Worker:
     def execute(self, request: tuple) -> tuple:
         """Run one task; returns its "done" message (whose last field says: retire now, max_calls)."""
         (task_id, attempt, function_id, name, args_blob, arg_payloads, num_returns,
-         retry_exceptions, max_calls, actor_id, task_type) = request
+         retry_exceptions, max_calls, actor_id, task_type, func_name) = request
         client = self.client
         start = time.time()
         error_info = None
@@ -285,6 +285,7 @@ class Worker:
         self.current = task_id
         client.current_task_id = task_id
         client.current_task_name = name
+        client.current_function_name = func_name
         try:
             if task_id in self.cancelled_queued:
                 self.cancelled_queued.discard(task_id)
