@@ -1,0 +1,139 @@
+"""One measurement subprocess: one system, one group of benchmarks, in a fresh interpreter.
+
+Invoked by ``run.py`` only::
+
+    python -m bench.child --system ray --benches throughput,roundtrip --out res.json [--quick]
+
+``--system none`` runs the system-independent baselines ([pipe], [memcpy]). The result
+file is rewritten after every benchmark, so a run killed by its timeout still reports what
+finished. Failures become ``{"ok": false, "reason": ...}`` records, never a crash of the run.
+
+Before [start] starts its clock this process has imported only the standard-library
+modules that ``bench.workloads`` / ``bench.systems`` / ``bench.specs`` need (no numpy, no
+``multiprocessing``, no ``concurrent.futures``, no ``ray`` / ``minicluster``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from bench import systems, workloads
+from bench.specs import BY_NAME, Reps, reps
+from bench.workloads import Record, na
+
+
+def _parse(argv: list[str]) -> dict[str, str]:
+    """``--key value`` pairs and bare ``--flag``s (argparse is not worth its imports here)."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        key = argv[i].removeprefix("--")
+        if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out[key] = argv[i + 1]
+            i += 2
+        else:
+            out[key] = "1"
+            i += 1
+    return out
+
+
+class Results:
+    """Result records plus metadata, saved atomically to the ``--out`` file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.records: dict[str, Record] = {}
+        self.meta: dict[str, Any] = {"pid": os.getpid()}
+
+    def save(self) -> None:
+        import json
+
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"results": self.records, "meta": self.meta}, f, default=repr)
+        os.replace(tmp, self.path)
+
+    def guarded(self, names: tuple[str, ...], fn: Callable[[], dict[str, Record]]) -> None:
+        """Run ``fn``; any exception becomes an n/a record for ``names``. Save either way."""
+        try:
+            self.records.update(fn())
+        except Exception as e:  # a failing benchmark must not stop the others
+            traceback.print_exc()
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            for n in names:
+                self.records[n] = na(f"{type(e).__name__}: {msg}"[:200], traceback=traceback.format_exc())
+        self.save()
+
+
+def _bind(name: str, fn: Callable[[Reps], Record], r: Reps) -> Callable[[], dict[str, Record]]:
+    return lambda: {name: fn(r)}
+
+
+def _bind_step(h: systems.Handle, step: tuple[str, ...], r: Reps) -> Callable[[], dict[str, Record]]:
+    return lambda: workloads.run_warm_step(h, step, r)
+
+
+def main(argv: list[str]) -> int:
+    args = _parse(argv)
+    system, out = args["system"], args["out"]
+    names = args["benches"].split(",")
+    r = reps(quick="quick" in args)
+    res = Results(out)
+    res.meta.update(system=system, benches=names, quick="quick" in args)
+    groups = {BY_NAME[n].group for n in names}
+    if len(groups) != 1:
+        raise SystemExit(f"benchmarks of different groups in one process: {names}")
+    group = groups.pop()
+
+    if group == "baseline":
+        for n in names:
+            fn = workloads.pipe if n == "pipe" else workloads.memcpy
+            res.guarded((n,), _bind(n, fn, r))
+        return 0
+
+    if group == "start":
+        res.guarded(("start", "shutdown"), lambda: workloads.measure_start(system))
+        res.records = {k: v for k, v in res.records.items() if k in names}
+        res.save()
+        return 0
+
+    try:
+        h = systems.start(system, "warm")
+    except systems.Unavailable as e:
+        for n in names:
+            res.records[n] = na(str(e))
+        res.save()
+        return 0
+    res.meta.update(version=h.version(), origin=h.origin())
+    try:
+        if group == "warm":
+            for step in workloads.WARM_STEPS:
+                if any(n in names for n in step):
+                    res.guarded(step, _bind_step(h, step, r))
+        elif group == "retry":
+            rt = h.rt
+            if rt is not None:
+                res.guarded(("retry",), lambda: {"retry": workloads.rl_retry(rt, r)})
+            else:
+                res.guarded(("retry",), lambda: {"retry": workloads.pool_retry(h, r)})
+        elif group == "footprint":
+            res.guarded(("footprint",), lambda: {"footprint": workloads.footprint(h)})
+    finally:
+        t0 = time.perf_counter()
+        try:
+            h.shutdown()
+        except Exception as e:  # still save the results; run.py kills what is left
+            res.meta["final_shutdown_error"] = repr(e)
+        res.meta["final_shutdown_s"] = time.perf_counter() - t0
+        res.records = {k: v for k, v in res.records.items() if k in names}
+        res.save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,340 @@
+"""Formatting the results: machine and version info, the comparison table, text and Markdown.
+
+``Report`` holds everything one run produced; ``render_text`` prints it for a terminal and
+``render_markdown`` writes the same content for bench/RESULTS.md.
+
+Ratio columns compare minicluster with each peer so that **higher is better for
+minicluster**: ``peer / minicluster`` for times and memory, ``minicluster / peer`` for
+throughput. ``3.0x`` means minicluster is three times better; ``0.5x`` means it is worse.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+from typing import Any
+
+from bench.specs import BY_NAME, Bench
+from bench.systems import describe
+
+Record = dict[str, Any]
+VERSIONED = ["minicluster", "ray", "numpy", "pyarrow", "cloudpickle", "psutil"]
+NA_WIDTH = 30  # longest n/a reason shown inside a table cell; full text goes to the notes
+
+
+class Report:
+    """All the data of one run."""
+
+    def __init__(self, command: str, quick: bool, systems: list[str], benches: list[str],
+                 baselines: list[str]) -> None:
+        self.command = command
+        self.quick = quick
+        self.systems = systems
+        self.benches = benches
+        self.baselines = baselines
+        self.results: dict[str, dict[str, Record]] = {}  # bench -> system ("baseline") -> record
+        self.notes: list[str] = []
+        self.jobs: list[dict[str, Any]] = []  # one entry per subprocess: timing, noise
+        self.imported_from: dict[str, str] = {}  # ray-like system -> "version from dir"
+        self.machine = machine_info()
+        self.versions = package_versions()
+        self.started = ""
+        self.elapsed_s = 0.0
+
+    def record(self, bench: str, system: str) -> Record | None:
+        return self.results.get(bench, {}).get(system)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": self.command, "quick": self.quick, "started": self.started,
+                "elapsed_s": self.elapsed_s, "machine": self.machine, "versions": self.versions,
+                "imported_from": self.imported_from, "configs": configs(self.systems),
+                "results": self.results, "jobs": self.jobs, "notes": self.notes}
+
+
+# ------------------------------------------------------------------------ environment
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    ram = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    ram = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {"cpu_model": model, "cores": os.cpu_count(), "ram_gib": round(ram / 2**30, 1),
+            "os": f"{platform.system()} {platform.release()} {platform.machine()}",
+            "python": platform.python_version(), "python_executable": sys.executable,
+            "loadavg_at_start": [round(x, 2) for x in load]}
+
+
+def package_versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def configs(systems: list[str]) -> dict[str, dict[str, str]]:
+    return {
+        "start, shutdown (4 worker slots)": {s: describe(s, "start") for s in systems},
+        "throughput, roundtrip, put, get, arg, retry, footprint (2 worker slots)":
+            {s: describe(s, "warm") for s in systems},
+    }
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def _num(v: float) -> str:
+    """Three significant digits, thousands separators, no exponent."""
+    if v == 0:
+        return "0"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    digits = 2
+    x = abs(v)
+    while x < 0.1 and digits < 8:
+        x *= 10
+        digits += 1
+    return f"{v:.{digits}f}"
+
+
+def cell(bench: str, rec: Record | None) -> str:
+    if rec is None:
+        return "-"
+    if not rec["ok"]:
+        reason = str(rec.get("reason", "failed"))
+        if len(reason) > NA_WIDTH:
+            reason = reason[: NA_WIDTH - 3] + "..."
+        return f"n/a ({reason})"
+    v = float(rec["value"])
+    x = rec.get("extra", {})
+    unit = BY_NAME[bench].unit
+    if bench in ("roundtrip", "pipe"):
+        return f"{_num(v)} us (p90 {_num(float(x['p90']))})"
+    if bench == "throughput":
+        return f"{v:,.0f}/s"
+    if bench == "get":
+        return f"{_num(v)} ms, {'read-only' if x.get('readonly') else 'WRITABLE'}"
+    if bench == "retry":
+        return f"{'+' if v >= 0 else ''}{_num(v)} ms"
+    if bench == "footprint":
+        return f"{_num(v)} MB ({x.get('nprocs', '?')} procs)"
+    if bench == "memcpy":
+        return f"{_num(v)} ms (arr.copy() {_num(float(x['arr_copy_ms']))} ms)"
+    return f"{_num(v)} {unit}"
+
+
+def ratio(bench: Bench, mc: Record | None, peer: Record | None) -> str:
+    """How many times better minicluster is than ``peer`` (> 1 = minicluster better)."""
+    if not mc or not peer or not mc["ok"] or not peer["ok"]:
+        return "-"
+    m, p = float(mc["value"]), float(peer["value"])
+    if m <= 0 or p <= 0:
+        return "-"
+    r = m / p if bench.higher_is_better else p / m
+    return f"{r:,.1f}x" if r < 100 else f"{r:,.0f}x"
+
+
+def target(report: Report, bench: Bench) -> str:
+    """Target text plus, when minicluster was measured, MET / MISSED."""
+    text = bench.target_text
+    limit = bench.target
+    if bench.name == "put":
+        mem = report.record("memcpy", "baseline")
+        if mem and mem["ok"]:
+            limit = 2 * float(mem["value"])
+            text = f"<= 2x memcpy = {_num(limit)} ms"
+    mc = report.record(bench.name, "minicluster")
+    if "minicluster" not in report.systems or limit is None or not mc or not mc["ok"]:
+        return text
+    v = float(mc["value"])
+    met = v >= limit if bench.higher_is_better else v <= limit
+    if bench.name == "get":
+        met = met and bool(mc.get("extra", {}).get("readonly"))
+    return f"{text}: {'MET' if met else 'MISSED'}"
+
+
+def table(report: Report) -> tuple[list[str], list[list[str]]]:
+    peers = [s for s in report.systems if s != "minicluster"]
+    with_ratios = "minicluster" in report.systems
+    header = ["benchmark", *report.systems]
+    if with_ratios:
+        header += [f"{p}/mc" for p in peers]
+    header += ["minicluster target", "Ray ref"]
+    rows: list[list[str]] = []
+    for name in report.benches:
+        b = BY_NAME[name]
+        row = [f"[{name}] {b.title}"]
+        row += [cell(name, report.record(name, s)) for s in report.systems]
+        if with_ratios:
+            mc = report.record(name, "minicluster")
+            row += [ratio(b, mc, report.record(name, p)) for p in peers]
+        row += [target(report, b), b.ray_ref]
+        rows.append(row)
+    return header, rows
+
+
+def baseline_rows(report: Report) -> list[list[str]]:
+    return [[f"[{n}] {BY_NAME[n].title}", cell(n, report.record(n, "baseline")), BY_NAME[n].ray_ref]
+            for n in report.baselines]
+
+
+def details(report: Report) -> list[str]:
+    """Per-cell extras worth reading: start-up breakdown, footprint processes, retry times."""
+    out: list[str] = []
+    for s in report.systems:
+        st = report.record("start", s)
+        if st and st["ok"]:
+            x = st["extra"]
+            parts = [f"{k.removesuffix('_s')} {_num(float(x[k]))} s"
+                     for k in ("import_s", "init_s", "pool_s", "first_task_s") if k in x]
+            pre = " (module was imported before the clock!)" if x.get("preimported") else ""
+            out.append(f"start {s}: " + ", ".join(parts) + pre)
+    for s in report.systems:
+        fp = report.record("footprint", s)
+        if fp and fp["ok"]:
+            procs = ", ".join(f"{k} x{v}" for k, v in fp["extra"].get("processes", {}).items())
+            out.append(f"footprint {s}: PSS {_num(float(fp['value']))} MB, RSS sum "
+                       f"{_num(float(fp['extra']['rss_mb']))} MB; {procs}")
+    for s in report.systems:
+        rt = report.record("retry", s)
+        if rt and rt["ok"]:
+            x = rt["extra"]
+            out.append(f"retry {s}: crashing call {', '.join(_num(v) for v in x['crash_ms'])} ms; "
+                       f"same call without crash {', '.join(_num(v) for v in x['base_ms'])} ms")
+    for s in report.systems:
+        pt = report.record("put", s)
+        if pt and pt["ok"]:
+            out.append(f"put {s}: runs {', '.join(_num(v) for v in pt['extra']['runs'])} ms")
+    for s in report.systems:
+        ag = report.record("arg", s)
+        if ag and ag["ok"] and "by_value_ms" in ag["extra"]:
+            out.append(f"arg {s}: with the array itself as the argument (implicit put per call) "
+                       f"{_num(float(ag['extra']['by_value_ms']))} ms per call")
+        elif ag and ag["ok"] and "by_value_error" in ag["extra"]:
+            out.append(f"arg {s}: the array itself as the argument failed: "
+                       f"{ag['extra']['by_value_error'][:200]}")
+    for s in report.systems:
+        tp = report.record("throughput", s)
+        if tp and tp["ok"]:
+            runs = ", ".join(f"{v:,.0f}" for v in tp["extra"]["runs"])
+            out.append(f"throughput {s}: {tp['extra']['tasks']:,} tasks per run, runs {runs} tasks/s")
+    return out
+
+
+def na_reasons(report: Report) -> list[str]:
+    """Full n/a reasons, one line per (system, reason) with the benchmarks it hit."""
+    seen: dict[tuple[str, str], list[str]] = {}
+    for bench, by_sys in report.results.items():
+        for s, rec in by_sys.items():
+            if not rec["ok"]:
+                detail = rec.get("extra", {}).get("detail")
+                reason = str(rec.get("reason")) + (f" ({detail})" if detail else "")
+                seen.setdefault((s, reason), []).append(bench)
+    return [f"{s}: {reason}  [{', '.join(b)}]" for (s, reason), b in seen.items()]
+
+
+# ---------------------------------------------------------------------------- render
+
+
+def _header_lines(report: Report) -> list[tuple[str, str]]:
+    m = report.machine
+    v = report.versions
+    return [
+        ("command", report.command),
+        ("started", f"{report.started} (took {report.elapsed_s:.0f} s)"),
+        ("machine", f"{m['cpu_model']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}; "
+                    f"load average at start {m['loadavg_at_start']}"),
+        ("python", f"{m['python']} ({m['python_executable']})"),
+        ("versions", ", ".join(f"{k} {v[k]}" for k in VERSIONED)),
+        ("imported", "; ".join(f"{k} {v}" for k, v in report.imported_from.items()) or "-"),
+    ]
+
+
+RATIO_NOTE = ("ratios: peer/mc (mc = minicluster) = how many times better minicluster is than that peer "
+              "(peer time / minicluster time, peer MB / minicluster MB, minicluster tasks/s / "
+              "peer tasks/s); > 1x means minicluster is better.")
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(r: list[str]) -> str:
+        cells = enumerate(zip(r, widths, strict=True))
+        return " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in cells)
+
+    return [fmt(header), "-+-".join("-" * w for w in widths), *[fmt(r) for r in rows]]
+
+
+def render_text(report: Report) -> str:
+    lines = [f"minicluster benchmarks{' (--quick)' if report.quick else ''}", ""]
+    lines += [f"{k:9} {v}" for k, v in _header_lines(report)]
+    lines.append("configs:")
+    for what, by_sys in configs(report.systems).items():
+        lines.append(f"  {what}:")
+        lines += [f"    {s:12} {d}" for s, d in by_sys.items()]
+    lines += ["", RATIO_NOTE, ""]
+    if report.benches:
+        lines += _text_table(*table(report))
+    if report.baselines:
+        lines += ["", "system-independent baselines:"]
+        lines += _text_table(["baseline", "measured", "reference"], baseline_rows(report))
+    for title, items in (("details", details(report)), ("n/a reasons", na_reasons(report)),
+                         ("notes", report.notes)):
+        if items:
+            lines += ["", f"{title}:", *[f"  - {i}" for i in items]]
+    return "\n".join(lines) + "\n"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    esc = [[c.replace("|", "\\|") for c in r] for r in [header, *rows]]
+    out = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in esc[1:]]
+    return out
+
+
+def render_markdown(report: Report) -> str:
+    lines = ["# minicluster benchmark results", ""]
+    lines += [f"Produced by `{report.command}`"
+              + (" (quick mode: fewer repetitions)." if report.quick else "."), ""]
+    lines += [f"- **{k}**: {v}" for k, v in _header_lines(report) if k != "command"]
+    lines += ["", "## Configurations", ""]
+    for what, by_sys in configs(report.systems).items():
+        lines.append(f"- {what}:")
+        lines += [f"  - {s}: `{d}`" for s, d in by_sys.items()]
+    lines += ["", "## Results", "", RATIO_NOTE, ""]
+    if report.benches:
+        lines += _md_table(*table(report))
+    if report.baselines:
+        lines += ["", "### System-independent baselines", ""]
+        lines += _md_table(["baseline", "measured", "reference"], baseline_rows(report))
+    for title, items in (("Details", details(report)), ("n/a reasons", na_reasons(report)),
+                         ("Notes", report.notes)):
+        if items:
+            lines += ["", f"### {title}", "", *[f"- {i}" for i in items]]
+    lines += ["", "See bench/README.md for what each benchmark measures and how.", ""]
+    return "\n".join(lines)
+
