@@ -58,7 +58,9 @@ class RayTaskError(RayError):
         self.ip = ip or "127.0.0.1"
         self.actor_repr = actor_repr
         self.actor_id = actor_id
-        super().__init__(self._message())
+        # Not super(): in the dual class (see as_instanceof_cause) the next __init__
+        # in line is the user's, whose signature we do not know.
+        Exception.__init__(self, self._message())
 
     def _message(self) -> str:
         header = f"{self.proctitle} (pid={self.pid}, ip={self.ip}"

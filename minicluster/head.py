@@ -36,6 +36,10 @@ from . import config, object_store, virtual_nodes as node_procs
 from .exceptions import (
     NodeDiedError,
     ObjectLostError,
+    ObjectReconstructionFailedError,
+    ObjectReconstructionFailedLineageEvictedError,
+    ObjectReconstructionFailedMaxAttemptsExceededError,
+    RayTaskError,
     OwnerDiedError,
     ReferenceCountingAssertionError,
     TaskCancelledError,
@@ -45,7 +49,8 @@ from .exceptions import (
 from .hub import Hub, Peer
 from .ids import new_node_id, task_of
 from .virtual_nodes import NodeRecord, WorkerRecord
-from .objects import PENDING, READY, ObjectDirectory, Waiter
+from .lineage import Lineage, arguments_of
+from .objects import LOST, PENDING, READY, RELEASED, ObjectDirectory, Waiter
 from .scheduler import INFEASIBLE, Scheduler, Unschedulable
 from .serialization import FLAG_ERROR, serialize
 from .task_records import TaskRecord, TaskHistory
@@ -73,7 +78,8 @@ class Head:
         self.session = session
         self.lock = threading.RLock()
         self.scheduler = Scheduler()
-        self.objects = ObjectDirectory(driver_counts, session.store_root)
+        self.objects = ObjectDirectory(driver_counts, session.store_root, self._entry_deleted)
+        self.lineage = Lineage(config.max_lineage_bytes(), self._release_lineage_args)
         self.tasks: Dict[bytes, TaskRecord] = {}
         self.history = TaskHistory()
         self.children: Dict[bytes, set] = collections.defaultdict(set)  # parent task -> child task ids
@@ -380,13 +386,17 @@ class Head:
             self._flush()
 
     def _add_task(self, spec: Any, submitter_node: bytes) -> None:
-        task = TaskRecord(spec, self._max_retries(spec), submitter_node)
+        task = TaskRecord(spec, spec.max_retries, submitter_node)
         self.tasks[spec.task_id] = task
         if spec.parent_task_id in self.tasks:
             self.children[spec.parent_task_id].add(spec.task_id)
+        self._start_task(task)
+
+    def _start_task(self, task: TaskRecord) -> None:
+        """Pin the task's arguments, then queue it, or wait until its arguments exist."""
         objects = self.objects
         missing = []
-        for object_id in spec.arg_refs + spec.borrowed:
+        for object_id in arguments_of(task):
             if not objects.pin(object_id):
                 missing.append(object_id)
         task.pinned = True
@@ -394,23 +404,29 @@ class Head:
             self._finish_with_error(task, self._missing_error(missing[0]), "TASK_EXECUTION_EXCEPTION",
                                     "an argument was already freed")
             return
+        self._placement_pending = True
+        self._wait_for_args(task)
+        if task.deps_waiting == 0 and self._placement_pending:
+            self._schedule()
+
+    def _wait_for_args(self, task: TaskRecord) -> None:
+        """Register the task on its arguments that are not ready (rebuilding lost ones); queue it if none."""
         waiting = 0
-        for object_id in spec.arg_refs:
-            entry = objects.entries[object_id]
-            if entry.state != READY:
+        entries = self.objects.entries
+        for object_id in task.spec.arg_refs:
+            entry = entries.get(object_id)
+            if entry is None:
+                continue  # reported by _args_ready
+            if entry.state in (LOST, RELEASED):
+                self._recover(object_id)
+            if entry.state == PENDING:
                 waiting += 1
                 if entry.dependents is None:
                     entry.dependents = []
                 entry.dependents.append(task)
         task.deps_waiting = waiting
         if waiting == 0:
-            self._placement_pending = True
             self._args_ready(task)
-            if self._placement_pending:
-                self._schedule()
-
-    def _max_retries(self, spec: Any) -> int:
-        return spec.max_retries
 
     def _args_ready(self, task: TaskRecord) -> None:
         """All top-level arguments exist: fail at once on an upstream error, else queue for placement."""
@@ -422,10 +438,11 @@ class Head:
                 self._finish_with_error(task, self._missing_error(object_id), "TASK_EXECUTION_EXCEPTION",
                                         "an argument was freed")
                 return
+            if entry.state != READY:
+                self.set_waiting_again(task)
+                return
             if entry.is_error:
-                # A task depending on a failed object fails with that same error.
-                self._finish_with_payload_error(task, entry.payload[1], "TASK_EXECUTION_EXCEPTION",
-                                                "an argument is an error")
+                self._fail_on_argument_error(task, entry.payload[1])
                 return
         task.set_state("PENDING_NODE_ASSIGNMENT")
         shape = task.shape
@@ -467,6 +484,24 @@ class Head:
                     self._replenish(node)
             if not queue:
                 del self.ready[shape]
+
+    def set_waiting_again(self, task: TaskRecord) -> None:
+        """An argument stopped being ready before the task ran (its node died): wait for its rebuild."""
+        task.set_state("PENDING_ARGS_AVAIL")
+        self._wait_for_args(task)
+
+    def _fail_on_argument_error(self, task: TaskRecord, blob: bytes) -> None:
+        """A task depending on a failed object fails with that error.
+
+        Upstream task errors pass through unchanged (as in Ray); a lost-object error
+        is wrapped so the dependent's error is a RayTaskError that is also the loss.
+        """
+        from .serialization import deserialize
+
+        error, _ = deserialize(blob)
+        if not isinstance(error, RayTaskError):
+            blob = error_blob(RayTaskError(task.spec.name, f"{type(error).__name__}: {error}", error))
+        self._finish_with_payload_error(task, blob, "TASK_EXECUTION_EXCEPTION", "an argument is an error")
 
     def _preferred_node(self, task: TaskRecord) -> Optional[bytes]:
         best, best_size = task.submitter_node, 0
@@ -554,6 +589,13 @@ class Head:
             self._finish(task, results, node_id, "FINISHED", None, None)
             return
         error_type, retryable, message = error_info
+        if error_type == "ARG_LOST" and not task.cancelled:
+            # An argument's copy vanished before the worker could read it: not the task's
+            # fault, so no retry is used; wait for the argument to be rebuilt.
+            self.check_copies(bytes.fromhex(message))
+            task.set_state("PENDING_ARGS_AVAIL")
+            self._wait_for_args(task)
+            return
         if task.cancelled or error_type == "TASK_CANCELLED":
             self._finish(task, results, node_id, "FAILED", "TASK_CANCELLED", message)
         elif retryable and task.retries_left != 0:
@@ -577,7 +619,30 @@ class Head:
             if task.owner_dead:
                 continue
             self._store(object_id, kind, data, nested, node_id, is_error)
+        if not is_error and not task.owner_dead:
+            self._keep_lineage(task)
         self._close_task(task, state, error_type, message)
+
+    def _keep_lineage(self, task: TaskRecord) -> None:
+        """Keep a finished task while its results exist, so they can be rebuilt if lost."""
+        entries = self.objects.entries
+        live = sum(1 for object_id in task.spec.return_ids() if object_id in entries)
+        if not live or task.spec.task_type != "NORMAL_TASK":
+            return
+        if not task.lineage_held:
+            task.lineage_held = True
+            for object_id in arguments_of(task):
+                self.objects.add_lineage_ref(object_id)
+        self.lineage.keep(task, live)
+
+    def _release_lineage_args(self, task: TaskRecord) -> None:
+        if task.lineage_held:
+            task.lineage_held = False
+            for object_id in arguments_of(task):
+                self.objects.release_lineage_ref(object_id)
+
+    def _entry_deleted(self, object_id: bytes) -> None:
+        self.lineage.result_deleted(object_id)
 
     def _store(self, object_id: bytes, kind: str, data: Any, nested: list, node_id: bytes, is_error: bool) -> None:
         entry = self.objects.set_value(object_id, kind, data, nested, node_id, is_error)
@@ -613,7 +678,9 @@ class Head:
     def _close_task(self, task: TaskRecord, state: str, error_type: Optional[str], message: Optional[str]) -> None:
         task.close(state, error_type, message)
         self.tasks.pop(task.spec.task_id, None)
-        self.history.add(task)
+        if not task.in_history:  # a rebuilt task is already there, with its new attempts
+            task.in_history = True
+            self.history.add(task)
         kids = self.children.pop(task.spec.task_id, None)
         if kids and task.cancelled:
             for child in kids:
@@ -720,7 +787,7 @@ class Head:
                 self._cancel_task(task.spec.task_id, False, True)
         worker.owned.clear()
 
-    def _node_died(self, node: NodeRecord, reason: str) -> None:
+    def _node_died(self, node: NodeRecord, reason: str) -> None:  # noqa: C901
         node.alive = False
         node.death_reason = reason
         node.end_time = time.time()
@@ -751,13 +818,44 @@ class Head:
             if node is None or not node.alive or not os.path.exists(os.path.join(node.store_dir, object_id.hex())):
                 locations.remove(node_id)
         if not locations:
+            self.objects.mark_lost(object_id)
             self._object_lost(object_id)
 
     def _object_lost(self, object_id: bytes) -> None:
-        """No copy of the value is left anywhere."""
-        entry = self.objects.replace_with_error(object_id, error_blob(ObjectLostError(object_id.hex())))
-        if entry is not None:
+        """No copy is left. Rebuild it now if someone waits for it; otherwise when first needed."""
+        entry = self.objects.entries.get(object_id)
+        if entry is not None and (entry.waiters or entry.dependents):
+            self._recover(object_id)
+
+    def _recover(self, object_id: bytes) -> None:
+        """Rebuild a LOST or RELEASED object by re-running the task that made it (lineage
+        reconstruction), or settle it with the error that says why it cannot be rebuilt."""
+        entry = self.objects.entries.get(object_id)
+        if entry is None or entry.state not in (LOST, RELEASED):
+            return
+        task_id = task_of(object_id)
+        running = self.tasks.get(task_id)
+        if running is not None and not running.finished:
+            entry.state = PENDING  # its task is re-running already: one rebuild serves all
+            return
+        reason = self.lineage.why_not_rebuildable(object_id)
+        if reason is not None:
+            error = _unrebuildable_error(object_id, reason)
+            self.objects.replace_with_error(object_id, error_blob(error))
             self._object_ready(object_id, entry)
+            return
+        task = self.lineage.take(task_id)
+        if task.retries_left > 0:
+            task.retries_left -= 1
+        task.new_attempt()
+        task.finished = False
+        task.node = None
+        for return_id in task.spec.return_ids():
+            other = self.objects.entries.get(return_id)
+            if other is not None and other.state in (LOST, RELEASED):
+                other.state = PENDING
+        self.tasks[task_id] = task
+        self._start_task(task)
 
     # ==== cancellation =============================================================
 
@@ -800,6 +898,10 @@ class Head:
     def register_wait(self, object_ids: List[bytes], needed_remaining: int, on_ready: Callable[[Waiter], None]) -> Optional[Waiter]:
         """Register a waiter unless enough objects are ready already (then returns None). Lock held."""
         entries = self.objects.entries
+        for object_id in object_ids:
+            entry = entries.get(object_id)
+            if entry is not None and entry.state in (LOST, RELEASED):
+                self._recover(object_id)  # someone needs it now: rebuild it
         pending = [oid for oid in object_ids if (e := entries.get(oid)) is not None and e.state == PENDING]
         if len(pending) <= needed_remaining:
             return None
@@ -829,15 +931,15 @@ class Head:
         if entry is None:
             return ("e", error_blob(self._missing_error(object_id)))
         payload = entry.payload
-        if payload is None:
-            return ("e", error_blob(ObjectLostError(object_id.hex())))
+        if payload is None:  # lost again after the wait ended: the caller asks once more
+            return ("s", [], entry.size)
         if payload[0] == "s":
             return ("s", list(payload[1]), payload[2])
         return payload
 
     def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:
         entries = self.objects.entries
-        return [oid for oid in object_ids if (e := entries.get(oid)) is None or e.state != PENDING]
+        return [oid for oid in object_ids if (e := entries.get(oid)) is None or e.state == READY]
 
     def _missing_error(self, object_id: bytes) -> BaseException:
         if object_id in self.objects.freed:
@@ -955,6 +1057,16 @@ class Head:
             messages, peer.outbox = peer.outbox, []
             if messages:
                 peer.send(messages)
+
+
+def _unrebuildable_error(object_id: bytes, reason: str) -> BaseException:
+    if reason == "OBJECT_UNRECONSTRUCTABLE_MAX_ATTEMPTS_EXCEEDED":
+        return ObjectReconstructionFailedMaxAttemptsExceededError(object_id.hex(), reason=reason)
+    if reason == "OBJECT_UNRECONSTRUCTABLE_LINEAGE_EVICTED":
+        return ObjectReconstructionFailedLineageEvictedError(object_id.hex(), reason=reason)
+    if reason == "OBJECT_UNRECONSTRUCTABLE_BORROWED":
+        return ObjectLostError(object_id.hex())
+    return ObjectReconstructionFailedError(object_id.hex(), reason=reason)
 
 
 _HANDLERS: Dict[str, Callable[[Head, Peer, Any, tuple], None]] = {

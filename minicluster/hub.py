@@ -30,7 +30,7 @@ import time
 import traceback
 from typing import Any, Callable, List, Optional, Protocol
 
-from .protocol import FrameDecoder, ServerHandshake, encode
+from .protocol import MAX_FRAME, MAX_HANDSHAKE_FRAME, FrameDecoder, ProtocolError, ServerHandshake, encode
 
 # Bytes asked of recv() at a time. Kept under glibc's mmap threshold (128 KiB):
 # a larger buffer is mmapped and unmapped on every call, which costs ~40 us.
@@ -53,7 +53,7 @@ class Peer:
 
     def __init__(self, sock: socket.socket, handshake: ServerHandshake, hub: "Hub") -> None:
         self.sock = sock
-        self.decoder = FrameDecoder()
+        self.decoder = FrameDecoder(MAX_HANDSHAKE_FRAME)
         self.handshake = handshake
         self.out = bytearray()
         self.lock = threading.Lock()
@@ -250,16 +250,25 @@ class Hub:
         if not data:
             self._close(peer)
             return
-        frames = peer.decoder.feed(data)
-        if not frames:
-            return
-        if not peer.handshake.done:
-            proof = peer.handshake.answer(frames.pop(0))
-            if proof is None:
-                print("minicluster: rejected a connection that failed authentication", file=sys.stderr)
-                self._close(peer, notify=False)
+        try:
+            frames = peer.decoder.feed(data)
+            if not frames:
                 return
-            peer.send_raw(proof)
+            if not peer.handshake.done:
+                proof = peer.handshake.answer(frames.pop(0))
+                if proof is None:
+                    raise ProtocolError("authentication failed")
+                peer.send_raw(proof)
+                peer.decoder.limit = MAX_FRAME
+                frames.extend(peer.decoder.feed(b""))  # frames that came with the proof
+        except ProtocolError as exc:
+            if not peer.handshake.done:
+                print(f"minicluster: rejected a connection: {exc}", file=sys.stderr)
+                self._close(peer, notify=False)
+            else:
+                print(f"minicluster: dropping a connection that broke the protocol: {exc}", file=sys.stderr)
+                self._close(peer)
+            return
         if frames:
             messages: List[Any] = []
             for frame in frames:

@@ -127,10 +127,12 @@ class NodeManager:
             os.rmdir(self.cfg["store_root"])  # the last node out removes the session's store root
         except OSError:
             pass
-        try:
-            os.unlink(self.cfg["socket_path"])
-        except OSError:
-            pass
+        session_dir = os.path.dirname(self.cfg["socket_path"])
+        for name in ("head.sock", "session.json"):  # the session's logs folder stays, on purpose
+            try:
+                os.unlink(os.path.join(session_dir, name))
+            except OSError:
+                pass
         os.killpg(0, signal.SIGKILL)
 
 

@@ -9,11 +9,18 @@ Owned by the head (driver process, under the head's lock). For each object id:
   take it as an argument and objects that contain its ref;
 * owner: the worker (or driver) that created the ref; if the owner dies, the
   object is gone for everyone (OwnerDiedError);
-* waiters: blocked `get`/`wait` calls, notified when it becomes READY.
+* waiters: blocked `get`/`wait` calls, notified when it becomes READY;
+* lineage_refs: finished tasks kept for reconstruction (lineage.py) that take
+  it as an argument. They keep the entry, not the value.
 
-An object is freed - its entry dropped, its store files unlinked - once
-nothing keeps it alive and it is not PENDING. Freed ids are remembered (a
-bounded set) so a late `get` can say ReferenceCountingAssertionError.
+States:  PENDING --value--> READY --its node died--> LOST
+                              \--no holder, lineage_refs > 0--> RELEASED
+         LOST and RELEASED go back to PENDING when the head rebuilds them.
+
+When nothing holds an object any more, its value is freed (store files
+unlinked); the entry itself goes too unless lineage still needs it. Freed
+ids are remembered (a bounded set) so a late `get` can say
+ReferenceCountingAssertionError.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from . import object_store
 
 PENDING = "PENDING"
 READY = "READY"
+LOST = "LOST"  #: every copy of the value is gone; rebuildable while lineage allows
+RELEASED = "RELEASED"  #: value freed on purpose, entry kept for lineage
 
 FREED_MEMORY = 100_000  # how many freed ids to remember for error messages
 
@@ -50,7 +59,8 @@ class Waiter:
 
 
 class ObjectEntry:
-    __slots__ = ("state", "payload", "size", "owner", "pins", "borrowers", "nested", "waiters", "dependents", "is_error")
+    __slots__ = ("state", "payload", "size", "owner", "pins", "borrowers", "nested", "waiters", "dependents",
+                 "is_error", "lineage_refs")
 
     def __init__(self, owner: bytes) -> None:
         self.state = PENDING
@@ -63,11 +73,13 @@ class ObjectEntry:
         self.waiters: Optional[List[Waiter]] = None
         self.dependents: Optional[List[Any]] = None
         self.is_error = False
+        self.lineage_refs = 0
 
 
 class ObjectDirectory:
-    def __init__(self, driver_counts: Dict[bytes, int], store_root: str) -> None:
+    def __init__(self, driver_counts: Dict[bytes, int], store_root: str, on_deleted: Callable[[bytes], None]) -> None:
         self.entries: Dict[bytes, ObjectEntry] = {}
+        self.on_deleted = on_deleted  # the head drops lineage that only this entry needed
         self.driver_counts = driver_counts  # the driver's LocalRefCounter.counts (read-only here)
         self.store_root = store_root
         self.freed: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
@@ -84,7 +96,8 @@ class ObjectDirectory:
     def set_value(self, object_id: bytes, kind: str, data: Any, nested: List[bytes], node: Optional[bytes], is_error: bool) -> Optional[ObjectEntry]:
         """Record a produced value; returns the entry (None if the object was freed meanwhile)."""
         entry = self.entries.get(object_id)
-        if entry is None:
+        if entry is None or entry.state == READY:
+            # Freed meanwhile, or a rebuild produced a value we still have: drop the new copy.
             if kind == "s" and node is not None:
                 object_store.delete(self._dir(node), object_id)
             return None
@@ -113,16 +126,24 @@ class ObjectDirectory:
             self.node_usage[node] += size
 
     def drop_node(self, node: bytes) -> List[bytes]:
-        """Forget every copy on a dead node; return the ids that have no copy left."""
+        """Forget every copy on a dead node; objects with no copy left become LOST (returned)."""
         lost = []
         for object_id, entry in self.entries.items():
             payload = entry.payload
             if payload is not None and payload[0] == "s" and node in payload[1]:
                 payload[1].remove(node)
                 if not payload[1]:
+                    self.mark_lost(object_id)
                     lost.append(object_id)
         self.node_usage.pop(node, None)
+        for object_id in lost:
+            self.maybe_free(object_id)
         return lost
+
+    def mark_lost(self, object_id: bytes) -> None:
+        entry = self.entries[object_id]
+        entry.payload = None
+        entry.state = LOST
 
     # ---- reference counting ---------------------------------------------------------
 
@@ -155,7 +176,19 @@ class ObjectDirectory:
             entry.borrowers.discard(worker_id)
             self.maybe_free(object_id)
 
+    def add_lineage_ref(self, object_id: bytes) -> None:
+        entry = self.entries.get(object_id)
+        if entry is not None:
+            entry.lineage_refs += 1
+
+    def release_lineage_ref(self, object_id: bytes) -> None:
+        entry = self.entries.get(object_id)
+        if entry is not None:
+            entry.lineage_refs -= 1
+            self.maybe_free(object_id)
+
     def maybe_free(self, object_id: bytes) -> None:
+        """Free the value, and the entry unless lineage needs it, once nothing holds the object."""
         entry = self.entries.get(object_id)
         if (
             entry is None
@@ -164,17 +197,29 @@ class ObjectDirectory:
             or entry.borrowers
             or object_id in self.driver_counts
             or entry.waiters
+            or entry.dependents
         ):
+            return
+        if entry.lineage_refs > 0:
+            if entry.state != RELEASED:
+                self._release_value(object_id, entry)
+                entry.state = RELEASED
             return
         self.free(object_id)
 
     def free(self, object_id: bytes) -> None:
         entry = self.entries.pop(object_id)
-        self._delete_files(object_id, entry)
+        self._release_value(object_id, entry)
         self.freed[object_id] = None
         if len(self.freed) > FREED_MEMORY:
             self.freed.popitem(last=False)
-        for ref in entry.nested:
+        self.on_deleted(object_id)
+
+    def _release_value(self, object_id: bytes, entry: ObjectEntry) -> None:
+        self._delete_files(object_id, entry)
+        entry.payload = None
+        nested, entry.nested = entry.nested, ()
+        for ref in nested:
             self.unpin(ref)
 
     def _delete_files(self, object_id: bytes, entry: ObjectEntry) -> None:
@@ -190,7 +235,7 @@ class ObjectDirectory:
         entry = self.entries.get(object_id)
         if entry is None:
             return None
-        self._delete_files(object_id, entry)
+        self._release_value(object_id, entry)
         entry.payload = ("e", error_blob)
         entry.size = len(error_blob)
         entry.is_error = True

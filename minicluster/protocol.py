@@ -44,6 +44,9 @@ from typing import Any, List, Optional
 _LEN = struct.Struct("<I")
 CHALLENGE_BYTES = 32
 MAX_FRAME = 1 << 31
+# Before a peer has authenticated, its only frame is a 64-byte proof: anything
+# announcing more is not one of ours and is dropped at once.
+MAX_HANDSHAKE_FRAME = 1024
 
 
 class ProtocolError(ConnectionError):
@@ -57,10 +60,11 @@ def _proof(key: bytes, challenge: bytes) -> bytes:
 class FrameDecoder:
     """Accumulates bytes and yields complete frames."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_FRAME) -> None:
         self._buf = bytearray()
+        self.limit = limit  #: frames announcing more bytes are a protocol error
 
     def feed(self, data: bytes) -> List[bytes]:
         buf = self._buf
@@ -70,6 +74,8 @@ class FrameDecoder:
         end = len(buf)
         while end - pos >= 4:
             (length,) = _LEN.unpack_from(buf, pos)
+            if length > self.limit:
+                raise ProtocolError(f"frame of {length} bytes announced (limit {self.limit})")
             if end - pos - 4 < length:
                 break
             frames.append(bytes(buf[pos + 4 : pos + 4 + length]))

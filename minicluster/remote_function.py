@@ -8,7 +8,6 @@ to the head once; each call then only pickles its arguments.
 from __future__ import annotations
 
 import hashlib
-import pickle
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -110,7 +109,7 @@ class _StaticOptions:
         self.max_retries = options.get("max_retries")
         retry_exceptions = options.get("retry_exceptions", False)
         if isinstance(retry_exceptions, (list, tuple)):
-            retry_exceptions = pickle.dumps(tuple(retry_exceptions))
+            retry_exceptions = dumps_function(tuple(retry_exceptions), "retry_exceptions")
         self.retry_exceptions = retry_exceptions
         self.max_calls = options.get("max_calls", 0)
         self.strategy = strategy_of(options.get("scheduling_strategy"))

@@ -36,7 +36,8 @@ class AttemptRecord:
 
 class TaskRecord:
     __slots__ = ("spec", "attempt", "retries_left", "submitter_node", "node", "worker", "deps_waiting",
-                 "attempts", "cancelled", "owner_dead", "finished", "pinned", "shape")
+                 "attempts", "cancelled", "owner_dead", "finished", "pinned", "shape", "live_returns",
+                 "lineage_held", "in_history")
 
     def __init__(self, spec: Any, max_retries: int, submitter_node: bytes) -> None:
         self.spec = spec
@@ -52,6 +53,9 @@ class TaskRecord:
         self.finished = False
         self.pinned = False
         self.shape = (tuple(sorted(spec.resources.items())), spec.strategy)
+        self.live_returns = 0  #: while kept as lineage: how many of its results still exist
+        self.lineage_held = False  #: holds lineage refs on its arguments
+        self.in_history = False
 
     @property
     def state(self) -> str:

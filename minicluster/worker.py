@@ -34,10 +34,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import config, context, object_store
 from .client import RuntimeClient
-from .exceptions import GetTimeoutError, RayTaskError, TaskCancelledError
+from .exceptions import GetTimeoutError, RayError, RayTaskError, TaskCancelledError
 from .object_ref import LocalRefCounter, ObjectRef, set_counter
 from .protocol import Connection
-from .serialization import FLAG_ERROR, SerializationError, serialize
+from .serialization import FLAG_ERROR, SerializationError, deserialize, serialize
 
 # Results of tiny tasks are held back and sent together while more tasks wait in
 # this worker's queue: fewer messages, at the price of up to HOLD_RESULTS_S of
@@ -291,10 +291,17 @@ class Worker:
                 self.cancelled_queued.discard(task_id)
                 raise KeyboardInterrupt
             fn = self._function(function_id)
-            args, kwargs = _resolve_args(client, args_blob, arg_payloads)
+            try:
+                args, kwargs = _resolve_args(client, args_blob, arg_payloads)
+            except FileNotFoundError as exc:
+                raise _ArgumentLost(str(exc.args[0])) from None
             outputs = _split_returns(fn(*args, **kwargs), num_returns, name)
             results = [store_value(client, oid, value, what=f"return value of {name}")
                        for oid, value in zip(return_ids, outputs)]
+        except _ArgumentLost as lost:
+            # Not the task's fault: the head rebuilds the argument and runs the task again.
+            results = [("i", b"", []) for _ in return_ids]
+            error_info = ("ARG_LOST", False, lost.object_hex)
         except SystemExit as exc:
             # As in Ray, sys.exit() in a task ends the worker: the head sees a crash and retries.
             sys.stdout.flush()
@@ -321,9 +328,15 @@ class Worker:
         return ("done", task_id, attempt, results, error_info, start, end, retire)
 
 
-def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Dict[bytes, tuple]) -> Tuple[list, dict]:
-    from .serialization import deserialize
+class _ArgumentLost(Exception):
+    """An argument's stored copy vanished (its node died) before this worker read it."""
 
+    def __init__(self, object_hex: str) -> None:
+        super().__init__(object_hex)
+        self.object_hex = object_hex
+
+
+def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Dict[bytes, tuple]) -> Tuple[list, dict]:
     (args, kwargs), _ = deserialize(args_blob)
     if payloads:
         args = [client.load(a._id, payloads[a._id]) if type(a) is ObjectRef else a for a in args]
@@ -375,11 +388,18 @@ def _user_traceback(tb: Any) -> Any:
 
 
 def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseException, name: str) -> List[tuple]:
+    """The error as every return value's payload; always inline, and always one the caller can load."""
     try:
         payload = store_value(client, return_ids[0] if return_ids else b"", error, what="task error", flags=FLAG_ERROR)
-    except SerializationError:
-        # The exception itself cannot be pickled: keep its text, drop the object.
-        fallback = RayTaskError(name, getattr(error, "traceback_str", str(error)), None)
+        if payload[0] == "i":
+            deserialize(payload[1])  # an exception that pickles but cannot be re-created fails here
+    except Exception as exc:  # noqa: BLE001 - any failure means: send the text instead
+        cause = getattr(error, "cause", error)
+        stand_in = RayError(
+            f"{type(cause).__name__}: {cause} (the exception could not be re-created in the caller: "
+            f"{type(exc).__name__}: {exc})"
+        )
+        fallback = RayTaskError(name, getattr(error, "traceback_str", str(error)), stand_in)
         payload = store_value(client, b"", fallback, what="task error", flags=FLAG_ERROR)
     if payload[0] != "i":
         payload = ("i", serialize(RayTaskError(name, "(error too large to store)", None), FLAG_ERROR).to_bytes(), [])

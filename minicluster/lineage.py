@@ -1,0 +1,95 @@
+"""Lineage: the finished tasks kept so that their lost results can be rebuilt.
+
+Owned by the head (driver process, under the head's lock). A task that
+finished is kept here while any of its results still exists (is referenced,
+or is needed to rebuild something that is). Its arguments are held by
+*lineage references* (objects.py: `lineage_refs`), which keep their metadata
+but not their values: a value nobody holds is freed, and rebuilt from its own
+lineage if a downstream rebuild needs it (recursive reconstruction, as in Ray).
+
+The total size of kept specs is capped by `max_lineage_bytes`; past it, the
+oldest records are evicted, and their results become impossible to rebuild
+(OBJECT_UNRECONSTRUCTABLE_LINEAGE_EVICTED).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+from .ids import is_put_object, task_of
+
+# Bookkeeping cost of one record beyond its argument bytes (spec fields, dict slots).
+RECORD_OVERHEAD_BYTES = 400
+EVICTED_MEMORY = 1_000_000  # evicted task ids remembered, for the error's reason
+
+
+class Lineage:
+    def __init__(self, max_bytes: int, release_args: Callable[[Any], None]) -> None:
+        self.max_bytes = max_bytes
+        self.records: "collections.OrderedDict[bytes, Any]" = collections.OrderedDict()  # task id -> TaskRecord
+        self.bytes = 0
+        self.evicted: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
+        self._release_args = release_args  # drops the lineage refs a record holds on its arguments
+
+    @staticmethod
+    def size_of(task: Any) -> int:
+        return len(task.spec.args) + RECORD_OVERHEAD_BYTES
+
+    def keep(self, task: Any, live_returns: int) -> None:
+        """Keep a finished task while `live_returns` of its results exist; evict the oldest if over the cap."""
+        task.live_returns = live_returns
+        self.records[task.spec.task_id] = task
+        self.bytes += self.size_of(task)
+        while self.bytes > self.max_bytes and self.records:
+            task_id, oldest = self.records.popitem(last=False)
+            self.bytes -= self.size_of(oldest)
+            self.evicted[task_id] = None
+            if len(self.evicted) > EVICTED_MEMORY:
+                self.evicted.popitem(last=False)
+            self._release_args(oldest)
+
+    def get(self, task_id: bytes) -> Optional[Any]:
+        return self.records.get(task_id)
+
+    def take(self, task_id: bytes) -> Optional[Any]:
+        """Remove a record to re-run it; its argument refs stay with the task."""
+        task = self.records.pop(task_id, None)
+        if task is not None:
+            self.bytes -= self.size_of(task)
+        return task
+
+    def result_deleted(self, object_id: bytes) -> None:
+        """One result of a kept task is gone for good; drop the record with its last one."""
+        task = self.records.get(task_of(object_id))
+        if task is None:
+            return
+        task.live_returns -= 1
+        if task.live_returns <= 0:
+            del self.records[task.spec.task_id]
+            self.bytes -= self.size_of(task)
+            self._release_args(task)
+
+    def why_not_rebuildable(self, object_id: bytes) -> Optional[str]:
+        """Ray's reason the object cannot be rebuilt, or None if it can be."""
+        if is_put_object(object_id):
+            return "OBJECT_UNRECONSTRUCTABLE_PUT"
+        task_id = task_of(object_id)
+        task = self.records.get(task_id)
+        if task is None:
+            if task_id in self.evicted:
+                return "OBJECT_UNRECONSTRUCTABLE_LINEAGE_EVICTED"
+            return "OBJECT_UNRECONSTRUCTABLE_BORROWED"
+        if task.spec.max_retries == 0:
+            return "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED"
+        if task.retries_left == 0:
+            return "OBJECT_UNRECONSTRUCTABLE_MAX_ATTEMPTS_EXCEEDED"
+        return None
+
+
+def arguments_of(task: Any) -> Iterable[bytes]:
+    spec = task.spec
+    return spec.arg_refs + spec.borrowed
+
+
+__all__ = ["Lineage", "arguments_of", "List", "Dict"]
