@@ -68,6 +68,13 @@ def init(
     unknown = [k for k in kwargs if not k.startswith("_")]
     if unknown:
         raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
+    from . import cluster_utils
+
+    if cluster_utils.is_cluster_address(address) or (address == "auto" and len(cluster_utils._clusters) == 1):
+        with _init_lock:
+            cluster_utils.attach(address if address != "auto" else next(iter(cluster_utils._clusters)))
+            atexit.register(_atexit_shutdown)
+            return _context_info()
     if address not in (None, "local"):
         raise ValueError(
             f"init(address={address!r}): minicluster runs on this machine only; "

@@ -50,8 +50,20 @@ class DriverClient(RuntimeClient):
             self.head.shutdown()  # a failed start leaves nothing running
             self.session.cleanup()
             raise
-        self.node_id = next(iter(self.head.nodes))
+        self._node_id: Optional[bytes] = None
         set_counter(self.refs)
+
+    @property
+    def node_id(self) -> bytes:
+        """The driver's node: the first live node (puts go to its store)."""
+        node = self.head.nodes.get(self._node_id) if self._node_id else None
+        if node is None or not node.alive:
+            alive = [n.node_id for n in self.head.nodes.values() if n.alive]
+            if not alive:
+                raise RayError("minicluster: no live node left in this session; add one "
+                               "(minicluster.testing.add_node or Cluster.add_node)")
+            self._node_id = alive[0]
+        return self._node_id  # type: ignore[return-value]
 
     # ---- tasks -----------------------------------------------------------------------
 

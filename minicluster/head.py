@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import config, object_store, virtual_nodes as node_procs
 from .exceptions import (
     NodeDiedError,
+    ObjectFetchTimedOutError,
     ObjectLostError,
     ObjectReconstructionFailedError,
     ObjectReconstructionFailedLineageEvictedError,
@@ -89,6 +91,8 @@ class Head:
         self.ready: Dict[tuple, collections.deque] = {}  # resource shape -> tasks waiting for placement
         self.infeasible_warned: set = set()
         self.durations: Dict[bytes, float] = {}  # function id -> moving average run time (s)
+        self.fetch_timers: Dict[bytes, list] = {}  # object id -> timer, while all its copies are on stopped nodes
+        self.fetch_timeout_s = config.fetch_fail_timeout_s()
         self._dirty: List[Peer] = []
         self._placement_pending = False
         self._drain_driver_refs = drain_driver_refs
@@ -159,6 +163,34 @@ class Head:
             node_procs.kill(node)
             self._node_died(node, reason)
             self._flush()
+
+    def stop_node(self, node_id: bytes) -> None:
+        with self.lock:
+            node = self.nodes[node_id]
+            if not node.alive or node.stopped:
+                return
+            os.killpg(node.pid, signal.SIGSTOP)
+            node.stopped = True
+            self.scheduler.set_stopped(node_id, True)
+
+    def resume_node(self, node_id: bytes) -> None:
+        with self.lock:
+            node = self.nodes[node_id]
+            if not node.alive or not node.stopped:
+                return
+            os.killpg(node.pid, signal.SIGCONT)
+            node.stopped = False
+            self.scheduler.set_stopped(node_id, False)
+            self._node_reachable(node)
+            self._schedule()
+            self._flush()
+
+    def object_locations(self, object_id: bytes) -> List[bytes]:
+        with self.lock:
+            entry = self.objects.entries.get(object_id)
+            if entry is None or entry.payload is None or entry.payload[0] != "s":
+                return []
+            return list(entry.payload[1])
 
     def shutdown(self) -> None:
         with self.lock:
@@ -419,7 +451,10 @@ class Head:
                 continue  # reported by _args_ready
             if entry.state in (LOST, RELEASED):
                 self._recover(object_id)
-            if entry.state == PENDING:
+            unreachable = entry.state == READY and not self._reachable(entry)
+            if unreachable:
+                self._await_unreachable(object_id)
+            if entry.state == PENDING or unreachable:
                 waiting += 1
                 if entry.dependents is None:
                     entry.dependents = []
@@ -577,8 +612,7 @@ class Head:
             payloads = {}
             entries = self.objects.entries
             for object_id in spec.arg_refs:
-                payload = entries[object_id].payload
-                payloads[object_id] = ("s", list(payload[1]), payload[2]) if payload[0] == "s" else payload
+                payloads[object_id] = self.payload_of(object_id)
         self._post(peer, ("exec", (spec.task_id, task.attempt, spec.function_id, spec.name, spec.args, payloads,
                                    spec.num_returns, spec.retry_exceptions, spec.max_calls, spec.actor_id,
                                    spec.task_type, spec.func_name)))
@@ -827,6 +861,50 @@ class Head:
         if entry is not None and (entry.waiters or entry.dependents):
             self._recover(object_id)
 
+    def _reachable(self, entry: Any) -> bool:
+        """Whether a reader can fetch the value: inline, or a copy on a node that is not stopped."""
+        payload = entry.payload
+        if payload is None or payload[0] != "s":
+            return True
+        nodes = self.nodes
+        return any(not nodes[n].stopped for n in payload[1] if n in nodes)
+
+    def _await_unreachable(self, object_id: bytes) -> None:
+        """Every copy is on a stopped node: readers wait for it to resume, at most the fetch timeout."""
+        if object_id in self.fetch_timers:
+            return
+        self.fetch_timers[object_id] = self.hub.call_later(self.fetch_timeout_s, lambda: self._fetch_timed_out(object_id))
+
+    def _fetch_timed_out(self, object_id: bytes) -> None:
+        with self.lock:
+            self.fetch_timers.pop(object_id, None)
+            entry = self.objects.entries.get(object_id)
+            if entry is None or entry.state != READY or self._reachable(entry):
+                return
+            if not (entry.waiters or entry.dependents):
+                return
+            # Give up on the hung copies: rebuild if lineage allows, else report the timeout.
+            for node_id in list(entry.payload[1]):
+                self.objects.remove_location(object_id, node_id)
+            if self.lineage.why_not_rebuildable(object_id) is None:
+                self.objects.mark_lost(object_id)
+                self._recover(object_id)
+            else:
+                self.objects.replace_with_error(object_id, error_blob(ObjectFetchTimedOutError(object_id.hex())))
+                self._object_ready(object_id, entry)
+            self._flush()
+
+    def _node_reachable(self, node: NodeRecord) -> None:
+        """A stopped node resumed: readers waiting for its copies can go on."""
+        for object_id, entry in list(self.objects.entries.items()):
+            payload = entry.payload
+            if (entry.waiters or entry.dependents) and payload is not None and payload[0] == "s" \
+                    and node.node_id in payload[1] and entry.state == READY:
+                timer = self.fetch_timers.pop(object_id, None)
+                if timer is not None:
+                    self.hub.cancel_timer(timer)
+                self._object_ready(object_id, entry)
+
     def _recover(self, object_id: bytes) -> None:
         """Rebuild a LOST or RELEASED object by re-running the task that made it (lineage
         reconstruction), or settle it with the error that says why it cannot be rebuilt."""
@@ -902,7 +980,16 @@ class Head:
             entry = entries.get(object_id)
             if entry is not None and entry.state in (LOST, RELEASED):
                 self._recover(object_id)  # someone needs it now: rebuild it
-        pending = [oid for oid in object_ids if (e := entries.get(oid)) is not None and e.state == PENDING]
+        pending = []
+        for object_id in object_ids:
+            entry = entries.get(object_id)
+            if entry is None:
+                continue
+            if entry.state == PENDING:
+                pending.append(object_id)
+            elif entry.state == READY and not self._reachable(entry):
+                pending.append(object_id)
+                self._await_unreachable(object_id)
         if len(pending) <= needed_remaining:
             return None
         waiter = Waiter(pending, len(pending), needed_remaining, on_ready)
@@ -934,7 +1021,8 @@ class Head:
         if payload is None:  # lost again after the wait ended: the caller asks once more
             return ("s", [], entry.size)
         if payload[0] == "s":
-            return ("s", list(payload[1]), payload[2])
+            nodes = self.nodes
+            return ("s", [n for n in payload[1] if n in nodes and not nodes[n].stopped], payload[2])
         return payload
 
     def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:

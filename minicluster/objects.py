@@ -140,6 +140,15 @@ class ObjectDirectory:
             self.maybe_free(object_id)
         return lost
 
+    def remove_location(self, object_id: bytes, node: bytes) -> None:
+        """Forget (and delete) one copy, for example on a node that stopped answering."""
+        entry = self.entries.get(object_id)
+        if entry is None or entry.payload is None or entry.payload[0] != "s" or node not in entry.payload[1]:
+            return
+        entry.payload[1].remove(node)
+        self.node_usage[node] -= entry.size
+        object_store.delete(self._dir(node), object_id)
+
     def mark_lost(self, object_id: bytes) -> None:
         entry = self.entries[object_id]
         entry.payload = None

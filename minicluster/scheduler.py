@@ -37,6 +37,7 @@ class NodeResources:
     total: Dict[str, float]
     available: Dict[str, float] = field(default_factory=dict)
     alive: bool = True
+    stopped: bool = False  #: SIGSTOPped: alive, but takes no new work
 
     def __post_init__(self) -> None:
         if not self.available:
@@ -73,6 +74,9 @@ class Scheduler:
         if node is not None:
             node.alive = False
 
+    def set_stopped(self, node_id: bytes, stopped: bool) -> None:
+        self.nodes[node_id].stopped = stopped
+
     def alive(self) -> List[NodeResources]:
         return [n for n in self.nodes.values() if n.alive]
 
@@ -86,7 +90,7 @@ class Scheduler:
             target = self.nodes.get(strategy[1])
             soft = strategy[2]
             if target is not None and target.alive and target.could_fit(request):
-                return target.node_id if target.fits(request) else None
+                return target.node_id if target.fits(request) and not target.stopped else None
             if not soft:
                 if target is None or not target.alive:
                     raise Unschedulable(
@@ -95,7 +99,7 @@ class Scheduler:
                     )
                 return INFEASIBLE
             kind = "DEFAULT"
-        candidates = [n for n in self.nodes.values() if n.alive and n.fits(request)]
+        candidates = [n for n in self.nodes.values() if n.alive and not n.stopped and n.fits(request)]
         if not candidates:
             return None if self.feasible(request) else INFEASIBLE
         if kind == "SPREAD":

@@ -1,0 +1,81 @@
+"""Adding, killing, stopping and resuming virtual nodes and workers of the running session.
+
+Runs in the driver (the head lives there); node ids are hex strings as
+`get_runtime_context().get_node_id()` and `nodes()` give them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Dict, List, Optional
+
+from .. import context
+from ..object_ref import ObjectRef
+
+
+def _head():  # type: ignore[no-untyped-def]
+    client = context.current()
+    if client is None or context.in_worker():
+        raise RuntimeError("minicluster.testing works in the driver of a running session (call init() first)")
+    return client.head
+
+
+def _node_id(node_id: str) -> bytes:
+    head = _head()
+    try:
+        raw = bytes.fromhex(node_id)
+    except (TypeError, ValueError):
+        raise ValueError(f"{node_id!r} is not a node id (a hex string)") from None
+    if raw not in head.nodes:
+        raise ValueError(f"no node {node_id} in this session")
+    return raw
+
+
+def live_nodes() -> List[str]:
+    """Ids of the nodes that are alive (stopped ones included), in start order."""
+    return [n.node_id.hex() for n in _head().nodes.values() if n.alive]
+
+
+def add_node(num_cpus: float = 1, resources: Optional[Dict[str, float]] = None, wait: bool = True) -> str:
+    """Start a new virtual node; returns its id once it is up (unless wait=False)."""
+    head = _head()
+    node = head.add_node(num_cpus, resources, max(1, int(num_cpus)))
+    if wait:
+        head.wait_for_nodes(30.0)
+    return node.node_id.hex()
+
+
+def kill_node(node_id: str) -> None:
+    """Power cut: SIGKILL the node's whole process group and delete its object store."""
+    _head().kill_node(_node_id(node_id), "killed by minicluster.testing.kill_node")
+
+
+def stop_node(node_id: str) -> None:
+    """SIGSTOP every process of the node: it hangs, as a frozen machine or a partition would."""
+    _head().stop_node(_node_id(node_id))
+
+
+def resume_node(node_id: str) -> None:
+    """SIGCONT a stopped node."""
+    _head().resume_node(_node_id(node_id))
+
+
+def worker_pids(node_id: Optional[str] = None) -> List[int]:
+    """Pids of the live workers, of one node or of all."""
+    head = _head()
+    with head.lock:
+        nodes = [head.nodes[_node_id(node_id)]] if node_id else list(head.nodes.values())
+        return [w.pid for n in nodes if n.alive for w in n.workers.values()]
+
+
+def kill_worker(pid: int, signum: int = signal.SIGKILL) -> None:
+    """Kill one worker of this session (default SIGKILL), as a crash would."""
+    if pid not in worker_pids():
+        raise ValueError(f"pid {pid} is not a live worker of this session")
+    os.kill(pid, signum)
+
+
+def object_locations(ref: ObjectRef) -> List[str]:
+    """Ids of the nodes whose stores hold a copy of the object ([] for small inline values)."""
+    return [n.hex() for n in _head().object_locations(ref.binary())]
