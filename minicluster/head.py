@@ -305,10 +305,10 @@ class Head:
     def _on_put(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         _, object_id, kind, data, refs = message
         self.objects.create(object_id, worker.worker_id)
-        self._store(object_id, kind, data, refs, worker.node.node_id, False)
-        self.objects.add_borrower(object_id, worker.worker_id)
+        self.objects.add_borrower(object_id, worker.worker_id)  # before storing: the put's ref holds it
         worker.borrowed.add(object_id)
         worker.owned.add(object_id)
+        self._store(object_id, kind, data, refs, worker.node.node_id, False)
 
     def _on_refs(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         _, added, removed = message
@@ -1067,9 +1067,21 @@ class Head:
             self.hub.call_later(timeout, expire)
 
     def _block(self, worker: WorkerRecord) -> None:
-        """A task waits in get/wait: lend its CPUs to other tasks so nested work cannot deadlock."""
+        """A task waits in get/wait: lend its CPUs to other tasks so nested work cannot deadlock.
+
+        Tasks pipelined behind it are taken back (the worker skips them) and queued
+        again: the blocked task may be waiting for one of them.
+        """
         worker.blocked += 1
         if worker.blocked == 1 and worker.task is not None:
+            if len(worker.queue) > 1:
+                taken = list(worker.queue)[1:]
+                worker.queue = collections.deque([worker.queue[0]])
+                self._post(worker.peer, ("steal", [t.spec.task_id for t in taken]))
+                for task in taken:
+                    task.worker = None
+                    task.node = None
+                    self._args_ready(task)
             self.scheduler.release(worker.node.node_id, worker.task.spec.resources)
             self._schedule()
 

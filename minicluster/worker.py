@@ -39,14 +39,6 @@ from .object_ref import LocalRefCounter, ObjectRef, set_counter
 from .protocol import Connection
 from .serialization import FLAG_ERROR, SerializationError, deserialize, serialize
 
-# Results of tiny tasks are held back and sent together while more tasks wait in
-# this worker's queue: fewer messages, at the price of up to HOLD_RESULTS_S of
-# extra latency for the first result of a batch. Only tasks whose function last
-# ran in under QUICK_TASK_S may run while results are held.
-HOLD_RESULTS_S = 0.002
-HOLD_RESULTS_MAX = 64
-QUICK_TASK_S = 0.001
-
 # ExecRequest tuple fields, in order (the head builds it in head.py).
 EXEC_FIELDS = ("task_id", "attempt", "function_id", "name", "args", "arg_payloads", "num_returns",
                "retry_exceptions", "max_calls", "actor_id", "task_type", "func_name")
@@ -67,7 +59,6 @@ class WorkerClient(RuntimeClient):
         self._delta_lock = threading.Lock()
         self._requests: Dict[int, list] = {}
         self._request_ids = itertools.count(1)
-        self._held: List[Any] = []  # "done" messages batched while more tiny tasks are queued
 
     # ---- outgoing messages ----------------------------------------------------
 
@@ -75,32 +66,21 @@ class WorkerClient(RuntimeClient):
         with self._delta_lock:
             self._adds.append(object_id)
 
-    def _ref_deltas(self) -> Optional[tuple]:
+    def send(self, *messages: Any) -> None:
+        """Send messages wrapped in this process's reference-count changes.
+
+        New holds go first and releases last: a release sent ahead of a message
+        that pins the object (a result containing the ref) could free it early.
+        """
         removed = self.refs.drain() if self.refs.has_released() else []
         with self._delta_lock:
             added, self._adds = self._adds, []
-        if added or removed:
-            return ("refs", added, removed)
-        return None
-
-    def send(self, *messages: Any) -> None:
-        """Send messages, after any held ones and pending reference-count changes (order matters)."""
-        deltas = self._ref_deltas()
-        batch = self._held
-        if batch:
-            self._held = []
-        if deltas is not None:
-            batch.insert(0, deltas)
+        batch: List[Any] = [("refs", added, [])] if added else []
         batch.extend(messages)
+        if removed:
+            batch.append(("refs", [], removed))
         if batch:
             self.conn.send_list(batch)
-
-    def hold(self, message: Any) -> None:
-        """Queue a message to go with the next send (see Worker.run for when that is)."""
-        self._held.append(message)
-
-    def flush(self) -> None:
-        self.send()
 
     def _request(self, kind: str, *args: Any, timeout: Optional[float] = None) -> Any:
         """Send a request and block for its reply; interruptible by cancellation (SIGINT)."""
@@ -193,10 +173,10 @@ class Worker:
         self.function_blobs: Dict[bytes, bytes] = {}
         self.functions: Dict[bytes, Any] = {}
         self.calls: Dict[bytes, int] = {}
-        self.durations: Dict[bytes, float] = {}  # last run time per function
         self.current: Optional[bytes] = None
         self.cancel_target: Optional[bytes] = None
         self.cancelled_queued: set = set()
+        self.stolen: set = set()  # queued tasks the head re-assigned; skipped when reached
         self.main_ident = threading.get_ident()
 
     # ---- reader thread -----------------------------------------------------------
@@ -215,6 +195,9 @@ class Worker:
                         self.function_blobs[message[1]] = message[2]
                     elif kind == "cancel":
                         self._cancel(message[1])
+                    elif kind == "steal":
+                        # The head took these back while our task was blocked; they have not started.
+                        self.stolen.update(message[1])
                     elif kind == "retire":
                         self.tasks.put(None)
         except (ConnectionError, OSError, EOFError):
@@ -239,33 +222,27 @@ class Worker:
     def run(self) -> None:
         signal.signal(signal.SIGINT, self._on_sigint)
         client = self.client
-        held_since = 0.0
         while True:
             try:
                 request = self.tasks.get_nowait()
             except queue.Empty:
-                client.flush()  # going idle: report results and dropped refs now
-                held_since = 0.0
+                client.send()  # going idle: report refs the last task dropped, so they can be freed
                 request = self.tasks.get()
             if request is None:
                 break
-            if held_since and (time.monotonic() - held_since > HOLD_RESULTS_S
-                               or len(client._held) >= HOLD_RESULTS_MAX
-                               or not self._known_quick(request[2])):
-                client.flush()
-                held_since = 0.0
+            if request[0] in self.stolen:
+                self.stolen.discard(request[0])
+                continue
             done = self.execute(request)
-            client.hold(done)
-            held_since = held_since or time.monotonic()
+            # Sent before the next task starts, never held back: if that task kills
+            # the process, the head must already know this one finished, so that
+            # the crash is charged to the task that caused it.
+            client.send(done)
             if done[-1]:  # retire after max_calls
                 break
-        client.flush()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-
-    def _known_quick(self, function_id: bytes) -> bool:
-        return self.durations.get(function_id, 1.0) < QUICK_TASK_S
 
     def _function(self, function_id: bytes) -> Any:
         fn = self.functions.get(function_id)
@@ -321,7 +298,6 @@ class Worker:
             client.current_task_id = b""
         end = time.time()
         self.calls[function_id] = calls = self.calls.get(function_id, 0) + 1
-        self.durations[function_id] = end - start
         retire = bool(max_calls) and calls >= max_calls
         sys.stdout.flush()
         sys.stderr.flush()
