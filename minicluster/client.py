@@ -28,7 +28,7 @@ class RuntimeClient:
 
     node_id: bytes
     worker_id: bytes
-    store_root: str
+    layout: object_store.Layout
     refs: LocalRefCounter
 
     def __init__(self) -> None:
@@ -41,6 +41,14 @@ class RuntimeClient:
         self.current_function_name: Optional[str] = None
         # Read once per process, like Ray reads RAY_TASK_MAX_RETRIES at start-up.
         self.default_max_retries = config.task_max_retries()
+
+    @property
+    def store_root(self) -> str:
+        return self.layout.store_root
+
+    def store_dir(self) -> str:
+        """This process's node's shared-memory store folder."""
+        return self.layout.dir_of(self.node_id)
 
     # ---- ids -----------------------------------------------------------------
 
@@ -62,7 +70,7 @@ class RuntimeClient:
         if kind == "i":
             value, flags = deserialize(payload[1])
         elif kind == "s":
-            view, copied = object_store.fetch(self.store_root, self.node_id, object_id, payload[1])
+            view, copied = object_store.fetch(self.layout, self.node_id, object_id, payload[1])
             if copied:
                 self.add_location(object_id, copied)
             value, flags = deserialize(view)

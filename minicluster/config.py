@@ -58,6 +58,20 @@ def object_store_memory() -> Optional[int]:
     return env("object_store_memory", value, int)  # type: ignore[arg-type]
 
 
+def default_store_capacity(in_shm: bool, num_nodes: int) -> int:
+    """A node's store capacity when object_store_memory is not given: a share of free /dev/shm."""
+    configured = object_store_memory()
+    if configured:
+        return configured
+    import shutil
+
+    try:
+        free = shutil.disk_usage(shm_root()).free if in_shm else 4 * 1024**3
+    except OSError:
+        free = 4 * 1024**3
+    return max(MIN_SHM_BYTES, int(free * DEFAULT_STORE_SHARE / num_nodes))
+
+
 def session_root() -> str:
     """Where session folders live: MINICLUSTER_TMPDIR / RAY_TMPDIR, else /tmp/minicluster-<uid>."""
     base = env("TMPDIR", "", str)

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from . import config, object_store
 from .client import RuntimeClient
-from .exceptions import GetTimeoutError, RayError
+from .exceptions import GetTimeoutError, ObjectStoreFullError, RayError
 from .head import Head
 from .ids import driver_task_id, new_worker_id
 from .object_ref import LocalRefCounter, ObjectRef, set_counter
@@ -30,19 +30,22 @@ NODE_START_TIMEOUT_S = 30.0
 class DriverClient(RuntimeClient):
     def __init__(self, num_nodes: int, num_cpus: float, resources: Optional[Dict[str, float]],
                  object_store_memory: Optional[int], namespace: Optional[str]) -> None:
+        """Start a session of `num_nodes` nodes; `object_store_memory` is each node's store capacity."""
         super().__init__()
         self.worker_id = new_worker_id()
         self.current_task_id = driver_task_id()
         self.namespace = namespace or "default"
         self.refs = LocalRefCounter()
         self.session = Session(object_store_memory)
-        self.store_root = self.session.store_root
+        self.layout = self.session.layout
         self.head = Head(self.session, self.refs.counts, self.refs.drain)
         self.default_cpus = num_cpus
         self.default_resources = resources
         self.num_workers_per_node = max(1, int(num_cpus))
         try:
             self.head.start()
+            self.head.default_capacity = object_store_memory or config.default_store_capacity(
+                self.session.in_shm, max(1, num_nodes))
             for _ in range(num_nodes):
                 self.head.add_node(num_cpus, resources, self.num_workers_per_node)
             self.head.wait_for_nodes(NODE_START_TIMEOUT_S)
@@ -83,10 +86,18 @@ class DriverClient(RuntimeClient):
         if serialized.size <= config.INLINE_THRESHOLD:
             self.head.put_from_driver(object_id, "i", serialized.to_bytes(), serialized.refs, self.node_id)
         else:
-            store_dir = os.path.join(self.store_root, self.node_id.hex())
-            size = object_store.write(store_dir, object_id, serialized)
+            self._check_fits(serialized.size)
+            size = object_store.write(self.store_dir(), object_id, serialized)
             self.head.put_from_driver(object_id, "s", size, serialized.refs, self.node_id)
         return ref
+
+    def _check_fits(self, size: int) -> None:
+        capacity = self.head.nodes[self.node_id].capacity
+        if size > capacity:
+            raise ObjectStoreFullError(
+                f"put() of an object of {size} bytes: larger than the node's object store "
+                f"({capacity} bytes, object_store_memory); nothing was stored"
+            )
 
     # ---- values ----------------------------------------------------------------------
 

@@ -80,7 +80,8 @@ class Head:
         self.session = session
         self.lock = threading.RLock()
         self.scheduler = Scheduler()
-        self.objects = ObjectDirectory(driver_counts, session.store_root, self._entry_deleted)
+        self.objects = ObjectDirectory(driver_counts, session.layout, self._entry_deleted)
+        self.default_capacity = config.MIN_SHM_BYTES  # set by the driver from object_store_memory
         self.lineage = Lineage(config.max_lineage_bytes(), self._release_lineage_args)
         self.tasks: Dict[bytes, TaskRecord] = {}
         self.history = TaskHistory()
@@ -119,9 +120,11 @@ class Head:
         total = {"CPU": float(num_cpus), f"node:{node_id.hex()}": 1.0}
         for key, qty in (resources or {}).items():
             total[key] = float(qty)
-        store_dir = os.path.join(self.session.store_root, node_id.hex())
+        layout = self.session.layout
         with self.lock:
-            node = NodeRecord(node_id, len(self.nodes), total, num_workers, store_dir)
+            node = NodeRecord(node_id, len(self.nodes), total, num_workers, layout.dir_of(node_id),
+                              layout.dir_of(object_store.spill_location(node_id)), self.default_capacity)
+            self.objects.capacity[node_id] = node.capacity
             self.nodes[node_id] = node
             self.scheduler.add_node(node_id, total)
             node.pending_spawn = num_workers
@@ -130,7 +133,9 @@ class Head:
             node_id=node_id,
             socket_path=self.session.socket_path,
             key=self.session.key,
-            store_root=self.session.store_root,
+            store_root=layout.store_root,
+            spill_root=layout.spill_root,
+            capacity=node.capacity,
             num_workers=num_workers,
             # The package's own folder first: editable installs are found by a
             # site hook that the node's `python -S` does not run.
@@ -323,6 +328,7 @@ class Head:
     def _on_located(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         _, object_id, node_id, size = message
         self.objects.add_location(object_id, node_id, size)
+        self.objects.make_room(node_id)
 
     def _on_lost(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         self.check_copies(message[1])
@@ -365,6 +371,15 @@ class Head:
             self.durations[task.spec.function_id] = took if previous is None else 0.8 * previous + 0.2 * took
         if retire:
             worker.retiring = True
+            # It exits now (max_calls): anything still queued there never started.
+            leftover, worker.queue = list(queue), collections.deque()
+            if leftover:
+                self.scheduler.release(worker.node.node_id, leftover[0].spec.resources)
+            for other in leftover:
+                other.worker = None
+                other.node = None
+                self._args_ready(other)
+            queue = worker.queue
         if task is None or task.spec.task_id != task_id or task.attempt != attempt:
             self._discard_results(task_id, results, worker.node.node_id)
         else:
@@ -383,7 +398,7 @@ class Head:
         only those no free resources could take right now (_schedule ran first):
         one frame then carries many tasks, and one frame their results.
         """
-        if worker.dead or worker.blocked or len(worker.queue) >= PIPELINE_DEPTH:
+        if worker.dead or worker.blocked or len(worker.queue) >= PIPELINE_DEPTH or worker.queue[0].spec.max_calls:
             return
         shape = worker.queue[0].shape
         if shape[1][0] == "SPREAD":
@@ -396,7 +411,7 @@ class Head:
                 ready.popleft()
                 continue
             strategy = task.spec.strategy
-            if self.durations.get(task.spec.function_id, 1.0) >= PIPELINE_QUICK_S or (
+            if task.spec.max_calls or self.durations.get(task.spec.function_id, 1.0) >= PIPELINE_QUICK_S or (
                 strategy[0] == "NODE" and strategy[1] != node_id
             ):
                 break
@@ -683,10 +698,12 @@ class Head:
         if entry is not None:
             self._object_ready(object_id, entry)
             self.objects.maybe_free(object_id)
+            if kind == "s":
+                self.objects.make_room(node_id)
 
     def _discard_results(self, task_id: bytes, results: list, node_id: bytes) -> None:
         """Results nobody will read (a stale attempt, a dead owner): delete their store files."""
-        store_dir = os.path.join(self.session.store_root, node_id.hex())
+        store_dir = self.session.layout.dir_of(node_id)
         for index, (kind, _, _) in enumerate(results, start=1):
             if kind == "s":
                 object_store.delete(store_dir, task_id + index.to_bytes(4, "little"))
@@ -847,10 +864,11 @@ class Head:
         if entry is None or entry.payload is None or entry.payload[0] != "s":
             return
         locations = entry.payload[1]
-        for node_id in list(locations):
-            node = self.nodes.get(node_id)
-            if node is None or not node.alive or not os.path.exists(os.path.join(node.store_dir, object_id.hex())):
-                locations.remove(node_id)
+        layout = self.session.layout
+        for location in list(locations):
+            node = self.nodes.get(object_store.node_of(location))
+            if node is None or not node.alive or not os.path.exists(os.path.join(layout.dir_of(location), object_id.hex())):
+                locations.remove(location)
         if not locations:
             self.objects.mark_lost(object_id)
             self._object_lost(object_id)
@@ -867,7 +885,7 @@ class Head:
         if payload is None or payload[0] != "s":
             return True
         nodes = self.nodes
-        return any(not nodes[n].stopped for n in payload[1] if n in nodes)
+        return any(not nodes[object_store.node_of(loc)].stopped for loc in payload[1])
 
     def _await_unreachable(self, object_id: bytes) -> None:
         """Every copy is on a stopped node: readers wait for it to resume, at most the fetch timeout."""
@@ -884,8 +902,8 @@ class Head:
             if not (entry.waiters or entry.dependents):
                 return
             # Give up on the hung copies: rebuild if lineage allows, else report the timeout.
-            for node_id in list(entry.payload[1]):
-                self.objects.remove_location(object_id, node_id)
+            for location in list(entry.payload[1]):
+                self.objects.remove_location(object_id, location)
             if self.lineage.why_not_rebuildable(object_id) is None:
                 self.objects.mark_lost(object_id)
                 self._recover(object_id)
@@ -899,7 +917,8 @@ class Head:
         for object_id, entry in list(self.objects.entries.items()):
             payload = entry.payload
             if (entry.waiters or entry.dependents) and payload is not None and payload[0] == "s" \
-                    and node.node_id in payload[1] and entry.state == READY:
+                    and any(object_store.node_of(loc) == node.node_id for loc in payload[1]) \
+                    and entry.state == READY:
                 timer = self.fetch_timers.pop(object_id, None)
                 if timer is not None:
                     self.hub.cancel_timer(timer)
@@ -1022,7 +1041,7 @@ class Head:
             return ("s", [], entry.size)
         if payload[0] == "s":
             nodes = self.nodes
-            return ("s", [n for n in payload[1] if n in nodes and not nodes[n].stopped], payload[2])
+            return ("s", [loc for loc in payload[1] if not nodes[object_store.node_of(loc)].stopped], payload[2])
         return payload
 
     def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:
@@ -1104,6 +1123,7 @@ class Head:
     def add_location(self, object_id: bytes, node_id: bytes, size: int) -> None:
         with self.lock:
             self.objects.add_location(object_id, node_id, size)
+            self.objects.make_room(node_id)
 
     # ==== cluster state ================================================================
 
@@ -1130,6 +1150,9 @@ class Head:
             "Pid": node.pid,
             "NumWorkers": len(node.workers),
             "StoreDir": node.store_dir,
+            "ObjectStoreMemory": node.capacity,
+            "ObjectStoreUsed": self.objects.node_usage.get(node.node_id, 0),
+            "Stopped": node.stopped,
             "StartTime": node.start_time,
             "EndTime": node.end_time,
         }

@@ -101,7 +101,8 @@ class NodeManager:
             os.close(fd)
         self.conn.sock.close()
         cfg = self.cfg
-        worker.worker_main(cfg["socket_path"], cfg["key"], worker_id, self.node_id, cfg["store_root"], parent)
+        layout = object_store.Layout(cfg["store_root"], cfg["spill_root"])
+        worker.worker_main(cfg["socket_path"], cfg["key"], worker_id, self.node_id, layout, cfg["capacity"], parent)
 
     def reap(self) -> None:
         exits = []
@@ -123,6 +124,7 @@ class NodeManager:
 
     def head_gone(self) -> None:
         object_store.remove_store(self.store_dir)
+        object_store.remove_store(os.path.join(self.cfg["spill_root"], self.node_id.hex()))
         try:
             os.rmdir(self.cfg["store_root"])  # the last node out removes the session's store root
         except OSError:

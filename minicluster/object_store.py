@@ -15,6 +15,12 @@ it goes; this module only moves bytes:
   (POSIX semantics), so freeing an object never corrupts a live array.
 
 Killing a node deletes its whole folder: that is how its objects are lost.
+
+Spilling: when a node's store is over capacity, the head moves objects to
+that node's spill folder on disk (`<session>/spill/<node id hex>/`). A copy's
+*location* is the node id for its shared-memory folder, or SPILL_MARK + node
+id for its spill folder; `Layout` maps a location to its folder. A reader
+restores a spilled object by copying it into its own node's store (`fetch`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,35 @@ from typing import Optional
 from .serialization import Serialized
 
 _TMP_SUFFIX = ".tmp-"
+SPILL_MARK = b"~"
+
+
+def spill_location(node_id: bytes) -> bytes:
+    return SPILL_MARK + node_id
+
+
+def node_of(location: bytes) -> bytes:
+    """The node a location belongs to (a spilled copy is lost with its node too)."""
+    return location[1:] if location[:1] == SPILL_MARK else location
+
+
+def is_spilled(location: bytes) -> bool:
+    return location[:1] == SPILL_MARK
+
+
+class Layout:
+    """Where a session's store and spill folders are."""
+
+    __slots__ = ("store_root", "spill_root")
+
+    def __init__(self, store_root: str, spill_root: str) -> None:
+        self.store_root = store_root
+        self.spill_root = spill_root
+
+    def dir_of(self, location: bytes) -> str:
+        if location[:1] == SPILL_MARK:
+            return os.path.join(self.spill_root, location[1:].hex())
+        return os.path.join(self.store_root, location.hex())
 
 
 def object_path(store_dir: str, object_id: bytes) -> str:
@@ -113,24 +148,24 @@ def choose_root(requested_bytes: Optional[int], shm_dir: str, disk_dir: str, min
     return disk_dir, False
 
 
-def fetch(store_root: str, local_node: bytes, object_id: bytes, nodes: list) -> tuple[memoryview, int]:
-    """Map an object that lives on `nodes`, copying it to `local_node` first if needed.
+def fetch(layout: Layout, local_node: bytes, object_id: bytes, locations: list) -> tuple[memoryview, int]:
+    """Map an object that lives at `locations`, copying it to `local_node`'s store first if needed.
 
     Returns (view, copied) where copied is the size of a new local copy, or 0 if
-    the object was already local. Raises FileNotFoundError when no listed node
-    still has it (they died or it was freed meanwhile).
+    the object was already local. Raises FileNotFoundError when no listed copy
+    is left (its node died, or it was freed or spilled meanwhile).
     """
-    local_dir = os.path.join(store_root, local_node.hex())
-    if local_node in nodes:
+    local_dir = layout.dir_of(local_node)
+    if local_node in locations:
         try:
             return read(local_dir, object_id), 0
         except FileNotFoundError:
             pass
-    for node in nodes:
-        if node == local_node:
+    for location in locations:
+        if location == local_node:
             continue
         try:
-            size = copy(os.path.join(store_root, node.hex()), local_dir, object_id)
+            size = copy(layout.dir_of(location), local_dir, object_id)
         except FileNotFoundError:
             continue
         return read(local_dir, object_id), size

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import object_store
@@ -77,13 +78,16 @@ class ObjectEntry:
 
 
 class ObjectDirectory:
-    def __init__(self, driver_counts: Dict[bytes, int], store_root: str, on_deleted: Callable[[bytes], None]) -> None:
+    def __init__(self, driver_counts: Dict[bytes, int], layout: object_store.Layout,
+                 on_deleted: Callable[[bytes], None]) -> None:
         self.entries: Dict[bytes, ObjectEntry] = {}
         self.on_deleted = on_deleted  # the head drops lineage that only this entry needed
         self.driver_counts = driver_counts  # the driver's LocalRefCounter.counts (read-only here)
-        self.store_root = store_root
+        self.layout = layout
         self.freed: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
-        self.node_usage: Dict[bytes, int] = collections.defaultdict(int)
+        self.node_usage: Dict[bytes, int] = collections.defaultdict(int)  #: shared-memory bytes per node
+        self.capacity: Dict[bytes, int] = {}  #: store capacity per node
+        self.spilled_bytes = 0
 
     # ---- creation and values ---------------------------------------------------------
 
@@ -104,7 +108,7 @@ class ObjectDirectory:
         if kind == "s":
             entry.payload = ("s", [node], data)
             entry.size = data
-            self.node_usage[node] += data
+            self._count(node, data)
         else:
             entry.payload = (kind, data)
             entry.size = len(data)
@@ -123,15 +127,19 @@ class ObjectDirectory:
             return
         if node not in entry.payload[1]:
             entry.payload[1].append(node)
-            self.node_usage[node] += size
+            self._count(node, size)
 
     def drop_node(self, node: bytes) -> List[bytes]:
-        """Forget every copy on a dead node; objects with no copy left become LOST (returned)."""
+        """Forget every copy on a dead node (spilled ones too); objects with no copy left become LOST."""
         lost = []
+        spilled = object_store.spill_location(node)
         for object_id, entry in self.entries.items():
             payload = entry.payload
-            if payload is not None and payload[0] == "s" and node in payload[1]:
-                payload[1].remove(node)
+            if payload is not None and payload[0] == "s" and (node in payload[1] or spilled in payload[1]):
+                for location in (node, spilled):
+                    if location in payload[1]:
+                        payload[1].remove(location)
+                        self._count(location, -entry.size)
                 if not payload[1]:
                     self.mark_lost(object_id)
                     lost.append(object_id)
@@ -146,8 +154,48 @@ class ObjectDirectory:
         if entry is None or entry.payload is None or entry.payload[0] != "s" or node not in entry.payload[1]:
             return
         entry.payload[1].remove(node)
-        self.node_usage[node] -= entry.size
+        self._count(node, -entry.size)
         object_store.delete(self._dir(node), object_id)
+
+    def _count(self, location: bytes, size: int) -> None:
+        if object_store.is_spilled(location):
+            self.spilled_bytes += size
+        else:
+            self.node_usage[location] += size
+
+    def make_room(self, node: bytes) -> None:
+        """Bring a node's store back under capacity: drop copies that exist elsewhere (on
+        another node or spilled) first, then spill the oldest objects to disk."""
+        capacity = self.capacity.get(node)
+        if capacity is None or self.node_usage[node] <= capacity:
+            return
+        for spill in (False, True):
+            for object_id, entry in list(self.entries.items()):
+                if self.node_usage[node] <= capacity:
+                    return
+                payload = entry.payload
+                if payload is None or payload[0] != "s" or node not in payload[1]:
+                    continue
+                if not spill and len(payload[1]) > 1:
+                    self.remove_location(object_id, node)  # another copy (or a spilled one) remains
+                elif spill and len(payload[1]) == 1:
+                    if not self._spill(object_id, entry, node):
+                        return
+
+    def _spill(self, object_id: bytes, entry: ObjectEntry, node: bytes) -> bool:
+        target = object_store.spill_location(node)
+        spill_dir = self._dir(target)
+        try:
+            os.makedirs(spill_dir, mode=0o700, exist_ok=True)
+            object_store.copy(self._dir(node), spill_dir, object_id)
+        except OSError as exc:
+            print(f"minicluster: warning: cannot spill to {spill_dir}: {exc}; the store stays over capacity",
+                  file=sys.stderr)
+            return False
+        entry.payload[1].append(target)
+        self._count(target, entry.size)
+        self.remove_location(object_id, node)
+        return True
 
     def mark_lost(self, object_id: bytes) -> None:
         entry = self.entries[object_id]
@@ -234,9 +282,9 @@ class ObjectDirectory:
     def _delete_files(self, object_id: bytes, entry: ObjectEntry) -> None:
         payload = entry.payload
         if payload is not None and payload[0] == "s":
-            for node in payload[1]:
-                object_store.delete(self._dir(node), object_id)
-                self.node_usage[node] -= entry.size
+            for location in payload[1]:
+                object_store.delete(self._dir(location), object_id)
+                self._count(location, -entry.size)
             payload[1].clear()
 
     def replace_with_error(self, object_id: bytes, error_blob: bytes) -> Optional[ObjectEntry]:
@@ -251,5 +299,5 @@ class ObjectDirectory:
         entry.state = READY
         return entry
 
-    def _dir(self, node: bytes) -> str:
-        return os.path.join(self.store_root, node.hex())
+    def _dir(self, location: bytes) -> str:
+        return self.layout.dir_of(location)

@@ -6,6 +6,7 @@ Created by the driver at `init()`. Layout:
         session_latest -> session_<time>_<pid>
         session_<time>_<pid>/                (0700)
             head.sock                        the head's Unix socket (0600), removed at shutdown
+            spill/<node id hex>/             objects spilled from a full store, removed at shutdown
             session.json                     driver pid, store root, start time; removed at shutdown
             logs/                            kept after the session on purpose
     /dev/shm/minicluster-<uid>-<pid>-<rand>/<node id hex>/   the nodes' object stores
@@ -51,6 +52,8 @@ class Session:
         self.in_shm = in_shm
         self.store_root = os.path.join(shm_parent, suffix if in_shm else "store")
         os.makedirs(self.store_root, mode=0o700, exist_ok=True)
+        self.spill_root = os.path.join(self.dir, "spill")
+        self.layout = object_store.Layout(self.store_root, self.spill_root)
         self.start_time = time.time()
         self._write_info()
         latest = os.path.join(root, "session_latest")
@@ -76,6 +79,7 @@ class Session:
     def cleanup(self) -> None:
         """Remove everything but the logs folder."""
         shutil.rmtree(self.store_root, ignore_errors=True)
+        shutil.rmtree(self.spill_root, ignore_errors=True)
         for name in ("head.sock", "session.json"):
             try:
                 os.unlink(os.path.join(self.dir, name))
@@ -110,6 +114,7 @@ def reap_stale_sessions(root: str) -> None:
         store_root = info.get("store_root")
         if isinstance(store_root, str) and "minicluster" in store_root:
             shutil.rmtree(store_root, ignore_errors=True)
+        shutil.rmtree(os.path.join(root, name, "spill"), ignore_errors=True)
         for leftover in ("head.sock", "session.json"):
             try:
                 os.unlink(os.path.join(root, name, leftover))

@@ -52,12 +52,15 @@ class WorkerRecord:
 class NodeRecord:
     """What the head knows about one virtual node."""
 
-    def __init__(self, node_id: bytes, index: int, resources: Dict[str, float], num_workers: int, store_dir: str) -> None:
+    def __init__(self, node_id: bytes, index: int, resources: Dict[str, float], num_workers: int, store_dir: str,
+                 spill_dir: str, capacity: int) -> None:
         self.node_id = node_id
         self.index = index
         self.resources = resources
         self.target_workers = num_workers  #: pool size kept warm
         self.store_dir = store_dir
+        self.spill_dir = spill_dir  #: where its store spills when over capacity (on disk)
+        self.capacity = capacity  #: store bytes before spilling (object_store_memory)
         self.process: Optional[subprocess.Popen] = None
         self.pid = 0
         self.peer: Any = None
@@ -112,6 +115,7 @@ def kill(node: NodeRecord) -> None:
         except (ProcessLookupError, PermissionError):
             pass
     object_store.remove_store(node.store_dir)
+    object_store.remove_store(node.spill_dir)  # a dead machine's disk is gone too
     if node.process is not None:
         try:
             node.process.wait(timeout=5)

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import config, context, object_store
 from .client import RuntimeClient
-from .exceptions import GetTimeoutError, RayError, RayTaskError, TaskCancelledError
+from .exceptions import GetTimeoutError, ObjectStoreFullError, RayError, RayTaskError, TaskCancelledError
 from .object_ref import LocalRefCounter, ObjectRef, set_counter
 from .protocol import Connection
 from .serialization import FLAG_ERROR, SerializationError, deserialize, serialize
@@ -47,13 +47,14 @@ EXEC_FIELDS = ("task_id", "attempt", "function_id", "name", "args", "arg_payload
 class WorkerClient(RuntimeClient):
     """The runtime as code running inside this worker sees it."""
 
-    def __init__(self, conn: Connection, worker_id: bytes, node_id: bytes, store_root: str) -> None:
+    def __init__(self, conn: Connection, worker_id: bytes, node_id: bytes, layout: object_store.Layout,
+                 capacity: int) -> None:
         super().__init__()
         self.conn = conn
         self.worker_id = worker_id
         self.node_id = node_id
-        self.store_root = store_root
-        self.store_dir = os.path.join(store_root, node_id.hex())
+        self.layout = layout
+        self.capacity = capacity  #: this node's store size; a larger value cannot be stored
         self.refs = LocalRefCounter(on_first=self._on_first_ref)
         self._adds: List[bytes] = []
         self._delta_lock = threading.Lock()
@@ -160,7 +161,12 @@ def store_value(client: RuntimeClient, object_id: bytes, value: Any, what: str, 
     serialized = serialize(value, flags=flags, what=what)
     if serialized.size <= config.INLINE_THRESHOLD:
         return "i", serialized.to_bytes(), serialized.refs
-    size = object_store.write(os.path.join(client.store_root, client.node_id.hex()), object_id, serialized)
+    if serialized.size > client.capacity:  # type: ignore[attr-defined]
+        raise ObjectStoreFullError(
+            f"{what}: {serialized.size} bytes is larger than the node's object store "
+            f"({client.capacity} bytes, object_store_memory)"  # type: ignore[attr-defined]
+        )
+    size = object_store.write(client.store_dir(), object_id, serialized)
     return "s", size, serialized.refs
 
 
@@ -397,14 +403,15 @@ def _set_parent_death_signal() -> None:
             pass
 
 
-def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, store_root: str, parent_pid: int) -> None:
+def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, layout: object_store.Layout,
+                capacity: int, parent_pid: int) -> None:
     """Entry point of a freshly forked worker; never returns."""
     _set_parent_death_signal()
     if os.getppid() != parent_pid:
         os._exit(1)  # the node manager died between fork and prctl
     try:
         conn = Connection.connect(socket_path, key)
-        client = WorkerClient(conn, worker_id, node_id, store_root)
+        client = WorkerClient(conn, worker_id, node_id, layout, capacity)
         set_counter(client.refs)
         context.set_client(client, is_worker=True)
         conn.send(("worker_hello", worker_id, node_id, os.getpid()))
