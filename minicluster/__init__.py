@@ -16,19 +16,25 @@ Where things live (one concept per module):
     remote_function.py  @remote functions -> TaskSpec (task_spec.py), options.py validates
     object_ref.py       ObjectRef and per-process ref counting
     driver.py           the driver's runtime client: session + embedded head
-    head.py             the head: tasks, retries, failures, scheduling glue
-      scheduler.py        placement by resources and strategy
-      objects.py          object directory: values, locations, holders, freeing
-      task_records.py     task and attempt records (state API, timeline)
-      virtual_nodes.py    node and worker records; starting and killing node processes
-      hub.py              the head's I/O thread (sockets, timers)
+    head.py             the head: lifecycle, messages, state queries; it is also
+      task_flow.py        a task's path from submission to result; cancellation
+      waiting.py          get and wait
+      recovery.py         dead workers, nodes, owners; rebuilding lost objects
+    scheduler.py        placement by resources and strategy
+    objects.py          object directory: values, locations, holders, freeing, spilling
+    lineage.py          finished tasks kept to rebuild lost objects
+    task_records.py     task and attempt records (state API, timeline)
+    virtual_nodes.py    node and worker records; starting and killing node processes
+    hub.py              the head's I/O thread (sockets, timers)
     node_manager.py     a virtual node's process: forks and watches its workers
     worker.py           a worker process: runs tasks, reports results
-    object_store.py     a node's shared-memory folder of object files
+    object_store.py     a node's shared-memory folder of object files; spill folders
     serialization.py    pickle-5 blobs with zero-copy buffers
     protocol.py         framing and authentication of connections
     session.py          session folder, socket, key, stale-session cleanup
     exceptions.py       Ray's exception hierarchy
+    cluster_utils.py    Ray's Cluster test helper on virtual nodes
+    testing/            fault injection for tests (add/kill/stop nodes, kill workers)
 """
 
 from . import exceptions

@@ -197,6 +197,11 @@ def deserialize(blob: memoryview | bytes) -> Tuple[Any, int]:
     return pickle.loads(data, buffers=buffers), flags
 
 
+def error_blob(error: BaseException) -> bytes:
+    """An error as a stored value: `get` raises it."""
+    return serialize(error, flags=FLAG_ERROR).to_bytes()
+
+
 def dumps_message(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=5)
 

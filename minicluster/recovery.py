@@ -1,0 +1,253 @@
+"""What happens when a worker, a node or an owner dies, or an object is lost (part of the head).
+
+Runs in the driver process, as methods of `Head` (head.py), under the head's lock.
+
+    worker dies ─► its running task's attempt failed (WORKER_DIED): retried if retries
+                   are left, else WorkerCrashedError; tasks queued behind it go back in
+                   line; its borrowed refs are dropped; the objects it owned become
+                   OwnerDiedError everywhere, and the tasks it submitted are cancelled
+    node dies   ─► all its workers die (NODE_DIED, NodeDiedError when out of retries);
+                   its copies of objects are gone: objects with no copy left are LOST
+    object LOST ─► rebuilt when someone needs it, by re-running the task that made it
+                   (lineage.py), recursively; or settled with Ray's reason why not
+    node stops  ─► (SIGSTOP) its copies are unreachable: readers wait; after the fetch
+                   timeout the object is rebuilt or fails with ObjectFetchTimedOutError
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from typing import Any, Optional
+
+from . import object_store, virtual_nodes as node_procs
+from .exceptions import (
+    NodeDiedError,
+    ObjectFetchTimedOutError,
+    ObjectLostError,
+    ObjectReconstructionFailedError,
+    ObjectReconstructionFailedLineageEvictedError,
+    ObjectReconstructionFailedMaxAttemptsExceededError,
+    OwnerDiedError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
+from .ids import task_of
+from .objects import LOST, PENDING, READY, RELEASED
+from .serialization import error_blob
+from .task_records import TaskRecord
+from .virtual_nodes import NodeRecord, WorkerRecord
+
+
+
+class Recovery:
+    """Head methods for failures and lost objects; see the module docstring."""
+
+    def _worker_died(self, worker: WorkerRecord, exitcode: Optional[int], node_death: Optional[str] = None) -> None:
+        if worker.dead:
+            return
+        worker.dead = True
+        node = worker.node
+        node.workers.pop(worker.worker_id, None)
+        self.workers.pop(worker.worker_id, None)
+        try:
+            node.idle.remove(worker)
+        except ValueError:
+            pass
+        if worker.peer is not None:
+            self.hub.close_peer(worker.peer)
+        for waiter in worker.requests.values():
+            waiter.fired = True
+            self._unregister_waiter(waiter)
+        worker.requests.clear()
+        queued, worker.queue = list(worker.queue), collections.deque()
+        if queued:
+            if not worker.blocked:
+                self.scheduler.release(node.node_id, queued[0].spec.resources)
+            for task in queued:
+                task.worker = None
+            self._attempt_died(queued[0], worker, exitcode, node_death)
+            for task in queued[1:]:  # never started: back in line, no retry used
+                if not task.finished:
+                    task.node = None
+                    task.set_state("PENDING_NODE_ASSIGNMENT")
+                    self._args_ready(task)
+        for object_id in list(worker.borrowed):
+            self.objects.remove_borrower(object_id, worker.worker_id)
+        worker.borrowed.clear()
+        self._owner_died(worker)
+        if node_death is None and node.alive:
+            self._replenish(node)
+        self._schedule()
+
+    def _attempt_died(self, task: TaskRecord, worker: WorkerRecord, exitcode: Optional[int], node_death: Optional[str]) -> None:
+        reason = f"node {worker.node.name} died: {node_death}" if node_death else node_procs.exit_reason(exitcode)
+        error_type = "NODE_DIED" if node_death else "WORKER_DIED"
+        if task.cancelled:
+            self._finish_with_error(task, TaskCancelledError(task.spec.task_id.hex()), "TASK_CANCELLED",
+                                    f"cancelled with force=True (worker {reason})")
+            return
+        message = f"worker pid={worker.pid} {reason}"
+        if task.retries_left != 0:
+            task.fail_attempt(error_type, message)
+            self._retry(task)
+            return
+        attempts = task.attempt + 1
+        if node_death:
+            error: BaseException = NodeDiedError(
+                f"Task {task.spec.name} (task id {task.spec.task_id.hex()}) failed: the node it ran on, "
+                f"{worker.node.name} ({worker.node.node_id.hex()}), died ({node_death}). "
+                f"No retries left after {attempts} attempt(s)."
+            )
+        else:
+            error = WorkerCrashedError(
+                f"The worker died unexpectedly while executing this task ({reason}). "
+                f"Task {task.spec.name} (task id {task.spec.task_id.hex()}) failed after {attempts} "
+                f"attempt(s); no retries left (max_retries={task.spec.max_retries})."
+            )
+        self._finish_with_error(task, error, error_type, message)
+
+    def _owner_died(self, worker: WorkerRecord) -> None:
+        """The worker owned these objects; without their owner they are gone for good."""
+        if not worker.owned:
+            return
+        for object_id in worker.owned:
+            entry = self.objects.entries.get(object_id)
+            if entry is None:
+                continue
+            blob = error_blob(OwnerDiedError(object_id.hex(), f"worker {worker.worker_id.hex()} (pid {worker.pid})"))
+            entry = self.objects.replace_with_error(object_id, blob)
+            if entry is not None:
+                self._object_ready(object_id, entry)
+            task = self.tasks.get(task_of(object_id))
+            if task is not None and task.spec.owner == worker.worker_id:
+                task.owner_dead = True
+                self._cancel_task(task.spec.task_id, False, True)
+        worker.owned.clear()
+
+    def _node_died(self, node: NodeRecord, reason: str) -> None:  # noqa: C901
+        node.alive = False
+        node.death_reason = reason
+        node.end_time = time.time()
+        node.hello.set()
+        self.scheduler.remove_node(node.node_id)
+        if node.peer is not None:
+            self.hub.close_peer(node.peer)
+        for worker in list(node.workers.values()):
+            self._worker_died(worker, None, node_death=reason)
+        waiting, node.waiting = list(node.waiting), collections.deque()
+        for task in waiting:
+            if not task.finished:
+                task.node = None
+                task.set_state("PENDING_NODE_ASSIGNMENT")
+                self._args_ready(task)
+        for object_id in self.objects.drop_node(node.node_id):
+            self._object_lost(object_id)
+        self._schedule()
+
+    def check_copies(self, object_id: bytes) -> None:
+        """A reader found a listed copy missing: drop copies whose node is dead; handle total loss."""
+        entry = self.objects.entries.get(object_id)
+        if entry is None or entry.payload is None or entry.payload[0] != "s":
+            return
+        locations = entry.payload[1]
+        layout = self.session.layout
+        for location in list(locations):
+            node = self.nodes.get(object_store.node_of(location))
+            if node is None or not node.alive or not os.path.exists(os.path.join(layout.dir_of(location), object_id.hex())):
+                locations.remove(location)
+        if not locations:
+            self.objects.mark_lost(object_id)
+            self._object_lost(object_id)
+
+    def _object_lost(self, object_id: bytes) -> None:
+        """No copy is left. Rebuild it now if someone waits for it; otherwise when first needed."""
+        entry = self.objects.entries.get(object_id)
+        if entry is not None and (entry.waiters or entry.dependents):
+            self._recover(object_id)
+
+    def _recover(self, object_id: bytes) -> None:
+        """Rebuild a LOST or RELEASED object by re-running the task that made it (lineage
+        reconstruction), or settle it with the error that says why it cannot be rebuilt."""
+        entry = self.objects.entries.get(object_id)
+        if entry is None or entry.state not in (LOST, RELEASED):
+            return
+        task_id = task_of(object_id)
+        running = self.tasks.get(task_id)
+        if running is not None and not running.finished:
+            entry.state = PENDING  # its task is re-running already: one rebuild serves all
+            return
+        reason = self.lineage.why_not_rebuildable(object_id)
+        if reason is not None:
+            error = _unrebuildable_error(object_id, reason)
+            self.objects.replace_with_error(object_id, error_blob(error))
+            self._object_ready(object_id, entry)
+            return
+        task = self.lineage.take(task_id)
+        if task.retries_left > 0:
+            task.retries_left -= 1
+        task.new_attempt()
+        task.finished = False
+        task.node = None
+        for return_id in task.spec.return_ids():
+            other = self.objects.entries.get(return_id)
+            if other is not None and other.state in (LOST, RELEASED):
+                other.state = PENDING
+        self.tasks[task_id] = task
+        self._start_task(task)
+
+    def _reachable(self, entry: Any) -> bool:
+        """Whether a reader can fetch the value: inline, or a copy on a node that is not stopped."""
+        payload = entry.payload
+        if payload is None or payload[0] != "s":
+            return True
+        nodes = self.nodes
+        return any(not nodes[object_store.node_of(loc)].stopped for loc in payload[1])
+
+    def _await_unreachable(self, object_id: bytes) -> None:
+        """Every copy is on a stopped node: readers wait for it to resume, at most the fetch timeout."""
+        if object_id in self.fetch_timers:
+            return
+        self.fetch_timers[object_id] = self.hub.call_later(self.fetch_timeout_s, lambda: self._fetch_timed_out(object_id))
+
+    def _fetch_timed_out(self, object_id: bytes) -> None:
+        with self.lock:
+            self.fetch_timers.pop(object_id, None)
+            entry = self.objects.entries.get(object_id)
+            if entry is None or entry.state != READY or self._reachable(entry):
+                return
+            if not (entry.waiters or entry.dependents):
+                return
+            # Give up on the hung copies: rebuild if lineage allows, else report the timeout.
+            for location in list(entry.payload[1]):
+                self.objects.remove_location(object_id, location)
+            if self.lineage.why_not_rebuildable(object_id) is None:
+                self.objects.mark_lost(object_id)
+                self._recover(object_id)
+            else:
+                self.objects.replace_with_error(object_id, error_blob(ObjectFetchTimedOutError(object_id.hex())))
+                self._object_ready(object_id, entry)
+            self._flush()
+
+    def _node_reachable(self, node: NodeRecord) -> None:
+        """A stopped node resumed: readers waiting for its copies can go on."""
+        for object_id, entry in list(self.objects.entries.items()):
+            payload = entry.payload
+            if (entry.waiters or entry.dependents) and payload is not None and payload[0] == "s" \
+                    and any(object_store.node_of(loc) == node.node_id for loc in payload[1]) \
+                    and entry.state == READY:
+                timer = self.fetch_timers.pop(object_id, None)
+                if timer is not None:
+                    self.hub.cancel_timer(timer)
+                self._object_ready(object_id, entry)
+
+
+def _unrebuildable_error(object_id: bytes, reason: str) -> BaseException:
+    if reason == "OBJECT_UNRECONSTRUCTABLE_MAX_ATTEMPTS_EXCEEDED":
+        return ObjectReconstructionFailedMaxAttemptsExceededError(object_id.hex(), reason=reason)
+    if reason == "OBJECT_UNRECONSTRUCTABLE_LINEAGE_EVICTED":
+        return ObjectReconstructionFailedLineageEvictedError(object_id.hex(), reason=reason)
+    if reason == "OBJECT_UNRECONSTRUCTABLE_BORROWED":
+        return ObjectLostError(object_id.hex())
+    return ObjectReconstructionFailedError(object_id.hex(), reason=reason)
