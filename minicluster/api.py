@@ -142,6 +142,8 @@ def shutdown() -> None:
         if client is None:
             return
         context.set_client(None)
+        if getattr(client, "cluster_owned", False):
+            return  # attached to a Cluster: disconnect only; Cluster.shutdown() stops it
         client.shutdown()
 
 
@@ -192,7 +194,9 @@ def remote(*args: Any, **kwargs: Any) -> Any:
 
 def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
     if isinstance(target, type):
-        raise NotImplementedError("minicluster does not support actors yet (remote classes)")
+        from .actor import ActorClass
+
+        return ActorClass(target, options)
     if not callable(target):
         raise TypeError(f"@remote needs a function or a class, got {type(target).__name__}")
     return RemoteFunction(target, options)
@@ -274,6 +278,8 @@ def wait(
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() expected a list of ObjectRefs, got {type(object_refs).__name__}")
     ids, _ = _as_ids(list(object_refs), "wait")
+    if not ids:
+        return [], []  # as in Ray, whatever num_returns says
     if len(set(ids)) != len(ids):
         raise ValueError("Wait requires a list of unique object refs.")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
@@ -281,8 +287,6 @@ def wait(
     if num_returns > len(ids):
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait.")
     timeout = _check_timeout(timeout)
-    if not ids:
-        return [], []
     ready_ids = set(_client().wait(ids, num_returns, timeout, fetch_local))
     ready = [r for r in object_refs if r._id in ready_ids]
     not_ready = [r for r in object_refs if r._id not in ready_ids]
@@ -309,6 +313,32 @@ def _future_of(ref: ObjectRef) -> Any:
 
     threading.Thread(target=resolve, name="minicluster-future", daemon=True).start()
     return future
+
+
+# ==== actors ============================================================================
+
+
+def get_actor(name: str, namespace: Optional[str] = None) -> Any:
+    """The handle of the live actor named `name` (in `namespace`, default: this session's)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"get_actor() needs an actor name (a non-empty string), got {name!r}")
+    client = _client()
+    handle = client.actor_lookup(name, namespace or getattr(client, "namespace", "default"))
+    if handle is None:
+        raise ValueError(
+            f"Failed to look up actor with name {name!r}: no live actor has that name in namespace "
+            f"{namespace or getattr(client, 'namespace', 'default')!r} (it was never created, or it died)."
+        )
+    return handle
+
+
+def kill(actor: Any, *, no_restart: bool = True) -> None:
+    """End an actor now (its process is killed); with no_restart=False it may restart (max_restarts)."""
+    from .actor import ActorHandle
+
+    if not isinstance(actor, ActorHandle):
+        raise ValueError(f"kill() only works on actor handles, got {type(actor).__name__}; use cancel() for tasks")
+    _client().kill_actor(actor._actor_id, bool(no_restart))
 
 
 # ==== cluster information ===============================================================
@@ -401,7 +431,7 @@ def get_runtime_context() -> RuntimeContext:
 
 
 __all__ = [
-    "init", "shutdown", "is_initialized", "remote", "method", "get", "put", "wait", "cancel",
+    "init", "shutdown", "is_initialized", "remote", "method", "get", "put", "wait", "cancel", "kill", "get_actor",
     "nodes", "cluster_resources", "available_resources", "get_runtime_context", "RuntimeContext",
     "RayError",
 ]

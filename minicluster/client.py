@@ -13,6 +13,7 @@ A payload describes where a value is:
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from typing import Any, List, Optional, Sequence
 
@@ -21,6 +22,10 @@ from .exceptions import RayTaskError
 from .ids import JOB_ID, object_id_for_put
 from .object_ref import LocalRefCounter
 from .serialization import FLAG_ERROR, deserialize
+
+
+# (task id, task name, function name) of the task running in this thread / asyncio task.
+_current_task: contextvars.ContextVar = contextvars.ContextVar("minicluster_current_task", default=None)
 
 
 class RuntimeClient:
@@ -35,10 +40,8 @@ class RuntimeClient:
         self.known_functions: set = set()
         self._put_counter = 0
         self._put_lock = threading.Lock()
-        self.current_task_id: bytes = b""
+        self.idle_task_id: bytes = b""  #: the task id outside any task (the driver's own)
         self.current_actor_id: Optional[bytes] = None
-        self.current_task_name: Optional[str] = None
-        self.current_function_name: Optional[str] = None
         # Read once per process, like Ray reads RAY_TASK_MAX_RETRIES at start-up.
         self.default_max_retries = config.task_max_retries()
 
@@ -49,6 +52,31 @@ class RuntimeClient:
     def store_dir(self) -> str:
         """This process's node's shared-memory store folder."""
         return self.layout.dir_of(self.node_id)
+
+    # ---- what runs now (per thread and per asyncio task: threaded and async actors) ----
+
+    @property
+    def current_task_id(self) -> bytes:
+        current = _current_task.get()
+        return current[0] if current is not None else self.idle_task_id
+
+    @property
+    def current_task_name(self) -> Optional[str]:
+        current = _current_task.get()
+        return current[1] if current is not None else None
+
+    @property
+    def current_function_name(self) -> Optional[str]:
+        current = _current_task.get()
+        return current[2] if current is not None else None
+
+    @staticmethod
+    def enter_task(task_id: bytes, name: str, function_name: str) -> Any:
+        return _current_task.set((task_id, name, function_name))
+
+    @staticmethod
+    def leave_task(token: Any) -> None:
+        _current_task.reset(token)
 
     # ---- ids -----------------------------------------------------------------
 

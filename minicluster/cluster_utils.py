@@ -68,6 +68,7 @@ class Cluster:
             raise RuntimeError("Cluster(): a minicluster session is already running in this process; "
                                "call shutdown() first")
         self._client = DriverClient(0, 1, None, None, None)
+        self._client.cluster_owned = True  # shutdown() in the driver only disconnects from it
         self.address = f"{_ADDRESS_PREFIX}{self._client.session.dir}"
         _clusters[self.address] = self
         self.head_node: Optional[ClusterNode] = None
@@ -126,9 +127,8 @@ class Cluster:
         self._shut_down = True
         _clusters.pop(self.address, None)
         if context.current() is self._client:
-            api.shutdown()
-        else:
-            self._client.shutdown()
+            context.set_client(None)
+        self._client.shutdown()
 
 
 def attach(address: str) -> None:

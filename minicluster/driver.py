@@ -10,7 +10,6 @@ go to that node's store, and values it reads from other nodes are copied there.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -18,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import config, object_store
 from .client import RuntimeClient
 from .exceptions import GetTimeoutError, ObjectStoreFullError, RayError
-from .head import Head
+from .head import DRIVER, Head
 from .ids import driver_task_id, new_worker_id
 from .object_ref import LocalRefCounter, ObjectRef, set_counter
 from .serialization import serialize
@@ -33,8 +32,9 @@ class DriverClient(RuntimeClient):
         """Start a session of `num_nodes` nodes; `object_store_memory` is each node's store capacity."""
         super().__init__()
         self.worker_id = new_worker_id()
-        self.current_task_id = driver_task_id()
+        self.idle_task_id = driver_task_id()
         self.namespace = namespace or "default"
+        self.cluster_owned = False  #: made by a cluster_utils.Cluster, which alone may stop it
         self.refs = LocalRefCounter()
         self.session = Session(object_store_memory)
         self.layout = self.session.layout
@@ -160,6 +160,28 @@ class DriverClient(RuntimeClient):
 
     def add_location(self, object_id: bytes, size: int) -> None:
         self.head.add_location(object_id, self.node_id, size)
+
+    # ---- actors ------------------------------------------------------------------------
+
+    def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
+        head = self.head
+        with head.lock:
+            head._apply_driver_refs()
+            head.functions[spec.function_id] = class_blob
+            head.create_actor(spec, meta, self.node_id, DRIVER)
+            head._flush()
+
+    def actor_lookup(self, name: str, namespace: str) -> Any:
+        from .actor import ActorHandle
+
+        with self.head.lock:
+            found = self.head.lookup_actor(name, namespace)
+        return ActorHandle(*found) if found else None
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        with self.head.lock:
+            self.head.kill_actor(actor_id, no_restart)
+            self.head._flush()
 
     def state(self, what: str) -> Any:
         return self.head.state(what)

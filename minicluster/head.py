@@ -11,6 +11,7 @@ The Head is one object in four files, by concern:
 
     head.py       lifecycle (nodes start, stop, die), messages in, state queries
     task_flow.py  a task's path from submission to stored result; cancellation
+    actor_flow.py actors: creation, ordered calls, death, restart, kill
     waiting.py    get and wait, from the driver and from tasks
     recovery.py   dead workers, nodes and owners; lost objects and their rebuild
 
@@ -30,6 +31,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from . import config, object_store, virtual_nodes as node_procs
+from .actor_flow import ActorFlow
 from .hub import Hub, Peer
 from .ids import new_node_id
 from .lineage import Lineage
@@ -44,7 +46,7 @@ from .waiting import Waiting
 DRIVER = b"driver"  # owner id of objects the driver creates
 
 
-class Head(TaskFlow, Recovery, Waiting):
+class Head(TaskFlow, ActorFlow, Recovery, Waiting):
     def __init__(self, session: Any, driver_counts: Dict[bytes, int], drain_driver_refs: Callable[[], List[bytes]]) -> None:
         self.session = session
         self.lock = threading.RLock()
@@ -55,6 +57,8 @@ class Head(TaskFlow, Recovery, Waiting):
         self.tasks: Dict[bytes, TaskRecord] = {}
         self.history = TaskHistory()
         self.children: Dict[bytes, set] = collections.defaultdict(set)  # parent task -> child task ids
+        self.actors: Dict[bytes, Any] = {}  # actor id -> ActorRecord (actor_flow.py)
+        self.named_actors: Dict[tuple, bytes] = {}  # (namespace, name) -> actor id
         self.functions: Dict[bytes, bytes] = {}
         self.nodes: Dict[bytes, NodeRecord] = {}
         self.workers: Dict[bytes, WorkerRecord] = {}
@@ -438,6 +442,22 @@ class Head(TaskFlow, Recovery, Waiting):
             "EndTime": node.end_time,
         }
 
+    def _on_create_actor(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
+        _, request_id, spec, meta = message
+        try:
+            self.create_actor(spec, meta, worker.node.node_id, worker.worker_id)
+            problem = None
+        except ValueError as exc:
+            problem = str(exc)
+        self._post(peer, ("reply", request_id, problem))
+
+    def _on_lookup_actor(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
+        _, request_id, name, namespace = message
+        self._post(peer, ("reply", request_id, self.lookup_actor(name, namespace)))
+
+    def _on_kill_actor(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
+        self.kill_actor(message[1], message[2])
+
     def _on_state(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         _, request_id, what = message
         self._post(peer, ("reply", request_id, self.state(what)))
@@ -482,4 +502,7 @@ _HANDLERS: Dict[str, Callable[[Head, Peer, Any, tuple], None]] = {
     "cancel": Head._on_cancel,
     "done": Head._on_done,
     "state": Head._on_state,
+    "create_actor": Head._on_create_actor,
+    "lookup_actor": Head._on_lookup_actor,
+    "kill_actor": Head._on_kill_actor,
 }

@@ -79,9 +79,9 @@ class ObjectEntry:
 
 class ObjectDirectory:
     def __init__(self, driver_counts: Dict[bytes, int], layout: object_store.Layout,
-                 on_deleted: Callable[[bytes], None]) -> None:
+                 on_deleted: Callable[[bytes, "ObjectEntry"], None]) -> None:
         self.entries: Dict[bytes, ObjectEntry] = {}
-        self.on_deleted = on_deleted  # the head drops lineage that only this entry needed
+        self.on_deleted = on_deleted  # the head drops lineage that only this entry needed, and owner links
         self.driver_counts = driver_counts  # the driver's LocalRefCounter.counts (read-only here)
         self.layout = layout
         self.freed: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
@@ -270,7 +270,7 @@ class ObjectDirectory:
         self.freed[object_id] = None
         if len(self.freed) > FREED_MEMORY:
             self.freed.popitem(last=False)
-        self.on_deleted(object_id)
+        self.on_deleted(object_id, entry)
 
     def _release_value(self, object_id: bytes, entry: ObjectEntry) -> None:
         self._delete_files(object_id, entry)

@@ -37,6 +37,7 @@ from .ids import task_of
 from .objects import LOST, PENDING, READY, RELEASED
 from .serialization import error_blob
 from .task_records import TaskRecord
+from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
 from .virtual_nodes import NodeRecord, WorkerRecord
 
 
@@ -73,10 +74,13 @@ class Recovery:
                     task.node = None
                     task.set_state("PENDING_NODE_ASSIGNMENT")
                     self._args_ready(task)
+        if worker.actor is not None:
+            self._actor_worker_died(worker, node_procs.exit_reason(exitcode), node_death)
         for object_id in list(worker.borrowed):
             self.objects.remove_borrower(object_id, worker.worker_id)
         worker.borrowed.clear()
         self._owner_died(worker)
+        self._owner_died_actors(worker.worker_id)
         if node_death is None and node.alive:
             self._replenish(node)
         self._schedule()
@@ -84,6 +88,8 @@ class Recovery:
     def _attempt_died(self, task: TaskRecord, worker: WorkerRecord, exitcode: Optional[int], node_death: Optional[str]) -> None:
         reason = f"node {worker.node.name} died: {node_death}" if node_death else node_procs.exit_reason(exitcode)
         error_type = "NODE_DIED" if node_death else "WORKER_DIED"
+        if task.spec.task_type == ACTOR_CREATION_TASK and not task.cancelled and self._creation_died(task, reason):
+            return
         if task.cancelled:
             self._finish_with_error(task, TaskCancelledError(task.spec.task_id.hex()), "TASK_CANCELLED",
                                     f"cancelled with force=True (worker {reason})")
@@ -195,7 +201,10 @@ class Recovery:
             if other is not None and other.state in (LOST, RELEASED):
                 other.state = PENDING
         self.tasks[task_id] = task
-        self._start_task(task)
+        if task.spec.task_type == ACTOR_TASK:
+            self._add_actor_call(task)  # rebuilt by calling the actor again
+        else:
+            self._start_task(task)
 
     def _reachable(self, entry: Any) -> bool:
         """Whether a reader can fetch the value: inline, or a copy on a node that is not stopped."""

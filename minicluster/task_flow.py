@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from . import object_store
 from .exceptions import (
+    ObjectLostError,
     RayTaskError,
     TaskCancelledError,
     TaskUnschedulableError,
@@ -34,6 +35,7 @@ from .objects import LOST, PENDING, READY, RELEASED
 from .scheduler import INFEASIBLE, Unschedulable
 from .serialization import error_blob
 from .task_records import TaskRecord
+from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
 from .virtual_nodes import NodeRecord, WorkerRecord
 
 # Tiny tasks are pipelined: up to PIPELINE_DEPTH queued at a busy worker, so one
@@ -53,6 +55,9 @@ class TaskFlow:
     """Head methods that move tasks along; see the module docstring."""
 
     def _on_done(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
+        if worker.actor is not None:
+            self._actor_call_done(worker, message)
+            return
         _, task_id, attempt, results, error_info, start, end, retire = message
         queue = worker.queue
         task = queue.popleft() if queue else None
@@ -85,6 +90,8 @@ class TaskFlow:
         else:
             task.record_times(start, end)
             self._task_reported(task, results, error_info, worker.node.node_id)
+            if task.spec.task_type == ACTOR_CREATION_TASK and self._creation_done(task, worker, error_info):
+                return  # the worker now belongs to the actor
         if not retire and not queue:
             self._worker_free(worker)
         self._schedule()
@@ -125,7 +132,10 @@ class TaskFlow:
         self.tasks[spec.task_id] = task
         if spec.parent_task_id in self.tasks:
             self.children[spec.parent_task_id].add(spec.task_id)
-        self._start_task(task)
+        if spec.task_type == ACTOR_TASK:
+            self._add_actor_call(task)
+        else:
+            self._start_task(task)
 
     def _start_task(self, task: TaskRecord) -> None:
         """Pin the task's arguments, then queue it, or wait until its arguments exist."""
@@ -180,8 +190,11 @@ class TaskFlow:
                 self.set_waiting_again(task)
                 return
             if entry.is_error:
-                self._fail_on_argument_error(task, entry.payload[1])
+                self._fail_on_argument_error(task, self._error_blob_of(object_id, entry))
                 return
+        if task.spec.task_type == ACTOR_TASK:
+            self._queue_actor_call(task)
+            return
         task.set_state("PENDING_NODE_ASSIGNMENT")
         shape = task.shape
         queue = self.ready.get(shape)
@@ -195,6 +208,17 @@ class TaskFlow:
         """An argument stopped being ready before the task ran (its node died): wait for its rebuild."""
         task.set_state("PENDING_ARGS_AVAIL")
         self._wait_for_args(task)
+
+    def _error_blob_of(self, object_id: bytes, entry: Any) -> bytes:
+        payload = entry.payload
+        if payload[0] != "s":
+            return payload[1]
+        for location in payload[1]:  # a large error lives in a store like a large value
+            try:
+                return bytes(object_store.read(self.session.layout.dir_of(location), object_id))
+            except FileNotFoundError:
+                continue
+        return error_blob(ObjectLostError(object_id.hex()))
 
     def _fail_on_argument_error(self, task: TaskRecord, blob: bytes) -> None:
         """A task depending on a failed object fails with that error.
@@ -268,8 +292,8 @@ class TaskFlow:
         if want > 0:
             node.pending_spawn += want
             self._post(node.peer, ("spawn", want))
-        elif len(node.workers) + node.pending_spawn < node.target_workers:
-            missing = node.target_workers - len(node.workers) - node.pending_spawn
+        elif node.pool_size() + node.pending_spawn < node.target_workers:
+            missing = node.target_workers - node.pool_size() - node.pending_spawn
             node.pending_spawn += missing
             self._post(node.peer, ("spawn", missing))
 
@@ -283,15 +307,17 @@ class TaskFlow:
             self._dispatch(task, worker)
             return
         node.idle.append(worker)
-        if len(node.workers) > node.target_workers:
+        if node.pool_size() > node.target_workers:
             # Extra workers are started for tasks blocked in get(); let them go once idle.
             self.hub.call_later(IDLE_RETIRE_S, lambda: self._retire_if_idle(worker))
 
     def _retire_if_idle(self, worker: WorkerRecord) -> None:
         with self.lock:
             node = worker.node
-            if worker.dead or worker.retiring or worker.queue or len(node.workers) <= node.target_workers:
+            if worker.dead or worker.retiring or worker.queue or node.pool_size() <= node.target_workers:
                 return
+            if any(object_id in self.objects.entries for object_id in worker.owned):
+                return  # it owns live objects: its exit would take them along (OwnerDiedError)
             try:
                 node.idle.remove(worker)
             except ValueError:
@@ -301,21 +327,28 @@ class TaskFlow:
             self._flush()
 
     def _dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
-        spec = task.spec
         worker.queue.append(task)
         task.worker = worker
         if len(worker.queue) == 1:
             task.set_state("RUNNING", node_id=worker.node.node_id, worker_id=worker.worker_id)
+        self._send_exec(task, worker)
+
+    def _send_exec(self, task: TaskRecord, worker: WorkerRecord) -> None:
+        spec = task.spec
         peer = worker.peer
-        if spec.function_id not in worker.functions:
+        if spec.task_type != ACTOR_TASK and spec.function_id not in worker.functions:
             worker.functions.add(spec.function_id)
             self._post(peer, ("fn", spec.function_id, self.functions[spec.function_id]))
         payloads = None
         if spec.arg_refs:
             payloads = {object_id: self.payload_of(object_id) for object_id in spec.arg_refs}
+        actor = None
+        if spec.task_type == ACTOR_CREATION_TASK:
+            meta = self.actors[spec.actor_id].meta
+            actor = (meta["max_concurrency"], meta["is_async"], meta["class_name"])
         self._post(peer, ("exec", (spec.task_id, task.attempt, spec.function_id, spec.name, spec.args, payloads,
                                    spec.num_returns, spec.retry_exceptions, spec.max_calls, spec.actor_id,
-                                   spec.task_type, spec.func_name)))
+                                   spec.task_type, spec.func_name, spec.method, actor)))
 
     def _task_reported(self, task: TaskRecord, results: list, error_info: Optional[tuple], node_id: bytes) -> None:
         task.worker = None
@@ -361,8 +394,9 @@ class TaskFlow:
         """Keep a finished task while its results exist, so they can be rebuilt if lost."""
         entries = self.objects.entries
         live = sum(1 for object_id in task.spec.return_ids() if object_id in entries)
-        if not live or task.spec.task_type != "NORMAL_TASK":
-            return
+        kind = task.spec.task_type
+        if not live or not (kind == NORMAL_TASK or (kind == ACTOR_TASK and task.spec.max_retries != 0)):
+            return  # actor calls are rebuilt only with max_task_retries (SPEC section 3)
         if not task.lineage_held:
             task.lineage_held = True
             for object_id in arguments_of(task):
@@ -375,8 +409,11 @@ class TaskFlow:
             for object_id in arguments_of(task):
                 self.objects.release_lineage_ref(object_id)
 
-    def _entry_deleted(self, object_id: bytes) -> None:
+    def _entry_deleted(self, object_id: bytes, entry: Any) -> None:
         self.lineage.result_deleted(object_id)
+        owner = self.workers.get(entry.owner)
+        if owner is not None:
+            owner.owned.discard(object_id)
 
     def _store(self, object_id: bytes, kind: str, data: Any, nested: list, node_id: bytes, is_error: bool) -> None:
         entry = self.objects.set_value(object_id, kind, data, nested, node_id, is_error)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any, Deque, List, Optional
 
 # Ray's task states, in the order a task normally passes through them.
 STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "RUNNING", "FINISHED", "FAILED")
@@ -37,7 +37,7 @@ class AttemptRecord:
 class TaskRecord:
     __slots__ = ("spec", "attempt", "retries_left", "submitter_node", "node", "worker", "deps_waiting",
                  "attempts", "cancelled", "owner_dead", "finished", "pinned", "shape", "live_returns",
-                 "lineage_held", "in_history")
+                 "lineage_held", "in_history", "ready")
 
     def __init__(self, spec: Any, max_retries: int, submitter_node: bytes) -> None:
         self.spec = spec
@@ -56,6 +56,7 @@ class TaskRecord:
         self.live_returns = 0  #: while kept as lineage: how many of its results still exist
         self.lineage_held = False  #: holds lineage refs on its arguments
         self.in_history = False
+        self.ready = False  #: actor calls: arguments ready, may be sent when its turn comes
 
     @property
     def state(self) -> str:

@@ -39,6 +39,7 @@ class TaskSpec:
     task_type: str = NORMAL_TASK
     actor_id: Optional[bytes] = None
     args_size: int = field(default=0)
+    method: Optional[str] = None  #: for ACTOR_TASK: the method to call on the actor
 
     def return_ids(self) -> Tuple[bytes, ...]:
         tid = self.task_id

@@ -23,7 +23,7 @@ class WorkerRecord:
     """What the head knows about one worker process."""
 
     __slots__ = ("worker_id", "node", "pid", "peer", "queue", "functions", "blocked", "dead", "retiring",
-                 "borrowed", "owned", "requests", "tasks_done")
+                 "borrowed", "owned", "requests", "tasks_done", "actor")
 
     def __init__(self, worker_id: bytes, node: "NodeRecord", pid: int, peer: Any) -> None:
         self.worker_id = worker_id
@@ -42,6 +42,7 @@ class WorkerRecord:
         self.owned: Set[bytes] = set()  #: object ids it created (task returns, puts)
         self.requests: Dict[int, Any] = {}  #: its blocked get/wait requests (Waiters)
         self.tasks_done = 0
+        self.actor: Any = None  #: the ActorRecord it is dedicated to, if any
 
     @property
     def task(self) -> Any:
@@ -78,6 +79,10 @@ class NodeRecord:
     @property
     def name(self) -> str:
         return f"node-{self.index}"
+
+    def pool_size(self) -> int:
+        """Workers available for tasks: actors' dedicated workers do not count."""
+        return sum(1 for w in self.workers.values() if w.actor is None)
 
 
 def launch(cfg: Dict[str, Any], log_path: Optional[str]) -> subprocess.Popen:

@@ -20,7 +20,10 @@ task's result: a RayTaskError carrying the traceback, marked retryable when
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import ctypes
+import inspect
 import itertools
 import os
 import pickle
@@ -37,11 +40,9 @@ from .client import RuntimeClient
 from .exceptions import GetTimeoutError, ObjectStoreFullError, RayError, RayTaskError, TaskCancelledError
 from .object_ref import LocalRefCounter, ObjectRef, set_counter
 from .protocol import Connection
-from .serialization import FLAG_ERROR, SerializationError, deserialize, serialize
+from .serialization import FLAG_ERROR, deserialize, serialize
+from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
 
-# ExecRequest tuple fields, in order (the head builds it in head.py).
-EXEC_FIELDS = ("task_id", "attempt", "function_id", "name", "args", "arg_payloads", "num_returns",
-               "retry_exceptions", "max_calls", "actor_id", "task_type", "func_name")
 
 
 class WorkerClient(RuntimeClient):
@@ -155,6 +156,23 @@ class WorkerClient(RuntimeClient):
     def state(self, what: str) -> Any:
         return self._request("state", what)
 
+    def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
+        if spec.function_id not in self.known_functions:
+            self.send(("fn", spec.function_id, class_blob))
+            self.known_functions.add(spec.function_id)
+        problem = self._request("create_actor", spec, meta)
+        if problem:
+            raise ValueError(problem)
+
+    def actor_lookup(self, name: str, namespace: str) -> Any:
+        from .actor import ActorHandle
+
+        found = self._request("lookup_actor", name, namespace)
+        return ActorHandle(*found) if found else None
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        self.send(("kill_actor", actor_id, no_restart))
+
 
 def store_value(client: RuntimeClient, object_id: bytes, value: Any, what: str, flags: int = 0) -> Tuple[str, Any, List[bytes]]:
     """Serialize a value into a payload: inline bytes, or a file in this node's store."""
@@ -183,6 +201,10 @@ class Worker:
         self.cancel_target: Optional[bytes] = None
         self.cancelled_queued: set = set()
         self.stolen: set = set()  # queued tasks the head re-assigned; skipped when reached
+        self.actor: Any = None  # the actor instance, once this worker is dedicated to one
+        self.pool: Optional[concurrent.futures.ThreadPoolExecutor] = None  # threaded actors
+        self.loop: Optional[asyncio.AbstractEventLoop] = None  # async actors
+        self.async_slots: Optional[asyncio.Semaphore] = None
         self.main_ident = threading.get_ident()
 
     # ---- reader thread -----------------------------------------------------------
@@ -239,6 +261,9 @@ class Worker:
             if request[0] in self.stolen:
                 self.stolen.discard(request[0])
                 continue
+            if request[10] == ACTOR_TASK and (self.loop is not None or self.pool is not None):
+                self._run_concurrently(request)
+                continue
             done = self.execute(request)
             # Sent before the next task starts, never held back: if that task kills
             # the process, the head must already know this one finished, so that
@@ -250,6 +275,13 @@ class Worker:
         sys.stderr.flush()
         os._exit(0)
 
+    def _run_concurrently(self, request: tuple) -> None:
+        """Threaded actors run calls on a pool; async actors on their event loop."""
+        if self.loop is not None:
+            asyncio.run_coroutine_threadsafe(self.execute_async(request), self.loop)
+        else:
+            self.pool.submit(lambda: self.client.send(self.execute(request)))  # type: ignore[union-attr]
+
     def _function(self, function_id: bytes) -> Any:
         fn = self.functions.get(function_id)
         if fn is None:
@@ -259,55 +291,147 @@ class Worker:
 
     def execute(self, request: tuple) -> tuple:
         """Run one task; returns its "done" message (whose last field says: retire now, max_calls)."""
-        (task_id, attempt, function_id, name, args_blob, arg_payloads, num_returns,
-         retry_exceptions, max_calls, actor_id, task_type, func_name) = request
-        client = self.client
-        start = time.time()
-        error_info = None
-        return_ids = [task_id + i.to_bytes(4, "little") for i in range(1, num_returns + 1)]
-        self.current = task_id
-        client.current_task_id = task_id
-        client.current_task_name = name
-        client.current_function_name = func_name
+        call = self._begin(request)
+        if call.error is not None:
+            return self._end(call, exc=call.error)
         try:
-            if task_id in self.cancelled_queued:
-                self.cancelled_queued.discard(task_id)
-                raise KeyboardInterrupt
-            fn = self._function(function_id)
+            value = call.fn(*call.args, **call.kwargs)
+        except BaseException as exc:  # noqa: BLE001 - every failure of user code is the task's result
+            return self._end(call, exc=exc)
+        return self._end(call, value)
+
+    async def execute_async(self, request: tuple) -> None:
+        """Run one call of an async actor on its event loop; awaits coroutine methods."""
+        call = self._begin(request)
+        if call.error is not None:
+            done = self._end(call, exc=call.error)
+        else:
             try:
-                args, kwargs = _resolve_args(client, args_blob, arg_payloads)
+                value = call.fn(*call.args, **call.kwargs)
+                if inspect.isawaitable(value):
+                    async with self.async_slots:  # type: ignore[union-attr]
+                        value = await value
+            except BaseException as exc:  # noqa: BLE001
+                done = self._end(call, exc=exc)
+            else:
+                done = self._end(call, value)
+        self.client.send(done)
+
+    def _begin(self, request: tuple) -> "_Call":
+        """Find the callable and resolve its arguments; a failure here is kept in call.error."""
+        call = _Call(request)
+        call.token = self.client.enter_task(call.task_id, call.name, call.func_name)
+        if call.task_type != ACTOR_TASK:
+            self.current = call.task_id  # cancel() interrupts the main thread's running task
+        try:
+            if call.task_id in self.cancelled_queued:
+                self.cancelled_queued.discard(call.task_id)
+                raise KeyboardInterrupt
+            call.fn = self._callable(call)
+            try:
+                call.args, call.kwargs = _resolve_args(self.client, call.args_blob, call.payloads)
             except FileNotFoundError as exc:
                 raise _ArgumentLost(str(exc.args[0])) from None
-            outputs = _split_returns(fn(*args, **kwargs), num_returns, name)
-            results = [store_value(client, oid, value, what=f"return value of {name}")
-                       for oid, value in zip(return_ids, outputs)]
+        except BaseException as exc:  # noqa: BLE001 - reported as the task's result
+            call.error = exc
+        return call
+
+    def _callable(self, call: "_Call") -> Any:
+        if call.task_type == ACTOR_TASK:
+            if self.actor is None:
+                raise RayError(f"this worker holds no actor (call {call.name})")
+            return getattr(self.actor, call.method)
+        fn = self._function(call.function_id)
+        if call.task_type == ACTOR_CREATION_TASK:
+            return lambda *args, **kwargs: self._create_actor(fn, call.actor_config, args, kwargs)
+        return fn
+
+    def _create_actor(self, cls: type, config: tuple, args: tuple, kwargs: dict) -> None:
+        max_concurrency, is_async, _ = config
+        self.actor = cls(*args, **kwargs)
+        if is_async:
+            self._start_event_loop(max_concurrency)
+        elif max_concurrency > 1:
+            self.pool = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor")
+        return None
+
+    def _start_event_loop(self, max_concurrency: int) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            self.async_slots = asyncio.Semaphore(max_concurrency)
+            ready.set()
+            self.loop.run_forever()
+
+        threading.Thread(target=run, name="actor-event-loop", daemon=True).start()
+        ready.wait()
+
+    def _end(self, call: "_Call", value: Any = None, exc: Optional[BaseException] = None) -> tuple:
+        """Store the results (or the error) and build the "done" message."""
+        client = self.client
+        error_info = None
+        name = call.name
+        return_ids = call.return_ids()
+        try:
+            if exc is not None:
+                raise exc
+            outputs = _split_returns(value, call.num_returns, name)
+            results = [store_value(client, oid, out, what=f"return value of {name}")
+                       for oid, out in zip(return_ids, outputs)]
         except _ArgumentLost as lost:
             # Not the task's fault: the head rebuilds the argument and runs the task again.
             results = [("i", b"", []) for _ in return_ids]
             error_info = ("ARG_LOST", False, lost.object_hex)
-        except SystemExit as exc:
+        except SystemExit as exit_:
             # As in Ray, sys.exit() in a task ends the worker: the head sees a crash and retries.
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(exc.code if isinstance(exc.code, int) else 1)
-        except BaseException as exc:  # noqa: BLE001 - every failure of user code is the task's result
+            os._exit(exit_.code if isinstance(exit_.code, int) else 1)
+        except BaseException as error:  # noqa: BLE001 - every failure of user code is the task's result
             # KeyboardInterrupt is how cancel() reaches a running task; Ray reports a
             # self-raised one the same way (TaskCancelledError), never retried.
-            cancelled = isinstance(exc, KeyboardInterrupt)
-            error, retryable = _task_error(exc, name, retry_exceptions, cancelled)
-            results = _error_results(client, return_ids, error, name)
+            cancelled = isinstance(error, KeyboardInterrupt)
+            wrapped, retryable = _task_error(error, name, call.retry_exceptions, cancelled)
+            results = _error_results(client, return_ids, wrapped, name)
             error_type = "TASK_CANCELLED" if cancelled else "TASK_EXECUTION_EXCEPTION"
-            error_info = (error_type, retryable and not cancelled, _one_line(exc))
+            error_info = (error_type, retryable and not cancelled, _one_line(error))
         finally:
-            self.current = None
-            self.cancel_target = None
-            client.current_task_id = b""
+            if call.task_type != ACTOR_TASK:
+                self.current = None
+                self.cancel_target = None
+            if call.token is not None:
+                client.leave_task(call.token)
         end = time.time()
-        self.calls[function_id] = calls = self.calls.get(function_id, 0) + 1
-        retire = bool(max_calls) and calls >= max_calls
+        self.calls[call.function_id] = calls = self.calls.get(call.function_id, 0) + 1
+        retire = bool(call.max_calls) and calls >= call.max_calls
         sys.stdout.flush()
         sys.stderr.flush()
-        return ("done", task_id, attempt, results, error_info, start, end, retire)
+        return ("done", call.task_id, call.attempt, results, error_info, call.start, end, retire)
+
+
+class _Call:
+    """One task or actor call being run: the fields of the head's "exec" message, and more."""
+
+    __slots__ = ("task_id", "attempt", "function_id", "name", "args_blob", "payloads", "num_returns",
+                 "retry_exceptions", "max_calls", "actor_id", "task_type", "func_name", "method",
+                 "actor_config", "fn", "args", "kwargs", "error", "token", "start")
+
+    def __init__(self, request: tuple) -> None:
+        (self.task_id, self.attempt, self.function_id, self.name, self.args_blob, self.payloads,
+         self.num_returns, self.retry_exceptions, self.max_calls, self.actor_id, self.task_type,
+         self.func_name, self.method, self.actor_config) = request
+        self.fn: Any = None
+        self.args: Any = ()
+        self.kwargs: Any = {}
+        self.error: Optional[BaseException] = None
+        self.token: Any = None
+        self.start = time.time()
+
+    def return_ids(self) -> List[bytes]:
+        task_id = self.task_id
+        return [task_id + i.to_bytes(4, "little") for i in range(1, self.num_returns + 1)]
 
 
 class _ArgumentLost(Exception):
@@ -383,8 +507,10 @@ def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseExc
         )
         fallback = RayTaskError(name, getattr(error, "traceback_str", str(error)), stand_in)
         payload = store_value(client, b"", fallback, what="task error", flags=FLAG_ERROR)
-    if payload[0] != "i":
-        payload = ("i", serialize(RayTaskError(name, "(error too large to store)", None), FLAG_ERROR).to_bytes(), [])
+    if payload[0] == "s":  # a large error is stored like a large value, once per return
+        payload = (payload[0], payload[1], payload[2])
+        for extra_id in return_ids[1:]:
+            store_value(client, extra_id, error, what="task error", flags=FLAG_ERROR)
     return [payload for _ in return_ids]
 
 

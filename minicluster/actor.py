@@ -1,0 +1,239 @@
+"""Actors: `@remote` classes, their handles and method calls.
+
+Runs in whichever process creates or calls an actor (the driver, or a worker
+holding a handle). Creating an actor submits an ACTOR_CREATION_TASK; the head
+(actor_flow.py) places it like a task and then dedicates the worker that ran
+it to the actor. Each method call is an ACTOR_TASK the head sends to that
+worker, in submission order. A handle pickles to (actor id, class metadata),
+so it can be passed to tasks and other actors and used from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import threading
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import options as opts
+from .ids import ActorID, new_actor_id, new_task_id
+from .remote_function import _serialize_args
+from .serialization import dumps_function
+from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, TaskSpec, resources_of, strategy_of
+
+
+class ActorClassMeta:
+    """What a handle needs to know about its class: name, methods and their options."""
+
+    def __init__(self, cls: type) -> None:
+        self.class_name = cls.__qualname__
+        self.module = cls.__module__
+        self.methods: Dict[str, Dict[str, Any]] = {}
+        self.is_async = False
+        for name, member in inspect.getmembers(cls, predicate=callable):
+            if name.startswith("__") and name != "__call__":
+                continue
+            self.methods[name] = dict(getattr(member, "__minicluster_method_options__", {}))
+            if inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member):
+                self.is_async = True
+
+
+class ActorClass:
+    """A class declared with `@remote`; `.remote(...)` creates an actor and returns its handle."""
+
+    def __init__(self, cls: type, options: Dict[str, Any]) -> None:
+        self._cls = cls
+        self._options = opts.validate(options, opts.ACTOR_OPTIONS, "actors")
+        self._meta = ActorClassMeta(cls)
+        self._blob: Optional[bytes] = None
+        self._class_id = b""
+        self._lock = threading.Lock()
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__module__ = cls.__module__
+        self.__doc__ = cls.__doc__
+
+    def __getstate__(self) -> dict:
+        return {"cls": self._cls, "options": self._options}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["cls"], state["options"])  # type: ignore[misc]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actors cannot be instantiated directly. Instead of '{self.__qualname__}()', "
+            f"use '{self.__qualname__}.remote()'."
+        )
+
+    def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
+        return self._create(args, kwargs, self._options)
+
+    def options(self, **options: Any) -> "_ActorOptions":
+        validated = opts.validate(options, opts.ACTOR_OPTIONS, "actors")
+        return _ActorOptions(self, {**self._options, **validated})
+
+    def _pickled(self) -> Tuple[bytes, bytes]:
+        if self._blob is None:
+            with self._lock:
+                if self._blob is None:
+                    blob = dumps_function(self._cls, f"actor class {self.__qualname__}")
+                    self._class_id = hashlib.blake2b(blob, digest_size=16).digest()
+                    self._blob = blob
+        return self._class_id, self._blob  # type: ignore[return-value]
+
+    def _create(self, args: tuple, kwargs: dict, options: Dict[str, Any]) -> "ActorHandle":
+        from .api import _client
+
+        client = _client()
+        name = options.get("name")
+        namespace = options.get("namespace") or getattr(client, "namespace", "default")
+        if name is not None and options.get("get_if_exists"):
+            existing = client.actor_lookup(name, namespace)
+            if existing is not None:
+                return existing
+        class_id, blob = self._pickled()
+        actor_id = new_actor_id()
+        args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self.__qualname__)
+        # Ray's rule: an actor without num_cpus needs 1 CPU to be placed but holds none while it lives.
+        resources = resources_of(options, default_cpus=1.0)
+        spec = TaskSpec(
+            task_id=new_task_id(actor_id),
+            name=f"{self._meta.class_name}.__init__",
+            func_name=f"{self._meta.module}.{self._meta.class_name}.__init__",
+            function_id=class_id,
+            args=args_blob,
+            arg_refs=arg_refs,
+            borrowed=borrowed,
+            num_returns=1,
+            resources=resources,
+            max_retries=0,
+            retry_exceptions=False,
+            max_calls=0,
+            strategy=strategy_of(options.get("scheduling_strategy")),
+            parent_task_id=client.current_task_id,
+            owner=client.worker_id,
+            task_type=ACTOR_CREATION_TASK,
+            actor_id=actor_id,
+            args_size=len(args_blob),
+        )
+        meta = {
+            "class_name": self._meta.class_name,
+            "module": self._meta.module,
+            "name": name,
+            "namespace": namespace,
+            "max_restarts": options.get("max_restarts", 0),
+            "max_task_retries": options.get("max_task_retries", 0),
+            "max_concurrency": options.get("max_concurrency", 1000 if self._meta.is_async else 1),
+            "is_async": self._meta.is_async,
+            "detached": options.get("lifetime") == "detached",
+            "holds_cpus": "num_cpus" in options,
+            "methods": self._meta.methods,
+        }
+        handle = ActorHandle(actor_id, meta)
+        client.create_actor(spec, blob, meta)
+        del keep_alive
+        return handle
+
+
+class _ActorOptions:
+    def __init__(self, actor_class: ActorClass, options: Dict[str, Any]) -> None:
+        self._actor_class = actor_class
+        self._options = options
+
+    def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
+        return self._actor_class._create(args, kwargs, self._options)
+
+
+class ActorHandle:
+    """A reference to a live actor; `handle.method.remote(...)` calls a method."""
+
+    def __init__(self, actor_id: bytes, meta: Dict[str, Any]) -> None:
+        self._actor_id = actor_id
+        self._meta = meta
+
+    def __reduce__(self) -> tuple:
+        return (ActorHandle, (self._actor_id, self._meta))
+
+    def __getattr__(self, name: str) -> "ActorMethod":
+        methods = self.__dict__.get("_meta", {}).get("methods", {})
+        if name in methods:
+            return ActorMethod(self, name, methods[name])
+        raise AttributeError(
+            f"'{self.__dict__.get('_meta', {}).get('class_name', 'Actor')}' actor has no method {name!r}"
+        )
+
+    @property
+    def _ray_actor_id(self) -> ActorID:
+        return ActorID(self._actor_id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __repr__(self) -> str:
+        return f"Actor({self._meta['class_name']}, {self._actor_id.hex()})"
+
+
+class ActorMethod:
+    """`handle.method`: call it with `.remote(...)`, or `.options(num_returns=...)` first."""
+
+    def __init__(self, handle: ActorHandle, name: str, options: Dict[str, Any]) -> None:
+        self._handle = handle
+        self._name = name
+        self._options = options
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actor methods cannot be called directly. Instead of '{self._name}()', try '{self._name}.remote()'."
+        )
+
+    def options(self, **options: Any) -> "ActorMethod":
+        validated = opts.validate(options, opts.METHOD_OPTIONS, "actor methods")
+        return ActorMethod(self._handle, self._name, {**self._options, **validated})
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        from .api import _client
+
+        client = _client()
+        handle = self._handle
+        meta = handle._meta
+        args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self._name)
+        num_returns = self._options.get("num_returns", 1)
+        max_task_retries = self._options.get("max_task_retries", meta["max_task_retries"])
+        retry_exceptions = self._options.get("retry_exceptions", False)
+        if isinstance(retry_exceptions, (list, tuple)):
+            retry_exceptions = dumps_function(tuple(retry_exceptions), "retry_exceptions")
+        spec = TaskSpec(
+            task_id=new_task_id(handle._actor_id),
+            name=self._options.get("name") or f"{meta['class_name']}.{self._name}",
+            func_name=f"{meta.get('module', '')}.{meta['class_name']}.{self._name}".lstrip("."),
+            function_id=b"",
+            args=args_blob,
+            arg_refs=arg_refs,
+            borrowed=borrowed,
+            num_returns=num_returns,
+            resources={},
+            max_retries=max_task_retries,
+            retry_exceptions=retry_exceptions,
+            max_calls=0,
+            strategy=("DEFAULT",),
+            parent_task_id=client.current_task_id,
+            owner=client.worker_id,
+            task_type=ACTOR_TASK,
+            actor_id=handle._actor_id,
+            args_size=len(args_blob),
+            method=self._name,
+        )
+        refs = client.submit(spec, None)
+        del keep_alive
+        if num_returns == 1:
+            return refs[0]
+        if num_returns == 0:
+            return None
+        return refs
+
+
+def method_names(handle: ActorHandle) -> List[str]:
+    return sorted(handle._meta["methods"])

@@ -1,0 +1,301 @@
+"""Actors in the head: creation, calls in order, death, restart and kill (part of the head).
+
+Runs in the driver process, as methods of `Head` (head.py), under the head's lock.
+
+    create ─► the ACTOR_CREATION_TASK is placed and run like any task (task_flow.py);
+              its worker is then dedicated to the actor (it leaves the node's pool)
+    call   ─► an ACTOR_TASK waits for its arguments, then joins the actor's queue;
+              calls are sent to the actor's worker strictly in submission order
+    dies   ─► (its process or node) restarts remain: the constructor runs again on a
+              fresh worker; calls in flight are retried if max_task_retries allows,
+              else fail with ActorUnavailableError; queued and new calls wait for the
+              restart (deliberately better than Ray, which fails them)
+              no restarts left, ray.kill, or the constructor raised: DEAD; every
+              pending and later call fails with ActorDiedError, carrying the reason
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any, Deque, Dict, Optional
+
+from .exceptions import ActorDiedError, ActorUnavailableError
+from .serialization import deserialize
+from .task_records import TaskRecord
+from .virtual_nodes import WorkerRecord
+
+PENDING_CREATION = "PENDING_CREATION"
+ALIVE = "ALIVE"
+RESTARTING = "RESTARTING"
+DEAD = "DEAD"
+
+
+class ActorRecord:
+    """What the head knows about one actor."""
+
+    def __init__(self, actor_id: bytes, meta: Dict[str, Any], creation: TaskRecord, owner: bytes) -> None:
+        self.actor_id = actor_id
+        self.meta = meta
+        self.creation = creation  #: the creation task, run again on each restart
+        self.owner = owner  #: worker id (or DRIVER) that created it; its death ends the actor
+        self.state = PENDING_CREATION
+        self.worker: Optional[WorkerRecord] = None
+        self.num_restarts = 0
+        self.pending: Deque[TaskRecord] = collections.deque()  #: calls not yet sent, in order
+        self.inflight: Dict[bytes, TaskRecord] = {}  #: calls sent to the worker
+        self.death_cause = ""
+        self.init_failed = False
+        self.kill_requested: Optional[bool] = None  #: set by kill(): no_restart
+
+    @property
+    def name(self) -> Optional[str]:
+        return self.meta.get("name")
+
+    def restarts_left(self) -> bool:
+        max_restarts = self.meta["max_restarts"]
+        return max_restarts == -1 or self.num_restarts < max_restarts
+
+
+class ActorFlow:
+    """Head methods for actors; see the module docstring."""
+
+    # ---- creation ---------------------------------------------------------------
+
+    def create_actor(self, spec: Any, meta: Dict[str, Any], submitter_node: bytes, owner: bytes) -> None:
+        """Register an actor and submit its creation task. Lock held."""
+        name, namespace = meta.get("name"), meta.get("namespace")
+        if name is not None:
+            existing = self.named_actors.get((namespace, name))
+            if existing is not None and self.actors[existing].state != DEAD:
+                raise ValueError(f"The name {name!r} (namespace={namespace!r}) is already taken by another actor")
+            self.named_actors[(namespace, name)] = spec.actor_id
+        for object_id in spec.return_ids():
+            self.objects.create(object_id, owner)
+            self.objects.pin(object_id)  # the creation result lives as long as the actor record
+        task = TaskRecord(spec, 0, submitter_node)
+        record = ActorRecord(spec.actor_id, meta, task, owner)
+        self.actors[spec.actor_id] = record
+        self.tasks[spec.task_id] = task
+        self._start_task(task)
+
+    def _creation_done(self, task: TaskRecord, worker: WorkerRecord, error_info: Optional[tuple]) -> bool:
+        """The creation task reported. Returns True if the worker now belongs to the actor."""
+        record = self.actors.get(task.spec.actor_id)
+        if record is None or record.state == DEAD:
+            return False
+        if error_info is not None:
+            # The constructor raised: never restarted (as in Ray).
+            record.init_failed = True
+            entry = self.objects.entries.get(task.spec.return_ids()[0])
+            cause = ""
+            if entry is not None and entry.is_error and entry.payload is not None and entry.payload[0] != "s":
+                error, _ = deserialize(entry.payload[1])
+                cause = str(error)
+            self._actor_dead(record, f"The actor died because of an error raised in its creation task, {cause}")
+            return False
+        record.state = ALIVE
+        record.worker = worker
+        worker.actor = record
+        if not record.meta["holds_cpus"]:
+            # Placed with 1 CPU, holds none while it lives (Ray's default for actors).
+            self.scheduler.release(worker.node.node_id, task.spec.resources)
+        self._replenish(worker.node)  # the node's pool lost a worker to the actor
+        if record.kill_requested is not None:
+            self._kill_actor_process(record)
+        self._actor_dispatch(record)
+        return True
+
+    # ---- calls --------------------------------------------------------------------
+
+    def _queue_actor_call(self, task: TaskRecord) -> None:
+        """An actor call's arguments are ready: join its actor's queue (or fail if the actor is dead)."""
+        record = self.actors.get(task.spec.actor_id)
+        if record is None or record.state == DEAD:
+            self._fail_call(task, record)
+            return
+        task.set_state("PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY")
+        task.ready = True
+        self._actor_dispatch(record)
+
+    def _add_actor_call(self, task: TaskRecord) -> None:
+        record = self.actors.get(task.spec.actor_id)
+        if record is None or record.state == DEAD:
+            self._fail_call(task, record)
+            return
+        task.ready = False
+        record.pending.append(task)
+        self._start_task(task)
+
+    def _actor_dispatch(self, record: ActorRecord) -> None:
+        """Send queued calls to the actor's worker, in submission order."""
+        if record.state != ALIVE or record.worker is None:
+            return
+        worker = record.worker
+        while record.pending:
+            task = record.pending[0]
+            if task.finished:
+                record.pending.popleft()
+                continue
+            if not task.ready:
+                break  # an earlier call still waits for its arguments: keep the order
+            record.pending.popleft()
+            record.inflight[task.spec.task_id] = task
+            task.worker = worker
+            task.node = worker.node
+            task.set_state("RUNNING", node_id=worker.node.node_id, worker_id=worker.worker_id)
+            self._send_exec(task, worker)
+
+    def _actor_call_done(self, worker: WorkerRecord, message: tuple) -> None:
+        _, task_id, attempt, results, error_info, start, end, retire = message
+        record = worker.actor
+        task = record.inflight.pop(task_id, None) if record is not None else None
+        if task is None or task.attempt != attempt:
+            self._discard_results(task_id, results, worker.node.node_id)
+            return
+        task.record_times(start, end)
+        self._task_reported(task, results, error_info, worker.node.node_id)
+
+    def _fail_call(self, task: TaskRecord, record: Optional[ActorRecord]) -> None:
+        error = ActorDiedError(
+            task.spec.actor_id.hex() if task.spec.actor_id else None,
+            record.death_cause if record is not None else "The actor does not exist.",
+            actor_init_failed=bool(record and record.init_failed),
+        )
+        self._finish_with_error(task, error, "ACTOR_DIED", str(error))
+
+    # ---- death, restart, kill ----------------------------------------------------------
+
+    def _actor_worker_died(self, worker: WorkerRecord, reason: str, node_death: Optional[str]) -> None:
+        record = worker.actor
+        worker.actor = None
+        if record is None or record.state == DEAD:
+            return
+        record.worker = None
+        if record.meta["holds_cpus"]:
+            self.scheduler.release(worker.node.node_id, record.creation.spec.resources)
+        cause = self._death_cause(record, worker, reason, node_death)
+        restart = record.kill_requested is not True and record.restarts_left()
+        inflight = sorted(record.inflight.values(), key=lambda t: t.attempts[0].creation_time)
+        record.inflight.clear()
+        if not restart:
+            for task in inflight:
+                task.worker = None
+            self._actor_dead(record, cause, inflight)
+            return
+        retry_front = []
+        for task in inflight:
+            task.worker = None
+            if task.retries_left != 0:
+                if task.retries_left > 0:
+                    task.retries_left -= 1
+                task.fail_attempt("ACTOR_DIED", cause)
+                task.new_attempt()
+                task.ready = True
+                retry_front.append(task)
+            else:
+                error = ActorUnavailableError(record.actor_id.hex(), f"{cause} The actor is restarting; this call "
+                                              "was running and may or may not have run (max_task_retries=0).")
+                self._finish_with_error(task, error, "ACTOR_DIED", str(error))
+        record.pending.extendleft(reversed(retry_front))
+        self._restart_actor(record, cause)
+
+    def _death_cause(self, record: ActorRecord, worker: WorkerRecord, reason: str, node_death: Optional[str]) -> str:
+        header = (f"The actor died unexpectedly before finishing this task.\n\tclass_name: "
+                  f"{record.meta['class_name']}\n\tactor_id: {record.actor_id.hex()}\n\tpid: {worker.pid}\n")
+        if record.kill_requested is not None:
+            return header + "The actor is dead because it was killed by `ray.kill`."
+        if node_death:
+            return header + f"The actor is dead because its node ({worker.node.name}) died: {node_death}."
+        return header + f"The actor is dead because its worker process has died ({reason})."
+
+    def _restart_actor(self, record: ActorRecord, cause: str) -> None:
+        record.state = RESTARTING
+        record.num_restarts += 1
+        task = record.creation
+        task.new_attempt()
+        task.finished = False
+        task.node = None
+        task.worker = None
+        self.tasks[task.spec.task_id] = task
+        self._start_task(task)
+
+    def _creation_died(self, task: TaskRecord, reason: str) -> bool:
+        """The creation task's worker died while constructing. Returns True if handled here."""
+        record = self.actors.get(task.spec.actor_id)
+        if record is None:
+            return False
+        if record.kill_requested is None and record.restarts_left():
+            record.num_restarts += 1
+            task.fail_attempt("WORKER_DIED", reason)
+            task.new_attempt()
+            task.node = None
+            self._args_ready(task)
+            return True
+        cause = ("The actor died unexpectedly before finishing this task.\n"
+                 f"\tclass_name: {record.meta['class_name']}\n\tactor_id: {record.actor_id.hex()}\n"
+                 + ("The actor is dead because it was killed by `ray.kill`." if record.kill_requested is not None
+                    else f"The actor is dead because its worker process died while creating it ({reason})."))
+        self._finish_with_error(task, ActorDiedError(record.actor_id.hex(), cause), "ACTOR_DIED", cause)
+        self._actor_dead(record, cause)
+        return True
+
+    def _actor_dead(self, record: ActorRecord, cause: str, inflight: Any = ()) -> None:
+        record.state = DEAD
+        record.death_cause = cause
+        calls = list(inflight) + list(record.pending)
+        record.pending.clear()
+        for task in calls:
+            if not task.finished:
+                self._fail_call(task, record)
+        for object_id in record.creation.spec.return_ids():
+            self.objects.unpin(object_id)
+        worker = record.worker
+        record.worker = None
+        if worker is not None and not worker.dead:
+            worker.actor = None
+            self._kill_worker(worker)
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        """`kill(handle)`: end the actor's process now; restart it only if no_restart=False."""
+        record = self.actors.get(actor_id)
+        if record is None or record.state == DEAD:
+            return
+        record.kill_requested = no_restart
+        if record.worker is not None:
+            self._kill_actor_process(record)
+        elif no_restart:
+            task = record.creation
+            cause = ("The actor died unexpectedly before finishing this task.\n"
+                     f"\tclass_name: {record.meta['class_name']}\n\tactor_id: {actor_id.hex()}\n"
+                     "The actor is dead because it was killed by `ray.kill`.")
+            if not task.finished:
+                self._cancel_task(task.spec.task_id, force=True, recursive=False)
+            self._actor_dead(record, cause)
+
+    def _kill_actor_process(self, record: ActorRecord) -> None:
+        if record.worker is not None:
+            self._kill_worker(record.worker)
+
+    def _kill_worker(self, worker: WorkerRecord) -> None:
+        try:
+            os.kill(worker.pid, 9)
+        except ProcessLookupError:
+            pass
+
+    def _owner_died_actors(self, owner: bytes) -> None:
+        """Actors whose owner died go too, unless detached."""
+        for record in list(self.actors.values()):
+            if record.owner == owner and record.state != DEAD and not record.meta["detached"]:
+                self.kill_actor(record.actor_id, no_restart=True)
+                record.death_cause += " (its owner died)"
+
+    # ---- lookups ----------------------------------------------------------------
+
+    def lookup_actor(self, name: str, namespace: str) -> Optional[tuple]:
+        actor_id = self.named_actors.get((namespace, name))
+        record = self.actors.get(actor_id) if actor_id else None
+        if record is None or record.state == DEAD:
+            return None
+        return (record.actor_id, record.meta)
+
