@@ -38,10 +38,14 @@ class DriverClient(RuntimeClient):
         self.refs = LocalRefCounter()
         self.session = Session(object_store_memory)
         self.layout = self.session.layout
-        self.head = Head(self.session, self.refs.counts, self.refs.drain)
         self.default_cpus = num_cpus
         self.default_resources = resources
         self.num_workers_per_node = max(1, int(num_cpus))
+        try:
+            self.head = Head(self.session, self.refs.counts, self.refs.drain)
+        except BaseException:
+            self.session.cleanup()
+            raise
         try:
             self.head.start()
             self.head.default_capacity = object_store_memory or config.default_store_capacity(

@@ -36,6 +36,9 @@ from .protocol import MAX_FRAME, MAX_HANDSHAKE_FRAME, FrameDecoder, ProtocolErro
 # a larger buffer is mmapped and unmapped on every call, which costs ~40 us.
 RECV_BYTES = 64 * 1024
 
+# A connection must prove it knows the session key within this time.
+HANDSHAKE_TIMEOUT_S = 5.0
+
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 
@@ -90,11 +93,8 @@ class Hub:
         self.handler = handler
         self.listen_path = listen_path
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # the socket file itself is private to the user
-        try:
-            self.listener.bind(listen_path)
-        finally:
-            os.umask(old_umask)
+        self.listener.bind(listen_path)  # inside the 0700 session folder: private from the start
+        os.chmod(listen_path, 0o600)
         self.listener.listen(256)
         self.listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
@@ -237,6 +237,12 @@ class Hub:
             self.peers.add(peer)
             self.selector.register(sock, _READ, peer)
             peer.send_raw(handshake.hello())
+            self.call_later(HANDSHAKE_TIMEOUT_S, lambda p=peer: self._drop_if_silent(p))
+
+    def _drop_if_silent(self, peer: Peer) -> None:
+        if not peer.closed and not peer.handshake.done:
+            print("minicluster: dropped a connection that did not authenticate in time", file=sys.stderr)
+            self._close(peer, notify=False)
 
     def _read(self, peer: Peer) -> None:
         if peer.closed:

@@ -25,9 +25,12 @@ restores a spilled object by copying it into its own node's store (`fetch`).
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
+import queue
 import shutil
+import threading
 from typing import Optional
 
 from .serialization import Serialized
@@ -114,7 +117,37 @@ def copy(src_dir: str, dst_dir: str, object_id: bytes) -> int:
 
 
 def delete(store_dir: str, object_id: bytes) -> None:
-    _unlink(object_path(store_dir, object_id))
+    """Remove an object file. The name goes at once (a rename: a new copy under the same id,
+    from a rebuild or a restore, is never touched); freeing the pages, which takes ~0.5 ms
+    per 100 MB on tmpfs, happens on a background thread, off the caller's path."""
+    path = object_path(store_dir, object_id)
+    trash = f"{path}.del-{next(_trash_ids)}"
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return
+    _deleter().put(trash)
+
+
+_trash_ids = itertools.count()
+_deleter_queue: "Optional[queue.SimpleQueue[str]]" = None
+_deleter_lock = threading.Lock()
+
+
+def _deleter() -> "queue.SimpleQueue[str]":
+    global _deleter_queue
+    if _deleter_queue is None:
+        with _deleter_lock:
+            if _deleter_queue is None:
+                pending: "queue.SimpleQueue[str]" = queue.SimpleQueue()
+                threading.Thread(target=_delete_loop, args=(pending,), name="minicluster-deleter", daemon=True).start()
+                _deleter_queue = pending
+    return _deleter_queue
+
+
+def _delete_loop(pending: "queue.SimpleQueue[str]") -> None:
+    while True:
+        _unlink(pending.get())
 
 
 def exists(store_dir: str, object_id: bytes) -> bool:

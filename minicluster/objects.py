@@ -14,7 +14,7 @@ Owned by the head (driver process, under the head's lock). For each object id:
   it as an argument. They keep the entry, not the value.
 
 States:  PENDING --value--> READY --its node died--> LOST
-                              \--no holder, lineage_refs > 0--> RELEASED
+                              +--no holder, lineage_refs > 0--> RELEASED
          LOST and RELEASED go back to PENDING when the head rebuilds them.
 
 When nothing holds an object any more, its value is freed (store files

@@ -35,8 +35,9 @@ class Session:
         reap_stale_sessions(root)
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
         self.root = root
-        self.dir = os.path.join(root, f"session_{stamp}_{os.getpid()}")
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        # Unique even for several sessions of one process within a second.
+        self.dir = os.path.join(root, f"session_{stamp}_{os.getpid()}_{os.urandom(2).hex()}")
+        os.makedirs(self.dir, mode=0o700)
         self.logs_dir = os.path.join(self.dir, "logs")
         os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
         self.socket_path = os.path.join(self.dir, "head.sock")
