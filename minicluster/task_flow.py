@@ -105,8 +105,10 @@ class TaskFlow:
         only those no free resources could take right now (_schedule ran first):
         one frame then carries many tasks, and one frame their results.
         """
-        if worker.dead or worker.blocked or len(worker.queue) >= PIPELINE_DEPTH or worker.queue[0].spec.max_calls:
-            return
+        running = worker.queue[0].spec
+        if (worker.dead or worker.blocked or len(worker.queue) >= PIPELINE_DEPTH or running.max_calls
+                or running.task_type != NORMAL_TASK):
+            return  # (an actor's creation task: its worker is about to belong to the actor)
         shape = worker.queue[0].shape
         if shape[1][0] == "SPREAD":
             return
