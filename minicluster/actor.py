@@ -10,7 +10,6 @@ so it can be passed to tasks and other actors and used from there.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import threading
 from typing import Any, Dict, List, Optional, Tuple
@@ -18,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import options as opts
 from .ids import ActorID, new_actor_id, new_task_id
 from .remote_function import _serialize_args
-from .serialization import dumps_function
+from .serialization import dumps_function, pickle_definition
 from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, TaskSpec, resources_of, strategy_of
 
 
@@ -76,9 +75,7 @@ class ActorClass:
         if self._blob is None:
             with self._lock:
                 if self._blob is None:
-                    blob = dumps_function(self._cls, f"actor class {self.__qualname__}")
-                    self._class_id = hashlib.blake2b(blob, digest_size=16).digest()
-                    self._blob = blob
+                    self._class_id, self._blob = pickle_definition(self._cls, f"actor class {self.__qualname__}")
         return self._class_id, self._blob  # type: ignore[return-value]
 
     def _create(self, args: tuple, kwargs: dict, options: Dict[str, Any]) -> "ActorHandle":

@@ -153,26 +153,29 @@ class TaskCancelledError(RayError):
         return f"Task {self.task_id} was cancelled." if self.task_id else "This task or its dependency was cancelled."
 
 
-class WorkerCrashedError(RayError):
+class _SystemFailure(RayError):
+    """A failure of the machinery, not of the task's code; `.message` says what happened."""
+
+    default_message = ""
+
+    def __init__(self, message: Optional[str] = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class WorkerCrashedError(_SystemFailure):
     """The worker running the task died and the task has no retries left."""
 
-    def __init__(self, message: str = "The worker died unexpectedly while executing this task.") -> None:
-        self.message = message
-        super().__init__(message)
-
-    def __str__(self) -> str:
-        return self.message
+    default_message = "The worker died unexpectedly while executing this task."
 
 
-class NodeDiedError(RayError):
+class NodeDiedError(_SystemFailure):
     """The node running the task died and the task has no retries left."""
 
-    def __init__(self, message: str = "The node running this task died.") -> None:
-        self.message = message
-        super().__init__(message)
-
-    def __str__(self) -> str:
-        return self.message
+    default_message = "The node running this task died."
 
 
 class TaskUnschedulableError(RayError):

@@ -7,14 +7,13 @@ to the head once; each call then only pickles its arguments.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import config, options as opts
 from .ids import new_task_id
 from .object_ref import ObjectRef
-from .serialization import dumps_function, serialize
+from .serialization import dumps_function, pickle_definition, serialize
 from .task_spec import TaskSpec, resources_of, strategy_of
 
 
@@ -58,9 +57,8 @@ class RemoteFunction:
         if self._blob is None:
             with self._lock:
                 if self._blob is None:
-                    blob = dumps_function(self._function, f"remote function {self._func_name}")
-                    self._function_id = hashlib.blake2b(blob, digest_size=16).digest()
-                    self._blob = blob
+                    self._function_id, self._blob = pickle_definition(
+                        self._function, f"remote function {self._func_name}")
         return self._function_id, self._blob  # type: ignore[return-value]
 
     def _remote(self, args: tuple, kwargs: dict, static: "_StaticOptions") -> Any:

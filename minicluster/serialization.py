@@ -136,6 +136,15 @@ def _is_plain(value: Any, depth: int) -> bool:
     return False
 
 
+def pickle_definition(obj: Any, what: str) -> Tuple[bytes, bytes]:
+    """A function or class pickled by value, and its id (a hash of the bytes): how
+    remote functions and actor classes are shipped, once per process."""
+    import hashlib
+
+    blob = dumps_function(obj, what)
+    return hashlib.blake2b(blob, digest_size=16).digest(), blob
+
+
 def dumps_function(fn: Any, what: str) -> bytes:
     """Pickle a function or class by value (cloudpickle)."""
     try:
