@@ -46,7 +46,9 @@ class ActorRecord:
         self.inflight: Dict[bytes, TaskRecord] = {}  #: calls sent to the worker
         self.death_cause = ""
         self.init_failed = False
-        self.kill_requested: Optional[bool] = None  #: set by kill(): no_restart
+        self.kill_requested: Optional[bool] = None  #: set by kill(): no_restart (cleared by a restart)
+        self.kill_reason = ""  #: why it was killed: `ray.kill`, or its owner died
+        self.held: Dict[str, float] = {}  #: resources it holds while alive
 
     @property
     def name(self) -> Optional[str]:
@@ -73,6 +75,9 @@ class ActorFlow:
         for object_id in spec.return_ids():
             self.objects.create(object_id, owner)
             self.objects.pin(object_id)  # the creation result lives as long as the actor record
+            creator = self.workers.get(owner)
+            if creator is not None:
+                creator.owned.add(object_id)  # so its worker is not retired while the actor lives
         task = TaskRecord(spec, 0, submitter_node)
         record = ActorRecord(spec.actor_id, meta, task, owner)
         self.actors[spec.actor_id] = record
@@ -80,31 +85,49 @@ class ActorFlow:
         self._start_task(task)
 
     def _creation_done(self, task: TaskRecord, worker: WorkerRecord, error_info: Optional[tuple]) -> bool:
-        """The creation task reported. Returns True if the worker now belongs to the actor."""
+        """The creation task reported (its lease still held). Returns True if the worker is the actor's now."""
         record = self.actors.get(task.spec.actor_id)
-        if record is None or record.state == DEAD:
-            return False
-        if error_info is not None:
-            # The constructor raised: never restarted (as in Ray).
-            record.init_failed = True
-            entry = self.objects.entries.get(task.spec.return_ids()[0])
-            cause = ""
-            if entry is not None and entry.is_error and entry.payload is not None and entry.payload[0] != "s":
-                error, _ = deserialize(entry.payload[1])
-                cause = str(error)
-            self._actor_dead(record, f"The actor died because of an error raised in its creation task, {cause}")
-            return False
+        node_id = worker.node.node_id
+        if error_info is not None or record is None:
+            self.scheduler.release(node_id, task.spec.resources)
+            return False  # the constructor raised (_creation_failed settled the actor): back to the pool
+        if record.state == DEAD:
+            # Killed while its constructor ran: the process holds an instance, so it goes too.
+            self.scheduler.release(node_id, task.spec.resources)
+            self._kill_worker(worker)
+            return True
         record.state = ALIVE
         record.worker = worker
         worker.actor = record
+        # Ray's rule: an actor placed with the implicit 1 CPU holds no CPU while it lives;
+        # explicit num_cpus and custom resources stay held until it dies.
+        record.held = dict(task.spec.resources)
         if not record.meta["holds_cpus"]:
-            # Placed with 1 CPU, holds none while it lives (Ray's default for actors).
-            self.scheduler.release(worker.node.node_id, task.spec.resources)
+            self.scheduler.release(node_id, {"CPU": record.held.pop("CPU", 0.0)})
         self._replenish(worker.node)  # the node's pool lost a worker to the actor
         if record.kill_requested is not None:
             self._kill_actor_process(record)
         self._actor_dispatch(record)
         return True
+
+    def _creation_failed(self, task: TaskRecord, error_type: Optional[str], message: Optional[str]) -> None:
+        """The creation task failed for good: the constructor raised, or it can never be placed."""
+        record = self.actors.get(task.spec.actor_id)
+        if record is None or record.state == DEAD:
+            return
+        if error_type == "TASK_EXECUTION_EXCEPTION":
+            record.init_failed = True  # never restarted (as in Ray)
+            cause = "The actor died because of an error raised in its creation task, " + self._stored_error_text(task)
+        else:
+            cause = record.death_cause or f"The actor could not be (re)created: {message}"
+        self._actor_dead(record, cause)
+
+    def _stored_error_text(self, task: TaskRecord) -> str:
+        entry = self.objects.entries.get(task.spec.return_ids()[0])
+        if entry is not None and entry.is_error and entry.payload is not None and entry.payload[0] != "s":
+            error, _ = deserialize(entry.payload[1])
+            return str(error)
+        return ""
 
     # ---- calls --------------------------------------------------------------------
 
@@ -172,19 +195,27 @@ class ActorFlow:
         if record is None or record.state == DEAD:
             return
         record.worker = None
-        if record.meta["holds_cpus"]:
-            self.scheduler.release(worker.node.node_id, record.creation.spec.resources)
+        self.scheduler.release(worker.node.node_id, record.held)
+        record.held = {}
         cause = self._death_cause(record, worker, reason, node_death)
         restart = record.kill_requested is not True and record.restarts_left()
+        record.kill_requested = None  # a kill(no_restart=False) is done once the process is gone
+        record.kill_reason = ""
         inflight = sorted(record.inflight.values(), key=lambda t: t.attempts[0].creation_time)
         record.inflight.clear()
+        for task in inflight:
+            task.worker = None
         if not restart:
-            for task in inflight:
-                task.worker = None
             self._actor_dead(record, cause, inflight)
             return
+        # Calls start in order, at most max_concurrency at a time: the oldest ones were
+        # running; the others never started and simply wait for the restart.
+        running = inflight[: record.meta["max_concurrency"]]
+        never_started = inflight[len(running):]
+        for task in never_started:
+            task.ready = True
         retry_front = []
-        for task in inflight:
+        for task in running:
             task.worker = None
             if task.retries_left != 0:
                 if task.retries_left > 0:
@@ -197,14 +228,14 @@ class ActorFlow:
                 error = ActorUnavailableError(record.actor_id.hex(), f"{cause} The actor is restarting; this call "
                                               "was running and may or may not have run (max_task_retries=0).")
                 self._finish_with_error(task, error, "ACTOR_DIED", str(error))
-        record.pending.extendleft(reversed(retry_front))
+        record.pending.extendleft(reversed(retry_front + never_started))
         self._restart_actor(record, cause)
 
     def _death_cause(self, record: ActorRecord, worker: WorkerRecord, reason: str, node_death: Optional[str]) -> str:
         header = (f"The actor died unexpectedly before finishing this task.\n\tclass_name: "
                   f"{record.meta['class_name']}\n\tactor_id: {record.actor_id.hex()}\n\tpid: {worker.pid}\n")
         if record.kill_requested is not None:
-            return header + "The actor is dead because it was killed by `ray.kill`."
+            return header + f"The actor is dead because {record.kill_reason or 'it was killed by `ray.kill`'}."
         if node_death:
             return header + f"The actor is dead because its node ({worker.node.name}) died: {node_death}."
         return header + f"The actor is dead because its worker process has died ({reason})."
@@ -241,6 +272,8 @@ class ActorFlow:
         return True
 
     def _actor_dead(self, record: ActorRecord, cause: str, inflight: Any = ()) -> None:
+        if record.state == DEAD:
+            return
         record.state = DEAD
         record.death_cause = cause
         calls = list(inflight) + list(record.pending)
@@ -256,19 +289,20 @@ class ActorFlow:
             worker.actor = None
             self._kill_worker(worker)
 
-    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+    def kill_actor(self, actor_id: bytes, no_restart: bool, reason: str = "it was killed by `ray.kill`") -> None:
         """`kill(handle)`: end the actor's process now; restart it only if no_restart=False."""
         record = self.actors.get(actor_id)
         if record is None or record.state == DEAD:
             return
         record.kill_requested = no_restart
+        record.kill_reason = reason
         if record.worker is not None:
             self._kill_actor_process(record)
         elif no_restart:
             task = record.creation
             cause = ("The actor died unexpectedly before finishing this task.\n"
                      f"\tclass_name: {record.meta['class_name']}\n\tactor_id: {actor_id.hex()}\n"
-                     "The actor is dead because it was killed by `ray.kill`.")
+                     f"The actor is dead because {reason}.")
             if not task.finished:
                 self._cancel_task(task.spec.task_id, force=True, recursive=False)
             self._actor_dead(record, cause)
@@ -287,8 +321,9 @@ class ActorFlow:
         """Actors whose owner died go too, unless detached."""
         for record in list(self.actors.values()):
             if record.owner == owner and record.state != DEAD and not record.meta["detached"]:
-                self.kill_actor(record.actor_id, no_restart=True)
-                record.death_cause += " (its owner died)"
+                self.kill_actor(record.actor_id, no_restart=True,
+                                reason=f"its owner (worker {owner.hex()[:12]}...) died; actors die with their owner "
+                                       "unless created with lifetime=\"detached\"")
 
     # ---- lookups ----------------------------------------------------------------
 

@@ -16,12 +16,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from . import config, object_store
 from .client import RuntimeClient
-from .exceptions import GetTimeoutError, ObjectStoreFullError, RayError
+from .exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, RayError
 from .head import DRIVER, Head
 from .ids import driver_task_id, new_worker_id
 from .object_ref import LocalRefCounter, ObjectRef, set_counter
 from .serialization import serialize
 from .session import Session
+
+# How often get() follows the head to a new copy after the one it read vanished
+# (its node died mid-read) before calling the object lost.
+_VANISHED_COPY_RETRIES = 100
 
 NODE_START_TIMEOUT_S = 30.0
 
@@ -46,6 +50,7 @@ class DriverClient(RuntimeClient):
         except BaseException:
             self.session.cleanup()
             raise
+        self.head.namespace = self.namespace
         try:
             self.head.start()
             self.head.default_capacity = object_store_memory or config.default_store_capacity(
@@ -111,7 +116,7 @@ class DriverClient(RuntimeClient):
         head = self.head
         values = []
         for object_id in object_ids:
-            for _ in range(100):
+            for _ in range(_VANISHED_COPY_RETRIES):
                 with head.lock:
                     payload = head.payload_of(object_id)
                 try:
@@ -124,6 +129,9 @@ class DriverClient(RuntimeClient):
                         head._flush()
                     remaining = None if deadline is None else deadline - time.monotonic()
                     self._wait_all([object_id], 1, remaining)
+            else:
+                # Every copy it was pointed at vanished while being read, again and again.
+                raise ObjectLostError(object_id.hex())
         return values
 
     def wait(self, object_ids: Sequence[bytes], num_returns: int, timeout: Optional[float], fetch_local: bool) -> List[bytes]:

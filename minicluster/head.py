@@ -53,6 +53,7 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
         self.scheduler = Scheduler()
         self.objects = ObjectDirectory(driver_counts, session.layout, self._entry_deleted)
         self.default_capacity = config.MIN_SHM_BYTES  # set by the driver from object_store_memory
+        self.namespace = "default"  # the job's namespace (init(namespace=...)), told to workers
         self.lineage = Lineage(config.max_lineage_bytes(), self._release_lineage_args)
         self.tasks: Dict[bytes, TaskRecord] = {}
         self.history = TaskHistory()
@@ -109,6 +110,7 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             store_root=layout.store_root,
             spill_root=layout.spill_root,
             capacity=node.capacity,
+            namespace=self.namespace,
             num_workers=num_workers,
             # The package's own folder first: editable installs are found by a
             # site hook that the node's `python -S` does not run.
@@ -168,7 +170,8 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             entry = self.objects.entries.get(object_id)
             if entry is None or entry.payload is None or entry.payload[0] != "s":
                 return []
-            return list(entry.payload[1])
+            # A spilled copy is on its node's disk: still that node's copy.
+            return list(dict.fromkeys(object_store.node_of(location) for location in entry.payload[1]))
 
     def shutdown(self) -> None:
         with self.lock:
@@ -199,15 +202,20 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
     def on_messages(self, peer: Peer, messages: List[Any]) -> None:
         with self.lock:
             self._apply_driver_refs()
-            state = peer.state
-            for message in messages:
-                handler = _HANDLERS.get(message[0])
-                if handler is None:
-                    print(f"minicluster: unknown message {message[0]!r}", file=sys.stderr)
-                    continue
-                handler(self, peer, state, message)
-                state = peer.state
+            self._handle(peer, messages)
             self._flush()
+
+    def _handle(self, peer: Peer, messages: List[Any]) -> None:
+        state = peer.state
+        for message in messages:
+            if peer.closed:
+                break  # a handler dropped this peer (its worker was killed): the rest is stale
+            handler = _HANDLERS.get(message[0])
+            if handler is None:
+                print(f"minicluster: unknown message {message[0]!r}", file=sys.stderr)
+                continue
+            handler(self, peer, state, message)
+            state = peer.state
 
     def on_close(self, peer: Peer) -> None:
         with self.lock:
@@ -249,6 +257,8 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
                 node.pending_spawn -= 1  # died before it could connect
                 self._replenish(node)
             return
+        if worker.peer is not None:
+            self._handle(worker.peer, self.hub.drain(worker.peer))
         self._worker_died(worker, exitcode)
 
     # ---- workers ----

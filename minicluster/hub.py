@@ -312,6 +312,31 @@ class Hub:
         if notify and peer.handshake.done:
             self._guard(self.handler.on_close, peer)
 
+    def drain(self, peer: Peer) -> List[Any]:
+        """Everything a peer whose process has exited still left in its socket (hub thread only).
+
+        A worker's last messages (its final "done") can still be unread when the
+        node manager's exit report arrives on another socket; reading them first
+        keeps a finished task from being taken for one that died.
+        """
+        messages: List[Any] = []
+        if peer.closed or not peer.handshake.done:
+            return messages
+        while True:
+            try:
+                data = peer.sock.recv(RECV_BYTES)
+            except (BlockingIOError, InterruptedError, OSError):
+                break
+            if not data:
+                break
+            try:
+                frames = peer.decoder.feed(data)
+            except ProtocolError:
+                break
+            for frame in frames:
+                messages.extend(pickle.loads(frame))
+        return messages
+
     def close_peer(self, peer: Peer) -> None:
         """Drop a connection from the hub thread (for example: a worker we killed)."""
         self._close(peer, notify=False)

@@ -66,8 +66,11 @@ def task_of(object_id: bytes) -> bytes:
     return object_id[:24]
 
 
+NODE_ID_SIZE = 28
+
+
 def new_node_id() -> bytes:
-    return os.urandom(28)
+    return os.urandom(NODE_ID_SIZE)
 
 
 def new_worker_id() -> bytes:

@@ -102,7 +102,8 @@ class NodeManager:
         self.conn.sock.close()
         cfg = self.cfg
         layout = object_store.Layout(cfg["store_root"], cfg["spill_root"])
-        worker.worker_main(cfg["socket_path"], cfg["key"], worker_id, self.node_id, layout, cfg["capacity"], parent)
+        worker.worker_main(cfg["socket_path"], cfg["key"], worker_id, self.node_id, layout, cfg["capacity"],
+                           cfg["namespace"], parent)
 
     def reap(self) -> None:
         exits = []

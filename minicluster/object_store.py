@@ -19,7 +19,8 @@ Killing a node deletes its whole folder: that is how its objects are lost.
 Spilling: when a node's store is over capacity, the head moves objects to
 that node's spill folder on disk (`<session>/spill/<node id hex>/`). A copy's
 *location* is the node id for its shared-memory folder, or SPILL_MARK + node
-id for its spill folder; `Layout` maps a location to its folder. A reader
+id for its spill folder; `Layout` maps a location to its folder. The two are
+told apart by length, never by the first byte (a node id may start with it). A reader
 restores a spilled object by copying it into its own node's store (`fetch`).
 """
 
@@ -33,6 +34,7 @@ import shutil
 import threading
 from typing import Optional
 
+from .ids import NODE_ID_SIZE
 from .serialization import Serialized
 
 _TMP_SUFFIX = ".tmp-"
@@ -45,11 +47,11 @@ def spill_location(node_id: bytes) -> bytes:
 
 def node_of(location: bytes) -> bytes:
     """The node a location belongs to (a spilled copy is lost with its node too)."""
-    return location[1:] if location[:1] == SPILL_MARK else location
+    return location[1:] if is_spilled(location) else location
 
 
 def is_spilled(location: bytes) -> bool:
-    return location[:1] == SPILL_MARK
+    return len(location) == NODE_ID_SIZE + 1
 
 
 class Layout:
@@ -62,7 +64,7 @@ class Layout:
         self.spill_root = spill_root
 
     def dir_of(self, location: bytes) -> str:
-        if location[:1] == SPILL_MARK:
+        if is_spilled(location):
             return os.path.join(self.spill_root, location[1:].hex())
         return os.path.join(self.store_root, location.hex())
 

@@ -65,12 +65,14 @@ class TaskFlow:
         was_blocked, worker.blocked = worker.blocked, 0
         if task is not None:
             # The next pipelined task inherits the lease; the last one gives it back.
-            if queue:
-                if was_blocked:
-                    self.scheduler.acquire(worker.node.node_id, task.spec.resources)
-                queue[0].set_state("RUNNING", worker_id=worker.worker_id)
-            elif not was_blocked:
+            # An actor's creation task keeps it: _creation_done decides what the actor holds.
+            keeps_lease = bool(queue) or task.spec.task_type == ACTOR_CREATION_TASK
+            if keeps_lease and was_blocked:
+                self.scheduler.acquire(worker.node.node_id, task.spec.resources)
+            elif not keeps_lease and not was_blocked:
                 self.scheduler.release(worker.node.node_id, task.spec.resources)
+            if queue:
+                queue[0].set_state("RUNNING", worker_id=worker.worker_id)
             previous = self.durations.get(task.spec.function_id)
             took = end - start
             self.durations[task.spec.function_id] = took if previous is None else 0.8 * previous + 0.2 * took
@@ -91,6 +93,7 @@ class TaskFlow:
             task.record_times(start, end)
             self._task_reported(task, results, error_info, worker.node.node_id)
             if task.spec.task_type == ACTOR_CREATION_TASK and self._creation_done(task, worker, error_info):
+                self._schedule()
                 return  # the worker now belongs to the actor
         if not retire and not queue:
             self._worker_free(worker)
@@ -452,6 +455,8 @@ class TaskFlow:
 
     def _close_task(self, task: TaskRecord, state: str, error_type: Optional[str], message: Optional[str]) -> None:
         task.close(state, error_type, message)
+        if task.spec.task_type == ACTOR_CREATION_TASK and state == "FAILED":
+            self._creation_failed(task, error_type, message)
         self.tasks.pop(task.spec.task_id, None)
         if not task.in_history:  # a rebuilt task is already there, with its new attempts
             task.in_history = True

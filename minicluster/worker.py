@@ -56,6 +56,7 @@ class WorkerClient(RuntimeClient):
         self.node_id = node_id
         self.layout = layout
         self.capacity = capacity  #: this node's store size; a larger value cannot be stored
+        self.namespace = "default"  #: the job's namespace (for named actors)
         self.refs = LocalRefCounter(on_first=self._on_first_ref)
         self._adds: List[bytes] = []
         self._delta_lock = threading.Lock()
@@ -343,6 +344,7 @@ class Worker:
             return getattr(self.actor, call.method)
         fn = self._function(call.function_id)
         if call.task_type == ACTOR_CREATION_TASK:
+            self.client.current_actor_id = call.actor_id
             return lambda *args, **kwargs: self._create_actor(fn, call.actor_config, args, kwargs)
         return fn
 
@@ -530,7 +532,7 @@ def _set_parent_death_signal() -> None:
 
 
 def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, layout: object_store.Layout,
-                capacity: int, parent_pid: int) -> None:
+                capacity: int, namespace: str, parent_pid: int) -> None:
     """Entry point of a freshly forked worker; never returns."""
     _set_parent_death_signal()
     if os.getppid() != parent_pid:
@@ -538,6 +540,7 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
     try:
         conn = Connection.connect(socket_path, key)
         client = WorkerClient(conn, worker_id, node_id, layout, capacity)
+        client.namespace = namespace
         set_counter(client.refs)
         context.set_client(client, is_worker=True)
         conn.send(("worker_hello", worker_id, node_id, os.getpid()))
