@@ -1,0 +1,322 @@
+"""`minicluster.cluster_utils.Cluster`: Ray's multi-node test helper, so Ray tests port by changing an import.
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    node = cluster.add_node(num_cpus=1, resources={"custom": 1})
+    ray.init(address=cluster.address)      # or cluster.connect()
+    cluster.remove_node(node, allow_graceful=False)
+    cluster.shutdown()
+
+The `make_cluster` fixture shuts every Cluster down at teardown, even when the
+test fails, and then checks that none of its processes and none of its store
+folders outlived it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+from conftest import wait_for
+
+import minicluster as ray
+from minicluster import context, testing
+from minicluster import exceptions as rex
+from minicluster.cluster_utils import Cluster
+from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _cluster_pids(cluster: Cluster) -> list[int]:
+    head = cluster._client.head  # the leak check looks at the session's own records, as conftest does
+    with head.lock:
+        pids = [n.pid for n in head.nodes.values() if n.pid]
+        pids += [w.pid for n in head.nodes.values() for w in n.workers.values()]
+    return pids
+
+
+@pytest.fixture
+def make_cluster() -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(**kwargs: Any) -> Cluster:
+        kwargs.setdefault("shutdown_at_exit", False)
+        cluster = Cluster(**kwargs)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    pids: list[int] = []
+    stores: list[str] = []
+    for cluster in made:
+        pids += _cluster_pids(cluster)
+        stores.append(cluster._client.store_root)
+    try:
+        if ray.is_initialized():
+            ray.shutdown()
+    finally:
+        for cluster in made:
+            cluster.shutdown()
+    wait_for(lambda: not [p for p in pids if _alive(p)], timeout=3.0,
+             what=f"cluster processes to exit: {[p for p in pids if _alive(p)]}")
+    for store in stores:
+        assert not os.path.exists(store), f"store folder left behind: {store}"
+
+
+@ray.remote
+def where_am_i():
+    return ray.get_runtime_context().get_node_id()
+
+
+def node_info(node_id: str) -> dict:
+    return next(n for n in ray.nodes() if n["NodeID"] == node_id)
+
+
+# ---- building and attaching ---------------------------------------------------------------------
+
+
+def test_head_and_worker_nodes_attach_and_run_tasks(make_cluster):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    assert not ray.is_initialized()  # building a cluster does not connect this process
+    ray.init(address=cluster.address)
+    assert ray.is_initialized()
+    head = cluster.head_node
+    assert [n.node_id for n in cluster.list_all_nodes()] == [head.node_id, worker.node_id]
+    assert worker in cluster.worker_nodes
+    assert {n["NodeID"] for n in ray.nodes()} == {head.node_id, worker.node_id}
+    assert all(n["Alive"] for n in ray.nodes())
+    assert ray.cluster_resources()["CPU"] == 2
+    for node in (head, worker):
+        strategy = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+        assert ray.get(where_am_i.options(scheduling_strategy=strategy).remote(), timeout=10) == node.node_id
+
+
+def test_connect_makes_the_cluster_this_processes_session(make_cluster):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.connect()
+    assert ray.is_initialized()
+    assert ray.get(where_am_i.remote(), timeout=10) == cluster.head_node.node_id
+
+
+def test_constructor_can_connect(make_cluster):
+    cluster = make_cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1})
+    assert ray.is_initialized()
+    assert [n["NodeID"] for n in ray.nodes()] == [cluster.head_node.node_id]
+
+
+def test_init_with_address_auto_finds_the_cluster(make_cluster):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    ray.init(address="auto")
+    assert [n["NodeID"] for n in ray.nodes()] == [cluster.head_node.node_id]
+
+
+def test_first_added_node_is_the_head_like_rays_fixture(make_cluster):
+    """Ray's `ray_start_cluster` fixture makes Cluster() and adds the head with add_node."""
+    cluster = make_cluster()
+    head = cluster.add_node(num_cpus=1)
+    other = cluster.add_node(num_cpus=1)
+    assert cluster.head_node is head
+    assert cluster.worker_nodes == {other}
+    ray.init(address=cluster.address)
+    assert len(ray.nodes()) == 2
+
+
+def test_custom_resources_of_added_nodes(make_cluster):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    special = cluster.add_node(num_cpus=1, resources={"special": 2})
+    ray.init(address=cluster.address)
+    assert ray.cluster_resources()["special"] == 2
+    assert node_info(special.node_id)["Resources"]["special"] == 2
+    refs = [where_am_i.options(resources={"special": 1}).remote() for _ in range(4)]
+    assert ray.get(refs, timeout=10) == [special.node_id] * 4
+
+
+def test_nodes_added_after_connecting_are_used(make_cluster):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    ray.init(address=cluster.address)
+    late = cluster.add_node(num_cpus=1, resources={"late": 1})
+    cluster.wait_for_nodes()
+    assert ray.get(where_am_i.options(resources={"late": 1}).remote(), timeout=10) == late.node_id
+    assert late.node_id in testing.live_nodes()
+
+
+def test_a_second_session_while_connected_is_refused(make_cluster):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    ray.init(address=cluster.address)
+    with pytest.raises(RuntimeError):
+        make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    assert ray.get(where_am_i.remote(), timeout=10) == cluster.head_node.node_id
+
+
+def test_init_with_an_unknown_cluster_address_fails_clearly(make_cluster):
+    make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    with pytest.raises(ConnectionError):
+        ray.init(address="minicluster:///no/such/session")
+    assert not ray.is_initialized()
+
+
+# ---- removing nodes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("graceful", [True, False])
+def test_remove_node_kills_it_like_a_machine_failure(make_cluster, graceful):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    victim = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    pids = [node_info(victim.node_id)["Pid"]] + testing.worker_pids(victim.node_id)
+    store = os.path.join(context.current().store_root, victim.node_id)
+    assert victim.any_processes_alive()
+    cluster.remove_node(victim, allow_graceful=graceful)
+    wait_for(lambda: node_info(victim.node_id)["Alive"] is False, timeout=1.0, what="the node to be reported dead")
+    assert node_info(victim.node_id)["DeathReason"]
+    assert not victim.any_processes_alive()
+    wait_for(lambda: not any(_alive(p) for p in pids), timeout=1.0, what="the removed node's processes to exit")
+    wait_for(lambda: not os.path.exists(store), timeout=1.0, what="the removed node's store folder to go")
+    cluster.wait_for_nodes(timeout=5)  # a dead node does not make it wait or fail
+    assert cluster.list_all_nodes() == [cluster.head_node]
+    assert ray.cluster_resources()["CPU"] == 1
+    assert ray.get(where_am_i.remote(), timeout=10) == cluster.head_node.node_id
+
+
+def test_task_pinned_to_a_removed_node_is_unschedulable(make_cluster):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    victim = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    cluster.remove_node(victim)
+    hard = NodeAffinitySchedulingStrategy(victim.node_id, soft=False)
+    with pytest.raises(rex.TaskUnschedulableError):
+        ray.get(where_am_i.options(scheduling_strategy=hard).remote(), timeout=10)
+    soft = NodeAffinitySchedulingStrategy(victim.node_id, soft=True)
+    assert ray.get(where_am_i.options(scheduling_strategy=soft).remote(), timeout=10) == cluster.head_node.node_id
+
+
+def test_running_task_on_a_removed_node_is_retried_on_a_new_node(make_cluster, tmp_path):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    victim = cluster.add_node(num_cpus=1, resources={"pool": 1})
+    ray.init(address=cluster.address)
+    log, release = str(tmp_path / "log"), str(tmp_path / "release")
+
+    @ray.remote(resources={"pool": 1})
+    def gated(log, release):
+        with open(log, "a") as f:
+            f.write(ray.get_runtime_context().get_node_id() + "\n")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return ray.get_runtime_context().get_node_id()
+
+    ref = gated.remote(log, release)
+    # The file exists as soon as it is opened; its line is there once it is closed.
+    wait_for(lambda: os.path.exists(log) and open(log).read().endswith("\n"), timeout=10, what="the task to start")
+    cluster.remove_node(victim, allow_graceful=False)
+    replacement = cluster.add_node(num_cpus=1, resources={"pool": 1})
+    open(release, "w").close()
+    assert ray.get(ref, timeout=10) == replacement.node_id
+    with open(log) as f:
+        assert f.read().split() == [victim.node_id, replacement.node_id]
+
+
+def test_removing_the_head_node_leaves_the_driver_working(make_cluster):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    other = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    cluster.remove_node(cluster.head_node)
+    assert cluster.head_node is None
+    assert ray.get(where_am_i.remote(), timeout=10) == other.node_id
+    ref = ray.put(np.ones(200_000))
+    assert testing.object_locations(ref) == [other.node_id]
+
+
+# ---- a Ray test, ported by changing the import ----------------------------------------------
+
+
+@pytest.mark.parametrize("reconstruction_enabled", [False, True])
+def test_basic_reconstruction_ported_from_ray(make_cluster, reconstruction_enabled):
+    """Ray's python/ray/tests/test_reconstruction.py::test_basic_reconstruction, nearly verbatim."""
+    cluster = make_cluster()
+    # Head node with no resources.
+    cluster.add_node(num_cpus=0, _system_config={"object_timeout_milliseconds": 200},
+                     enable_object_reconstruction=True)
+    ray.init(address=cluster.address)
+    # Node to place the initial object.
+    node_to_kill = cluster.add_node(num_cpus=1, resources={"node1": 1}, object_store_memory=10**8)
+    cluster.add_node(num_cpus=1, resources={"node2": 1}, object_store_memory=10**8)
+    cluster.wait_for_nodes()
+
+    @ray.remote(max_retries=1 if reconstruction_enabled else 0)
+    def large_object():
+        return np.zeros(10**7, dtype=np.uint8)
+
+    @ray.remote
+    def dependent_task(x):
+        return
+
+    obj = large_object.options(resources={"node1": 1}).remote()
+    ray.get(dependent_task.options(resources={"node1": 1}).remote(obj))
+
+    cluster.remove_node(node_to_kill, allow_graceful=False)
+    node_to_kill = cluster.add_node(num_cpus=1, resources={"node1": 1}, object_store_memory=10**8)
+
+    if reconstruction_enabled:
+        ray.get(dependent_task.remote(obj))
+    else:
+        with pytest.raises(ray.exceptions.RayTaskError):
+            ray.get(dependent_task.remote(obj))
+        with pytest.raises(ray.exceptions.ObjectLostError):
+            ray.get(obj)
+
+
+# ---- shutting down -----------------------------------------------------------------------------
+
+
+def test_shutdown_stops_every_process_and_removes_the_stores(make_cluster):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    assert ray.get([where_am_i.remote() for _ in range(3)], timeout=10)
+    pids = _cluster_pids(cluster)
+    store_root = context.current().store_root
+    assert len(pids) >= 6 and all(_alive(p) for p in pids)
+    cluster.shutdown()
+    assert not ray.is_initialized()
+    wait_for(lambda: not any(_alive(p) for p in pids), timeout=2.0, what="every cluster process to exit")
+    wait_for(lambda: not os.path.exists(store_root), timeout=1.0, what="the store folders to go")
+    cluster.shutdown()  # twice is harmless
+    # The process can start a new session afterwards.
+    ray.init(num_cpus=1)
+    assert ray.get(where_am_i.remote(), timeout=10) in testing.live_nodes()
+    ray.shutdown()
+
+
+def test_shutdown_of_a_cluster_never_connected(make_cluster):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    pids = _cluster_pids(cluster)
+    cluster.shutdown()
+    wait_for(lambda: not any(_alive(p) for p in pids), timeout=2.0, what="every cluster process to exit")
+
+
+def test_driver_can_disconnect_and_reconnect(make_cluster):
+    """In Ray, ray.shutdown() disconnects the driver; the Cluster runs on until cluster.shutdown()."""
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    assert ray.get(where_am_i.remote(), timeout=10)
+    ray.shutdown()
+    assert worker.any_processes_alive()
+    ray.init(address=cluster.address)
+    assert {n["NodeID"] for n in ray.nodes() if n["Alive"]} == {cluster.head_node.node_id, worker.node_id}
+    assert ray.get(where_am_i.remote(), timeout=10)
