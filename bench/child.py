@@ -78,6 +78,35 @@ def _bind_step(h: systems.Handle, step: tuple[str, ...], r: Reps) -> Callable[[]
     return lambda: workloads.run_warm_step(h, step, r)
 
 
+def _bind_actor(name: str, h: systems.Handle, r: Reps) -> Callable[[], dict[str, Record]]:
+    return lambda: {name: workloads.ACTOR_BENCHES[name](h.rt, r)}
+
+
+def run_cluster_group(res: Results, system: str, names: list[str], r: Reps) -> None:
+    """The ``cluster`` group: one Cluster, the benchmarks in order, each saved when done."""
+
+    def emit(name: str, record: Record) -> None:
+        res.records[name] = record
+        if name == "cluster_start":
+            res.meta.update(version=record["extra"].get("version"), origin=record["extra"].get("origin"))
+        res.save()
+
+    all_names = ("cluster_start", "add_node", "footprint2", "reconstruct", "chain100")
+    try:
+        workloads.run_cluster(system, r, names, emit)
+    except systems.Unavailable as e:
+        for n in all_names:
+            res.records.setdefault(n, na(str(e)))
+    except Exception as e:  # the steps depend on each other: what did not finish becomes n/a
+        traceback.print_exc()
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        for n in all_names:
+            res.records.setdefault(n, na(f"{type(e).__name__}: {msg}"[:200],
+                                         traceback=traceback.format_exc()))
+    res.records = {k: v for k, v in res.records.items() if k in names}
+    res.save()
+
+
 def main(argv: list[str]) -> int:
     args = _parse(argv)
     system, out = args["system"], args["out"]
@@ -102,6 +131,10 @@ def main(argv: list[str]) -> int:
         res.save()
         return 0
 
+    if group == "cluster":
+        run_cluster_group(res, system, names, r)
+        return 0
+
     try:
         h = systems.start(system, "warm")
     except systems.Unavailable as e:
@@ -123,6 +156,18 @@ def main(argv: list[str]) -> int:
                 res.guarded(("retry",), lambda: {"retry": workloads.pool_retry(h, r)})
         elif group == "footprint":
             res.guarded(("footprint",), lambda: {"footprint": workloads.footprint(h)})
+        elif group == "lineage":
+            rt = h.rt
+            if rt is None:
+                raise SystemExit("lineage_mem needs a Ray-like system")
+            res.guarded(("lineage_mem",),
+                        lambda: {"lineage_mem": workloads.rl_lineage_mem(system, rt, r)})
+        elif group == "actors":
+            if h.rt is None:
+                raise SystemExit("the actor benchmarks need a Ray-like system")
+            for n in workloads.ACTOR_BENCHES:
+                if n in names:
+                    res.guarded((n,), _bind_actor(n, h, r))
     finally:
         t0 = time.perf_counter()
         try:

@@ -18,10 +18,12 @@ from typing import Any
 
 from bench.specs import BY_NAME, Bench
 from bench.systems import describe
+from bench.workloads import median
 
 Record = dict[str, Any]
 VERSIONED = ["minicluster", "ray", "numpy", "pyarrow", "cloudpickle", "psutil"]
 NA_WIDTH = 30  # longest n/a reason shown inside a table cell; full text goes to the notes
+RECONSTRUCT_SLACK_MS = 50.0  # [reconstruct] target: 50 ms plus the task's normal run time
 
 
 class Report:
@@ -95,8 +97,11 @@ def package_versions() -> dict[str, str]:
 def configs(systems: list[str]) -> dict[str, dict[str, str]]:
     return {
         "start, shutdown (4 worker slots)": {s: describe(s, "start") for s in systems},
-        "throughput, roundtrip, put, get, arg, retry, footprint (2 worker slots)":
-            {s: describe(s, "warm") for s in systems},
+        "throughput, bookkeeping, roundtrip, put, get, arg, retry, footprint, actor_* "
+        "(2 worker slots)": {s: describe(s, "warm") for s in systems},
+        "cluster_start, add_node, footprint2, reconstruct, chain100 (one Cluster per system)":
+            {s: describe(s, "cluster") for s in systems},
+        "lineage_mem (2 worker slots, lineage capped)": {s: describe(s, "lineage") for s in systems},
     }
 
 
@@ -132,10 +137,21 @@ def cell(bench: str, rec: Record | None) -> str:
     v = float(rec["value"])
     x = rec.get("extra", {})
     unit = BY_NAME[bench].unit
-    if bench in ("roundtrip", "pipe"):
+    if bench in ("roundtrip", "pipe", "actor_call"):
         return f"{_num(v)} us (p90 {_num(float(x['p90']))})"
-    if bench == "throughput":
+    if bench in ("throughput", "actor_async"):
         return f"{v:,.0f}/s"
+    if bench == "bookkeeping":
+        med = x.get("median_rates", {})
+        return (f"{v:+.0f}% ({med.get('ref_arg_kept', 0):,.0f}/s vs plain "
+                f"{med.get('plain', 0):,.0f}/s)")
+    if bench == "reconstruct":
+        return (f"{_num(v)} ms (remove_node {_num(median(x['remove_ms']))} ms; normal run "
+                f"{_num(float(x['normal_ms']))} ms)")
+    if bench == "lineage_mem":
+        return f"+{_num(v)} MB ({x.get('tasks', 0):,} tasks)"
+    if bench == "footprint2":
+        return f"{_num(v)} MB ({x.get('nprocs', '?')} procs)"
     if bench == "get":
         return f"{_num(v)} ms, {'read-only' if x.get('readonly') else 'WRITABLE'}"
     if bench == "retry":
@@ -152,7 +168,7 @@ def ratio(bench: Bench, mc: Record | None, peer: Record | None) -> str:
     if not mc or not peer or not mc["ok"] or not peer["ok"]:
         return "-"
     m, p = float(mc["value"]), float(peer["value"])
-    if m <= 0 or p <= 0:
+    if bench.unit == "%" or m <= 0 or p <= 0:  # a percentage cost has no meaningful ratio
         return "-"
     r = m / p if bench.higher_is_better else p / m
     return f"{r:,.1f}x" if r < 100 else f"{r:,.0f}x"
@@ -162,12 +178,18 @@ def target(report: Report, bench: Bench) -> str:
     """Target text plus, when minicluster was measured, MET / MISSED."""
     text = bench.target_text
     limit = bench.target
+    mc = report.record(bench.name, "minicluster")
     if bench.name == "put":
         mem = report.record("memcpy", "baseline")
         if mem and mem["ok"]:
             limit = 2 * float(mem["value"])
             text = f"<= 2x memcpy = {_num(limit)} ms"
-    mc = report.record(bench.name, "minicluster")
+    if bench.name == "reconstruct" and mc and mc["ok"]:
+        limit = RECONSTRUCT_SLACK_MS + float(mc["extra"]["normal_ms"])
+        text = f"<= 50 ms + task run = {_num(limit)} ms"
+    if bench.name == "lineage_mem" and mc and mc["ok"] and "cap_mb" in mc["extra"]:
+        limit = float(mc["extra"]["cap_mb"])
+        text = f"<= cap ({_num(limit)} MB)"
     if "minicluster" not in report.systems or limit is None or not mc or not mc["ok"]:
         return text
     v = float(mc["value"])
@@ -237,11 +259,116 @@ def details(report: Report) -> list[str]:
         elif ag and ag["ok"] and "by_value_error" in ag["extra"]:
             out.append(f"arg {s}: the array itself as the argument failed: "
                        f"{ag['extra']['by_value_error'][:200]}")
+    out += _recovery_details(report)
+    out += _actor_details(report)
     for s in report.systems:
         tp = report.record("throughput", s)
         if tp and tp["ok"]:
             runs = ", ".join(f"{v:,.0f}" for v in tp["extra"]["runs"])
             out.append(f"throughput {s}: {tp['extra']['tasks']:,} tasks per run, runs {runs} tasks/s")
+    return out
+
+
+def _ms(values: list[float]) -> str:
+    return ", ".join(_num(v) for v in values)
+
+
+def _recovery_details(report: Report) -> list[str]:
+    out: list[str] = []
+    for s in report.systems:
+        cs = report.record("cluster_start", s)
+        if cs and cs["ok"]:
+            x = cs["extra"]
+            out.append(f"cluster_start {s}: Cluster(head) {_num(float(x['cluster_s']))} s, "
+                       f"init(address) {_num(float(x['init_s']))} s, first task "
+                       f"{_num(float(x['first_task_s']))} s")
+    for s in report.systems:
+        an = report.record("add_node", s)
+        if an and an["ok"]:
+            x = an["extra"]
+            out.append(f"add_node {s}: runs {_ms(x['runs'])} s; then the first task pinned to the "
+                       f"new node took {_ms(x['first_task_s'])} s")
+    for s in report.systems:
+        fp = report.record("footprint2", s)
+        if fp and fp["ok"]:
+            procs = ", ".join(f"{k} x{v}" for k, v in fp["extra"].get("processes", {}).items())
+            out.append(f"footprint2 {s}: PSS {_num(float(fp['value']))} MB, RSS sum "
+                       f"{_num(float(fp['extra']['rss_mb']))} MB; {procs}")
+    for s in report.systems:
+        rc = report.record("reconstruct", s)
+        if rc and rc["ok"]:
+            x = rc["extra"]
+            out.append(f"reconstruct {s}: get after remove_node {_ms(x['runs'])} ms (remove_node "
+                       f"itself {_ms(x['remove_ms'])} ms); the same task normally (submit to "
+                       f"result, on the head) {_ms(x['normal_runs'][1:])} ms after a warm-up of "
+                       f"{_num(x['normal_runs'][0])} ms; copies before the removal (as the "
+                       f"system reported them): {', '.join(x.get('copies', []))}")
+    for s in report.systems:
+        ch = report.record("chain100", s)
+        if ch and ch["ok"]:
+            x = ch["extra"]
+            out.append(f"chain100 {s}: building the chain of {x['tasks']} took "
+                       f"{_num(float(x['build_ms']))} ms; rebuilding it {_num(float(ch['value']))} ms; "
+                       f"copies of the last result before the removal: {x.get('copies')}")
+    for s in report.systems:
+        bk = report.record("bookkeeping", s)
+        if bk and bk["ok"]:
+            x = bk["extra"]
+            med = x["median_rates"]
+            out.append(f"bookkeeping {s}: {x['tasks']:,} tasks per run, median tasks/s: plain "
+                       f"{med['plain']:,.0f}, with a ref argument {med['ref_arg']:,.0f} "
+                       f"({x['ref_arg_cost_pct']:+.0f}%), with a ref argument and every ref kept "
+                       f"{med['ref_arg_kept']:,.0f} ({float(bk['value']):+.0f}%; "
+                       f"{x['kept_refs']:,} refs kept at the end)")
+    for s in report.systems:
+        lm = report.record("lineage_mem", s)
+        if lm and lm["ok"]:
+            x = lm["extra"]
+            out.append(f"lineage_mem {s}: driver RSS {_num(float(x['base_rss_mb']))} MB after warm-up; "
+                       f"lineage cap {_num(float(x['cap_mb']))} MB")
+            for phase, what in (("plain", "independent tasks, last batch's refs kept"),
+                                ("dependent", "dependent tasks (each takes the previous batch's "
+                                              "ref), last batch's refs kept")):
+                ph = x[phase]
+                curve = ", ".join(f"{n // 1000:,}k {mb:+.0f}" for n, mb in ph["samples"])
+                inner = _internals(x.get(f"internals_after_{phase}", {}))
+                out.append(f"lineage_mem {s}, {ph['tasks']:,} {what}: {ph['rate']:,.0f} tasks/s "
+                           f"({_num(float(ph['elapsed_s']))} s); RSS growth over the baseline (MB) "
+                           f"by tasks done: {curve}; at the end {ph['end_mb']:+.0f} MB, "
+                           f"{ph['second_half_mb']:+.0f} MB of it in the second half"
+                           + (f"; then {inner}" if inner else ""))
+    return out
+
+
+def _internals(x: dict[str, Any]) -> str:
+    """minicluster's own counts (lineage records and bytes, remembered ids, task history)."""
+    keys = ("lineage_records", "lineage_bytes_mb", "evicted_ids_remembered", "task_history",
+            "freed_ids_remembered", "object_entries")
+    parts = [f"{k} {x[k]:,.1f}" if isinstance(x[k], float) else f"{k} {x[k]:,}" for k in keys if k in x]
+    if "internals_error" in x:
+        parts.append(f"internals unreadable: {x['internals_error']}")
+    return ", ".join(parts)
+
+
+def _actor_details(report: Report) -> list[str]:
+    out: list[str] = []
+    for s in report.systems:
+        ac = report.record("actor_create", s)
+        if ac and ac["ok"]:
+            out.append(f"actor_create {s}: runs {_ms(ac['extra']['runs'])} ms")
+    for s in report.systems:
+        aa = report.record("actor_async", s)
+        if aa and aa["ok"]:
+            runs = ", ".join(f"{v:,.0f}" for v in aa["extra"]["runs"])
+            out.append(f"actor_async {s}: {aa['extra']['calls']:,} calls per run, runs {runs} calls/s")
+    for s in report.systems:
+        ar = report.record("actor_restart", s)
+        if ar and ar["ok"]:
+            x = ar["extra"]
+            errs = ", ".join(sorted(set(x["crash_errors"])))
+            out.append(f"actor_restart {s}: crash to answered ping {_ms(x['runs'])} ms; the crashing "
+                       f"call failed after {_ms(x['crash_call_ms'])} ms with {errs}; pings refused "
+                       f"while restarting: {x['failed_pings']}")
     return out
 
 

@@ -65,7 +65,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    + ",".join(b.name for b in specs.BENCHES))
     p.add_argument("--systems", default=",".join(systems.SYSTEMS),
                    help="comma-separated systems (default: all of %(default)s)")
-    p.add_argument("--quick", action="store_true", help="fewer repetitions (about 1 minute on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (about 3 minutes on 2 cores)")
     p.add_argument("--json", metavar="FILE", help="also write raw numbers as JSON")
     p.add_argument("--markdown", metavar="FILE", help="also write the report as Markdown")
     p.add_argument("--isolate", action="store_true",
@@ -90,7 +90,11 @@ def plan(benches: list[str], system_names: list[str], isolate: bool) -> tuple[li
             chunks = [[n for n in step if n in names] for step in WARM_STEPS]
             chunks = [c for c in chunks if c]
         for s in system_names:
-            jobs += [Job(s, group, c) for c in chunks]
+            for c in chunks:
+                # No subprocess for a job whose every cell is n/a by design (main fills them).
+                todo = [b for b in c if (s, b) not in specs.NOT_APPLICABLE]
+                if todo:
+                    jobs.append(Job(s, group, todo))
     return jobs, baselines
 
 
@@ -107,11 +111,20 @@ def ray_processes() -> dict[int, str]:
     return out
 
 
-def child_env(system: str) -> dict[str, str]:
+def child_env(system: str, group: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(x for x in [str(ROOT), env.get("PYTHONPATH", "")] if x)
     env.update(systems.CHILD_ENV.get(system, {}))
+    env.update(systems.GROUP_ENV.get((system, group), {}))
     return env
+
+
+def not_applicable(system: str, bench: str) -> dict[str, Any] | None:
+    """The n/a record of a cell that is n/a by design (specs.NOT_APPLICABLE), else None."""
+    why = specs.NOT_APPLICABLE.get((system, bench))
+    if why is None:
+        return None
+    return {"ok": False, "reason": why[0], "extra": {"detail": why[1]}}
 
 
 def run_job(job: Job, quick: bool, logs: Path, index: int) -> tuple[dict[str, Any], list[str], bool]:
@@ -121,7 +134,7 @@ def run_job(job: Job, quick: bool, logs: Path, index: int) -> tuple[dict[str, An
     argv = ["-m", "bench.child", "--system", job.system, "--benches", ",".join(job.benches),
             "--out", str(out)] + (["--quick"] if quick else [])
     timeout = specs.TIMEOUTS[job.group][0 if quick else 1]
-    outcome = procs.run_child(argv, cwd=ROOT, env=child_env(job.system), timeout_s=timeout,
+    outcome = procs.run_child(argv, cwd=ROOT, env=child_env(job.system, job.group), timeout_s=timeout,
                               log_path=log)
     data: dict[str, Any] = {}
     try:
@@ -173,6 +186,12 @@ def main(argv: list[str]) -> int:
         rep.notes.append(f"{len(foreign_ray)} Ray process(es) of someone else were running at start "
                          f"(left alone; they share the machine): pids "
                          + ", ".join(str(pid) for pid in sorted(foreign_ray)))
+
+    for b in selected:
+        for s in system_names:
+            rec = not_applicable(s, b)
+            if rec is not None:
+                rep.results.setdefault(b, {})[s] = rec
 
     logs = Path(tempfile.mkdtemp(prefix="minicluster-bench-logs-"))
     t_start = time.monotonic()

@@ -8,10 +8,18 @@ project's 2-core / 24 GiB machine when the performance targets were set.
 Measurement groups (each group of one system is one fresh subprocess):
 
 - ``start``     [start], [shutdown]   (start-up configuration: 4 worker slots)
-- ``warm``      [throughput], [roundtrip], [put], [get], [arg]   (2 worker slots)
+- ``warm``      [throughput], [bookkeeping], [roundtrip], [put], [get], [arg]   (2 worker slots)
 - ``retry``     [retry]               (2 worker slots, own process: it kills a worker)
 - ``footprint`` [footprint]           (2 worker slots, own process: nothing else ran)
+- ``cluster``   [cluster_start], [add_node], [footprint2], [reconstruct], [chain100]
+                (the Cluster helper: a 1-CPU head plus 1-CPU worker nodes, added and removed)
+- ``lineage``   [lineage_mem]         (2 worker slots, own process, lineage capped at 20 MiB)
+- ``actors``    [actor_create], [actor_call], [actor_async], [actor_restart]   (2 worker slots)
 - ``baseline``  [pipe], [memcpy]      system-independent, run once
+
+[bookkeeping] belongs to ``warm``. ProcessPoolExecutor / Pool have no nodes, object refs,
+lineage or actors: their cells in those rows are n/a by design (``NOT_APPLICABLE``) and no
+subprocess is started for them.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ class Bench(NamedTuple):
     target_text: str
     ray_ref: str  # Ray on the 2-core machine, as measured when the targets were set
 
+
+# [lineage_mem]: the lineage cap given to minicluster (MINICLUSTER_max_lineage_bytes).
+LINEAGE_CAP_BYTES = 20 * 2**20
 
 BENCHES: list[Bench] = [
     # Ray: 7.5 s from `import ray` to the first result (init with 4 CPUs). Target <= 0.3 s.
@@ -56,6 +67,43 @@ BENCHES: list[Bench] = [
     # Ray: several hundred MB (driver + raylet + gcs + agents + workers). Target <= 60 MB.
     Bench("footprint", "footprint", "idle PSS, driver + all children", "MB", False, 60.0,
           "<= 60 MB", "several 100 MB"),
+    # ---- recovery (node failures, lineage reconstruction); the Cluster helper of each system.
+    # Ray: Cluster(initialize_head=True, head_node_args={"num_cpus": 1}) in 3.9 s. No target.
+    Bench("cluster_start", "cluster", "Cluster(head) + init(address) + 1st task", "s", False, None,
+          "-", "3.9 s"),
+    # Ray: add_node(num_cpus=1) 1.1-2.2 s. Target <= 0.1 s.
+    Bench("add_node", "cluster", "Cluster.add_node(num_cpus=1)", "s", False, 0.1, "<= 0.1 s",
+          "1.1-2.2 s"),
+    # Ray: 171 ms for the get after removing the node with the only copy. Target: node death
+    # noticed and the object rebuilt within 50 ms plus the task's own run time.
+    Bench("reconstruct", "cluster", "get after remove_node (8 MB result lost)", "ms", False, None,
+          "<= 50 ms + task run", "171 ms"),
+    # Ray: not given. Target: 100 lost chained objects rebuilt in under 1 s.
+    Bench("chain100", "cluster", "get last of 100 lost chained objects", "ms", False, 1000.0,
+          "< 1 s", "-"),
+    # Target: reference counting + lineage bookkeeping cost <= 10% of tiny-task throughput.
+    Bench("bookkeeping", "warm", "tiny tasks: ref arg + lineage kept, cost", "%", False, 10.0,
+          "<= 10% slower", "-"),
+    # Target: lineage stays within max_lineage_bytes (20 MiB here) over 1,000,000 tiny tasks.
+    Bench("lineage_mem", "lineage", "driver RSS growth over 1M tiny tasks", "MB", False,
+          LINEAGE_CAP_BYTES / 2**20, "<= cap (20 MB)", "-"),
+    # Ray: an idle 2-node Ray cluster uses about 745 MB PSS. No target.
+    Bench("footprint2", "cluster", "idle PSS, 2-node Cluster, all processes", "MB", False, None,
+          "-", "745 MB"),
+    # ---- actors
+    # Ray: 0.67 s. Target <= 20 ms on a warm node.
+    Bench("actor_create", "actors", "Cls.remote() + first ping answered", "ms", False, 20.0,
+          "<= 20 ms", "0.67 s"),
+    # Ray: 815 us (1,200 calls/s). Target <= 200 us.
+    Bench("actor_call", "actors", "sync round trip get(a.ping.remote())", "us", False, 200.0,
+          "<= 200 us", "815 us"),
+    # Ray: 2,600-4,000 calls/s. Target >= 15,000/s.
+    Bench("actor_async", "actors", "async def method calls (submit all, get all)", "calls/s", True,
+          15_000.0, ">= 15,000/s", "2,600-4,000/s"),
+    # Ray: not given. Target <= 100 ms from the crash to an answered call.
+    Bench("actor_restart", "actors", "os._exit in a method -> restarted, answers", "ms", False,
+          100.0, "<= 100 ms", "-"),
+    # ---- system-independent baselines
     # Raw multiprocessing.Pipe ping-pong between two processes: about 52 us.
     Bench("pipe", "baseline", "mp.Pipe ping-pong (baseline)", "us", False, None, "-", "~52 us"),
     # np.copyto of 100 MB into an already-touched buffer: about 8.7 ms.
@@ -65,7 +113,27 @@ BENCHES: list[Bench] = [
 BY_NAME: dict[str, Bench] = {b.name: b for b in BENCHES}
 SYSTEM_BENCHES: list[str] = [b.name for b in BENCHES if b.group != "baseline"]
 BASELINE_BENCHES: list[str] = [b.name for b in BENCHES if b.group == "baseline"]
-GROUPS: list[str] = ["start", "warm", "retry", "footprint"]
+GROUPS: list[str] = ["start", "warm", "retry", "footprint", "cluster", "lineage", "actors"]
+
+# Cells that are n/a by design: (system, benchmark) -> (short reason for the cell, detail).
+_NO_NODES = ("no nodes (one local pool)", "a process pool is one machine's workers: no nodes to "
+             "add, remove or lose")
+_NO_LINEAGE = ("no nodes, no lineage", "a pool has no object store and keeps no lineage: a lost "
+               "result is gone, nothing rebuilds it")
+_NO_REFS = ("no object refs / lineage", "pool tasks take values, not refs; nothing is kept to "
+            "rebuild results")
+_NO_ACTORS = ("no actors (stateless pool)", "a pool has no stateful workers addressable by handle")
+NOT_APPLICABLE: dict[tuple[str, str], tuple[str, str]] = {}
+for _pool in ("ppe", "mp"):
+    NOT_APPLICABLE.update({(_pool, b): _NO_NODES for b in ("cluster_start", "add_node", "footprint2")})
+    NOT_APPLICABLE.update({(_pool, b): _NO_LINEAGE for b in ("reconstruct", "chain100", "lineage_mem")})
+    NOT_APPLICABLE[(_pool, "bookkeeping")] = _NO_REFS
+    NOT_APPLICABLE.update({(_pool, b): _NO_ACTORS
+                           for b in ("actor_create", "actor_call", "actor_async", "actor_restart")})
+NOT_APPLICABLE[("ray", "lineage_mem")] = (
+    "skipped: too slow for Ray",
+    "skipped on purpose: 1,060,000 tiny tasks at Ray's ~1,000-1,500 tasks/s would take 12-18 "
+    "minutes (quick: 150,000 tasks, about 2 minutes), beyond the suite's time budget")
 
 # A selected benchmark pulls in the baseline it is compared against.
 BASELINE_FOR: dict[str, str] = {"roundtrip": "pipe", "put": "memcpy"}
@@ -77,6 +145,9 @@ TIMEOUTS: dict[str, tuple[float, float]] = {
     "retry": (150.0, 240.0),
     "footprint": (120.0, 120.0),
     "baseline": (90.0, 120.0),
+    "cluster": (180.0, 300.0),
+    "lineage": (150.0, 600.0),
+    "actors": (180.0, 300.0),
 }
 
 
@@ -93,14 +164,35 @@ class Reps(NamedTuple):
     retry_runs: int
     pipe_calls: int
     memcpy_runs: int
+    bookkeeping_tasks: int
+    bookkeeping_runs: int
+    reconstruct_runs: int
+    chain_len: int
+    lineage_tasks: int
+    lineage_dep_tasks: int
+    lineage_batch: int
+    actor_create_runs: int
+    actor_calls: int
+    actor_warmup: int
+    actor_async_calls: int
+    actor_async_runs: int
+    actor_restart_runs: int
 
 
 FULL = Reps(throughput_tasks=10_000, throughput_runs=3, throughput_warmup=500,
             roundtrip_calls=2_000, roundtrip_warmup=200, put_runs=9, arg_calls=7,
-            retry_runs=5, pipe_calls=2_000, memcpy_runs=7)
+            retry_runs=5, pipe_calls=2_000, memcpy_runs=7,
+            bookkeeping_tasks=3_000, bookkeeping_runs=5, reconstruct_runs=5, chain_len=100,
+            lineage_tasks=1_000_000, lineage_dep_tasks=60_000, lineage_batch=1_000, actor_create_runs=5,
+            actor_calls=2_000, actor_warmup=200, actor_async_calls=10_000, actor_async_runs=3,
+            actor_restart_runs=3)
 QUICK = Reps(throughput_tasks=2_000, throughput_runs=1, throughput_warmup=300,
              roundtrip_calls=500, roundtrip_warmup=50, put_runs=5, arg_calls=3,
-             retry_runs=2, pipe_calls=1_000, memcpy_runs=5)
+             retry_runs=2, pipe_calls=1_000, memcpy_runs=5,
+             bookkeeping_tasks=2_000, bookkeeping_runs=2, reconstruct_runs=1, chain_len=100,
+             lineage_tasks=100_000, lineage_dep_tasks=50_000, lineage_batch=1_000, actor_create_runs=3,
+             actor_calls=500, actor_warmup=50, actor_async_calls=2_000, actor_async_runs=1,
+             actor_restart_runs=2)
 
 
 def reps(quick: bool) -> Reps:

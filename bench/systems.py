@@ -12,7 +12,12 @@ Two configurations ("profiles"), with the same number of worker slots for every 
 
 - ``start``  4 slots: minicluster 2 nodes x 2 CPUs, Ray num_cpus=4, PPE/Pool 4 workers
 - ``warm``   2 slots: minicluster 1 node x 2 CPUs, Ray num_cpus=2, PPE/Pool 2 workers
-             (used by the throughput/latency/object benchmarks, [retry] and [footprint])
+             (used by the throughput/latency/object benchmarks, [retry], [footprint],
+             [lineage_mem] and the actor benchmarks)
+
+and, for the node benchmarks, each system's ``cluster_utils.Cluster`` test helper (profile
+``cluster``): a head node with 1 CPU, worker nodes of 1 CPU added and removed, the driver
+attached with ``init(address=cluster.address)``.
 
 Nothing heavy is imported at module level: [start] measures the import itself.
 """
@@ -26,6 +31,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from bench.specs import LINEAGE_CAP_BYTES
+
 SYSTEMS: list[str] = ["minicluster", "ray", "ppe", "mp"]
 RAYLIKE: set[str] = {"minicluster", "ray"}
 PROFILES: list[str] = ["start", "warm"]
@@ -35,6 +42,16 @@ LOGGING_WARNING = 30  # logging.WARNING; not imported here so [start] times Ray'
 CHILD_ENV: dict[str, dict[str, str]] = {
     "ray": {"RAY_USAGE_STATS_ENABLED": "0"},
 }
+
+# Extra environment of the subprocess of one (system, group).
+GROUP_ENV: dict[tuple[str, str], dict[str, str]] = {
+    ("minicluster", "lineage"): {"MINICLUSTER_max_lineage_bytes": str(LINEAGE_CAP_BYTES)},
+}
+
+# The Cluster helper (profile "cluster"), the same arguments for both systems; minicluster
+# ignores include_dashboard (it has no dashboard).
+CLUSTER_HEAD_ARGS: dict[str, Any] = {"num_cpus": 1, "include_dashboard": False}
+CLUSTER_NODE_ARGS: dict[str, Any] = {"num_cpus": 1}
 
 
 class Unavailable(Exception):
@@ -54,8 +71,27 @@ def init_kwargs(system: str, profile: str) -> dict[str, Any]:
     raise ValueError(f"{system} is not Ray-like")
 
 
+def attach_kwargs(system: str) -> dict[str, Any]:
+    """Keyword arguments of ``init(address=cluster.address, ...)`` (profile "cluster")."""
+    return {"logging_level": LOGGING_WARNING}
+
+
 def describe(system: str, profile: str) -> str:
     """The exact configuration, as printed in the report."""
+    if profile == "cluster":
+        if system not in RAYLIKE:
+            return "n/a (no nodes)"
+        env = " ".join(f"{k}={v}" for k, v in CHILD_ENV.get(system, {}).items())
+        return (f"{system}.cluster_utils.Cluster(initialize_head=True, head_node_args="
+                f"{CLUSTER_HEAD_ARGS}); init(address=cluster.address, logging_level=logging.WARNING); "
+                f"add_node(**{CLUSTER_NODE_ARGS})" + (f" [{env}]" if env else ""))
+    if profile == "lineage":
+        if system == "minicluster":
+            env = " ".join(f"{k}={v}" for k, v in GROUP_ENV[("minicluster", "lineage")].items())
+            return describe(system, "warm") + f" [{env}]"
+        if system == "ray":
+            return describe(system, "warm") + " (skipped: too slow, see the n/a reasons)"
+        return "n/a (no lineage)"
     n = slots(profile)
     if system == "minicluster":
         kw = init_kwargs(system, profile)
