@@ -54,6 +54,7 @@ class Head(TaskFlow, Recovery, Waiting):
         self.lineage = Lineage(config.max_lineage_bytes(), self._release_lineage_args)
         self.tasks: Dict[bytes, TaskRecord] = {}
         self.history = TaskHistory()
+        self.task_changes: set = set()  #: TaskRecords changed since the state recorder last looked
         self.children: Dict[bytes, set] = collections.defaultdict(set)  # parent task -> child task ids
         self.functions: Dict[bytes, bytes] = {}
         self.nodes: Dict[bytes, NodeRecord] = {}
@@ -106,6 +107,7 @@ class Head(TaskFlow, Recovery, Waiting):
             spill_root=layout.spill_root,
             capacity=node.capacity,
             num_workers=num_workers,
+            logs_dir=self.session.logs_dir,  # workers' stdout/stderr files (log_files.py)
             # The package's own folder first: editable installs are found by a
             # site hook that the node's `python -S` does not run.
             sys_path=[os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] + sys.path,

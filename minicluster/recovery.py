@@ -47,7 +47,7 @@ class Recovery:
     def _worker_died(self, worker: WorkerRecord, exitcode: Optional[int], node_death: Optional[str] = None) -> None:
         if worker.dead:
             return
-        worker.dead = True
+        worker.mark_dead(exitcode, node_death)
         node = worker.node
         node.workers.pop(worker.worker_id, None)
         self.workers.pop(worker.worker_id, None)

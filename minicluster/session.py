@@ -3,12 +3,13 @@
 Created by the driver at `init()`. Layout:
 
     <session root>/                          /tmp/minicluster-<uid>/ (0700), MINICLUSTER_TMPDIR to move it
-        session_latest -> session_<time>_<pid>
-        session_<time>_<pid>/                (0700)
+        session_latest -> session_<date>_<time>_<us>_<pid>
+        session_<date>_<time>_<us>_<pid>/    (0700)
             head.sock                        the head's Unix socket (0600), removed at shutdown
             spill/<node id hex>/             objects spilled from a full store, removed at shutdown
             session.json                     driver pid, store root, start time; removed at shutdown
-            logs/                            kept after the session on purpose
+            logs/                            kept after the session on purpose: workers' output
+                                             (log_files.py) and the state journal (state_journal.py)
     /dev/shm/minicluster-<uid>-<pid>-<rand>/<node id hex>/   the nodes' object stores
 
 At `init()`, sessions whose driver is dead (it was SIGKILLed before its nodes
@@ -33,7 +34,9 @@ class Session:
         os.makedirs(root, mode=0o700, exist_ok=True)
         _check_private(root)
         reap_stale_sessions(root)
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        now = time.time()
+        # Microseconds, as Ray's names have: a process may start several sessions a second.
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(now)) + f"_{int(now % 1 * 1e6):06d}"
         self.root = root
         self.dir = os.path.join(root, f"session_{stamp}_{os.getpid()}")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)

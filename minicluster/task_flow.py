@@ -34,7 +34,7 @@ from .objects import LOST, PENDING, READY, RELEASED
 from .scheduler import INFEASIBLE, Unschedulable
 from .serialization import error_blob
 from .task_records import TaskRecord
-from .virtual_nodes import NodeRecord, WorkerRecord
+from .virtual_nodes import INTENDED_USER_EXIT, NodeRecord, WorkerRecord
 
 # Tiny tasks are pipelined: up to PIPELINE_DEPTH queued at a busy worker, so one
 # message carries many. Deeper amortizes more but lets a worker hoard work other
@@ -70,7 +70,7 @@ class TaskFlow:
             took = end - start
             self.durations[task.spec.function_id] = took if previous is None else 0.8 * previous + 0.2 * took
         if retire:
-            worker.retiring = True
+            worker.retire(f"reached max_calls of {task.spec.name}" if task is not None else "reached max_calls")
             # It exits now (max_calls): anything still queued there never started.
             leftover, worker.queue = list(queue), collections.deque()
             if leftover:
@@ -121,7 +121,7 @@ class TaskFlow:
             self._dispatch(task, worker)
 
     def _add_task(self, spec: Any, submitter_node: bytes) -> None:
-        task = TaskRecord(spec, spec.max_retries, submitter_node)
+        task = TaskRecord(spec, spec.max_retries, submitter_node, self.task_changes)
         self.tasks[spec.task_id] = task
         if spec.parent_task_id in self.tasks:
             self.children[spec.parent_task_id].add(spec.task_id)
@@ -296,7 +296,7 @@ class TaskFlow:
                 node.idle.remove(worker)
             except ValueError:
                 return
-            worker.retiring = True
+            worker.retire("idle surplus worker (started while tasks were blocked in get)")
             self._post(worker.peer, ("retire",))
             self._flush()
 
@@ -461,6 +461,7 @@ class TaskFlow:
             self._finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
                                     "cancelled before it started")
         elif force and worker.task is task:
+            worker.expect_exit(INTENDED_USER_EXIT, f"killed by cancel(force=True) of task {task.spec.name}")
             try:
                 os.kill(worker.pid, 9)
             except ProcessLookupError:

@@ -4,13 +4,18 @@ Runs in the driver process, under the head's lock. One TaskRecord per task,
 one AttemptRecord per attempt (0, 1, ...): the state API and the timeline
 read these. Finished tasks move to a bounded TaskHistory so a long job keeps
 a steady memory footprint.
+
+Every change to a task (a new task, a state change, a new attempt, its end)
+adds the TaskRecord to the head's `task_changes` set; the state recorder
+(state_recorder.py) drains that set on a timer and journals those tasks'
+attempt rows, so recording costs one set insertion per change here.
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
 # Ray's task states, in the order a task normally passes through them.
 STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "RUNNING", "FINISHED", "FAILED")
@@ -20,7 +25,7 @@ HISTORY_LIMIT = 100_000  # finished tasks kept for the state API
 
 class AttemptRecord:
     __slots__ = ("attempt_number", "state", "node_id", "worker_id", "error_type", "error_message",
-                 "creation_time", "start_time", "end_time")
+                 "creation_time", "start_time", "end_time", "events")
 
     def __init__(self, attempt_number: int) -> None:
         self.attempt_number = attempt_number
@@ -32,14 +37,21 @@ class AttemptRecord:
         self.creation_time = time.time()
         self.start_time: Optional[float] = None
         self.end_time: Optional[float] = None
+        #: (state, time) of each state this attempt entered, in order (Ray's `events`)
+        self.events: List[Tuple[str, float]] = [("PENDING_ARGS_AVAIL", self.creation_time)]
+
+    def enter(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.events.append((state, time.time()))
 
 
 class TaskRecord:
     __slots__ = ("spec", "attempt", "retries_left", "submitter_node", "node", "worker", "deps_waiting",
                  "attempts", "cancelled", "owner_dead", "finished", "pinned", "shape", "live_returns",
-                 "lineage_held", "in_history")
+                 "lineage_held", "in_history", "changes")
 
-    def __init__(self, spec: Any, max_retries: int, submitter_node: bytes) -> None:
+    def __init__(self, spec: Any, max_retries: int, submitter_node: bytes, changes: Optional[Set[Any]] = None) -> None:
         self.spec = spec
         self.attempt = 0
         self.retries_left = max_retries
@@ -56,6 +68,9 @@ class TaskRecord:
         self.live_returns = 0  #: while kept as lineage: how many of its results still exist
         self.lineage_held = False  #: holds lineage refs on its arguments
         self.in_history = False
+        #: the head's set of tasks changed since the state recorder last looked
+        self.changes: Set[Any] = changes if changes is not None else set()
+        self.changes.add(self)
 
     @property
     def state(self) -> str:
@@ -63,33 +78,38 @@ class TaskRecord:
 
     def set_state(self, state: str, node_id: Optional[bytes] = None, worker_id: Optional[bytes] = None) -> None:
         record = self.attempts[-1]
-        record.state = state
+        record.enter(state)
         if node_id is not None:
             record.node_id = node_id
         if worker_id is not None:
             record.worker_id = worker_id
             record.start_time = time.time()
+        self.changes.add(self)
 
     def record_times(self, start: float, end: float) -> None:
         record = self.attempts[-1]
         record.start_time = start
         record.end_time = end
+        self.changes.add(self)
 
     def fail_attempt(self, error_type: str, message: str) -> None:
         record = self.attempts[-1]
-        record.state = "FAILED"
+        record.enter("FAILED")
         record.error_type = error_type
         record.error_message = message
         record.end_time = record.end_time or time.time()
+        self.changes.add(self)
 
     def new_attempt(self) -> None:
         self.attempt += 1
         self.attempts.append(AttemptRecord(self.attempt))
+        self.changes.add(self)
 
     def close(self, state: str, error_type: Optional[str], message: Optional[str]) -> None:
         self.finished = True
+        self.changes.add(self)
         record = self.attempts[-1]
-        record.state = state
+        record.enter(state)
         record.error_type = error_type
         record.error_message = message
         record.end_time = record.end_time or time.time()
