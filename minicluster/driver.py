@@ -23,6 +23,7 @@ from .ids import driver_task_id, new_worker_id
 from .object_ref import LocalRefCounter, ObjectRef, set_counter
 from .serialization import serialize
 from .session import Session
+from .state_recorder import StateRecorder
 
 NODE_START_TIMEOUT_S = 30.0
 
@@ -49,6 +50,9 @@ class DriverClient(RuntimeClient):
             for _ in range(num_nodes):
                 self.head.add_node(num_cpus, resources, self.num_workers_per_node)
             self.head.wait_for_nodes(NODE_START_TIMEOUT_S)
+            # What happens is journaled for `minicluster list ...` (state_recorder.py).
+            self.recorder = StateRecorder(self.head, self.session, self.worker_id)
+            self.recorder.start()
         except BaseException:
             self.head.shutdown()  # a failed start leaves nothing running
             self.session.cleanup()
@@ -172,5 +176,8 @@ class DriverClient(RuntimeClient):
     def shutdown(self) -> None:
         self.refs.alive = False
         set_counter(None)
-        self.head.shutdown()
-        self.session.cleanup()
+        try:
+            self.head.shutdown()
+            self.recorder.close()  # the nodes are gone: journal the end
+        finally:
+            self.session.cleanup()

@@ -27,6 +27,8 @@ from typing import Optional
 
 from . import config, object_store
 
+MAX_SOCKET_PATH = 107  # bytes in a Unix socket's path (sun_path, Linux; 103 on macOS)
+
 
 class Session:
     def __init__(self, store_bytes: Optional[int]) -> None:
@@ -43,6 +45,12 @@ class Session:
         self.logs_dir = os.path.join(self.dir, "logs")
         os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
         self.socket_path = os.path.join(self.dir, "head.sock")
+        if len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH:
+            os.rmdir(self.logs_dir)
+            os.rmdir(self.dir)
+            raise ValueError(
+                f"minicluster: the session folder's path is too long for a Unix socket ({self.socket_path!r} "
+                f"is over {MAX_SOCKET_PATH} bytes); point MINICLUSTER_TMPDIR at a shorter folder")
         self.key = os.urandom(32)
         suffix = f"minicluster-{os.getuid()}-{os.getpid()}-{os.urandom(3).hex()}"
         shm_parent, in_shm = object_store.choose_root(store_bytes, config.shm_root(), self.dir, config.MIN_SHM_BYTES)

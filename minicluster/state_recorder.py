@@ -1,0 +1,395 @@
+"""The state recorder: turns the head's records into state rows, and journals them in batches.
+
+Runs in the driver process. Every FLUSH_INTERVAL_S, on the head's I/O thread
+(a hub timer), it takes the head's lock just long enough to collect what
+changed since the last flush and turn it into rows:
+
+    head.task_changes        TaskRecords changed (task_records.py adds them)  -> "task" rows, one per attempt
+    node.worker_changes      WorkerInfos born or dead (virtual_nodes.py)       -> "worker" rows
+    nodes, resources, store  a small snapshot                                  -> status.json (when it changed)
+
+then pickles and appends the rows to the journal (state_journal.py) outside
+the lock. A task still pending or running is journaled only once it has been
+so for a whole interval, so a tiny task that starts and ends between two
+flushes costs one row, not one per state. `close()` flushes once more after
+the nodes are gone and marks the session's clean end.
+
+In the driver, `minicluster.util.state` reads the live records through
+`live_rows`, `live_status` and `live_objects` instead of the journal, so what
+it returns is never behind.
+
+Actors: when the head has an `actors` dict (actor id -> record), each record
+becomes a row of `list_actors`: the record's own `state_row()` dict if it has
+that method, else the attributes named in `actor_row` below.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import ids, object_store, state_journal
+from .objects import READY
+from .state_journal import FIELDS, JournalWriter, rows_to_dicts, write_json
+from .virtual_nodes import INTENDED_SYSTEM_EXIT, WorkerInfo
+
+FLUSH_INTERVAL_S = 0.2
+WORKER_HISTORY = 10_000  # worker infos kept for list_workers (all live ones, plus this many in all)
+OBJECTS_LIMIT = 100_000  # objects written per snapshot
+
+
+class StateRecorder:
+    def __init__(self, head: Any, session: Any, driver_worker_id: bytes) -> None:
+        self.head = head
+        self.session = session
+        self.logs_dir: str = session.logs_dir
+        self.journal = JournalWriter(self.logs_dir)
+        self.carried: set = set()  #: unfinished tasks seen changed last flush, journaled next time
+        self.workers: "collections.OrderedDict[bytes, WorkerInfo]" = collections.OrderedDict()
+        first = next(iter(head.nodes), b"")
+        self.driver = WorkerInfo(driver_worker_id, first, os.getpid(), session.start_time)
+        self.end_time: Optional[float] = None
+        self.closed = False
+        self._status_text = ""
+        self._display_names: Dict[str, str] = {}
+        self._flush_lock = threading.Lock()
+        self._request_path = os.path.join(self.logs_dir, state_journal.OBJECTS_REQUEST)
+
+    # ==== the timer ==================================================================
+
+    def start(self) -> None:
+        self.journal.append([("worker", self._worker_row(self.driver, "DRIVER"))])
+        self.flush()
+        self.head.hub.call_later(FLUSH_INTERVAL_S, self._tick)
+
+    def _tick(self) -> None:
+        if self.closed or self.head.closed:
+            return
+        try:
+            self.flush()
+        finally:
+            if not self.closed:
+                self.head.hub.call_later(FLUSH_INTERVAL_S, self._tick)
+
+    def flush(self, final: bool = False) -> None:
+        """Journal what changed; rewrite status.json if it changed; answer an objects request."""
+        with self._flush_lock:
+            head = self.head
+            with head.lock:
+                rows = self._changed_rows(final)
+                status = self._status()
+                objects = self._objects() if final or os.path.exists(self._request_path) else None
+            self.journal.append(rows)
+            if self.journal.size() > state_journal.COMPACT_BYTES:
+                self._compact()
+            self._write_status(status, force=final)
+            if objects is not None:
+                self._write_objects(objects)
+
+    def close(self) -> None:
+        """After the head shut down: close the workers' records, flush, and mark a clean end."""
+        if self.closed:
+            return
+        self.closed = True
+        self.end_time = time.time()
+        self.flush(final=True)
+        self.journal.close()
+
+    # ==== rows ======================================================================
+
+    def _changed_rows(self, final: bool) -> List[Tuple[str, tuple]]:
+        head = self.head
+        rows: List[Tuple[str, tuple]] = []
+        changed = list(head.task_changes)
+        head.task_changes.clear()
+        previous, self.carried = self.carried, set()
+        for task in changed:
+            if final or task.finished or task in previous:
+                previous.discard(task)
+                rows.extend(self.task_rows(task))
+            else:
+                self.carried.add(task)  # fresh and unfinished: next time, unless it finishes first
+        for task in previous:
+            rows.extend(self.task_rows(task))
+        self._drain_workers(rows)
+        if final:
+            # Workers still alive at the end (the driver too) exit with the session.
+            for info in list(self.workers.values()) + [self.driver]:
+                if info.exit_type is None:
+                    info.end_time = self.end_time or time.time()
+                    info.exit_type, info.exit_detail = INTENDED_SYSTEM_EXIT, "the session shut down"
+                    if info is not self.driver:
+                        rows.append(("worker", self._worker_row(info, "WORKER")))
+            rows.append(("worker", self._worker_row(self.driver, "DRIVER")))
+        return rows
+
+    def _drain_workers(self, rows: List[Tuple[str, tuple]]) -> None:
+        for node in self.head.nodes.values():
+            if not node.worker_changes:
+                continue
+            infos, node.worker_changes = node.worker_changes, set()
+            for info in infos:
+                self.workers[info.worker_id] = info
+                self.workers.move_to_end(info.worker_id)
+                rows.append(("worker", self._worker_row(info, "WORKER")))
+        excess = len(self.workers) - WORKER_HISTORY
+        while excess > 0:
+            worker_id, info = self.workers.popitem(last=False)
+            if info.exit_type is None:
+                self.workers[worker_id] = info  # still alive: keep it
+            excess -= 1
+
+    def task_rows(self, task: Any) -> List[Tuple[str, tuple]]:
+        spec = task.spec
+        task_id = spec.task_id
+        name = self._display_names.get(spec.func_name)
+        if name is None:
+            name = self._display_names[spec.func_name] = _without_module(spec.func_name)
+        first = task.attempts[0].creation_time
+        return [
+            ("task", (task_id, a.attempt_number, spec.name, a.state, task_id[-4:], spec.actor_id, spec.task_type,
+                      name, spec.parent_task_id, a.node_id, a.worker_id, a.error_type, a.error_message,
+                      a.creation_time, a.start_time, a.end_time, tuple(a.events), spec.resources, first))
+            for a in task.attempts
+        ]
+
+    @staticmethod
+    def _worker_row(info: WorkerInfo, worker_type: str) -> tuple:
+        return (info.worker_id, info.node_id, info.pid, worker_type, info.start_time, info.end_time,
+                info.exit_type, info.exit_detail)
+
+    def _compact(self) -> None:
+        """The journal grew past COMPACT_BYTES: rewrite it with one row per key."""
+        head = self.head
+        with head.lock:
+            rows: List[Tuple[str, tuple]] = []
+            seen = set()
+            for task in list(head.history.tasks) + list(head.tasks.values()):
+                if id(task) not in seen:
+                    seen.add(id(task))
+                    rows.extend(self.task_rows(task))
+            rows.extend(("worker", self._worker_row(i, "WORKER")) for i in self.workers.values())
+            rows.append(("worker", self._worker_row(self.driver, "DRIVER")))
+        self.journal.rewrite(rows)
+
+    # ==== snapshots ==================================================================
+
+    def _status(self) -> Dict[str, Any]:
+        head = self.head
+        nodes = []
+        for node in head.nodes.values():
+            scheduled = head.scheduler.nodes.get(node.node_id)
+            nodes.append({
+                "node_id": node.node_id.hex(),
+                "name": node.name,
+                "is_head_node": node.index == 0,
+                "state": "ALIVE" if node.alive else "DEAD",
+                "state_message": node.death_reason or ("stopped (SIGSTOP): takes no work until resumed"
+                                                       if node.stopped and node.alive else None)
+                or (None if node.alive else "shut down with the session"),
+                "pid": node.pid,
+                "resources_total": dict(node.resources),
+                "resources_available": dict(scheduled.available) if node.alive and scheduled else {},
+                "store_capacity": node.capacity,
+                "store_used": head.objects.node_usage.get(node.node_id, 0) if node.alive else 0,
+                "num_workers": len(node.workers),
+                "busy_workers": sum(1 for w in node.workers.values() if w.queue),
+                "start_time": node.start_time,
+                "end_time": node.end_time or None,
+            })
+        counts: Dict[str, int] = collections.Counter(task.state for task in head.tasks.values())
+        return {
+            "format": state_journal.VERSION,
+            "session": {
+                "dir": self.session.dir,
+                "name": os.path.basename(self.session.dir),
+                "driver_pid": os.getpid(),
+                "start_time": self.session.start_time,
+                "end_time": self.end_time,
+            },
+            "nodes": nodes,
+            "cluster_resources": head.scheduler.totals(),
+            "available_resources": head.scheduler.availables(),
+            "spilled_bytes": head.objects.spilled_bytes,
+            "live_tasks": dict(counts),
+            "num_objects": len(head.objects.entries),
+            "actors": self._actors(),
+        }
+
+    def _write_status(self, status: Dict[str, Any], force: bool) -> None:
+        import json
+
+        text = json.dumps(status, sort_keys=True, default=str)
+        if text == self._status_text and not force:
+            return
+        self._status_text = text
+        status["updated"] = time.time()
+        try:
+            write_json(self.logs_dir, state_journal.STATUS, status)
+        except OSError as exc:
+            if self.journal.broken is None:
+                print(f"minicluster: warning: cannot write {state_journal.STATUS}: {exc}", file=sys.stderr)
+
+    def _objects(self) -> List[Dict[str, Any]]:
+        head = self.head
+        objects = head.objects
+        driver_counts = objects.driver_counts
+        driver_pid = os.getpid()
+        rows = []
+        for object_id, entry in objects.entries.items():
+            if len(rows) >= OBJECTS_LIMIT:
+                break
+            task = head.tasks.get(ids.task_of(object_id))
+            if ids.is_put_object(object_id):
+                task_status, attempt = "NIL", None
+            elif task is not None:
+                task_status, attempt = task.state, task.attempt
+            else:
+                task_status, attempt = ("FAILED" if entry.is_error else "FINISHED"), None
+            held_by_driver = object_id in driver_counts
+            if held_by_driver or entry.borrowers:
+                reference_type = "LOCAL_REFERENCE"
+            elif entry.pins > 0:
+                reference_type = "USED_BY_PENDING_TASK"
+            else:
+                reference_type = "UNKNOWN_STATUS"  # kept only as lineage for a rebuild
+            payload = entry.payload
+            where: Optional[str] = None
+            copies: List[str] = []
+            if payload is not None:
+                kind = payload[0]
+                where = {"i": "INLINE", "e": "ERROR"}.get(kind, "SHARED_MEMORY")
+                if kind == "s":
+                    copies = [loc.hex() for loc in payload[1]]
+                    if payload[1] and all(object_store.is_spilled(loc) for loc in payload[1]):
+                        where = "SPILLED"
+            owner = entry.owner
+            if owner == b"driver":
+                owner_type, pid = "DRIVER", driver_pid
+            else:
+                owner_type = "WORKER"
+                info = self.workers.get(owner) or getattr(head.workers.get(owner), "info", None)
+                pid = info.pid if info is not None else None
+            rows.append({
+                "object_id": object_id.hex(),
+                "object_size": entry.size if entry.state == READY else None,
+                "task_status": task_status,
+                "attempt_number": attempt,
+                "reference_type": reference_type,
+                "call_site": "disabled",
+                "type": owner_type,
+                "pid": pid,
+                "ip": "127.0.0.1",
+                "state": entry.state,
+                "storage": where,
+                "locations": copies,
+                "owner_id": owner.hex() if owner != b"driver" else self.driver.worker_id.hex(),
+                "is_error": entry.is_error,
+                "held_by_driver": held_by_driver,
+                "borrowers": len(entry.borrowers or ()),
+                "pins": entry.pins,
+            })
+        return rows
+
+    def _write_objects(self, objects: List[Dict[str, Any]]) -> None:
+        try:
+            write_json(self.logs_dir, state_journal.OBJECTS, {"time": time.time(), "objects": objects})
+        except OSError as exc:
+            print(f"minicluster: warning: cannot write {state_journal.OBJECTS}: {exc}", file=sys.stderr)
+        try:
+            os.unlink(self._request_path)
+        except OSError:
+            pass
+
+    def _actors(self) -> List[Dict[str, Any]]:
+        actors = getattr(self.head, "actors", None)
+        if not actors:
+            return []
+        return [actor_row(actor) for actor in list(actors.values())]
+
+    # ==== live views for minicluster.util.state in the driver =======================
+
+    def live_rows(self) -> Dict[str, List[Dict[str, Any]]]:
+        head = self.head
+        with head.lock:
+            tasks: List[tuple] = []
+            seen = set()
+            for task in list(head.history.tasks) + list(head.tasks.values()):
+                if id(task) not in seen:
+                    seen.add(id(task))
+                    tasks.extend(row for _, row in self.task_rows(task))
+            infos: Dict[bytes, WorkerInfo] = dict(self.workers)
+            for node in head.nodes.values():
+                for info in node.worker_changes:
+                    infos[info.worker_id] = info
+            workers = [self._worker_row(self.driver, "DRIVER")]
+            workers += [self._worker_row(info, "WORKER") for info in infos.values()]
+        return {"task": rows_to_dicts("task", tasks, FIELDS["task"]),
+                "worker": rows_to_dicts("worker", workers, FIELDS["worker"])}
+
+    def live_status(self) -> Dict[str, Any]:
+        with self.head.lock:
+            status = self._status()
+        status["session"]["liveness"] = "ended" if self.end_time is not None else "running"
+        status["updated"] = time.time()
+        return status
+
+    def live_objects(self) -> List[Dict[str, Any]]:
+        with self.head.lock:
+            return self._objects()
+
+    def node_name_of_worker(self, worker_id_hex: str) -> Optional[str]:
+        """For the log monitor's prefixes: the name of the node a worker runs (ran) on."""
+        try:
+            worker_id = bytes.fromhex(worker_id_hex)
+        except ValueError:
+            return None
+        head = self.head
+        info = self.workers.get(worker_id)
+        if info is None:
+            record = head.workers.get(worker_id)
+            info = record.info if record is not None else None
+        if info is None:
+            return None
+        node = head.nodes.get(info.node_id)
+        return node.name if node is not None else None
+
+
+def actor_row(actor: Any) -> Dict[str, Any]:
+    """A `list_actors` row from the head's actor record (see the module docstring)."""
+    state_row = getattr(actor, "state_row", None)
+    if callable(state_row):
+        return dict(state_row())
+
+    def hexed(value: Any) -> Any:
+        return value.hex() if isinstance(value, bytes) else value
+
+    return {
+        "actor_id": hexed(getattr(actor, "actor_id", None)),
+        "class_name": getattr(actor, "class_name", None),
+        "state": getattr(actor, "state", None),
+        "job_id": ids.JOB_ID.hex(),
+        "name": getattr(actor, "name", None) or "",
+        "node_id": hexed(getattr(actor, "node_id", None)),
+        "pid": getattr(actor, "pid", None),
+        "ray_namespace": getattr(actor, "namespace", None),
+        "num_restarts": getattr(actor, "num_restarts", 0),
+        "death_cause": getattr(actor, "death_cause", None),
+        "is_detached": getattr(actor, "lifetime", None) == "detached",
+        "required_resources": getattr(actor, "required_resources", None),
+        "repr_name": getattr(actor, "repr_name", None) or "",
+    }
+
+
+def _without_module(func_name: str) -> str:
+    """`module.qualname` -> `qualname`, as Ray's func_or_class_name shows it (when the module is known)."""
+    dot = func_name.rfind(".")
+    while dot > 0:
+        if func_name[:dot] in sys.modules:
+            return func_name[dot + 1:]
+        dot = func_name.rfind(".", 0, dot)
+    return func_name
