@@ -349,14 +349,18 @@ class StateRecorder:
         except ValueError:
             return None
         head = self.head
-        info = self.workers.get(worker_id)
-        if info is None:
-            record = head.workers.get(worker_id)
-            info = record.info if record is not None else None
-        if info is None:
-            return None
-        node = head.nodes.get(info.node_id)
-        return node.name if node is not None else None
+        with head.lock:
+            info = self.workers.get(worker_id)
+            if info is None:
+                record = head.workers.get(worker_id)
+                info = record.info if record is not None else None
+            if info is None:  # born or gone since the last flush
+                for node in head.nodes.values():
+                    if any(i.worker_id == worker_id for i in node.worker_changes):
+                        return node.name
+                return None
+            node = head.nodes.get(info.node_id)
+            return node.name if node is not None else None
 
 
 def actor_row(actor: Any) -> Dict[str, Any]:

@@ -32,7 +32,7 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import config, context, object_store
+from . import config, context, log_files, object_store
 from .client import RuntimeClient
 from .exceptions import GetTimeoutError, ObjectStoreFullError, RayError, RayTaskError, TaskCancelledError
 from .object_ref import LocalRefCounter, ObjectRef, set_counter
@@ -246,8 +246,7 @@ class Worker:
             client.send(done)
             if done[-1]:  # retire after max_calls
                 break
-        sys.stdout.flush()
-        sys.stderr.flush()
+        log_files.flush_output()
         os._exit(0)
 
     def _function(self, function_id: bytes) -> Any:
@@ -269,6 +268,7 @@ class Worker:
         client.current_task_id = task_id
         client.current_task_name = name
         client.current_function_name = func_name
+        log_files.mark_task(name)
         try:
             if task_id in self.cancelled_queued:
                 self.cancelled_queued.discard(task_id)
@@ -287,8 +287,7 @@ class Worker:
             error_info = ("ARG_LOST", False, lost.object_hex)
         except SystemExit as exc:
             # As in Ray, sys.exit() in a task ends the worker: the head sees a crash and retries.
-            sys.stdout.flush()
-            sys.stderr.flush()
+            log_files.flush_output()
             os._exit(exc.code if isinstance(exc.code, int) else 1)
         except BaseException as exc:  # noqa: BLE001 - every failure of user code is the task's result
             # KeyboardInterrupt is how cancel() reaches a running task; Ray reports a
