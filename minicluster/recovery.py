@@ -82,6 +82,8 @@ class Recovery:
         self._schedule()
 
     def _attempt_died(self, task: TaskRecord, worker: WorkerRecord, exitcode: Optional[int], node_death: Optional[str]) -> None:
+        if task.finished:
+            return  # cancelled while it waited behind another task: already settled
         reason = f"node {worker.node.name} died: {node_death}" if node_death else node_procs.exit_reason(exitcode)
         error_type = "NODE_DIED" if node_death else "WORKER_DIED"
         if task.cancelled:

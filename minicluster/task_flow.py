@@ -63,7 +63,8 @@ class TaskFlow:
             if queue:
                 if was_blocked:
                     self.scheduler.acquire(worker.node.node_id, task.spec.resources)
-                queue[0].set_state("RUNNING", worker_id=worker.worker_id)
+                if not queue[0].finished:  # (a cancelled one is skipped by the worker)
+                    queue[0].set_state("RUNNING", worker_id=worker.worker_id)
             elif not was_blocked:
                 self.scheduler.release(worker.node.node_id, task.spec.resources)
             previous = self.durations.get(task.spec.function_id)
@@ -80,7 +81,7 @@ class TaskFlow:
                 other.node = None
                 self._args_ready(other)
             queue = worker.queue
-        if task is None or task.spec.task_id != task_id or task.attempt != attempt:
+        if task is None or task.spec.task_id != task_id or task.attempt != attempt or task.finished:
             self._discard_results(task_id, results, worker.node.node_id)
         else:
             task.record_times(start, end)
@@ -451,6 +452,14 @@ class TaskFlow:
             for child in list(self.children.get(task_id, ())):
                 self._cancel_task(child, force, recursive)
         worker = task.worker
+        if worker is not None and worker.task is not task:
+            # Pipelined behind another task, not started: it fails now, like a pending task.
+            # It stays in the worker's queue (so the head's and the worker's queues stay in
+            # step); the worker skips it, and its report, if any, is discarded.
+            self._post(worker.peer, ("cancel", task_id, False))
+            self._finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
+                                    "cancelled before it started")
+            return
         if worker is None:
             if task.node is not None:
                 self.scheduler.release(task.node.node_id, task.spec.resources)

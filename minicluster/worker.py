@@ -181,6 +181,7 @@ class Worker:
         self.calls: Dict[bytes, int] = {}
         self.current: Optional[bytes] = None
         self.cancel_target: Optional[bytes] = None
+        self.in_user_code = False  #: cancel() may interrupt only while this is true
         self.cancelled_queued: set = set()
         self.stolen: set = set()  # queued tasks the head re-assigned; skipped when reached
         self.main_ident = threading.get_ident()
@@ -218,8 +219,10 @@ class Worker:
             self.cancelled_queued.add(task_id)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        # Only a cancel aimed at the task running right now interrupts it.
-        if self.cancel_target is not None and self.cancel_target == self.current:
+        # Only a cancel aimed at the task running right now interrupts it, and only inside
+        # its own code: raised anywhere else (while its result is sent, say) it would
+        # escape the task and kill the worker.
+        if self.in_user_code and self.cancel_target is not None and self.cancel_target == self.current:
             self.cancel_target = None
             raise KeyboardInterrupt
 
@@ -278,7 +281,14 @@ class Worker:
                 args, kwargs = _resolve_args(client, args_blob, arg_payloads)
             except FileNotFoundError as exc:
                 raise _ArgumentLost(str(exc.args[0])) from None
-            outputs = _split_returns(fn(*args, **kwargs), num_returns, name)
+            self.in_user_code = True
+            try:
+                if self.cancel_target == task_id:
+                    raise KeyboardInterrupt  # the cancel came while its arguments were loaded
+                result = fn(*args, **kwargs)
+            finally:
+                self.in_user_code = False
+            outputs = _split_returns(result, num_returns, name)
             results = [store_value(client, oid, value, what=f"return value of {name}")
                        for oid, value in zip(return_ids, outputs)]
         except _ArgumentLost as lost:
