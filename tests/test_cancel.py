@@ -102,6 +102,8 @@ def test_running_task_blocked_in_get_is_interrupted(cluster):
     outer = waits_for.remote([inner])
     _running(outer)
     wait_for(lambda: _state(inner) == "RUNNING", 10, "the inner task to run")
+    # A task blocked in get lends its CPU out: then it is really waiting inside get.
+    wait_for(lambda: ray.available_resources().get("CPU") == 1.0, 10, "the outer task to block in get")
     ray.cancel(outer, recursive=False)
     with pytest.raises(TaskCancelledError) as info:
         ray.get(outer, timeout=10)
@@ -131,21 +133,29 @@ def test_force_kills_the_worker_which_is_replaced(cluster):
     _only_attempt_cancelled(ref)
 
 
-def test_task_that_catches_the_interrupt_keeps_going_until_forced(cluster):
+def _started(path: str) -> None:
+    # The head says RUNNING once it sent the task; the task itself says when it is inside its try.
+    wait_for(lambda: os.path.exists(path), 10, "the task to reach its try block")
+
+
+def test_task_that_catches_the_interrupt_keeps_going_until_forced(cluster, tmp_path):
     cluster(num_cpus=1)
 
     @ray.remote
-    def stubborn() -> int:
+    def stubborn(started: str) -> int:
         interrupts = 0
         while True:
             try:
+                if not os.path.exists(started):
+                    open(started, "w").close()
                 time.sleep(0.05)
             except KeyboardInterrupt:
                 interrupts += 1
                 print(f"interrupted {interrupts} time(s), going on", flush=True)
 
-    ref = stubborn.remote()
-    _running(ref)
+    started = str(tmp_path / "started")
+    ref = stubborn.remote(started)
+    _started(started)
     ray.cancel(ref)
     ray.cancel(ref)  # a second plain cancel is just another interrupt
     with pytest.raises(GetTimeoutError):
@@ -158,19 +168,21 @@ def test_task_that_catches_the_interrupt_keeps_going_until_forced(cluster):
     _only_attempt_cancelled(ref)
 
 
-def test_task_that_catches_the_interrupt_and_returns_keeps_its_value(cluster):
+def test_task_that_catches_the_interrupt_and_returns_keeps_its_value(cluster, tmp_path):
     cluster(num_cpus=1)
 
     @ray.remote
-    def catcher() -> int:
+    def catcher(started: str) -> int:
         try:
+            open(started, "w").close()
             time.sleep(100)
         except KeyboardInterrupt:
             return 42
         return 0
 
-    ref = catcher.remote()
-    _running(ref)
+    started = str(tmp_path / "started")
+    ref = catcher.remote(started)
+    _started(started)
     ray.cancel(ref)
     assert ray.get(ref, timeout=10) == 42
     assert [a.state for a in get_task(ref)] == ["FINISHED"]
@@ -228,8 +240,11 @@ def test_cancelling_a_finished_task_changes_nothing(cluster):
         ray.cancel(1)  # type: ignore[arg-type]
 
 
-def test_cancelling_a_task_queued_behind_another_on_a_worker_is_immediate(cluster):
+def test_cancelling_a_task_queued_behind_another_on_a_worker_is_immediate(cluster, monkeypatch):
     """Tiny tasks are pipelined to a busy worker; cancelling one that has not started drops it at once."""
+    from minicluster import task_flow
+
+    monkeypatch.setattr(task_flow, "PIPELINE_QUICK_S", 0.1)  # "quick" even on a loaded machine
     cluster(num_cpus=1)
 
     @ray.remote
