@@ -6,8 +6,8 @@ it runs outside the driver, and after the session has ended. The files live
 in the session's logs/ folder, which is kept after the session:
 
     state.journal    append-only. A header frame names the fields of each row kind;
-                     then each flush appends one frame of rows: ("task", row) for a
-                     task attempt, ("worker", row) for a worker. A row is appended
+                     then each flush appends one frame: {"task": [rows of task
+                     attempts], "worker": [rows of workers]}. A row is appended
                      again whenever it changes; readers keep the last one per key.
     status.json      the session (driver pid, start and end time, clean end or not),
                      its nodes (state, resources, store usage) and actors; replaced
@@ -15,7 +15,7 @@ in the session's logs/ folder, which is kept after the session:
     objects.json     the live objects; written when a reader asks for it (by creating
                      objects.request) and at the end of the session.
 
-A frame is a 4-byte little-endian length and a pickle of a list of rows. Rows
+A frame is a 4-byte little-endian length and a pickle of such a dict. Rows
 hold only plain values (bytes, str, numbers, tuples, dicts), and the reader's
 unpickler refuses anything else, so a journal can never run code. A frame cut
 short (the driver was killed mid-write) is ignored. When the journal grows past
@@ -38,20 +38,22 @@ STATUS = "status.json"
 OBJECTS = "objects.json"
 OBJECTS_REQUEST = "objects.request"
 MAGIC = "minicluster-state-journal"
-VERSION = 1
+VERSION = 2
 COMPACT_BYTES = 256 * 1024 * 1024
 
-# Row layouts. Ids are raw bytes here; readers turn them into hex strings.
+# Row layouts. Ids are raw bytes here; readers turn them into hex strings. A task row's
+# events are flat: (state, time, state, time, ...). Its job id is the task id's last 4 bytes.
 TASK_FIELDS = (
-    "task_id", "attempt_number", "name", "state", "job_id", "actor_id", "type", "func_or_class_name",
+    "task_id", "attempt_number", "name", "state", "actor_id", "type", "func_or_class_name",
     "parent_task_id", "node_id", "worker_id", "error_type", "error_message", "creation_time", "start_time",
-    "end_time", "events", "required_resources", "task_creation_time",
+    "end_time", "events", "required_resources",
 )
 WORKER_FIELDS = ("worker_id", "node_id", "pid", "worker_type", "start_time", "end_time", "exit_type", "exit_detail")
 FIELDS = {"task": TASK_FIELDS, "worker": WORKER_FIELDS}
 KEYS = {"task": ("task_id", "attempt_number"), "worker": ("worker_id",)}
 
 _LEN = struct.Struct("<I")
+Batch = Dict[str, List[tuple]]  #: rows by kind ("task", "worker"), as one frame holds them
 
 
 class NoSessionError(Exception):
@@ -74,7 +76,7 @@ class JournalWriter:
     def _open(self, flags: int) -> None:
         try:
             self._fd = os.open(self.path, flags, 0o600)
-            os.write(self._fd, _frame([(MAGIC, VERSION, FIELDS)]))
+            os.write(self._fd, _frame(_header()))
         except OSError as exc:
             self._fail(exc)
 
@@ -84,23 +86,24 @@ class JournalWriter:
         except OSError:
             return 0
 
-    def append(self, rows: List[Tuple[str, tuple]]) -> None:
-        if not rows or self._fd < 0:
+    def append(self, batch: Batch) -> None:
+        if self._fd < 0 or not any(batch.values()):
             return
         try:
-            os.write(self._fd, _frame(rows))
+            os.write(self._fd, _frame(batch))
         except OSError as exc:
             self._fail(exc)
 
-    def rewrite(self, rows: List[Tuple[str, tuple]]) -> None:
+    def rewrite(self, batch: Batch) -> None:
         """Replace the journal with these rows (compaction); readers holding the old file keep it."""
         tmp = self.path + ".tmp"
         try:
             with open(tmp, "wb") as f:
                 os.chmod(tmp, 0o600)
-                f.write(_frame([(MAGIC, VERSION, FIELDS)]))
-                for start in range(0, len(rows), 10_000):
-                    f.write(_frame(rows[start:start + 10_000]))
+                f.write(_frame(_header()))
+                for kind, rows in batch.items():
+                    for start in range(0, len(rows), 10_000):
+                        f.write(_frame({kind: rows[start:start + 10_000]}))
             os.replace(tmp, self.path)
             os.close(self._fd)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
@@ -140,7 +143,11 @@ def write_json(logs_dir: str, name: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _frame(rows: list) -> bytes:
+def _header() -> Dict[str, Any]:
+    return {"magic": MAGIC, "version": VERSION, "fields": {kind: list(f) for kind, f in FIELDS.items()}}
+
+
+def _frame(rows: Any) -> bytes:
     payload = pickle.dumps(rows, protocol=5)
     return _LEN.pack(len(payload)) + payload
 
@@ -153,7 +160,7 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"the state journal holds an unexpected object ({module}.{name})")
 
 
-def read_frames(path: str) -> Iterator[list]:
+def read_frames(path: str) -> Iterator[Any]:
     """The frames of a journal, in order; stops quietly at a frame cut short."""
     import io
 
@@ -214,17 +221,21 @@ class SessionFiles:
         except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
             raise NoSessionError(f"cannot read the state journal {path}: {exc}") from None
         for frame in frames:
-            for entry in frame:
-                kind = entry[0]
-                if kind == MAGIC:
-                    fields.update(entry[2])
-                    key_index = {k: tuple(fields[k].index(n) for n in KEYS[k]) for k in KEYS if k in fields}
-                    continue
+            if not isinstance(frame, dict):
+                raise NoSessionError(f"{path} is not a state journal this minicluster can read")
+            if "magic" in frame:
+                if frame["magic"] != MAGIC:
+                    raise NoSessionError(f"{path} is not a minicluster state journal")
+                fields.update(frame["fields"])
+                key_index = {k: tuple(fields[k].index(n) for n in KEYS[k]) for k in KEYS if k in fields}
+                continue
+            for kind, rows in frame.items():
                 table = latest.get(kind)
                 if table is None:
                     continue  # a kind from a newer writer: skip
-                row = entry[1]
-                table[tuple(row[i] for i in key_index[kind])] = row
+                index = key_index[kind]
+                for row in rows:
+                    table[tuple(row[i] for i in index)] = row
         return {kind: rows_to_dicts(kind, list(table.values()), fields[kind]) for kind, table in latest.items()}
 
     def objects(self, wait_s: float = 2.0) -> Tuple[List[Dict[str, Any]], Optional[float]]:

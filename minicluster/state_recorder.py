@@ -6,13 +6,14 @@ changed since the last flush and turn it into rows:
 
     head.task_changes        TaskRecords changed (task_records.py adds them)  -> "task" rows, one per attempt
     node.worker_changes      WorkerInfos born or dead (virtual_nodes.py)       -> "worker" rows
-    nodes, resources, store  a small snapshot                                  -> status.json (when it changed)
+    nodes, resources, store  a small snapshot, once a second                   -> status.json (when it changed)
 
 then pickles and appends the rows to the journal (state_journal.py) outside
-the lock. A task still pending or running is journaled only once it has been
-so for a whole interval, so a tiny task that starts and ends between two
-flushes costs one row, not one per state. `close()` flushes once more after
-the nodes are gone and marks the session's clean end.
+the lock. A finished task is journaled at the next flush; one still pending
+or running only once it has stayed in its state for UNFINISHED_DELAY_S, so
+the tiny tasks of a burst cost one row each, not one per state, while a task
+that waits or runs for a while still shows up. `close()` flushes once more
+after the nodes are gone and marks the session's clean end.
 
 In the driver, `minicluster.util.state` reads the live records through
 `live_rows`, `live_status` and `live_objects` instead of the journal, so what
@@ -30,14 +31,16 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from . import ids, object_store, state_journal
 from .objects import READY
-from .state_journal import FIELDS, JournalWriter, rows_to_dicts, write_json
+from .state_journal import FIELDS, Batch, JournalWriter, rows_to_dicts, write_json
 from .virtual_nodes import INTENDED_SYSTEM_EXIT, WorkerInfo
 
 FLUSH_INTERVAL_S = 0.2
+UNFINISHED_DELAY_S = 1.0  # how long a task stays pending/running before that state is journaled
+SLOW_EVERY = 5  # flushes between looks at carried tasks and at the status snapshot (5 x 0.2 s = 1 s)
 WORKER_HISTORY = 10_000  # worker infos kept for list_workers (all live ones, plus this many in all)
 OBJECTS_LIMIT = 100_000  # objects written per snapshot
 
@@ -48,7 +51,8 @@ class StateRecorder:
         self.session = session
         self.logs_dir: str = session.logs_dir
         self.journal = JournalWriter(self.logs_dir)
-        self.carried: set = set()  #: unfinished tasks seen changed last flush, journaled next time
+        self.carried: set = set()  #: changed but unfinished tasks, journaled once their state is old enough
+        self._flushes = 0
         self.workers: "collections.OrderedDict[bytes, WorkerInfo]" = collections.OrderedDict()
         first = next(iter(head.nodes), b"")
         self.driver = WorkerInfo(driver_worker_id, first, os.getpid(), session.start_time)
@@ -62,7 +66,7 @@ class StateRecorder:
     # ==== the timer ==================================================================
 
     def start(self) -> None:
-        self.journal.append([("worker", self._worker_row(self.driver, "DRIVER"))])
+        self.journal.append({"worker": [self._worker_row(self.driver, "DRIVER")]})
         self.flush()
         self.head.hub.call_later(FLUSH_INTERVAL_S, self._tick)
 
@@ -79,14 +83,17 @@ class StateRecorder:
         """Journal what changed; rewrite status.json if it changed; answer an objects request."""
         with self._flush_lock:
             head = self.head
+            self._flushes += 1
+            slow = final or self._flushes % SLOW_EVERY == 1
             with head.lock:
-                rows = self._changed_rows(final)
-                status = self._status()
+                rows = self._changed_rows(final, slow)
+                status = self._status() if slow else None
                 objects = self._objects() if final or os.path.exists(self._request_path) else None
             self.journal.append(rows)
             if self.journal.size() > state_journal.COMPACT_BYTES:
                 self._compact()
-            self._write_status(status, force=final)
+            if status is not None:
+                self._write_status(status, force=final)
             if objects is not None:
                 self._write_objects(objects)
 
@@ -101,21 +108,28 @@ class StateRecorder:
 
     # ==== rows ======================================================================
 
-    def _changed_rows(self, final: bool) -> List[Tuple[str, tuple]]:
+    def _changed_rows(self, final: bool, slow: bool) -> Batch:
         head = self.head
-        rows: List[Tuple[str, tuple]] = []
+        rows: List[tuple] = []
+        workers: List[tuple] = []
         changed = list(head.task_changes)
         head.task_changes.clear()
-        previous, self.carried = self.carried, set()
+        carried = self.carried
+        settled_before = time.time() - UNFINISHED_DELAY_S
+        ready = []
         for task in changed:
-            if final or task.finished or task in previous:
-                previous.discard(task)
-                rows.extend(self.task_rows(task))
+            if final or task.finished or task.attempts[-1].events[-1] <= settled_before:
+                ready.append(task)
             else:
-                self.carried.add(task)  # fresh and unfinished: next time, unless it finishes first
-        for task in previous:
-            rows.extend(self.task_rows(task))
-        self._drain_workers(rows)
+                carried.add(task)  # fresh and unfinished: later, unless it finishes first
+        if carried:
+            carried.difference_update(ready)
+            if slow:
+                old = [t for t in carried if final or t.finished or t.attempts[-1].events[-1] <= settled_before]
+                carried.difference_update(old)
+                ready += old
+        self.add_task_rows(ready, rows)
+        self._drain_workers(workers)
         if final:
             # Workers still alive at the end (the driver too) exit with the session.
             for info in list(self.workers.values()) + [self.driver]:
@@ -123,11 +137,11 @@ class StateRecorder:
                     info.end_time = self.end_time or time.time()
                     info.exit_type, info.exit_detail = INTENDED_SYSTEM_EXIT, "the session shut down"
                     if info is not self.driver:
-                        rows.append(("worker", self._worker_row(info, "WORKER")))
-            rows.append(("worker", self._worker_row(self.driver, "DRIVER")))
-        return rows
+                        workers.append(self._worker_row(info, "WORKER"))
+            workers.append(self._worker_row(self.driver, "DRIVER"))
+        return {"task": rows, "worker": workers}
 
-    def _drain_workers(self, rows: List[Tuple[str, tuple]]) -> None:
+    def _drain_workers(self, rows: List[tuple]) -> None:
         for node in self.head.nodes.values():
             if not node.worker_changes:
                 continue
@@ -135,7 +149,7 @@ class StateRecorder:
             for info in infos:
                 self.workers[info.worker_id] = info
                 self.workers.move_to_end(info.worker_id)
-                rows.append(("worker", self._worker_row(info, "WORKER")))
+                rows.append(self._worker_row(info, "WORKER"))
         excess = len(self.workers) - WORKER_HISTORY
         while excess > 0:
             worker_id, info = self.workers.popitem(last=False)
@@ -143,19 +157,25 @@ class StateRecorder:
                 self.workers[worker_id] = info  # still alive: keep it
             excess -= 1
 
-    def task_rows(self, task: Any) -> List[Tuple[str, tuple]]:
-        spec = task.spec
-        task_id = spec.task_id
-        name = self._display_names.get(spec.func_name)
-        if name is None:
-            name = self._display_names[spec.func_name] = _without_module(spec.func_name)
-        first = task.attempts[0].creation_time
-        return [
-            ("task", (task_id, a.attempt_number, spec.name, a.state, task_id[-4:], spec.actor_id, spec.task_type,
-                      name, spec.parent_task_id, a.node_id, a.worker_id, a.error_type, a.error_message,
-                      a.creation_time, a.start_time, a.end_time, tuple(a.events), spec.resources, first))
-            for a in task.attempts
-        ]
+    def task_rows(self, task: Any) -> List[tuple]:
+        rows: List[tuple] = []
+        self.add_task_rows([task], rows)
+        return rows
+
+    def add_task_rows(self, tasks: List[Any], rows: List[tuple]) -> None:
+        """One row per attempt, in state_journal.TASK_FIELDS order. The hot path of recording:
+        a row per tiny task, so it is one loop with no calls but the tuple's."""
+        names = self._display_names
+        append = rows.append
+        for task in tasks:
+            spec = task.spec
+            name = names.get(spec.func_name)
+            if name is None:
+                name = names[spec.func_name] = _without_module(spec.func_name)
+            for a in task.attempts:
+                append((spec.task_id, a.attempt_number, spec.name, a.state, spec.actor_id, spec.task_type, name,
+                        spec.parent_task_id, a.node_id, a.worker_id, a.error_type, a.error_message,
+                        a.creation_time, a.start_time, a.end_time, tuple(a.events), spec.resources))
 
     @staticmethod
     def _worker_row(info: WorkerInfo, worker_type: str) -> tuple:
@@ -166,15 +186,11 @@ class StateRecorder:
         """The journal grew past COMPACT_BYTES: rewrite it with one row per key."""
         head = self.head
         with head.lock:
-            rows: List[Tuple[str, tuple]] = []
-            seen = set()
-            for task in list(head.history.tasks) + list(head.tasks.values()):
-                if id(task) not in seen:
-                    seen.add(id(task))
-                    rows.extend(self.task_rows(task))
-            rows.extend(("worker", self._worker_row(i, "WORKER")) for i in self.workers.values())
-            rows.append(("worker", self._worker_row(self.driver, "DRIVER")))
-        self.journal.rewrite(rows)
+            rows: List[tuple] = []
+            self.add_task_rows(_all_tasks(head), rows)
+            workers = [self._worker_row(i, "WORKER") for i in self.workers.values()]
+            workers.append(self._worker_row(self.driver, "DRIVER"))
+        self.journal.rewrite({"task": rows, "worker": workers})
 
     # ==== snapshots ==================================================================
 
@@ -317,11 +333,7 @@ class StateRecorder:
         head = self.head
         with head.lock:
             tasks: List[tuple] = []
-            seen = set()
-            for task in list(head.history.tasks) + list(head.tasks.values()):
-                if id(task) not in seen:
-                    seen.add(id(task))
-                    tasks.extend(row for _, row in self.task_rows(task))
+            self.add_task_rows(_all_tasks(head), tasks)
             infos: Dict[bytes, WorkerInfo] = dict(self.workers)
             for node in head.nodes.values():
                 for info in node.worker_changes:
@@ -387,6 +399,14 @@ def actor_row(actor: Any) -> Dict[str, Any]:
         "required_resources": getattr(actor, "required_resources", None),
         "repr_name": getattr(actor, "repr_name", None) or "",
     }
+
+
+def _all_tasks(head: Any) -> List[Any]:
+    """Every task the head remembers, once each (a rebuilt task is in both places)."""
+    tasks = list(head.history.tasks)
+    seen = {id(task) for task in tasks}
+    tasks += [task for task in head.tasks.values() if id(task) not in seen]
+    return tasks
 
 
 def _without_module(func_name: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Deque, Dict, List, Optional, Set
 
 # Ray's task states, in the order a task normally passes through them.
 STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "RUNNING", "FINISHED", "FAILED")
@@ -37,13 +37,14 @@ class AttemptRecord:
         self.creation_time = time.time()
         self.start_time: Optional[float] = None
         self.end_time: Optional[float] = None
-        #: (state, time) of each state this attempt entered, in order (Ray's `events`)
-        self.events: List[Tuple[str, float]] = [("PENDING_ARGS_AVAIL", self.creation_time)]
+        #: each state this attempt entered and when, in order (Ray's `events`), kept flat as
+        #: [state, time, state, time, ...]: cheaper to keep and to journal than pairs
+        self.events: List[Any] = ["PENDING_ARGS_AVAIL", self.creation_time]
 
     def enter(self, state: str) -> None:
         if state != self.state:
             self.state = state
-            self.events.append((state, time.time()))
+            self.events += (state, time.time())
 
 
 class TaskRecord:

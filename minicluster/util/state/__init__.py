@@ -146,6 +146,12 @@ def _finish(schema: Type[S], resource: str, records: List[Dict[str, Any]], limit
     return out
 
 
+def _events(flat: Optional[Sequence[Any]]) -> List[Dict[str, Any]]:
+    """Ray's events from the journal's flat (state, time, state, time, ...) tuple."""
+    flat = flat or ()
+    return [{"state": flat[i], "created_ms": flat[i + 1] * 1000.0} for i in range(0, len(flat) - 1, 2)]
+
+
 def _ms(seconds: Optional[float]) -> Optional[int]:
     return None if seconds is None else int(seconds * 1000)
 
@@ -157,7 +163,12 @@ def _task_records(source: _Source) -> List[Dict[str, Any]]:
     rows = source.rows()
     workers = {w["worker_id"]: w for w in rows["worker"]}
     records = []
-    for row in sorted(rows["task"], key=lambda r: (r["task_creation_time"] or 0.0, r["task_id"], r["attempt_number"])):
+    submitted: Dict[str, float] = {}  # a task's first attempt's creation: the rows' order
+    for row in rows["task"]:
+        created = row["creation_time"] or 0.0
+        if created < submitted.get(row["task_id"], float("inf")):
+            submitted[row["task_id"]] = created
+    for row in sorted(rows["task"], key=lambda r: (submitted[r["task_id"]], r["task_id"], r["attempt_number"])):
         worker = workers.get(row["worker_id"]) if row["worker_id"] else None
         log_info = None
         if worker is not None and worker["worker_type"] == "WORKER":
@@ -168,7 +179,7 @@ def _task_records(source: _Source) -> List[Dict[str, Any]]:
             "attempt_number": row["attempt_number"],
             "name": row["name"],
             "state": row["state"],
-            "job_id": row["job_id"],
+            "job_id": row["task_id"][-8:],
             "actor_id": row["actor_id"],
             "type": row["type"],
             "func_or_class_name": row["func_or_class_name"],
@@ -179,7 +190,7 @@ def _task_records(source: _Source) -> List[Dict[str, Any]]:
             "error_type": row["error_type"],
             "language": "PYTHON",
             "required_resources": dict(row["required_resources"] or {}),
-            "events": [{"state": state, "created_ms": at * 1000.0} for state, at in row["events"] or ()],
+            "events": _events(row["events"]),
             "creation_time_ms": _ms(row["creation_time"]),
             "start_time_ms": _ms(row["start_time"]),
             "end_time_ms": _ms(row["end_time"]),
