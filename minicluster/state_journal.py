@@ -273,16 +273,14 @@ def liveness(session: Dict[str, Any]) -> str:
 
 def _same_process_alive(pid: int, started_at: float) -> bool:
     """Whether `pid` is alive and is the process that started the session (not a reused pid)."""
-    try:
-        import psutil
+    import psutil
 
+    try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
         return proc.create_time() <= started_at + 1.0
-    except (ImportError, OSError):
-        return False
-    except Exception:  # noqa: BLE001 - psutil.NoSuchProcess / AccessDenied and kin
+    except (psutil.Error, OSError):  # gone, or not ours to look at
         return False
 
 

@@ -4,16 +4,18 @@ Runs in the driver process. Every FLUSH_INTERVAL_S, on the head's I/O thread
 (a hub timer), it takes the head's lock just long enough to collect what
 changed since the last flush and turn it into rows:
 
-    head.task_changes        TaskRecords changed (task_records.py adds them)  -> "task" rows, one per attempt
-    node.worker_changes      WorkerInfos born or dead (virtual_nodes.py)       -> "worker" rows
-    nodes, resources, store  a small snapshot, once a second                   -> status.json (when it changed)
+    head.task_changes        tasks whose attempt ended (task_records.py)   -> "task" rows, one per attempt
+    head.tasks, once a second  tasks pending or running for UNFINISHED_DELAY_S -> "task" rows
+    node.worker_changes      WorkerInfos born or dead (virtual_nodes.py)    -> "worker" rows
+    nodes, resources, store  a small snapshot, once a second                -> status.json (when it changed)
 
 then pickles and appends the rows to the journal (state_journal.py) outside
 the lock. A finished task is journaled at the next flush; one still pending
-or running only once it has stayed in its state for UNFINISHED_DELAY_S, so
-the tiny tasks of a burst cost one row each, not one per state, while a task
-that waits or runs for a while still shows up. `close()` flushes once more
-after the nodes are gone and marks the session's clean end.
+or running only once it has stayed in its state for UNFINISHED_DELAY_S (and
+again when it has stayed in a later state as long), so the tiny tasks of a
+burst cost one row each and nothing while they wait, while a task that waits
+or runs for a while still shows up. `close()` flushes once more after the
+nodes are gone and marks the session's clean end.
 
 In the driver, `minicluster.util.state` reads the live records through
 `live_rows`, `live_status` and `live_objects` instead of the journal, so what
@@ -40,7 +42,7 @@ from .virtual_nodes import INTENDED_SYSTEM_EXIT, WorkerInfo
 
 FLUSH_INTERVAL_S = 0.2
 UNFINISHED_DELAY_S = 1.0  # how long a task stays pending/running before that state is journaled
-SLOW_EVERY = 5  # flushes between looks at carried tasks and at the status snapshot (5 x 0.2 s = 1 s)
+SLOW_EVERY = 5  # flushes between scans of unfinished tasks and status snapshots (5 x 0.2 s = 1 s)
 WORKER_HISTORY = 10_000  # worker infos kept for list_workers (all live ones, plus this many in all)
 OBJECTS_LIMIT = 100_000  # objects written per snapshot
 
@@ -51,7 +53,9 @@ class StateRecorder:
         self.session = session
         self.logs_dir: str = session.logs_dir
         self.journal = JournalWriter(self.logs_dir)
-        self.carried: set = set()  #: changed but unfinished tasks, journaled once their state is old enough
+        #: unfinished tasks journaled by the scan -> (attempts, events) then, so an unchanged one is not
+        #: journaled again; an entry goes when the task's attempt ends
+        self.scanned: Dict[Any, tuple] = {}
         self._flushes = 0
         self.workers: "collections.OrderedDict[bytes, WorkerInfo]" = collections.OrderedDict()
         first = next(iter(head.nodes), b"")
@@ -112,23 +116,26 @@ class StateRecorder:
         head = self.head
         rows: List[tuple] = []
         workers: List[tuple] = []
-        changed = list(head.task_changes)
+        ready = list(head.task_changes)
         head.task_changes.clear()
-        carried = self.carried
-        settled_before = time.time() - UNFINISHED_DELAY_S
-        ready = []
-        for task in changed:
-            if final or task.finished or task.attempts[-1].events[-1] <= settled_before:
-                ready.append(task)
-            else:
-                carried.add(task)  # fresh and unfinished: later, unless it finishes first
-        if carried:
-            carried.difference_update(ready)
-            if slow:
-                old = [t for t in carried if final or t.finished or t.attempts[-1].events[-1] <= settled_before]
-                carried.difference_update(old)
-                ready += old
+        scanned = self.scanned
+        if scanned:
+            for task in ready:
+                scanned.pop(task, None)
+        if slow:
+            # Tasks pending or running for a while: journal the state they have been in.
+            settled_before = time.time() - UNFINISHED_DELAY_S
+            for task in head.tasks.values():
+                attempt = task.attempts[-1]
+                if final or attempt.events[-1] <= settled_before:
+                    seen = (len(task.attempts), len(attempt.events))
+                    if scanned.get(task) != seen:
+                        scanned[task] = seen
+                        ready.append(task)
         self.add_task_rows(ready, rows)
+        if not self.driver.node_id and head.nodes:  # (a Cluster() starts with no node)
+            self.driver.node_id = next(iter(head.nodes))
+            workers.append(self._worker_row(self.driver, "DRIVER"))
         self._drain_workers(workers)
         if final:
             # Workers still alive at the end (the driver too) exit with the session.

@@ -5,10 +5,12 @@ one AttemptRecord per attempt (0, 1, ...): the state API and the timeline
 read these. Finished tasks move to a bounded TaskHistory so a long job keeps
 a steady memory footprint.
 
-Every change to a task (a new task, a state change, a new attempt, its end)
-adds the TaskRecord to the head's `task_changes` set; the state recorder
-(state_recorder.py) drains that set on a timer and journals those tasks'
-attempt rows, so recording costs one set insertion per change here.
+When an attempt ends (it failed and will be retried, or the task finished)
+the TaskRecord adds itself to the head's `task_changes` set; the state
+recorder (state_recorder.py) drains that set on a timer and journals those
+tasks' attempt rows. Tasks still pending or running are found by the
+recorder's own scan of the head's live tasks, so the hot path of a task
+costs one set insertion here, plus its state events.
 """
 
 from __future__ import annotations
@@ -69,9 +71,8 @@ class TaskRecord:
         self.live_returns = 0  #: while kept as lineage: how many of its results still exist
         self.lineage_held = False  #: holds lineage refs on its arguments
         self.in_history = False
-        #: the head's set of tasks changed since the state recorder last looked
+        #: the head's set of tasks whose attempts ended since the state recorder last looked
         self.changes: Set[Any] = changes if changes is not None else set()
-        self.changes.add(self)
 
     @property
     def state(self) -> str:
@@ -85,13 +86,11 @@ class TaskRecord:
         if worker_id is not None:
             record.worker_id = worker_id
             record.start_time = time.time()
-        self.changes.add(self)
 
     def record_times(self, start: float, end: float) -> None:
         record = self.attempts[-1]
         record.start_time = start
         record.end_time = end
-        self.changes.add(self)
 
     def fail_attempt(self, error_type: str, message: str) -> None:
         record = self.attempts[-1]
@@ -104,7 +103,6 @@ class TaskRecord:
     def new_attempt(self) -> None:
         self.attempt += 1
         self.attempts.append(AttemptRecord(self.attempt))
-        self.changes.add(self)
 
     def close(self, state: str, error_type: Optional[str], message: Optional[str]) -> None:
         self.finished = True
