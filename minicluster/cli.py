@@ -134,13 +134,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     filters = _filters(args.filter)
     source = _session_source(args.session)
     try:
-        schema, build = state._RESOURCES[resource]
-        checked = state._check_filters(resource, schema, filters)
-        records = state._apply(build(source), checked)
-        total = len(records)
-        rows = [r.asdict() for r in state._finish(schema, resource, records, args.limit, args.detail, warn=False)]
+        records, total = state.query(resource, source, filters, args.limit, args.detail)
     except state.RayStateApiException as exc:
         raise CommandError(str(exc)) from None
+    rows = [r.asdict() for r in records]
     _note_session(source)
     if total > len(rows):
         print(f"minicluster: showing the last {len(rows)} of {total} {resource} (use --limit for more)",
@@ -162,20 +159,19 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
     resource = _SINGULAR.get(args.resource, args.resource)
     source = _session_source(args.session)
-    schema, build = state._RESOURCES[resource]
-    key = state._ID_KEYS[resource]
-    records = build(source)
+    key = state.ID_KEYS[resource]
+    records, _ = state.query(resource, source, None, None, True)
     wanted = args.id.strip().lower()
-    found = [r for r in records if str(r.get(key) or "").lower() == wanted]
+    found = [r for r in records if str(r[key] or "").lower() == wanted]
     if not found and len(wanted) >= 4:
-        ids = {str(r.get(key)) for r in records if str(r.get(key) or "").lower().startswith(wanted)}
+        found = [r for r in records if str(r[key] or "").lower().startswith(wanted)]
+        ids = {r[key] for r in found}
         if len(ids) > 1:
             raise CommandError(f"{args.id!r} is the start of {len(ids)} {resource} ids; give more of it")
-        found = [r for r in records if str(r.get(key) or "").lower().startswith(wanted)]
     if not found:
         raise CommandError(f"no {resource[:-1]} with id {args.id!r} in {_session_name(source)} "
                            f"(`minicluster list {resource}` shows them)")
-    rows = [r.asdict() for r in state._finish(schema, resource, found, None, True, warn=False)]
+    rows = [r.asdict() for r in found]
     _note_session(source)
     sys.stdout.write(state_render.json_report(rows) if args.format == "json" else state_render.yaml_report(rows))
     return 0
@@ -227,8 +223,8 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
     source = _session_source(args.session)
     files = log_files.list_worker_logs(source.logs_dir)
-    workers = {w["worker_id"]: w for w in state._worker_records(source)}
-    node_names = {n["node_id"]: n["node_name"] for n in state._node_records(source)}
+    workers = {w["worker_id"]: w for w in state.worker_records(source)}
+    node_names = {n["node_id"]: n["node_name"] for n in state.node_records(source)}
 
     def node_of(worker_id: str) -> Optional[str]:
         worker = workers.get(worker_id)
@@ -284,7 +280,7 @@ def _size_of(path: str) -> int:
 def _session_source(path: Optional[str]) -> Any:
     from .util import state
 
-    source = state._source(path)
+    source = state.session_source(path)
     return source
 
 

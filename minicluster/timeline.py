@@ -25,10 +25,10 @@ def trace_events(address: Optional[str] = None) -> List[Dict[str, Any]]:
     """The Chrome trace events of a session (this driver's, the folder `address`, or the latest)."""
     from .util import state
 
-    source = state._source(address)
-    tasks = state._task_records(source)
-    workers = state._worker_records(source)
-    nodes = state._node_records(source)
+    source = state.session_source(address)
+    tasks = state.task_records(source)
+    workers = state.worker_records(source)
+    nodes = state.node_records(source)
     status = source.status()
     now_us = (status.get("session", {}).get("end_time") or status.get("updated") or time.time()) * 1e6
     node_pid = {node["node_id"]: index + 1 for index, node in enumerate(nodes)}

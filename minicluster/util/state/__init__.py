@@ -40,8 +40,8 @@ S = TypeVar("S", bound=StateSchema)
 # ==== where the records come from =======================================================
 
 
-class _Source:
-    """The records of one session: live in the driver, or from its folder."""
+class SessionSource:
+    """The records of one session: live in the driver, or from its folder (used by cli.py, timeline.py)."""
 
     def __init__(self, recorder: Any = None, files: Optional[SessionFiles] = None) -> None:
         self.recorder = recorder
@@ -66,13 +66,13 @@ class _Source:
         return self.files.objects()[0]  # type: ignore[union-attr]
 
 
-def _source(address: Optional[str]) -> _Source:
+def session_source(address: Optional[str]) -> SessionSource:
     """The session to read: this driver's, the folder `address`, or the latest one."""
     client = context.current()
     recorder = getattr(client, "recorder", None) if client is not None and not context.in_worker() else None
     if address in (None, "", "auto"):
         if recorder is not None and not recorder.closed:
-            return _Source(recorder=recorder)
+            return SessionSource(recorder=recorder)
         if client is not None and context.in_worker():
             address = os.path.dirname(client.layout.spill_root)  # this worker's session
     try:
@@ -81,9 +81,9 @@ def _source(address: Optional[str]) -> _Source:
         raise ConnectionError(str(exc)) from None
     if recorder is not None and not recorder.closed and \
             os.path.realpath(session_dir) == os.path.realpath(recorder.session.dir):
-        return _Source(recorder=recorder)
+        return SessionSource(recorder=recorder)
     try:
-        return _Source(files=SessionFiles(session_dir))
+        return SessionSource(files=SessionFiles(session_dir))
     except NoSessionError as exc:
         raise ConnectionError(str(exc)) from None
 
@@ -159,7 +159,7 @@ def _ms(seconds: Optional[float]) -> Optional[int]:
 # ==== record builders =====================================================================
 
 
-def _task_records(source: _Source) -> List[Dict[str, Any]]:
+def task_records(source: SessionSource) -> List[Dict[str, Any]]:
     rows = source.rows()
     workers = {w["worker_id"]: w for w in rows["worker"]}
     records = []
@@ -200,7 +200,7 @@ def _task_records(source: _Source) -> List[Dict[str, Any]]:
     return records
 
 
-def _worker_records(source: _Source) -> List[Dict[str, Any]]:
+def worker_records(source: SessionSource) -> List[Dict[str, Any]]:
     records = []
     for row in sorted(source.rows()["worker"], key=lambda r: (r["start_time"] or 0.0)):
         out = err = None
@@ -225,7 +225,7 @@ def _worker_records(source: _Source) -> List[Dict[str, Any]]:
     return records
 
 
-def _node_records(source: _Source) -> List[Dict[str, Any]]:
+def node_records(source: SessionSource) -> List[Dict[str, Any]]:
     records = []
     for node in source.status()["nodes"]:
         records.append({
@@ -248,29 +248,43 @@ def _node_records(source: _Source) -> List[Dict[str, Any]]:
     return records
 
 
-def _actor_records(source: _Source) -> List[Dict[str, Any]]:
+def actor_records(source: SessionSource) -> List[Dict[str, Any]]:
     return [dict(actor) for actor in source.status().get("actors", [])]
 
 
-def _object_records(source: _Source) -> List[Dict[str, Any]]:
+def object_records(source: SessionSource) -> List[Dict[str, Any]]:
     return [dict(obj) for obj in source.objects()]
 
 
-_RESOURCES: Dict[str, Tuple[Type[StateSchema], Callable[[_Source], List[Dict[str, Any]]]]] = {
-    "tasks": (TaskState, _task_records),
-    "workers": (WorkerState, _worker_records),
-    "nodes": (NodeState, _node_records),
-    "actors": (ActorState, _actor_records),
-    "objects": (ObjectState, _object_records),
+_RESOURCES: Dict[str, Tuple[Type[StateSchema], Callable[[SessionSource], List[Dict[str, Any]]]]] = {
+    "tasks": (TaskState, task_records),
+    "workers": (WorkerState, worker_records),
+    "nodes": (NodeState, node_records),
+    "actors": (ActorState, actor_records),
+    "objects": (ObjectState, object_records),
 }
 
 
-def _list(resource: str, address: Optional[str], filters: Optional[Sequence[Filter]], limit: Optional[int],
-          detail: bool, warn: bool = True) -> List[Any]:
+def query(resource: str, source: SessionSource, filters: Optional[Sequence[Filter]], limit: Optional[int],
+          detail: bool) -> Tuple[List[Any], int]:
+    """The records of `resource` that pass `filters`, the last `limit` of them; and how many passed.
+
+    For the command line (cli.py), which reports what `limit` left out itself.
+    """
+    if resource not in _RESOURCES:
+        raise RayStateApiException(f"unknown resource {resource!r}; choose from {', '.join(RESOURCES)}")
     schema, build = _RESOURCES[resource]
     checked = _check_filters(resource, schema, filters)
-    records = _apply(build(_source(address)), checked)
-    return _finish(schema, resource, records, limit, detail, warn)
+    records = _apply(build(source), checked)
+    return _finish(schema, resource, records, limit, detail, warn=False), len(records)
+
+
+def _list(resource: str, address: Optional[str], filters: Optional[Sequence[Filter]], limit: Optional[int],
+          detail: bool) -> List[Any]:
+    schema, build = _RESOURCES[resource]
+    checked = _check_filters(resource, schema, filters)
+    records = _apply(build(session_source(address)), checked)
+    return _finish(schema, resource, records, limit, detail)
 
 
 # ==== the public functions =================================================================
@@ -343,14 +357,14 @@ def get_objects(id: str, address: Optional[str] = None, timeout: int = DEFAULT_T
     return _get("objects", id, address) or []
 
 
-_ID_KEYS = {"tasks": "task_id", "nodes": "node_id", "workers": "worker_id", "actors": "actor_id",
+ID_KEYS = {"tasks": "task_id", "nodes": "node_id", "workers": "worker_id", "actors": "actor_id",
             "objects": "object_id"}
 
 
 def _get(resource: str, id: Any, address: Optional[str]) -> Optional[List[Any]]:
     if not isinstance(id, str) or not id:
         raise RayStateApiException(f"get {resource}: the id must be a hex string, got {id!r}")
-    found = _list(resource, address, [(_ID_KEYS[resource], "=", id)], None, True)
+    found = _list(resource, address, [(ID_KEYS[resource], "=", id)], None, True)
     return found or None
 
 
@@ -366,7 +380,7 @@ def summarize_tasks(address: Optional[str] = None, timeout: int = DEFAULT_TIMEOU
     """Attempts counted by task name and state, as Ray's `summarize_tasks` does."""
     summary: Dict[str, Dict[str, Any]] = {}
     totals = {"NORMAL_TASK": 0, "ACTOR_TASK": 0, "ACTOR_CREATION_TASK": 0}
-    for record in _task_records(_source(address)):
+    for record in task_records(session_source(address)):
         key = record["name"]
         group = summary.setdefault(key, {"func_or_class_name": key, "state_counts": {}, "type": record["type"]})
         counts = group["state_counts"]
@@ -383,9 +397,9 @@ def summarize_tasks(address: Optional[str] = None, timeout: int = DEFAULT_TIMEOU
 
 def session_status(address: Optional[str] = None) -> Dict[str, Any]:
     """minicluster's own: the session (running, ended or crashed), its nodes, resources and workers."""
-    source = _source(address)
+    source = session_source(address)
     status = dict(source.status())
-    status["workers"] = _worker_records(source)
+    status["workers"] = worker_records(source)
     status["logs_dir"] = source.logs_dir
     return status
 
