@@ -40,7 +40,7 @@ ACTOR_MARKER = b":actor_name:"
 _NAME_RE = re.compile(r"^worker-([0-9a-f]+)-([0-9a-f]+)-(\d+)\.(out|err)$")
 MAX_LINE_BYTES = 64 * 1024  # a longer line without a newline is printed in pieces
 
-_last_marker: Optional[bytes] = None
+_last_name: Optional[str] = None
 _libc: Optional[ctypes.CDLL] = None
 
 
@@ -61,12 +61,12 @@ def redirect_worker_output(logs_dir: str, worker_id: bytes) -> None:
 
 def mark_task(name: str, marker: bytes = TASK_MARKER) -> None:
     """Before a task runs in this worker: note its name in the log files when it changed."""
-    global _last_marker
-    line = marker + name.replace("\n", " ").encode("utf-8", "replace") + b"\n"
-    if line == _last_marker:
-        return
+    global _last_name
+    if name == _last_name and marker is TASK_MARKER:
+        return  # the common case, a stream of tasks of one function: nothing to write
     flush_output()  # output of the previous task goes before the marker
-    _last_marker = line
+    _last_name = name if marker is TASK_MARKER else None
+    line = marker + name.replace("\n", " ").encode("utf-8", "replace") + b"\n"
     for fd in (1, 2):
         try:
             os.write(fd, line)

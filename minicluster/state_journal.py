@@ -42,10 +42,11 @@ VERSION = 2
 COMPACT_BYTES = 256 * 1024 * 1024
 
 # Row layouts. Ids are raw bytes here; readers turn them into hex strings. A task row's
-# events are flat: (state, time, state, time, ...). Its job id is the task id's last 4 bytes.
+# events are flat: (state, time, state, time, ...); the first time is the attempt's creation.
+# Its job id is the task id's last 4 bytes.
 TASK_FIELDS = (
     "task_id", "attempt_number", "name", "state", "actor_id", "type", "func_or_class_name",
-    "parent_task_id", "node_id", "worker_id", "error_type", "error_message", "creation_time", "start_time",
+    "parent_task_id", "node_id", "worker_id", "error_type", "error_message", "start_time",
     "end_time", "events", "required_resources",
 )
 WORKER_FIELDS = ("worker_id", "node_id", "pid", "worker_type", "start_time", "end_time", "exit_type", "exit_detail")

@@ -182,7 +182,7 @@ class StateRecorder:
             for a in task.attempts:
                 append((spec.task_id, a.attempt_number, spec.name, a.state, spec.actor_id, spec.task_type, name,
                         spec.parent_task_id, a.node_id, a.worker_id, a.error_type, a.error_message,
-                        a.creation_time, a.start_time, a.end_time, tuple(a.events), spec.resources))
+                        a.start_time, a.end_time, tuple(a.events), spec.resources))
 
     @staticmethod
     def _worker_row(info: WorkerInfo, worker_type: str) -> tuple:

@@ -165,7 +165,7 @@ def task_records(source: SessionSource) -> List[Dict[str, Any]]:
     records = []
     submitted: Dict[str, float] = {}  # a task's first attempt's creation: the rows' order
     for row in rows["task"]:
-        created = row["creation_time"] or 0.0
+        row["creation_time"] = created = row["events"][1] if row["events"] else 0.0
         if created < submitted.get(row["task_id"], float("inf")):
             submitted[row["task_id"]] = created
     for row in sorted(rows["task"], key=lambda r: (submitted[r["task_id"]], r["task_id"], r["attempt_number"])):
