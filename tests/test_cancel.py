@@ -142,7 +142,7 @@ def test_task_that_catches_the_interrupt_keeps_going_until_forced(cluster, tmp_p
     cluster(num_cpus=1)
 
     @ray.remote
-    def stubborn(started: str) -> int:
+    def stubborn(started: str, caught: str) -> int:
         interrupts = 0
         while True:
             try:
@@ -151,15 +151,26 @@ def test_task_that_catches_the_interrupt_keeps_going_until_forced(cluster, tmp_p
                 time.sleep(0.05)
             except KeyboardInterrupt:
                 interrupts += 1
-                print(f"interrupted {interrupts} time(s), going on", flush=True)
+                with open(caught, "w") as f:  # last in the handler: the test waits for it
+                    f.write(str(interrupts))
 
-    started = str(tmp_path / "started")
-    ref = stubborn.remote(started)
+    started, caught = str(tmp_path / "started"), str(tmp_path / "caught")
+
+    def interrupts() -> int:
+        try:
+            with open(caught) as f:
+                return int(f.read() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    ref = stubborn.remote(started, caught)
     _started(started)
     ray.cancel(ref)
+    wait_for(lambda: interrupts() == 1, 10, "the task to catch the first interrupt")
     ray.cancel(ref)  # a second plain cancel is just another interrupt
+    wait_for(lambda: interrupts() == 2, 10, "the task to catch the second interrupt")
     with pytest.raises(GetTimeoutError):
-        ray.get(ref, timeout=1.0)
+        ray.get(ref, timeout=0.5)
     assert _state(ref) == "RUNNING"
     ray.cancel(ref, force=True)
     with pytest.raises(TaskCancelledError) as info:
