@@ -45,7 +45,7 @@ def _attempt_rows() -> List[Any]:
     for attempt in list_tasks(detail=True, limit=1000):
         times = {event["state"]: event["created_ms"] for event in attempt.events or ()}
         end = times.get("FINISHED", times.get("FAILED"))
-        ms = end - times["RUNNING"] if end is not None and "RUNNING" in times else None
+        ms = end - times["RUNNING"] if end is not None and times.get("RUNNING") is not None else None
         rows.append((attempt, names.get(attempt.node_id, "-"), ms))
     return rows
 
@@ -74,7 +74,7 @@ def run(num_nodes: int = 2, num_cpus: int = 2, out: Any = None) -> int:
         took = f"{ms:.2f}" if ms is not None else ""
         error = f"{attempt.error_type}: {attempt.error_message}" if attempt.error_type else ""
         write(f"  {attempt.name:<12} {attempt.attempt_number:>7}  {node:<7} {attempt.state:<9} {took:>7}  {error}")
-    write("  (ms: from the head handing the attempt to a worker to its result or its worker's death)")
+    write("  (ms: how long the attempt ran in its worker; for a crash, until the head saw the worker die)")
     write("")
     write("normalize's first attempt lost its worker (os._exit) and was retried on a fresh worker;")
     write("the job still got the right answer. Try it yourself: `import minicluster as ray`.")

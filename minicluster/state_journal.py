@@ -42,12 +42,11 @@ VERSION = 2
 COMPACT_BYTES = 256 * 1024 * 1024
 
 # Row layouts. Ids are raw bytes here; readers turn them into hex strings. A task row's
-# events are flat: (state, time, state, time, ...); the first time is the attempt's creation.
-# Its job id is the task id's last 4 bytes.
+# job id is the task id's last 4 bytes.
 TASK_FIELDS = (
     "task_id", "attempt_number", "name", "state", "actor_id", "type", "func_or_class_name",
-    "parent_task_id", "node_id", "worker_id", "error_type", "error_message", "start_time",
-    "end_time", "events", "required_resources",
+    "parent_task_id", "node_id", "worker_id", "error_type", "error_message", "creation_time", "start_time",
+    "end_time", "required_resources",
 )
 WORKER_FIELDS = ("worker_id", "node_id", "pid", "worker_type", "start_time", "end_time", "exit_type", "exit_detail")
 FIELDS = {"task": TASK_FIELDS, "worker": WORKER_FIELDS}
@@ -88,10 +87,15 @@ class JournalWriter:
             return 0
 
     def append(self, batch: Batch) -> None:
-        if self._fd < 0 or not any(batch.values()):
+        if any(batch.values()):
+            self.write(encode(batch))
+
+    def write(self, frames: bytes) -> None:
+        """Append frames made by `encode`."""
+        if self._fd < 0 or not frames:
             return
         try:
-            os.write(self._fd, _frame(batch))
+            os.write(self._fd, frames)
         except OSError as exc:
             self._fail(exc)
 
@@ -148,6 +152,11 @@ def _header() -> Dict[str, Any]:
     return {"magic": MAGIC, "version": VERSION, "fields": {kind: list(f) for kind, f in FIELDS.items()}}
 
 
+def encode(batch: Batch) -> bytes:
+    """One journal frame holding `batch`."""
+    return _frame(batch)
+
+
 def _frame(rows: Any) -> bytes:
     payload = pickle.dumps(rows, protocol=5)
     return _LEN.pack(len(payload)) + payload
@@ -182,7 +191,7 @@ def rows_to_dicts(kind: str, rows: Sequence[tuple], fields: Sequence[str]) -> Li
     for row in rows:
         record = {}
         for name, value in zip(fields, row):
-            record[name] = value.hex() if isinstance(value, bytes) else value
+            record[name] = value.hex() if isinstance(value, bytes) and name.endswith("_id") else value
         out.append(record)
     return out
 

@@ -33,11 +33,11 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import ids, object_store, state_journal
 from .objects import READY
-from .state_journal import FIELDS, Batch, JournalWriter, rows_to_dicts, write_json
+from .state_journal import FIELDS, JournalWriter, rows_to_dicts, write_json
 from .virtual_nodes import INTENDED_SYSTEM_EXIT, WorkerInfo
 
 FLUSH_INTERVAL_S = 0.2
@@ -45,6 +45,7 @@ UNFINISHED_DELAY_S = 1.0  # how long a task stays pending/running before that st
 SLOW_EVERY = 5  # flushes between scans of unfinished tasks and status snapshots (5 x 0.2 s = 1 s)
 WORKER_HISTORY = 10_000  # worker infos kept for list_workers (all live ones, plus this many in all)
 OBJECTS_LIMIT = 100_000  # objects written per snapshot
+ENCODE_CHUNK = 200  # tasks whose rows are made and pickled together (see _encode)
 
 
 class StateRecorder:
@@ -90,10 +91,11 @@ class StateRecorder:
             self._flushes += 1
             slow = final or self._flushes % SLOW_EVERY == 1
             with head.lock:
-                rows = self._changed_rows(final, slow)
+                tasks, workers = self._changed(final, slow)
+                frames = self._encode(tasks, workers)
                 status = self._status() if slow else None
                 objects = self._objects() if final or os.path.exists(self._request_path) else None
-            self.journal.append(rows)
+            self.journal.write(frames)
             if self.journal.size() > state_journal.COMPACT_BYTES:
                 self._compact()
             if status is not None:
@@ -112,9 +114,26 @@ class StateRecorder:
 
     # ==== rows ======================================================================
 
-    def _changed_rows(self, final: bool, slow: bool) -> Batch:
+    def _encode(self, tasks: List[Any], workers: List[tuple]) -> bytes:
+        """Journal frames for these tasks' attempts and these worker rows.
+
+        Rows are made and pickled ENCODE_CHUNK tasks at a time, so few of them are alive at
+        once: thousands of live row tuples would set off the garbage collector's young
+        collections and be promoted into its older generations (which makes full
+        collections come sooner), all for objects that are gone a moment later.
+        """
+        frames = []
+        for start in range(0, len(tasks), ENCODE_CHUNK):
+            rows: List[tuple] = []
+            self.add_task_rows(tasks[start:start + ENCODE_CHUNK], rows)
+            frames.append(state_journal.encode({"task": rows}))
+        if workers:
+            frames.append(state_journal.encode({"worker": workers}))
+        return b"".join(frames)
+
+    def _changed(self, final: bool, slow: bool) -> Tuple[List[Any], List[tuple]]:
+        """The tasks to journal now, and the worker rows that changed."""
         head = self.head
-        rows: List[tuple] = []
         workers: List[tuple] = []
         ready = list(head.task_changes)
         head.task_changes.clear()
@@ -127,12 +146,11 @@ class StateRecorder:
             settled_before = time.time() - UNFINISHED_DELAY_S
             for task in head.tasks.values():
                 attempt = task.attempts[-1]
-                if final or attempt.events[-1] <= settled_before:
-                    seen = (len(task.attempts), len(attempt.events))
+                if final or (attempt.start_time or attempt.creation_time) <= settled_before:
+                    seen = (len(task.attempts), attempt.state)
                     if scanned.get(task) != seen:
                         scanned[task] = seen
                         ready.append(task)
-        self.add_task_rows(ready, rows)
         if not self.driver.node_id and head.nodes:  # (a Cluster() starts with no node)
             self.driver.node_id = next(iter(head.nodes))
             workers.append(self._worker_row(self.driver, "DRIVER"))
@@ -146,7 +164,7 @@ class StateRecorder:
                     if info is not self.driver:
                         workers.append(self._worker_row(info, "WORKER"))
             workers.append(self._worker_row(self.driver, "DRIVER"))
-        return {"task": rows, "worker": workers}
+        return ready, workers
 
     def _drain_workers(self, rows: List[tuple]) -> None:
         for node in self.head.nodes.values():
@@ -182,7 +200,7 @@ class StateRecorder:
             for a in task.attempts:
                 append((spec.task_id, a.attempt_number, spec.name, a.state, spec.actor_id, spec.task_type, name,
                         spec.parent_task_id, a.node_id, a.worker_id, a.error_type, a.error_message,
-                        a.start_time, a.end_time, tuple(a.events), spec.resources))
+                        a.creation_time, a.start_time, a.end_time, spec.resources))
 
     @staticmethod
     def _worker_row(info: WorkerInfo, worker_type: str) -> tuple:

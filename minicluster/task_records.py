@@ -10,7 +10,7 @@ the TaskRecord adds itself to the head's `task_changes` set; the state
 recorder (state_recorder.py) drains that set on a timer and journals those
 tasks' attempt rows. Tasks still pending or running are found by the
 recorder's own scan of the head's live tasks, so the hot path of a task
-costs one set insertion here, plus its state events.
+costs one set insertion here.
 """
 
 from __future__ import annotations
@@ -24,10 +24,30 @@ STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER"
 
 HISTORY_LIMIT = 100_000  # finished tasks kept for the state API
 
+TERMINAL = ("FINISHED", "FAILED")
+
+
+def attempt_events(state: str, creation: Optional[float], start: Optional[float],
+                   end: Optional[float]) -> List[tuple]:
+    """Ray's `events` of an attempt, as (state, time): when it was created, started running, ended.
+
+    Only these three moments are kept per attempt. Keeping every state change's time
+    cost the hot path more than the 5% budget of recording (an object per change, and
+    longer garbage-collector passes over the 100k remembered tasks).
+    """
+    events = [("PENDING_ARGS_AVAIL", creation)]
+    if start is not None:
+        events.append(("RUNNING", start))
+    elif state not in TERMINAL and state != "PENDING_ARGS_AVAIL":
+        events.append((state, None))
+    if state in TERMINAL:
+        events.append((state, end))
+    return events
+
 
 class AttemptRecord:
     __slots__ = ("attempt_number", "state", "node_id", "worker_id", "error_type", "error_message",
-                 "creation_time", "start_time", "end_time", "events")
+                 "creation_time", "start_time", "end_time")
 
     def __init__(self, attempt_number: int) -> None:
         self.attempt_number = attempt_number
@@ -39,14 +59,14 @@ class AttemptRecord:
         self.creation_time = time.time()
         self.start_time: Optional[float] = None
         self.end_time: Optional[float] = None
-        #: each state this attempt entered and when, in order (Ray's `events`), kept flat as
-        #: [state, time, state, time, ...]: cheaper to keep and to journal than pairs
-        self.events: List[Any] = ["PENDING_ARGS_AVAIL", self.creation_time]
 
     def enter(self, state: str) -> None:
-        if state != self.state:
-            self.state = state
-            self.events += (state, time.time())
+        self.state = state
+
+    @property
+    def events(self) -> List[tuple]:
+        """(state, time) of when it was created, started running and ended (attempt_events)."""
+        return attempt_events(self.state, self.creation_time, self.start_time, self.end_time)
 
 
 class TaskRecord:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, T
 from ... import context
 from ...log_files import log_paths
 from ...state_journal import NoSessionError, SessionFiles, find_session
+from ...task_records import attempt_events
 from .common import ActorState, NodeState, ObjectState, StateSchema, TaskState, WorkerState
 from .exception import RayStateApiException
 
@@ -146,10 +147,10 @@ def _finish(schema: Type[S], resource: str, records: List[Dict[str, Any]], limit
     return out
 
 
-def _events(flat: Optional[Sequence[Any]]) -> List[Dict[str, Any]]:
-    """Ray's events from the journal's flat (state, time, state, time, ...) tuple."""
-    flat = flat or ()
-    return [{"state": flat[i], "created_ms": flat[i + 1] * 1000.0} for i in range(0, len(flat) - 1, 2)]
+def _events(row: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Ray's events: the attempt's creation, start and end (task_records.attempt_events)."""
+    return [{"state": state, "created_ms": None if at is None else at * 1000.0}
+            for state, at in attempt_events(row["state"], row["creation_time"], row["start_time"], row["end_time"])]
 
 
 def _ms(seconds: Optional[float]) -> Optional[int]:
@@ -165,7 +166,7 @@ def task_records(source: SessionSource) -> List[Dict[str, Any]]:
     records = []
     submitted: Dict[str, float] = {}  # a task's first attempt's creation: the rows' order
     for row in rows["task"]:
-        row["creation_time"] = created = row["events"][1] if row["events"] else 0.0
+        created = row["creation_time"] or 0.0
         if created < submitted.get(row["task_id"], float("inf")):
             submitted[row["task_id"]] = created
     for row in sorted(rows["task"], key=lambda r: (submitted[r["task_id"]], r["task_id"], r["attempt_number"])):
@@ -190,7 +191,7 @@ def task_records(source: SessionSource) -> List[Dict[str, Any]]:
             "error_type": row["error_type"],
             "language": "PYTHON",
             "required_resources": dict(row["required_resources"] or {}),
-            "events": _events(row["events"]),
+            "events": _events(row),
             "creation_time_ms": _ms(row["creation_time"]),
             "start_time_ms": _ms(row["start_time"]),
             "end_time_ms": _ms(row["end_time"]),
