@@ -24,6 +24,13 @@ Where things live (one concept per module):
     objects.py          object directory: values, locations, holders, freeing, spilling
     lineage.py          finished tasks kept to rebuild lost objects
     task_records.py     task and attempt records (state API, timeline)
+    state_recorder.py   the head's records -> state rows, journaled in batches (driver)
+    state_journal.py    the session's state on disk: journal, status, objects (any process)
+    util/state/         the state API: list_tasks, get_task, summarize_tasks, ... (Ray's names)
+    state_render.py     Ray-style tables, YAML and reports for the command line
+    timeline.py         task attempts as a Chrome trace (timeline())
+    log_files.py        workers' stdout/stderr files and task-name markers
+    log_monitor.py      prints workers' output on the driver's terminal, prefixed
     virtual_nodes.py    node and worker records; starting and killing node processes
     hub.py              the head's I/O thread (sockets, timers)
     node_manager.py     a virtual node's process: forks and watches its workers
@@ -34,6 +41,7 @@ Where things live (one concept per module):
     session.py          session folder, socket, key, stale-session cleanup
     exceptions.py       Ray's exception hierarchy
     cluster_utils.py    Ray's Cluster test helper on virtual nodes
+    cli.py              the `minicluster` command: demo, list, get, summary, status, timeline, logs
     testing/            fault injection for tests (add/kill/stop nodes, kill workers)
 """
 
@@ -57,6 +65,7 @@ from .api import (
     wait,
 )
 from .object_ref import ObjectRef
+from .timeline import timeline
 
 __version__ = "0.1.0"
 
@@ -78,5 +87,6 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "timeline",
     "wait",
 ]

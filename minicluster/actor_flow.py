@@ -21,9 +21,10 @@ import os
 from typing import Any, Deque, Dict, Optional
 
 from .exceptions import ActorDiedError, ActorUnavailableError
+from .ids import JOB_ID
 from .serialization import deserialize
 from .task_records import TaskRecord
-from .virtual_nodes import WorkerRecord
+from .virtual_nodes import INTENDED_SYSTEM_EXIT, INTENDED_USER_EXIT, WorkerRecord
 
 PENDING_CREATION = "PENDING_CREATION"
 ALIVE = "ALIVE"
@@ -49,10 +50,31 @@ class ActorRecord:
         self.kill_requested: Optional[bool] = None  #: set by kill(): no_restart (cleared by a restart)
         self.kill_reason = ""  #: why it was killed: `ray.kill`, or its owner died
         self.held: Dict[str, float] = {}  #: resources it holds while alive
+        self.node_id: Optional[bytes] = None  #: where it runs, or last ran (state API)
+        self.pid: Optional[int] = None
 
     @property
     def name(self) -> Optional[str]:
         return self.meta.get("name")
+
+    def state_row(self) -> Dict[str, Any]:
+        """Its `list_actors` row, with Ray's ActorState fields."""
+        meta = self.meta
+        return {
+            "actor_id": self.actor_id.hex(),
+            "class_name": meta["class_name"],
+            "state": self.state,
+            "job_id": JOB_ID.hex(),
+            "name": meta.get("name") or "",
+            "node_id": self.node_id.hex() if self.node_id is not None else None,
+            "pid": self.pid,
+            "ray_namespace": meta.get("namespace"),
+            "num_restarts": self.num_restarts,
+            "death_cause": self.death_cause or None,
+            "is_detached": meta["detached"],
+            "required_resources": dict(self.creation.spec.resources),
+            "repr_name": "",
+        }
 
     def restarts_left(self) -> bool:
         max_restarts = self.meta["max_restarts"]
@@ -78,7 +100,7 @@ class ActorFlow:
             creator = self.workers.get(owner)
             if creator is not None:
                 creator.owned.add(object_id)  # so its worker is not retired while the actor lives
-        task = TaskRecord(spec, 0, submitter_node)
+        task = TaskRecord(spec, 0, submitter_node, self.task_changes)
         record = ActorRecord(spec.actor_id, meta, task, owner)
         self.actors[spec.actor_id] = record
         self.tasks[spec.task_id] = task
@@ -94,10 +116,11 @@ class ActorFlow:
         if record.state == DEAD:
             # Killed while its constructor ran: the process holds an instance, so it goes too.
             self.scheduler.release(node_id, task.spec.resources)
-            self._kill_worker(worker)
+            self._kill_worker(worker, INTENDED_USER_EXIT, "its actor was killed while its constructor ran")
             return True
         record.state = ALIVE
         record.worker = worker
+        record.node_id, record.pid = node_id, worker.pid
         worker.actor = record
         # Ray's rule: an actor placed with the implicit 1 CPU holds no CPU while it lives;
         # explicit num_cpus and custom resources stay held until it dies.
@@ -287,7 +310,7 @@ class ActorFlow:
         record.worker = None
         if worker is not None and not worker.dead:
             worker.actor = None
-            self._kill_worker(worker)
+            self._kill_worker(worker, INTENDED_SYSTEM_EXIT, "the actor it ran is dead")
 
     def kill_actor(self, actor_id: bytes, no_restart: bool, reason: str = "it was killed by `ray.kill`") -> None:
         """`kill(handle)`: end the actor's process now; restart it only if no_restart=False."""
@@ -309,9 +332,11 @@ class ActorFlow:
 
     def _kill_actor_process(self, record: ActorRecord) -> None:
         if record.worker is not None:
-            self._kill_worker(record.worker)
+            why = f"its actor ended because {record.kill_reason or 'it was killed'}"
+            self._kill_worker(record.worker, INTENDED_USER_EXIT, why)
 
-    def _kill_worker(self, worker: WorkerRecord) -> None:
+    def _kill_worker(self, worker: WorkerRecord, exit_type: str, why: str) -> None:
+        worker.expect_exit(exit_type, why)  # for the state API: not a crash
         try:
             os.kill(worker.pid, 9)
         except ProcessLookupError:

@@ -111,7 +111,8 @@ def init(
             object_store_memory = _check_int("object_store_memory", object_store_memory, minimum=1)
         from .driver import DriverClient
 
-        client = DriverClient(num_nodes, num_cpus, resources, object_store_memory, namespace)
+        client = DriverClient(num_nodes, num_cpus, resources, object_store_memory, namespace,
+                              log_to_driver=bool(log_to_driver))
         context.set_client(client)
         atexit.register(_atexit_shutdown)
         return _context_info()

@@ -53,6 +53,11 @@ def fetch_fail_timeout_s() -> float:
     return env("fetch_fail_timeout_milliseconds", 600_000, int) / 1000.0
 
 
+def sessions_kept() -> int:
+    """How many ended sessions keep their folders (logs, state journal) for `minicluster list`."""
+    return max(1, env("SESSIONS_KEPT", 20, int))
+
+
 def object_store_memory() -> Optional[int]:
     value = env("OBJECT_STORE_MEMORY", None, int)  # type: ignore[arg-type]
     return env("object_store_memory", value, int)  # type: ignore[arg-type]

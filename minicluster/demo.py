@@ -15,7 +15,7 @@ import time
 from typing import Any, List
 
 import minicluster as ray
-from minicluster import context
+from minicluster.util.state import list_nodes, list_tasks
 
 
 @ray.remote
@@ -39,15 +39,14 @@ def total(*parts: int) -> int:
 
 
 def _attempt_rows() -> List[Any]:
-    head = context.current().head
-    with head.lock:
-        tasks = list(head.history.tasks) + list(head.tasks.values())
-        names = {n.node_id: n.name for n in head.nodes.values()}
+    """(attempt, node name, ms running) per task attempt, from the state API (oldest task first)."""
+    names = {node.node_id: node.node_name for node in list_nodes()}
     rows = []
-    for task in tasks:
-        for attempt in task.attempts:
-            rows.append((task.spec.name, attempt, names.get(attempt.node_id, "-")))
-    rows.sort(key=lambda row: row[1].creation_time)
+    for attempt in list_tasks(detail=True, limit=1000):
+        times = {event["state"]: event["created_ms"] for event in attempt.events or ()}
+        end = times.get("FINISHED", times.get("FAILED"))
+        ms = end - times["RUNNING"] if end is not None and times.get("RUNNING") is not None else None
+        rows.append((attempt, names.get(attempt.node_id, "-"), ms))
     return rows
 
 
@@ -71,16 +70,18 @@ def run(num_nodes: int = 2, num_cpus: int = 2, out: Any = None) -> int:
     write("")
     write("where the time went (one row per attempt):")
     write(f"  {'task':<12} {'attempt':>7}  {'node':<7} {'state':<9} {'ms':>7}  error")
-    for name, attempt, node in _attempt_rows():
-        ms = ""
-        if attempt.start_time and attempt.end_time:
-            ms = f"{(attempt.end_time - attempt.start_time) * 1000:.2f}"
+    for attempt, node, ms in _attempt_rows():
+        took = f"{ms:.2f}" if ms is not None else ""
         error = f"{attempt.error_type}: {attempt.error_message}" if attempt.error_type else ""
-        write(f"  {name:<12} {attempt.attempt_number:>7}  {node:<7} {attempt.state:<9} {ms:>7}  {error}")
+        write(f"  {attempt.name:<12} {attempt.attempt_number:>7}  {node:<7} {attempt.state:<9} {took:>7}  {error}")
+    write("  (ms: how long the attempt ran in its worker; for a crash, until the head saw the worker die)")
     write("")
     write("normalize's first attempt lost its worker (os._exit) and was retried on a fresh worker;")
     write("the job still got the right answer. Try it yourself: `import minicluster as ray`.")
     t2 = time.perf_counter()
     ray.shutdown()
     write(f"shutdown in {(time.perf_counter() - t2) * 1000:.0f} ms; total {(time.perf_counter() - t0) * 1000:.0f} ms")
+    write("")
+    write("See what happened, now or later, from any shell: `minicluster list tasks`, `minicluster summary tasks`,")
+    write("`minicluster status`, `minicluster logs`, `minicluster timeline -o trace.json` (open it in Perfetto).")
     return 0 if ok else 1

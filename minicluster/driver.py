@@ -19,9 +19,11 @@ from .client import RuntimeClient
 from .exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, RayError
 from .head import DRIVER, Head
 from .ids import driver_task_id, new_worker_id
+from .log_monitor import LogMonitor
 from .object_ref import LocalRefCounter, ObjectRef, set_counter
 from .serialization import serialize
 from .session import Session
+from .state_recorder import StateRecorder
 
 # How often get() follows the head to a new copy after the one it read vanished
 # (its node died mid-read) before calling the object lost.
@@ -32,8 +34,12 @@ NODE_START_TIMEOUT_S = 30.0
 
 class DriverClient(RuntimeClient):
     def __init__(self, num_nodes: int, num_cpus: float, resources: Optional[Dict[str, float]],
-                 object_store_memory: Optional[int], namespace: Optional[str]) -> None:
-        """Start a session of `num_nodes` nodes; `object_store_memory` is each node's store capacity."""
+                 object_store_memory: Optional[int], namespace: Optional[str], log_to_driver: bool = True) -> None:
+        """Start a session of `num_nodes` nodes; `object_store_memory` is each node's store capacity.
+
+        Workers' output is printed here with a `(task pid=.., node=..)` prefix unless
+        `log_to_driver` is False; it is kept in the session's logs/ folder either way.
+        """
         super().__init__()
         self.worker_id = new_worker_id()
         self.idle_task_id = driver_task_id()
@@ -58,6 +64,13 @@ class DriverClient(RuntimeClient):
             for _ in range(num_nodes):
                 self.head.add_node(num_cpus, resources, self.num_workers_per_node)
             self.head.wait_for_nodes(NODE_START_TIMEOUT_S)
+            # What happens is journaled for `minicluster list ...` (state_recorder.py), and
+            # workers' output is forwarded here (log_monitor.py).
+            self.recorder = StateRecorder(self.head, self.session, self.worker_id)
+            self.recorder.start()
+            self.log_monitor = LogMonitor(self.session.logs_dir, self.head.hub, self.recorder.node_name_of_worker,
+                                          enabled=log_to_driver)
+            self.log_monitor.start()
         except BaseException:
             self.head.shutdown()  # a failed start leaves nothing running
             self.session.cleanup()
@@ -206,5 +219,10 @@ class DriverClient(RuntimeClient):
     def shutdown(self) -> None:
         self.refs.alive = False
         set_counter(None)
-        self.head.shutdown()
-        self.session.cleanup()
+        try:
+            self.head.shutdown()
+            # The nodes are gone: print their last output, journal the end.
+            self.log_monitor.close()
+            self.recorder.close()
+        finally:
+            self.session.cleanup()

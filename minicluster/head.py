@@ -57,6 +57,7 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
         self.lineage = Lineage(config.max_lineage_bytes(), self._release_lineage_args)
         self.tasks: Dict[bytes, TaskRecord] = {}
         self.history = TaskHistory()
+        self.task_changes: set = set()  #: TaskRecords changed since the state recorder last looked
         self.children: Dict[bytes, set] = collections.defaultdict(set)  # parent task -> child task ids
         self.actors: Dict[bytes, Any] = {}  # actor id -> ActorRecord (actor_flow.py)
         self.named_actors: Dict[tuple, bytes] = {}  # (namespace, name) -> actor id
@@ -112,6 +113,7 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             capacity=node.capacity,
             namespace=self.namespace,
             num_workers=num_workers,
+            logs_dir=self.session.logs_dir,  # workers' stdout/stderr files (log_files.py)
             # The package's own folder first: editable installs are found by a
             # site hook that the node's `python -S` does not run.
             sys_path=[os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] + sys.path,

@@ -8,6 +8,9 @@ single-threaded (so forking is safe) and loops on two things:
     head socket      "spawn" -> fork workers; "kill_worker" -> signal one
     SIGCHLD (pipe)   reap exited workers -> "worker_exit" with the exit status
 
+A forked worker's stdout and stderr go to its own files in the session's
+logs/ folder (log_files.py); the driver tails them onto its terminal.
+
 The runtime modules are imported before the first fork, so a worker starts in
 a millisecond or two instead of paying for a fresh interpreter.
 
@@ -26,7 +29,7 @@ import sys
 from typing import Dict
 
 # Imported here, before any fork, so workers inherit them ready to use.
-from . import object_store, worker  # noqa: F401
+from . import log_files, object_store, worker  # noqa: F401
 from .ids import new_worker_id
 from .protocol import Connection, FrameDecoder
 
@@ -101,6 +104,12 @@ class NodeManager:
             os.close(fd)
         self.conn.sock.close()
         cfg = self.cfg
+        if cfg.get("logs_dir"):
+            try:
+                log_files.redirect_worker_output(cfg["logs_dir"], worker_id)
+            except OSError as exc:
+                print(f"minicluster: a worker's output stays on this terminal: cannot open its log file: {exc}",
+                      file=sys.stderr)
         layout = object_store.Layout(cfg["store_root"], cfg["spill_root"])
         worker.worker_main(cfg["socket_path"], cfg["key"], worker_id, self.node_id, layout, cfg["capacity"],
                            cfg["namespace"], parent)

@@ -48,7 +48,7 @@ class Recovery:
     def _worker_died(self, worker: WorkerRecord, exitcode: Optional[int], node_death: Optional[str] = None) -> None:
         if worker.dead:
             return
-        worker.dead = True
+        worker.mark_dead(exitcode, node_death)
         node = worker.node
         node.workers.pop(worker.worker_id, None)
         self.workers.pop(worker.worker_id, None)
@@ -86,6 +86,8 @@ class Recovery:
         self._schedule()
 
     def _attempt_died(self, task: TaskRecord, worker: WorkerRecord, exitcode: Optional[int], node_death: Optional[str]) -> None:
+        if task.finished:
+            return  # cancelled while it waited behind another task: already settled
         reason = f"node {worker.node.name} died: {node_death}" if node_death else node_procs.exit_reason(exitcode)
         error_type = "NODE_DIED" if node_death else "WORKER_DIED"
         if task.spec.task_type == ACTOR_CREATION_TASK and not task.cancelled and self._creation_died(task, reason):

@@ -3,16 +3,20 @@
 Created by the driver at `init()`. Layout:
 
     <session root>/                          /tmp/minicluster-<uid>/ (0700), MINICLUSTER_TMPDIR to move it
-        session_latest -> session_<time>_<pid>
-        session_<time>_<pid>/                (0700)
+        session_latest -> session_<date>_<time>_<us>_<pid>
+        session_<date>_<time>_<us>_<pid>/    (0700)
             head.sock                        the head's Unix socket (0600), removed at shutdown
             spill/<node id hex>/             objects spilled from a full store, removed at shutdown
             session.json                     driver pid, store root, start time; removed at shutdown
-            logs/                            kept after the session on purpose
+            logs/                            kept after the session on purpose: workers' output
+                                             (log_files.py) and the state journal (state_journal.py)
     /dev/shm/minicluster-<uid>-<pid>-<rand>/<node id hex>/   the nodes' object stores
 
 At `init()`, sessions whose driver is dead (it was SIGKILLed before its nodes
-could clean up) are reaped: their sockets and store folders are removed.
+could clean up) are reaped: their sockets and store folders are removed. Only
+the newest MINICLUSTER_SESSIONS_KEPT (20) ended sessions keep their folders;
+older ones are deleted, so a test suite that starts thousands of sessions does
+not fill the disk.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import Optional
 
 from . import config, object_store
 
+MAX_SOCKET_PATH = 107  # bytes in a Unix socket's path (sun_path, Linux; 103 on macOS)
+
 
 class Session:
     def __init__(self, store_bytes: Optional[int]) -> None:
@@ -33,7 +39,10 @@ class Session:
         os.makedirs(root, mode=0o700, exist_ok=True)
         _check_private(root)
         reap_stale_sessions(root)
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        prune_old_sessions(root, config.sessions_kept())
+        now = time.time()
+        # Microseconds, as Ray's names have: a process may start several sessions a second.
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(now)) + f"_{int(now % 1 * 1e6):06d}"
         self.root = root
         # Unique even for several sessions of one process within a second.
         self.dir = os.path.join(root, f"session_{stamp}_{os.getpid()}_{os.urandom(2).hex()}")
@@ -41,6 +50,12 @@ class Session:
         self.logs_dir = os.path.join(self.dir, "logs")
         os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
         self.socket_path = os.path.join(self.dir, "head.sock")
+        if len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH:
+            os.rmdir(self.logs_dir)
+            os.rmdir(self.dir)
+            raise ValueError(
+                f"minicluster: the session folder's path is too long for a Unix socket ({self.socket_path!r} "
+                f"is over {MAX_SOCKET_PATH} bytes); point MINICLUSTER_TMPDIR at a shorter folder")
         self.key = os.urandom(32)
         suffix = f"minicluster-{os.getuid()}-{os.getpid()}-{os.urandom(3).hex()}"
         shm_parent, in_shm = object_store.choose_root(store_bytes, config.shm_root(), self.dir, config.MIN_SHM_BYTES)
@@ -121,6 +136,17 @@ def reap_stale_sessions(root: str) -> None:
                 os.unlink(os.path.join(root, name, leftover))
             except OSError:
                 pass
+
+
+def prune_old_sessions(root: str, keep: int) -> None:
+    """Delete the folders of ended sessions but the newest `keep` (names sort by start time)."""
+    try:
+        names = sorted(name for name in os.listdir(root) if name.startswith("session_") and name != "session_latest")
+    except OSError:
+        return
+    ended = [name for name in names if not os.path.exists(os.path.join(root, name, "session.json"))]
+    for name in ended[:-keep]:
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -36,7 +36,7 @@ from .scheduler import INFEASIBLE, Unschedulable
 from .serialization import error_blob
 from .task_records import TaskRecord
 from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
-from .virtual_nodes import NodeRecord, WorkerRecord
+from .virtual_nodes import INTENDED_USER_EXIT, NodeRecord, WorkerRecord
 
 # Tiny tasks are pipelined: up to PIPELINE_DEPTH queued at a busy worker, so one
 # message carries many. Deeper amortizes more but lets a worker hoard work other
@@ -71,13 +71,13 @@ class TaskFlow:
                 self.scheduler.acquire(worker.node.node_id, task.spec.resources)
             elif not keeps_lease and not was_blocked:
                 self.scheduler.release(worker.node.node_id, task.spec.resources)
-            if queue:
+            if queue and not queue[0].finished:  # (a cancelled one is skipped by the worker)
                 queue[0].set_state("RUNNING", worker_id=worker.worker_id)
             previous = self.durations.get(task.spec.function_id)
             took = end - start
             self.durations[task.spec.function_id] = took if previous is None else 0.8 * previous + 0.2 * took
         if retire:
-            worker.retiring = True
+            worker.retire(f"reached max_calls of {task.spec.name}" if task is not None else "reached max_calls")
             # It exits now (max_calls): anything still queued there never started.
             leftover, worker.queue = list(queue), collections.deque()
             if leftover:
@@ -87,7 +87,7 @@ class TaskFlow:
                 other.node = None
                 self._args_ready(other)
             queue = worker.queue
-        if task is None or task.spec.task_id != task_id or task.attempt != attempt:
+        if task is None or task.spec.task_id != task_id or task.attempt != attempt or task.finished:
             self._discard_results(task_id, results, worker.node.node_id)
         else:
             task.record_times(start, end)
@@ -133,7 +133,7 @@ class TaskFlow:
             self._dispatch(task, worker)
 
     def _add_task(self, spec: Any, submitter_node: bytes) -> None:
-        task = TaskRecord(spec, spec.max_retries, submitter_node)
+        task = TaskRecord(spec, spec.max_retries, submitter_node, self.task_changes)
         self.tasks[spec.task_id] = task
         if spec.parent_task_id in self.tasks:
             self.children[spec.parent_task_id].add(spec.task_id)
@@ -327,7 +327,7 @@ class TaskFlow:
                 node.idle.remove(worker)
             except ValueError:
                 return
-            worker.retiring = True
+            worker.retire("idle surplus worker (started while tasks were blocked in get)")
             self._post(worker.peer, ("retire",))
             self._flush()
 
@@ -495,6 +495,14 @@ class TaskFlow:
             for child in list(self.children.get(task_id, ())):
                 self._cancel_task(child, force, recursive)
         worker = task.worker
+        if worker is not None and worker.task is not task:
+            # Pipelined behind another task, not started: it fails now, like a pending task.
+            # It stays in the worker's queue (so the head's and the worker's queues stay in
+            # step); the worker skips it, and its report, if any, is discarded.
+            self._post(worker.peer, ("cancel", task_id, False))
+            self._finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
+                                    "cancelled before it started")
+            return
         if worker is None:
             if task.node is not None:
                 self.scheduler.release(task.node.node_id, task.spec.resources)
@@ -505,6 +513,7 @@ class TaskFlow:
             self._finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
                                     "cancelled before it started")
         elif force and worker.task is task:
+            worker.expect_exit(INTENDED_USER_EXIT, f"killed by cancel(force=True) of task {task.spec.name}")
             try:
                 os.kill(worker.pid, 9)
             except ProcessLookupError:

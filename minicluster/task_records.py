@@ -4,18 +4,45 @@ Runs in the driver process, under the head's lock. One TaskRecord per task,
 one AttemptRecord per attempt (0, 1, ...): the state API and the timeline
 read these. Finished tasks move to a bounded TaskHistory so a long job keeps
 a steady memory footprint.
+
+When an attempt ends (it failed and will be retried, or the task finished)
+the TaskRecord adds itself to the head's `task_changes` set; the state
+recorder (state_recorder.py) drains that set on a timer and journals those
+tasks' attempt rows. Tasks still pending or running are found by the
+recorder's own scan of the head's live tasks, so the hot path of a task
+costs one set insertion here.
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from typing import Any, Deque, List, Optional
+from typing import Any, Deque, List, Optional, Set
 
 # Ray's task states, in the order a task normally passes through them.
 STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "RUNNING", "FINISHED", "FAILED")
 
 HISTORY_LIMIT = 100_000  # finished tasks kept for the state API
+
+TERMINAL = ("FINISHED", "FAILED")
+
+
+def attempt_events(state: str, creation: Optional[float], start: Optional[float],
+                   end: Optional[float]) -> List[tuple]:
+    """Ray's `events` of an attempt, as (state, time): when it was created, started running, ended.
+
+    Only these three moments are kept per attempt. Keeping every state change's time
+    cost the hot path more than the 5% budget of recording (an object per change, and
+    longer garbage-collector passes over the 100k remembered tasks).
+    """
+    events = [("PENDING_ARGS_AVAIL", creation)]
+    if start is not None:
+        events.append(("RUNNING", start))
+    elif state not in TERMINAL and state != "PENDING_ARGS_AVAIL":
+        events.append((state, None))
+    if state in TERMINAL:
+        events.append((state, end))
+    return events
 
 
 class AttemptRecord:
@@ -33,13 +60,21 @@ class AttemptRecord:
         self.start_time: Optional[float] = None
         self.end_time: Optional[float] = None
 
+    def enter(self, state: str) -> None:
+        self.state = state
+
+    @property
+    def events(self) -> List[tuple]:
+        """(state, time) of when it was created, started running and ended (attempt_events)."""
+        return attempt_events(self.state, self.creation_time, self.start_time, self.end_time)
+
 
 class TaskRecord:
     __slots__ = ("spec", "attempt", "retries_left", "submitter_node", "node", "worker", "deps_waiting",
                  "attempts", "cancelled", "owner_dead", "finished", "pinned", "shape", "live_returns",
-                 "lineage_held", "in_history", "ready")
+                 "lineage_held", "in_history", "ready", "changes")
 
-    def __init__(self, spec: Any, max_retries: int, submitter_node: bytes) -> None:
+    def __init__(self, spec: Any, max_retries: int, submitter_node: bytes, changes: Optional[Set[Any]] = None) -> None:
         self.spec = spec
         self.attempt = 0
         self.retries_left = max_retries
@@ -57,6 +92,8 @@ class TaskRecord:
         self.lineage_held = False  #: holds lineage refs on its arguments
         self.in_history = False
         self.ready = False  #: actor calls: arguments ready, may be sent when its turn comes
+        #: the head's set of tasks whose attempts ended since the state recorder last looked
+        self.changes: Set[Any] = changes if changes is not None else set()
 
     @property
     def state(self) -> str:
@@ -64,7 +101,7 @@ class TaskRecord:
 
     def set_state(self, state: str, node_id: Optional[bytes] = None, worker_id: Optional[bytes] = None) -> None:
         record = self.attempts[-1]
-        record.state = state
+        record.enter(state)
         if node_id is not None:
             record.node_id = node_id
         if worker_id is not None:
@@ -78,10 +115,11 @@ class TaskRecord:
 
     def fail_attempt(self, error_type: str, message: str) -> None:
         record = self.attempts[-1]
-        record.state = "FAILED"
+        record.enter("FAILED")
         record.error_type = error_type
         record.error_message = message
         record.end_time = record.end_time or time.time()
+        self.changes.add(self)
 
     def new_attempt(self) -> None:
         self.attempt += 1
@@ -89,8 +127,9 @@ class TaskRecord:
 
     def close(self, state: str, error_type: Optional[str], message: Optional[str]) -> None:
         self.finished = True
+        self.changes.add(self)
         record = self.attempts[-1]
-        record.state = state
+        record.enter(state)
         record.error_type = error_type
         record.error_message = message
         record.end_time = record.end_time or time.time()

@@ -3,6 +3,12 @@
 Runs in the driver process (the head), under the head's lock. A node is a
 node manager process (node_manager.py), leader of its own process group, plus
 the workers it forks; its store is the folder `<store root>/<node id hex>`.
+
+Each worker also has a small WorkerInfo: its life as the state API shows it
+(`list_workers`): when it started and ended, and whether its exit was a failure
+or on purpose (retired after max_calls, killed by cancel(force=True), ...).
+Infos that changed are collected in their node's `worker_changes` set for the
+state recorder (state_recorder.py) to journal.
 """
 
 from __future__ import annotations
@@ -14,16 +20,37 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any, Deque, Dict, Optional, Set
 
 from . import object_store
+
+# Ray's worker exit types (WorkerState.exit_type).
+SYSTEM_ERROR = "SYSTEM_ERROR"  #: crashed, was killed, or its node died
+INTENDED_SYSTEM_EXIT = "INTENDED_SYSTEM_EXIT"  #: the runtime retired it (max_calls, idle, shutdown)
+INTENDED_USER_EXIT = "INTENDED_USER_EXIT"  #: the user ended it (cancel(force=True))
+
+
+@dataclass(eq=False)
+class WorkerInfo:
+    """One worker's life, as `list_workers` reports it (kept after the worker is gone)."""
+
+    worker_id: bytes
+    node_id: bytes
+    pid: int
+    start_time: float
+    end_time: Optional[float] = None
+    exit_type: Optional[str] = None  #: None while alive
+    exit_detail: Optional[str] = None
+    intended_exit: Optional[tuple] = None  #: (exit type, detail) once its exit is expected
 
 
 class WorkerRecord:
     """What the head knows about one worker process."""
 
     __slots__ = ("worker_id", "node", "pid", "peer", "queue", "functions", "blocked", "dead", "retiring",
-                 "borrowed", "owned", "requests", "tasks_done", "actor")
+                 "borrowed", "owned", "requests", "tasks_done", "actor", "info")
 
     def __init__(self, worker_id: bytes, node: "NodeRecord", pid: int, peer: Any) -> None:
         self.worker_id = worker_id
@@ -43,11 +70,34 @@ class WorkerRecord:
         self.requests: Dict[int, Any] = {}  #: its blocked get/wait requests (Waiters)
         self.tasks_done = 0
         self.actor: Any = None  #: the ActorRecord it is dedicated to, if any
+        self.info = WorkerInfo(worker_id, node.node_id, pid, time.time())
+        node.worker_changes.add(self.info)
 
     @property
     def task(self) -> Any:
         """The task running now, or None when idle."""
         return self.queue[0] if self.queue else None
+
+    def retire(self, why: str) -> None:
+        """It leaves on the runtime's request (max_calls, idle surplus): a clean exit, not a failure."""
+        self.retiring = True
+        self.info.intended_exit = (INTENDED_SYSTEM_EXIT, why)
+
+    def expect_exit(self, exit_type: str, why: str) -> None:
+        """It is about to be killed on purpose (for example by cancel(force=True))."""
+        self.info.intended_exit = (exit_type, why)
+
+    def mark_dead(self, exitcode: Optional[int], node_death: Optional[str] = None) -> None:
+        self.dead = True
+        info = self.info
+        info.end_time = time.time()
+        if node_death is not None:
+            info.exit_type, info.exit_detail = SYSTEM_ERROR, f"its node {self.node.name} died: {node_death}"
+        elif info.intended_exit is not None:
+            info.exit_type, info.exit_detail = info.intended_exit
+        else:
+            info.exit_type, info.exit_detail = SYSTEM_ERROR, f"the worker process died ({exit_reason(exitcode)})"
+        self.node.worker_changes.add(info)
 
 
 class NodeRecord:
@@ -75,6 +125,7 @@ class NodeRecord:
         self.hello = threading.Event()
         self.start_time = 0.0
         self.end_time = 0.0
+        self.worker_changes: Set[WorkerInfo] = set()  #: infos changed since the state recorder looked
 
     @property
     def name(self) -> str:

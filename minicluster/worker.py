@@ -35,7 +35,7 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import config, context, object_store
+from . import config, context, log_files, object_store
 from .client import RuntimeClient
 from .exceptions import GetTimeoutError, ObjectStoreFullError, RayError, RayTaskError, TaskCancelledError
 from .object_ref import LocalRefCounter, ObjectRef, set_counter
@@ -200,6 +200,7 @@ class Worker:
         self.calls: Dict[bytes, int] = {}
         self.current: Optional[bytes] = None
         self.cancel_target: Optional[bytes] = None
+        self.in_user_code = False  #: cancel() may interrupt only while this is true
         self.cancelled_queued: set = set()
         self.stolen: set = set()  # queued tasks the head re-assigned; skipped when reached
         self.actor: Any = None  # the actor instance, once this worker is dedicated to one
@@ -241,8 +242,10 @@ class Worker:
             self.cancelled_queued.add(task_id)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        # Only a cancel aimed at the task running right now interrupts it.
-        if self.cancel_target is not None and self.cancel_target == self.current:
+        # Only a cancel aimed at the task running right now interrupts it, and only inside
+        # its own code: raised anywhere else (while its result is sent, say) it would
+        # escape the task and kill the worker.
+        if self.in_user_code and self.cancel_target is not None and self.cancel_target == self.current:
             self.cancel_target = None
             raise KeyboardInterrupt
 
@@ -272,8 +275,7 @@ class Worker:
             client.send(done)
             if done[-1]:  # retire after max_calls
                 break
-        sys.stdout.flush()
-        sys.stderr.flush()
+        log_files.flush_output()
         os._exit(0)
 
     def _run_concurrently(self, request: tuple) -> None:
@@ -295,11 +297,19 @@ class Worker:
         call = self._begin(request)
         if call.error is not None:
             return self._end(call, exc=call.error)
+        value, error = None, None
+        # cancel() interrupts the main thread's task, and only inside its own code: raised
+        # anywhere else (while its result is sent, say) it would escape and kill the worker.
+        self.in_user_code = call.task_type != ACTOR_TASK
         try:
+            if self.in_user_code and self.cancel_target == call.task_id:
+                raise KeyboardInterrupt  # the cancel came while its arguments were loaded
             value = call.fn(*call.args, **call.kwargs)
         except BaseException as exc:  # noqa: BLE001 - every failure of user code is the task's result
-            return self._end(call, exc=exc)
-        return self._end(call, value)
+            error = exc
+        finally:
+            self.in_user_code = False
+        return self._end(call, value, error)
 
     async def execute_async(self, request: tuple) -> None:
         """Run one call of an async actor on its event loop; awaits coroutine methods."""
@@ -322,6 +332,11 @@ class Worker:
         """Find the callable and resolve its arguments; a failure here is kept in call.error."""
         call = _Call(request)
         call.token = self.client.enter_task(call.task_id, call.name, call.func_name)
+        if call.task_type == ACTOR_CREATION_TASK:
+            # From here on this worker's output is the actor's: `(Counter pid=...)`.
+            log_files.mark_task(call.name.rsplit(".", 1)[0], log_files.ACTOR_MARKER)
+        elif call.task_type != ACTOR_TASK:
+            log_files.mark_task(call.name)
         if call.task_type != ACTOR_TASK:
             self.current = call.task_id  # cancel() interrupts the main thread's running task
         try:
@@ -388,8 +403,7 @@ class Worker:
             error_info = ("ARG_LOST", False, lost.object_hex)
         except SystemExit as exit_:
             # As in Ray, sys.exit() in a task ends the worker: the head sees a crash and retries.
-            sys.stdout.flush()
-            sys.stderr.flush()
+            log_files.flush_output()
             os._exit(exit_.code if isinstance(exit_.code, int) else 1)
         except BaseException as error:  # noqa: BLE001 - every failure of user code is the task's result
             # KeyboardInterrupt is how cancel() reaches a running task; Ray reports a

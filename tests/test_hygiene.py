@@ -5,14 +5,17 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from typing import Iterator
 
 import psutil
 import pytest
@@ -110,6 +113,29 @@ def test_session_files_are_removed_at_shutdown(cluster):
     assert not os.path.exists(socket_path)
     assert not os.path.exists(os.path.join(session_dir, "session.json"))
     assert os.path.isdir(os.path.join(session_dir, "logs"))  # kept on purpose
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[str]:
+    """A folder short enough for a session's socket path (pytest's tmp_path is not)."""
+    root = tempfile.mkdtemp(prefix="mc-")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_only_the_newest_ended_sessions_are_kept(cluster, monkeypatch, short_tmp):
+    monkeypatch.setenv("MINICLUSTER_TMPDIR", short_tmp)
+    monkeypatch.setenv("MINICLUSTER_SESSIONS_KEPT", "2")
+    folders = []
+    for _ in range(4):
+        info = cluster(num_nodes=1, num_cpus=1)
+        folders.append(info["session_dir"])
+        ray.shutdown()
+    # Each init keeps the two newest ended sessions before it: the fourth pruned the first.
+    assert [os.path.isdir(folder) for folder in folders] == [False, True, True, True]
+    info = cluster(num_nodes=1, num_cpus=1)
+    assert [os.path.isdir(folder) for folder in folders] == [False, False, True, True]
+    assert os.path.isdir(info["session_dir"])
 
 
 def test_failed_init_leaves_nothing_behind(monkeypatch):

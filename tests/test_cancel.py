@@ -1,0 +1,298 @@
+"""cancel(): pending tasks are dropped, running ones interrupted, force=True kills the worker (SPEC 3).
+
+Every case goes through the public API; what happened is checked in the state
+API's records too (one attempt, FAILED with TASK_CANCELLED, never retried).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import minicluster as ray
+from minicluster import testing
+from minicluster.exceptions import GetTimeoutError, RayTaskError, TaskCancelledError
+from minicluster.util.state import get_task, list_tasks, list_workers
+
+from conftest import wait_for
+
+
+@ray.remote
+def sleeper(seconds: float) -> str:
+    time.sleep(seconds)
+    return "done"
+
+
+@ray.remote
+def looper(seconds: float) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "done"
+
+
+def _state(ref: ray.ObjectRef) -> str:
+    attempts = get_task(ref) or []
+    return attempts[-1].state if attempts else ""
+
+
+def _running(ref: ray.ObjectRef, timeout: float = 10.0) -> None:
+    wait_for(lambda: _state(ref) == "RUNNING", timeout, "the task to be RUNNING")
+
+
+def _only_attempt_cancelled(ref: ray.ObjectRef) -> None:
+    attempts = get_task(ref)
+    assert attempts is not None
+    assert [(a.attempt_number, a.state, a.error_type) for a in attempts] == [(0, "FAILED", "TASK_CANCELLED")]
+
+
+def test_pending_task_is_dropped_and_get_raises_plain_cancelled_error_at_once(cluster):
+    cluster(num_cpus=1)
+    busy = sleeper.remote(3)
+    _running(busy)
+    pending = sleeper.remote(0)
+    assert _state(pending) == "PENDING_NODE_ASSIGNMENT"
+    ray.cancel(pending)
+    start = time.monotonic()
+    with pytest.raises(TaskCancelledError) as info:
+        ray.get(pending, timeout=2)
+    assert time.monotonic() - start < 1.0
+    assert not isinstance(info.value, RayTaskError)
+    _only_attempt_cancelled(pending)
+    ray.cancel(busy, force=True)
+
+
+def test_task_waiting_for_its_arguments_is_dropped(cluster):
+    cluster(num_cpus=2)
+    upstream = sleeper.remote(3)
+    downstream = sleeper.options(name="downstream").remote(upstream)
+    wait_for(lambda: _state(downstream) == "PENDING_ARGS_AVAIL", 5, "downstream to wait for its argument")
+    ray.cancel(downstream)
+    with pytest.raises(TaskCancelledError):
+        ray.get(downstream, timeout=2)
+    ray.cancel(upstream, force=True)
+
+
+def test_running_task_in_a_long_sleep_is_interrupted(cluster):
+    cluster(num_cpus=1)
+    ref = sleeper.remote(100)
+    _running(ref)
+    start = time.monotonic()
+    ray.cancel(ref)
+    with pytest.raises(TaskCancelledError) as info:
+        ray.get(ref, timeout=10)
+    assert time.monotonic() - start < 5.0, "the interrupt must reach a task blocked in time.sleep"
+    assert isinstance(info.value, RayTaskError)
+    assert "KeyboardInterrupt" in str(info.value)
+    _only_attempt_cancelled(ref)
+    # The worker survived the interrupt and runs the next task.
+    assert ray.get(sleeper.remote(0), timeout=10) == "done"
+
+
+def test_running_task_blocked_in_get_is_interrupted(cluster):
+    cluster(num_cpus=2)
+
+    @ray.remote
+    def waits_for(refs: list) -> str:
+        return ray.get(refs[0])
+
+    inner = sleeper.remote(100)
+    outer = waits_for.remote([inner])
+    _running(outer)
+    wait_for(lambda: _state(inner) == "RUNNING", 10, "the inner task to run")
+    # A task blocked in get lends its CPU out: then it is really waiting inside get.
+    wait_for(lambda: ray.available_resources().get("CPU") == 1.0, 10, "the outer task to block in get")
+    ray.cancel(outer, recursive=False)
+    with pytest.raises(TaskCancelledError) as info:
+        ray.get(outer, timeout=10)
+    assert isinstance(info.value, RayTaskError)
+    assert _state(inner) == "RUNNING", "recursive=False leaves what the task did not submit alone"
+    ray.cancel(inner, force=True)
+    with pytest.raises(TaskCancelledError):
+        ray.get(inner, timeout=10)
+
+
+def test_force_kills_the_worker_which_is_replaced(cluster):
+    cluster(num_cpus=1)
+    ref = sleeper.remote(100)
+    _running(ref)
+    pid = get_task(ref)[-1].worker_pid
+    assert pid in testing.worker_pids()
+    ray.cancel(ref, force=True)
+    with pytest.raises(TaskCancelledError) as info:
+        ray.get(ref, timeout=10)
+    assert not isinstance(info.value, RayTaskError)
+    wait_for(lambda: testing.worker_pids() and pid not in testing.worker_pids(), 10, "a replacement worker")
+    assert ray.get(sleeper.remote(0), timeout=10) == "done"
+    killed = [w for w in list_workers() if w.pid == pid]
+    assert len(killed) == 1 and not killed[0].is_alive
+    assert killed[0].exit_type == "INTENDED_USER_EXIT"
+    assert "cancel(force=True)" in killed[0].exit_detail
+    _only_attempt_cancelled(ref)
+
+
+def _started(path: str) -> None:
+    # The head says RUNNING once it sent the task; the task itself says when it is inside its try.
+    wait_for(lambda: os.path.exists(path), 10, "the task to reach its try block")
+
+
+def test_task_that_catches_the_interrupt_keeps_going_until_forced(cluster, tmp_path):
+    cluster(num_cpus=1)
+
+    @ray.remote
+    def stubborn(started: str, caught: str) -> int:
+        interrupts = 0
+        while True:
+            try:
+                if not os.path.exists(started):
+                    open(started, "w").close()
+                time.sleep(0.05)
+            except KeyboardInterrupt:
+                interrupts += 1
+                with open(caught, "w") as f:  # last in the handler: the test waits for it
+                    f.write(str(interrupts))
+
+    started, caught = str(tmp_path / "started"), str(tmp_path / "caught")
+
+    def interrupts() -> int:
+        try:
+            with open(caught) as f:
+                return int(f.read() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    ref = stubborn.remote(started, caught)
+    _started(started)
+    ray.cancel(ref)
+    wait_for(lambda: interrupts() == 1, 10, "the task to catch the first interrupt")
+    ray.cancel(ref)  # a second plain cancel is just another interrupt
+    wait_for(lambda: interrupts() == 2, 10, "the task to catch the second interrupt")
+    with pytest.raises(GetTimeoutError):
+        ray.get(ref, timeout=0.5)
+    assert _state(ref) == "RUNNING"
+    ray.cancel(ref, force=True)
+    with pytest.raises(TaskCancelledError) as info:
+        ray.get(ref, timeout=10)
+    assert not isinstance(info.value, RayTaskError)
+    _only_attempt_cancelled(ref)
+
+
+def test_task_that_catches_the_interrupt_and_returns_keeps_its_value(cluster, tmp_path):
+    cluster(num_cpus=1)
+
+    @ray.remote
+    def catcher(started: str) -> int:
+        try:
+            open(started, "w").close()
+            time.sleep(100)
+        except KeyboardInterrupt:
+            return 42
+        return 0
+
+    started = str(tmp_path / "started")
+    ref = catcher.remote(started)
+    _started(started)
+    ray.cancel(ref)
+    assert ray.get(ref, timeout=10) == 42
+    assert [a.state for a in get_task(ref)] == ["FINISHED"]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_cancelled_task_is_never_retried(cluster, force):
+    cluster(num_cpus=1)
+
+    @ray.remote(max_retries=5, retry_exceptions=True)
+    def retried_if_it_could_be(seconds: float) -> str:
+        time.sleep(seconds)
+        return "done"
+
+    ref = retried_if_it_could_be.remote(100)
+    _running(ref)
+    ray.cancel(ref, force=force)
+    with pytest.raises(TaskCancelledError):
+        ray.get(ref, timeout=10)
+    # Give a wrongful retry the time to show up; then there must still be one attempt.
+    assert ray.get(sleeper.remote(0), timeout=10) == "done"
+    _only_attempt_cancelled(ref)
+
+
+def test_recursive_cancel_reaches_the_tasks_it_submitted(cluster):
+    cluster(num_cpus=3)
+
+    @ray.remote
+    def parent(child_seconds: float) -> str:
+        child = sleeper.options(name="child").remote(child_seconds)
+        return ray.get(child)
+
+    ref = parent.remote(100)
+    child_running = lambda: [t for t in list_tasks(filters=[("name", "=", "child")]) if t.state == "RUNNING"]  # noqa: E731
+    child = wait_for(child_running, 10, "the child task to run")[0]
+    ray.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        ray.get(ref, timeout=10)
+    wait_for(lambda: get_task(child.task_id)[-1].state == "FAILED", 10, "the child to be cancelled too")
+    assert get_task(child.task_id)[-1].error_type == "TASK_CANCELLED"
+
+
+def test_cancelling_a_finished_task_changes_nothing(cluster):
+    cluster(num_cpus=1)
+    ref = sleeper.remote(0)
+    assert ray.get(ref, timeout=10) == "done"
+    ray.cancel(ref)
+    ray.cancel(ref, force=True)
+    assert ray.get(ref, timeout=10) == "done"
+    assert [(a.state, a.error_type) for a in get_task(ref)] == [("FINISHED", None)]
+    put = ray.put(1)
+    ray.cancel(put)  # a put object has no task: nothing happens
+    assert ray.get(put) == 1
+    with pytest.raises(TypeError):
+        ray.cancel(1)  # type: ignore[arg-type]
+
+
+def test_cancelling_a_task_queued_behind_another_on_a_worker_is_immediate(cluster, monkeypatch):
+    """Tiny tasks are pipelined to a busy worker; cancelling one that has not started drops it at once."""
+    from minicluster import task_flow
+
+    monkeypatch.setattr(task_flow, "PIPELINE_QUICK_S", 0.1)  # "quick" even on a loaded machine
+    cluster(num_cpus=1)
+
+    @ray.remote
+    def quick(seconds: float) -> float:  # known to be quick after its first call, so it gets pipelined
+        time.sleep(seconds)
+        return seconds
+
+    assert ray.get(quick.remote(0), timeout=10) == 0
+    blocker = sleeper.remote(0.3)
+    first, second, third = (quick.remote(0.8) for _ in range(3))
+    wait_for(lambda: _state(first) == "RUNNING" and _state(third) == "SUBMITTED_TO_WORKER", 10,
+             "the quick tasks to be queued at the worker")
+    ray.cancel(third)
+    start = time.monotonic()
+    with pytest.raises(TaskCancelledError) as info:
+        ray.get(third, timeout=0.6)
+    assert time.monotonic() - start < 0.5
+    assert not isinstance(info.value, RayTaskError)
+    assert ray.get([blocker, first, second], timeout=10) == ["done", 0.8, 0.8]
+    assert ray.get(quick.remote(0), timeout=10) == 0  # the worker's queue is still in step
+    _only_attempt_cancelled(third)
+
+
+def test_max_calls_recycling_is_a_clean_retirement(cluster):
+    cluster(num_cpus=1)
+
+    @ray.remote(max_calls=2)
+    def pid() -> int:
+        return os.getpid()
+
+    pids = [ray.get(pid.remote(), timeout=10) for _ in range(4)]
+    assert pids[0] == pids[1] and pids[2] == pids[3] and pids[0] != pids[2]
+    wait_for(lambda: [w for w in list_workers() if w.pid == pids[0] and not w.is_alive], 10,
+             "the first worker to be recorded as gone")
+    retired = [w for w in list_workers() if w.pid == pids[0]][0]
+    assert retired.exit_type == "INTENDED_SYSTEM_EXIT"
+    assert "max_calls" in retired.exit_detail
+    attempts = list_tasks(filters=[("name", "=", "pid")])
+    assert [(a.state, a.error_type) for a in attempts] == [("FINISHED", None)] * 4
+    assert not [w for w in list_workers() if w.exit_type == "SYSTEM_ERROR"]
