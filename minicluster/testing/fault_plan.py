@@ -324,7 +324,8 @@ class FaultPlan:
         """Random kills at a rate counted in tasks (reproducible from the seed): on average every
         `kill_worker_every` dispatched tasks the worker running one dies (at a random point of
         `points`); on average every `kill_node_every` finished tasks a random node other than the
-        driver's dies, at most `max_node_kills` times. Always optional."""
+        driver's dies, at most `max_node_kills` times. Always optional; a later call replaces
+        the schedule."""
         if kill_worker_every is None and kill_node_every is None:
             raise ValueError("chaos(): give kill_worker_every and/or kill_node_every")
         if kill_worker_every is not None:
@@ -335,8 +336,6 @@ class FaultPlan:
         point_list = tuple(_point("chaos", p) for p in points)
         if not point_list:
             raise ValueError("chaos(points=()): give at least one point")
-        if any(isinstance(f, Chaos) for f in self.faults):
-            raise ValueError("chaos(): this plan already has a chaos schedule")
         return self._add(Chaos(kill_worker_every=kill_worker_every, kill_node_every=kill_node_every,
                                max_node_kills=max_node_kills, points=point_list, actors=actors, optional=True))
 
