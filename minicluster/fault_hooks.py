@@ -19,7 +19,7 @@ worker's own code, so a fault never races the work it is aimed at:
 
 An order is a tuple (point, action, argument, fault id). Actions:
 
-    KILL_WORKER  SIGKILL this worker (a crash: the head sees WORKER_DIED)
+    KILL_WORKER  SIGKILL this worker, once the head has the report (a crash: WORKER_DIED)
     KILL_NODE    ask the head to kill this worker's node, and wait for the end
     STOP_NODE    ask the head to SIGSTOP this worker's node; go on once it resumes
     RAISE        raise the pickled exception, as if the task's own code had raised it
@@ -103,7 +103,9 @@ def carry_out(client: Any, call: Any, point: str) -> None:
             _report(client, call, fault_id, point, action, None)
             raise pickle.loads(argument)
         elif action == KILL_WORKER:
-            _report(client, call, fault_id, point, action, None)
+            # Wait until the head has the report: it may learn of the death from the node
+            # manager before it reads this socket, and would then never see the report.
+            client._request("fault", call.task_id, call.attempt, fault_id, point, action, None)
             os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(60)  # SIGKILL lands before this returns
         elif action in (KILL_NODE, STOP_NODE):

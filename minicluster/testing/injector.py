@@ -285,7 +285,9 @@ class Injector:
         detail_text = repr(getattr(fault, "exception", "")) if action == fault_hooks.RAISE else ""
         self._record(kind, fault, node=node, worker=worker, task=task, attempt=attempt, point=point,
                      detail=detail_text)
-        if action == fault_hooks.KILL_NODE:
+        if action == fault_hooks.KILL_WORKER:
+            head._post(worker.peer, ("reply", request_id, None))  # recorded: it may die now
+        elif action == fault_hooks.KILL_NODE:
             head.kill_node(node.node_id, f"killed by minicluster.testing: {fault.describe()}")
         elif action == fault_hooks.STOP_NODE:
             assert isinstance(fault, StopNode)
