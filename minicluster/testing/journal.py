@@ -4,7 +4,8 @@ Runs in the driver. The journal belongs to a FaultPlan (fault_plan.py); while th
 plan is installed, the head's fault injector (injector.py) appends to it from the
 head's I/O thread, and the test reads it from its own thread, so every access
 takes the journal's lock. Events can also be written, one JSON object a line,
-to a file (the session's `logs/faults.jsonl`), and turned into Chrome-trace
+to a file (the session's `logs/faults.jsonl`: the journal of the plan installed
+last in that session), and turned into Chrome-trace
 instant events to lay over the timeline.
 
     journal.count("kill_worker")                 # how many workers the plan killed
@@ -71,14 +72,14 @@ class FaultJournal:
             return event
 
     def write_to(self, path: Optional[str]) -> None:
-        """Also append every event, as a JSON line, to `path` (None: stop writing)."""
+        """Also write every event, as a JSON line, to `path` (None: stop); the file starts over."""
         with self._lock:
             if self._sink is not None:
                 self._sink.close()
                 self._sink = None
             if path is not None:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                self._sink = open(path, "a", buffering=1)
+                self._sink = open(path, "w", buffering=1)
                 for event in self._events:
                     self._sink.write(json.dumps(asdict(event)) + "\n")
 
