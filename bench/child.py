@@ -102,6 +102,11 @@ def main(argv: list[str]) -> int:
         res.save()
         return 0
 
+    if group == "chaos" and system != "minicluster":
+        res.records["chaos"] = na("minicluster only (fault injection)")
+        res.save()
+        return 0
+
     try:
         h = systems.start(system, "warm")
     except systems.Unavailable as e:
@@ -123,6 +128,9 @@ def main(argv: list[str]) -> int:
                 res.guarded(("retry",), lambda: {"retry": workloads.pool_retry(h, r)})
         elif group == "footprint":
             res.guarded(("footprint",), lambda: {"footprint": workloads.footprint(h)})
+        elif group == "chaos":
+            rt = h.rt
+            res.guarded(("chaos",), lambda: {"chaos": workloads.rl_chaos(rt, r)})
     finally:
         t0 = time.perf_counter()
         try:

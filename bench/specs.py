@@ -11,6 +11,7 @@ Measurement groups (each group of one system is one fresh subprocess):
 - ``warm``      [throughput], [roundtrip], [put], [get], [arg]   (2 worker slots)
 - ``retry``     [retry]               (2 worker slots, own process: it kills a worker)
 - ``footprint`` [footprint]           (2 worker slots, own process: nothing else ran)
+- ``chaos``     [chaos]               (2 worker slots, own process: it kills ~100 workers; minicluster only)
 - ``baseline``  [pipe], [memcpy]      system-independent, run once
 """
 
@@ -56,6 +57,10 @@ BENCHES: list[Bench] = [
     # Ray: several hundred MB (driver + raylet + gcs + agents + workers). Target <= 60 MB.
     Bench("footprint", "footprint", "idle PSS, driver + all children", "MB", False, 60.0,
           "<= 60 MB", "several 100 MB"),
+    # minicluster only (fault injection): 10,000 tiny tasks with a worker killed every 100 tasks
+    # (minicluster.testing chaos), time / time of the same tasks without faults. Target <= 3x.
+    Bench("chaos", "chaos", "10k tiny tasks, worker killed every 100", "x", False, 3.0,
+          "<= 3x fault-free", "-"),
     # Raw multiprocessing.Pipe ping-pong between two processes: about 52 us.
     Bench("pipe", "baseline", "mp.Pipe ping-pong (baseline)", "us", False, None, "-", "~52 us"),
     # np.copyto of 100 MB into an already-touched buffer: about 8.7 ms.
@@ -65,7 +70,7 @@ BENCHES: list[Bench] = [
 BY_NAME: dict[str, Bench] = {b.name: b for b in BENCHES}
 SYSTEM_BENCHES: list[str] = [b.name for b in BENCHES if b.group != "baseline"]
 BASELINE_BENCHES: list[str] = [b.name for b in BENCHES if b.group == "baseline"]
-GROUPS: list[str] = ["start", "warm", "retry", "footprint"]
+GROUPS: list[str] = ["start", "warm", "retry", "footprint", "chaos"]
 
 # A selected benchmark pulls in the baseline it is compared against.
 BASELINE_FOR: dict[str, str] = {"roundtrip": "pipe", "put": "memcpy"}
@@ -76,6 +81,7 @@ TIMEOUTS: dict[str, tuple[float, float]] = {
     "warm": (240.0, 480.0),
     "retry": (150.0, 240.0),
     "footprint": (120.0, 120.0),
+    "chaos": (120.0, 240.0),
     "baseline": (90.0, 120.0),
 }
 
@@ -91,16 +97,18 @@ class Reps(NamedTuple):
     put_runs: int
     arg_calls: int
     retry_runs: int
+    chaos_tasks: int
+    chaos_runs: int
     pipe_calls: int
     memcpy_runs: int
 
 
 FULL = Reps(throughput_tasks=10_000, throughput_runs=3, throughput_warmup=500,
             roundtrip_calls=2_000, roundtrip_warmup=200, put_runs=9, arg_calls=7,
-            retry_runs=5, pipe_calls=2_000, memcpy_runs=7)
+            retry_runs=5, chaos_tasks=10_000, chaos_runs=3, pipe_calls=2_000, memcpy_runs=7)
 QUICK = Reps(throughput_tasks=2_000, throughput_runs=1, throughput_warmup=300,
              roundtrip_calls=500, roundtrip_warmup=50, put_runs=5, arg_calls=3,
-             retry_runs=2, pipe_calls=1_000, memcpy_runs=5)
+             retry_runs=2, chaos_tasks=2_000, chaos_runs=1, pipe_calls=1_000, memcpy_runs=5)
 
 
 def reps(quick: bool) -> Reps:

@@ -49,6 +49,10 @@ from .fault_plan import (
 #: Where the journal is written in the session folder, for tools outside the test process.
 JOURNAL_FILE = "faults.jsonl"
 
+#: Chaos remembers which task attempts it counted; past this many it forgets finished tasks
+#: (a pass over the table every COUNTED_LIMIT dispatches: cheap, and memory stays bounded).
+COUNTED_LIMIT = 50_000
+
 
 class _Match:
     """Progress of one task-aimed fault: the tasks seen so far, the one it is bound to, what fired."""
@@ -89,7 +93,9 @@ class Injector:
         self.stopped: Dict[bytes, Tuple[list, list, StopNode]] = {}  #: node id -> (timer, workers waiting, fault)
         self.finished_on: Dict[bytes, int] = collections.Counter()
         self.finished_total = 0
-        self.dispatched = 0  #: chaos: dispatches counted
+        self.dispatched = 0  #: chaos: task attempts dispatched (a re-dispatch of one counts once)
+        self.counted: Dict[bytes, int] = {}  #: chaos: task id -> its highest attempt counted
+        self.counted_limit = COUNTED_LIMIT
         self.next_worker_kill = 0
         self.next_node_kill = 0
         self.node_kills = 0
@@ -232,7 +238,8 @@ class Injector:
                 orders.append((fault_hooks.FETCH, fault_hooks.SLEEP, argument, delay.fault_id))
         chaos = self.chaos
         if chaos is not None and chaos.kill_worker_every and self.plan.chaos_enabled and (
-                spec.task_type == NORMAL_TASK or (chaos.actors and spec.task_type == ACTOR_TASK)):
+                spec.task_type == NORMAL_TASK or (chaos.actors and spec.task_type == ACTOR_TASK)) \
+                and self._first_dispatch(spec.task_id, attempt):
             self.dispatched += 1
             if self.dispatched >= self.next_worker_kill:
                 self.next_worker_kill += _gap(self.rng_dispatch, chaos.kill_worker_every)
@@ -340,6 +347,19 @@ class Injector:
         if selector.attempts is not None and attempt not in selector.attempts:
             return False
         return (spec.task_id, attempt) not in match.fired_keys
+
+    def _first_dispatch(self, task_id: bytes, attempt: int) -> bool:
+        """Whether this attempt is dispatched for the first time (tasks queued behind a dead
+        worker's running one are sent again): chaos counts task attempts, not messages."""
+        counted = self.counted
+        if counted.get(task_id, -1) >= attempt:
+            return False
+        counted[task_id] = attempt
+        if len(counted) > self.counted_limit:  # forget finished tasks now and then
+            live = self.head.tasks
+            self.counted = {t: a for t, a in counted.items() if t in live}
+            self.counted_limit = max(COUNTED_LIMIT, 2 * len(self.counted))
+        return True
 
     def _actor_call_aimed(self, fault: KillActor, spec: Any) -> bool:
         if isinstance(fault.actor, bytes):
