@@ -351,14 +351,13 @@ class TaskFlow:
         if spec.task_type == ACTOR_CREATION_TASK:
             meta = self.actors[spec.actor_id].meta
             actor = (meta["max_concurrency"], meta["is_async"], meta["class_name"])
-        faults = self.faults  # a test's fault plan, if one is installed (fault_hooks.py)
-        orders = None if faults is None else faults.on_exec(task, worker)
+        faults = self.faults  # a test's fault plan, if one is installed: orders for the worker (fault_hooks.py)
         message = ("exec", (spec.task_id, task.attempt, spec.function_id, spec.name, spec.args, payloads,
                             spec.num_returns, spec.retry_exceptions, spec.max_calls, spec.actor_id,
-                            spec.task_type, spec.func_name, spec.method, actor, orders))
-        if faults is not None and faults.hold_exec(worker, message):
-            return
-        self._post(peer, message)
+                            spec.task_type, spec.func_name, spec.method, actor,
+                            None if faults is None else faults.on_exec(task, worker)))
+        if faults is None or not faults.hold_exec(worker, message):
+            self._post(peer, message)
 
     def _task_reported(self, task: TaskRecord, results: list, error_info: Optional[tuple], node_id: bytes) -> None:
         task.worker = None
