@@ -44,7 +44,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from .fault_plan import SEED_ENV, FaultPlan, default_seed
+from .fault_plan import SEED_ENV, FaultPlan, UnfiredFaultsError, default_seed
 from .journal import FaultJournal
 
 CHAOS_ENV = "MINICLUSTER_TEST_CHAOS"
@@ -226,18 +226,24 @@ def minicluster_cluster(request: pytest.FixtureRequest, fault_plan: FaultPlan,
 # ==== hooks: unfired faults fail the test; failures show the seed and the journal ==========
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    result = yield
+    outcome = yield
     plan = item.stash.get(_PLAN, None)
-    if plan is not None:
+    if plan is None or outcome.excinfo is not None:
+        return
+    try:
         plan.assert_all_fired()
-    return result
+    except UnfiredFaultsError as exc:
+        if not hasattr(outcome, "force_exception"):  # pluggy < 1.1
+            raise
+        outcome.force_exception(exc)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[Any]:
-    report = yield
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
     seed = item.stash.get(_SEED, None)
     if report.failed and seed is not None:
         base_id = item.nodeid.split("[", 1)[0]
@@ -246,7 +252,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         if plan is not None:
             text += ["", plan.describe(), "", "Injected faults that fired:", plan.journal.format()]
         report.sections.append((f"minicluster seed and faults ({report.when})", "\n".join(text)))
-    return report
 
 
 # ==== leak checks ========================================================================
