@@ -101,7 +101,7 @@ class TaskSelector:
     def text(self) -> str:
         attempts = "all" if self.attempts is None else ",".join(str(a) for a in sorted(self.attempts))
         nth = "every" if self.nth is None else str(self.nth)
-        return f"task={self.name!r}, attempt={attempts}, nth={nth}"
+        return f"{'function' if self.by_function else 'task'}={self.name!r}, attempt={attempts}, nth={nth}"
 
 
 @dataclass(kw_only=True)
@@ -422,10 +422,10 @@ def _selector(method: str, task: TaskName, attempts: Optional[List[int]], nth: O
         if not task:
             raise ValueError(f"{method}(): the task name is empty")
         name, by_function = task, False
-    elif hasattr(task, "_func_name"):  # a remote function (or a function with options bound)
-        name, by_function = getattr(task, "_func_name"), True
-    elif hasattr(task, "_remote_function"):
-        name, by_function = task._remote_function._func_name, True
+    elif isinstance(getattr(task, "_func_name", None), str):  # a remote function
+        name, by_function = task._func_name, True
+    elif isinstance(getattr(getattr(task, "_function", None), "_func_name", None), str):  # f.options(...)
+        name, by_function = task._function._func_name, True
     else:
         raise TypeError(f"{method}({task!r}): give a task name or a remote function")
     if attempts is not None:
