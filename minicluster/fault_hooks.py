@@ -17,7 +17,8 @@ worker's own code, so a fault never races the work it is aimed at:
     fault_message ◄── ("fault", ...) ◄──────────────── each order reports itself as it fires
     _on_done ─► faults.after_done(worker)           (node triggers: "after N tasks finished on node X")
 
-An order is a tuple (point, action, argument, fault id). Actions:
+An order is a tuple (point, action, argument, fault reference); the worker echoes the
+reference (opaque to it) in its report. Actions:
 
     KILL_WORKER  SIGKILL this worker, once the head has the report (a crash: WORKER_DIED)
     KILL_NODE    ask the head to kill this worker's node, and wait for the end
@@ -52,7 +53,7 @@ STOP_NODE = "stop_node"
 RAISE = "raise"
 SLEEP = "sleep"
 
-Order = Tuple[str, str, Any, int]
+Order = Tuple[str, str, Any, Any]
 
 
 class HeadHooks(Protocol):
@@ -75,7 +76,7 @@ class HeadHooks(Protocol):
 
 
 def fault_message(head: Any, peer: Any, worker: Any, message: tuple) -> None:
-    """Handler of ("fault", request_id, task_id, attempt, fault_id, point, action, detail).
+    """Handler of ("fault", request_id, task_id, attempt, fault reference, point, action, detail).
 
     Runs in the head (hub thread, lock held). Without an installed plan (it was
     removed meanwhile) a worker waiting for an answer is let go at once.
@@ -95,22 +96,22 @@ def carry_out(client: Any, call: Any, point: str) -> None:
     for order in call.faults:
         if order[0] != point:
             continue
-        _, action, argument, fault_id = order
+        _, action, argument, fault_ref = order
         if action == SLEEP:
-            _report(client, call, fault_id, point, action, argument)
+            _report(client, call, fault_ref, point, action, argument)
             time.sleep(argument)
         elif action == RAISE:
-            _report(client, call, fault_id, point, action, None)
+            _report(client, call, fault_ref, point, action, None)
             raise pickle.loads(argument)
         elif action == KILL_WORKER:
             # Wait until the head has the report: it may learn of the death from the node
             # manager before it reads this socket, and would then never see the report.
-            client._request("fault", call.task_id, call.attempt, fault_id, point, action, None)
+            client._request("fault", call.task_id, call.attempt, fault_ref, point, action, None)
             os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(60)  # SIGKILL lands before this returns
         elif action in (KILL_NODE, STOP_NODE):
             # The head acts on the whole node; a stopped node's worker goes on after resume.
-            client._request("fault", call.task_id, call.attempt, fault_id, point, action, None)
+            client._request("fault", call.task_id, call.attempt, fault_ref, point, action, None)
 
 
 def transfer_delay_of(client: Any, call: Any) -> Optional["TransferDelay"]:
@@ -139,5 +140,5 @@ class TransferDelay:
         time.sleep(seconds)
 
 
-def _report(client: Any, call: Any, fault_id: int, point: str, action: str, detail: Any) -> None:
-    client.send(("fault", 0, call.task_id, call.attempt, fault_id, point, action, detail))
+def _report(client: Any, call: Any, fault_ref: Any, point: str, action: str, detail: Any) -> None:
+    client.send(("fault", 0, call.task_id, call.attempt, fault_ref, point, action, detail))

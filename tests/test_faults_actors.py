@@ -29,8 +29,9 @@ def test_kill_actor_at_nth_call_restarts_it(minicluster_cluster, fault_plan, fau
     [event] = fault_journal.events()
     assert (event.kind, event.task, event.point) == ("kill_actor", "Counter.incr", "start")
     rows = attempts("Counter.incr")
-    assert [r.error_type for r in rows if r.state == "FAILED"] == ["ACTOR_DIED"]
-    assert "[injected by minicluster.testing: kill_actor at start" in [r for r in rows if r.state == "FAILED"][0].error_message
+    [failed] = [r for r in rows if r.state == "FAILED"]
+    assert failed.error_type == "ACTOR_DIED"
+    assert "[injected by minicluster.testing: kill_actor at start" in failed.error_message
 
 
 def test_kill_actor_by_handle_and_method_without_restarts(minicluster_cluster, fault_plan, fault_journal):

@@ -25,6 +25,7 @@ interleaved the others: the same seed and program give the same faults.
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import random
 import time
@@ -72,6 +73,7 @@ class Injector:
     def __init__(self, plan: FaultPlan, head: Any, client: Any) -> None:
         self.plan = plan
         self.head = head
+        self.serial = next(_serials)  #: orders carry it: a late report of an earlier plan is not ours
         self.client = client
         self.journal = plan.journal
         self.t0 = time.monotonic()
@@ -212,16 +214,16 @@ class Injector:
                     continue
                 if self._aims_at(fault, fault.when_task_starts, spec, attempt):  # type: ignore[arg-type]
                     action = fault_hooks.KILL_NODE if isinstance(fault, KillNode) else fault_hooks.STOP_NODE
-                    orders.append((fault_hooks.START, action, None, fault.fault_id))
+                    orders.append((fault_hooks.START, action, None, self._ref(fault)))
             elif isinstance(fault, KillWorker):
                 if self._aims_at(fault, fault.target, spec, attempt):
-                    orders.append((fault.at, fault_hooks.KILL_WORKER, None, fault.fault_id))
-            elif self._aims_at(fault, fault.target, spec, attempt):  # RaiseInTask
-                orders.append((fault_hooks.START, fault_hooks.RAISE, fault.blob, fault.fault_id))  # type: ignore[attr-defined]
+                    orders.append((fault.at, fault_hooks.KILL_WORKER, None, self._ref(fault)))
+            elif isinstance(fault, RaiseInTask) and self._aims_at(fault, fault.target, spec, attempt):
+                orders.append((fault_hooks.START, fault_hooks.RAISE, fault.blob, self._ref(fault)))
         if self.actor_faults and spec.task_type == ACTOR_TASK:
             for fault in self.actor_faults:
                 if not fault.fired and self._actor_call_aimed(fault, spec):
-                    orders.append((fault.at, fault_hooks.KILL_WORKER, None, fault.fault_id))
+                    orders.append((fault.at, fault_hooks.KILL_WORKER, None, self._ref(fault)))
         for delay in self.delays:
             if delay.task is not None and not delay.task.matches_name(spec):
                 continue
@@ -232,10 +234,10 @@ class Injector:
                     self.hold_s, self.hold_fault, self.hold_task = seconds, delay, task
             elif delay.channel == "result":
                 seconds = rng.uniform(delay.low_ms, delay.high_ms) / 1000.0
-                orders.append((fault_hooks.BEFORE_REPLY, fault_hooks.SLEEP, seconds, delay.fault_id))
+                orders.append((fault_hooks.BEFORE_REPLY, fault_hooks.SLEEP, seconds, self._ref(delay)))
             else:
                 argument = (rng.getrandbits(63), delay.low_ms / 1000.0, delay.high_ms / 1000.0)
-                orders.append((fault_hooks.FETCH, fault_hooks.SLEEP, argument, delay.fault_id))
+                orders.append((fault_hooks.FETCH, fault_hooks.SLEEP, argument, self._ref(delay)))
         chaos = self.chaos
         if chaos is not None and chaos.kill_worker_every and self.plan.chaos_enabled and (
                 spec.task_type == NORMAL_TASK or (chaos.actors and spec.task_type == ACTOR_TASK)) \
@@ -244,7 +246,7 @@ class Injector:
             if self.dispatched >= self.next_worker_kill:
                 self.next_worker_kill += _gap(self.rng_dispatch, chaos.kill_worker_every)
                 point = self.rng_dispatch.choice(chaos.points)
-                orders.append((point, fault_hooks.KILL_WORKER, None, chaos.fault_id))
+                orders.append((point, fault_hooks.KILL_WORKER, None, self._ref(chaos)))
         return tuple(orders) if orders else None
 
     def hold_exec(self, worker: Any, message: tuple) -> bool:
@@ -267,8 +269,12 @@ class Injector:
         return True
 
     def on_fired(self, worker: Any, message: tuple) -> None:
-        _, request_id, task_id, attempt, fault_id, point, action, detail = message
+        _, request_id, task_id, attempt, (serial, fault_id), point, action, detail = message
         head = self.head
+        if serial != self.serial:  # an order of a plan uninstalled since: let the worker go on
+            if request_id:
+                head._post(worker.peer, ("reply", request_id, None))
+            return
         fault = self.plan.faults[fault_id - 1]
         fault.fired += 1
         self.matches[fault_id].fired_keys.add((task_id, attempt))
@@ -306,7 +312,8 @@ class Injector:
         self.finished_total += 1
         count = self.finished_on[node_id] = self.finished_on[node_id] + 1
         for fault in self.count_faults:
-            if not fault.fired and fault.node_id == node_id and count >= fault.after_tasks and node.alive:  # type: ignore[operator]
+            after = fault.after_tasks
+            if not fault.fired and fault.node_id == node_id and after is not None and count >= after and node.alive:
                 fault.fired += 1
                 detail = f"after {count} tasks finished on it"
                 if isinstance(fault, StopNode):
@@ -326,7 +333,8 @@ class Injector:
                 victim = self.rng_done.choice(candidates)
                 self.node_kills += 1
                 chaos.fired += 1
-                self._record("kill_node", chaos, node=victim, detail=f"chaos, after {self.finished_total} tasks finished")
+                self._record("kill_node", chaos, node=victim,
+                             detail=f"chaos, after {self.finished_total} tasks finished")
                 self.head.kill_node(victim.node_id, f"killed by minicluster.testing: chaos ({chaos.describe()})")
 
     # ==== helpers ===========================================================================
@@ -347,6 +355,10 @@ class Injector:
         if selector.attempts is not None and attempt not in selector.attempts:
             return False
         return (spec.task_id, attempt) not in match.fired_keys
+
+    def _ref(self, fault: Fault) -> Tuple[int, int]:
+        """How an order names its fault: this injector's serial and the fault's id."""
+        return (self.serial, fault.fault_id)
 
     def _first_dispatch(self, task_id: bytes, attempt: int) -> bool:
         """Whether this attempt is dispatched for the first time (tasks queued behind a dead
@@ -452,6 +464,9 @@ class Injector:
             point=point,
             detail=detail,
         )
+
+
+_serials = itertools.count(1)
 
 
 def _gap(rng: random.Random, every: int) -> int:

@@ -85,7 +85,8 @@ class FaultJournal:
 
     # ---- queries (the test) -------------------------------------------------------
 
-    def events(self, kind: Optional[str] = None, task: Optional[str] = None, node: Optional[str] = None) -> List[FaultEvent]:
+    def events(self, kind: Optional[str] = None, task: Optional[str] = None,
+               node: Optional[str] = None) -> List[FaultEvent]:
         """The events so far, optionally only of one kind, task name, or node (name or hex id)."""
         if kind is not None and kind not in KINDS:
             raise ValueError(f"unknown fault event kind {kind!r}; kinds are: {', '.join(KINDS)}")
