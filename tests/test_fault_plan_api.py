@@ -144,3 +144,64 @@ def test_journal_queries_and_file(cluster):
         [line] = [json.loads(x) for x in f]
     assert line["kind"] == "kill_worker" and line["task"] == "noop"
     assert "fired 1x" in plan.describe()
+
+
+@ray.remote(max_retries=1)
+def wait_for_file(path):
+    import os
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.005)
+    return "done"
+
+
+def test_order_of_an_uninstalled_plan_still_fires_but_is_not_journalled(cluster, tmp_path):
+    from conftest import wait_for
+
+    cluster(num_nodes=1)
+    first = FaultPlan(seed=1).kill_worker("wait_for_file", at="before_store").install()
+    marker = tmp_path / "go"
+    ref = wait_for_file.remote(str(marker))
+    wait_for(lambda: testing.worker_pids() and _running(ref), what="the task to run")
+    first.uninstall()
+    with FaultPlan(seed=2) as second:
+        marker.touch()
+        assert ray.get(ref) == "done"  # the order it carried killed it once; the retry went through
+    assert len(first.journal) == 0 and len(second.journal) == 0
+
+
+def _running(ref):
+    head = context.current().head
+    with head.lock:
+        task = head.tasks.get(ref.binary()[:24])
+        return task is not None and task.state == "RUNNING"
+
+
+def test_uninstall_sends_held_tasks(cluster):
+    import time
+
+    cluster(num_nodes=1)
+    plan = FaultPlan(seed=1).delay("dispatch", ms=(20_000, 20_000)).install()
+    ref = noop.remote(1)
+    from conftest import wait_for
+
+    wait_for(lambda: plan.journal.count("delay_dispatch") == 1, what="the dispatch to be held")
+    started = time.monotonic()
+    plan.uninstall()
+    assert ray.get(ref, timeout=5) == 1 and time.monotonic() - started < 5
+
+
+def test_uninstall_resumes_stopped_nodes(cluster):
+    from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    cluster(num_nodes=2)
+    node1 = testing.live_nodes()[1]
+    on_node1 = noop.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node1, soft=False))
+    plan = FaultPlan(seed=1).stop_node(1, seconds=30, after_tasks=1).install()
+    assert ray.get(on_node1.remote(1)) == 1
+    assert [n["Stopped"] for n in ray.nodes()] == [False, True]
+    plan.uninstall()
+    assert [n["Stopped"] for n in ray.nodes()] == [False, False]
+    assert ray.get(on_node1.remote(2), timeout=5) == 2
+    assert [e.kind for e in plan.journal] == ["stop_node", "resume_node"]
