@@ -8,6 +8,9 @@ import minicluster as ray
 from minicluster.testing import FaultPlan
 from task_attempts import attempts
 
+# These tests count the faults they planned: chaos from --minicluster-chaos=on would add more.
+pytestmark = pytest.mark.minicluster(chaos=False)
+
 
 @ray.remote(max_retries=-1)
 def square(x):

@@ -11,6 +11,9 @@ import minicluster as ray
 from minicluster.testing import FaultPlan
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+# These tests count the faults they planned: chaos from --minicluster-chaos=on would add more.
+pytestmark = pytest.mark.minicluster(chaos=False)
+
 
 @ray.remote
 def echo(x):

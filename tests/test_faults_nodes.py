@@ -13,6 +13,9 @@ from minicluster.testing import FaultPlan
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from task_attempts import attempts
 
+# These tests count the faults they planned: chaos from --minicluster-chaos=on would add more.
+pytestmark = pytest.mark.minicluster(chaos=False)
+
 
 @ray.remote(max_retries=3)
 def block(seed):

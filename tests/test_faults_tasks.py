@@ -10,6 +10,9 @@ from minicluster import testing
 from minicluster.exceptions import RayTaskError, WorkerCrashedError
 from task_attempts import attempts
 
+# These tests count the faults they planned: chaos from --minicluster-chaos=on would add more.
+pytestmark = pytest.mark.minicluster(chaos=False)
+
 
 @ray.remote(max_retries=2)
 def double(x):

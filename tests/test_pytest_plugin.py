@@ -156,3 +156,18 @@ def test_bad_settings_are_usage_errors(pytester):
     """)
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*minicluster(seeds=0) must be an int >= 1*"])
+
+
+def test_markers_merge_module_then_test(pytester):
+    result = run(pytester, """
+        import pytest
+        import minicluster as ray
+
+        pytestmark = pytest.mark.minicluster(num_nodes=3, chaos=False)
+
+        @pytest.mark.minicluster(num_cpus=2)
+        def test_merged(minicluster_cluster, fault_plan):
+            assert len(ray.nodes()) == 3 and ray.cluster_resources()["CPU"] == 6
+            assert not fault_plan.faults  # chaos=False from the module beat --minicluster-chaos=on
+    """, "--minicluster-chaos", "on")
+    result.assert_outcomes(passed=1)

@@ -13,8 +13,9 @@ Fixtures
     minicluster_cluster  a session started with the test's settings, shut down afterwards and
                          checked for leaked processes and shared-memory folders
 
-Settings come from the marker, or from an indirect parameter of minicluster_cluster
-(a dict), which wins:
+Settings come from the markers (a module's `pytestmark`, a class's, the test's own,
+merged in that order), or from an indirect parameter of minicluster_cluster (a
+dict), which wins:
 
     @pytest.mark.minicluster(num_nodes=3, num_cpus=2, seeds=20, chaos=False)
     def test_pipeline(minicluster_cluster, fault_plan, fault_journal): ...
@@ -134,8 +135,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     config = metafunc.config
     count = config.getoption("minicluster_seeds", None)
     if count is None:
-        marker = metafunc.definition.get_closest_marker("minicluster")
-        wanted = marker.kwargs.get("seeds") if marker is not None else None
+        wanted = _marker_settings(metafunc.definition).get("seeds")
         if wanted is not None and (isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1):
             raise pytest.UsageError(f"{metafunc.definition.nodeid}: minicluster(seeds={wanted!r}) must be an int >= 1")
         # An explicit seed replays one run exactly, whatever the marker asks for.
@@ -165,8 +165,7 @@ def fault_plan(request: pytest.FixtureRequest, minicluster_seed: int) -> Iterato
     """A FaultPlan seeded with the test's seed; every planned fault must fire by the end of the test."""
     plan = FaultPlan(seed=minicluster_seed)
     chaos = request.config.stash[_CHAOS]
-    marker = request.node.get_closest_marker("minicluster")
-    opted_out = marker is not None and marker.kwargs.get("chaos") is False
+    opted_out = _marker_settings(request.node).get("chaos") is False
     if chaos == "on" and not opted_out:
         plan.chaos(kill_worker_every=DEFAULT_CHAOS_EVERY)
     elif chaos == "off":
@@ -190,11 +189,7 @@ def minicluster_cluster(request: pytest.FixtureRequest, fault_plan: FaultPlan,
     from minicluster import context
 
     settings = dict(DEFAULT_SETTINGS)
-    marker = request.node.get_closest_marker("minicluster")
-    if marker is not None:
-        if marker.args:
-            raise pytest.UsageError(f"{request.node.nodeid}: minicluster(...) takes keyword arguments only")
-        settings.update(marker.kwargs)
+    settings.update(_marker_settings(request.node))
     param = getattr(request, "param", None)
     if param is not None:
         if not isinstance(param, dict):
@@ -221,6 +216,16 @@ def minicluster_cluster(request: pytest.FixtureRequest, fault_plan: FaultPlan,
             pids = _session_pids(head)
             ray.shutdown()
     _check_no_leaks(pids, store_root)
+
+
+def _marker_settings(node: Any) -> Dict[str, Any]:
+    """The minicluster markers of a test merged: module's, then class's, then the test's own."""
+    settings: Dict[str, Any] = {}
+    for marker in reversed(list(node.iter_markers("minicluster"))):
+        if marker.args:
+            raise pytest.UsageError(f"{node.nodeid}: minicluster(...) takes keyword arguments only")
+        settings.update(marker.kwargs)
+    return settings
 
 
 # ==== hooks: unfired faults fail the test; failures show the seed and the journal ==========
