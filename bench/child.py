@@ -168,6 +168,9 @@ def main(argv: list[str]) -> int:
             for n in workloads.ACTOR_BENCHES:
                 if n in names:
                     res.guarded((n,), _bind_actor(n, h, r))
+        elif group == "chaos":
+            rt = h.rt
+            res.guarded(("chaos",), lambda: {"chaos": workloads.rl_chaos(rt, r)})
     finally:
         t0 = time.perf_counter()
         try:

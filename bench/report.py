@@ -97,7 +97,7 @@ def package_versions() -> dict[str, str]:
 def configs(systems: list[str]) -> dict[str, dict[str, str]]:
     return {
         "start, shutdown (4 worker slots)": {s: describe(s, "start") for s in systems},
-        "throughput, bookkeeping, roundtrip, put, get, arg, retry, footprint, actor_* "
+        "throughput, bookkeeping, roundtrip, put, get, arg, retry, footprint, chaos, actor_* "
         "(2 worker slots)": {s: describe(s, "warm") for s in systems},
         "cluster_start, add_node, footprint2, reconstruct, chain100 (one Cluster per system)":
             {s: describe(s, "cluster") for s in systems},
@@ -158,9 +158,16 @@ def cell(bench: str, rec: Record | None) -> str:
         return f"{'+' if v >= 0 else ''}{_num(v)} ms"
     if bench == "footprint":
         return f"{_num(v)} MB ({x.get('nprocs', '?')} procs)"
+    if bench == "chaos":
+        return f"{_num(v)}x ({_num(float(median_of(x['kills'])))} kills)"
     if bench == "memcpy":
         return f"{_num(v)} ms (arr.copy() {_num(float(x['arr_copy_ms']))} ms)"
     return f"{_num(v)} {unit}"
+
+
+def median_of(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2]
 
 
 def ratio(bench: Bench, mc: Record | None, peer: Record | None) -> str:
@@ -261,6 +268,13 @@ def details(report: Report) -> list[str]:
                        f"{ag['extra']['by_value_error'][:200]}")
     out += _recovery_details(report)
     out += _actor_details(report)
+    for s in report.systems:
+        ch = report.record("chaos", s)
+        if ch and ch["ok"]:
+            x = ch["extra"]
+            out.append(f"chaos {s}: {x['tasks']:,} tasks, a worker killed every {x['every']}: chaos "
+                       f"{', '.join(_num(v) for v in x['chaos_s'])} s vs fault-free "
+                       f"{', '.join(_num(v) for v in x['base_s'])} s; kills {x['kills']}")
     for s in report.systems:
         tp = report.record("throughput", s)
         if tp and tp["ok"]:

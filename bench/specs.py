@@ -15,6 +15,7 @@ Measurement groups (each group of one system is one fresh subprocess):
                 (the Cluster helper: a 1-CPU head plus 1-CPU worker nodes, added and removed)
 - ``lineage``   [lineage_mem]         (2 worker slots, own process, lineage capped at 20 MiB)
 - ``actors``    [actor_create], [actor_call], [actor_async], [actor_restart]   (2 worker slots)
+- ``chaos``     [chaos]               (2 worker slots, own process: it kills ~100 workers; minicluster only)
 - ``baseline``  [pipe], [memcpy]      system-independent, run once
 
 [bookkeeping] belongs to ``warm``. ProcessPoolExecutor / Pool have no nodes, object refs,
@@ -103,6 +104,10 @@ BENCHES: list[Bench] = [
     # Ray: not given. Target <= 100 ms from the crash to an answered call.
     Bench("actor_restart", "actors", "os._exit in a method -> restarted, answers", "ms", False,
           100.0, "<= 100 ms", "-"),
+    # minicluster only (fault injection): 10,000 tiny tasks with a worker killed every 100 tasks
+    # (minicluster.testing chaos), time / time of the same tasks without faults. Target <= 3x.
+    Bench("chaos", "chaos", "10k tiny tasks, worker killed every 100", "x", False, 3.0,
+          "<= 3x fault-free", "-"),
     # ---- system-independent baselines
     # Raw multiprocessing.Pipe ping-pong between two processes: about 52 us.
     Bench("pipe", "baseline", "mp.Pipe ping-pong (baseline)", "us", False, None, "-", "~52 us"),
@@ -113,7 +118,7 @@ BENCHES: list[Bench] = [
 BY_NAME: dict[str, Bench] = {b.name: b for b in BENCHES}
 SYSTEM_BENCHES: list[str] = [b.name for b in BENCHES if b.group != "baseline"]
 BASELINE_BENCHES: list[str] = [b.name for b in BENCHES if b.group == "baseline"]
-GROUPS: list[str] = ["start", "warm", "retry", "footprint", "cluster", "lineage", "actors"]
+GROUPS: list[str] = ["start", "warm", "retry", "footprint", "cluster", "lineage", "actors", "chaos"]
 
 # Cells that are n/a by design: (system, benchmark) -> (short reason for the cell, detail).
 _NO_NODES = ("no nodes (one local pool)", "a process pool is one machine's workers: no nodes to "
@@ -134,6 +139,9 @@ NOT_APPLICABLE[("ray", "lineage_mem")] = (
     "skipped: too slow for Ray",
     "skipped on purpose: 1,060,000 tiny tasks at Ray's ~1,000-1,500 tasks/s would take 12-18 "
     "minutes (quick: 150,000 tasks, about 2 minutes), beyond the suite's time budget")
+_NO_FAULTS = ("minicluster only (fault injection)", "only minicluster.testing can kill workers at "
+              "the runtime's own event points; the peers have no fault injection")
+NOT_APPLICABLE.update({(_system, "chaos"): _NO_FAULTS for _system in ("ray", "ppe", "mp")})
 
 # A selected benchmark pulls in the baseline it is compared against.
 BASELINE_FOR: dict[str, str] = {"roundtrip": "pipe", "put": "memcpy"}
@@ -144,6 +152,7 @@ TIMEOUTS: dict[str, tuple[float, float]] = {
     "warm": (240.0, 480.0),
     "retry": (150.0, 240.0),
     "footprint": (120.0, 120.0),
+    "chaos": (120.0, 240.0),
     "baseline": (90.0, 120.0),
     "cluster": (180.0, 300.0),
     "lineage": (150.0, 600.0),
@@ -162,6 +171,8 @@ class Reps(NamedTuple):
     put_runs: int
     arg_calls: int
     retry_runs: int
+    chaos_tasks: int
+    chaos_runs: int
     pipe_calls: int
     memcpy_runs: int
     bookkeeping_tasks: int
@@ -181,14 +192,14 @@ class Reps(NamedTuple):
 
 FULL = Reps(throughput_tasks=10_000, throughput_runs=3, throughput_warmup=500,
             roundtrip_calls=2_000, roundtrip_warmup=200, put_runs=9, arg_calls=7,
-            retry_runs=5, pipe_calls=2_000, memcpy_runs=7,
+            retry_runs=5, chaos_tasks=10_000, chaos_runs=3, pipe_calls=2_000, memcpy_runs=7,
             bookkeeping_tasks=3_000, bookkeeping_runs=5, reconstruct_runs=5, chain_len=100,
             lineage_tasks=1_000_000, lineage_dep_tasks=60_000, lineage_batch=1_000, actor_create_runs=5,
             actor_calls=2_000, actor_warmup=200, actor_async_calls=10_000, actor_async_runs=3,
             actor_restart_runs=3)
 QUICK = Reps(throughput_tasks=2_000, throughput_runs=1, throughput_warmup=300,
              roundtrip_calls=500, roundtrip_warmup=50, put_runs=5, arg_calls=3,
-             retry_runs=2, pipe_calls=1_000, memcpy_runs=5,
+             retry_runs=2, chaos_tasks=2_000, chaos_runs=1, pipe_calls=1_000, memcpy_runs=5,
              bookkeeping_tasks=2_000, bookkeeping_runs=2, reconstruct_runs=1, chain_len=100,
              lineage_tasks=100_000, lineage_dep_tasks=50_000, lineage_batch=1_000, actor_create_runs=3,
              actor_calls=500, actor_warmup=50, actor_async_calls=2_000, actor_async_runs=1,

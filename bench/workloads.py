@@ -23,6 +23,9 @@ What is timed (all wall-clock, ``time.perf_counter``):
 [retry]      a ``max_retries=1`` task that ``os._exit(1)``s its worker on the first attempt
              (a marker file in a temp dir tells the attempt): submit-to-result time minus
              that of the same task when it does not crash, median of the paired differences.
+[chaos]      minicluster only: N tiny tasks (submit all, get all) fault-free, then the same with
+             a ``minicluster.testing`` chaos plan killing a worker every 100 tasks (seeded by the
+             run's index); chaos time / fault-free time, median of the paired ratios.
 [footprint]  after init and one task and 1 s of idling: the sum of PSS
              (``memory_full_info().pss``) of the driver and all its descendants.
 [pipe]       ``multiprocessing.Pipe`` ping-pong with a child process: median / p90 per trip.
@@ -420,6 +423,46 @@ def pool_retry(h: Handle, r: Reps) -> Record:
         h.pool = None  # already stopped
 
 
+# ----------------------------------------------------------------------------- chaos
+
+CHAOS_KILL_EVERY = 100  # tasks between worker kills, on average
+
+
+def rl_chaos(rt: ModuleType, r: Reps) -> Record:
+    """[chaos]: the cost of worker deaths and retries at a steady rate, against no faults."""
+    if rt.__name__ != "minicluster":
+        return na("minicluster only (fault injection)")
+    from minicluster.testing import FaultPlan
+
+    @rt.remote(max_retries=-1)
+    def noop(i: int) -> int:
+        return i
+
+    def timed(n: int) -> float:
+        t0 = time.perf_counter()
+        out = rt.get([noop.remote(i) for i in range(n)])
+        took = time.perf_counter() - t0
+        if out != list(range(n)):
+            raise AssertionError("wrong results")
+        return took
+
+    rt.get([noop.remote(i) for i in range(r.throughput_warmup)])
+    base_s: list[float] = []
+    chaos_s: list[float] = []
+    kills: list[int] = []
+    for run in range(r.chaos_runs):
+        base_s.append(timed(r.chaos_tasks))
+        plan = FaultPlan(seed=run).chaos(kill_worker_every=CHAOS_KILL_EVERY).install()
+        try:
+            chaos_s.append(timed(r.chaos_tasks))
+        finally:
+            plan.uninstall()
+        kills.append(plan.journal.count("kill_worker"))
+    ratios = [c / b for c, b in zip(chaos_s, base_s, strict=True)]
+    return ok(median(ratios), ratios=ratios, chaos_s=chaos_s, base_s=base_s, kills=kills,
+              tasks=r.chaos_tasks, every=CHAOS_KILL_EVERY)
+
+
 # ------------------------------------------------------------------------- footprint
 
 
@@ -537,7 +580,6 @@ def run_cluster(system: str, r: Reps, names: list[str], emit: Any) -> None:
     One Cluster for the whole group (Ray's takes seconds to start and to add a node). ``emit``
     is called with each finished record, so a group killed by its timeout still reports them.
     """
-    import numpy as np
 
     rt = import_raylike(system)
     cluster_utils = importlib.import_module(f"{system}.cluster_utils")

@@ -42,7 +42,10 @@ Where things live (one concept per module):
     exceptions.py       Ray's exception hierarchy
     cluster_utils.py    Ray's Cluster test helper on virtual nodes
     cli.py              the `minicluster` command: demo, list, get, summary, status, timeline, logs
-    testing/            fault injection for tests (add/kill/stop nodes, kill workers)
+    fault_hooks.py      where a test's fault plan reaches into the head and the workers
+    testing/            fault injection for tests: on-demand node/worker controls, seeded
+                        fault plans fired at the runtime's own event points, the journal,
+                        and the pytest plugin (fixtures, seeds, chaos)
 """
 
 from . import exceptions

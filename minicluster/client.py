@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from . import config, object_store
 from .exceptions import RayTaskError
@@ -35,6 +35,9 @@ class RuntimeClient:
     worker_id: bytes
     layout: object_store.Layout
     refs: LocalRefCounter
+    #: Set only by a test's fault plan (fault_hooks.py): called before an object is
+    #: copied in from another node, to delay the transfer.
+    transfer_delay: Optional[Callable[[bytes], None]] = None
 
     def __init__(self) -> None:
         self.known_functions: set = set()
@@ -98,6 +101,8 @@ class RuntimeClient:
         if kind == "i":
             value, flags = deserialize(payload[1])
         elif kind == "s":
+            if self.transfer_delay is not None and self.node_id not in payload[1]:
+                self.transfer_delay(object_id)
             view, copied = object_store.fetch(self.layout, self.node_id, object_id, payload[1])
             if copied:
                 self.add_location(object_id, copied)

@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from . import config, object_store, virtual_nodes as node_procs
+from . import config, fault_hooks, object_store, virtual_nodes as node_procs
 from .actor_flow import ActorFlow
 from .hub import Hub, Peer
 from .ids import new_node_id
@@ -74,6 +74,8 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
         self._drain_driver_refs = drain_driver_refs
         self.hub = Hub(session.socket_path, session.key, self)
         self.closed = False
+        #: fault_hooks.HeadHooks of the fault plan a test installed (minicluster.testing), else None
+        self.faults: Optional[fault_hooks.HeadHooks] = None
 
     # ==== lifecycle ==================================================================
 
@@ -517,4 +519,5 @@ _HANDLERS: Dict[str, Callable[[Head, Peer, Any, tuple], None]] = {
     "create_actor": Head._on_create_actor,
     "lookup_actor": Head._on_lookup_actor,
     "kill_actor": Head._on_kill_actor,
+    "fault": fault_hooks.fault_message,
 }

@@ -55,6 +55,11 @@ class TaskFlow:
     """Head methods that move tasks along; see the module docstring."""
 
     def _on_done(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
+        self._task_done(worker, message)
+        if self.faults is not None:
+            self.faults.after_done(worker)  # node triggers of a test's fault plan (fault_hooks.py)
+
+    def _task_done(self, worker: WorkerRecord, message: tuple) -> None:
         if worker.actor is not None:
             self._actor_call_done(worker, message)
             return
@@ -351,9 +356,13 @@ class TaskFlow:
         if spec.task_type == ACTOR_CREATION_TASK:
             meta = self.actors[spec.actor_id].meta
             actor = (meta["max_concurrency"], meta["is_async"], meta["class_name"])
-        self._post(peer, ("exec", (spec.task_id, task.attempt, spec.function_id, spec.name, spec.args, payloads,
-                                   spec.num_returns, spec.retry_exceptions, spec.max_calls, spec.actor_id,
-                                   spec.task_type, spec.func_name, spec.method, actor)))
+        faults = self.faults  # a test's fault plan, if one is installed: orders for the worker (fault_hooks.py)
+        message = ("exec", (spec.task_id, task.attempt, spec.function_id, spec.name, spec.args, payloads,
+                            spec.num_returns, spec.retry_exceptions, spec.max_calls, spec.actor_id,
+                            spec.task_type, spec.func_name, spec.method, actor,
+                            None if faults is None else faults.on_exec(task, worker)))
+        if faults is None or not faults.hold_exec(worker, message):
+            self._post(peer, message)
 
     def _task_reported(self, task: TaskRecord, results: list, error_info: Optional[tuple], node_id: bytes) -> None:
         task.worker = None

@@ -47,7 +47,7 @@ def attempt_events(state: str, creation: Optional[float], start: Optional[float]
 
 class AttemptRecord:
     __slots__ = ("attempt_number", "state", "node_id", "worker_id", "error_type", "error_message",
-                 "creation_time", "start_time", "end_time")
+                 "creation_time", "start_time", "end_time", "injected")
 
     def __init__(self, attempt_number: int) -> None:
         self.attempt_number = attempt_number
@@ -59,6 +59,9 @@ class AttemptRecord:
         self.creation_time = time.time()
         self.start_time: Optional[float] = None
         self.end_time: Optional[float] = None
+        #: set when a test's fault plan injected a fault into this attempt (minicluster.testing);
+        #: its failure message then says so
+        self.injected: Optional[str] = None
 
     def enter(self, state: str) -> None:
         self.state = state
@@ -117,7 +120,7 @@ class TaskRecord:
         record = self.attempts[-1]
         record.enter("FAILED")
         record.error_type = error_type
-        record.error_message = message
+        record.error_message = message if record.injected is None else _with_note(message, record.injected)
         record.end_time = record.end_time or time.time()
         self.changes.add(self)
 
@@ -131,8 +134,14 @@ class TaskRecord:
         record = self.attempts[-1]
         record.enter(state)
         record.error_type = error_type
-        record.error_message = message
+        record.error_message = message if record.injected is None else _with_note(message, record.injected)
         record.end_time = record.end_time or time.time()
+
+
+def _with_note(message: Optional[str], injected: str) -> Optional[str]:
+    if message is None:
+        return None
+    return f"{message} [injected by minicluster.testing: {injected}]"
 
 
 class TaskHistory:

@@ -35,7 +35,7 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import config, context, log_files, object_store
+from . import config, context, fault_hooks, log_files, object_store
 from .client import RuntimeClient
 from .exceptions import GetTimeoutError, ObjectStoreFullError, RayError, RayTaskError, TaskCancelledError
 from .object_ref import LocalRefCounter, ObjectRef, set_counter
@@ -344,10 +344,14 @@ class Worker:
                 self.cancelled_queued.discard(call.task_id)
                 raise KeyboardInterrupt
             call.fn = self._callable(call)
+            if call.faults:  # a test's fault plan: orders for this attempt (fault_hooks.py)
+                self.client.transfer_delay = fault_hooks.transfer_delay_of(self.client, call)
             try:
-                call.args, call.kwargs = _resolve_args(self.client, call.args_blob, call.payloads)
+                call.args, call.kwargs = _resolve_args(self.client, call.args_blob, call.payloads, call)
             except FileNotFoundError as exc:
                 raise _ArgumentLost(str(exc.args[0])) from None
+            if call.faults:
+                fault_hooks.carry_out(self.client, call, fault_hooks.START)
         except BaseException as exc:  # noqa: BLE001 - reported as the task's result
             call.error = exc
         return call
@@ -391,6 +395,9 @@ class Worker:
         error_info = None
         name = call.name
         return_ids = call.return_ids()
+        if call.faults:
+            fault_hooks.carry_out(client, call, fault_hooks.BEFORE_STORE)
+            client.transfer_delay = None
         try:
             if exc is not None:
                 raise exc
@@ -424,6 +431,8 @@ class Worker:
         retire = bool(call.max_calls) and calls >= call.max_calls
         sys.stdout.flush()
         sys.stderr.flush()
+        if call.faults:
+            fault_hooks.carry_out(client, call, fault_hooks.BEFORE_REPLY)
         return ("done", call.task_id, call.attempt, results, error_info, call.start, end, retire)
 
 
@@ -432,12 +441,12 @@ class _Call:
 
     __slots__ = ("task_id", "attempt", "function_id", "name", "args_blob", "payloads", "num_returns",
                  "retry_exceptions", "max_calls", "actor_id", "task_type", "func_name", "method",
-                 "actor_config", "fn", "args", "kwargs", "error", "token", "start")
+                 "actor_config", "faults", "fn", "args", "kwargs", "error", "token", "start")
 
     def __init__(self, request: tuple) -> None:
         (self.task_id, self.attempt, self.function_id, self.name, self.args_blob, self.payloads,
          self.num_returns, self.retry_exceptions, self.max_calls, self.actor_id, self.task_type,
-         self.func_name, self.method, self.actor_config) = request
+         self.func_name, self.method, self.actor_config, self.faults) = request
         self.fn: Any = None
         self.args: Any = ()
         self.kwargs: Any = {}
@@ -458,8 +467,10 @@ class _ArgumentLost(Exception):
         self.object_hex = object_hex
 
 
-def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Dict[bytes, tuple]) -> Tuple[list, dict]:
+def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Dict[bytes, tuple], call: "_Call") -> Tuple[list, dict]:
     (args, kwargs), _ = deserialize(args_blob)
+    if call.faults:
+        fault_hooks.carry_out(client, call, fault_hooks.LOAD_ARGS)
     if payloads:
         args = [client.load(a._id, payloads[a._id]) if type(a) is ObjectRef else a for a in args]
         kwargs = {k: client.load(v._id, payloads[v._id]) if type(v) is ObjectRef else v for k, v in kwargs.items()}

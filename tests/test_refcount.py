@@ -460,10 +460,9 @@ def test_get_of_a_freed_object_raises_reference_counting_assertion_error(cluster
     blob = pickle.dumps(ref)
     del ref
     gc.collect()
-    try:
-        wait_freed(object_hex, timeout=1.0)
-    except AssertionError:
-        pytest.skip("the object is pinned after out-of-band pickling (Ray's behaviour); nothing freed to get")
+    # Unlike Ray (which pins an object whose ref was pickled out of band), the SPEC frees it
+    # with its last counted ref; a later get says so.
+    wait_freed(object_hex, timeout=2.0)
     restored = pickle.loads(blob)
     with pytest.raises(rex.ReferenceCountingAssertionError) as info:
         ray.get(restored, timeout=5)

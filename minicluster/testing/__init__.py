@@ -1,29 +1,61 @@
 """Fault injection for tests (not part of Ray's API: only tests import it).
 
+Runs in the driver. Application code stays `import minicluster as ray`; a test
+adds faults around it:
+
     import minicluster as ray
-    from minicluster import testing
+    from minicluster.testing import FaultPlan
 
     ray.init(num_nodes=3, num_cpus=1)
-    node = testing.add_node(num_cpus=2)
-    testing.kill_node(node)          # power cut: its processes and its objects are gone
-    testing.stop_node(other)         # SIGSTOP: a hung machine, until resume_node(other)
+    plan = (FaultPlan(seed=7)
+            .kill_worker("step", attempt=0, at="before_store")
+            .kill_node("random", after_tasks=5)
+            .chaos(kill_worker_every=20))
+    with plan:                                # fired by the runtime at its own event points
+        assert ray.get(job.remote()) == expected
+    print(plan.journal.format())              # what fired, where, when, in which task attempt
+
+On-demand controls act at once: `add_node`, `kill_node` (power cut: its
+processes and its objects are gone), `stop_node`/`resume_node` (SIGSTOP: a hung
+machine), `kill_worker(pid)`, `kill_worker_running(ref)`.
+
+With pytest, the plugin (pytest_plugin.py, registered by the package) gives
+fixtures `minicluster_cluster`, `fault_plan` and `fault_journal`, a seed per
+test and options `--minicluster-seed`, `--minicluster-seeds`, `--minicluster-chaos`.
+
+    cluster_control.py  on-demand node and worker controls
+    fault_plan.py       FaultPlan: planned faults, seed, checks that they fired
+    injector.py         the plan at work inside the head (decides at its event points)
+    journal.py          FaultJournal: the faults that fired
+    pytest_plugin.py    fixtures, options, seeds, reports
 """
 
 from .cluster_control import (
     add_node,
     kill_node,
     kill_worker,
+    kill_worker_running,
     live_nodes,
     object_locations,
     resume_node,
     stop_node,
     worker_pids,
 )
+from .fault_plan import SEED_ENV, Fault, FaultPlan, UnfiredFaultsError, default_seed
+from .journal import FaultEvent, FaultJournal
 
 __all__ = [
+    "SEED_ENV",
+    "Fault",
+    "FaultEvent",
+    "FaultJournal",
+    "FaultPlan",
+    "UnfiredFaultsError",
     "add_node",
+    "default_seed",
     "kill_node",
     "kill_worker",
+    "kill_worker_running",
     "live_nodes",
     "object_locations",
     "resume_node",

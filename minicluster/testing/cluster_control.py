@@ -76,6 +76,25 @@ def kill_worker(pid: int, signum: int = signal.SIGKILL) -> None:
     os.kill(pid, signum)
 
 
+def kill_worker_running(ref: ObjectRef, signum: int = signal.SIGKILL) -> int:
+    """Kill the worker that is running the task which makes `ref`, as a crash would; returns its pid.
+
+    Raises ValueError when that task is not running right now (pending, finished, or unknown).
+    """
+    from ..ids import task_of
+
+    head = _head()
+    with head.lock:
+        task = head.tasks.get(task_of(ref.binary()))
+        worker = task.worker if task is not None else None
+        if worker is None or worker.dead or (worker.actor is None and worker.task is not task):
+            state = "unknown or finished" if task is None else task.state
+            raise ValueError(f"the task of {ref} is not running on a worker now (state: {state})")
+        pid = worker.pid
+    os.kill(pid, signum)
+    return pid
+
+
 def object_locations(ref: ObjectRef) -> List[str]:
     """Ids of the nodes whose stores hold a copy of the object ([] for small inline values)."""
     return [n.hex() for n in _head().object_locations(ref.binary())]

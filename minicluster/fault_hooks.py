@@ -1,0 +1,144 @@
+"""Where a test's fault plan reaches into the runtime: the hook points and the orders fired at them.
+
+Runs in two kinds of process. In the driver, the head calls the hooks of the
+installed plan (`head.faults`, see `HeadHooks`; it is None when no plan is
+installed, and then each hook costs one `is None` check). In a worker, the
+orders that came with a task are carried out at exactly the named point of the
+worker's own code, so a fault never races the work it is aimed at:
+
+    head (driver)                                   worker
+    -------------                                   ------
+    _send_exec ─► faults.on_exec(task, worker) ───► "exec" (..., orders)
+                  faults.hold_exec(...)               LOAD_ARGS    argument tuple unpickled, refs not loaded
+                  (dispatch delay: sent later)        START        arguments ready, user code not started
+                                                      BEFORE_STORE user code returned, results not stored
+                                                      BEFORE_REPLY results stored, "done" not sent
+                                                      FETCH        before copying an object from another node
+    fault_message ◄── ("fault", ...) ◄──────────────── each order reports itself as it fires
+    _on_done ─► faults.after_done(worker)           (node triggers: "after N tasks finished on node X")
+
+An order is a tuple (point, action, argument, fault reference); the worker echoes the
+reference (opaque to it) in its report. Actions:
+
+    KILL_WORKER  SIGKILL this worker, once the head has the report (a crash: WORKER_DIED)
+    KILL_NODE    ask the head to kill this worker's node, and wait for the end
+    STOP_NODE    ask the head to SIGSTOP this worker's node; go on once it resumes
+    RAISE        raise the pickled exception, as if the task's own code had raised it
+    SLEEP        sleep `argument` seconds (result delay); at FETCH, argument is
+                 (seed, low_s, high_s): each copy from another node sleeps a seeded amount
+
+The plan itself (what to fire, when, the seed, the journal) is test code:
+minicluster/testing/.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import signal
+import time
+from typing import Any, Optional, Protocol, Tuple
+
+LOAD_ARGS = "load_args"
+START = "start"
+BEFORE_STORE = "before_store"
+BEFORE_REPLY = "before_reply"
+FETCH = "fetch"
+POINTS = (LOAD_ARGS, START, BEFORE_STORE, BEFORE_REPLY, FETCH)
+
+KILL_WORKER = "kill_worker"
+KILL_NODE = "kill_node"
+STOP_NODE = "stop_node"
+RAISE = "raise"
+SLEEP = "sleep"
+
+Order = Tuple[str, str, Any, Any]
+
+
+class HeadHooks(Protocol):
+    """What the head calls while a plan is installed (`head.faults`), always under the head's lock."""
+
+    def on_exec(self, task: Any, worker: Any) -> Optional[Tuple[Order, ...]]:
+        """A task attempt is being sent to a worker: the orders it carries, or None."""
+
+    def hold_exec(self, worker: Any, message: tuple) -> bool:
+        """True if the plan keeps this "exec" message back for now (it sends it later itself)."""
+
+    def after_done(self, worker: Any) -> None:
+        """The head finished handling a "done" message from this worker."""
+
+    def on_fired(self, worker: Any, message: tuple) -> None:
+        """A worker reports an order firing (see `fault_message`)."""
+
+
+# ==== head side =========================================================================
+
+
+def fault_message(head: Any, peer: Any, worker: Any, message: tuple) -> None:
+    """Handler of ("fault", request_id, task_id, attempt, fault reference, point, action, detail).
+
+    Runs in the head (hub thread, lock held). Without an installed plan (it was
+    removed meanwhile) a worker waiting for an answer is let go at once.
+    """
+    faults = head.faults
+    if faults is not None:
+        faults.on_fired(worker, message)
+    elif message[1]:
+        head._post(peer, ("reply", message[1], None))
+
+
+# ==== worker side =======================================================================
+
+
+def carry_out(client: Any, call: Any, point: str) -> None:
+    """Fire the orders of `call` (a worker's running task) that are aimed at `point`."""
+    for order in call.faults:
+        if order[0] != point:
+            continue
+        _, action, argument, fault_ref = order
+        if action == SLEEP:
+            _report(client, call, fault_ref, point, action, argument)
+            time.sleep(argument)
+        elif action == RAISE:
+            _report(client, call, fault_ref, point, action, None)
+            raise pickle.loads(argument)
+        elif action == KILL_WORKER:
+            # Wait until the head has the report: it may learn of the death from the node
+            # manager before it reads this socket, and would then never see the report.
+            client._request("fault", call.task_id, call.attempt, fault_ref, point, action, None)
+            os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(60)  # SIGKILL lands before this returns
+        elif action in (KILL_NODE, STOP_NODE):
+            # The head acts on the whole node; a stopped node's worker goes on after resume.
+            client._request("fault", call.task_id, call.attempt, fault_ref, point, action, None)
+
+
+def transfer_delay_of(client: Any, call: Any) -> Optional["TransferDelay"]:
+    """The FETCH order of a task as a callable for `RuntimeClient.transfer_delay`, if it has one."""
+    for order in call.faults:
+        if order[0] == FETCH:
+            seed, low, high = order[2]
+            return TransferDelay(random.Random(seed), low, high,
+                                 lambda seconds, object_id: _report(client, call, order[3], FETCH, SLEEP,
+                                                                    (seconds, object_id.hex())))
+    return None
+
+
+class TransferDelay:
+    """Called before an object is copied in from another node: sleeps a seeded random time."""
+
+    def __init__(self, rng: random.Random, low_s: float, high_s: float, on_delay: Any) -> None:
+        self.rng = rng
+        self.low_s = low_s
+        self.high_s = high_s
+        self.on_delay = on_delay
+
+    def __call__(self, object_id: bytes) -> None:
+        seconds = self.rng.uniform(self.low_s, self.high_s)
+        self.on_delay(seconds, object_id)
+        time.sleep(seconds)
+
+
+def _report(client: Any, call: Any, fault_ref: Any, point: str, action: str, detail: Any) -> None:
+    client.send(("fault", 0, call.task_id, call.attempt, fault_ref, point, action, detail))

@@ -1,0 +1,172 @@
+"""The pytest plugin, run on small inner test files (pytester): fixtures, markers, seeds, chaos, reports."""
+
+from __future__ import annotations
+
+
+pytest_plugins = ["pytester"]
+
+INNER_OPTIONS = ("-p", "no:cacheprovider")
+
+
+def run(pytester, source, *args):
+    pytester.makepyfile(test_inner=source)
+    return pytester.runpytest(*INNER_OPTIONS, *args)
+
+
+def test_marker_settings_and_fixtures(pytester):
+    result = run(pytester, """
+        import pytest
+        import minicluster as ray
+
+        @ray.remote(max_retries=1)
+        def f(x):
+            return x + 1
+
+        @pytest.mark.minicluster(num_nodes=3, num_cpus=2)
+        def test_it(minicluster_cluster, fault_plan, fault_journal, minicluster_seed):
+            assert len(ray.nodes()) == 3 and ray.cluster_resources()["CPU"] == 6
+            assert minicluster_cluster.nodes[0] == minicluster_cluster.head_node
+            assert fault_plan.seed == minicluster_seed == minicluster_cluster.seed == 77
+            fault_plan.kill_worker("f")
+            assert ray.get(f.remote(1)) == 2
+            assert fault_journal.count("kill_worker") == 1
+
+        @pytest.mark.parametrize("minicluster_cluster", [{"num_nodes": 1, "num_cpus": 3}], indirect=True)
+        def test_param(minicluster_cluster):
+            assert len(ray.nodes()) == 1 and ray.cluster_resources()["CPU"] == 3
+    """, "--minicluster-seed", "77")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["minicluster: seed 77 (explicit*"])
+
+
+def test_repeat_under_n_seeds(pytester):
+    result = run(pytester, """
+        import pytest
+
+        def test_plain(minicluster_seed):
+            pass
+
+        @pytest.mark.minicluster(seeds=3)
+        def test_marked(minicluster_seed):
+            pass
+    """, "--minicluster-seeds", "2", "--minicluster-seed", "10", "-v")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*test_plain?seed=10?*", "*test_plain?seed=11?*",
+                                 "*test_marked?seed=10?*", "*test_marked?seed=11?*"])
+
+
+def test_marker_seeds_and_explicit_replay(pytester, monkeypatch):
+    monkeypatch.delenv("MINICLUSTER_TEST_SEED", raising=False)
+    source = """
+        import pytest
+
+        @pytest.mark.minicluster(seeds=3)
+        def test_marked(minicluster_seed):
+            pass
+    """
+    run(pytester, source).assert_outcomes(passed=3)
+    # An explicit seed replays one run exactly.
+    result = pytester.runpytest(*INNER_OPTIONS, "--minicluster-seed", "5")
+    result.assert_outcomes(passed=1)
+    monkeypatch.setenv("MINICLUSTER_TEST_SEED", "6")
+    result = pytester.runpytest(*INNER_OPTIONS)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["minicluster: seed 6 (explicit*"])
+
+
+def test_failing_test_reports_seed_plan_and_journal(pytester):
+    result = run(pytester, """
+        import minicluster as ray
+
+        @ray.remote(max_retries=1)
+        def f(x):
+            return x
+
+        def test_fails(minicluster_cluster, fault_plan):
+            fault_plan.kill_worker("f", at="before_store")
+            ray.get(f.remote(1))
+            assert False, "the application got it wrong"
+    """, "--minicluster-seed", "4321")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*minicluster seed and faults (call)*",
+        "seed 4321; replay with:  pytest 'test_inner.py::test_fails' --minicluster-seed 4321",
+        "FaultPlan(seed=4321)",
+        "*#1 kill_worker(task='f', attempt=0, nth=1, at='before_store')  fired 1x",
+        "Injected faults that fired:",
+        "#1 * kill_worker * node-? pid=*  f attempt 0  at before_store  <- #1 kill_worker*",
+    ])
+
+
+def test_unfired_planned_fault_fails_the_test(pytester):
+    result = run(pytester, """
+        import minicluster as ray
+
+        @ray.remote
+        def f(x):
+            return x
+
+        def test_unfired(minicluster_cluster, fault_plan):
+            fault_plan.kill_worker("g")
+            assert ray.get(f.remote(1)) == 1
+
+        def test_optional(minicluster_cluster, fault_plan):
+            fault_plan.kill_worker("g", optional=True)
+            assert ray.get(f.remote(1)) == 1
+    """)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*UnfiredFaultsError: 1 planned fault(s) never fired*",
+                                 "*#1 kill_worker(task='g'*"])
+
+
+def test_chaos_on_and_off(pytester):
+    source = """
+        import pytest
+        import minicluster as ray
+
+        @ray.remote(max_retries=-1)
+        def f(x):
+            return x
+
+        def test_chaos(minicluster_cluster, fault_plan, fault_journal):
+            assert ray.get([f.remote(i) for i in range(100)]) == list(range(100))
+            print("KILLS", fault_journal.count("kill_worker"), "ENABLED", fault_plan.chaos_enabled)
+
+        @pytest.mark.minicluster(chaos=False)
+        def test_opted_out(minicluster_cluster, fault_plan):
+            assert not fault_plan.faults
+    """
+    result = run(pytester, source, "--minicluster-chaos", "on", "-s")
+    result.assert_outcomes(passed=2)
+    kills = int(result.stdout.str().split("KILLS ")[1].split()[0])
+    assert kills >= 2
+    result = pytester.runpytest(*INNER_OPTIONS, "--minicluster-chaos", "off", "-s")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*KILLS 0 ENABLED False*"])
+
+
+def test_bad_settings_are_usage_errors(pytester):
+    result = run(pytester, """
+        import pytest
+
+        @pytest.mark.minicluster(seeds=0)
+        def test_zero(minicluster_seed):
+            pass
+    """)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*minicluster(seeds=0) must be an int >= 1*"])
+
+
+def test_markers_merge_module_then_test(pytester):
+    result = run(pytester, """
+        import pytest
+        import minicluster as ray
+
+        pytestmark = pytest.mark.minicluster(num_nodes=3, chaos=False)
+
+        @pytest.mark.minicluster(num_cpus=2)
+        def test_merged(minicluster_cluster, fault_plan):
+            assert len(ray.nodes()) == 3 and ray.cluster_resources()["CPU"] == 6
+            assert not fault_plan.faults  # chaos=False from the module beat --minicluster-chaos=on
+    """, "--minicluster-chaos", "on")
+    result.assert_outcomes(passed=1)
