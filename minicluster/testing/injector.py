@@ -97,6 +97,9 @@ class Injector:
         self.finished_total = 0
         self.dispatched = 0  #: chaos: task attempts dispatched (a re-dispatch of one counts once)
         self.counted: Dict[bytes, int] = {}  #: chaos: task id -> its highest attempt counted
+        #: chaos: task id -> (attempt, kill order) not yet carried out; an attempt sent again
+        #: (it was queued behind a task whose worker died first) still carries it
+        self.chaos_orders: Dict[bytes, Tuple[int, fault_hooks.Order]] = {}
         self.counted_limit = COUNTED_LIMIT
         self.next_worker_kill = 0
         self.next_node_kill = 0
@@ -246,7 +249,13 @@ class Injector:
             if self.dispatched >= self.next_worker_kill:
                 self.next_worker_kill += _gap(self.rng_dispatch, chaos.kill_worker_every)
                 point = self.rng_dispatch.choice(chaos.points)
-                orders.append((point, fault_hooks.KILL_WORKER, None, self._ref(chaos)))
+                order = (point, fault_hooks.KILL_WORKER, None, self._ref(chaos))
+                self.chaos_orders[spec.task_id] = (attempt, order)
+                orders.append(order)
+        elif chaos is not None:
+            pending = self.chaos_orders.get(spec.task_id)
+            if pending is not None and pending[0] == attempt:
+                orders.append(pending[1])
         return tuple(orders) if orders else None
 
     def hold_exec(self, worker: Any, message: tuple) -> bool:
@@ -277,6 +286,8 @@ class Injector:
             return
         fault = self.plan.faults[fault_id - 1]
         fault.fired += 1
+        if isinstance(fault, Chaos):
+            self.chaos_orders.pop(task_id, None)
         self.matches[fault_id].fired_keys.add((task_id, attempt))
         task = head.tasks.get(task_id)
         node = worker.node
@@ -370,6 +381,7 @@ class Injector:
         if len(counted) > self.counted_limit:  # forget finished tasks now and then
             live = self.head.tasks
             self.counted = {t: a for t, a in counted.items() if t in live}
+            self.chaos_orders = {t: o for t, o in self.chaos_orders.items() if t in live}
             self.counted_limit = max(COUNTED_LIMIT, 2 * len(self.counted))
         return True
 
