@@ -92,6 +92,7 @@ class TaskFlow:
                 other.node = None
                 self._args_ready(other)
             queue = worker.queue
+            self._replenish(worker.node)  # its successor starts now, not once its exit is reported
         if task is None or task.spec.task_id != task_id or task.attempt != attempt or task.finished:
             self._discard_results(task_id, results, worker.node.node_id)
         else:

@@ -132,8 +132,8 @@ class NodeRecord:
         return f"node-{self.index}"
 
     def pool_size(self) -> int:
-        """Workers available for tasks: actors' dedicated workers do not count."""
-        return sum(1 for w in self.workers.values() if w.actor is None)
+        """Workers available for tasks: actors' dedicated workers and retiring ones do not count."""
+        return sum(1 for w in self.workers.values() if w.actor is None and not w.retiring)
 
 
 def launch(cfg: Dict[str, Any], log_path: Optional[str]) -> subprocess.Popen:
@@ -170,13 +170,15 @@ def kill(node: NodeRecord) -> None:
             os.killpg(node.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    object_store.remove_store(node.store_dir)
-    object_store.remove_store(node.spill_dir)  # a dead machine's disk is gone too
     if node.process is not None:
+        # Reaped first, so no call of its in flight can put a file back after the folder
+        # is gone. SIGKILL makes this quick; the bound only guards against a kernel stall.
         try:
             node.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+    object_store.remove_store(node.store_dir)
+    object_store.remove_store(node.spill_dir)  # a dead machine's disk is gone too
 
 
 def exit_reason(exitcode: Optional[int]) -> str:
