@@ -20,7 +20,7 @@ import collections
 import os
 from typing import Any, Deque, Dict, Optional
 
-from .exceptions import ActorDiedError, ActorUnavailableError
+from .exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
 from .ids import JOB_ID
 from .serialization import deserialize
 from .task_records import TaskRecord
@@ -191,6 +191,23 @@ class ActorFlow:
             task.node = worker.node
             task.set_state("RUNNING", node_id=worker.node.node_id, worker_id=worker.worker_id)
             self._send_exec(task, worker)
+
+    def _cancel_actor_call(self, task: TaskRecord) -> None:
+        """cancel() of a call sent to the actor: one that has not started fails now with
+        TaskCancelledError (the worker skips it); a running one is left alone (Ray's rule)."""
+        record = self.actors.get(task.spec.actor_id)
+        worker = task.worker
+        if record is None or worker is None:
+            return
+        self._post(worker.peer, ("cancel", task.spec.task_id, False))
+        # Calls start in submission order, at most max_concurrency at a time.
+        by_age = sorted(record.inflight.values(), key=lambda t: t.attempts[0].creation_time)
+        if task in by_age[: record.meta["max_concurrency"]]:
+            return
+        record.inflight.pop(task.spec.task_id, None)  # its late report is discarded
+        task.worker = None
+        self._finish_with_error(task, TaskCancelledError(task.spec.task_id.hex()), "TASK_CANCELLED",
+                                "cancelled before it started")
 
     def _actor_call_done(self, worker: WorkerRecord, message: tuple) -> None:
         _, task_id, attempt, results, error_info, start, end, retire = message

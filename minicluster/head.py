@@ -337,9 +337,10 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
 
     def _on_cancel(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         _, object_id, force, recursive = message
-        self._cancel(object_id, force, recursive)
-
-
+        try:
+            self._cancel(object_id, force, recursive)
+        except ValueError as exc:  # the worker's cancel() already returned: nobody to raise it to
+            print(f"minicluster: cancel() from a task ignored: {exc}", file=sys.stderr)
 
     # ==== tasks ======================================================================
 
@@ -353,62 +354,12 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             self._add_task(spec, driver_node)
             self._flush()
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-    # ==== failures ===================================================================
-
-
-
-
-
-
-
-
-
-
-
-
     # ==== cancellation =============================================================
 
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
         with self.lock:
             self._cancel(object_id, force, recursive)
             self._flush()
-
-
-
-    # ==== getting values =============================================================
-
-
-
-
-
-
-
-
 
     # ==== puts and locations from the driver ===========================================
 
@@ -495,9 +446,6 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             messages, peer.outbox = peer.outbox, []
             if messages:
                 peer.send(messages)
-
-
-
 
 
 _HANDLERS: Dict[str, Callable[[Head, Peer, Any, tuple], None]] = {

@@ -41,7 +41,6 @@ from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
 from .virtual_nodes import NodeRecord, WorkerRecord
 
 
-
 class Recovery:
     """Head methods for failures and lost objects; see the module docstring."""
 

@@ -50,7 +50,6 @@ PIPELINE_QUICK_S = 0.001
 IDLE_RETIRE_S = 2.0
 
 
-
 class TaskFlow:
     """Head methods that move tasks along; see the module docstring."""
 
@@ -494,6 +493,10 @@ class TaskFlow:
             self._schedule()
 
     def _cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
+        task = self.tasks.get(task_of(object_id))
+        if force and task is not None and task.spec.task_type == ACTOR_TASK:
+            raise ValueError("force=True is not supported for actor tasks (as in Ray): killing the process would "
+                             "kill the actor; use kill(actor) for that")
         self._cancel_task(task_of(object_id), force, recursive)
 
     def _cancel_task(self, task_id: bytes, force: bool, recursive: bool) -> None:
@@ -505,6 +508,9 @@ class TaskFlow:
             for child in list(self.children.get(task_id, ())):
                 self._cancel_task(child, force, recursive)
         worker = task.worker
+        if worker is not None and task.spec.task_type == ACTOR_TASK:
+            self._cancel_actor_call(task)
+            return
         if worker is not None and worker.task is not task:
             # Pipelined behind another task, not started: it fails now, like a pending task.
             # It stays in the worker's queue (so the head's and the worker's queues stay in

@@ -22,8 +22,6 @@ from .serialization import error_blob
 from .virtual_nodes import WorkerRecord
 
 
-
-
 class Waiting:
     """Head methods for get/wait; see the module docstring."""
 

@@ -44,7 +44,6 @@ from .serialization import FLAG_ERROR, deserialize, serialize
 from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
 
 
-
 class WorkerClient(RuntimeClient):
     """The runtime as code running inside this worker sees it."""
 

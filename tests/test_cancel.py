@@ -296,3 +296,36 @@ def test_max_calls_recycling_is_a_clean_retirement(cluster):
     attempts = list_tasks(filters=[("name", "=", "pid")])
     assert [(a.state, a.error_type) for a in attempts] == [("FINISHED", None)] * 4
     assert not [w for w in list_workers() if w.exit_type == "SYSTEM_ERROR"]
+
+
+# ---- actor calls (Ray's rules: queued calls are cancelled, a running sync call is not) ----------
+
+
+@ray.remote
+class Gate:
+    def wait_for(self, path: str) -> str:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return "opened"
+
+    def ping(self) -> str:
+        return "pong"
+
+
+def test_cancel_of_actor_calls(cluster, tmp_path):
+    cluster(num_nodes=1, num_cpus=1)
+    gate = Gate.remote()
+    assert ray.get(gate.ping.remote()) == "pong"
+    release = str(tmp_path / "release")
+    running = gate.wait_for.remote(release)
+    queued = gate.ping.remote()
+    with pytest.raises(ValueError, match="force=True is not supported for actor tasks"):
+        ray.cancel(running, force=True)
+    ray.cancel(queued)
+    with pytest.raises(TaskCancelledError):
+        ray.get(queued, timeout=10)
+    ray.cancel(running)  # a running call of a sync actor is not interrupted
+    open(release, "w").close()
+    assert ray.get(running, timeout=10) == "opened"
+    assert ray.get(gate.ping.remote(), timeout=10) == "pong"  # the actor lives on
