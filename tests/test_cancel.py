@@ -304,6 +304,7 @@ def test_max_calls_recycling_is_a_clean_retirement(cluster):
 @ray.remote
 class Gate:
     def wait_for(self, path: str) -> str:
+        open(path + ".started", "w").close()
         deadline = time.monotonic() + 30
         while not os.path.exists(path) and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -325,6 +326,7 @@ def test_cancel_of_actor_calls(cluster, tmp_path):
     ray.cancel(queued)
     with pytest.raises(TaskCancelledError):
         ray.get(queued, timeout=10)
+    wait_for(lambda: os.path.exists(release + ".started"), 10, "the first call to start")
     ray.cancel(running)  # a running call of a sync actor is not interrupted
     open(release, "w").close()
     assert ray.get(running, timeout=10) == "opened"
