@@ -20,8 +20,6 @@ task's result: a RayTaskError carrying the traceback, marked retryable when
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import ctypes
 import inspect
 import itertools
@@ -33,7 +31,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from . import config, context, fault_hooks, log_files, object_store
 from .client import RuntimeClient
@@ -42,6 +40,10 @@ from .object_ref import LocalRefCounter, ObjectRef, set_counter
 from .protocol import Connection
 from .serialization import FLAG_ERROR, deserialize, serialize
 from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
+
+if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 ms to each node's start
+    import asyncio
+    import concurrent.futures
 
 
 class WorkerClient(RuntimeClient):
@@ -280,6 +282,8 @@ class Worker:
     def _run_concurrently(self, request: tuple) -> None:
         """Threaded actors run calls on a pool; async actors on their event loop."""
         if self.loop is not None:
+            import asyncio  # loaded already: the loop exists
+
             asyncio.run_coroutine_threadsafe(self.execute_async(request), self.loop)
         else:
             self.pool.submit(lambda: self.client.send(self.execute(request)))  # type: ignore[union-attr]
@@ -372,10 +376,14 @@ class Worker:
         if is_async:
             self._start_event_loop(max_concurrency)
         elif max_concurrency > 1:
+            import concurrent.futures
+
             self.pool = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor")
         return None
 
     def _start_event_loop(self, max_concurrency: int) -> None:
+        import asyncio
+
         ready = threading.Event()
 
         def run() -> None:
