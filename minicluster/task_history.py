@@ -1,0 +1,240 @@
+"""The finished tasks the state API still shows: a compact, bounded history.
+
+Runs in the driver process, under the head's lock. When a task finishes, the
+head (task_flow._close_task) copies what the state API, the journal's
+compaction and the timeline read about it into a TaskHistory and lets the
+TaskRecord go (unless lineage.py keeps it, with its full spec, to rebuild
+its results). Ray keeps up to 100,000 task events too, compactly; so do we.
+
+What an entry holds, and why it is small (about 60 bytes per task, against
+about 900 for a TaskRecord with its TaskSpec and AttemptRecords):
+
+    the task id                         24 bytes in one bytearray
+    its last attempt's state            1 byte (an index into STATES)
+    its last attempt's times            3 doubles (creation, start, end; NaN for none)
+    what it runs (TaskKind), its parent,
+    where its last attempt ran          3 indexes into a table of shared values
+
+A TaskKind (name, function, type, actor, resources) is shared by every task
+of one function, a parent id by its children, a (node, worker) pair by every
+task that worker ran; each is stored once and counted, and goes when its last
+entry does. Nothing is a Python object per task, so the garbage collector has
+nothing to walk either. The few tasks with several attempts, or an error,
+keep a tuple of Attempts (their messages are worth keeping) next to their
+entry.
+
+Invariant: at most one entry per task id, at most `limit` entries, oldest
+evicted first. A task rebuilt from lineage (recovery.py) and finished again
+drops its old entry and is added anew with all its attempts, old and new.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from dataclasses import dataclass
+from typing import Any, Container, Dict, Hashable, Iterator, List, NamedTuple, Optional, Tuple
+
+from .ids import TASK_ID_SIZE
+from .task_records import STATES
+
+HISTORY_LIMIT = 100_000  # finished tasks kept for the state API (as Ray's task events)
+
+_STATE_CODES = {state: code for code, state in enumerate(STATES)}
+_EMPTY = 255  # state code of a slot with no entry (its task was rebuilt and added anew)
+_GROW = 4096  # slots added to the columns at a time, so a short session stays small
+_NONE = math.nan  # a time that was never set
+
+
+@dataclass(frozen=True, slots=True)
+class TaskKind:
+    """What a task runs: shared by the history entries of every task of one function (or actor method)."""
+
+    name: str
+    func_name: str
+    task_type: str
+    actor_id: Optional[bytes]
+    resources: Dict[str, float]  #: the spec's own dict (specs of a function share it); never mutated
+
+
+class Attempt(NamedTuple):
+    attempt_number: int
+    state: str
+    node_id: Optional[bytes]
+    worker_id: Optional[bytes]
+    error_type: Optional[str]
+    error_message: Optional[str]
+    creation_time: float
+    start_time: Optional[float]
+    end_time: Optional[float]
+
+
+class FinishedTask(NamedTuple):
+    """One history entry, as read back (made on demand; the history does not keep these)."""
+
+    task_id: bytes
+    kind: TaskKind
+    parent_task_id: bytes
+    attempts: Tuple[Attempt, ...]
+
+
+class _Shared:
+    """Values many entries point at, each stored once with a count of its users.
+
+    Invariant: `values[i]` is live while `counts[i] > 0`; a freed index is reused.
+    """
+
+    __slots__ = ("_index", "_keys", "values", "_counts", "_free")
+
+    def __init__(self) -> None:
+        self._index: Dict[Hashable, int] = {}
+        self._keys: List[Hashable] = []
+        self.values: List[Any] = []
+        self._counts: List[int] = []
+        self._free: List[int] = []
+
+    def acquire(self, key: Hashable) -> Optional[int]:
+        """The index of `key`'s value, counting one more user; None if it is not stored."""
+        index = self._index.get(key)
+        if index is not None:
+            self._counts[index] += 1
+        return index
+
+    def insert(self, key: Hashable, value: Any) -> int:
+        """Store a value not stored yet, with one user."""
+        if self._free:
+            index = self._free.pop()
+            self._keys[index], self.values[index], self._counts[index] = key, value, 1
+        else:
+            index = len(self.values)
+            self._keys.append(key)
+            self.values.append(value)
+            self._counts.append(1)
+        self._index[key] = index
+        return index
+
+    def release(self, index: int) -> None:
+        self._counts[index] -= 1
+        if self._counts[index] == 0:
+            del self._index[self._keys[index]]
+            self._keys[index] = self.values[index] = None
+            self._free.append(index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+class TaskHistory:
+    """Finished tasks, oldest first, at most `limit` of them; see the module docstring."""
+
+    def __init__(self, limit: int = HISTORY_LIMIT) -> None:
+        self.limit = limit
+        self.added = 0  #: entries ever added; entry number n is in slot n % limit while n >= added - limit
+        self._count = 0
+        self._ids = bytearray()  # TASK_ID_SIZE bytes per slot
+        self._states = bytearray()  # a state code (or _EMPTY) per slot
+        self._times = array("d")  # creation, start, end of the last attempt, per slot
+        self._refs = array("I")  # TaskKind, parent id, (node, worker) of the last attempt: indexes into _shared
+        self._shared = _Shared()
+        self._attempts: Dict[int, Tuple[Attempt, ...]] = {}  # slot -> every attempt, for the few that need it
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, task: Any) -> int:
+        """Record a finished TaskRecord; returns its entry number (TaskRecord.history_entry)."""
+        number = self.added
+        self.added += 1
+        slot = number % self.limit
+        if slot * TASK_ID_SIZE == len(self._ids):
+            self._grow()
+        elif self._states[slot] != _EMPTY:
+            self._clear(slot)  # the oldest entry makes room
+        self._fill(slot, task)
+        self._count += 1
+        return number
+
+    def drop(self, number: int, task_id: bytes) -> None:
+        """Forget entry `number` if it is still there and is `task_id`'s (a rebuilt task finishing again)."""
+        if number < 0 or number < self.added - self.limit or number >= self.added:
+            return
+        slot = number % self.limit
+        if self._states[slot] != _EMPTY and self._task_id(slot) == task_id:
+            self._clear(slot)
+
+    def entries(self, skip: Container[bytes] = ()) -> Iterator[FinishedTask]:
+        """Every entry, oldest first, except those of task ids in `skip` (tasks being rebuilt)."""
+        states, times, refs, values = self._states, self._times, self._refs, self._shared.values
+        for number in range(max(0, self.added - self.limit), self.added):
+            slot = number % self.limit
+            code = states[slot]
+            if code == _EMPTY:
+                continue
+            task_id = self._task_id(slot)
+            if task_id in skip:
+                continue
+            kind, parent, placement = values[refs[3 * slot]], values[refs[3 * slot + 1]], values[refs[3 * slot + 2]]
+            attempts = self._attempts.get(slot)
+            if attempts is None:
+                creation, start, end = times[3 * slot:3 * slot + 3]
+                attempts = (Attempt(0, STATES[code], placement[0], placement[1], None, None, creation,
+                                    _time(start), _time(end)),)
+            yield FinishedTask(task_id, kind, parent, attempts)
+
+    # ---- slots ----
+
+    def _task_id(self, slot: int) -> bytes:
+        return bytes(self._ids[slot * TASK_ID_SIZE:(slot + 1) * TASK_ID_SIZE])
+
+    def _grow(self) -> None:
+        """Add up to _GROW empty slots (never past `limit`)."""
+        more = min(_GROW, self.limit - len(self._states))
+        self._ids += bytes(TASK_ID_SIZE * more)
+        self._states += bytes([_EMPTY]) * more
+        self._times.extend(array("d", [_NONE]) * (3 * more))
+        self._refs.extend(array("I", [0]) * (3 * more))
+
+    def _fill(self, slot: int, task: Any) -> None:
+        spec = task.spec
+        attempts = task.attempts
+        last = attempts[-1]
+        self._ids[slot * TASK_ID_SIZE:(slot + 1) * TASK_ID_SIZE] = spec.task_id
+        self._states[slot] = _STATE_CODES[last.state]
+        times = self._times
+        times[3 * slot] = last.creation_time
+        times[3 * slot + 1] = _NONE if last.start_time is None else last.start_time
+        times[3 * slot + 2] = _NONE if last.end_time is None else last.end_time
+        shared = self._shared
+        refs = self._refs
+        kind_key = (spec.name, spec.func_name, spec.task_type, spec.actor_id, task.shape[0])
+        kind = shared.acquire(kind_key)
+        if kind is None:
+            kind = shared.insert(kind_key, TaskKind(spec.name, spec.func_name, spec.task_type, spec.actor_id,
+                                                    spec.resources))
+        refs[3 * slot] = kind
+        parent = shared.acquire(spec.parent_task_id)
+        refs[3 * slot + 1] = parent if parent is not None else shared.insert(spec.parent_task_id, spec.parent_task_id)
+        placement_key = (last.node_id, last.worker_id)
+        placement = shared.acquire(placement_key)
+        refs[3 * slot + 2] = placement if placement is not None else shared.insert(placement_key, placement_key)
+        if len(attempts) > 1 or last.attempt_number != 0 or last.error_type is not None \
+                or last.error_message is not None:
+            self._attempts[slot] = tuple(_attempt(a) for a in attempts)
+
+    def _clear(self, slot: int) -> None:
+        refs = self._refs
+        for field in range(3):
+            self._shared.release(refs[3 * slot + field])
+        self._states[slot] = _EMPTY
+        self._attempts.pop(slot, None)
+        self._count -= 1
+
+
+def _attempt(record: Any) -> Attempt:
+    """An AttemptRecord (task_records.py) as an immutable Attempt."""
+    return Attempt(record.attempt_number, record.state, record.node_id, record.worker_id, record.error_type,
+                   record.error_message, record.creation_time, record.start_time, record.end_time)
+
+
+def _time(value: float) -> Optional[float]:
+    return None if value != value else value  # NaN: never set
