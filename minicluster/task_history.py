@@ -93,15 +93,15 @@ class _Shared:
         self._counts: List[int] = []
         self._free: List[int] = []
 
-    def acquire(self, key: Hashable) -> Optional[int]:
-        """The index of `key`'s value, counting one more user; None if it is not stored."""
+    def use(self, key: Hashable, spec: Any = None) -> int:
+        """The index of `key`'s value, counting one more user. The value is the key itself,
+        or, given a TaskSpec, the TaskKind of that spec (made only when first stored)."""
         index = self._index.get(key)
         if index is not None:
             self._counts[index] += 1
-        return index
-
-    def insert(self, key: Hashable, value: Any) -> int:
-        """Store a value not stored yet, with one user."""
+            return index
+        value = key if spec is None else TaskKind(spec.name, spec.func_name, spec.task_type, spec.actor_id,
+                                                  spec.resources)
         if self._free:
             index = self._free.pop()
             self._keys[index], self.values[index], self._counts[index] = key, value, 1
@@ -127,8 +127,8 @@ class _Shared:
 class TaskHistory:
     """Finished tasks, oldest first, at most `limit` of them; see the module docstring."""
 
-    def __init__(self, limit: int = HISTORY_LIMIT) -> None:
-        self.limit = limit
+    def __init__(self, limit: Optional[int] = None) -> None:
+        self.limit = HISTORY_LIMIT if limit is None else limit
         self.added = 0  #: entries ever added; entry number n is in slot n % limit while n >= added - limit
         self._count = 0
         self._ids = bytearray()  # TASK_ID_SIZE bytes per slot
@@ -195,29 +195,25 @@ class TaskHistory:
         self._refs.extend(array("I", [0]) * (3 * more))
 
     def _fill(self, slot: int, task: Any) -> None:
+        """Write a finished TaskRecord into `slot`. The hot path: once per task, so few calls."""
         spec = task.spec
         attempts = task.attempts
         last = attempts[-1]
         self._ids[slot * TASK_ID_SIZE:(slot + 1) * TASK_ID_SIZE] = spec.task_id
         self._states[slot] = _STATE_CODES[last.state]
+        start, end = last.start_time, last.end_time
+        at = 3 * slot
         times = self._times
-        times[3 * slot] = last.creation_time
-        times[3 * slot + 1] = _NONE if last.start_time is None else last.start_time
-        times[3 * slot + 2] = _NONE if last.end_time is None else last.end_time
-        shared = self._shared
+        times[at] = last.creation_time
+        times[at + 1] = _NONE if start is None else start
+        times[at + 2] = _NONE if end is None else end
+        use = self._shared.use
         refs = self._refs
         kind_key = (spec.name, spec.func_name, spec.task_type, spec.actor_id, task.shape[0])
-        kind = shared.acquire(kind_key)
-        if kind is None:
-            kind = shared.insert(kind_key, TaskKind(spec.name, spec.func_name, spec.task_type, spec.actor_id,
-                                                    spec.resources))
-        refs[3 * slot] = kind
-        parent = shared.acquire(spec.parent_task_id)
-        refs[3 * slot + 1] = parent if parent is not None else shared.insert(spec.parent_task_id, spec.parent_task_id)
-        placement_key = (last.node_id, last.worker_id)
-        placement = shared.acquire(placement_key)
-        refs[3 * slot + 2] = placement if placement is not None else shared.insert(placement_key, placement_key)
-        if len(attempts) > 1 or last.attempt_number != 0 or last.error_type is not None \
+        refs[at] = use(kind_key, spec)
+        refs[at + 1] = use(spec.parent_task_id)
+        refs[at + 2] = use((last.node_id, last.worker_id))
+        if len(attempts) > 1 or last.attempt_number or last.error_type is not None \
                 or last.error_message is not None:
             self._attempts[slot] = tuple(_attempt(a) for a in attempts)
 
