@@ -43,7 +43,8 @@ HISTORY_LIMIT = 100_000  # finished tasks kept for the state API (as Ray's task 
 _STATE_CODES = {state: code for code, state in enumerate(STATES)}
 _EMPTY = 255  # state code of a slot with no entry (its task was rebuilt and added anew)
 _GROW = 4096  # slots added to the columns at a time, so a short session stays small
-_NONE = math.nan  # a time that was never set
+_NONE = math.nan  # a time that was never set (read back as None: NaN is the one value != itself)
+_new = tuple.__new__  # makes a NamedTuple from a tuple without a call to its Python-level __new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,23 +164,30 @@ class TaskHistory:
             self._clear(slot)
 
     def entries(self, skip: Container[bytes] = ()) -> Iterator[FinishedTask]:
-        """Every entry, oldest first, except those of task ids in `skip` (tasks being rebuilt)."""
+        """Every entry, oldest first, except those of task ids in `skip` (tasks being rebuilt).
+
+        Under the head's lock, for list_tasks and the journal's compaction: 100,000 entries
+        are read in one go, so this loop avoids calls (NamedTuples made with tuple.__new__).
+        """
         states, times, refs, values = self._states, self._times, self._refs, self._shared.values
+        ids = bytes(self._ids)  # one copy, so each id is one slice
+        extra = self._attempts
         for number in range(max(0, self.added - self.limit), self.added):
             slot = number % self.limit
             code = states[slot]
             if code == _EMPTY:
                 continue
-            task_id = self._task_id(slot)
+            task_id = ids[slot * TASK_ID_SIZE:(slot + 1) * TASK_ID_SIZE]
             if task_id in skip:
                 continue
-            kind, parent, placement = values[refs[3 * slot]], values[refs[3 * slot + 1]], values[refs[3 * slot + 2]]
-            attempts = self._attempts.get(slot)
+            at = 3 * slot
+            attempts = extra.get(slot)
             if attempts is None:
-                creation, start, end = times[3 * slot:3 * slot + 3]
-                attempts = (Attempt(0, STATES[code], placement[0], placement[1], None, None, creation,
-                                    _time(start), _time(end)),)
-            yield FinishedTask(task_id, kind, parent, attempts)
+                node_id, worker_id = values[refs[at + 2]]
+                start, end = times[at + 1], times[at + 2]
+                attempts = (_new(Attempt, (0, STATES[code], node_id, worker_id, None, None, times[at],
+                                           None if start != start else start, None if end != end else end)),)
+            yield _new(FinishedTask, (task_id, values[refs[at]], values[refs[at + 1]], attempts))
 
     # ---- slots ----
 
@@ -230,7 +238,3 @@ def _attempt(record: Any) -> Attempt:
     """An AttemptRecord (task_records.py) as an immutable Attempt."""
     return Attempt(record.attempt_number, record.state, record.node_id, record.worker_id, record.error_type,
                    record.error_message, record.creation_time, record.start_time, record.end_time)
-
-
-def _time(value: float) -> Optional[float]:
-    return None if value != value else value  # NaN: never set
