@@ -18,7 +18,7 @@ costs one set insertion here.
 from __future__ import annotations
 
 import time
-from typing import Any, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
 # Ray's task states, in the order a task normally passes through them.
 STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "RUNNING", "FINISHED", "FAILED")
@@ -89,7 +89,7 @@ class TaskRecord:
         self.owner_dead = False
         self.finished = False
         self.pinned = False
-        self.shape = (tuple(sorted(spec.resources.items())), spec.strategy)
+        self.shape = _shape_of(spec)
         self.live_returns = 0  #: while kept as lineage: how many of its results still exist
         self.lineage_held = False  #: holds lineage refs on its arguments
         self.history_entry = -1  #: its entry number in the TaskHistory once it finished, else -1
@@ -135,6 +135,24 @@ class TaskRecord:
         record.error_type = error_type
         record.error_message = message if record.injected is None else _with_note(message, record.injected)
         record.end_time = record.end_time or time.time()
+
+
+# Every task of one shape shares one shape tuple: a task kept as lineage lives long, and its
+# own copy (three tuples) was about 200 of the roughly 1,200 bytes it costs. Bounded: past
+# SHAPES_KEPT distinct shapes (strategies naming many nodes) it starts over.
+SHAPES_KEPT = 10_000
+_shapes: Dict[tuple, tuple] = {}
+
+
+def _shape_of(spec: Any) -> tuple:
+    """(sorted resources, strategy): the key of the ready queue a task waits in (task_flow.py)."""
+    shape = (tuple(sorted(spec.resources.items())), spec.strategy)
+    shared = _shapes.get(shape)
+    if shared is None:
+        if len(_shapes) >= SHAPES_KEPT:
+            _shapes.clear()
+        shared = _shapes[shape] = shape
+    return shared
 
 
 def _with_note(message: Optional[str], injected: str) -> Optional[str]:
