@@ -82,7 +82,9 @@ class FinishedTask(NamedTuple):
 class _Shared:
     """Values many entries point at, each stored once with a count of its users.
 
-    Invariant: `values[i]` is live while `counts[i] > 0`; a freed index is reused.
+    Invariant: `values[i]` is live while `counts[i] > 0`; a freed index is reused. One table
+    serves the three sorts of keys, which cannot collide: a TaskKind's is a 5-tuple, a
+    parent's the id (bytes), a placement's a (node id, worker id) pair.
     """
 
     __slots__ = ("_index", "_keys", "values", "_counts", "_free")
@@ -207,6 +209,8 @@ class TaskHistory:
         spec = task.spec
         attempts = task.attempts
         last = attempts[-1]
+        if len(spec.task_id) != TASK_ID_SIZE:  # (a longer or shorter one would shift every later slot)
+            raise ValueError(f"task id of {len(spec.task_id)} bytes, expected {TASK_ID_SIZE}")
         self._ids[slot * TASK_ID_SIZE:(slot + 1) * TASK_ID_SIZE] = spec.task_id
         self._states[slot] = _STATE_CODES[last.state]
         start, end = last.start_time, last.end_time
