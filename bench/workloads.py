@@ -719,8 +719,8 @@ def _lineage_internals(system: str) -> dict[str, Any]:
                "evicted_ids_remembered": len(head.lineage.evicted),
                "object_entries": len(head.objects.entries)}
         history = getattr(head, "history", None)
-        if history is not None and hasattr(history, "tasks"):
-            out["task_history"] = len(history.tasks)
+        if history is not None:  # (a compact TaskHistory has a length; older ones a deque of tasks)
+            out["task_history"] = len(history.tasks) if hasattr(history, "tasks") else len(history)
         freed = getattr(head.objects, "freed", None)
         if freed is not None:
             out["freed_ids_remembered"] = len(freed)

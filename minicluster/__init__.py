@@ -23,7 +23,8 @@ Where things live (one concept per module):
     scheduler.py        placement by resources and strategy
     objects.py          object directory: values, locations, holders, freeing, spilling
     lineage.py          finished tasks kept to rebuild lost objects
-    task_records.py     task and attempt records (state API, timeline)
+    task_records.py     task and attempt records of live tasks (state API, timeline)
+    task_history.py     finished tasks, kept compactly and bounded, for the state API
     state_recorder.py   the head's records -> state rows, journaled in batches (driver)
     state_journal.py    the session's state on disk: journal, status, objects (any process)
     util/state/         the state API: list_tasks, get_task, summarize_tasks, ... (Ray's names)

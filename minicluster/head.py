@@ -17,6 +17,7 @@ The Head is one object in four files, by concern:
 
 The records it keeps live in objects.py (values, holders), lineage.py
 (finished tasks kept for rebuilding), task_records.py (attempts),
+task_history.py (finished tasks, compactly, for the state API),
 virtual_nodes.py (nodes, workers) and scheduler.py (resources, placement).
 """
 
@@ -39,7 +40,8 @@ from .objects import ObjectDirectory
 from .recovery import Recovery
 from .scheduler import Scheduler
 from .task_flow import TaskFlow
-from .task_records import TaskHistory, TaskRecord
+from .task_history import TaskHistory
+from .task_records import TaskRecord
 from .virtual_nodes import NodeRecord, WorkerRecord
 from .waiting import Waiting
 
@@ -56,7 +58,7 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
         self.namespace = "default"  # the job's namespace (init(namespace=...)), told to workers
         self.lineage = Lineage(config.max_lineage_bytes(), self._release_lineage_args)
         self.tasks: Dict[bytes, TaskRecord] = {}
-        self.history = TaskHistory()
+        self.history = TaskHistory()  #: compact copies of finished tasks, for the state API
         self.task_changes: set = set()  #: TaskRecords changed since the state recorder last looked
         self.children: Dict[bytes, set] = collections.defaultdict(set)  # parent task -> child task ids
         self.actors: Dict[bytes, Any] = {}  # actor id -> ActorRecord (actor_flow.py)

@@ -17,11 +17,11 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
-from .ids import is_put_object, task_of
+from .ids import TASK_ID_SIZE, RecentIds, is_put_object, task_of
 
 # Bookkeeping cost of one record beyond its argument bytes (spec fields, dict slots).
 RECORD_OVERHEAD_BYTES = 400
-EVICTED_MEMORY = 1_000_000  # evicted task ids remembered, for the error's reason
+EVICTED_MEMORY = 1_000_000  # evicted task ids remembered, for the error's reason (24 bytes each)
 
 
 class Lineage:
@@ -29,7 +29,9 @@ class Lineage:
         self.max_bytes = max_bytes
         self.records: "collections.OrderedDict[bytes, Any]" = collections.OrderedDict()  # task id -> TaskRecord
         self.bytes = 0
-        self.evicted: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
+        #: ids of evicted tasks, so a lost result says LINEAGE_EVICTED; a compact ring (ids.RecentIds)
+        #: because a long job evicts one per task past the cap
+        self.evicted = RecentIds(TASK_ID_SIZE, EVICTED_MEMORY)
         self._release_args = release_args  # drops the lineage refs a record holds on its arguments
 
     @staticmethod
@@ -44,9 +46,7 @@ class Lineage:
         while self.bytes > self.max_bytes and self.records:
             task_id, oldest = self.records.popitem(last=False)
             self.bytes -= self.size_of(oldest)
-            self.evicted[task_id] = None
-            if len(self.evicted) > EVICTED_MEMORY:
-                self.evicted.popitem(last=False)
+            self.evicted.add(task_id)
             self._release_args(oldest)
 
     def get(self, task_id: bytes) -> Optional[Any]:

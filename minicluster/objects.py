@@ -31,6 +31,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import object_store
+from .ids import OBJECT_ID_SIZE, RecentIds
 
 PENDING = "PENDING"
 READY = "READY"
@@ -84,7 +85,8 @@ class ObjectDirectory:
         self.on_deleted = on_deleted  # the head drops lineage that only this entry needed, and owner links
         self.driver_counts = driver_counts  # the driver's LocalRefCounter.counts (read-only here)
         self.layout = layout
-        self.freed: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
+        #: ids of recently freed objects, so a late use says "freed" rather than "lost" (compact ring)
+        self.freed = RecentIds(OBJECT_ID_SIZE, FREED_MEMORY)
         self.node_usage: Dict[bytes, int] = collections.defaultdict(int)  #: shared-memory bytes per node
         self.capacity: Dict[bytes, int] = {}  #: store capacity per node
         self.spilled_bytes = 0
@@ -267,9 +269,7 @@ class ObjectDirectory:
     def free(self, object_id: bytes) -> None:
         entry = self.entries.pop(object_id)
         self._release_value(object_id, entry)
-        self.freed[object_id] = None
-        if len(self.freed) > FREED_MEMORY:
-            self.freed.popitem(last=False)
+        self.freed.add(object_id)
         self.on_deleted(object_id, entry)
 
     def _release_value(self, object_id: bytes, entry: ObjectEntry) -> None:

@@ -19,7 +19,9 @@ nodes are gone and marks the session's clean end.
 
 In the driver, `minicluster.util.state` reads the live records through
 `live_rows`, `live_status` and `live_objects` instead of the journal, so what
-it returns is never behind.
+it returns is never behind. Finished tasks are read from the head's compact
+history (task_history.py), live ones from their TaskRecords; both give the
+same rows.
 
 Actors: each of the head's actor records (actor_flow.py) gives its own
 `list_actors` row (`ActorRecord.state_row`).
@@ -32,11 +34,12 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import ids, object_store, state_journal
 from .objects import READY
 from .state_journal import FIELDS, JournalWriter, rows_to_dicts, write_json
+from .task_history import FinishedTask
 from .virtual_nodes import INTENDED_SYSTEM_EXIT, WorkerInfo
 
 FLUSH_INTERVAL_S = 0.2
@@ -181,6 +184,30 @@ class StateRecorder:
                 self.workers[worker_id] = info  # still alive: keep it
             excess -= 1
 
+    def add_history_rows(self, entries: Iterable[FinishedTask], rows: List[tuple]) -> None:
+        """The rows of finished tasks from the head's compact history (task_history.py), in the
+        same order and layout as add_task_rows makes them from live TaskRecords."""
+        names = self._display_names
+        append = rows.append
+        for task_id, kind, parent, attempts in entries:
+            name = names.get(kind.func_name)
+            if name is None:
+                name = names[kind.func_name] = _without_module(kind.func_name)
+            for a in attempts:
+                append((task_id, a.attempt_number, kind.name, a.state, kind.actor_id, kind.task_type, name,
+                        parent, a.node_id, a.worker_id, a.error_type, a.error_message,
+                        a.creation_time, a.start_time, a.end_time, kind.resources))
+
+    def all_task_rows(self) -> List[tuple]:
+        """A row per attempt of every task the head remembers: finished ones (its history), then
+        live ones. Under the head's lock. A task being rebuilt is in both; its live record,
+        which has every attempt, wins."""
+        head = self.head
+        rows: List[tuple] = []
+        self.add_history_rows(head.history.entries(skip=head.tasks), rows)
+        self.add_task_rows(list(head.tasks.values()), rows)
+        return rows
+
     def task_rows(self, task: Any) -> List[tuple]:
         rows: List[tuple] = []
         self.add_task_rows([task], rows)
@@ -210,8 +237,7 @@ class StateRecorder:
         """The journal grew past COMPACT_BYTES: rewrite it with one row per key."""
         head = self.head
         with head.lock:
-            rows: List[tuple] = []
-            self.add_task_rows(_all_tasks(head), rows)
+            rows = self.all_task_rows()
             workers = [self._worker_row(i, "WORKER") for i in self.workers.values()]
             workers.append(self._worker_row(self.driver, "DRIVER"))
         self.journal.rewrite({"task": rows, "worker": workers})
@@ -353,8 +379,7 @@ class StateRecorder:
     def live_rows(self) -> Dict[str, List[Dict[str, Any]]]:
         head = self.head
         with head.lock:
-            tasks: List[tuple] = []
-            self.add_task_rows(_all_tasks(head), tasks)
+            tasks = self.all_task_rows()
             infos: Dict[bytes, WorkerInfo] = dict(self.workers)
             for node in head.nodes.values():
                 for info in node.worker_changes:
@@ -394,14 +419,6 @@ class StateRecorder:
                 return None
             node = head.nodes.get(info.node_id)
             return node.name if node is not None else None
-
-
-def _all_tasks(head: Any) -> List[Any]:
-    """Every task the head remembers, once each (a rebuilt task is in both places)."""
-    tasks = list(head.history.tasks)
-    seen = {id(task) for task in tasks}
-    tasks += [task for task in head.tasks.values() if id(task) not in seen]
-    return tasks
 
 
 def _without_module(func_name: str) -> str:

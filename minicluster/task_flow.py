@@ -467,9 +467,10 @@ class TaskFlow:
         if task.spec.task_type == ACTOR_CREATION_TASK and state == "FAILED":
             self._creation_failed(task, error_type, message)
         self.tasks.pop(task.spec.task_id, None)
-        if not task.in_history:  # a rebuilt task is already there, with its new attempts
-            task.in_history = True
-            self.history.add(task)
+        # A compact copy for the state API; the record itself lives on only as lineage.
+        # A rebuilt task finishing again replaces its old entry: the new one has all its attempts.
+        self.history.drop(task.history_entry, task.spec.task_id)
+        task.history_entry = self.history.add(task)
         kids = self.children.pop(task.spec.task_id, None)
         if kids and task.cancelled:
             for child in kids:

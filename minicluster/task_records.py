@@ -2,8 +2,10 @@
 
 Runs in the driver process, under the head's lock. One TaskRecord per task,
 one AttemptRecord per attempt (0, 1, ...): the state API and the timeline
-read these. Finished tasks move to a bounded TaskHistory so a long job keeps
-a steady memory footprint.
+read these while the task is pending or running. When it finishes, a compact
+copy goes to the bounded TaskHistory (task_history.py) and the record itself
+is dropped, unless lineage keeps it to rebuild the task's results; so a long
+job keeps a small, steady memory footprint.
 
 When an attempt ends (it failed and will be retried, or the task finished)
 the TaskRecord adds itself to the head's `task_changes` set; the state
@@ -15,14 +17,11 @@ costs one set insertion here.
 
 from __future__ import annotations
 
-import collections
 import time
-from typing import Any, Deque, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
 # Ray's task states, in the order a task normally passes through them.
 STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "RUNNING", "FINISHED", "FAILED")
-
-HISTORY_LIMIT = 100_000  # finished tasks kept for the state API
 
 TERMINAL = ("FINISHED", "FAILED")
 
@@ -75,7 +74,7 @@ class AttemptRecord:
 class TaskRecord:
     __slots__ = ("spec", "attempt", "retries_left", "submitter_node", "node", "worker", "deps_waiting",
                  "attempts", "cancelled", "owner_dead", "finished", "pinned", "shape", "live_returns",
-                 "lineage_held", "in_history", "ready", "changes")
+                 "lineage_held", "history_entry", "ready", "changes")
 
     def __init__(self, spec: Any, max_retries: int, submitter_node: bytes, changes: Optional[Set[Any]] = None) -> None:
         self.spec = spec
@@ -90,10 +89,10 @@ class TaskRecord:
         self.owner_dead = False
         self.finished = False
         self.pinned = False
-        self.shape = (tuple(sorted(spec.resources.items())), spec.strategy)
+        self.shape = _shape_of(spec)
         self.live_returns = 0  #: while kept as lineage: how many of its results still exist
         self.lineage_held = False  #: holds lineage refs on its arguments
-        self.in_history = False
+        self.history_entry = -1  #: its entry number in the TaskHistory once it finished, else -1
         self.ready = False  #: actor calls: arguments ready, may be sent when its turn comes
         #: the head's set of tasks whose attempts ended since the state recorder last looked
         self.changes: Set[Any] = changes if changes is not None else set()
@@ -138,17 +137,25 @@ class TaskRecord:
         record.end_time = record.end_time or time.time()
 
 
+# Every task of one shape shares one shape tuple: a task kept as lineage lives long, and its
+# own copy (three tuples) was about 200 of the roughly 1,200 bytes it costs. Bounded: past
+# SHAPES_KEPT distinct shapes (strategies naming many nodes) it starts over.
+SHAPES_KEPT = 10_000
+_shapes: Dict[tuple, tuple] = {}
+
+
+def _shape_of(spec: Any) -> tuple:
+    """(sorted resources, strategy): the key of the ready queue a task waits in (task_flow.py)."""
+    shape = (tuple(sorted(spec.resources.items())), spec.strategy)
+    shared = _shapes.get(shape)
+    if shared is None:
+        if len(_shapes) >= SHAPES_KEPT:
+            _shapes.clear()
+        shared = _shapes[shape] = shape
+    return shared
+
+
 def _with_note(message: Optional[str], injected: str) -> Optional[str]:
     if message is None:
         return None
     return f"{message} [injected by minicluster.testing: {injected}]"
-
-
-class TaskHistory:
-    """Finished tasks, newest last, at most HISTORY_LIMIT of them."""
-
-    def __init__(self) -> None:
-        self.tasks: Deque[TaskRecord] = collections.deque(maxlen=HISTORY_LIMIT)
-
-    def add(self, task: TaskRecord) -> None:
-        self.tasks.append(task)

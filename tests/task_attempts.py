@@ -7,7 +7,7 @@ shows the same rows; this helper keeps the fault tests independent of it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from minicluster import context
 
@@ -26,14 +26,16 @@ def attempts(name: str) -> List[Attempt]:
     """Every recorded attempt of every task named `name`, finished or not, oldest task first."""
     head = context.current().head
     with head.lock:
-        records = [t for t in head.history.tasks] + list(head.tasks.values())
-        rows = []
-        seen = set()
-        for task in records:
-            if task.spec.name != name or id(task) in seen:
-                continue
-            seen.add(id(task))
-            for a in task.attempts:
-                rows.append(Attempt(task.spec.task_id.hex(), a.attempt_number, a.state, a.error_type,
-                                    a.error_message, a.node_id.hex() if a.node_id else None))
+        # Finished tasks are compact entries in the history (a task being rebuilt is live instead).
+        rows = [_row(entry.task_id, a) for entry in head.history.entries(skip=head.tasks)
+                if entry.kind.name == name for a in entry.attempts]
+        for task in head.tasks.values():
+            if task.spec.name == name:
+                rows += [_row(task.spec.task_id, a) for a in task.attempts]
     return rows
+
+
+def _row(task_id: bytes, a: Any) -> Attempt:
+    """An attempt (a live AttemptRecord or a history Attempt: the same fields) as a test row."""
+    return Attempt(task_id.hex(), a.attempt_number, a.state, a.error_type, a.error_message,
+                   a.node_id.hex() if a.node_id else None)
