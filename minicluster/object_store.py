@@ -34,6 +34,7 @@ import shutil
 import threading
 from typing import Optional
 
+from . import store_spares
 from .ids import NODE_ID_SIZE
 from .serialization import Serialized
 
@@ -73,17 +74,28 @@ def object_path(store_dir: str, object_id: bytes) -> str:
     return os.path.join(store_dir, object_id.hex())
 
 
-def write(store_dir: str, object_id: bytes, value: Serialized) -> int:
-    """Store a serialized value as an object file; returns its size in bytes."""
+def write(store_dir: str, object_id: bytes, value: Serialized, spare_limit: int = 0) -> int:
+    """Store a serialized value as an object file; returns its size in bytes.
+
+    A large value goes into this process's spare file when there is one (pages
+    already allocated: the write is only a copy; see store_spares.py), and asks
+    for one for the next write; `spare_limit` is the largest spare this node
+    allows (0: none).
+    """
     final = object_path(store_dir, object_id)
     tmp = f"{final}{_TMP_SUFFIX}{os.getpid()}"
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    fd = store_spares.keeper().take(store_dir, tmp, value.size, spare_limit) if spare_limit else None
+    spare = fd is not None
+    if fd is None:
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
     try:
         for chunk in value.chunks():
             view = memoryview(chunk).cast("B") if not isinstance(chunk, bytes) else memoryview(chunk)
             written = 0
             while written < len(view):
                 written += os.write(fd, view[written:])
+        if spare:
+            os.ftruncate(fd, value.size)  # a spare may be larger than the value
     except BaseException:
         os.close(fd)
         _unlink(tmp)

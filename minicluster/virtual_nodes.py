@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Optional, Set
 
-from . import object_store
+from . import object_store, store_spares
 
 # Ray's worker exit types (WorkerState.exit_type).
 SYSTEM_ERROR = "SYSTEM_ERROR"  #: crashed, was killed, or its node died
@@ -170,6 +170,7 @@ def kill(node: NodeRecord) -> None:
             os.killpg(node.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    store_spares.keeper().retire(node.store_dir)  # this process's spare there, and no new one
     object_store.remove_store(node.store_dir)
     object_store.remove_store(node.spill_dir)  # a dead machine's disk is gone too
     if node.process is not None:
