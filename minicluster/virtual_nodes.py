@@ -178,6 +178,9 @@ def kill(node: NodeRecord) -> None:
             node.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        # Again, now that the processes are gone: one that was still finishing a syscall when
+        # SIGKILL came (creating an object or a spare file) may have re-filled the folder.
+        object_store.remove_store(node.store_dir)
 
 
 def exit_reason(exitcode: Optional[int]) -> str:
