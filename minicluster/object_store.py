@@ -6,7 +6,15 @@ that is too small, then on disk. The head decides what lives where and when
 it goes; this module only moves bytes:
 
 * write: the writer fills `<id>.tmp-<pid>` and renames it to `<id>`, so a
-  reader never sees a partial object (rename is atomic);
+  reader never sees a partial object (rename is atomic). A large value
+  (>= 8 MiB) is written into the process's *spare* when it has one: a fresh
+  file, `.spare-<pid>`, whose pages a background thread allocated ahead
+  (store_spares.py), so the write is only a copy. The invariant that keeps
+  zero-copy readers safe: a file that was ever visible under an object name
+  is never written again, and a spare is always a new file, never a reused
+  one. Spares are not counted in the node's usage; they are bounded instead
+  (at most two per node, each at most 1/8 of its capacity) and removed when
+  idle, when their process exits and with the folder;
 * read: `mmap` read-only, so values are zero-copy, read-only views;
 * copy: a reader on another node copies the file into its own node's folder
   (the single-host stand-in for a network transfer), which makes the copy a
