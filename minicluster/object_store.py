@@ -110,6 +110,8 @@ def write(store_dir: str, object_id: bytes, value: Serialized, spare_limit: int 
         raise
     os.close(fd)
     os.rename(tmp, final)
+    if spare_limit and not spare:
+        store_spares.keeper().ask(store_dir, value.size, spare_limit)
     return value.size
 
 
