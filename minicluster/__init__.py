@@ -37,6 +37,7 @@ Where things live (one concept per module):
     node_manager.py     a virtual node's process: forks and watches its workers
     worker.py           a worker process: runs tasks, reports results
     object_store.py     a node's shared-memory folder of object files; spill folders
+    store_spares.py     pre-allocated spare files that large writes copy into
     serialization.py    pickle-5 blobs with zero-copy buffers
     protocol.py         framing and authentication of connections
     session.py          session folder, socket, key, stale-session cleanup

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import config, object_store
+from . import config, object_store, store_spares
 from .client import RuntimeClient
 from .exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, RayError
 from .head import DRIVER, Head
@@ -108,18 +108,20 @@ class DriverClient(RuntimeClient):
         if serialized.size <= config.INLINE_THRESHOLD:
             self.head.put_from_driver(object_id, "i", serialized.to_bytes(), serialized.refs, self.node_id)
         else:
-            self._check_fits(serialized.size)
-            size = object_store.write(self.store_dir(), object_id, serialized)
+            capacity = self._check_fits(serialized.size)
+            size = object_store.write(self.store_dir(), object_id, serialized, store_spares.spare_limit(capacity))
             self.head.put_from_driver(object_id, "s", size, serialized.refs, self.node_id)
         return ref
 
-    def _check_fits(self, size: int) -> None:
+    def _check_fits(self, size: int) -> int:
+        """The node's store capacity; raises ObjectStoreFullError if `size` cannot fit in it."""
         capacity = self.head.nodes[self.node_id].capacity
         if size > capacity:
             raise ObjectStoreFullError(
                 f"put() of an object of {size} bytes: larger than the node's object store "
                 f"({capacity} bytes, object_store_memory); nothing was stored"
             )
+        return capacity
 
     # ---- values ----------------------------------------------------------------------
 

@@ -15,8 +15,8 @@ The runtime modules are imported before the first fork, so a worker starts in
 a millisecond or two instead of paying for a fresh interpreter.
 
 If the head's socket closes (the driver exited or was SIGKILLed), the node
-cleans up after itself: removes its store folder and the session's socket
-file, then kills its whole process group, itself included.
+cleans up after itself: kills its workers, removes its store folder and the
+session's socket file, then kills its whole process group, itself included.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sys
 from typing import Dict
 
 # Imported here, before any fork, so workers inherit them ready to use.
-from . import log_files, object_store, worker  # noqa: F401
+from . import log_files, object_store, store_spares, worker  # noqa: F401
 from .ids import new_worker_id
 from .protocol import Connection, FrameDecoder
 
@@ -125,6 +125,7 @@ class NodeManager:
                 break
             worker_id = self.workers.pop(pid, None)
             if worker_id is not None:
+                store_spares.remove_spare_of(self.store_dir, pid)  # however it ended, its spare goes
                 exits.append(("worker_exit", pid, worker_id, os.waitstatus_to_exitcode(status)))
         if exits:
             try:
@@ -133,6 +134,7 @@ class NodeManager:
                 self.head_gone()
 
     def head_gone(self) -> None:
+        self.kill_workers()  # first, so that none of them writes into the folder while it goes
         object_store.remove_store(self.store_dir)
         object_store.remove_store(os.path.join(self.cfg["spill_root"], self.node_id.hex()))
         try:
@@ -146,6 +148,19 @@ class NodeManager:
             except OSError:
                 pass
         os.killpg(0, signal.SIGKILL)
+
+
+    def kill_workers(self) -> None:
+        for pid in self.workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in self.workers:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
 
 def main(cfg: dict) -> None:

@@ -6,7 +6,15 @@ that is too small, then on disk. The head decides what lives where and when
 it goes; this module only moves bytes:
 
 * write: the writer fills `<id>.tmp-<pid>` and renames it to `<id>`, so a
-  reader never sees a partial object (rename is atomic);
+  reader never sees a partial object (rename is atomic). A large value
+  (>= 8 MiB) is written into the process's *spare* when it has one: a fresh
+  file, `.spare-<pid>`, whose pages a background thread allocated ahead
+  (store_spares.py), so the write is only a copy. The invariant that keeps
+  zero-copy readers safe: a file that was ever visible under an object name
+  is never written again, and a spare is always a new file, never a reused
+  one. Spares are not counted in the node's usage; they are bounded instead
+  (at most two per node, each at most 1/8 of its capacity) and removed when
+  idle, when their process exits and with the folder;
 * read: `mmap` read-only, so values are zero-copy, read-only views;
 * copy: a reader on another node copies the file into its own node's folder
   (the single-host stand-in for a network transfer), which makes the copy a
@@ -34,6 +42,7 @@ import shutil
 import threading
 from typing import Optional
 
+from . import store_spares
 from .ids import NODE_ID_SIZE
 from .serialization import Serialized
 
@@ -73,23 +82,36 @@ def object_path(store_dir: str, object_id: bytes) -> str:
     return os.path.join(store_dir, object_id.hex())
 
 
-def write(store_dir: str, object_id: bytes, value: Serialized) -> int:
-    """Store a serialized value as an object file; returns its size in bytes."""
+def write(store_dir: str, object_id: bytes, value: Serialized, spare_limit: int = 0) -> int:
+    """Store a serialized value as an object file; returns its size in bytes.
+
+    A large value goes into this process's spare file when there is one (pages
+    already allocated: the write is only a copy; see store_spares.py), and asks
+    for one for the next write; `spare_limit` is the largest spare this node
+    allows (0: none).
+    """
     final = object_path(store_dir, object_id)
     tmp = f"{final}{_TMP_SUFFIX}{os.getpid()}"
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    fd = store_spares.keeper().take(store_dir, tmp, value.size, spare_limit) if spare_limit else None
+    spare = fd is not None
+    if fd is None:
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
     try:
         for chunk in value.chunks():
             view = memoryview(chunk).cast("B") if not isinstance(chunk, bytes) else memoryview(chunk)
             written = 0
             while written < len(view):
                 written += os.write(fd, view[written:])
+        if spare:
+            os.ftruncate(fd, value.size)  # a spare may be larger than the value
     except BaseException:
         os.close(fd)
         _unlink(tmp)
         raise
     os.close(fd)
     os.rename(tmp, final)
+    if spare_limit and not spare:
+        store_spares.keeper().ask(store_dir, value.size, spare_limit)
     return value.size
 
 
@@ -120,7 +142,7 @@ def copy(src_dir: str, dst_dir: str, object_id: bytes) -> int:
 
 def delete(store_dir: str, object_id: bytes) -> None:
     """Remove an object file. The name goes at once (a rename: a new copy under the same id,
-    from a rebuild or a restore, is never touched); freeing the pages, which takes ~0.5 ms
+    from a rebuild or a restore, is never touched); freeing the pages, which takes ~15 ms
     per 100 MB on tmpfs, happens on a background thread, off the caller's path."""
     path = object_path(store_dir, object_id)
     trash = f"{path}.del-{next(_trash_ids)}"

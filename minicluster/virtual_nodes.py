@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Optional, Set
 
-from . import object_store
+from . import object_store, store_spares
 
 # Ray's worker exit types (WorkerState.exit_type).
 SYSTEM_ERROR = "SYSTEM_ERROR"  #: crashed, was killed, or its node died
@@ -170,6 +170,7 @@ def kill(node: NodeRecord) -> None:
             os.killpg(node.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    store_spares.keeper().retire(node.store_dir)  # this process's spare there, and no new one
     if node.process is not None:
         # Reaped first, so no call of its in flight can put a file back after the folder
         # is gone. SIGKILL makes this quick; the bound only guards against a kernel stall.

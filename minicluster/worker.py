@@ -33,7 +33,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-from . import config, context, fault_hooks, log_files, object_store
+from . import config, context, fault_hooks, log_files, object_store, store_spares
 from .client import RuntimeClient
 from .exceptions import GetTimeoutError, ObjectStoreFullError, RayError, RayTaskError, TaskCancelledError
 from .object_ref import LocalRefCounter, ObjectRef, set_counter
@@ -186,7 +186,8 @@ def store_value(client: RuntimeClient, object_id: bytes, value: Any, what: str, 
             f"{what}: {serialized.size} bytes is larger than the node's object store "
             f"({client.capacity} bytes, object_store_memory)"  # type: ignore[attr-defined]
         )
-    size = object_store.write(client.store_dir(), object_id, serialized)
+    size = object_store.write(client.store_dir(), object_id, serialized,
+                              store_spares.spare_limit(client.capacity))  # type: ignore[attr-defined]
     return "s", size, serialized.refs
 
 
