@@ -134,6 +134,7 @@ class DriverClient(RuntimeClient):
             for _ in range(_VANISHED_COPY_RETRIES):
                 with head.lock:
                     payload = head.payload_of(object_id)
+                    head._flush()
                 try:
                     values.append(self.load(object_id, payload))
                     break
@@ -164,6 +165,7 @@ class DriverClient(RuntimeClient):
         with head.lock:
             head._apply_driver_refs()
             waiter = head.register_wait(list(object_ids), len(object_ids) - num_ready, lambda w: event.set())
+            head._flush()  # waiting may have started a rebuild of a lost object: send its task now
         if waiter is None:
             return
         if self._wait_event(event, timeout):

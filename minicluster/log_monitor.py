@@ -25,6 +25,7 @@ import threading
 from typing import Callable, Dict, List, Optional, TextIO
 
 from .log_files import WorkerLogFile, prefix
+from .session import pid_alive
 
 POLL_INTERVAL_S = 0.1
 
@@ -64,7 +65,7 @@ class LogMonitor:
             out: List[str] = []
             err: List[str] = []
             for path, log in list(self.files.items()):
-                alive = not final and _alive(log.pid)
+                alive = not final and pid_alive(log.pid)
                 lines = log.read_lines(final=final or not alive)
                 if lines:
                     node = self.node_name_of_worker(log.worker_id)
@@ -103,16 +104,6 @@ class LogMonitor:
             return
         self.closed = True
         self.poll(final=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write(stream: Optional[TextIO], lines: List[str]) -> None:

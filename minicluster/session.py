@@ -125,7 +125,7 @@ def reap_stale_sessions(root: str) -> None:
         except (OSError, ValueError):
             continue
         pid = info.get("driver_pid")
-        if not isinstance(pid, int) or _alive(pid):
+        if not isinstance(pid, int) or pid_alive(pid):
             continue
         store_root = info.get("store_root")
         if isinstance(store_root, str) and "minicluster" in store_root:
@@ -149,7 +149,8 @@ def prune_old_sessions(root: str, keep: int) -> None:
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
