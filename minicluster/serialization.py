@@ -119,7 +119,13 @@ def _dumps(value: Any, buffer_callback: Any) -> bytes:
     return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
 
 
-_FAST_TYPES = frozenset([int, float, str, bytes, bool, type(None)])
+_FAST_TYPES = {int, float, str, bytes, bool, type(None)}
+
+
+def register_plain_type(kind: type) -> None:
+    """A class whose instances the C pickler handles as well as cloudpickle does (importable,
+    with its own __reduce__): values holding them take the fast path too (ObjectRef)."""
+    _FAST_TYPES.add(kind)
 
 
 def _is_plain(value: Any, depth: int) -> bool:
