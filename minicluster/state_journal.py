@@ -37,6 +37,7 @@ JOURNAL = "state.journal"
 STATUS = "status.json"
 OBJECTS = "objects.json"
 OBJECTS_REQUEST = "objects.request"
+FAULTS = "faults.jsonl"  #: injected faults, one JSON line each (minicluster.testing's journal)
 MAGIC = "minicluster-state-journal"
 VERSION = 2
 COMPACT_BYTES = 256 * 1024 * 1024

@@ -11,14 +11,19 @@ session's journal). The trace is Chrome's JSON trace format, a list of events:
     category is "task,failed"; args carry the ids, attempt, state and error.
 
 Attempts that never reached a worker (cancelled or failed while pending) have
-no slice: they used no worker time.
+no slice: they used no worker time. Faults that a test injected
+(minicluster.testing) are instant ("i") events named "injected <kind>", on the
+worker's track or, for a node fault, across the node's process.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, Dict, List, Optional
+
+from .state_journal import FAULTS
 
 
 def trace_events(address: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -76,6 +81,32 @@ def trace_events(address: Optional[str] = None) -> List[Dict[str, Any]]:
                 "worker_id": task["worker_id"],
             },
         })
+    events.extend(_fault_events(source.logs_dir, node_pid))
+    return events
+
+
+def _fault_events(logs_dir: str, node_pid: Dict[str, int]) -> List[Dict[str, Any]]:
+    """The injected faults of the session's test, if it had a fault plan, as instant events."""
+    try:
+        with open(os.path.join(logs_dir, FAULTS)) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    events = []
+    for line in lines:
+        try:
+            fault = json.loads(line)
+        except ValueError:
+            continue  # the last line of a driver that was killed mid-write
+        worker_pid = fault.get("worker_pid")
+        event = {"name": f"injected {fault['kind']}", "cat": "fault", "ph": "i", "ts": fault["time"] * 1e6,
+                 "pid": node_pid.get(fault.get("node_id"), 0), "cname": "terrible",
+                 "args": {k: v for k, v in fault.items() if v not in (None, "")}}
+        if worker_pid:
+            event.update(tid=worker_pid, s="t")
+        else:
+            event.update(tid=0, s="p")
+        events.append(event)
     return events
 
 

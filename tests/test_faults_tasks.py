@@ -38,6 +38,19 @@ def test_kill_worker_at_each_point_is_retried(minicluster_cluster, fault_plan, f
     assert f"[injected by minicluster.testing: kill_worker at {point}" in rows[0].error_message
 
 
+def test_injected_faults_are_on_the_timeline(minicluster_cluster, fault_plan, fault_journal):
+    fault_plan.kill_worker("double", attempt=0, at="start")
+    assert ray.get(double.remote(4)) == 8
+    [fault] = fault_journal.events()
+    events = ray.timeline()
+    [instant] = [e for e in events if e.get("cat") == "fault"]
+    assert instant["name"] == "injected kill_worker" and instant["ph"] == "i"
+    assert instant["tid"] == fault.worker_pid and instant["args"]["task"] == "double"
+    [failed] = [e for e in events if e.get("cat") == "task,failed"]
+    assert failed["tid"] == fault.worker_pid and failed["pid"] == instant["pid"]  # on the killed worker's track
+    assert "[injected by minicluster.testing" in failed["args"]["error_message"]
+
+
 def test_kill_while_loading_a_stored_argument(minicluster_cluster, fault_plan, fault_journal):
     array = ray.put(np.ones(200_000))  # 1.6 MB: lives in the store, fetched by the worker
     fault_plan.kill_worker("total", attempt=0, at="load_args")

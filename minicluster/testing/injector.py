@@ -31,7 +31,7 @@ import random
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from .. import context, fault_hooks
+from .. import context, fault_hooks, state_journal
 from ..task_spec import ACTOR_TASK, NORMAL_TASK
 from .fault_plan import (
     Chaos,
@@ -48,7 +48,7 @@ from .fault_plan import (
 )
 
 #: Where the journal is written in the session folder, for tools outside the test process.
-JOURNAL_FILE = "faults.jsonl"
+JOURNAL_FILE = state_journal.FAULTS  # the timeline lays these over the task slices
 
 #: Chaos remembers which task attempts it counted; past this many it forgets finished tasks
 #: (a pass over the table every COUNTED_LIMIT dispatches: cheap, and memory stays bounded).
