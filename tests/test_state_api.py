@@ -289,4 +289,7 @@ def test_timeline_has_one_slice_per_attempt_and_marks_failures(cluster, tmp_path
     path = tmp_path / "trace.json"
     assert ray.timeline(filename=str(path)) is None
     with open(path) as f:
-        assert json.load(f) == json.loads(json.dumps(events))
+        written = json.load(f)
+    # The slices are settled (every task ended); a worker started since (the crashed one's
+    # replacement) may add a track name, so only the slices are compared.
+    assert [e for e in written if e["ph"] == "X"] == json.loads(json.dumps(slices))
