@@ -209,6 +209,8 @@ class Worker:
         self.pool: Optional[concurrent.futures.ThreadPoolExecutor] = None  # threaded actors
         self.loop: Optional[asyncio.AbstractEventLoop] = None  # async actors
         self.async_slots: Optional[asyncio.Semaphore] = None
+        #: async actors: task id -> the future of its call on the loop (cancel() cancels it)
+        self.async_calls: Dict[bytes, concurrent.futures.Future] = {}
         self.main_ident = threading.get_ident()
 
     # ---- reader thread -----------------------------------------------------------
@@ -237,7 +239,11 @@ class Worker:
         os._exit(0)  # the head is gone: nothing left to do and nobody to tell
 
     def _cancel(self, task_id: bytes) -> None:
-        if self.current == task_id:
+        future = self.async_calls.get(task_id)
+        if future is not None:
+            # An async actor's call: cancelled at its next await, as Ray cancels the asyncio task.
+            future.cancel()
+        elif self.current == task_id:
             self.cancel_target = task_id
             signal.pthread_kill(self.main_ident, signal.SIGINT)
         else:
@@ -285,7 +291,10 @@ class Worker:
         if self.loop is not None:
             import asyncio  # loaded already: the loop exists
 
-            asyncio.run_coroutine_threadsafe(self.execute_async(request), self.loop)
+            task_id = request[0]
+            future = asyncio.run_coroutine_threadsafe(self.execute_async(request), self.loop)
+            self.async_calls[task_id] = future
+            future.add_done_callback(lambda _, t=task_id: self.async_calls.pop(t, None))
         else:
             self.pool.submit(lambda: self.client.send(self.execute(request)))  # type: ignore[union-attr]
 
@@ -423,7 +432,9 @@ class Worker:
         except BaseException as error:  # noqa: BLE001 - every failure of user code is the task's result
             # KeyboardInterrupt is how cancel() reaches a running task; Ray reports a
             # self-raised one the same way (TaskCancelledError), never retried.
-            cancelled = isinstance(error, KeyboardInterrupt)
+            asyncio = sys.modules.get("asyncio")  # (loaded only by async actors)
+            cancelled = isinstance(error, KeyboardInterrupt) or (
+                asyncio is not None and isinstance(error, asyncio.CancelledError))
             wrapped, retryable = _task_error(error, name, call.retry_exceptions, cancelled)
             results = _error_results(client, return_ids, wrapped, name)
             error_type = "TASK_CANCELLED" if cancelled else "TASK_EXECUTION_EXCEPTION"

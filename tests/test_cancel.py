@@ -331,3 +331,31 @@ def test_cancel_of_actor_calls(cluster, tmp_path):
     open(release, "w").close()
     assert ray.get(running, timeout=10) == "opened"
     assert ray.get(gate.ping.remote(), timeout=10) == "pong"  # the actor lives on
+
+
+@ray.remote
+class AsyncGate:
+    async def wait(self, path: str) -> str:
+        import asyncio
+
+        open(path + ".started", "w").close()
+        for _ in range(6000):
+            await asyncio.sleep(0.005)
+        return "never cancelled"
+
+    async def ping(self) -> str:
+        return "pong"
+
+
+def test_cancel_of_a_running_async_actor_call_cancels_its_coroutine(cluster, tmp_path):
+    cluster(num_nodes=1, num_cpus=1)
+    gate = AsyncGate.remote()
+    marker = str(tmp_path / "m")
+    running = gate.wait.remote(marker)
+    wait_for(lambda: os.path.exists(marker + ".started"), 10, "the call to start")
+    ray.cancel(running)
+    with pytest.raises(TaskCancelledError):
+        ray.get(running, timeout=10)
+    assert ray.get(gate.ping.remote(), timeout=10) == "pong"  # the actor lives on
+    [row] = [r for r in list_tasks(detail=True) if r.name.endswith("wait")]
+    assert (row.state, row.error_type) == ("FAILED", "TASK_CANCELLED")
