@@ -17,6 +17,7 @@ import pytest
 
 import minicluster as ray
 from minicluster import context
+from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -31,6 +32,38 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+# ---- helpers the node, lineage and ownership tests share ----------------------------------
+
+
+def on(node: str, soft: bool = False) -> NodeAffinitySchedulingStrategy:
+    """Run on `node` (hex id); with soft=True, elsewhere if it is gone."""
+    return NodeAffinitySchedulingStrategy(node, soft=soft)
+
+
+def runs(path: str) -> List[str]:
+    """The words tasks appended to `path`, one line each (a node id, a marker); [] if none yet."""
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
+def count_lines(path: str) -> int:
+    """How many lines tasks appended to `path` (0 if none yet)."""
+    try:
+        with open(path) as f:
+            return len(f.read().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def wait_ready(refs: List[Any], timeout: float = 10.0) -> None:
+    """Wait until the tasks finished, without copying their values to the driver's node."""
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+    assert len(ready) == len(refs), "tasks did not finish in time"
 
 
 def session_pids() -> List[int]:

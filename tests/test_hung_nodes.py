@@ -21,27 +21,14 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import wait_for
+from conftest import on, runs, wait_for, wait_ready
 
 import minicluster as ray
 from minicluster import exceptions as rex
 from minicluster import testing
-from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 N = 200_000
 TIMEOUT_MS = 300
-
-
-def on(node: str, soft: bool = False) -> NodeAffinitySchedulingStrategy:
-    return NodeAffinitySchedulingStrategy(node, soft=soft)
-
-
-def runs(path) -> list:
-    try:
-        with open(path) as f:
-            return f.read().split()
-    except FileNotFoundError:
-        return []
 
 
 @ray.remote
@@ -72,11 +59,6 @@ def get_nested(refs):
 @ray.remote
 def where_am_i():
     return ray.get_runtime_context().get_node_id()
-
-
-def wait_ready(refs, timeout=10.0):
-    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
-    assert len(ready) == len(refs), "tasks did not finish in time"
 
 
 def node_pids(node: str) -> list:

@@ -18,16 +18,12 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import wait_for
+from conftest import count_lines, on, wait_for
 
 import minicluster as ray
 from minicluster import context, testing
 from minicluster import exceptions as rex
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-
-def on(node: str, soft: bool = False) -> NodeAffinitySchedulingStrategy:
-    return NodeAffinitySchedulingStrategy(node, soft=soft)
 
 
 def _alive(pid: int) -> bool:
@@ -39,14 +35,6 @@ def _alive(pid: int) -> bool:
 
 def node_info(node: str) -> dict:
     return next(n for n in ray.nodes() if n["NodeID"] == node)
-
-
-def count_lines(path) -> int:
-    try:
-        with open(path) as f:
-            return len(f.read().splitlines())
-    except FileNotFoundError:
-        return 0
 
 
 @ray.remote

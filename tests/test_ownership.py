@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import wait_for
+from conftest import count_lines, on, wait_for
 
 import minicluster as ray
 from minicluster import context, testing
@@ -25,20 +25,8 @@ from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrateg
 N = 200_000  # float64 elements: 1.6 MB, stored in a node's store (not inline)
 
 
-def on(node: str, soft: bool = False) -> NodeAffinitySchedulingStrategy:
-    return NodeAffinitySchedulingStrategy(node, soft=soft)
-
-
 def store_file(node: str, object_hex: str) -> str:
     return os.path.join(context.current().store_root, node, object_hex)
-
-
-def runs(path) -> int:
-    try:
-        with open(path) as f:
-            return len(f.read().splitlines())
-    except FileNotFoundError:
-        return 0
 
 
 @ray.remote
@@ -175,7 +163,7 @@ def test_result_of_a_nested_task_raises_owner_died_after_its_owner_is_killed(clu
     assert ray.get(child, timeout=10)[0] == 3.0
     kill_owner(pid)
     owner_died(child)
-    assert runs(log) == 1  # no recovery from owner death: nothing is re-run
+    assert count_lines(log) == 1  # no recovery from owner death: nothing is re-run
 
 
 def test_nested_result_lost_with_its_owner_is_not_reconstructed(cluster, tmp_path):
@@ -186,7 +174,7 @@ def test_nested_result_lost_with_its_owner_is_not_reconstructed(cluster, tmp_pat
     [child], _ = ray.get(submit_and_return.options(scheduling_strategy=on(node)).remote(log, 3.0), timeout=10)
     testing.kill_node(node)
     owner_died(child)
-    assert runs(log) == 1
+    assert count_lines(log) == 1
 
 
 def test_pending_nested_task_result_fails_at_once_when_its_owner_dies(cluster, tmp_path):
@@ -196,7 +184,7 @@ def test_pending_nested_task_result_fails_at_once_when_its_owner_dies(cluster, t
     log, release = str(tmp_path / "slow"), str(tmp_path / "release")
     [child], pid = ray.get(
         submit_slow_and_return.options(scheduling_strategy=on(owner_node)).remote(log, release), timeout=10)
-    wait_for(lambda: runs(log) == 1, timeout=10, what="the child task to start")
+    wait_for(lambda: count_lines(log) == 1, timeout=10, what="the child task to start")
     kill_owner(pid)
     owner_died(child)
     open(release, "w").close()
@@ -210,7 +198,7 @@ def test_task_waiting_for_a_nested_result_fails_when_the_owner_dies(cluster, tmp
     [child], pid = ray.get(
         submit_slow_and_return.options(scheduling_strategy=on(owner_node)).remote(log, release), timeout=10)
     dependent = first_of.options(scheduling_strategy=on(head)).remote(child)
-    wait_for(lambda: runs(log) == 1, timeout=10, what="the child task to start")
+    wait_for(lambda: count_lines(log) == 1, timeout=10, what="the child task to start")
     assert ray.wait([dependent], timeout=0.2)[0] == []
     kill_owner(pid)
     with pytest.raises(rex.OwnerDiedError) as info:
@@ -254,7 +242,7 @@ def test_worker_owned_object_lost_with_its_node_is_rebuilt_while_the_owner_lives
     assert testing.object_locations(child) == [victim]
     testing.kill_node(victim)
     assert ray.get(child, timeout=10)[0] == 3.0
-    assert runs(log) == 2
+    assert count_lines(log) == 2
 
 
 def test_driver_owned_result_survives_the_death_of_the_worker_that_made_it(cluster, tmp_path):
@@ -276,7 +264,7 @@ def test_driver_owned_result_survives_the_death_of_the_worker_that_made_it(clust
     kill_owner(pid)
     value, _ = ray.get(ref, timeout=10)
     assert value[0] == 4.0
-    assert runs(log) == 1
+    assert count_lines(log) == 1
 
 
 # ---- borrowers ---------------------------------------------------------------------------------

@@ -22,27 +22,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import wait_for
+from conftest import on, runs, wait_for, wait_ready
 
 import minicluster as ray
 from minicluster import context, testing
 from minicluster import exceptions as rex
-from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 N = 200_000  # float64 elements: 1.6 MB, well above the 100 KiB inline limit
-
-
-def on(node: str, soft: bool = False) -> NodeAffinitySchedulingStrategy:
-    return NodeAffinitySchedulingStrategy(node, soft=soft)
-
-
-def runs(path) -> list:
-    """The node ids of every execution logged to `path`."""
-    try:
-        with open(path) as f:
-            return f.read().split()
-    except FileNotFoundError:
-        return []
 
 
 def log_run(path) -> str:
@@ -100,12 +86,6 @@ def padded(padding):
 def small(log):
     log_run(log)
     return "small value"
-
-
-def wait_ready(refs, timeout=10.0):
-    """Wait until the tasks finished, without copying their values to the driver's node."""
-    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
-    assert len(ready) == len(refs), "tasks did not finish in time"
 
 
 def store_file(node: str, ref) -> str:

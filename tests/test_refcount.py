@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import wait_for
+from conftest import count_lines, on, wait_for
 
 import minicluster as ray
 from minicluster import context, testing
@@ -28,10 +28,6 @@ from minicluster import exceptions as rex
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 N = 200_000  # float64 elements: 1.6 MB, stored in a node's store (not inline)
-
-
-def on(node: str, soft: bool = False) -> NodeAffinitySchedulingStrategy:
-    return NodeAffinitySchedulingStrategy(node, soft=soft)
 
 
 def store_file(node: str, object_hex: str) -> str:
@@ -54,14 +50,6 @@ def settle() -> None:
     (a submission applies the driver's dropped refs; a worker reports its own with its results)."""
     for _ in range(2):
         ray.get(noop.remote(), timeout=10)
-
-
-def count_lines(path: str) -> int:
-    try:
-        with open(path) as f:
-            return len(f.read().split())
-    except FileNotFoundError:
-        return 0
 
 
 def spill_root() -> str:
