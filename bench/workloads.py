@@ -467,8 +467,6 @@ def rl_chaos(rt: ModuleType, r: Reps) -> Record:
 
 
 def footprint(h: Handle) -> Record:
-    import psutil
-
     if h.rt is not None:
         rt = h.rt
 
@@ -479,20 +477,9 @@ def footprint(h: Handle) -> Record:
         rt.get(one.remote())
     else:
         _pool(h).call(tasks.one)
-    time.sleep(FOOTPRINT_IDLE_S)
-    me = psutil.Process()
-    pss = rss = 0
-    names: dict[str, int] = {}
-    for p in [me, *me.children(recursive=True)]:
-        try:
-            info = p.memory_full_info()
-            name = p.name()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        pss += info.pss
-        rss += info.rss
-        names[name] = names.get(name, 0) + 1
-    return ok(pss / 2**20, nprocs=sum(names.values()), rss_mb=rss / 2**20, processes=names)
+    time.sleep(FOOTPRINT_IDLE_S)  # idle on purpose: the footprint of a session at rest
+    pss_mb, rss_mb, names = _pss_tree()
+    return ok(pss_mb, nprocs=sum(names.values()), rss_mb=rss_mb, processes=names)
 
 
 # ----------------------------------------------------------------------- bookkeeping

@@ -146,11 +146,12 @@ class ActorFlow:
         self._actor_dead(record, cause)
 
     def _stored_error_text(self, task: TaskRecord) -> str:
-        entry = self.objects.entries.get(task.spec.return_ids()[0])
-        if entry is not None and entry.is_error and entry.payload is not None and entry.payload[0] != "s":
-            error, _ = deserialize(entry.payload[1])
-            return str(error)
-        return ""
+        object_id = task.spec.return_ids()[0]
+        entry = self.objects.entries.get(object_id)
+        if entry is None or not entry.is_error or entry.payload is None:
+            return ""
+        error, _ = deserialize(self._error_blob_of(object_id, entry))  # inline or in a store (task_flow.py)
+        return str(error)
 
     # ---- calls --------------------------------------------------------------------
 

@@ -326,7 +326,7 @@ class TaskFlow:
             node = worker.node
             if worker.dead or worker.retiring or worker.queue or node.pool_size() <= node.target_workers:
                 return
-            if any(object_id in self.objects.entries for object_id in worker.owned):
+            if worker.owned:  # (only live ones: an entry's deletion drops its id from its owner)
                 return  # it owns live objects: its exit would take them along (OwnerDiedError)
             try:
                 node.idle.remove(worker)

@@ -178,7 +178,11 @@ class WorkerClient(RuntimeClient):
 
 def store_value(client: RuntimeClient, object_id: bytes, value: Any, what: str, flags: int = 0) -> Tuple[str, Any, List[bytes]]:
     """Serialize a value into a payload: inline bytes, or a file in this node's store."""
-    serialized = serialize(value, flags=flags, what=what)
+    return store_serialized(client, object_id, serialize(value, flags=flags, what=what), what)
+
+
+def store_serialized(client: RuntimeClient, object_id: bytes, serialized: Any, what: str) -> Tuple[str, Any, List[bytes]]:
+    """A serialized value as a payload: inline bytes, or a file in this node's store."""
     if serialized.size <= config.INLINE_THRESHOLD:
         return "i", serialized.to_bytes(), serialized.refs
     if serialized.size > client.capacity:  # type: ignore[attr-defined]
@@ -345,13 +349,13 @@ class Worker:
         """Find the callable and resolve its arguments; a failure here is kept in call.error."""
         call = _Call(request)
         call.token = self.client.enter_task(call.task_id, call.name, call.func_name)
-        if call.task_type == ACTOR_CREATION_TASK:
-            # From here on this worker's output is the actor's: `(Counter pid=...)`.
-            log_files.mark_task(call.name.rsplit(".", 1)[0], log_files.ACTOR_MARKER)
-        elif call.task_type != ACTOR_TASK:
-            log_files.mark_task(call.name)
-        if call.task_type != ACTOR_TASK:
+        if call.task_type != ACTOR_TASK:  # (an actor's calls keep the actor's log marker)
             self.current = call.task_id  # cancel() interrupts the main thread's running task
+            if call.task_type == ACTOR_CREATION_TASK:
+                # From here on this worker's output is the actor's: `(Counter pid=...)`.
+                log_files.mark_task(call.name.rsplit(".", 1)[0], log_files.ACTOR_MARKER)
+            else:
+                log_files.mark_task(call.name)
         try:
             if call.task_id in self.cancelled_queued:
                 self.cancelled_queued.discard(call.task_id)
@@ -540,11 +544,15 @@ def _user_traceback(tb: Any) -> Any:
 
 
 def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseException, name: str) -> List[tuple]:
-    """The error as every return value's payload; always inline, and always one the caller can load."""
+    """The error as every return value's payload, pickled once; always one the caller can load."""
+    if not return_ids:
+        return []
+    what = "task error"
     try:
-        payload = store_value(client, return_ids[0] if return_ids else b"", error, what="task error", flags=FLAG_ERROR)
-        if payload[0] == "i":
-            deserialize(payload[1])  # an exception that pickles but cannot be re-created fails here
+        serialized = serialize(error, flags=FLAG_ERROR, what=what)
+        first = store_serialized(client, return_ids[0], serialized, what)
+        if first[0] == "i":
+            deserialize(first[1])  # an exception that pickles but cannot be re-created fails here
     except Exception as exc:  # noqa: BLE001 - any failure means: send the text instead
         cause = getattr(error, "cause", error)
         stand_in = RayError(
@@ -552,12 +560,12 @@ def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseExc
             f"{type(exc).__name__}: {exc})"
         )
         fallback = RayTaskError(name, getattr(error, "traceback_str", str(error)), stand_in)
-        payload = store_value(client, b"", fallback, what="task error", flags=FLAG_ERROR)
-    if payload[0] == "s":  # a large error is stored like a large value, once per return
-        payload = (payload[0], payload[1], payload[2])
-        for extra_id in return_ids[1:]:
-            store_value(client, extra_id, error, what="task error", flags=FLAG_ERROR)
-    return [payload for _ in return_ids]
+        serialized = serialize(fallback, flags=FLAG_ERROR, what=what)
+        first = store_serialized(client, return_ids[0], serialized, what)
+    if first[0] == "i":
+        return [first] * len(return_ids)
+    # A large error is stored like a large value: one file per return.
+    return [first] + [store_serialized(client, oid, serialized, what) for oid in return_ids[1:]]
 
 
 def _one_line(exc: BaseException) -> str:

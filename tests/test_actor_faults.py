@@ -304,6 +304,22 @@ def test_max_restarts_minus_one_restarts_forever(cluster, tmp_path):
     assert len(lines(log)) == 6
 
 
+def test_a_large_constructor_error_is_still_the_reason_given(cluster):
+    cluster(num_nodes=1, num_cpus=1)
+
+    @ray.remote
+    class Broken:
+        def __init__(self):
+            raise ValueError("init boom " + "y" * 200_000)  # too large to travel inline: stored
+
+        def ping(self):
+            return "never"
+
+    err = dead_error(Broken.remote().ping.remote())
+    assert err.actor_init_failed
+    assert "init boom yyy" in str(err)
+
+
 def test_constructor_crash_is_restarted_when_restarts_remain(cluster, tmp_path):
     cluster(num_nodes=1, num_cpus=1)
     log = str(tmp_path / "log")

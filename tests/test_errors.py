@@ -174,6 +174,12 @@ def test_error_with_a_large_message(cluster):
         ray.get(big_error.remote())
     assert isinstance(info.value, rex.RayTaskError)
     assert str(info.value.cause) == "x" * 200_000
+    # Stored like a large value, once per return: each ref raises it on its own.
+    first, second = big_error.options(num_returns=2).remote()
+    for ref in (second, first):
+        with pytest.raises(ValueError) as info:
+            ray.get(ref)
+        assert str(info.value.cause) == "x" * 200_000
 
 
 def test_task_depending_on_a_failed_task_fails_with_that_error(cluster):
