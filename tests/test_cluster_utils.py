@@ -287,9 +287,12 @@ def test_shutdown_stops_every_process_and_removes_the_stores(make_cluster):
     cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address)
     assert ray.get([where_am_i.remote() for _ in range(3)], timeout=10)
+    # A node's worker registers with the head on its own schedule; the three tasks may all have
+    # run before the last one said hello, so wait for three node managers and three workers.
+    wait_for(lambda: len(_cluster_pids(cluster)) >= 6, timeout=5.0, what="every worker to register")
     pids = _cluster_pids(cluster)
     store_root = context.current().store_root
-    assert len(pids) >= 6 and all(_alive(p) for p in pids)
+    assert all(_alive(p) for p in pids)
     cluster.shutdown()
     assert not ray.is_initialized()
     wait_for(lambda: not any(_alive(p) for p in pids), timeout=2.0, what="every cluster process to exit")
