@@ -22,9 +22,13 @@ While a value is pickled, every ObjectRef inside it is recorded (see
 
 from __future__ import annotations
 
+import io
+import marshal
 import pickle
 import struct
 import threading
+import types
+from collections import ChainMap
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import cloudpickle
@@ -40,6 +44,24 @@ _ctx = threading.local()
 
 class SerializationError(TypeError):
     """A value could not be pickled; the message names what and why."""
+
+
+def _reduce_code(code: types.CodeType) -> Tuple[Any, Tuple[bytes]]:
+    # cloudpickle >= 3.1.3 rewrites co_filename to "<dynamic-code>", which strips file names and
+    # source lines from remote tracebacks. Every process of a session runs the same interpreter,
+    # so marshal (the .pyc format) carries code objects whole, nested ones included.
+    return marshal.loads, (marshal.dumps(code),)
+
+
+class _Pickler(cloudpickle.Pickler):
+    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+
+
+def cloudpickle_dumps(value: Any, buffer_callback: Any = None) -> bytes:
+    """cloudpickle.dumps, protocol 5, keeping each function's file name for tracebacks."""
+    with io.BytesIO() as file:
+        _Pickler(file, protocol=5, buffer_callback=buffer_callback).dump(value)
+        return file.getvalue()
 
 
 def collect_refs() -> Optional[list]:
@@ -116,7 +138,7 @@ def _dumps(value: Any, buffer_callback: Any) -> bytes:
     # faster than cloudpickle's Python-level reducer hook.
     if _is_plain(value, 2):
         return pickle.dumps(value, protocol=5)
-    return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+    return cloudpickle_dumps(value, buffer_callback)
 
 
 _FAST_TYPES = {int, float, str, bytes, bool, type(None)}
@@ -154,7 +176,7 @@ def pickle_definition(obj: Any, what: str) -> Tuple[bytes, bytes]:
 def dumps_function(fn: Any, what: str) -> bytes:
     """Pickle a function or class by value (cloudpickle)."""
     try:
-        return cloudpickle.dumps(fn, protocol=5)
+        return cloudpickle_dumps(fn)
     except Exception as exc:  # noqa: BLE001
         raise SerializationError(_explain(fn, what, exc)) from exc
 
@@ -181,7 +203,7 @@ def _find_culprit(value: Any, depth: int = 0) -> Optional[str]:
         children = ((f".{k}", v) for k, v in vars(value).items())
     for label, child in children:
         try:
-            cloudpickle.dumps(child, protocol=5)
+            cloudpickle_dumps(child)
         except Exception:  # noqa: BLE001
             inner = _find_culprit(child, depth + 1)
             return inner or f"{_short_repr(child)} at {label.strip()}"

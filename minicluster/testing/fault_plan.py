@@ -34,9 +34,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, FrozenSet, Iterable, List, Optional, Tuple, Union
 
-import cloudpickle
-
 from .. import fault_hooks
+from ..serialization import cloudpickle_dumps
 from .journal import FaultJournal
 
 #: Environment variable holding the seed of plans made without one (the pytest plugin sets it too).
@@ -251,7 +250,7 @@ class FaultPlan:
             raise TypeError(f"raise_in_task({task!r}, {exception!r}): the exception must be an exception "
                             "instance or class")
         try:
-            blob = cloudpickle.dumps(exception)
+            blob = cloudpickle_dumps(exception)
         except Exception as exc:  # noqa: BLE001 - any pickling failure means the same thing here
             raise ValueError(f"raise_in_task({task!r}): the exception {exception!r} cannot be pickled "
                              f"({type(exc).__name__}: {exc})") from None
