@@ -14,6 +14,7 @@ state recorder (state_recorder.py) to journal.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import pickle
 import signal
@@ -151,8 +152,12 @@ def launch(cfg: Dict[str, Any], log_path: Optional[str]) -> subprocess.Popen:
         close_fds=True,
     )
     assert proc.stdin is not None
-    proc.stdin.write(pickle.dumps(cfg))
-    proc.stdin.close()
+    # If the interpreter dies before reading its cfg (a broken PYTHONHOME, say), the pipe
+    # breaks; the caller's wait for the node's hello reports the exit with its code.
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.write(pickle.dumps(cfg))
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
     return proc
 
 

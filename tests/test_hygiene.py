@@ -138,16 +138,22 @@ def test_only_the_newest_ended_sessions_are_kept(cluster, monkeypatch, short_tmp
     assert os.path.isdir(info["session_dir"])
 
 
-def test_failed_init_leaves_nothing_behind(monkeypatch):
-    """A node manager that cannot start (here: a broken Python for child processes) fails init cleanly."""
+@pytest.mark.parametrize("config_size", ["small", "over a pipe buffer"])
+def test_failed_init_leaves_nothing_behind(monkeypatch, config_size):
+    """A node manager that cannot start (here: a broken Python for child processes) fails init cleanly.
+
+    A node's configuration (it carries the driver's sys.path) larger than a pipe buffer makes
+    the dying interpreter break the pipe while the driver still writes it."""
     monkeypatch.setenv("PYTHONHOME", "/nonexistent")
+    if config_size != "small":
+        monkeypatch.setattr(sys, "path", sys.path + [f"/nonexistent/{i:08d}" * 8 for i in range(2000)])
     with pytest.raises(RuntimeError, match="start"):
         ray.init(num_nodes=2, num_cpus=1)
     assert not ray.is_initialized()
     assert not own_shm()
     wait_for(lambda: not [p for p in psutil.Process().children(recursive=True) if alive(p.pid)],
              timeout=3, what="the failed session's processes to exit")
-    monkeypatch.delenv("PYTHONHOME")
+    monkeypatch.undo()
     ray.init(num_nodes=1, num_cpus=1)
     try:
         assert ray.get(echo.remote(1)) == 1
