@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import config, options as opts
 from .ids import new_task_id
-from .object_ref import ObjectRef
+from .object_ref import ArgRef, ObjectRef
 from .serialization import dumps_function, pickle_definition, serialize
 from .task_spec import TaskSpec, resources_of, strategy_of
 
@@ -141,31 +141,33 @@ def _validate_call_options(options: Dict[str, Any]) -> Dict[str, Any]:
 def _serialize_args(client: Any, args: tuple, kwargs: dict, func_name: str) -> Tuple[bytes, tuple, tuple, list]:
     """Pickle (args, kwargs); large argument values go to the object store first, as in Ray.
 
-    Returns (blob, top-level ref ids, nested ref ids, refs to keep alive until submitted).
+    Top-level refs travel as ArgRefs (the worker swaps their values in). Returns
+    (blob, top-level ref ids, nested ref ids, refs to keep alive until submitted).
     """
     keep_alive: List[ObjectRef] = []
+    top: List[bytes] = []
+    args = tuple([_as_arg(a, top) for a in args])
+    kwargs = {k: _as_arg(v, top) for k, v in kwargs.items()}
     serialized = serialize((args, kwargs), what=f"arguments of {func_name}")
     if serialized.size > config.INLINE_THRESHOLD:
-        args = tuple(_maybe_put(client, a, keep_alive, func_name) for a in args)
-        kwargs = {k: _maybe_put(client, v, keep_alive, func_name) for k, v in kwargs.items()}
+        args = tuple([_maybe_put(client, a, keep_alive, top, func_name) for a in args])
+        kwargs = {k: _maybe_put(client, v, keep_alive, top, func_name) for k, v in kwargs.items()}
         serialized = serialize((args, kwargs), what=f"arguments of {func_name}")
-    top = [a._id for a in args if type(a) is ObjectRef]
-    top.extend(v._id for v in kwargs.values() if type(v) is ObjectRef)
-    if serialized.refs:
-        remaining = list(serialized.refs)
-        for oid in top:
-            remaining.remove(oid)
-        borrowed = tuple(remaining)
-    else:
-        borrowed = ()
-    return serialized.to_bytes(), tuple(top), borrowed, keep_alive
+    return serialized.to_bytes(), tuple(top), tuple(serialized.refs), keep_alive
 
 
-def _maybe_put(client: Any, value: Any, keep_alive: List[ObjectRef], func_name: str) -> Any:
+def _as_arg(value: Any, top: List[bytes]) -> Any:
     if type(value) is ObjectRef:
+        top.append(value._id)
+        return ArgRef(value._id)
+    return value
+
+
+def _maybe_put(client: Any, value: Any, keep_alive: List[ObjectRef], top: List[bytes], func_name: str) -> Any:
+    if type(value) is ArgRef:
         return value
     if serialize(value, what=f"an argument of {func_name}").size <= config.INLINE_THRESHOLD:
         return value
     ref = client.put(value)
     keep_alive.append(ref)
-    return ref
+    return _as_arg(ref, top)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 from . import config, context, fault_hooks, log_files, object_store, store_spares
 from .client import RuntimeClient
 from .exceptions import GetTimeoutError, ObjectStoreFullError, RayError, RayTaskError, TaskCancelledError
-from .object_ref import LocalRefCounter, ObjectRef, set_counter
+from .object_ref import ArgRef, LocalRefCounter, ObjectRef, set_counter
 from .protocol import Connection
 from .serialization import FLAG_ERROR, deserialize, serialize
 from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
@@ -495,8 +495,9 @@ def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Dict[bytes, 
     if call.faults:
         fault_hooks.carry_out(client, call, fault_hooks.LOAD_ARGS)
     if payloads:
-        args = [client.load(a._id, payloads[a._id]) if type(a) is ObjectRef else a for a in args]
-        kwargs = {k: client.load(v._id, payloads[v._id]) if type(v) is ObjectRef else v for k, v in kwargs.items()}
+        args = [client.load(a.object_id, payloads[a.object_id]) if type(a) is ArgRef else a for a in args]
+        kwargs = {k: client.load(v.object_id, payloads[v.object_id]) if type(v) is ArgRef else v
+                  for k, v in kwargs.items()}
     return args, kwargs
 
 

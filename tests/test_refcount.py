@@ -340,6 +340,30 @@ def test_worker_that_keeps_a_borrowed_ref_keeps_the_object_alive(cluster):
     wait_freed(object_hex)
 
 
+@ray.remote
+def keep_nested_of_same(value, refs):
+    """Gets the object twice: resolved as a top-level argument, as a ref nested in a list."""
+    assert float(value[0]) == 8.0 and type(refs[0]) is ray.ObjectRef
+    sys.minicluster_test_kept = list(refs)
+    return os.getpid()
+
+
+def test_a_ref_passed_as_value_and_nested_is_borrowed_by_the_nested_copy(cluster):
+    """Top-level refs reach the worker as values (the task pins them, no borrow); the
+    nested copy of the same ref is a real borrow that outlives the task."""
+    cluster(num_nodes=2)
+    _, node = testing.live_nodes()
+    ref = ray.put(np.full(N, 8.0))
+    object_hex = ref.hex()
+    pid = ray.get(keep_nested_of_same.options(scheduling_strategy=on(node)).remote(ref, [ref]), timeout=10)
+    del ref
+    settle()
+    assert files_of(object_hex), "freed while a worker still holds the nested ref"
+    assert ray.get(read_borrowed.options(scheduling_strategy=on(node)).remote(), timeout=10) == 8.0
+    assert ray.get(drop_borrowed.options(scheduling_strategy=on(node)).remote(), timeout=10) == pid
+    wait_freed(object_hex)
+
+
 def test_borrower_death_releases_its_refs(cluster):
     cluster(num_nodes=2)
     _, node = testing.live_nodes()
