@@ -12,6 +12,10 @@ its node or the driver dies. Two threads:
                    "cancel" ─► KeyboardInterrupt in the main thread (SIGINT)
                    EOF ──────► the driver is gone: exit at once
 
+An actor's worker runs its calls on the main thread too, in order; a threaded
+actor (max_concurrency > 1) on a thread pool, an async actor on an event loop
+thread (async_actor.py) that the main thread hands the calls to in batches.
+
 Results up to INLINE_THRESHOLD bytes travel in the "done" message; larger ones
 are written to this node's store folder first. An exception in a task is the
 task's result: a RayTaskError carrying the traceback, marked retryable when
@@ -44,6 +48,11 @@ from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
 if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 ms to each node's start
     import asyncio
     import concurrent.futures
+
+    from .async_actor import AsyncCalls
+
+#: An async actor's calls go to its loop once the queue is empty or this many are waiting.
+ASYNC_BATCH = 64
 
 
 class WorkerClient(RuntimeClient):
@@ -211,10 +220,7 @@ class Worker:
         self.stolen: set = set()  # queued tasks the head re-assigned; skipped when reached
         self.actor: Any = None  # the actor instance, once this worker is dedicated to one
         self.pool: Optional[concurrent.futures.ThreadPoolExecutor] = None  # threaded actors
-        self.loop: Optional[asyncio.AbstractEventLoop] = None  # async actors
-        self.async_slots: Optional[asyncio.Semaphore] = None
-        #: async actors: task id -> the future of its call on the loop (cancel() cancels it)
-        self.async_calls: Dict[bytes, concurrent.futures.Future] = {}
+        self.async_calls: Optional[AsyncCalls] = None  # async actors: their event loop
         self.main_ident = threading.get_ident()
 
     # ---- reader thread -----------------------------------------------------------
@@ -243,10 +249,8 @@ class Worker:
         os._exit(0)  # the head is gone: nothing left to do and nobody to tell
 
     def _cancel(self, task_id: bytes) -> None:
-        future = self.async_calls.get(task_id)
-        if future is not None:
-            # An async actor's call: cancelled at its next await, as Ray cancels the asyncio task.
-            future.cancel()
+        if self.async_calls is not None:
+            self.async_calls.cancel(task_id)  # at the call's next await, as Ray cancels the asyncio task
         elif self.current == task_id:
             self.cancel_target = task_id
             signal.pthread_kill(self.main_ident, signal.SIGINT)
@@ -266,10 +270,14 @@ class Worker:
     def run(self) -> None:
         signal.signal(signal.SIGINT, self._on_sigint)
         client = self.client
+        async_batch: List[tuple] = []  # an async actor's calls, handed to its loop together
         while True:
             try:
                 request = self.tasks.get_nowait()
             except queue.Empty:
+                if async_batch:
+                    self.async_calls.start(async_batch)  # type: ignore[union-attr]
+                    async_batch = []
                 client.send()  # going idle: report refs the last task dropped, so they can be freed
                 request = self.tasks.get()
             if request is None:
@@ -277,8 +285,14 @@ class Worker:
             if request[0] in self.stolen:
                 self.stolen.discard(request[0])
                 continue
-            if request[10] == ACTOR_TASK and (self.loop is not None or self.pool is not None):
-                self._run_concurrently(request)
+            if request[10] == ACTOR_TASK and self.async_calls is not None:
+                async_batch.append(request)
+                if len(async_batch) >= ASYNC_BATCH:  # a steady stream must not wait for a lull
+                    self.async_calls.start(async_batch)
+                    async_batch = []
+                continue
+            if request[10] == ACTOR_TASK and self.pool is not None:
+                self.pool.submit(lambda r=request: self.client.send(self.execute(r)))
                 continue
             done = self.execute(request)
             # Sent before the next task starts, never held back: if that task kills
@@ -289,18 +303,6 @@ class Worker:
                 break
         log_files.flush_output()
         os._exit(0)
-
-    def _run_concurrently(self, request: tuple) -> None:
-        """Threaded actors run calls on a pool; async actors on their event loop."""
-        if self.loop is not None:
-            import asyncio  # loaded already: the loop exists
-
-            task_id = request[0]
-            future = asyncio.run_coroutine_threadsafe(self.execute_async(request), self.loop)
-            self.async_calls[task_id] = future
-            future.add_done_callback(lambda _, t=task_id: self.async_calls.pop(t, None))
-        else:
-            self.pool.submit(lambda: self.client.send(self.execute(request)))  # type: ignore[union-attr]
 
     def _function(self, function_id: bytes) -> Any:
         fn = self.functions.get(function_id)
@@ -328,22 +330,20 @@ class Worker:
             self.in_user_code = False
         return self._end(call, value, error)
 
-    async def execute_async(self, request: tuple) -> None:
-        """Run one call of an async actor on its event loop; awaits coroutine methods."""
+    async def execute_async(self, request: tuple, slots: "asyncio.Semaphore") -> tuple:
+        """Run one call of an async actor on its event loop (async_actor.py); awaits coroutine
+        methods, at most `slots` at once. Returns the "done" message."""
         call = self._begin(request)
         if call.error is not None:
-            done = self._end(call, exc=call.error)
-        else:
-            try:
-                value = call.fn(*call.args, **call.kwargs)
-                if inspect.isawaitable(value):
-                    async with self.async_slots:  # type: ignore[union-attr]
-                        value = await value
-            except BaseException as exc:  # noqa: BLE001
-                done = self._end(call, exc=exc)
-            else:
-                done = self._end(call, value)
-        self.client.send(done)
+            return self._end(call, exc=call.error)
+        try:
+            value = call.fn(*call.args, **call.kwargs)
+            if inspect.isawaitable(value):
+                async with slots:
+                    value = await value
+        except BaseException as exc:  # noqa: BLE001
+            return self._end(call, exc=exc)
+        return self._end(call, value)
 
     def _begin(self, request: tuple) -> "_Call":
         """Find the callable and resolve its arguments; a failure here is kept in call.error."""
@@ -388,27 +388,14 @@ class Worker:
         max_concurrency, is_async, _ = config
         self.actor = cls(*args, **kwargs)
         if is_async:
-            self._start_event_loop(max_concurrency)
+            from .async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
+
+            self.async_calls = AsyncCalls(self, max_concurrency)
         elif max_concurrency > 1:
             import concurrent.futures
 
             self.pool = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor")
         return None
-
-    def _start_event_loop(self, max_concurrency: int) -> None:
-        import asyncio
-
-        ready = threading.Event()
-
-        def run() -> None:
-            self.loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self.loop)
-            self.async_slots = asyncio.Semaphore(max_concurrency)
-            ready.set()
-            self.loop.run_forever()
-
-        threading.Thread(target=run, name="actor-event-loop", daemon=True).start()
-        ready.wait()
 
     def _end(self, call: "_Call", value: Any = None, exc: Optional[BaseException] = None) -> tuple:
         """Store the results (or the error) and build the "done" message."""

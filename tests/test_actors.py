@@ -586,6 +586,39 @@ def test_async_actor_plain_and_async_methods_and_errors(cluster):
     assert ray.get(m.add.remote(1)) == 3
 
 
+def test_async_actor_burst_of_calls_starts_in_order_and_answers_each(cluster):
+    """Calls reach the loop in batches and their replies leave in batches: none is lost,
+    reordered at its start, or answered with another's result, errors included."""
+    cluster(num_nodes=1, num_cpus=1)
+
+    @ray.remote
+    class Recorder:
+        def __init__(self):
+            self.started = []
+
+        async def step(self, i):
+            import asyncio
+
+            self.started.append(i)
+            await asyncio.sleep(0.001 if i % 7 == 0 else 0)
+            if i % 50 == 49:
+                raise MethodError(f"call {i}")
+            return i * i
+
+        def starts(self):
+            return self.started
+
+    r = Recorder.options(max_concurrency=100).remote()
+    refs = [r.step.remote(i) for i in range(2000)]
+    for i, ref in enumerate(refs):
+        if i % 50 == 49:
+            with pytest.raises(MethodError, match=f"call {i}$"):
+                ray.get(ref, timeout=30)
+        else:
+            assert ray.get(ref, timeout=30) == i * i
+    assert ray.get(r.starts.remote(), timeout=10) == list(range(2000))
+
+
 def test_async_actor_awaits_object_refs_and_other_actors(cluster):
     cluster(num_nodes=1, num_cpus=1)
     counter = Counter.remote(5)

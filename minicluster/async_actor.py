@@ -1,0 +1,86 @@
+"""An async actor's calls: its event loop thread, fed and answered in batches.
+
+Runs in a worker process whose actor has `async def` methods (worker.py makes
+one when the actor is created). The loop runs on its own thread
+("actor-event-loop"):
+
+    main thread ── start(batch) ──► one wake-up of the loop ──► a task per call
+    reader thread ── cancel(id) ──► decided on the loop thread
+    calls done in one loop iteration ──► their "done" replies in one frame
+
+Batching both ways is what lets one actor answer tens of thousands of calls a
+second: a wake-up and a socket write per call would cost more than the calls.
+A reply waits at most until the end of the loop iteration its call ended in.
+
+Cancellation is decided on the loop thread, where calls begin, so there is no
+gap between "not begun" and "running": a cancel either finds the call running
+(its coroutine is cancelled at its next await, as Ray does) or is left in the
+worker's `cancelled_queued`, which the call checks when it begins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import TYPE_CHECKING, Dict, List
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+
+class AsyncCalls:
+    """The event loop of one async actor and the calls running on it."""
+
+    def __init__(self, worker: "Worker", max_concurrency: int) -> None:
+        self.worker = worker
+        self.running: Dict[bytes, asyncio.Task] = {}  #: loop thread only
+        self._replies: List[tuple] = []  #: loop thread only
+        ready = threading.Event()
+
+        def run() -> None:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            self.slots = asyncio.Semaphore(max_concurrency)  # at most max_concurrency awaiting at once
+            ready.set()
+            self.loop.run_forever()
+
+        threading.Thread(target=run, name="actor-event-loop", daemon=True).start()
+        ready.wait()
+
+    # ---- other threads ---------------------------------------------------------------
+
+    def start(self, requests: List[tuple]) -> None:
+        """Begin these calls, in this order (the worker's main thread)."""
+        self.loop.call_soon_threadsafe(self._start, requests)
+
+    def cancel(self, task_id: bytes) -> None:
+        """cancel() of one call (the worker's reader thread)."""
+        self.loop.call_soon_threadsafe(self._cancel, task_id)
+
+    # ---- the loop thread ---------------------------------------------------------------
+
+    def _start(self, requests: List[tuple]) -> None:
+        for request in requests:
+            self.loop.create_task(self._run(request))
+
+    def _cancel(self, task_id: bytes) -> None:
+        task = self.running.get(task_id)
+        if task is not None:
+            task.cancel()
+        else:
+            self.worker.cancelled_queued.add(task_id)
+
+    async def _run(self, request: tuple) -> None:
+        task_id = request[0]
+        self.running[task_id] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            done = await self.worker.execute_async(request, self.slots)
+        finally:
+            del self.running[task_id]
+        self._replies.append(done)
+        if len(self._replies) == 1:
+            self.loop.call_soon(self._send_replies)
+
+    def _send_replies(self) -> None:
+        replies, self._replies = self._replies, []
+        self.worker.client.send(*replies)
