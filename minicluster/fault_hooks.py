@@ -119,8 +119,9 @@ def transfer_delay_of(client: Any, call: Any) -> Optional["TransferDelay"]:
     for order in call.faults:
         if order[0] == FETCH:
             seed, low, high = order[2]
+            fault_ref = order[3]
             return TransferDelay(random.Random(seed), low, high,
-                                 lambda seconds, object_id: _report(client, call, order[3], FETCH, SLEEP,
+                                 lambda seconds, object_id: _report(client, call, fault_ref, FETCH, SLEEP,
                                                                     (seconds, object_id.hex())))
     return None
 
