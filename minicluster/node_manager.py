@@ -6,7 +6,8 @@ the node is one `killpg(SIGKILL)`, like pulling a machine's plug. It is
 single-threaded (so forking is safe) and loops on two things:
 
     head socket      "spawn" -> fork workers; "kill_worker" -> signal one
-    SIGCHLD (pipe)   reap exited workers -> "worker_exit" with the exit status
+    SIGCHLD (pipe)   reap exited workers -> "worker_exit" with the exit status;
+                     delete their spare files, and a crashed one's partial writes
 
 A forked worker's stdout and stderr go to its own files in the session's
 logs/ folder (log_files.py); the driver tails them onto its terminal.
@@ -126,7 +127,10 @@ class NodeManager:
             worker_id = self.workers.pop(pid, None)
             if worker_id is not None:
                 store_spares.remove_spare_of(self.store_dir, pid)  # however it ended, its spare goes
-                exits.append(("worker_exit", pid, worker_id, os.waitstatus_to_exitcode(status)))
+                code = os.waitstatus_to_exitcode(status)
+                if code != 0:  # killed or crashed, perhaps in the middle of writing an object
+                    object_store.remove_partial_writes(self.store_dir, pid)
+                exits.append(("worker_exit", pid, worker_id, code))
         if exits:
             try:
                 self.conn.send(*exits)

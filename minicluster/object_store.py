@@ -174,6 +174,18 @@ def _delete_loop(pending: "queue.SimpleQueue[str]") -> None:
         _unlink(pending.get())
 
 
+def remove_partial_writes(store_dir: str, pid: int) -> None:
+    """Delete what a process that died mid-write left in the folder (its `<id>.tmp-<pid>`)."""
+    suffix = f"{_TMP_SUFFIX}{pid}"
+    try:
+        with os.scandir(store_dir) as entries:
+            partial = [entry.path for entry in entries if entry.name.endswith(suffix)]
+    except FileNotFoundError:
+        return
+    for path in partial:
+        _unlink(path)
+
+
 def exists(store_dir: str, object_id: bytes) -> bool:
     return os.path.exists(object_path(store_dir, object_id))
 

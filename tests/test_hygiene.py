@@ -178,6 +178,25 @@ def test_killed_node_manager_takes_its_workers_and_store_with_it(cluster):
     assert ray.get([echo.remote(i) for i in range(4)], timeout=20) == [0, 1, 2, 3]
 
 
+@ray.remote
+def die_mid_write(store_dir: str, name: str) -> None:
+    """As a worker SIGKILLed while writing an object leaves it: a partial `<id>.tmp-<pid>`."""
+    with open(os.path.join(store_dir, f"{name}.tmp-{os.getpid()}"), "wb") as partial:
+        partial.write(b"\0" * (1 << 20))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_killed_mid_write_leaves_no_partial_file(cluster):
+    cluster(num_nodes=1, num_cpus=1)
+    store = context.current().store_dir()
+    name = "ab" * 14
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
+        ray.get(die_mid_write.options(max_retries=0).remote(store, name), timeout=10)
+    wait_for(lambda: not [n for n in os.listdir(store) if n.startswith(name)], timeout=3,
+             what="the node manager to remove the dead worker's partial write")
+    assert ray.get(echo.remote(1), timeout=10) == 1
+
+
 # ---- the driver dies --------------------------------------------------------------------------
 
 DRIVER_SCRIPT = textwrap.dedent("""
