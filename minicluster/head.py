@@ -338,11 +338,13 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             self._unblock(worker)
 
     def _on_cancel(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, object_id, force, recursive = message
+        _, request_id, object_id, force, recursive = message
         try:
             self._cancel(object_id, force, recursive)
-        except ValueError as exc:  # the worker's cancel() already returned: nobody to raise it to
-            print(f"minicluster: cancel() from a task ignored: {exc}", file=sys.stderr)
+            problem = None
+        except ValueError as exc:  # raised by the task's cancel() call
+            problem = str(exc)
+        self._post(peer, ("reply", request_id, problem))
 
     # ==== tasks ======================================================================
 

@@ -28,6 +28,7 @@ worker -> head
     ("done", task_id, attempt, results, error_info)
     ("submit", TaskSpec)
     ("get", request_id, object_ids, timeout)   ("wait", ...), ("put", ...), ...
+    ("cancel", request_id, object_id, force, recursive)   replied with None or the ValueError's text
     ("refs", added, removed)               reference-count deltas
 """
 

@@ -162,7 +162,9 @@ class WorkerClient(RuntimeClient):
         return self._request("wait", list(object_ids), num_returns, timeout)
 
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
-        self.send(("cancel", object_id, force, recursive))
+        problem = self._request("cancel", object_id, force, recursive)  # answered at once
+        if problem:
+            raise ValueError(problem)
 
     def state(self, what: str) -> Any:
         return self._request("state", what)

@@ -359,3 +359,29 @@ def test_cancel_of_a_running_async_actor_call_cancels_its_coroutine(cluster, tmp
     assert ray.get(gate.ping.remote(), timeout=10) == "pong"  # the actor lives on
     [row] = [r for r in list_tasks(detail=True) if r.name.endswith("wait")]
     assert (row.state, row.error_type) == ("FAILED", "TASK_CANCELLED")
+
+
+@ray.remote
+def cancel_from_a_task(ref_in_list: list, force: bool) -> str:
+    try:
+        ray.cancel(ref_in_list[0], force=force)
+    except ValueError as exc:
+        return f"ValueError: {exc}"
+    return "cancelled"
+
+
+def test_cancel_of_an_actor_call_from_a_task_follows_the_same_rules(cluster, tmp_path):
+    """Inside a task, cancel(force=True) of an actor call raises there, as it does in the driver."""
+    cluster(num_nodes=1, num_cpus=2)
+    gate = Gate.remote()
+    assert ray.get(gate.ping.remote()) == "pong"
+    release = str(tmp_path / "release")
+    running = gate.wait_for.remote(release)
+    queued = gate.ping.remote()
+    answer = ray.get(cancel_from_a_task.remote([running], True), timeout=10)
+    assert answer.startswith("ValueError: force=True is not supported for actor tasks")
+    assert ray.get(cancel_from_a_task.remote([queued], False), timeout=10) == "cancelled"
+    with pytest.raises(TaskCancelledError):
+        ray.get(queued, timeout=10)
+    open(release, "w").close()
+    assert ray.get(running, timeout=10) == "opened"
