@@ -14,10 +14,14 @@ Where things live (one concept per module):
 
     api.py              the public functions (init, get, put, wait, remote, ...)
     remote_function.py  @remote functions -> TaskSpec (task_spec.py), options.py validates
+    actor.py            @remote classes, actor handles and their method calls
     object_ref.py       ObjectRef and per-process ref counting
+    client.py           what the driver's and the workers' runtime clients share
+    context.py          which runtime client this process uses
     driver.py           the driver's runtime client: session + embedded head
     head.py             the head: lifecycle, messages, state queries; it is also
       task_flow.py        a task's path from submission to result; cancellation
+      actor_flow.py       actors: creation, ordered calls, death, restart, kill
       waiting.py          get and wait
       recovery.py         dead workers, nodes, owners; rebuilding lost objects
     scheduler.py        placement by resources and strategy
@@ -36,13 +40,17 @@ Where things live (one concept per module):
     hub.py              the head's I/O thread (sockets, timers)
     node_manager.py     a virtual node's process: forks and watches its workers
     worker.py           a worker process: runs tasks, reports results
+    async_actor.py      an async actor's event loop in its worker, fed and answered in batches
     object_store.py     a node's shared-memory folder of object files; spill folders
     store_spares.py     pre-allocated spare files that large writes copy into
     serialization.py    pickle-5 blobs with zero-copy buffers
     protocol.py         framing and authentication of connections
     session.py          session folder, socket, key, stale-session cleanup
     exceptions.py       Ray's exception hierarchy
+    ids.py              Ray-shaped job, task, object, node, worker and actor ids
+    config.py           tunables and MINICLUSTER_/RAY_ environment variables
     cluster_utils.py    Ray's Cluster test helper on virtual nodes
+    demo.py             `minicluster demo`: a small DAG, a crash retried, where the time went
     cli.py              the `minicluster` command: demo, list, get, summary, status, timeline, logs
     fault_hooks.py      where a test's fault plan reaches into the head and the workers
     testing/            fault injection for tests: on-demand node/worker controls, seeded
