@@ -124,24 +124,5 @@ class ObjectRef:
         return asyncio.wrap_future(self.future()).__await__()
 
 
-class ArgRef:
-    """A top-level ref argument on its way to the worker that runs the task.
-
-    The task pins the object until it finishes, and the worker swaps its value in
-    before the function runs, so no ObjectRef (and no borrow to announce and then
-    release) is made for it there. Refs nested inside arguments stay ObjectRefs:
-    user code may keep those.
-    """
-
-    __slots__ = ("object_id",)
-
-    def __init__(self, object_id: bytes) -> None:
-        self.object_id = object_id
-
-    def __reduce__(self) -> tuple:
-        return (ArgRef, (self.object_id,))
-
-
 # Arguments like (i, ref) are pickled by the C pickler, several times faster than cloudpickle.
 serialization.register_plain_type(ObjectRef)
-serialization.register_plain_type(ArgRef)

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import config, options as opts
 from .ids import new_task_id
-from .object_ref import ArgRef, ObjectRef
+from .object_ref import ObjectRef
 from .serialization import dumps_function, pickle_definition, serialize
 from .task_spec import TaskSpec, resources_of, strategy_of
 
@@ -139,35 +139,48 @@ def _validate_call_options(options: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _serialize_args(client: Any, args: tuple, kwargs: dict, func_name: str) -> Tuple[bytes, tuple, tuple, list]:
-    """Pickle (args, kwargs); large argument values go to the object store first, as in Ray.
+    """Pickle the arguments; large values go to the object store first, as in Ray.
 
-    Top-level refs travel as ArgRefs (the worker swaps their values in). Returns
-    (blob, top-level ref ids, nested ref ids, refs to keep alive until submitted).
+    The blob holds (args, kwargs, slots): each top-level ref leaves None in its place
+    and its (position, object id) in the flat tuple `slots`; the worker puts the
+    value there (the task pins the object meanwhile, so the worker never holds a ref
+    to it, and the blob stays builtins, which the C pickler handles fast). Refs
+    nested inside arguments stay ObjectRefs. Returns (blob, top-level ref ids,
+    nested ref ids, refs to keep alive until submitted).
     """
     keep_alive: List[ObjectRef] = []
-    top: List[bytes] = []
-    args = tuple([_as_arg(a, top) for a in args])
-    kwargs = {k: _as_arg(v, top) for k, v in kwargs.items()}
-    serialized = serialize((args, kwargs), what=f"arguments of {func_name}")
+    slots: List[Any] = []
+    args, kwargs = _lift_refs(args, kwargs, slots)
+    serialized = serialize((args, kwargs, tuple(slots)), what=f"arguments of {func_name}")
     if serialized.size > config.INLINE_THRESHOLD:
-        args = tuple([_maybe_put(client, a, keep_alive, top, func_name) for a in args])
-        kwargs = {k: _maybe_put(client, v, keep_alive, top, func_name) for k, v in kwargs.items()}
-        serialized = serialize((args, kwargs), what=f"arguments of {func_name}")
-    return serialized.to_bytes(), tuple(top), tuple(serialized.refs), keep_alive
+        args = tuple([_maybe_put(client, a, keep_alive, func_name) for a in args])
+        kwargs = {k: _maybe_put(client, v, keep_alive, func_name) for k, v in kwargs.items()}
+        args, kwargs = _lift_refs(args, kwargs, slots)
+        serialized = serialize((args, kwargs, tuple(slots)), what=f"arguments of {func_name}")
+    return serialized.to_bytes(), tuple(slots[1::2]), tuple(serialized.refs), keep_alive
 
 
-def _as_arg(value: Any, top: List[bytes]) -> Any:
-    if type(value) is ObjectRef:
-        top.append(value._id)
-        return ArgRef(value._id)
-    return value
+def _lift_refs(args: tuple, kwargs: dict, slots: List[Any]) -> Tuple[tuple, dict]:
+    """Move the top-level refs out of args and kwargs into `slots` (position, object id, ...)."""
+    if any(type(a) is ObjectRef for a in args):
+        lifted = list(args)
+        for index, value in enumerate(args):
+            if type(value) is ObjectRef:
+                lifted[index] = None
+                slots += (index, value._id)
+        args = tuple(lifted)
+    if any(type(v) is ObjectRef for v in kwargs.values()):
+        kwargs = dict(kwargs)
+        for key, value in kwargs.items():
+            if type(value) is ObjectRef:
+                kwargs[key] = None
+                slots += (key, value._id)
+    return args, kwargs
 
 
-def _maybe_put(client: Any, value: Any, keep_alive: List[ObjectRef], top: List[bytes], func_name: str) -> Any:
-    if type(value) is ArgRef:
-        return value
+def _maybe_put(client: Any, value: Any, keep_alive: List[ObjectRef], func_name: str) -> Any:
     if serialize(value, what=f"an argument of {func_name}").size <= config.INLINE_THRESHOLD:
         return value
     ref = client.put(value)
     keep_alive.append(ref)
-    return _as_arg(ref, top)
+    return ref

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 from . import config, context, fault_hooks, log_files, object_store, store_spares
 from .client import RuntimeClient
 from .exceptions import GetTimeoutError, ObjectStoreFullError, RayError, RayTaskError, TaskCancelledError
-from .object_ref import ArgRef, LocalRefCounter, ObjectRef, set_counter
+from .object_ref import LocalRefCounter, ObjectRef, set_counter
 from .protocol import Connection
 from .serialization import FLAG_ERROR, deserialize, serialize
 from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
@@ -480,13 +480,20 @@ class _ArgumentLost(Exception):
 
 
 def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Dict[bytes, tuple], call: "_Call") -> Tuple[list, dict]:
-    (args, kwargs), _ = deserialize(args_blob)
+    """The call's arguments, with the value of each top-level ref put in its slot
+    (remote_function._serialize_args)."""
+    (args, kwargs, slots), _ = deserialize(args_blob)
     if call.faults:
         fault_hooks.carry_out(client, call, fault_hooks.LOAD_ARGS)
-    if payloads:
-        args = [client.load(a.object_id, payloads[a.object_id]) if type(a) is ArgRef else a for a in args]
-        kwargs = {k: client.load(v.object_id, payloads[v.object_id]) if type(v) is ArgRef else v
-                  for k, v in kwargs.items()}
+    if slots:
+        args = list(args)
+        for i in range(0, len(slots), 2):
+            position, object_id = slots[i], slots[i + 1]
+            value = client.load(object_id, payloads[object_id])
+            if type(position) is int:
+                args[position] = value
+            else:
+                kwargs[position] = value
     return args, kwargs
 
 
