@@ -157,10 +157,21 @@ def _is_plain(value: Any, depth: int) -> bool:
         return kind is not bytes or len(value) < 65536
     if depth == 0:
         return False
+    # Loops, not all(<generator>): this runs on every submit, and a generator costs twice as much.
     if kind is tuple or kind is list:
-        return len(value) <= 16 and all(_is_plain(v, depth - 1) for v in value)
+        if len(value) > 16:
+            return False
+        for item in value:
+            if not _is_plain(item, depth - 1):
+                return False
+        return True
     if kind is dict:
-        return len(value) <= 16 and all(type(k) is str and _is_plain(v, depth - 1) for k, v in value.items())
+        if len(value) > 16:
+            return False
+        for key, item in value.items():
+            if type(key) is not str or not _is_plain(item, depth - 1):
+                return False
+        return True
     return False
 
 
