@@ -240,10 +240,13 @@ def status_report(status: Dict[str, Any], stamp: Optional[str] = None) -> str:
     total, avail = status.get("cluster_resources", {}), status.get("available_resources", {})
     for key in sorted(k for k in total if not k.startswith("node:")):
         out.append(f" {total[key] - avail.get(key, 0.0):.1f}/{total[key]:.1f} {key}")
-    used = sum(n["store_used"] for n in alive)
-    capacity = sum(n["store_capacity"] for n in alive)
-    out.append(f" {size(used)}/{size(capacity)} object_store_memory ({status.get('num_objects', 0)} objects, "
-               f"{size(status.get('spilled_bytes', 0))} spilled to disk)")
+    if alive:
+        used = sum(n["store_used"] for n in alive)
+        capacity = sum(n["store_capacity"] for n in alive)
+        out.append(f" {size(used)}/{size(capacity)} object_store_memory ({status.get('num_objects', 0)} objects, "
+                   f"{size(status.get('spilled_bytes', 0))} spilled to disk)")
+    else:
+        out.append(" object_store_memory: none (no live node holds a store)")
     out += ["", "Per node:"]
     for node in alive:
         resources = ", ".join(
