@@ -89,7 +89,8 @@ def test_list_tasks_while_the_driver_runs_and_after_it_ended(tmp_path):
         header = lines[8]
         for line in lines[9:11]:
             assert line[header.index("NODE_ID"):].split()[0] == rows[0][9]
-        assert "running" in minicluster_cmd("status", "--session", session).stdout
+        live = minicluster_cmd("status", "--session", session).stdout
+        assert "running" in live and "object_store_memory (" in live  # used/capacity of the live stores
 
         driver.send("")
         driver.expect("DONE")
@@ -99,6 +100,7 @@ def test_list_tasks_while_the_driver_runs_and_after_it_ended(tmp_path):
     status = minicluster_cmd("status", "--session", session)
     assert status.returncode == 0, status.stderr
     assert "shut down cleanly" in status.stdout
+    assert "object_store_memory: none (no live node holds a store)" in status.stdout
     after = _list_json(session, "tasks")
     assert sorted((r["name"], r["attempt_number"], r["state"], r["error_type"]) for r in after) == [
         ("f", 0, "FAILED", "TASK_EXECUTION_EXCEPTION"),
