@@ -1,4 +1,4 @@
-"""An async actor's calls: its event loop thread, fed and answered in batches.
+"""An async actor's calls: its event loop thread, fed in batches.
 
 Runs in a worker process whose actor has `async def` methods (worker.py makes
 one when the actor is created). The loop runs on its own thread
@@ -6,11 +6,17 @@ one when the actor is created). The loop runs on its own thread
 
     main thread ── start(batch) ──► one wake-up of the loop ──► a task per call
     reader thread ── cancel(id) ──► decided on the loop thread
-    calls done in one loop iteration ──► their "done" replies in one frame
+    a call ends ──► its reply is held (WorkerClient.hold_reply) ──► the main
+                    thread sends all held replies in one frame (flush_replies_soon)
 
 Batching both ways is what lets one actor answer tens of thousands of calls a
 second: a wake-up and a socket write per call would cost more than the calls.
-A reply waits at most until the end of the loop iteration its call ended in.
+What keeps the batching safe: a held reply keeps the call's return value alive
+until it is sent (refs inside it are released only after the reply); every
+send, from any thread, carries the held replies first (a blocking `get` in a
+coroutine cannot overtake a reply it waits for); the main thread, not the loop,
+sends them (a coroutine that blocks the loop does not hold other replies back);
+and a worker that exits sends them first.
 
 Cancellation is decided on the loop thread, where calls begin, so there is no
 gap between "not begun" and "running": a cancel either finds the call running
@@ -21,7 +27,9 @@ worker's `cancelled_queued`, which the call checks when it begins.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import traceback
 from typing import TYPE_CHECKING, Dict, List
 
 if TYPE_CHECKING:
@@ -34,7 +42,6 @@ class AsyncCalls:
     def __init__(self, worker: "Worker", max_concurrency: int) -> None:
         self.worker = worker
         self.running: Dict[bytes, asyncio.Task] = {}  #: loop thread only
-        self._replies: List[tuple] = []  #: loop thread only
         ready = threading.Event()
 
         def run() -> None:
@@ -74,13 +81,11 @@ class AsyncCalls:
         task_id = request[0]
         self.running[task_id] = asyncio.current_task()  # type: ignore[assignment]
         try:
-            done = await self.worker.execute_async(request, self.slots)
+            done, value = await self.worker.execute_async(request, self.slots)
+        except BaseException:  # noqa: BLE001 - a bug of ours, not the call's: fail loudly, never hang
+            traceback.print_exc()
+            os._exit(1)
         finally:
-            del self.running[task_id]
-        self._replies.append(done)
-        if len(self._replies) == 1:
-            self.loop.call_soon(self._send_replies)
-
-    def _send_replies(self) -> None:
-        replies, self._replies = self._replies, []
-        self.worker.client.send(*replies)
+            self.running.pop(task_id, None)
+        if self.worker.client.hold_reply(done, value):
+            self.worker.flush_replies_soon()

@@ -53,6 +53,8 @@ if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 m
 
 #: An async actor's calls go to its loop once the queue is empty or this many are waiting.
 ASYNC_BATCH = 64
+#: Put on the main thread's queue: send the async actor's held replies.
+FLUSH_REPLIES = ("flush",)
 
 
 class WorkerClient(RuntimeClient):
@@ -69,6 +71,9 @@ class WorkerClient(RuntimeClient):
         self.namespace = "default"  #: the job's namespace (for named actors)
         self.refs = LocalRefCounter(on_first=self._on_first_ref)
         self._adds: List[bytes] = []
+        #: async actors' finished calls: (done message, return value) not sent yet. The value
+        #: stays alive until its reply is out: refs inside it must not be released first.
+        self._held: List[Tuple[tuple, Any]] = []
         self._delta_lock = threading.Lock()
         self._requests: Dict[int, list] = {}
         self._request_ids = itertools.count(1)
@@ -79,8 +84,16 @@ class WorkerClient(RuntimeClient):
         with self._delta_lock:
             self._adds.append(object_id)
 
+    def hold_reply(self, done: tuple, value: Any) -> bool:
+        """Keep an async call's reply for the next send, from whichever thread; True if it is
+        the first one held (the caller then makes sure a send comes soon)."""
+        with self._delta_lock:
+            self._held.append((done, value))
+            return len(self._held) == 1
+
     def send(self, *messages: Any) -> None:
-        """Send messages wrapped in this process's reference-count changes.
+        """Send messages wrapped in this process's reference-count changes, after any held
+        replies (so a request never overtakes a reply it may wait for).
 
         New holds go first and releases last: a release sent ahead of a message
         that pins the object (a result containing the ref) could free it early.
@@ -88,12 +101,15 @@ class WorkerClient(RuntimeClient):
         removed = self.refs.drain() if self.refs.has_released() else []
         with self._delta_lock:
             added, self._adds = self._adds, []
+            held, self._held = self._held, []
         batch: List[Any] = [("refs", added, [])] if added else []
+        batch.extend(done for done, _ in held)
         batch.extend(messages)
         if removed:
             batch.append(("refs", [], removed))
         if batch:
             self.conn.send_list(batch)
+        del held  # the replies are out: their values, and refs inside them, may go now
 
     def _request(self, kind: str, *args: Any, timeout: Optional[float] = None) -> Any:
         """Send a request and block for its reply; interruptible by cancellation (SIGINT)."""
@@ -284,6 +300,9 @@ class Worker:
                 request = self.tasks.get()
             if request is None:
                 break
+            if request is FLUSH_REPLIES:
+                client.send()  # an async actor's finished calls (async_actor.py)
+                continue
             if request[0] in self.stolen:
                 self.stolen.discard(request[0])
                 continue
@@ -303,6 +322,7 @@ class Worker:
             client.send(done)
             if done[-1]:  # retire after max_calls
                 break
+        client.send()
         log_files.flush_output()
         os._exit(0)
 
@@ -332,20 +352,32 @@ class Worker:
             self.in_user_code = False
         return self._end(call, value, error)
 
-    async def execute_async(self, request: tuple, slots: "asyncio.Semaphore") -> tuple:
+    async def execute_async(self, request: tuple, slots: "asyncio.Semaphore") -> Tuple[tuple, Any]:
         """Run one call of an async actor on its event loop (async_actor.py); awaits coroutine
-        methods, at most `slots` at once. Returns the "done" message."""
+        methods, at most `slots` at once. Returns the "done" message and the return value."""
         call = self._begin(request)
         if call.error is not None:
-            return self._end(call, exc=call.error)
+            return self._end(call, exc=call.error), None
+        value = None
         try:
             value = call.fn(*call.args, **call.kwargs)
             if inspect.isawaitable(value):
-                async with slots:
-                    value = await value
+                try:
+                    async with slots:
+                        value = await value
+                except BaseException:
+                    if inspect.iscoroutine(value):
+                        value.close()  # cancelled while waiting for a slot: it never started
+                    raise
         except BaseException as exc:  # noqa: BLE001
-            return self._end(call, exc=exc)
-        return self._end(call, value)
+            return self._end(call, exc=exc), None
+        return self._end(call, value), value
+
+    def flush_replies_soon(self) -> None:
+        """From the async actor's loop: have the main thread send the held replies. It is
+        idle, so they leave at once even while a coroutine blocks the loop, and the replies
+        of the calls that end meanwhile go in the same frame."""
+        self.tasks.put(FLUSH_REPLIES)
 
     def _begin(self, request: tuple) -> "_Call":
         """Find the callable and resolve its arguments; a failure here is kept in call.error."""
@@ -420,6 +452,7 @@ class Worker:
             error_info = ("ARG_LOST", False, lost.object_hex)
         except SystemExit as exit_:
             # As in Ray, sys.exit() in a task ends the worker: the head sees a crash and retries.
+            client.send()  # but an async actor's other calls that finished are reported first
             log_files.flush_output()
             os._exit(exit_.code if isinstance(exit_.code, int) else 1)
         except BaseException as error:  # noqa: BLE001 - every failure of user code is the task's result

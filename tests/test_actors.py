@@ -12,6 +12,7 @@ file in tmp_path: the call writes `started` and polls until the test creates `re
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
@@ -617,6 +618,59 @@ def test_async_actor_burst_of_calls_starts_in_order_and_answers_each(cluster):
         else:
             assert ray.get(ref, timeout=30) == i * i
     assert ray.get(r.starts.remote(), timeout=10) == list(range(2000))
+
+
+@ray.remote
+class Batcher:
+    """Its first call blocks the loop, so the calls behind it start, and end, in one go."""
+
+    async def block(self, seconds):
+        time.sleep(seconds)
+
+    async def make(self, i):
+        return [ray.put(i)]  # a ref this actor owns, returned inside the value
+
+    async def other(self):
+        ray.put(0)  # any send from the actor between a call's end and its reply
+
+    async def f(self):
+        return "f done"
+
+    async def g(self, box):
+        return ray.get(box[0])  # a blocking get, on the loop, of a call that already ended
+
+    async def die(self):
+        sys.exit(1)
+
+
+def test_async_actor_refs_returned_inside_values_outlive_the_batched_reply(cluster):
+    cluster(num_nodes=1, num_cpus=1)
+    a = Batcher.options(max_concurrency=50).remote()
+    for trial in range(3):
+        a.block.remote(0.2)
+        made = [a.make.remote(100 * trial + i) for i in range(50)]
+        ray.get(a.other.remote(), timeout=10)
+        inner = [ray.get(ref, timeout=10)[0] for ref in made]
+        assert ray.get(inner, timeout=10) == [100 * trial + i for i in range(50)]
+
+
+def test_async_actor_blocking_get_of_a_finished_calls_result_does_not_deadlock(cluster):
+    cluster(num_nodes=1, num_cpus=1)
+    a = Batcher.remote()
+    a.block.remote(0.3)
+    first = a.f.remote()
+    assert ray.get(a.g.remote([first]), timeout=10) == "f done"
+
+
+def test_async_actor_exit_reports_the_calls_that_finished_before_it(cluster):
+    cluster(num_nodes=1, num_cpus=1)
+    a = Batcher.remote()
+    a.block.remote(0.3)
+    finished = a.f.remote()
+    dying = a.die.remote()
+    assert ray.get(finished, timeout=10) == "f done"
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(dying, timeout=10)
 
 
 def test_async_actor_awaits_object_refs_and_other_actors(cluster):
