@@ -181,7 +181,11 @@ def pickle_definition(obj: Any, what: str) -> Tuple[bytes, bytes]:
     import hashlib
 
     blob = dumps_function(obj, what)
-    return hashlib.blake2b(blob, digest_size=16).digest(), blob
+    # The id hashes cloudpickle's own stream, which is deterministic; ours is not (marshal
+    # output depends on reference counts), and the same function must get the same id in
+    # every process that ships it, or the head stores it once per process.
+    stable = cloudpickle.dumps(obj, protocol=5)
+    return hashlib.blake2b(stable, digest_size=16).digest(), blob
 
 
 def dumps_function(fn: Any, what: str) -> bytes:
