@@ -313,13 +313,14 @@ class Worker:
                     async_batch = []
                 continue
             if request[10] == ACTOR_TASK and self.pool is not None:
-                self.pool.submit(lambda r=request: self.client.send(self.execute(r)))
+                self.pool.submit(self._run_threaded, request)
                 continue
-            done = self.execute(request)
+            done, value = self.execute(request)
             # Sent before the next task starts, never held back: if that task kills
             # the process, the head must already know this one finished, so that
             # the crash is charged to the task that caused it.
             client.send(done)
+            del value  # only now: refs inside the value must not be released before the reply
             if done[-1]:  # retire after max_calls
                 break
         client.send()
@@ -333,11 +334,18 @@ class Worker:
             self.functions[function_id] = fn
         return fn
 
-    def execute(self, request: tuple) -> tuple:
-        """Run one task; returns its "done" message (whose last field says: retire now, max_calls)."""
+    def _run_threaded(self, request: tuple) -> None:
+        """One call of a threaded actor, on its pool."""
+        done, value = self.execute(request)
+        self.client.send(done)
+        del value  # as in run: refs inside it are released only once the reply is written
+
+    def execute(self, request: tuple) -> Tuple[tuple, Any]:
+        """Run one task; returns its "done" message (whose last field says: retire now,
+        max_calls) and its return value, which the caller keeps until the message is sent."""
         call = self._begin(request)
         if call.error is not None:
-            return self._end(call, exc=call.error)
+            return self._end(call, exc=call.error), None
         value, error = None, None
         # cancel() interrupts the main thread's task, and only inside its own code: raised
         # anywhere else (while its result is sent, say) it would escape and kill the worker.
@@ -350,7 +358,7 @@ class Worker:
             error = exc
         finally:
             self.in_user_code = False
-        return self._end(call, value, error)
+        return self._end(call, value, error), value
 
     async def execute_async(self, request: tuple, slots: "asyncio.Semaphore") -> Tuple[tuple, Any]:
         """Run one call of an async actor on its event loop (async_actor.py); awaits coroutine
