@@ -40,6 +40,7 @@ Where things live (one concept per module):
     hub.py              the head's I/O thread (sockets, timers)
     node_manager.py     a virtual node's process: forks and watches its workers
     worker.py           a worker process: runs tasks, reports results
+    worker_client.py    the runtime as code in a worker sees it: requests, ref deltas, results
     async_actor.py      an async actor's event loop in its worker, fed and answered in batches
     object_store.py     a node's shared-memory folder of object files; spill folders
     store_spares.py     pre-allocated spare files that large writes copy into

@@ -1,0 +1,190 @@
+"""The runtime as code running inside a worker process sees it.
+
+Runs in every worker, used from any of its threads (the main thread running a
+task, an actor's pool or event-loop thread, the reader thread delivering
+replies). `WorkerClient` turns the public API (`get`, `put`, `remote`, actor
+calls, `cancel`, ...) into messages to the head and waits for their replies;
+every frame it sends carries this process's reference-count changes: new holds
+first, then an async actor's held replies, then the messages, releases last.
+`store_value` turns a task's result into a payload: inline bytes, or a file in
+this node's store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from . import config, object_store, store_spares
+from .client import RuntimeClient
+from .exceptions import GetTimeoutError, ObjectStoreFullError
+from .object_ref import LocalRefCounter, ObjectRef
+from .protocol import Connection
+from .serialization import serialize
+
+
+class WorkerClient(RuntimeClient):
+    """The runtime as code running inside this worker sees it."""
+
+    def __init__(self, conn: Connection, worker_id: bytes, node_id: bytes, layout: object_store.Layout,
+                 capacity: int) -> None:
+        super().__init__()
+        self.conn = conn
+        self.worker_id = worker_id
+        self.node_id = node_id
+        self.layout = layout
+        self.capacity = capacity  #: this node's store size; a larger value cannot be stored
+        self.namespace = "default"  #: the job's namespace (for named actors)
+        self.refs = LocalRefCounter(on_first=self._on_first_ref)
+        self._adds: List[bytes] = []
+        #: async actors' finished calls: (done message, return value) not sent yet. The value
+        #: stays alive until its reply is out: refs inside it must not be released first.
+        self._held: List[Tuple[tuple, Any]] = []
+        self._delta_lock = threading.Lock()
+        self._requests: Dict[int, list] = {}
+        self._request_ids = itertools.count(1)
+
+    # ---- outgoing messages ----------------------------------------------------
+
+    def _on_first_ref(self, object_id: bytes) -> None:
+        with self._delta_lock:
+            self._adds.append(object_id)
+
+    def hold_reply(self, done: tuple, value: Any) -> bool:
+        """Keep an async call's reply for the next send, from whichever thread; True if it is
+        the first one held (the caller then makes sure a send comes soon)."""
+        with self._delta_lock:
+            self._held.append((done, value))
+            return len(self._held) == 1
+
+    def send(self, *messages: Any) -> None:
+        """Send messages wrapped in this process's reference-count changes, after any held
+        replies (so a request never overtakes a reply it may wait for).
+
+        New holds go first and releases last: a release sent ahead of a message
+        that pins the object (a result containing the ref) could free it early.
+        """
+        removed = self.refs.drain() if self.refs.has_released() else []
+        with self._delta_lock:
+            added, self._adds = self._adds, []
+            held, self._held = self._held, []
+        batch: List[Any] = [("refs", added, [])] if added else []
+        batch.extend(done for done, _ in held)
+        batch.extend(messages)
+        if removed:
+            batch.append(("refs", [], removed))
+        if batch:
+            self.conn.send_list(batch)
+        del held  # the replies are out: their values, and refs inside them, may go now
+
+    def _request(self, kind: str, *args: Any, timeout: Optional[float] = None) -> Any:
+        """Send a request and block for its reply; interruptible by cancellation (SIGINT)."""
+        request_id = next(self._request_ids)
+        slot: list = [threading.Event(), None]
+        self._requests[request_id] = slot
+        try:
+            self.send((kind, request_id, *args))
+            if not slot[0].wait(timeout):
+                self.send(("forget", request_id))
+                raise GetTimeoutError(f"{kind} timed out after {timeout} seconds")
+            return slot[1]
+        except BaseException:
+            # Cancelled (KeyboardInterrupt) or timed out: the head must stop counting us as blocked.
+            if not slot[0].is_set():
+                try:
+                    self.send(("forget", request_id))
+                except OSError:
+                    pass
+            raise
+        finally:
+            self._requests.pop(request_id, None)
+
+    def on_reply(self, request_id: int, payload: Any) -> None:
+        slot = self._requests.get(request_id)
+        if slot is not None:
+            slot[1] = payload
+            slot[0].set()
+
+    # ---- the client API ---------------------------------------------------------
+
+    def add_location(self, object_id: bytes, size: int) -> None:
+        self.send(("located", object_id, self.node_id, size))
+
+    def submit(self, spec: Any, function_blob: Optional[bytes]) -> List[ObjectRef]:
+        # The head counts this worker as holding each result from the submission on,
+        # so the refs are made without announcing them again.
+        messages: List[Any] = []
+        if spec.function_id not in self.known_functions and function_blob is not None:
+            messages.append(("fn", spec.function_id, function_blob))
+            self.known_functions.add(spec.function_id)
+        messages.append(("submit", spec))
+        self.send(*messages)
+        return [ObjectRef(oid, _announce=False) for oid in spec.return_ids()]
+
+    def get(self, object_ids: Sequence[bytes], timeout: Optional[float]) -> List[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in range(100):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            payloads = self._request("get", list(object_ids), timeout=remaining)
+            try:
+                return [self.load(oid, payload) for oid, payload in zip(object_ids, payloads)]
+            except FileNotFoundError as exc:
+                # A copy vanished between the head's answer and our read (its node died):
+                # tell the head, which rebuilds or reports the loss, then ask again.
+                self.send(("lost", bytes.fromhex(str(exc.args[0]))))
+        raise RuntimeError("object kept vanishing while being fetched")
+
+    def put(self, value: Any) -> ObjectRef:
+        object_id = self.next_put_id()
+        kind, data, refs = store_value(self, object_id, value, what="put() value")
+        self.send(("put", object_id, kind, data, refs))
+        return ObjectRef(object_id, _announce=False)
+
+    def wait(self, object_ids: Sequence[bytes], num_returns: int, timeout: Optional[float], fetch_local: bool) -> List[bytes]:
+        return self._request("wait", list(object_ids), num_returns, timeout)
+
+    def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
+        problem = self._request("cancel", object_id, force, recursive)  # answered at once
+        if problem:
+            raise ValueError(problem)
+
+    def state(self, what: str) -> Any:
+        return self._request("state", what)
+
+    def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
+        if spec.function_id not in self.known_functions:
+            self.send(("fn", spec.function_id, class_blob))
+            self.known_functions.add(spec.function_id)
+        problem = self._request("create_actor", spec, meta)
+        if problem:
+            raise ValueError(problem)
+
+    def actor_lookup(self, name: str, namespace: str) -> Any:
+        from .actor import ActorHandle
+
+        found = self._request("lookup_actor", name, namespace)
+        return ActorHandle(*found) if found else None
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        self.send(("kill_actor", actor_id, no_restart))
+
+
+def store_value(client: RuntimeClient, object_id: bytes, value: Any, what: str, flags: int = 0) -> Tuple[str, Any, List[bytes]]:
+    """Serialize a value into a payload: inline bytes, or a file in this node's store."""
+    return store_serialized(client, object_id, serialize(value, flags=flags, what=what), what)
+
+
+def store_serialized(client: RuntimeClient, object_id: bytes, serialized: Any, what: str) -> Tuple[str, Any, List[bytes]]:
+    """A serialized value as a payload: inline bytes, or a file in this node's store."""
+    if serialized.size <= config.INLINE_THRESHOLD:
+        return "i", serialized.to_bytes(), serialized.refs
+    if serialized.size > client.capacity:  # type: ignore[attr-defined]
+        raise ObjectStoreFullError(
+            f"{what}: {serialized.size} bytes is larger than the node's object store "
+            f"({client.capacity} bytes, object_store_memory)"  # type: ignore[attr-defined]
+        )
+    size = object_store.write(client.store_dir(), object_id, serialized,
+                              store_spares.spare_limit(client.capacity))  # type: ignore[attr-defined]
+    return "s", size, serialized.refs
