@@ -71,6 +71,7 @@ class Worker:
         self.cancel_target: Optional[bytes] = None
         self.in_user_code = False  #: cancel() may interrupt only while this is true
         self.cancelled_queued: set = set()
+        self._cancel_lock = threading.Lock()
         self.stolen: set = set()  # queued tasks the head re-assigned; skipped when reached
         self.actor: Any = None  # the actor instance, once this worker is dedicated to one
         self.pool: Optional[concurrent.futures.ThreadPoolExecutor] = None  # threaded actors
@@ -105,11 +106,16 @@ class Worker:
     def _cancel(self, task_id: bytes) -> None:
         if self.async_calls is not None:
             self.async_calls.cancel(task_id)  # at the call's next await, as Ray cancels the asyncio task
-        elif self.current == task_id:
-            self.cancel_target = task_id
-            signal.pthread_kill(self.main_ident, signal.SIGINT)
-        else:
-            self.cancelled_queued.add(task_id)
+            return
+        # Atomic with _begin's look at cancelled_queued: either the task is current here
+        # (interrupt it) or _begin finds the cancel queued. Without the lock, a cancel could
+        # land after _begin looked and before the task counted as current, and be lost.
+        with self._cancel_lock:
+            if self.current == task_id:
+                self.cancel_target = task_id
+                signal.pthread_kill(self.main_ident, signal.SIGINT)
+            else:
+                self.cancelled_queued.add(task_id)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         # Only a cancel aimed at the task running right now interrupts it, and only inside
@@ -227,16 +233,19 @@ class Worker:
         """Find the callable and resolve its arguments; a failure here is kept in call.error."""
         call = _Call(request)
         call.token = self.client.enter_task(call.task_id, call.name, call.func_name)
+        with self._cancel_lock:  # (see _cancel)
+            if call.task_type != ACTOR_TASK:
+                self.current = call.task_id  # cancel() interrupts the main thread's running task
+            cancelled = call.task_id in self.cancelled_queued
+            self.cancelled_queued.discard(call.task_id)
         if call.task_type != ACTOR_TASK:  # (an actor's calls keep the actor's log marker)
-            self.current = call.task_id  # cancel() interrupts the main thread's running task
             if call.task_type == ACTOR_CREATION_TASK:
                 # From here on this worker's output is the actor's: `(Counter pid=...)`.
                 log_files.mark_task(call.name.rsplit(".", 1)[0], log_files.ACTOR_MARKER)
             else:
                 log_files.mark_task(call.name)
         try:
-            if call.task_id in self.cancelled_queued:
-                self.cancelled_queued.discard(call.task_id)
+            if cancelled:
                 raise KeyboardInterrupt
             call.fn = self._callable(call)
             if call.faults:  # a test's fault plan: orders for this attempt (fault_hooks.py)
