@@ -8,7 +8,8 @@ but not their values: a value nobody holds is freed, and rebuilt from its own
 lineage if a downstream rebuild needs it (recursive reconstruction, as in Ray).
 
 The memory kept records cost is capped by `max_lineage_bytes` (argument bytes
-plus a measured per-record overhead); past it, the oldest records are evicted, and their results become impossible to rebuild
+plus a measured per-record overhead); past it, the oldest records are evicted,
+and their results become impossible to rebuild
 (OBJECT_UNRECONSTRUCTABLE_LINEAGE_EVICTED).
 """
 

@@ -208,7 +208,6 @@ class Worker:
         call = self._begin(request)
         if call.error is not None:
             return self._end(call, exc=call.error), None
-        value = None
         try:
             value = call.fn(*call.args, **call.kwargs)
             if inspect.isawaitable(value):

@@ -314,13 +314,17 @@ class Gate:
         return "pong"
 
 
-def test_cancel_of_actor_calls(cluster, tmp_path):
-    cluster(num_nodes=1, num_cpus=1)
+def gate_with_two_calls(tmp_path) -> tuple:
+    """A Gate, the path that opens it, a call waiting for that path and one queued behind it."""
     gate = Gate.remote()
     assert ray.get(gate.ping.remote()) == "pong"
     release = str(tmp_path / "release")
-    running = gate.wait_for.remote(release)
-    queued = gate.ping.remote()
+    return gate, release, gate.wait_for.remote(release), gate.ping.remote()
+
+
+def test_cancel_of_actor_calls(cluster, tmp_path):
+    cluster(num_nodes=1, num_cpus=1)
+    gate, release, running, queued = gate_with_two_calls(tmp_path)
     with pytest.raises(ValueError, match="force=True is not supported for actor tasks"):
         ray.cancel(running, force=True)
     ray.cancel(queued)
@@ -373,11 +377,7 @@ def cancel_from_a_task(ref_in_list: list, force: bool) -> str:
 def test_cancel_of_an_actor_call_from_a_task_follows_the_same_rules(cluster, tmp_path):
     """Inside a task, cancel(force=True) of an actor call raises there, as it does in the driver."""
     cluster(num_nodes=1, num_cpus=2)
-    gate = Gate.remote()
-    assert ray.get(gate.ping.remote()) == "pong"
-    release = str(tmp_path / "release")
-    running = gate.wait_for.remote(release)
-    queued = gate.ping.remote()
+    _, release, running, queued = gate_with_two_calls(tmp_path)
     answer = ray.get(cancel_from_a_task.remote([running], True), timeout=10)
     assert answer.startswith("ValueError: force=True is not supported for actor tasks")
     assert ray.get(cancel_from_a_task.remote([queued], False), timeout=10) == "cancelled"

@@ -326,20 +326,6 @@ def test_ref_inside_a_task_result_keeps_the_inner_object(cluster):
 # ---- borrowers in other processes --------------------------------------------------------------
 
 
-def test_worker_that_keeps_a_borrowed_ref_keeps_the_object_alive(cluster):
-    cluster(num_nodes=2)
-    _, node = testing.live_nodes()
-    ref = ray.put(np.full(N, 8.0))
-    object_hex = ref.hex()
-    pid = ray.get(keep_borrowed.options(scheduling_strategy=on(node)).remote([ref]), timeout=10)
-    del ref
-    settle()
-    assert files_of(object_hex), "freed while a worker still holds a borrowed ref"
-    assert ray.get(read_borrowed.options(scheduling_strategy=on(node)).remote(), timeout=10) == 8.0
-    assert ray.get(drop_borrowed.options(scheduling_strategy=on(node)).remote(), timeout=10) == pid
-    wait_freed(object_hex)
-
-
 @ray.remote
 def keep_nested_of_same(value, refs):
     """Gets the object twice: resolved as a top-level argument, as a ref nested in a list."""
@@ -348,17 +334,23 @@ def keep_nested_of_same(value, refs):
     return os.getpid()
 
 
-def test_a_ref_passed_as_value_and_nested_is_borrowed_by_the_nested_copy(cluster):
-    """Top-level refs reach the worker as values (the task pins them, no borrow); the
-    nested copy of the same ref is a real borrow that outlives the task."""
+@pytest.mark.parametrize("passed", ["nested", "as value and nested"])
+def test_worker_that_keeps_a_borrowed_ref_keeps_the_object_alive(cluster, passed):
+    """A nested ref the task keeps is a borrow that outlives it. A top-level ref reaches the
+    worker as its value (the task pins it, no borrow); the same ref nested beside it still
+    makes a real borrow."""
     cluster(num_nodes=2)
     _, node = testing.live_nodes()
     ref = ray.put(np.full(N, 8.0))
     object_hex = ref.hex()
-    pid = ray.get(keep_nested_of_same.options(scheduling_strategy=on(node)).remote(ref, [ref]), timeout=10)
-    del ref
+    if passed == "nested":
+        call = keep_borrowed.options(scheduling_strategy=on(node)).remote([ref])
+    else:
+        call = keep_nested_of_same.options(scheduling_strategy=on(node)).remote(ref, [ref])
+    pid = ray.get(call, timeout=10)
+    del ref, call
     settle()
-    assert files_of(object_hex), "freed while a worker still holds the nested ref"
+    assert files_of(object_hex), "freed while a worker still holds a borrowed ref"
     assert ray.get(read_borrowed.options(scheduling_strategy=on(node)).remote(), timeout=10) == 8.0
     assert ray.get(drop_borrowed.options(scheduling_strategy=on(node)).remote(), timeout=10) == pid
     wait_freed(object_hex)
