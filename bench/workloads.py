@@ -699,7 +699,7 @@ def _lineage_internals(system: str) -> dict[str, Any]:
     if system != "minicluster":
         return {}
     try:
-        context = importlib.import_module("minicluster.context")
+        context = importlib.import_module("minicluster._private.client.context")
         head = context.current().head
         out = {"lineage_records": len(head.lineage.records),
                "lineage_bytes_mb": head.lineage.bytes / 2**20,

@@ -59,8 +59,8 @@ Where things live (one concept per module):
                         and the pytest plugin (fixtures, seeds, chaos)
 """
 
-from . import exceptions
-from .api import (
+from minicluster import exceptions
+from minicluster.api import (
     RuntimeContext,
     available_resources,
     cancel,
@@ -78,8 +78,8 @@ from .api import (
     shutdown,
     wait,
 )
-from .object_ref import ObjectRef
-from .timeline import timeline
+from minicluster.object_ref import ObjectRef
+from minicluster._private.observe.timeline import timeline
 
 __version__ = "0.1.0"
 

@@ -14,11 +14,17 @@ import inspect
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import options as opts
-from .ids import ActorID, new_actor_id, new_task_id
-from .remote_function import _serialize_args
-from .serialization import dumps_function, pickle_definition
-from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, TaskSpec, resources_of, strategy_of
+from minicluster._private.common import options as opts
+from minicluster._private.common.ids import ActorID, new_actor_id, new_task_id
+from minicluster.remote_function import _serialize_args
+from minicluster._private.store.serialization import dumps_function, pickle_definition
+from minicluster._private.common.task_spec import (
+    ACTOR_CREATION_TASK,
+    ACTOR_TASK,
+    TaskSpec,
+    resources_of,
+    strategy_of,
+)
 
 
 class ActorClassMeta:
@@ -79,7 +85,7 @@ class ActorClass:
         return self._class_id, self._blob  # type: ignore[return-value]
 
     def _create(self, args: tuple, kwargs: dict, options: Dict[str, Any]) -> "ActorHandle":
-        from .api import _client
+        from minicluster.api import _client
 
         client = _client()
         name = options.get("name")
@@ -191,7 +197,7 @@ class ActorMethod:
         return ActorMethod(self._handle, self._name, {**self._options, **validated})
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        from .api import _client
+        from minicluster.api import _client
 
         client = _client()
         handle = self._handle

@@ -13,11 +13,11 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import context
-from .exceptions import RayError
-from .ids import ActorID, JobID, NodeID, TaskID, WorkerID
-from .object_ref import ObjectRef
-from .remote_function import RemoteFunction
+from minicluster._private.client import context
+from minicluster.exceptions import RayError
+from minicluster._private.common.ids import ActorID, JobID, NodeID, TaskID, WorkerID
+from minicluster.object_ref import ObjectRef
+from minicluster.remote_function import RemoteFunction
 
 _init_lock = threading.RLock()
 
@@ -68,7 +68,7 @@ def init(
     unknown = [k for k in kwargs if not k.startswith("_")]
     if unknown:
         raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
-    from . import cluster_utils
+    from minicluster import cluster_utils
 
     if cluster_utils.is_cluster_address(address) or (address == "auto" and len(cluster_utils._clusters) == 1):
         with _init_lock:
@@ -109,7 +109,7 @@ def init(
             resources["GPU"] = float(num_gpus)
         if object_store_memory is not None:
             object_store_memory = _check_int("object_store_memory", object_store_memory, minimum=1)
-        from .driver import DriverClient
+        from minicluster._private.client.driver import DriverClient
 
         client = DriverClient(num_nodes, num_cpus, resources, object_store_memory, namespace,
                               log_to_driver=bool(log_to_driver))
@@ -195,7 +195,7 @@ def remote(*args: Any, **kwargs: Any) -> Any:
 
 def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
     if isinstance(target, type):
-        from .actor import ActorClass
+        from minicluster.actor import ActorClass
 
         return ActorClass(target, options)
     if not callable(target):
@@ -205,7 +205,7 @@ def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
 
 def method(*args: Any, **kwargs: Any) -> Any:
     """Per-method options on actor classes: `@method(num_returns=2)`."""
-    from . import options as opts
+    from minicluster._private.common import options as opts
 
     if args:
         raise TypeError("@method takes keyword options only, e.g. @method(num_returns=2)")
@@ -335,7 +335,7 @@ def get_actor(name: str, namespace: Optional[str] = None) -> Any:
 
 def kill(actor: Any, *, no_restart: bool = True) -> None:
     """End an actor now (its process is killed); with no_restart=False it may restart (max_restarts)."""
-    from .actor import ActorHandle
+    from minicluster.actor import ActorHandle
 
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"kill() only works on actor handles, got {type(actor).__name__}; use cancel() for tasks")

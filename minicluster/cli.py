@@ -39,7 +39,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 1
     if args.command == "demo":
-        from .demo import run
+        from minicluster.demo import run
 
         if args.nodes < 1 or args.cpus < 1:
             parser.error("--nodes and --cpus must be at least 1")
@@ -125,8 +125,8 @@ def _filters(specs: Sequence[str]) -> List[Tuple[str, str, str]]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from . import state_render
-    from .util import state
+    from minicluster._private.observe import state_render
+    from minicluster.util import state
 
     resource = _SINGULAR.get(args.resource, args.resource)
     if args.limit < 0:
@@ -154,8 +154,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
-    from . import state_render
-    from .util import state
+    from minicluster._private.observe import state_render
+    from minicluster.util import state
 
     resource = _SINGULAR.get(args.resource, args.resource)
     source = _session_source(args.session)
@@ -178,8 +178,8 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from . import state_render
-    from .util import state
+    from minicluster._private.observe import state_render
+    from minicluster.util import state
 
     source = _session_source(args.session)
     summary = state.summarize_tasks(address=source.files.dir if source.files else None)
@@ -189,8 +189,8 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from . import state_render
-    from .util import state
+    from minicluster._private.observe import state_render
+    from minicluster.util import state
 
     source = _session_source(args.session)
     status = state.session_status(address=source.files.dir if source.files else None)
@@ -199,7 +199,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_timeline(args: argparse.Namespace) -> int:
-    from .timeline import trace_events, write_trace  # (the package's `timeline` is the function)
+    from minicluster._private.observe.timeline import trace_events, write_trace  # (the package's `timeline` is the function)
 
     source = _session_source(args.session)
     events = trace_events(address=source.files.dir if source.files else None)
@@ -218,8 +218,8 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    from . import log_files, state_render
-    from .util import state
+    from minicluster._private.observe import log_files, state_render
+    from minicluster.util import state
 
     source = _session_source(args.session)
     files = log_files.list_worker_logs(source.logs_dir)
@@ -278,7 +278,7 @@ def _size_of(path: str) -> int:
 
 
 def _session_source(path: Optional[str]) -> Any:
-    from .util import state
+    from minicluster.util import state
 
     source = state.session_source(path)
     return source
@@ -290,7 +290,7 @@ def _session_name(source: Any) -> str:
 
 def _note_session(source: Any) -> None:
     """Say on stderr which session was read, and whether it is over."""
-    from . import state_render
+    from minicluster._private.observe import state_render
 
     session = source.status()["session"]
     if session.get("liveness") != "running" or source.files is not None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from . import api, context
+from minicluster import api
+from minicluster._private.client import context
 
 _ADDRESS_PREFIX = "minicluster://"
 _clusters: Dict[str, "Cluster"] = {}
@@ -62,7 +63,7 @@ class Cluster:
         head_node_args: Optional[Dict[str, Any]] = None,
         shutdown_at_exit: bool = True,
     ) -> None:
-        from .driver import DriverClient
+        from minicluster._private.client.driver import DriverClient
 
         if context.current() is not None:
             raise RuntimeError("Cluster(): a minicluster session is already running in this process; "

@@ -18,8 +18,8 @@ import collections
 import threading
 from typing import Any, Callable, Dict, Generator, List, Optional
 
-from . import serialization
-from .ids import TaskID
+from minicluster._private.store import serialization
+from minicluster._private.common.ids import TaskID
 
 
 class LocalRefCounter:
@@ -114,7 +114,7 @@ class ObjectRef:
 
     def future(self) -> Any:
         """A concurrent.futures.Future that resolves to the object's value."""
-        from . import api
+        from minicluster import api
 
         return api._future_of(self)
 

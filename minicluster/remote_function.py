@@ -10,11 +10,11 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import config, options as opts
-from .ids import new_task_id
-from .object_ref import ObjectRef
-from .serialization import dumps_function, pickle_definition, serialize
-from .task_spec import TaskSpec, resources_of, strategy_of
+from minicluster._private.common import config, options as opts
+from minicluster._private.common.ids import new_task_id
+from minicluster.object_ref import ObjectRef
+from minicluster._private.store.serialization import dumps_function, pickle_definition, serialize
+from minicluster._private.common.task_spec import TaskSpec, resources_of, strategy_of
 
 
 class RemoteFunction:
@@ -62,7 +62,7 @@ class RemoteFunction:
         return self._function_id, self._blob  # type: ignore[return-value]
 
     def _remote(self, args: tuple, kwargs: dict, static: "_StaticOptions") -> Any:
-        from .api import _client
+        from minicluster.api import _client
 
         client = _client()
         function_id, blob = self._pickled()

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 import minicluster as ray
-from minicluster import context
+from minicluster._private.client import context
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
-from minicluster import context
+from minicluster._private.client import context
 
 
 @dataclass(frozen=True)

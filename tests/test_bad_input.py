@@ -10,7 +10,7 @@ import pytest
 from conftest import wait_for
 
 import minicluster as ray
-from minicluster import context
+from minicluster._private.client import context
 
 
 @ray.remote

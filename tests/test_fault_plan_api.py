@@ -8,7 +8,8 @@ import os
 import pytest
 
 import minicluster as ray
-from minicluster import context, testing
+from minicluster._private.client import context
+from minicluster import testing
 from minicluster.testing import FaultPlan, UnfiredFaultsError
 
 

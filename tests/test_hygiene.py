@@ -22,7 +22,7 @@ import pytest
 from conftest import session_pids, wait_for
 
 import minicluster as ray
-from minicluster import context
+from minicluster._private.client import context
 
 
 @ray.remote
@@ -202,7 +202,7 @@ def test_a_worker_killed_mid_write_leaves_no_partial_file(cluster):
 DRIVER_SCRIPT = textwrap.dedent("""
     import json, time
     import minicluster as ray
-    from minicluster import context
+    from minicluster._private.client import context
 
     ray.init(num_nodes=2, num_cpus=1)
 

@@ -21,7 +21,8 @@ import pytest
 from conftest import count_lines, on, wait_for
 
 import minicluster as ray
-from minicluster import context, testing
+from minicluster._private.client import context
+from minicluster import testing
 from minicluster import exceptions as rex
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -18,7 +18,8 @@ import pytest
 from conftest import count_lines, on, wait_for
 
 import minicluster as ray
-from minicluster import context, testing
+from minicluster._private.client import context
+from minicluster import testing
 from minicluster import exceptions as rex
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -321,7 +322,7 @@ def test_idle_worker_that_owns_objects_is_not_retired(cluster, monkeypatch):
     """
     import importlib
 
-    for name in ("minicluster.head", "minicluster.task_flow"):  # retire surplus workers quickly
+    for name in ("minicluster._private.head.head", "minicluster._private.head.task_flow"):  # retire surplus workers quickly
         try:
             module = importlib.import_module(name)
         except ImportError:

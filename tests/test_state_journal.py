@@ -10,7 +10,7 @@ import time
 import pytest
 
 import minicluster as ray
-from minicluster import state_journal, state_recorder
+from minicluster._private.observe import state_journal, state_recorder
 from minicluster.util.state import list_objects, list_tasks, list_workers
 
 from conftest import wait_for

@@ -19,7 +19,9 @@ import pytest
 from conftest import wait_for
 
 import minicluster as ray
-from minicluster import context, store_spares, testing
+from minicluster._private.client import context
+from minicluster._private.store import store_spares
+from minicluster import testing
 
 MB = 2**20
 BIG = 16 * MB  # above store_spares.MIN_BYTES
@@ -171,7 +173,7 @@ DRIVER_SCRIPT = textwrap.dedent("""
     import json, os, time
     import numpy as np
     import minicluster as ray
-    from minicluster import context
+    from minicluster._private.client import context
 
     ray.init(num_nodes=1, num_cpus=1)
     ray.put(np.ones(2 * 2**20))

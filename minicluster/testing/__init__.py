@@ -30,7 +30,7 @@ test and options `--minicluster-seed`, `--minicluster-seeds`, `--minicluster-cha
     pytest_plugin.py    fixtures, options, seeds, reports
 """
 
-from .cluster_control import (
+from minicluster.testing.cluster_control import (
     add_node,
     kill_node,
     kill_worker,
@@ -41,8 +41,8 @@ from .cluster_control import (
     stop_node,
     worker_pids,
 )
-from .fault_plan import SEED_ENV, Fault, FaultPlan, UnfiredFaultsError, default_seed
-from .journal import FaultEvent, FaultJournal
+from minicluster.testing.fault_plan import SEED_ENV, Fault, FaultPlan, UnfiredFaultsError, default_seed
+from minicluster.testing.journal import FaultEvent, FaultJournal
 
 __all__ = [
     "SEED_ENV",

@@ -10,8 +10,8 @@ import os
 import signal
 from typing import Dict, List, Optional
 
-from .. import context
-from ..object_ref import ObjectRef
+from minicluster._private.client import context
+from minicluster.object_ref import ObjectRef
 
 
 def _head():  # type: ignore[no-untyped-def]
@@ -81,7 +81,7 @@ def kill_worker_running(ref: ObjectRef, signum: int = signal.SIGKILL) -> int:
 
     Raises ValueError when that task is not running right now (pending, finished, or unknown).
     """
-    from ..ids import task_of
+    from minicluster._private.common.ids import task_of
 
     head = _head()
     with head.lock:

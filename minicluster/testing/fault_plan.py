@@ -34,9 +34,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, FrozenSet, Iterable, List, Optional, Tuple, Union
 
-from .. import fault_hooks
-from ..serialization import cloudpickle_dumps
-from .journal import FaultJournal
+from minicluster._private.common import fault_hooks
+from minicluster._private.store.serialization import cloudpickle_dumps
+from minicluster.testing.journal import FaultJournal
 
 #: Environment variable holding the seed of plans made without one (the pytest plugin sets it too).
 SEED_ENV = "MINICLUSTER_TEST_SEED"
@@ -355,7 +355,7 @@ class FaultPlan:
 
     def install(self) -> "FaultPlan":
         """Make the running session (started by init() in this process) fire this plan's faults."""
-        from .injector import Injector
+        from minicluster.testing.injector import Injector
 
         if self._injector is not None:
             raise RuntimeError("this fault plan is installed already")

@@ -31,9 +31,11 @@ import random
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from .. import context, fault_hooks, state_journal
-from ..task_spec import ACTOR_TASK, NORMAL_TASK
-from .fault_plan import (
+from minicluster._private.client import context
+from minicluster._private.common import fault_hooks
+from minicluster._private.observe import state_journal
+from minicluster._private.common.task_spec import ACTOR_TASK, NORMAL_TASK
+from minicluster.testing.fault_plan import (
     Chaos,
     Delay,
     Fault,

@@ -45,8 +45,8 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from .fault_plan import SEED_ENV, FaultPlan, UnfiredFaultsError, default_seed
-from .journal import FaultJournal
+from minicluster.testing.fault_plan import SEED_ENV, FaultPlan, UnfiredFaultsError, default_seed
+from minicluster.testing.journal import FaultJournal
 
 CHAOS_ENV = "MINICLUSTER_TEST_CHAOS"
 #: With --minicluster-chaos=on: a worker killed on average every this many dispatched tasks.
@@ -186,7 +186,7 @@ def minicluster_cluster(request: pytest.FixtureRequest, fault_plan: FaultPlan,
                         minicluster_seed: int) -> Iterator[MiniclusterCluster]:
     """A fresh session with fault_plan installed; afterwards shut down and checked for leaks."""
     import minicluster as ray
-    from minicluster import context
+    from minicluster._private.client import context
 
     settings = dict(DEFAULT_SETTINGS)
     settings.update(_marker_settings(request.node))

@@ -22,12 +22,19 @@ import os
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
-from ... import context
-from ...log_files import log_paths
-from ...state_journal import NoSessionError, SessionFiles, find_session
-from ...task_records import attempt_events
-from .common import ActorState, NodeState, ObjectState, StateSchema, TaskState, WorkerState
-from .exception import RayStateApiException
+from minicluster._private.client import context
+from minicluster._private.observe.log_files import log_paths
+from minicluster._private.observe.state_journal import NoSessionError, SessionFiles, find_session
+from minicluster._private.head.task_records import attempt_events
+from minicluster.util.state.common import (
+    ActorState,
+    NodeState,
+    ObjectState,
+    StateSchema,
+    TaskState,
+    WorkerState,
+)
+from minicluster.util.state.exception import RayStateApiException
 
 DEFAULT_LIMIT = 100
 DEFAULT_TIMEOUT = 30

@@ -35,8 +35,8 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Container, Dict, Hashable, Iterator, List, NamedTuple, Optional, Tuple
 
-from .ids import TASK_ID_SIZE
-from .task_records import STATES
+from minicluster._private.common.ids import TASK_ID_SIZE
+from minicluster._private.head.task_records import STATES
 
 HISTORY_LIMIT = 100_000  # finished tasks kept for the state API (as Ray's task events)
 

@@ -25,27 +25,33 @@ from __future__ import annotations
 
 import collections
 import os
+import pathlib
 import signal
 import sys
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from . import config, fault_hooks, object_store, virtual_nodes as node_procs
-from .actor_flow import ActorFlow
-from .hub import Hub, Peer
-from .ids import new_node_id
-from .lineage import Lineage
-from .objects import ObjectDirectory
-from .recovery import Recovery
-from .scheduler import Scheduler
-from .task_flow import TaskFlow
-from .task_history import TaskHistory
-from .task_records import TaskRecord
-from .virtual_nodes import NodeRecord, WorkerRecord
-from .waiting import Waiting
+from minicluster._private.common import config, fault_hooks
+from minicluster._private.store import object_store
+from minicluster._private.head import virtual_nodes as node_procs
+from minicluster._private.head.actor_flow import ActorFlow
+from minicluster._private.wire.hub import Hub, Peer
+from minicluster._private.common.ids import new_node_id
+from minicluster._private.head.lineage import Lineage
+from minicluster._private.head.object_directory import ObjectDirectory
+from minicluster._private.head.recovery import Recovery
+from minicluster._private.head.scheduler import Scheduler
+from minicluster._private.head.task_flow import TaskFlow
+from minicluster._private.head.task_history import TaskHistory
+from minicluster._private.head.task_records import TaskRecord
+from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
+from minicluster._private.head.waiting import Waiting
 
 DRIVER = b"driver"  # owner id of objects the driver creates
+
+# The folder that holds the minicluster package (this file is minicluster/_private/head/head.py).
+_PACKAGE_PARENT = str(pathlib.Path(__file__).resolve().parents[3])
 
 
 class Head(TaskFlow, ActorFlow, Recovery, Waiting):
@@ -120,7 +126,7 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             logs_dir=self.session.logs_dir,  # workers' stdout/stderr files (log_files.py)
             # The package's own folder first: editable installs are found by a
             # site hook that the node's `python -S` does not run.
-            sys_path=[os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] + sys.path,
+            sys_path=[_PACKAGE_PARENT] + sys.path,
         )
         node.process = node_procs.launch(cfg, None)
         node.pid = node.process.pid

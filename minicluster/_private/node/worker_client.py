@@ -17,12 +17,13 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import config, object_store, store_spares
-from .client import RuntimeClient
-from .exceptions import GetTimeoutError, ObjectStoreFullError
-from .object_ref import LocalRefCounter, ObjectRef
-from .protocol import Connection
-from .serialization import serialize
+from minicluster._private.common import config
+from minicluster._private.store import object_store, store_spares
+from minicluster._private.client.runtime_client import RuntimeClient
+from minicluster.exceptions import GetTimeoutError, ObjectStoreFullError
+from minicluster.object_ref import LocalRefCounter, ObjectRef
+from minicluster._private.wire.protocol import Connection
+from minicluster._private.store.serialization import serialize
 
 
 class WorkerClient(RuntimeClient):
@@ -162,7 +163,7 @@ class WorkerClient(RuntimeClient):
             raise ValueError(problem)
 
     def actor_lookup(self, name: str, namespace: str) -> Any:
-        from .actor import ActorHandle
+        from minicluster.actor import ActorHandle
 
         found = self._request("lookup_actor", name, namespace)
         return ActorHandle(*found) if found else None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
-from .ids import TASK_ID_SIZE, RecentIds, is_put_object, task_of
+from minicluster._private.common.ids import TASK_ID_SIZE, RecentIds, is_put_object, task_of
 
 # Driver memory one kept record costs beyond its argument bytes: its TaskRecord, spec,
 # attempt record, dict slots and the object entries it keeps alive, as tracemalloc

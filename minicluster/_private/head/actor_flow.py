@@ -20,11 +20,11 @@ import collections
 import os
 from typing import Any, Deque, Dict, Optional
 
-from .exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
-from .ids import JOB_ID
-from .serialization import deserialize
-from .task_records import TaskRecord
-from .virtual_nodes import INTENDED_SYSTEM_EXIT, INTENDED_USER_EXIT, WorkerRecord
+from minicluster.exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
+from minicluster._private.common.ids import JOB_ID
+from minicluster._private.store.serialization import deserialize
+from minicluster._private.head.task_records import TaskRecord
+from minicluster._private.head.virtual_nodes import INTENDED_SYSTEM_EXIT, INTENDED_USER_EXIT, WorkerRecord
 
 PENDING_CREATION = "PENDING_CREATION"
 ALIVE = "ALIVE"

@@ -14,16 +14,17 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import config, object_store, store_spares
-from .client import RuntimeClient
-from .exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, RayError
-from .head import DRIVER, Head
-from .ids import driver_task_id, new_worker_id
-from .log_monitor import LogMonitor
-from .object_ref import LocalRefCounter, ObjectRef, set_counter
-from .serialization import serialize
-from .session import Session
-from .state_recorder import StateRecorder
+from minicluster._private.common import config
+from minicluster._private.store import object_store, store_spares
+from minicluster._private.client.runtime_client import RuntimeClient
+from minicluster.exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, RayError
+from minicluster._private.head.head import DRIVER, Head
+from minicluster._private.common.ids import driver_task_id, new_worker_id
+from minicluster._private.client.log_monitor import LogMonitor
+from minicluster.object_ref import LocalRefCounter, ObjectRef, set_counter
+from minicluster._private.store.serialization import serialize
+from minicluster._private.client.session import Session
+from minicluster._private.observe.state_recorder import StateRecorder
 
 # How often get() follows the head to a new copy after the one it read vanished
 # (its node died mid-read) before calling the object lost.
@@ -201,7 +202,7 @@ class DriverClient(RuntimeClient):
             head._flush()
 
     def actor_lookup(self, name: str, namespace: str) -> Any:
-        from .actor import ActorHandle
+        from minicluster.actor import ActorHandle
 
         with self.head.lock:
             found = self.head.lookup_actor(name, namespace)

@@ -12,14 +12,11 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable, List, Optional
 
-from . import object_store
-from .exceptions import (
-    ObjectLostError,
-    ReferenceCountingAssertionError,
-)
-from .objects import LOST, PENDING, READY, RELEASED, Waiter
-from .serialization import error_blob
-from .virtual_nodes import WorkerRecord
+from minicluster._private.store import object_store
+from minicluster.exceptions import ObjectLostError, ReferenceCountingAssertionError
+from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED, Waiter
+from minicluster._private.store.serialization import error_blob
+from minicluster._private.head.virtual_nodes import WorkerRecord
 
 
 class Waiting:

@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from .ids import JOB_ID
+from minicluster._private.common.ids import JOB_ID
 
 TASK_MARKER = b":task_name:"
 ACTOR_MARKER = b":actor_name:"

@@ -30,8 +30,8 @@ import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Set
 
-from . import object_store
-from .ids import OBJECT_ID_SIZE, RecentIds
+from minicluster._private.store import object_store
+from minicluster._private.common.ids import OBJECT_ID_SIZE, RecentIds
 
 PENDING = "PENDING"
 READY = "READY"

@@ -28,7 +28,8 @@ import sys
 import time
 from typing import Optional
 
-from . import config, object_store
+from minicluster._private.common import config
+from minicluster._private.store import object_store
 
 MAX_SOCKET_PATH = 107  # bytes in a Unix socket's path (sun_path, Linux; 103 on macOS)
 

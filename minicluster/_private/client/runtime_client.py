@@ -17,11 +17,12 @@ import contextvars
 import threading
 from typing import Any, Callable, List, Optional, Sequence
 
-from . import config, object_store
-from .exceptions import RayTaskError
-from .ids import JOB_ID, object_id_for_put
-from .object_ref import LocalRefCounter
-from .serialization import FLAG_ERROR, deserialize
+from minicluster._private.common import config
+from minicluster._private.store import object_store
+from minicluster.exceptions import RayTaskError
+from minicluster._private.common.ids import JOB_ID, object_id_for_put
+from minicluster.object_ref import LocalRefCounter
+from minicluster._private.store.serialization import FLAG_ERROR, deserialize
 
 
 # (task id, task name, function name) of the task running in this thread / asyncio task.

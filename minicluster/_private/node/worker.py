@@ -38,19 +38,22 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-from . import context, fault_hooks, log_files, object_store
-from .exceptions import RayError, RayTaskError, TaskCancelledError
-from .object_ref import set_counter
-from .protocol import Connection
-from .serialization import FLAG_ERROR, deserialize, serialize
-from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
-from .worker_client import WorkerClient, store_serialized, store_value
+from minicluster._private.client import context
+from minicluster._private.common import fault_hooks
+from minicluster._private.observe import log_files
+from minicluster._private.store import object_store
+from minicluster.exceptions import RayError, RayTaskError, TaskCancelledError
+from minicluster.object_ref import set_counter
+from minicluster._private.wire.protocol import Connection
+from minicluster._private.store.serialization import FLAG_ERROR, deserialize, serialize
+from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
+from minicluster._private.node.worker_client import WorkerClient, store_serialized, store_value
 
 if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 ms to each node's start
     import asyncio
     import concurrent.futures
 
-    from .async_actor import AsyncCalls
+    from minicluster._private.node.async_actor import AsyncCalls
 
 #: An async actor's calls go to its loop once the queue is empty or this many are waiting.
 ASYNC_BATCH = 64
@@ -274,7 +277,7 @@ class Worker:
         max_concurrency, is_async, _ = config
         self.actor = cls(*args, **kwargs)
         if is_async:
-            from .async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
+            from minicluster._private.node.async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
 
             self.async_calls = AsyncCalls(self, max_concurrency)
         elif max_concurrency > 1:

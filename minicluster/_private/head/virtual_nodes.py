@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Optional, Set
 
-from . import object_store, store_spares
+from minicluster._private.store import object_store, store_spares
 
 # Ray's worker exit types (WorkerState.exit_type).
 SYSTEM_ERROR = "SYSTEM_ERROR"  #: crashed, was killed, or its node died
@@ -164,7 +164,7 @@ def launch(cfg: Dict[str, Any], log_path: Optional[str]) -> subprocess.Popen:
 _BOOTSTRAP = (
     "import sys, pickle; cfg = pickle.load(sys.stdin.buffer); sys.stdin.close(); "
     "sys.path[:] = cfg['sys_path']; "
-    "from minicluster.node_manager import main; main(cfg)"
+    "from minicluster._private.node.node_manager import main; main(cfg)"
 )
 
 

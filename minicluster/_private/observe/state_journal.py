@@ -31,7 +31,7 @@ import struct
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import config
+from minicluster._private.common import config
 
 JOURNAL = "state.journal"
 STATUS = "status.json"

@@ -30,9 +30,11 @@ import sys
 from typing import Dict
 
 # Imported here, before any fork, so workers inherit them ready to use.
-from . import log_files, object_store, store_spares, worker  # noqa: F401
-from .ids import new_worker_id
-from .protocol import Connection, FrameDecoder
+from minicluster._private.observe import log_files
+from minicluster._private.store import object_store, store_spares
+from minicluster._private.node import worker  # noqa: F401
+from minicluster._private.common.ids import new_worker_id
+from minicluster._private.wire.protocol import Connection, FrameDecoder
 
 
 class NodeManager:

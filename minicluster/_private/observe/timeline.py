@@ -23,12 +23,12 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
-from .state_journal import FAULTS
+from minicluster._private.observe.state_journal import FAULTS
 
 
 def trace_events(address: Optional[str] = None) -> List[Dict[str, Any]]:
     """The Chrome trace events of a session (this driver's, the folder `address`, or the latest)."""
-    from .util import state
+    from minicluster.util import state
 
     source = state.session_source(address)
     tasks = state.task_records(source)

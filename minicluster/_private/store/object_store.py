@@ -42,9 +42,9 @@ import shutil
 import threading
 from typing import Optional
 
-from . import store_spares
-from .ids import NODE_ID_SIZE
-from .serialization import Serialized
+from minicluster._private.store import store_spares
+from minicluster._private.common.ids import NODE_ID_SIZE
+from minicluster._private.store.serialization import Serialized
 
 _TMP_SUFFIX = ".tmp-"
 SPILL_MARK = b"~"

@@ -21,8 +21,9 @@ import os
 import time
 from typing import Any, Optional
 
-from . import object_store, virtual_nodes as node_procs
-from .exceptions import (
+from minicluster._private.store import object_store
+from minicluster._private.head import virtual_nodes as node_procs
+from minicluster.exceptions import (
     NodeDiedError,
     ObjectFetchTimedOutError,
     ObjectLostError,
@@ -33,12 +34,12 @@ from .exceptions import (
     TaskCancelledError,
     WorkerCrashedError,
 )
-from .ids import task_of
-from .objects import LOST, PENDING, READY, RELEASED
-from .serialization import error_blob
-from .task_records import TaskRecord
-from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
-from .virtual_nodes import NodeRecord, WorkerRecord
+from minicluster._private.common.ids import task_of
+from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED
+from minicluster._private.store.serialization import error_blob
+from minicluster._private.head.task_records import TaskRecord
+from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
+from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 
 
 class Recovery:

@@ -30,7 +30,14 @@ import time
 import traceback
 from typing import Any, Callable, List, Optional, Protocol
 
-from .protocol import MAX_FRAME, MAX_HANDSHAKE_FRAME, FrameDecoder, ProtocolError, ServerHandshake, encode
+from minicluster._private.wire.protocol import (
+    MAX_FRAME,
+    MAX_HANDSHAKE_FRAME,
+    FrameDecoder,
+    ProtocolError,
+    ServerHandshake,
+    encode,
+)
 
 # Bytes asked of recv() at a time. Kept under glibc's mmap threshold (128 KiB):
 # a larger buffer is mmapped and unmapped on every call, which costs ~40 us.

@@ -33,7 +33,7 @@ import traceback
 from typing import TYPE_CHECKING, Dict, List
 
 if TYPE_CHECKING:
-    from .worker import Worker
+    from minicluster._private.node.worker import Worker
 
 
 class AsyncCalls:

@@ -21,22 +21,17 @@ import os
 import sys
 from typing import Any, Optional
 
-from . import object_store
-from .exceptions import (
-    ObjectLostError,
-    RayTaskError,
-    TaskCancelledError,
-    TaskUnschedulableError,
-)
-from .hub import Peer
-from .ids import task_of
-from .lineage import arguments_of
-from .objects import LOST, PENDING, READY, RELEASED
-from .scheduler import INFEASIBLE, Unschedulable
-from .serialization import error_blob
-from .task_records import TaskRecord
-from .task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
-from .virtual_nodes import INTENDED_USER_EXIT, NodeRecord, WorkerRecord
+from minicluster._private.store import object_store
+from minicluster.exceptions import ObjectLostError, RayTaskError, TaskCancelledError, TaskUnschedulableError
+from minicluster._private.wire.hub import Peer
+from minicluster._private.common.ids import task_of
+from minicluster._private.head.lineage import arguments_of
+from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED
+from minicluster._private.head.scheduler import INFEASIBLE, Unschedulable
+from minicluster._private.store.serialization import error_blob
+from minicluster._private.head.task_records import TaskRecord
+from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
+from minicluster._private.head.virtual_nodes import INTENDED_USER_EXIT, NodeRecord, WorkerRecord
 
 # Tiny tasks are pipelined: up to PIPELINE_DEPTH queued at a busy worker, so one
 # message carries many. Deeper amortizes more but lets a worker hoard work other
@@ -236,7 +231,7 @@ class TaskFlow:
         Upstream task errors pass through unchanged (as in Ray); a lost-object error
         is wrapped so the dependent's error is a RayTaskError that is also the loss.
         """
-        from .serialization import deserialize
+        from minicluster._private.store.serialization import deserialize
 
         error, _ = deserialize(blob)
         if not isinstance(error, RayTaskError):
