@@ -29,6 +29,13 @@ NODE, WORKER, OTHER_WORKER = b"n" * 28, b"w" * 28, b"v" * 28
 RESOURCES = {"CPU": 1.0}
 
 
+def run(task: TaskRecord, worker: bytes) -> None:
+    """Move a task's current attempt along its usual path to RUNNING on `worker` (states.py)."""
+    task.set_state("PENDING_NODE_ASSIGNMENT")
+    task.set_state("SUBMITTED_TO_WORKER", node_id=NODE)
+    task.set_state("RUNNING", node_id=NODE, worker_id=worker)
+
+
 def finished(name: str = "f", parent: bytes = driver_task_id(), attempts: int = 1, error: bool = False) -> TaskRecord:
     """A TaskRecord as the head leaves it when the task ends (after `attempts` attempts)."""
     spec = TaskSpec(task_id=new_task_id(), name=name, func_name=f"mod.{name}", function_id=b"fn", args=b"x" * 500,
@@ -38,7 +45,7 @@ def finished(name: str = "f", parent: bytes = driver_task_id(), attempts: int = 
     for number in range(attempts):
         if number:
             task.new_attempt()
-        task.set_state("RUNNING", node_id=NODE, worker_id=WORKER if number == 0 else OTHER_WORKER)
+        run(task, WORKER if number == 0 else OTHER_WORKER)
         task.record_times(time.time(), time.time())
         if number < attempts - 1:
             task.fail_attempt("WORKER_DIED", f"attempt {number} died")
@@ -88,7 +95,7 @@ def test_a_task_finishing_again_replaces_its_entry():
     for other in others:
         history.add(other)
     task.new_attempt()  # rebuilt from lineage (recovery.py), then finished again
-    task.set_state("RUNNING", node_id=NODE, worker_id=OTHER_WORKER)
+    run(task, OTHER_WORKER)
     task.close("FINISHED", None, None)
     history.drop(task.history_entry, task.spec.task_id)
     task.history_entry = history.add(task)

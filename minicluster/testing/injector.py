@@ -149,10 +149,10 @@ class Injector:
                     worker = head.workers.get(worker_id)
                     if worker is not None and not worker.dead:
                         for message in messages:
-                            head._post(worker.peer, message)
+                            head.post(worker.peer, message)
                 for node_id in list(self.stopped):
                     self._resume(node_id)
-                head._flush()
+                head.flush()
             if self.client.transfer_delay == self._driver_transfer:
                 self.client.transfer_delay = None
         self.journal.write_to(None)
@@ -284,7 +284,7 @@ class Injector:
         head = self.head
         if serial != self.serial:  # an order of a plan uninstalled since: let the worker go on
             if request_id:
-                head._post(worker.peer, ("reply", request_id, None))
+                head.post(worker.peer, ("reply", request_id, None))
             return
         fault = self.plan.faults[fault_id - 1]
         fault.fired += 1
@@ -312,7 +312,7 @@ class Injector:
         self._record(kind, fault, node=node, worker=worker, task=task, attempt=attempt, point=point,
                      detail=detail_text)
         if action == fault_hooks.KILL_WORKER:
-            head._post(worker.peer, ("reply", request_id, None))  # recorded: it may die now
+            head.post(worker.peer, ("reply", request_id, None))  # recorded: it may die now
         elif action == fault_hooks.KILL_NODE:
             head.kill_node(node.node_id, f"killed by minicluster.testing: {fault.describe()}")
         elif action == fault_hooks.STOP_NODE:
@@ -412,8 +412,8 @@ class Injector:
             if not messages or worker.dead or head.closed:
                 return
             for message in messages:
-                head._post(worker.peer, message)
-            head._flush()
+                head.post(worker.peer, message)
+            head.flush()
 
     def _stop(self, node: Any, fault: StopNode, waiting: Optional[tuple]) -> None:
         node_id = node.node_id
@@ -429,15 +429,15 @@ class Injector:
         with self.head.lock:
             if node_id in self.stopped and not self.head.closed:
                 self._resume(node_id)
-                self.head._flush()
+                self.head.flush()
 
     def _resume(self, node_id: bytes) -> None:
         timer, waiting, fault = self.stopped.pop(node_id)
         self.head.hub.cancel_timer(timer)
         for worker, request_id in waiting:
             if not worker.dead:  # it asked for the stop; it goes on once the node runs again
-                self.head._post(worker.peer, ("reply", request_id, None))
-        self.head._flush()
+                self.head.post(worker.peer, ("reply", request_id, None))
+        self.head.flush()
         node = self.head.nodes[node_id]
         if node.alive:
             self.head.resume_node(node_id)

@@ -135,7 +135,7 @@ class DriverClient(RuntimeClient):
             for _ in range(_VANISHED_COPY_RETRIES):
                 with head.lock:
                     payload = head.payload_of(object_id)
-                    head._flush()
+                    head.flush()
                 try:
                     values.append(self.load(object_id, payload))
                     break
@@ -143,7 +143,7 @@ class DriverClient(RuntimeClient):
                     # The copy vanished under us (its node died): let the head sort it out, then retry.
                     with head.lock:
                         head.check_copies(object_id)
-                        head._flush()
+                        head.flush()
                     remaining = None if deadline is None else deadline - time.monotonic()
                     self._wait_all([object_id], 1, remaining)
             else:
@@ -164,9 +164,9 @@ class DriverClient(RuntimeClient):
         head = self.head
         event = threading.Event()
         with head.lock:
-            head._apply_driver_refs()
+            head.apply_driver_refs()
             waiter = head.register_wait(list(object_ids), len(object_ids) - num_ready, lambda w: event.set())
-            head._flush()  # waiting may have started a rebuild of a lost object: send its task now
+            head.flush()  # waiting may have started a rebuild of a lost object: send its task now
         if waiter is None:
             return
         if self._wait_event(event, timeout):
@@ -176,7 +176,7 @@ class DriverClient(RuntimeClient):
         with head.lock:
             if not waiter.fired:
                 waiter.fired = True
-                head._unregister_waiter(waiter)
+                head.unregister_waiter(waiter)
                 raise GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout} seconds.")
 
     @staticmethod
@@ -196,10 +196,10 @@ class DriverClient(RuntimeClient):
     def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
         head = self.head
         with head.lock:
-            head._apply_driver_refs()
+            head.apply_driver_refs()
             head.functions[spec.function_id] = class_blob
             head.create_actor(spec, meta, self.node_id, DRIVER)
-            head._flush()
+            head.flush()
 
     def actor_lookup(self, name: str, namespace: str) -> Any:
         from minicluster.actor import ActorHandle
@@ -211,7 +211,7 @@ class DriverClient(RuntimeClient):
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         with self.head.lock:
             self.head.kill_actor(actor_id, no_restart)
-            self.head._flush()
+            self.head.flush()
 
     def state(self, what: str) -> Any:
         return self.head.state(what)

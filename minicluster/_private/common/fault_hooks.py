@@ -85,7 +85,7 @@ def fault_message(head: Any, peer: Any, worker: Any, message: tuple) -> None:
     if faults is not None:
         faults.on_fired(worker, message)
     elif message[1]:
-        head._post(peer, ("reply", message[1], None))
+        head.post(peer, ("reply", message[1], None))
 
 
 # ==== worker side =======================================================================

@@ -1,6 +1,9 @@
-"""Actors in the head: creation, calls in order, death, restart and kill (part of the head).
+"""Actors in the head: creation, calls in order, death, restart and kill.
 
-Runs in the driver process, as methods of `Head` (head.py), under the head's lock.
+Runs in the driver process, under the head's lock: Head (head.py) calls it for
+create/lookup/kill; the task flow hands it the actor-specific steps of a task's
+path, and recovery the death of an actor's worker (flow_interfaces.py). It
+needs the task flow (an actor's tasks are placed and run like tasks).
 
     create ─► the ACTOR_CREATION_TASK is placed and run like any task (task_flow.py);
               its worker is then dedicated to the actor (it leaves the node's pool)
@@ -12,113 +15,82 @@ Runs in the driver process, as methods of `Head` (head.py), under the head's loc
               restart (deliberately better than Ray, which fails them)
               no restarts left, ray.kill, or the constructor raised: DEAD; every
               pending and later call fails with ActorDiedError, carrying the reason
+
+Actor states and their legal moves: states.py; the record: actor_records.py.
 """
 
 from __future__ import annotations
 
-import collections
 import os
-from typing import Any, Deque, Dict, Optional
+from typing import Any, Dict, Optional
 
 from minicluster.exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
-from minicluster._private.common.ids import JOB_ID
+from minicluster._private.head.actor_records import ActorRecord
+from minicluster._private.head.flow_interfaces import TasksForActors
+from minicluster._private.head.head_state import HeadState
+from minicluster._private.head.messaging import Outbox
+from minicluster._private.head.states import (
+    ALIVE,
+    DEAD,
+    PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY,
+    RESTARTING,
+    RUNNING,
+)
 from minicluster._private.store.serialization import deserialize
 from minicluster._private.head.task_records import TaskRecord
 from minicluster._private.head.virtual_nodes import INTENDED_SYSTEM_EXIT, INTENDED_USER_EXIT, WorkerRecord
 
-PENDING_CREATION = "PENDING_CREATION"
-ALIVE = "ALIVE"
-RESTARTING = "RESTARTING"
-DEAD = "DEAD"
-
-
-class ActorRecord:
-    """What the head knows about one actor."""
-
-    def __init__(self, actor_id: bytes, meta: Dict[str, Any], creation: TaskRecord, owner: bytes) -> None:
-        self.actor_id = actor_id
-        self.meta = meta
-        self.creation = creation  #: the creation task, run again on each restart
-        self.owner = owner  #: worker id (or DRIVER) that created it; its death ends the actor
-        self.state = PENDING_CREATION
-        self.worker: Optional[WorkerRecord] = None
-        self.num_restarts = 0
-        self.pending: Deque[TaskRecord] = collections.deque()  #: calls not yet sent, in order
-        self.inflight: Dict[bytes, TaskRecord] = {}  #: calls sent to the worker
-        self.death_cause = ""
-        self.init_failed = False
-        self.kill_requested: Optional[bool] = None  #: set by kill(): no_restart (cleared by a restart)
-        self.kill_reason = ""  #: why it was killed: `ray.kill`, or its owner died
-        self.held: Dict[str, float] = {}  #: resources it holds while alive
-        self.node_id: Optional[bytes] = None  #: where it runs, or last ran (state API)
-        self.pid: Optional[int] = None
-
-    @property
-    def name(self) -> Optional[str]:
-        return self.meta.get("name")
-
-    def state_row(self) -> Dict[str, Any]:
-        """Its `list_actors` row, with Ray's ActorState fields."""
-        meta = self.meta
-        return {
-            "actor_id": self.actor_id.hex(),
-            "class_name": meta["class_name"],
-            "state": self.state,
-            "job_id": JOB_ID.hex(),
-            "name": meta.get("name") or "",
-            "node_id": self.node_id.hex() if self.node_id is not None else None,
-            "pid": self.pid,
-            "ray_namespace": meta.get("namespace"),
-            "num_restarts": self.num_restarts,
-            "death_cause": self.death_cause or None,
-            "is_detached": meta["detached"],
-            "required_resources": dict(self.creation.spec.resources),
-            "repr_name": "",
-        }
-
-    def restarts_left(self) -> bool:
-        max_restarts = self.meta["max_restarts"]
-        return max_restarts == -1 or self.num_restarts < max_restarts
+ORDERING = PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY
 
 
 class ActorFlow:
-    """Head methods for actors; see the module docstring."""
+    """Head logic for actors; see the module docstring."""
+
+    def __init__(self, state: HeadState, outbox: Outbox) -> None:
+        self.state = state
+        self.outbox = outbox
+        self.tasks: TasksForActors  # set by connect()
+
+    def connect(self, tasks: TasksForActors) -> None:
+        self.tasks = tasks
 
     # ---- creation ---------------------------------------------------------------
 
     def create_actor(self, spec: Any, meta: Dict[str, Any], submitter_node: bytes, owner: bytes) -> None:
-        """Register an actor and submit its creation task. Lock held."""
+        """Register an actor and submit its creation task."""
+        state = self.state
         name, namespace = meta.get("name"), meta.get("namespace")
         if name is not None:
-            existing = self.named_actors.get((namespace, name))
-            if existing is not None and self.actors[existing].state != DEAD:
+            existing = state.named_actors.get((namespace, name))
+            if existing is not None and state.actors[existing].state != DEAD:
                 raise ValueError(f"The name {name!r} (namespace={namespace!r}) is already taken by another actor")
-            self.named_actors[(namespace, name)] = spec.actor_id
+            state.named_actors[(namespace, name)] = spec.actor_id
         for object_id in spec.return_ids():
-            self.objects.create(object_id, owner)
-            self.objects.pin(object_id)  # the creation result lives as long as the actor record
-            creator = self.workers.get(owner)
+            state.objects.create(object_id, owner)
+            state.objects.pin(object_id)  # the creation result lives as long as the actor record
+            creator = state.workers.get(owner)
             if creator is not None:
                 creator.owned.add(object_id)  # so its worker is not retired while the actor lives
-        task = TaskRecord(spec, 0, submitter_node, self.task_changes)
+        task = TaskRecord(spec, 0, submitter_node, state.task_changes)
         record = ActorRecord(spec.actor_id, meta, task, owner)
-        self.actors[spec.actor_id] = record
-        self.tasks[spec.task_id] = task
-        self._start_task(task)
+        state.actors[spec.actor_id] = record
+        state.tasks[spec.task_id] = task
+        self.tasks.start_task(task)
 
-    def _creation_done(self, task: TaskRecord, worker: WorkerRecord, error_info: Optional[tuple]) -> bool:
+    def creation_done(self, task: TaskRecord, worker: WorkerRecord, error_info: Optional[tuple]) -> bool:
         """The creation task reported (its lease still held). Returns True if the worker is the actor's now."""
-        record = self.actors.get(task.spec.actor_id)
+        record = self.state.actors.get(task.spec.actor_id)
+        scheduler = self.state.scheduler
         node_id = worker.node.node_id
         if error_info is not None or record is None:
-            self.scheduler.release(node_id, task.spec.resources)
-            return False  # the constructor raised (_creation_failed settled the actor): back to the pool
+            scheduler.release(node_id, task.spec.resources)
+            return False  # the constructor raised (creation_failed settled the actor): back to the pool
         if record.state == DEAD:
             # Killed while its constructor ran: the process holds an instance, so it goes too.
-            self.scheduler.release(node_id, task.spec.resources)
+            scheduler.release(node_id, task.spec.resources)
             self._kill_worker(worker, INTENDED_USER_EXIT, "its actor was killed while its constructor ran")
             return True
-        record.state = ALIVE
+        record.set_state(ALIVE)
         record.worker = worker
         record.node_id, record.pid = node_id, worker.pid
         worker.actor = record
@@ -126,16 +98,16 @@ class ActorFlow:
         # explicit num_cpus and custom resources stay held until it dies.
         record.held = dict(task.spec.resources)
         if not record.meta["holds_cpus"]:
-            self.scheduler.release(node_id, {"CPU": record.held.pop("CPU", 0.0)})
-        self._replenish(worker.node)  # the node's pool lost a worker to the actor
+            scheduler.release(node_id, {"CPU": record.held.pop("CPU", 0.0)})
+        self.tasks.replenish(worker.node)  # the node's pool lost a worker to the actor
         if record.kill_requested is not None:
             self._kill_actor_process(record)
-        self._actor_dispatch(record)
+        self._dispatch(record)
         return True
 
-    def _creation_failed(self, task: TaskRecord, error_type: Optional[str], message: Optional[str]) -> None:
+    def creation_failed(self, task: TaskRecord, error_type: Optional[str], message: Optional[str]) -> None:
         """The creation task failed for good: the constructor raised, or it can never be placed."""
-        record = self.actors.get(task.spec.actor_id)
+        record = self.state.actors.get(task.spec.actor_id)
         if record is None or record.state == DEAD:
             return
         if error_type == "TASK_EXECUTION_EXCEPTION":
@@ -147,78 +119,86 @@ class ActorFlow:
 
     def _stored_error_text(self, task: TaskRecord) -> str:
         object_id = task.spec.return_ids()[0]
-        entry = self.objects.entries.get(object_id)
+        entry = self.state.objects.entries.get(object_id)
         if entry is None or not entry.is_error or entry.payload is None:
             return ""
-        error, _ = deserialize(self._error_blob_of(object_id, entry))  # inline or in a store (task_flow.py)
+        error, _ = deserialize(self.state.error_blob_of(object_id, entry))  # inline or in a store
         return str(error)
 
     # ---- calls --------------------------------------------------------------------
 
-    def _queue_actor_call(self, task: TaskRecord) -> None:
-        """An actor call's arguments are ready: join its actor's queue (or fail if the actor is dead)."""
-        record = self.actors.get(task.spec.actor_id)
+    def add_actor_call(self, task: TaskRecord) -> None:
+        """A new (or rebuilt) call: it takes its place in its actor's queue, then waits for its arguments."""
+        record = self.state.actors.get(task.spec.actor_id)
         if record is None or record.state == DEAD:
             self._fail_call(task, record)
             return
-        task.set_state("PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY")
-        task.ready = True
-        self._actor_dispatch(record)
-
-    def _add_actor_call(self, task: TaskRecord) -> None:
-        record = self.actors.get(task.spec.actor_id)
-        if record is None or record.state == DEAD:
-            self._fail_call(task, record)
-            return
-        task.ready = False
         record.pending.append(task)
-        self._start_task(task)
+        self.tasks.start_task(task)
 
-    def _actor_dispatch(self, record: ActorRecord) -> None:
+    def queue_actor_call(self, task: TaskRecord) -> None:
+        """A call's arguments are ready: its turn may come (or it fails if the actor is dead)."""
+        record = self.state.actors.get(task.spec.actor_id)
+        if record is None or record.state == DEAD:
+            self._fail_call(task, record)
+            return
+        task.set_state(ORDERING)
+        self._dispatch(record)
+
+    def requeue_call(self, task: TaskRecord) -> None:
+        """A sent call came back unstarted (an argument was lost): first in line again, it
+        was the oldest not finished; it goes once its argument is rebuilt."""
+        record = self.state.actors.get(task.spec.actor_id)
+        if record is not None:
+            record.pending.appendleft(task)
+
+    def _dispatch(self, record: ActorRecord) -> None:
         """Send queued calls to the actor's worker, in submission order."""
         if record.state != ALIVE or record.worker is None:
             return
         worker = record.worker
-        while record.pending:
-            task = record.pending[0]
+        pending = record.pending
+        while pending:
+            task = pending[0]
             if task.finished:
-                record.pending.popleft()
+                pending.popleft()
                 continue
-            if not task.ready:
+            if task.state != ORDERING:
                 break  # an earlier call still waits for its arguments: keep the order
-            record.pending.popleft()
+            pending.popleft()
             record.inflight[task.spec.task_id] = task
             task.worker = worker
             task.node = worker.node
-            task.set_state("RUNNING", node_id=worker.node.node_id, worker_id=worker.worker_id)
-            self._send_exec(task, worker)
+            task.set_state(RUNNING, node_id=worker.node.node_id, worker_id=worker.worker_id)
+            self.tasks.send_exec(task, worker)
 
-    def _cancel_actor_call(self, task: TaskRecord) -> None:
+    def cancel_actor_call(self, task: TaskRecord) -> None:
         """cancel() of a call sent to the actor: one that has not started fails now with
         TaskCancelledError (the worker skips it); a running one is left alone (Ray's rule)."""
-        record = self.actors.get(task.spec.actor_id)
+        record = self.state.actors.get(task.spec.actor_id)
         worker = task.worker
         if record is None or worker is None:
             return
-        self._post(worker.peer, ("cancel", task.spec.task_id, False))
+        self.outbox.post(worker.peer, ("cancel", task.spec.task_id, False))
         # Calls start in submission order, at most max_concurrency at a time.
         by_age = sorted(record.inflight.values(), key=lambda t: t.attempts[0].creation_time)
         if task in by_age[: record.meta["max_concurrency"]]:
             return
         record.inflight.pop(task.spec.task_id, None)  # its late report is discarded
         task.worker = None
-        self._finish_with_error(task, TaskCancelledError(task.spec.task_id.hex()), "TASK_CANCELLED",
-                                "cancelled before it started")
+        self.tasks.finish_with_error(task, TaskCancelledError(task.spec.task_id.hex()), "TASK_CANCELLED",
+                                     "cancelled before it started")
 
-    def _actor_call_done(self, worker: WorkerRecord, message: tuple) -> None:
+    def actor_call_done(self, worker: WorkerRecord, message: tuple) -> None:
+        """An actor's worker reported a call."""
         _, task_id, attempt, results, error_info, start, end, retire = message
         record = worker.actor
         task = record.inflight.pop(task_id, None) if record is not None else None
         if task is None or task.attempt != attempt:
-            self._discard_results(task_id, results, worker.node.node_id)
+            self.tasks.discard_results(task_id, results, worker.node.node_id)
             return
         task.record_times(start, end)
-        self._task_reported(task, results, error_info, worker.node.node_id)
+        self.tasks.task_reported(task, results, error_info, worker.node.node_id)
 
     def _fail_call(self, task: TaskRecord, record: Optional[ActorRecord]) -> None:
         error = ActorDiedError(
@@ -226,17 +206,18 @@ class ActorFlow:
             record.death_cause if record is not None else "The actor does not exist.",
             actor_init_failed=bool(record and record.init_failed),
         )
-        self._finish_with_error(task, error, "ACTOR_DIED", str(error))
+        self.tasks.finish_with_error(task, error, "ACTOR_DIED", str(error))
 
     # ---- death, restart, kill ----------------------------------------------------------
 
-    def _actor_worker_died(self, worker: WorkerRecord, reason: str, node_death: Optional[str]) -> None:
+    def actor_worker_died(self, worker: WorkerRecord, reason: str, node_death: Optional[str]) -> None:
+        """The worker of an actor died: restart the actor if allowed, else it is DEAD."""
         record = worker.actor
         worker.actor = None
         if record is None or record.state == DEAD:
             return
         record.worker = None
-        self.scheduler.release(worker.node.node_id, record.held)
+        self.state.scheduler.release(worker.node.node_id, record.held)
         record.held = {}
         cause = self._death_cause(record, worker, reason, node_death)
         restart = record.kill_requested is not True and record.restarts_left()
@@ -254,23 +235,22 @@ class ActorFlow:
         running = inflight[: record.meta["max_concurrency"]]
         never_started = inflight[len(running):]
         for task in never_started:
-            task.ready = True
+            task.set_state(ORDERING)
         retry_front = []
         for task in running:
-            task.worker = None
             if task.retries_left != 0:
                 if task.retries_left > 0:
                     task.retries_left -= 1
                 task.fail_attempt("ACTOR_DIED", cause)
                 task.new_attempt()
-                task.ready = True
+                task.set_state(ORDERING)  # its arguments were ready and are still pinned
                 retry_front.append(task)
             else:
                 error = ActorUnavailableError(record.actor_id.hex(), f"{cause} The actor is restarting; this call "
                                               "was running and may or may not have run (max_task_retries=0).")
-                self._finish_with_error(task, error, "ACTOR_DIED", str(error))
+                self.tasks.finish_with_error(task, error, "ACTOR_DIED", str(error))
         record.pending.extendleft(reversed(retry_front + never_started))
-        self._restart_actor(record, cause)
+        self._restart_actor(record)
 
     def _death_cause(self, record: ActorRecord, worker: WorkerRecord, reason: str, node_death: Optional[str]) -> str:
         header = (f"The actor died unexpectedly before finishing this task.\n\tclass_name: "
@@ -281,20 +261,19 @@ class ActorFlow:
             return header + f"The actor is dead because its node ({worker.node.name}) died: {node_death}."
         return header + f"The actor is dead because its worker process has died ({reason})."
 
-    def _restart_actor(self, record: ActorRecord, cause: str) -> None:
-        record.state = RESTARTING
+    def _restart_actor(self, record: ActorRecord) -> None:
+        record.set_state(RESTARTING)
         record.num_restarts += 1
         task = record.creation
         task.new_attempt()
-        task.finished = False
         task.node = None
         task.worker = None
-        self.tasks[task.spec.task_id] = task
-        self._start_task(task)
+        self.state.tasks[task.spec.task_id] = task
+        self.tasks.start_task(task)
 
-    def _creation_died(self, task: TaskRecord, reason: str) -> bool:
+    def creation_died(self, task: TaskRecord, reason: str) -> bool:
         """The creation task's worker died while constructing. Returns True if handled here."""
-        record = self.actors.get(task.spec.actor_id)
+        record = self.state.actors.get(task.spec.actor_id)
         if record is None:
             return False
         if record.kill_requested is None and record.restarts_left():
@@ -302,20 +281,20 @@ class ActorFlow:
             task.fail_attempt("WORKER_DIED", reason)
             task.new_attempt()
             task.node = None
-            self._args_ready(task)
+            self.tasks.args_ready(task)
             return True
         cause = ("The actor died unexpectedly before finishing this task.\n"
                  f"\tclass_name: {record.meta['class_name']}\n\tactor_id: {record.actor_id.hex()}\n"
                  + ("The actor is dead because it was killed by `ray.kill`." if record.kill_requested is not None
                     else f"The actor is dead because its worker process died while creating it ({reason})."))
-        self._finish_with_error(task, ActorDiedError(record.actor_id.hex(), cause), "ACTOR_DIED", cause)
+        self.tasks.finish_with_error(task, ActorDiedError(record.actor_id.hex(), cause), "ACTOR_DIED", cause)
         self._actor_dead(record, cause)
         return True
 
     def _actor_dead(self, record: ActorRecord, cause: str, inflight: Any = ()) -> None:
         if record.state == DEAD:
             return
-        record.state = DEAD
+        record.set_state(DEAD)
         record.death_cause = cause
         calls = list(inflight) + list(record.pending)
         record.pending.clear()
@@ -323,7 +302,7 @@ class ActorFlow:
             if not task.finished:
                 self._fail_call(task, record)
         for object_id in record.creation.spec.return_ids():
-            self.objects.unpin(object_id)
+            self.state.objects.unpin(object_id)
         worker = record.worker
         record.worker = None
         if worker is not None and not worker.dead:
@@ -332,7 +311,7 @@ class ActorFlow:
 
     def kill_actor(self, actor_id: bytes, no_restart: bool, reason: str = "it was killed by `ray.kill`") -> None:
         """`kill(handle)`: end the actor's process now; restart it only if no_restart=False."""
-        record = self.actors.get(actor_id)
+        record = self.state.actors.get(actor_id)
         if record is None or record.state == DEAD:
             return
         record.kill_requested = no_restart
@@ -345,7 +324,7 @@ class ActorFlow:
                      f"\tclass_name: {record.meta['class_name']}\n\tactor_id: {actor_id.hex()}\n"
                      f"The actor is dead because {reason}.")
             if not task.finished:
-                self._cancel_task(task.spec.task_id, force=True, recursive=False)
+                self.tasks.cancel_task(task.spec.task_id, force=True, recursive=False)
             self._actor_dead(record, cause)
 
     def _kill_actor_process(self, record: ActorRecord) -> None:
@@ -360,9 +339,9 @@ class ActorFlow:
         except ProcessLookupError:
             pass
 
-    def _owner_died_actors(self, owner: bytes) -> None:
+    def owner_died_actors(self, owner: bytes) -> None:
         """Actors whose owner died go too, unless detached."""
-        for record in list(self.actors.values()):
+        for record in list(self.state.actors.values()):
             if record.owner == owner and record.state != DEAD and not record.meta["detached"]:
                 self.kill_actor(record.actor_id, no_restart=True,
                                 reason=f"its owner (worker {owner.hex()[:12]}...) died; actors die with their owner "
@@ -371,9 +350,8 @@ class ActorFlow:
     # ---- lookups ----------------------------------------------------------------
 
     def lookup_actor(self, name: str, namespace: str) -> Optional[tuple]:
-        actor_id = self.named_actors.get((namespace, name))
-        record = self.actors.get(actor_id) if actor_id else None
+        actor_id = self.state.named_actors.get((namespace, name))
+        record = self.state.actors.get(actor_id) if actor_id else None
         if record is None or record.state == DEAD:
             return None
         return (record.actor_id, record.meta)
-

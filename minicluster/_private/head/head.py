@@ -5,25 +5,30 @@ from two kinds of threads: the user's threads (through driver.py: submit, get,
 put, ...) and the hub thread (hub.py: messages from node managers and workers,
 timers). Every entry point takes the lock, changes state, queues outgoing
 messages per connection, and sends them as one frame per connection when it
-leaves (`_flush`), so a burst of work costs one syscall per worker.
+leaves (`flush`), so a burst of work costs one syscall per worker.
 
-The Head is one object in four files, by concern:
+`Head` is the facade: the entry points, lifecycle (nodes start, stop, die),
+messages in, state queries. The state is one object and the work is split in
+flows, each an object built here with the state and connected to the flows it
+calls through the small interfaces of flow_interfaces.py:
 
-    head.py       lifecycle (nodes start, stop, die), messages in, state queries
-    task_flow.py  a task's path from submission to stored result; cancellation
-    actor_flow.py actors: creation, ordered calls, death, restart, kill
-    waiting.py    get and wait, from the driver and from tasks
-    recovery.py   dead workers, nodes and owners; lost objects and their rebuild
+    head_state.py   HeadState: every record, each field with its invariant
+    messaging.py    Outbox (post/flush) and timers that run under the lock
+    task_flow.py    TaskFlow: a task's path from submission to stored result; cancel
+    actor_flow.py   ActorFlow: actors: creation, ordered calls, death, restart, kill
+    waiting.py      Waiting: get and wait, from the driver and from tasks
+    recovery.py     Recovery: dead workers, nodes and owners; lost objects and their rebuild
+    states.py       task and actor states and their legal transitions
 
-The records it keeps live in objects.py (values, holders), lineage.py
+The records it keeps live in object_directory.py (values, holders), lineage.py
 (finished tasks kept for rebuilding), task_records.py (attempts),
-task_history.py (finished tasks, compactly, for the state API),
-virtual_nodes.py (nodes, workers) and scheduler.py (resources, placement).
+actor_records.py (actors), task_history.py (finished tasks, compactly, for the
+state API), virtual_nodes.py (nodes, workers) and scheduler.py (resources,
+placement).
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import pathlib
 import signal
@@ -36,15 +41,13 @@ from minicluster._private.common import config, fault_hooks
 from minicluster._private.store import object_store
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
+from minicluster._private.head.head_state import new_state
+from minicluster._private.head.messaging import LockedTimers, Outbox
 from minicluster._private.wire.hub import Hub, Peer
 from minicluster._private.common.ids import new_node_id
-from minicluster._private.head.lineage import Lineage
-from minicluster._private.head.object_directory import ObjectDirectory
+from minicluster._private.head.object_directory import Waiter
 from minicluster._private.head.recovery import Recovery
-from minicluster._private.head.scheduler import Scheduler
 from minicluster._private.head.task_flow import TaskFlow
-from minicluster._private.head.task_history import TaskHistory
-from minicluster._private.head.task_records import TaskRecord
 from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 from minicluster._private.head.waiting import Waiting
 
@@ -54,36 +57,66 @@ DRIVER = b"driver"  # owner id of objects the driver creates
 _PACKAGE_PARENT = str(pathlib.Path(__file__).resolve().parents[3])
 
 
-class Head(TaskFlow, ActorFlow, Recovery, Waiting):
+class Head:
     def __init__(self, session: Any, driver_counts: Dict[bytes, int], drain_driver_refs: Callable[[], List[bytes]]) -> None:
         self.session = session
         self.lock = threading.RLock()
-        self.scheduler = Scheduler()
-        self.objects = ObjectDirectory(driver_counts, session.layout, self._entry_deleted)
-        self.default_capacity = config.MIN_SHM_BYTES  # set by the driver from object_store_memory
-        self.namespace = "default"  # the job's namespace (init(namespace=...)), told to workers
-        self.lineage = Lineage(config.max_lineage_bytes(), self._release_lineage_args)
-        self.tasks: Dict[bytes, TaskRecord] = {}
-        self.history = TaskHistory()  #: compact copies of finished tasks, for the state API
-        self.task_changes: set = set()  #: TaskRecords changed since the state recorder last looked
-        self.children: Dict[bytes, set] = collections.defaultdict(set)  # parent task -> child task ids
-        self.actors: Dict[bytes, Any] = {}  # actor id -> ActorRecord (actor_flow.py)
-        self.named_actors: Dict[tuple, bytes] = {}  # (namespace, name) -> actor id
-        self.functions: Dict[bytes, bytes] = {}
-        self.nodes: Dict[bytes, NodeRecord] = {}
-        self.workers: Dict[bytes, WorkerRecord] = {}
-        self.ready: Dict[tuple, collections.deque] = {}  # resource shape -> tasks waiting for placement
-        self.infeasible_warned: set = set()
-        self.durations: Dict[bytes, float] = {}  # function id -> moving average run time (s)
-        self.fetch_timers: Dict[bytes, list] = {}  # object id -> timer, while all its copies are on stopped nodes
-        self.fetch_timeout_s = config.fetch_fail_timeout_s()
-        self._dirty: List[Peer] = []
-        self._placement_pending = False
+        self.head_state = state = new_state(session, driver_counts)
         self._drain_driver_refs = drain_driver_refs
         self.hub = Hub(session.socket_path, session.key, self)
-        self.closed = False
-        #: fault_hooks.HeadHooks of the fault plan a test installed (minicluster.testing), else None
-        self.faults: Optional[fault_hooks.HeadHooks] = None
+        self.outbox = outbox = Outbox()
+        timers = LockedTimers(self.hub, self.lock, outbox)
+        # The flows, then their links to one another (cyclic: a task's path crosses them all).
+        self.task_flow = TaskFlow(state, outbox, timers)
+        self.actor_flow = ActorFlow(state, outbox)
+        self.waiting = Waiting(state, outbox, timers)
+        self.recovery = Recovery(state, timers)
+        self.task_flow.connect(actors=self.actor_flow, recovery=self.recovery)
+        self.actor_flow.connect(tasks=self.task_flow)
+        self.waiting.connect(tasks=self.task_flow, recovery=self.recovery)
+        self.recovery.connect(tasks=self.task_flow, actors=self.actor_flow, waiting=self.waiting)
+        # Read-only views for the driver, the state recorder and the fault injector: the
+        # state's containers themselves (never rebound), so reading them costs nothing.
+        self.scheduler = state.scheduler
+        self.objects = state.objects
+        self.lineage = state.lineage
+        self.tasks = state.tasks
+        self.history = state.history
+        self.task_changes = state.task_changes
+        self.actors = state.actors
+        self.functions = state.functions
+        self.nodes = state.nodes
+        self.workers = state.workers
+
+    # Settings and flags others set: kept in the state, where the flows read them.
+    @property
+    def faults(self) -> Optional[fault_hooks.HeadHooks]:
+        """Hooks of the fault plan a test installed (minicluster.testing), else None."""
+        return self.head_state.faults
+
+    @faults.setter
+    def faults(self, hooks: Optional[fault_hooks.HeadHooks]) -> None:
+        self.head_state.faults = hooks
+
+    @property
+    def closed(self) -> bool:
+        return self.head_state.closed
+
+    @property
+    def namespace(self) -> str:
+        return self.head_state.namespace
+
+    @namespace.setter
+    def namespace(self, namespace: str) -> None:
+        self.head_state.namespace = namespace
+
+    @property
+    def default_capacity(self) -> int:
+        return self.head_state.default_capacity
+
+    @default_capacity.setter
+    def default_capacity(self, capacity: int) -> None:
+        self.head_state.default_capacity = capacity
 
     # ==== lifecycle ==================================================================
 
@@ -93,11 +126,11 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
 
     def _housekeeping(self) -> None:
         """Every 100 ms: apply refs the driver dropped while idle (so their objects are freed)."""
-        if self.closed:
+        if self.head_state.closed:
             return
         with self.lock:
-            self._apply_driver_refs()
-            self._flush()
+            self.apply_driver_refs()
+            self.flush()
         self.hub.call_later(0.1, self._housekeeping)
 
     def add_node(self, num_cpus: float, resources: Optional[Dict[str, float]], num_workers: int) -> NodeRecord:
@@ -106,12 +139,13 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
         for key, qty in (resources or {}).items():
             total[key] = float(qty)
         layout = self.session.layout
+        state = self.head_state
         with self.lock:
-            node = NodeRecord(node_id, len(self.nodes), total, num_workers, layout.dir_of(node_id),
-                              layout.dir_of(object_store.spill_location(node_id)), self.default_capacity)
-            self.objects.capacity[node_id] = node.capacity
-            self.nodes[node_id] = node
-            self.scheduler.add_node(node_id, total)
+            node = NodeRecord(node_id, len(state.nodes), total, num_workers, layout.dir_of(node_id),
+                              layout.dir_of(object_store.spill_location(node_id)), state.default_capacity)
+            state.objects.capacity[node_id] = node.capacity
+            state.nodes[node_id] = node
+            state.scheduler.add_node(node_id, total)
             node.pending_spawn = num_workers
             node.start_time = time.time()
         cfg = dict(
@@ -121,7 +155,7 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             store_root=layout.store_root,
             spill_root=layout.spill_root,
             capacity=node.capacity,
-            namespace=self.namespace,
+            namespace=state.namespace,
             num_workers=num_workers,
             logs_dir=self.session.logs_dir,  # workers' stdout/stderr files (log_files.py)
             # The package's own folder first: editable installs are found by a
@@ -131,14 +165,14 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
         node.process = node_procs.launch(cfg, None)
         node.pid = node.process.pid
         with self.lock:
-            self._schedule()
-            self._flush()
+            self.task_flow.schedule()
+            self.flush()
         return node
 
     def wait_for_nodes(self, timeout: float) -> None:
         """Block until every live node manager has said hello; fail fast if one exits."""
         deadline = time.monotonic() + timeout
-        for node in list(self.nodes.values()):
+        for node in list(self.head_state.nodes.values()):
             while node.alive and not node.hello.wait(0.05):
                 code = node.process.poll() if node.process else None
                 if code is not None:
@@ -149,48 +183,49 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
 
     def kill_node(self, node_id: bytes, reason: str = "killed") -> None:
         with self.lock:
-            node = self.nodes[node_id]
+            node = self.head_state.nodes[node_id]
             if not node.alive:
                 return
             node_procs.kill(node)
-            self._node_died(node, reason)
-            self._flush()
+            self.recovery.node_died(node, reason)
+            self.flush()
 
     def stop_node(self, node_id: bytes) -> None:
         with self.lock:
-            node = self.nodes[node_id]
+            node = self.head_state.nodes[node_id]
             if not node.alive or node.stopped:
                 return
             os.killpg(node.pid, signal.SIGSTOP)
             node.stopped = True
-            self.scheduler.set_stopped(node_id, True)
+            self.head_state.scheduler.set_stopped(node_id, True)
 
     def resume_node(self, node_id: bytes) -> None:
         with self.lock:
-            node = self.nodes[node_id]
+            node = self.head_state.nodes[node_id]
             if not node.alive or not node.stopped:
                 return
             os.killpg(node.pid, signal.SIGCONT)
             node.stopped = False
-            self.scheduler.set_stopped(node_id, False)
-            self._node_reachable(node)
-            self._schedule()
-            self._flush()
+            self.head_state.scheduler.set_stopped(node_id, False)
+            self.recovery.node_reachable(node)
+            self.task_flow.schedule()
+            self.flush()
 
     def object_locations(self, object_id: bytes) -> List[bytes]:
         with self.lock:
-            entry = self.objects.entries.get(object_id)
+            entry = self.head_state.objects.entries.get(object_id)
             if entry is None or entry.payload is None or entry.payload[0] != "s":
                 return []
             # A spilled copy is on its node's disk: still that node's copy.
             return list(dict.fromkeys(object_store.node_of(location) for location in entry.payload[1]))
 
     def shutdown(self) -> None:
+        state = self.head_state
         with self.lock:
-            if self.closed:
+            if state.closed:
                 return
-            self.closed = True
-            for node in self.nodes.values():
+            state.closed = True
+            for node in state.nodes.values():
                 if node.alive:
                     node.alive = False
                     if node.pid:
@@ -198,11 +233,11 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
                             os.killpg(node.pid, 9)
                         except (ProcessLookupError, PermissionError):
                             pass
-            for node in self.nodes.values():
+            for node in state.nodes.values():
                 node_procs.kill(node)
                 node.end_time = node.end_time or time.time()
             # Wake everything still blocked in the driver so it can fail instead of hanging.
-            for entry in self.objects.entries.values():
+            for entry in state.objects.entries.values():
                 for waiter in entry.waiters or ():
                     if not waiter.fired:
                         waiter.fired = True
@@ -213,9 +248,9 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
 
     def on_messages(self, peer: Peer, messages: List[Any]) -> None:
         with self.lock:
-            self._apply_driver_refs()
+            self.apply_driver_refs()
             self._handle(peer, messages)
-            self._flush()
+            self.outbox.flush()
 
     def _handle(self, peer: Peer, messages: List[Any]) -> None:
         state = peer.state
@@ -238,18 +273,18 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
                     worker = state
                     self.hub.call_later(config.DEATH_REPORT_GRACE_S, lambda: self._death_timeout(worker))
             elif isinstance(state, NodeRecord):
-                if state.alive and not self.closed:
+                if state.alive and not self.head_state.closed:
                     node_procs.kill(state)  # whatever is left of it goes too
-                    self._node_died(state, "its node manager process exited")
-            self._flush()
+                    self.recovery.node_died(state, "its node manager process exited")
+            self.flush()
 
     def _death_timeout(self, worker: WorkerRecord) -> None:
         with self.lock:
             if not worker.dead:
-                self._worker_died(worker, None)
-                self._flush()
+                self.recovery.worker_died(worker, None)
+                self.flush()
 
-    # ---- node managers ----
+# ---- node managers ----
 
     def _on_node_hello(self, peer: Peer, state: Any, message: tuple) -> None:
         _, node_id, pid = message
@@ -267,11 +302,11 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             node = state
             if isinstance(node, NodeRecord) and node.alive and node.pending_spawn > 0:
                 node.pending_spawn -= 1  # died before it could connect
-                self._replenish(node)
+                self.task_flow.replenish(node)
             return
         if worker.peer is not None:
             self._handle(worker.peer, self.hub.drain(worker.peer))
-        self._worker_died(worker, exitcode)
+        self.recovery.worker_died(worker, exitcode)
 
     # ---- workers ----
 
@@ -286,7 +321,7 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
         self.workers[worker_id] = worker
         node.workers[worker_id] = worker
         node.pending_spawn = max(0, node.pending_spawn - 1)
-        self._worker_free(worker)
+        self.task_flow.worker_free(worker)
 
     def _on_fn(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         # Not marked as known to this worker: it holds the function as a RemoteFunction,
@@ -300,7 +335,7 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             self.objects.add_borrower(object_id, worker.worker_id)
             worker.borrowed.add(object_id)
             worker.owned.add(object_id)
-        self._add_task(spec, worker.node.node_id)
+        self.task_flow.add_task(spec, worker.node.node_id)
 
     def _on_put(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         _, object_id, kind, data, refs = message
@@ -308,7 +343,7 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
         self.objects.add_borrower(object_id, worker.worker_id)  # before storing: the put's ref holds it
         worker.borrowed.add(object_id)
         worker.owned.add(object_id)
-        self._store(object_id, kind, data, refs, worker.node.node_id, False)
+        self.task_flow.store(object_id, kind, data, refs, worker.node.node_id, False)
 
     def _on_refs(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         _, added, removed = message
@@ -326,59 +361,55 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
         self.objects.make_room(node_id)
 
     def _on_lost(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        self.check_copies(message[1])
+        self.recovery.check_copies(message[1])
 
     def _on_get(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         _, request_id, object_ids = message  # the worker itself enforces get()'s timeout
-        self._worker_wait(worker, request_id, object_ids, len(object_ids), None, reply_all=True)
+        self.waiting.worker_wait(worker, request_id, object_ids, len(object_ids), None, reply_all=True)
 
     def _on_wait(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         _, request_id, object_ids, num_returns, timeout = message
-        self._worker_wait(worker, request_id, object_ids, num_returns, timeout, reply_all=False)
+        self.waiting.worker_wait(worker, request_id, object_ids, num_returns, timeout, reply_all=False)
 
     def _on_forget(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        waiter = worker.requests.pop(message[1], None)
-        if waiter is not None:
-            waiter.fired = True
-            self._unregister_waiter(waiter)
-            self._unblock(worker)
+        self.waiting.forget(worker, message[1])
 
     def _on_cancel(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         _, request_id, object_id, force, recursive = message
         try:
-            self._cancel(object_id, force, recursive)
+            self.task_flow.cancel(object_id, force, recursive)
             problem = None
         except ValueError as exc:  # raised by the task's cancel() call
             problem = str(exc)
-        self._post(peer, ("reply", request_id, problem))
+        self.post(peer, ("reply", request_id, problem))
 
     # ==== tasks ======================================================================
 
     def submit_from_driver(self, spec: Any, function_blob: Optional[bytes], driver_node: bytes) -> None:
         with self.lock:
-            self._apply_driver_refs()
+            self.apply_driver_refs()
             if function_blob is not None:
                 self.functions[spec.function_id] = function_blob
             for object_id in spec.return_ids():
                 self.objects.create(object_id, DRIVER)
-            self._add_task(spec, driver_node)
-            self._flush()
+            self.task_flow.add_task(spec, driver_node)
+            self.outbox.flush()
 
     # ==== cancellation =============================================================
 
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
         with self.lock:
-            self._cancel(object_id, force, recursive)
-            self._flush()
+            self.task_flow.cancel(object_id, force, recursive)
+            self.flush()
 
     # ==== puts and locations from the driver ===========================================
 
     def put_from_driver(self, object_id: bytes, kind: str, data: Any, refs: list, node_id: bytes) -> None:
         with self.lock:
-            self._apply_driver_refs()
+            self.apply_driver_refs()
             self.objects.create(object_id, DRIVER)
-            self._store(object_id, kind, data, refs, node_id, False)
-            self._flush()
+            self.task_flow.store(object_id, kind, data, refs, node_id, False)
+            self.flush()
 
     def add_location(self, object_id: bytes, node_id: bytes, size: int) -> None:
         with self.lock:
@@ -424,38 +455,67 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             problem = None
         except ValueError as exc:
             problem = str(exc)
-        self._post(peer, ("reply", request_id, problem))
+        self.post(peer, ("reply", request_id, problem))
 
     def _on_lookup_actor(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         _, request_id, name, namespace = message
-        self._post(peer, ("reply", request_id, self.lookup_actor(name, namespace)))
+        self.post(peer, ("reply", request_id, self.lookup_actor(name, namespace)))
 
     def _on_kill_actor(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         self.kill_actor(message[1], message[2])
 
     def _on_state(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
         _, request_id, what = message
-        self._post(peer, ("reply", request_id, self.state(what)))
+        self.post(peer, ("reply", request_id, self.state(what)))
+
+    def _on_done(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
+        self.task_flow.task_done(worker, message)
+        faults = self.head_state.faults
+        if faults is not None:
+            faults.after_done(worker)  # node triggers of a test's fault plan (fault_hooks.py)
+
+    # ==== for the driver (driver.py), its lock held ======================================
+
+    def register_wait(self, object_ids: List[bytes], needed_remaining: int,
+                      on_ready: Callable[[Waiter], None]) -> Optional[Waiter]:
+        return self.waiting.register_wait(object_ids, needed_remaining, on_ready)
+
+    def unregister_waiter(self, waiter: Waiter) -> None:
+        self.waiting.unregister_waiter(waiter)
+
+    def payload_of(self, object_id: bytes) -> tuple:
+        return self.head_state.payload_of(object_id)
+
+    def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:
+        return self.head_state.ready_ids(object_ids)
+
+    def check_copies(self, object_id: bytes) -> None:
+        self.recovery.check_copies(object_id)
+
+    def create_actor(self, spec: Any, meta: Dict[str, Any], submitter_node: bytes, owner: bytes) -> None:
+        self.actor_flow.create_actor(spec, meta, submitter_node, owner)
+
+    def lookup_actor(self, name: str, namespace: str) -> Optional[tuple]:
+        return self.actor_flow.lookup_actor(name, namespace)
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        self.actor_flow.kill_actor(actor_id, no_restart)
 
     # ==== plumbing ===================================================================
 
-    def _apply_driver_refs(self) -> None:
+    def apply_driver_refs(self) -> None:
+        """Free what the driver's dropped ObjectRefs held (its ref counter queues them). Lock held."""
+        objects = self.objects
         for object_id in self._drain_driver_refs():
-            self.objects.maybe_free(object_id)
+            objects.maybe_free(object_id)
 
-    def _post(self, peer: Optional[Peer], message: tuple) -> None:
-        if peer is None:
-            return
-        if not peer.outbox:
-            self._dirty.append(peer)
-        peer.outbox.append(message)
+    def post(self, peer: Optional[Peer], message: Any) -> None:
+        """Queue a message for a peer (lock held); sent by flush()."""
+        self.outbox.post(peer, message)
 
-    def _flush(self) -> None:
-        dirty, self._dirty = self._dirty, []
-        for peer in dirty:
-            messages, peer.outbox = peer.outbox, []
-            if messages:
-                peer.send(messages)
+    def flush(self) -> None:
+        """Send what was posted, one frame per peer (lock held, as an entry point leaves)."""
+        self.outbox.flush()
 
 
 _HANDLERS: Dict[str, Callable[[Head, Peer, Any, tuple], None]] = {

@@ -1,6 +1,10 @@
 """What happens when a worker, a node or an owner dies, or an object is lost (part of the head).
 
-Runs in the driver process, as methods of `Head` (head.py), under the head's lock.
+Runs in the driver process, under the head's lock: Head (head.py) reports deaths
+(a worker's exit, a node's), stops and resumes; the task flow and waiting ask
+for lost or unreachable objects (flow_interfaces.py). It needs the task flow
+(tasks go back in line, retry or fail), the actor flow (an actor's worker died)
+and waiting (a dead worker's blocked reads).
 
     worker dies ─► its running task's attempt failed (WORKER_DIED): retried if retries
                    are left, else WorkerCrashedError; tasks queued behind it go back in
@@ -19,7 +23,7 @@ from __future__ import annotations
 import collections
 import os
 import time
-from typing import Any, Optional
+from typing import Optional
 
 from minicluster._private.store import object_store
 from minicluster._private.head import virtual_nodes as node_procs
@@ -35,6 +39,8 @@ from minicluster.exceptions import (
     WorkerCrashedError,
 )
 from minicluster._private.common.ids import task_of
+from minicluster._private.head.flow_interfaces import ActorsForRecovery, TasksForRecovery, Timers, WaitingForRecovery
+from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED
 from minicluster._private.store.serialization import error_blob
 from minicluster._private.head.task_records import TaskRecord
@@ -43,63 +49,79 @@ from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 
 
 class Recovery:
-    """Head methods for failures and lost objects; see the module docstring."""
+    """Head logic for failures and lost objects; see the module docstring."""
 
-    def _worker_died(self, worker: WorkerRecord, exitcode: Optional[int], node_death: Optional[str] = None) -> None:
+    def __init__(self, state: HeadState, timers: Timers) -> None:
+        self.state = state
+        self.timers = timers
+        # set by connect(): the flows this one calls
+        self.tasks: TasksForRecovery
+        self.actors: ActorsForRecovery
+        self.waiting: WaitingForRecovery
+
+    def connect(self, tasks: TasksForRecovery, actors: ActorsForRecovery, waiting: WaitingForRecovery) -> None:
+        self.tasks = tasks
+        self.actors = actors
+        self.waiting = waiting
+
+    # ---- deaths ------------------------------------------------------------------------
+
+    def worker_died(self, worker: WorkerRecord, exitcode: Optional[int], node_death: Optional[str] = None) -> None:
+        """A worker is gone (its exit was reported, its connection dropped, or its node died)."""
         if worker.dead:
             return
+        state = self.state
         worker.mark_dead(exitcode, node_death)
         node = worker.node
         node.workers.pop(worker.worker_id, None)
-        self.workers.pop(worker.worker_id, None)
+        state.workers.pop(worker.worker_id, None)
         try:
             node.idle.remove(worker)
         except ValueError:
             pass
         if worker.peer is not None:
-            self.hub.close_peer(worker.peer)
+            self.timers.close_peer(worker.peer)
         for waiter in worker.requests.values():
             waiter.fired = True
-            self._unregister_waiter(waiter)
+            self.waiting.unregister_waiter(waiter)
         worker.requests.clear()
         queued, worker.queue = list(worker.queue), collections.deque()
         if queued:
             if not worker.blocked:
-                self.scheduler.release(node.node_id, queued[0].spec.resources)
+                state.scheduler.release(node.node_id, queued[0].spec.resources)
             for task in queued:
                 task.worker = None
             self._attempt_died(queued[0], worker, exitcode, node_death)
             for task in queued[1:]:  # never started: back in line, no retry used
                 if not task.finished:
                     task.node = None
-                    task.set_state("PENDING_NODE_ASSIGNMENT")
-                    self._args_ready(task)
+                    self.tasks.args_ready(task)
         if worker.actor is not None:
-            self._actor_worker_died(worker, node_procs.exit_reason(exitcode), node_death)
+            self.actors.actor_worker_died(worker, node_procs.exit_reason(exitcode), node_death)
         for object_id in list(worker.borrowed):
-            self.objects.remove_borrower(object_id, worker.worker_id)
+            state.objects.remove_borrower(object_id, worker.worker_id)
         worker.borrowed.clear()
         self._owner_died(worker)
-        self._owner_died_actors(worker.worker_id)
+        self.actors.owner_died_actors(worker.worker_id)
         if node_death is None and node.alive:
-            self._replenish(node)
-        self._schedule()
+            self.tasks.replenish(node)
+        self.tasks.schedule()
 
     def _attempt_died(self, task: TaskRecord, worker: WorkerRecord, exitcode: Optional[int], node_death: Optional[str]) -> None:
         if task.finished:
             return  # cancelled while it waited behind another task: already settled
         reason = f"node {worker.node.name} died: {node_death}" if node_death else node_procs.exit_reason(exitcode)
         error_type = "NODE_DIED" if node_death else "WORKER_DIED"
-        if task.spec.task_type == ACTOR_CREATION_TASK and not task.cancelled and self._creation_died(task, reason):
+        if task.spec.task_type == ACTOR_CREATION_TASK and not task.cancelled and self.actors.creation_died(task, reason):
             return
         if task.cancelled:
-            self._finish_with_error(task, TaskCancelledError(task.spec.task_id.hex()), "TASK_CANCELLED",
-                                    f"cancelled with force=True (worker {reason})")
+            self.tasks.finish_with_error(task, TaskCancelledError(task.spec.task_id.hex()), "TASK_CANCELLED",
+                                         f"cancelled with force=True (worker {reason})")
             return
         message = f"worker pid={worker.pid} {reason}"
         if task.retries_left != 0:
             task.fail_attempt(error_type, message)
-            self._retry(task)
+            self.tasks.retry(task)
             return
         attempts = task.attempt + 1
         if node_death:
@@ -114,144 +136,145 @@ class Recovery:
                 f"Task {task.spec.name} (task id {task.spec.task_id.hex()}) failed after {attempts} "
                 f"attempt(s); no retries left (max_retries={task.spec.max_retries})."
             )
-        self._finish_with_error(task, error, error_type, message)
+        self.tasks.finish_with_error(task, error, error_type, message)
 
     def _owner_died(self, worker: WorkerRecord) -> None:
         """The worker owned these objects; without their owner they are gone for good."""
         if not worker.owned:
             return
+        state = self.state
         for object_id in worker.owned:
-            entry = self.objects.entries.get(object_id)
+            entry = state.objects.entries.get(object_id)
             if entry is None:
                 continue
             blob = error_blob(OwnerDiedError(object_id.hex(), f"worker {worker.worker_id.hex()} (pid {worker.pid})"))
-            entry = self.objects.replace_with_error(object_id, blob)
+            entry = state.objects.replace_with_error(object_id, blob)
             if entry is not None:
-                self._object_ready(object_id, entry)
-            task = self.tasks.get(task_of(object_id))
+                self.tasks.object_ready(object_id, entry)
+            task = state.tasks.get(task_of(object_id))
             if task is not None and task.spec.owner == worker.worker_id:
                 task.owner_dead = True
-                self._cancel_task(task.spec.task_id, False, True)
+                self.tasks.cancel_task(task.spec.task_id, False, True)
         worker.owned.clear()
 
-    def _node_died(self, node: NodeRecord, reason: str) -> None:  # noqa: C901
+    def node_died(self, node: NodeRecord, reason: str) -> None:
+        """A node is gone: its workers die with it, its tasks go back in line, its copies are lost."""
+        state = self.state
         node.alive = False
         node.death_reason = reason
         node.end_time = time.time()
         node.hello.set()
-        self.scheduler.remove_node(node.node_id)
+        state.scheduler.remove_node(node.node_id)
         if node.peer is not None:
-            self.hub.close_peer(node.peer)
+            self.timers.close_peer(node.peer)
         for worker in list(node.workers.values()):
-            self._worker_died(worker, None, node_death=reason)
+            self.worker_died(worker, None, node_death=reason)
         waiting, node.waiting = list(node.waiting), collections.deque()
         for task in waiting:
             if not task.finished:
                 task.node = None
-                task.set_state("PENDING_NODE_ASSIGNMENT")
-                self._args_ready(task)
-        for object_id in self.objects.drop_node(node.node_id):
+                self.tasks.args_ready(task)
+        for object_id in state.objects.drop_node(node.node_id):
             self._object_lost(object_id)
-        self._schedule()
+        self.tasks.schedule()
+
+    # ---- lost objects ------------------------------------------------------------------
 
     def check_copies(self, object_id: bytes) -> None:
         """A reader found a listed copy missing: drop copies whose node is dead; handle total loss."""
-        entry = self.objects.entries.get(object_id)
+        state = self.state
+        entry = state.objects.entries.get(object_id)
         if entry is None or entry.payload is None or entry.payload[0] != "s":
             return
         locations = entry.payload[1]
-        layout = self.session.layout
+        layout = state.session.layout
         for location in list(locations):
-            node = self.nodes.get(object_store.node_of(location))
+            node = state.nodes.get(object_store.node_of(location))
             if node is None or not node.alive or not os.path.exists(os.path.join(layout.dir_of(location), object_id.hex())):
                 locations.remove(location)
         if not locations:
-            self.objects.mark_lost(object_id)
+            state.objects.mark_lost(object_id)
             self._object_lost(object_id)
 
     def _object_lost(self, object_id: bytes) -> None:
         """No copy is left. Rebuild it now if someone waits for it; otherwise when first needed."""
-        entry = self.objects.entries.get(object_id)
+        entry = self.state.objects.entries.get(object_id)
         if entry is not None and (entry.waiters or entry.dependents):
-            self._recover(object_id)
+            self.recover(object_id)
 
-    def _recover(self, object_id: bytes) -> None:
+    def recover(self, object_id: bytes) -> None:
         """Rebuild a LOST or RELEASED object by re-running the task that made it (lineage
         reconstruction), or settle it with the error that says why it cannot be rebuilt."""
-        entry = self.objects.entries.get(object_id)
+        state = self.state
+        objects = state.objects
+        entry = objects.entries.get(object_id)
         if entry is None or entry.state not in (LOST, RELEASED):
             return
         task_id = task_of(object_id)
-        running = self.tasks.get(task_id)
+        running = state.tasks.get(task_id)
         if running is not None and not running.finished:
             entry.state = PENDING  # its task is re-running already: one rebuild serves all
             return
-        reason = self.lineage.why_not_rebuildable(object_id)
+        reason = state.lineage.why_not_rebuildable(object_id)
         if reason is not None:
             error = _unrebuildable_error(object_id, reason)
-            self.objects.replace_with_error(object_id, error_blob(error))
-            self._object_ready(object_id, entry)
+            objects.replace_with_error(object_id, error_blob(error))
+            self.tasks.object_ready(object_id, entry)
             return
-        task = self.lineage.take(task_id)
+        task = state.lineage.take(task_id)
         if task.retries_left > 0:
             task.retries_left -= 1
         task.new_attempt()
-        task.finished = False
         task.node = None
         for return_id in task.spec.return_ids():
-            other = self.objects.entries.get(return_id)
+            other = objects.entries.get(return_id)
             if other is not None and other.state in (LOST, RELEASED):
                 other.state = PENDING
-        self.tasks[task_id] = task
+        state.tasks[task_id] = task
         if task.spec.task_type == ACTOR_TASK:
-            self._add_actor_call(task)  # rebuilt by calling the actor again
+            self.actors.add_actor_call(task)  # rebuilt by calling the actor again
         else:
-            self._start_task(task)
+            self.tasks.start_task(task)
 
-    def _reachable(self, entry: Any) -> bool:
-        """Whether a reader can fetch the value: inline, or a copy on a node that is not stopped."""
-        payload = entry.payload
-        if payload is None or payload[0] != "s":
-            return True
-        nodes = self.nodes
-        return any(not nodes[object_store.node_of(loc)].stopped for loc in payload[1])
+    # ---- stopped nodes -----------------------------------------------------------------
 
-    def _await_unreachable(self, object_id: bytes) -> None:
+    def await_unreachable(self, object_id: bytes) -> None:
         """Every copy is on a stopped node: readers wait for it to resume, at most the fetch timeout."""
-        if object_id in self.fetch_timers:
+        timers = self.state.fetch_timers
+        if object_id in timers:
             return
-        self.fetch_timers[object_id] = self.hub.call_later(self.fetch_timeout_s, lambda: self._fetch_timed_out(object_id))
+        timers[object_id] = self.timers.call_later(self.state.fetch_timeout_s, lambda: self._fetch_timed_out(object_id))
 
     def _fetch_timed_out(self, object_id: bytes) -> None:
-        with self.lock:
-            self.fetch_timers.pop(object_id, None)
-            entry = self.objects.entries.get(object_id)
-            if entry is None or entry.state != READY or self._reachable(entry):
-                return
-            if not (entry.waiters or entry.dependents):
-                return
-            # Give up on the hung copies: rebuild if lineage allows, else report the timeout.
-            for location in list(entry.payload[1]):
-                self.objects.remove_location(object_id, location)
-            if self.lineage.why_not_rebuildable(object_id) is None:
-                self.objects.mark_lost(object_id)
-                self._recover(object_id)
-            else:
-                self.objects.replace_with_error(object_id, error_blob(ObjectFetchTimedOutError(object_id.hex())))
-                self._object_ready(object_id, entry)
-            self._flush()
+        state = self.state
+        state.fetch_timers.pop(object_id, None)
+        entry = state.objects.entries.get(object_id)
+        if entry is None or entry.state != READY or state.reachable(entry):
+            return
+        if not (entry.waiters or entry.dependents):
+            return
+        # Give up on the hung copies: rebuild if lineage allows, else report the timeout.
+        for location in list(entry.payload[1]):
+            state.objects.remove_location(object_id, location)
+        if state.lineage.why_not_rebuildable(object_id) is None:
+            state.objects.mark_lost(object_id)
+            self.recover(object_id)
+        else:
+            state.objects.replace_with_error(object_id, error_blob(ObjectFetchTimedOutError(object_id.hex())))
+            self.tasks.object_ready(object_id, entry)
 
-    def _node_reachable(self, node: NodeRecord) -> None:
+    def node_reachable(self, node: NodeRecord) -> None:
         """A stopped node resumed: readers waiting for its copies can go on."""
-        for object_id, entry in list(self.objects.entries.items()):
+        state = self.state
+        for object_id, entry in list(state.objects.entries.items()):
             payload = entry.payload
             if (entry.waiters or entry.dependents) and payload is not None and payload[0] == "s" \
                     and any(object_store.node_of(loc) == node.node_id for loc in payload[1]) \
                     and entry.state == READY:
-                timer = self.fetch_timers.pop(object_id, None)
+                timer = state.fetch_timers.pop(object_id, None)
                 if timer is not None:
-                    self.hub.cancel_timer(timer)
-                self._object_ready(object_id, entry)
+                    self.timers.cancel_timer(timer)
+                self.tasks.object_ready(object_id, entry)
 
 
 def _unrebuildable_error(object_id: bytes, reason: str) -> BaseException:

@@ -1,12 +1,15 @@
 """How a task moves from submission to its stored result (part of the head).
 
-Runs in the driver process, as methods of `Head` (head.py), under the head's
-lock. The path of a task:
+Runs in the driver process, under the head's lock: Head (head.py) calls it for
+submissions and "done" messages; the other flows call it through the interfaces
+of flow_interfaces.py. It needs the actor flow (an actor's tasks take side
+steps there) and recovery (lost or unreachable arguments). The path of a task:
 
     submit ─► waiting for its arguments (PENDING_ARGS_AVAIL; lost ones are rebuilt)
             ─► ready queue, one FIFO per resource shape (PENDING_NODE_ASSIGNMENT)
             ─► placed on a node, resources held (scheduler.py); waits there for a worker
             ─► sent to a worker (RUNNING); tiny tasks may be pipelined behind a busy one
+               (SUBMITTED_TO_WORKER until their turn)
             ─► "done": results stored (objects.py), getters and dependents woken, the
                task kept as lineage; or an error: retried if allowed, else the result
 
@@ -22,12 +25,22 @@ import sys
 from typing import Any, Optional
 
 from minicluster._private.store import object_store
-from minicluster.exceptions import ObjectLostError, RayTaskError, TaskCancelledError, TaskUnschedulableError
-from minicluster._private.wire.hub import Peer
+from minicluster.exceptions import RayTaskError, TaskCancelledError, TaskUnschedulableError
 from minicluster._private.common.ids import task_of
+from minicluster._private.head.flow_interfaces import ActorCallsForTasks, RecoveryForTasks, Timers
+from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.lineage import arguments_of
+from minicluster._private.head.messaging import Outbox
 from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED
 from minicluster._private.head.scheduler import INFEASIBLE, Unschedulable
+from minicluster._private.head.states import (
+    FAILED,
+    FINISHED,
+    PENDING_ARGS_AVAIL,
+    PENDING_NODE_ASSIGNMENT,
+    RUNNING,
+    SUBMITTED_TO_WORKER,
+)
 from minicluster._private.store.serialization import error_blob
 from minicluster._private.head.task_records import TaskRecord
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
@@ -46,58 +59,74 @@ IDLE_RETIRE_S = 2.0
 
 
 class TaskFlow:
-    """Head methods that move tasks along; see the module docstring."""
+    """Moves tasks along; see the module docstring. Public methods are what Head and the
+    other flows call (flow_interfaces.py lists who calls which)."""
 
-    def _on_done(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        self._task_done(worker, message)
-        if self.faults is not None:
-            self.faults.after_done(worker)  # node triggers of a test's fault plan (fault_hooks.py)
+    def __init__(self, state: HeadState, outbox: Outbox, timers: Timers) -> None:
+        self.state = state
+        self.outbox = outbox
+        self.timers = timers
+        # set by connect(): the flows this one calls
+        self.actors: ActorCallsForTasks
+        self.recovery: RecoveryForTasks
+        # Placement is tried once per submission burst: cleared when a task joins a queue
+        # where others of its shape already wait (FIFO: nothing could be placed anyway).
+        self._placement_pending = False
 
-    def _task_done(self, worker: WorkerRecord, message: tuple) -> None:
+    def connect(self, actors: ActorCallsForTasks, recovery: RecoveryForTasks) -> None:
+        self.actors = actors
+        self.recovery = recovery
+
+    # ---- a task reports ------------------------------------------------------------
+
+    def task_done(self, worker: WorkerRecord, message: tuple) -> None:
+        """A worker's "done" message: store the results, settle the task, give the worker more work."""
         if worker.actor is not None:
-            self._actor_call_done(worker, message)
+            self.actors.actor_call_done(worker, message)
             return
         _, task_id, attempt, results, error_info, start, end, retire = message
+        scheduler = self.state.scheduler
         queue = worker.queue
         task = queue.popleft() if queue else None
         worker.tasks_done += 1
         was_blocked, worker.blocked = worker.blocked, 0
         if task is not None:
             # The next pipelined task inherits the lease; the last one gives it back.
-            # An actor's creation task keeps it: _creation_done decides what the actor holds.
+            # An actor's creation task keeps it: creation_done decides what the actor holds.
             keeps_lease = bool(queue) or task.spec.task_type == ACTOR_CREATION_TASK
             if keeps_lease and was_blocked:
-                self.scheduler.acquire(worker.node.node_id, task.spec.resources)
+                scheduler.acquire(worker.node.node_id, task.spec.resources)
             elif not keeps_lease and not was_blocked:
-                self.scheduler.release(worker.node.node_id, task.spec.resources)
-            if queue and not queue[0].finished:  # (a cancelled one is skipped by the worker)
-                queue[0].set_state("RUNNING", worker_id=worker.worker_id)
-            previous = self.durations.get(task.spec.function_id)
+                scheduler.release(worker.node.node_id, task.spec.resources)
+            if queue and not retire and not queue[0].finished:  # (a cancelled one is skipped by the worker)
+                queue[0].set_state(RUNNING, worker_id=worker.worker_id)
+            durations = self.state.durations
+            previous = durations.get(task.spec.function_id)
             took = end - start
-            self.durations[task.spec.function_id] = took if previous is None else 0.8 * previous + 0.2 * took
+            durations[task.spec.function_id] = took if previous is None else 0.8 * previous + 0.2 * took
         if retire:
             worker.retire(f"reached max_calls of {task.spec.name}" if task is not None else "reached max_calls")
             # It exits now (max_calls): anything still queued there never started.
             leftover, worker.queue = list(queue), collections.deque()
             if leftover:
-                self.scheduler.release(worker.node.node_id, leftover[0].spec.resources)
+                scheduler.release(worker.node.node_id, leftover[0].spec.resources)
             for other in leftover:
                 other.worker = None
                 other.node = None
-                self._args_ready(other)
+                self.args_ready(other)
             queue = worker.queue
-            self._replenish(worker.node)  # its successor starts now, not once its exit is reported
+            self.replenish(worker.node)  # its successor starts now, not once its exit is reported
         if task is None or task.spec.task_id != task_id or task.attempt != attempt or task.finished:
-            self._discard_results(task_id, results, worker.node.node_id)
+            self.discard_results(task_id, results, worker.node.node_id)
         else:
             task.record_times(start, end)
-            self._task_reported(task, results, error_info, worker.node.node_id)
-            if task.spec.task_type == ACTOR_CREATION_TASK and self._creation_done(task, worker, error_info):
-                self._schedule()
+            self.task_reported(task, results, error_info, worker.node.node_id)
+            if task.spec.task_type == ACTOR_CREATION_TASK and self.actors.creation_done(task, worker, error_info):
+                self.schedule()
                 return  # the worker now belongs to the actor
         if not retire and not queue:
-            self._worker_free(worker)
-        self._schedule()
+            self.worker_free(worker)
+        self.schedule()
         if queue and not retire:
             self._pipeline(worker)
 
@@ -105,7 +134,7 @@ class TaskFlow:
         """Queue more tiny tasks of the same shape behind a busy worker's current one.
 
         Only tasks whose function is known to run in under PIPELINE_QUICK_S, and
-        only those no free resources could take right now (_schedule ran first):
+        only those no free resources could take right now (schedule ran first):
         one frame then carries many tasks, and one frame their results.
         """
         running = worker.queue[0].spec
@@ -115,63 +144,69 @@ class TaskFlow:
         shape = worker.queue[0].shape
         if shape[1][0] == "SPREAD":
             return
-        ready = self.ready.get(shape)
+        ready = self.state.ready.get(shape)
+        durations = self.state.durations
         node_id = worker.node.node_id
         while ready and len(worker.queue) < PIPELINE_DEPTH:
             task = ready[0]
-            if task.finished or task.state != "PENDING_NODE_ASSIGNMENT":
+            if task.finished or task.state != PENDING_NODE_ASSIGNMENT:
                 ready.popleft()
                 continue
             strategy = task.spec.strategy
-            if task.spec.max_calls or self.durations.get(task.spec.function_id, 1.0) >= PIPELINE_QUICK_S or (
+            if task.spec.max_calls or durations.get(task.spec.function_id, 1.0) >= PIPELINE_QUICK_S or (
                 strategy[0] == "NODE" and strategy[1] != node_id
             ):
                 break
             ready.popleft()
             task.node = worker.node
-            task.set_state("SUBMITTED_TO_WORKER", node_id=node_id)
+            task.set_state(SUBMITTED_TO_WORKER, node_id=node_id)
             self._dispatch(task, worker)
 
-    def _add_task(self, spec: Any, submitter_node: bytes) -> None:
-        task = TaskRecord(spec, spec.max_retries, submitter_node, self.task_changes)
-        self.tasks[spec.task_id] = task
-        if spec.parent_task_id in self.tasks:
-            self.children[spec.parent_task_id].add(spec.task_id)
-        if spec.task_type == ACTOR_TASK:
-            self._add_actor_call(task)
-        else:
-            self._start_task(task)
+    # ---- submission and arguments ----------------------------------------------------
 
-    def _start_task(self, task: TaskRecord) -> None:
+    def add_task(self, spec: Any, submitter_node: bytes) -> None:
+        """A new task (from the driver or a worker): record it and start it on its path."""
+        state = self.state
+        task = TaskRecord(spec, spec.max_retries, submitter_node, state.task_changes)
+        state.tasks[spec.task_id] = task
+        if spec.parent_task_id in state.tasks:
+            state.children[spec.parent_task_id].add(spec.task_id)
+        if spec.task_type == ACTOR_TASK:
+            self.actors.add_actor_call(task)
+        else:
+            self.start_task(task)
+
+    def start_task(self, task: TaskRecord) -> None:
         """Pin the task's arguments, then queue it, or wait until its arguments exist."""
-        objects = self.objects
+        objects = self.state.objects
         missing = []
         for object_id in arguments_of(task):
             if not objects.pin(object_id):
                 missing.append(object_id)
         task.pinned = True
         if missing:
-            self._finish_with_error(task, self._missing_error(missing[0]), "TASK_EXECUTION_EXCEPTION",
-                                    "an argument was already freed")
+            self.finish_with_error(task, self.state.missing_error(missing[0]), "TASK_EXECUTION_EXCEPTION",
+                                   "an argument was already freed")
             return
         self._placement_pending = True
         self._wait_for_args(task)
         if task.deps_waiting == 0 and self._placement_pending:
-            self._schedule()
+            self.schedule()
 
     def _wait_for_args(self, task: TaskRecord) -> None:
         """Register the task on its arguments that are not ready (rebuilding lost ones); queue it if none."""
         waiting = 0
-        entries = self.objects.entries
+        state = self.state
+        entries = state.objects.entries
         for object_id in task.spec.arg_refs:
             entry = entries.get(object_id)
             if entry is None:
-                continue  # reported by _args_ready
+                continue  # reported by args_ready
             if entry.state in (LOST, RELEASED):
-                self._recover(object_id)
-            unreachable = entry.state == READY and not self._reachable(entry)
+                self.recovery.recover(object_id)
+            unreachable = entry.state == READY and not state.reachable(entry)
             if unreachable:
-                self._await_unreachable(object_id)
+                self.recovery.await_unreachable(object_id)
             if entry.state == PENDING or unreachable:
                 waiting += 1
                 if entry.dependents is None:
@@ -179,51 +214,46 @@ class TaskFlow:
                 entry.dependents.append(task)
         task.deps_waiting = waiting
         if waiting == 0:
-            self._args_ready(task)
+            self.args_ready(task)
 
-    def _args_ready(self, task: TaskRecord) -> None:
-        """All top-level arguments exist: fail at once on an upstream error, else queue for placement."""
+    def args_ready(self, task: TaskRecord) -> None:
+        """All top-level arguments exist: fail at once on an upstream error, else queue for placement.
+
+        Also how a task taken back from a worker or node (never started) goes back in line.
+        """
         if task.finished:
             return
+        state = self.state
+        entries = state.objects.entries
         for object_id in task.spec.arg_refs:
-            entry = self.objects.entries.get(object_id)
+            entry = entries.get(object_id)
             if entry is None:
-                self._finish_with_error(task, self._missing_error(object_id), "TASK_EXECUTION_EXCEPTION",
-                                        "an argument was freed")
+                self.finish_with_error(task, state.missing_error(object_id), "TASK_EXECUTION_EXCEPTION",
+                                       "an argument was freed")
                 return
             if entry.state != READY:
-                self.set_waiting_again(task)
+                self._wait_again(task)
                 return
             if entry.is_error:
-                self._fail_on_argument_error(task, self._error_blob_of(object_id, entry))
+                self._fail_on_argument_error(task, state.error_blob_of(object_id, entry))
                 return
         if task.spec.task_type == ACTOR_TASK:
-            self._queue_actor_call(task)
+            self.actors.queue_actor_call(task)
             return
-        task.set_state("PENDING_NODE_ASSIGNMENT")
+        task.set_state(PENDING_NODE_ASSIGNMENT)
         shape = task.shape
-        queue = self.ready.get(shape)
+        queue = state.ready.get(shape)
         if queue is None:
-            queue = self.ready[shape] = collections.deque()
+            queue = state.ready[shape] = collections.deque()
         elif queue:
             self._placement_pending = False  # tasks of this shape already wait: FIFO, nothing to try
         queue.append(task)
 
-    def set_waiting_again(self, task: TaskRecord) -> None:
+    def _wait_again(self, task: TaskRecord) -> None:
         """An argument stopped being ready before the task ran (its node died): wait for its rebuild."""
-        task.set_state("PENDING_ARGS_AVAIL")
+        if task.state != PENDING_ARGS_AVAIL:
+            task.set_state(PENDING_ARGS_AVAIL)
         self._wait_for_args(task)
-
-    def _error_blob_of(self, object_id: bytes, entry: Any) -> bytes:
-        payload = entry.payload
-        if payload[0] != "s":
-            return payload[1]
-        for location in payload[1]:  # a large error lives in a store like a large value
-            try:
-                return bytes(object_store.read(self.session.layout.dir_of(location), object_id))
-            except FileNotFoundError:
-                continue
-        return error_blob(ObjectLostError(object_id.hex()))
 
     def _fail_on_argument_error(self, task: TaskRecord, blob: bytes) -> None:
         """A task depending on a failed object fails with that error.
@@ -238,19 +268,24 @@ class TaskFlow:
             blob = error_blob(RayTaskError(task.spec.name, f"{type(error).__name__}: {error}", error))
         self._finish_with_payload_error(task, blob, "TASK_EXECUTION_EXCEPTION", "an argument is an error")
 
-    def _schedule(self) -> None:
+    # ---- placement and workers ---------------------------------------------------------
+
+    def schedule(self) -> None:
         """Place queued tasks on nodes with free resources and hand them to workers."""
-        for shape, queue in list(self.ready.items()):
+        state = self.state
+        scheduler = state.scheduler
+        ready = state.ready
+        for shape, queue in list(ready.items()):
             while queue:
                 task = queue[0]
-                if task.finished or task.state != "PENDING_NODE_ASSIGNMENT":
+                if task.finished or task.state != PENDING_NODE_ASSIGNMENT:
                     queue.popleft()
                     continue
                 try:
-                    node_id = self.scheduler.place(task.spec.resources, task.spec.strategy, self._preferred_node(task))
+                    node_id = scheduler.place(task.spec.resources, task.spec.strategy, self._preferred_node(task))
                 except Unschedulable as exc:
                     queue.popleft()
-                    self._finish_with_error(task, TaskUnschedulableError(str(exc)), "TASK_UNSCHEDULABLE_ERROR", str(exc))
+                    self.finish_with_error(task, TaskUnschedulableError(str(exc)), "TASK_UNSCHEDULABLE_ERROR", str(exc))
                     continue
                 if node_id is None:
                     break
@@ -258,150 +293,162 @@ class TaskFlow:
                     self._warn_infeasible(shape, task)
                     break
                 queue.popleft()
-                self.scheduler.acquire(node_id, task.spec.resources)
-                node = self.nodes[node_id]
+                scheduler.acquire(node_id, task.spec.resources)
+                node = state.nodes[node_id]
                 task.node = node
-                task.set_state("SUBMITTED_TO_WORKER", node_id=node_id)
+                task.set_state(SUBMITTED_TO_WORKER, node_id=node_id)
                 if node.idle:
                     self._dispatch(task, node.idle.popleft())
                 else:
                     node.waiting.append(task)
-                    self._replenish(node)
+                    self.replenish(node)
             if not queue:
-                del self.ready[shape]
+                del ready[shape]
 
     def _preferred_node(self, task: TaskRecord) -> Optional[bytes]:
         best, best_size = task.submitter_node, 0
+        entries = self.state.objects.entries
         for object_id in task.spec.arg_refs:
-            entry = self.objects.entries.get(object_id)
+            entry = entries.get(object_id)
             if entry is not None and entry.payload is not None and entry.payload[0] == "s":
                 if entry.size > best_size and entry.payload[1]:
                     best, best_size = entry.payload[1][0], entry.size
         return best
 
     def _warn_infeasible(self, shape: tuple, task: TaskRecord) -> None:
-        if shape in self.infeasible_warned:
+        warned = self.state.infeasible_warned
+        if shape in warned:
             return
-        self.infeasible_warned.add(shape)
+        warned.add(shape)
         print(
             f"minicluster: warning: task {task.spec.name} needs {task.spec.resources}, which no node has "
-            f"(cluster: {self.scheduler.totals()}). It stays pending until a node that fits is added.",
+            f"(cluster: {self.state.scheduler.totals()}). It stays pending until a node that fits is added.",
             file=sys.stderr,
         )
 
-    def _replenish(self, node: NodeRecord) -> None:
+    def replenish(self, node: NodeRecord) -> None:
         """Ask the node for workers when tasks wait for one there."""
         if not node.alive or node.peer is None:
             return
         want = len(node.waiting) - node.pending_spawn
         if want > 0:
             node.pending_spawn += want
-            self._post(node.peer, ("spawn", want))
+            self.outbox.post(node.peer, ("spawn", want))
         elif node.pool_size() + node.pending_spawn < node.target_workers:
             missing = node.target_workers - node.pool_size() - node.pending_spawn
             node.pending_spawn += missing
-            self._post(node.peer, ("spawn", missing))
+            self.outbox.post(node.peer, ("spawn", missing))
 
-    def _worker_free(self, worker: WorkerRecord) -> None:
+    def worker_free(self, worker: WorkerRecord) -> None:
+        """A worker has nothing to do: give it a task waiting on its node, or make it idle."""
         node = worker.node
         while node.waiting:
             task = node.waiting.popleft()
             if task.finished:
-                self.scheduler.release(node.node_id, task.spec.resources)
+                self.state.scheduler.release(node.node_id, task.spec.resources)
                 continue
             self._dispatch(task, worker)
             return
         node.idle.append(worker)
         if node.pool_size() > node.target_workers:
             # Extra workers are started for tasks blocked in get(); let them go once idle.
-            self.hub.call_later(IDLE_RETIRE_S, lambda: self._retire_if_idle(worker))
+            self.timers.call_later(IDLE_RETIRE_S, lambda: self._retire_if_idle(worker))
 
     def _retire_if_idle(self, worker: WorkerRecord) -> None:
-        with self.lock:
-            node = worker.node
-            if worker.dead or worker.retiring or worker.queue or node.pool_size() <= node.target_workers:
-                return
-            if worker.owned:  # (only live ones: an entry's deletion drops its id from its owner)
-                return  # it owns live objects: its exit would take them along (OwnerDiedError)
-            try:
-                node.idle.remove(worker)
-            except ValueError:
-                return
-            worker.retire("idle surplus worker (started while tasks were blocked in get)")
-            self._post(worker.peer, ("retire",))
-            self._flush()
+        node = worker.node
+        if worker.dead or worker.retiring or worker.queue or node.pool_size() <= node.target_workers:
+            return
+        if worker.owned:  # (only live ones: an entry's deletion drops its id from its owner)
+            return  # it owns live objects: its exit would take them along (OwnerDiedError)
+        try:
+            node.idle.remove(worker)
+        except ValueError:
+            return
+        worker.retire("idle surplus worker (started while tasks were blocked in get)")
+        self.outbox.post(worker.peer, ("retire",))
 
     def _dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
         worker.queue.append(task)
         task.worker = worker
         if len(worker.queue) == 1:
-            task.set_state("RUNNING", node_id=worker.node.node_id, worker_id=worker.worker_id)
-        self._send_exec(task, worker)
+            task.set_state(RUNNING, node_id=worker.node.node_id, worker_id=worker.worker_id)
+        self.send_exec(task, worker)
 
-    def _send_exec(self, task: TaskRecord, worker: WorkerRecord) -> None:
+    def send_exec(self, task: TaskRecord, worker: WorkerRecord) -> None:
+        """Post the task's "exec" message to the worker (with its function the first time)."""
         spec = task.spec
         peer = worker.peer
+        state = self.state
         if spec.task_type != ACTOR_TASK and spec.function_id not in worker.functions:
             worker.functions.add(spec.function_id)
-            self._post(peer, ("fn", spec.function_id, self.functions[spec.function_id]))
+            self.outbox.post(peer, ("fn", spec.function_id, state.functions[spec.function_id]))
         payloads = None
         if spec.arg_refs:
-            payloads = {object_id: self.payload_of(object_id) for object_id in spec.arg_refs}
+            payload_of = state.payload_of
+            payloads = {object_id: payload_of(object_id) for object_id in spec.arg_refs}
         actor = None
         if spec.task_type == ACTOR_CREATION_TASK:
-            meta = self.actors[spec.actor_id].meta
+            meta = state.actors[spec.actor_id].meta
             actor = (meta["max_concurrency"], meta["is_async"], meta["class_name"])
-        faults = self.faults  # a test's fault plan, if one is installed: orders for the worker (fault_hooks.py)
+        faults = state.faults  # a test's fault plan, if one is installed: orders for the worker (fault_hooks.py)
         message = ("exec", (spec.task_id, task.attempt, spec.function_id, spec.name, spec.args, payloads,
                             spec.num_returns, spec.retry_exceptions, spec.max_calls, spec.actor_id,
                             spec.task_type, spec.func_name, spec.method, actor,
                             None if faults is None else faults.on_exec(task, worker)))
         if faults is None or not faults.hold_exec(worker, message):
-            self._post(peer, message)
+            self.outbox.post(peer, message)
 
-    def _task_reported(self, task: TaskRecord, results: list, error_info: Optional[tuple], node_id: bytes) -> None:
+    # ---- results -------------------------------------------------------------------
+
+    def task_reported(self, task: TaskRecord, results: list, error_info: Optional[tuple], node_id: bytes) -> None:
+        """The current attempt of an open task reported: finish it, retry it, or wait for a lost argument."""
         task.worker = None
         if error_info is None:
-            self._finish(task, results, node_id, "FINISHED", None, None)
+            self._finish(task, results, node_id, FINISHED, None, None)
             return
         error_type, retryable, message = error_info
         if error_type == "ARG_LOST" and not task.cancelled:
             # An argument's copy vanished before the worker could read it: not the task's
             # fault, so no retry is used; wait for the argument to be rebuilt.
-            self.check_copies(bytes.fromhex(message))
-            task.set_state("PENDING_ARGS_AVAIL")
+            self.recovery.check_copies(bytes.fromhex(message))
+            task.set_state(PENDING_ARGS_AVAIL)
+            task.node = None
+            if task.spec.task_type == ACTOR_TASK:
+                self.actors.requeue_call(task)  # back at the front of its actor's queue
             self._wait_for_args(task)
             return
         if task.cancelled or error_type == "TASK_CANCELLED":
-            self._finish(task, results, node_id, "FAILED", "TASK_CANCELLED", message)
+            self._finish(task, results, node_id, FAILED, "TASK_CANCELLED", message)
         elif retryable and task.retries_left != 0:
             task.fail_attempt(error_type, message)
-            self._retry(task)
+            self.retry(task)
         else:
-            self._finish(task, results, node_id, "FAILED", error_type, message)
+            self._finish(task, results, node_id, FAILED, error_type, message)
 
-    def _retry(self, task: TaskRecord) -> None:
+    def retry(self, task: TaskRecord) -> None:
+        """Run a failed attempt's task again (the caller ended the attempt with fail_attempt)."""
         if task.retries_left > 0:
             task.retries_left -= 1
         task.new_attempt()
         task.node = None
-        self._args_ready(task)
+        self.args_ready(task)
 
-    def _finish(self, task: TaskRecord, results: list, node_id: bytes, state: str, error_type: Optional[str], message: Optional[str]) -> None:
-        is_error = state == "FAILED"
+    def _finish(self, task: TaskRecord, results: list, node_id: bytes, state: str, error_type: Optional[str],
+                message: Optional[str]) -> None:
+        is_error = state == FAILED
         if task.owner_dead:
-            self._discard_results(task.spec.task_id, results, node_id)
-        for object_id, (kind, data, nested) in zip(task.spec.return_ids(), results):
-            if task.owner_dead:
-                continue
-            self._store(object_id, kind, data, nested, node_id, is_error)
-        if not is_error and not task.owner_dead:
-            self._keep_lineage(task)
+            self.discard_results(task.spec.task_id, results, node_id)
+        else:
+            for object_id, (kind, data, nested) in zip(task.spec.return_ids(), results):
+                self.store(object_id, kind, data, nested, node_id, is_error)
+            if not is_error:
+                self._keep_lineage(task)
         self._close_task(task, state, error_type, message)
 
     def _keep_lineage(self, task: TaskRecord) -> None:
         """Keep a finished task while its results exist, so they can be rebuilt if lost."""
-        entries = self.objects.entries
+        objects = self.state.objects
+        entries = objects.entries
         live = sum(1 for object_id in task.spec.return_ids() if object_id in entries)
         kind = task.spec.task_type
         if not live or not (kind == NORMAL_TASK or (kind == ACTOR_TASK and task.spec.max_retries != 0)):
@@ -409,73 +456,66 @@ class TaskFlow:
         if not task.lineage_held:
             task.lineage_held = True
             for object_id in arguments_of(task):
-                self.objects.add_lineage_ref(object_id)
-        self.lineage.keep(task, live)
+                objects.add_lineage_ref(object_id)
+        self.state.lineage.keep(task, live)
 
-    def _release_lineage_args(self, task: TaskRecord) -> None:
-        if task.lineage_held:
-            task.lineage_held = False
-            for object_id in arguments_of(task):
-                self.objects.release_lineage_ref(object_id)
-
-    def _entry_deleted(self, object_id: bytes, entry: Any) -> None:
-        self.lineage.result_deleted(object_id)
-        owner = self.workers.get(entry.owner)
-        if owner is not None:
-            owner.owned.discard(object_id)
-
-    def _store(self, object_id: bytes, kind: str, data: Any, nested: list, node_id: bytes, is_error: bool) -> None:
-        entry = self.objects.set_value(object_id, kind, data, nested, node_id, is_error)
+    def store(self, object_id: bytes, kind: str, data: Any, nested: list, node_id: bytes, is_error: bool) -> None:
+        """Record a produced value (a task's result or a put) and wake whoever waits for it."""
+        objects = self.state.objects
+        entry = objects.set_value(object_id, kind, data, nested, node_id, is_error)
         if entry is not None:
-            self._object_ready(object_id, entry)
-            self.objects.maybe_free(object_id)
+            self.object_ready(object_id, entry)
+            objects.maybe_free(object_id)
             if kind == "s":
-                self.objects.make_room(node_id)
+                objects.make_room(node_id)
 
-    def _discard_results(self, task_id: bytes, results: list, node_id: bytes) -> None:
+    def discard_results(self, task_id: bytes, results: list, node_id: bytes) -> None:
         """Results nobody will read (a stale attempt, a dead owner): delete their store files."""
-        store_dir = self.session.layout.dir_of(node_id)
+        store_dir = self.state.session.layout.dir_of(node_id)
         for index, (kind, _, _) in enumerate(results, start=1):
             if kind == "s":
                 object_store.delete(store_dir, task_id + index.to_bytes(4, "little"))
 
-    def _finish_with_error(self, task: TaskRecord, error: BaseException, error_type: str, message: str) -> None:
+    def finish_with_error(self, task: TaskRecord, error: BaseException, error_type: str, message: str) -> None:
+        """The task fails for good with `error` as every result."""
         self._finish_with_payload_error(task, error_blob(error), error_type, message)
 
     def _finish_with_payload_error(self, task: TaskRecord, blob: bytes, error_type: str, message: str) -> None:
-        for object_id in task.spec.return_ids():
-            if task.owner_dead:
-                continue
-            entry = self.objects.entries.get(object_id)
-            if entry is None:
-                continue
-            entry.payload = ("e", blob)
-            entry.size = len(blob)
-            entry.is_error = True
-            entry.state = READY
-            self._object_ready(object_id, entry)
-            self.objects.maybe_free(object_id)
-        self._close_task(task, "FAILED", error_type, message)
+        objects = self.state.objects
+        if not task.owner_dead:
+            for object_id in task.spec.return_ids():
+                entry = objects.entries.get(object_id)
+                if entry is None:
+                    continue
+                entry.payload = ("e", blob)
+                entry.size = len(blob)
+                entry.is_error = True
+                entry.state = READY
+                self.object_ready(object_id, entry)
+                objects.maybe_free(object_id)
+        self._close_task(task, FAILED, error_type, message)
 
     def _close_task(self, task: TaskRecord, state: str, error_type: Optional[str], message: Optional[str]) -> None:
+        head = self.state
         task.close(state, error_type, message)
-        if task.spec.task_type == ACTOR_CREATION_TASK and state == "FAILED":
-            self._creation_failed(task, error_type, message)
-        self.tasks.pop(task.spec.task_id, None)
+        if task.spec.task_type == ACTOR_CREATION_TASK and state == FAILED:
+            self.actors.creation_failed(task, error_type, message)
+        head.tasks.pop(task.spec.task_id, None)
         # A compact copy for the state API; the record itself lives on only as lineage.
         # A rebuilt task finishing again replaces its old entry: the new one has all its attempts.
-        self.history.drop(task.history_entry, task.spec.task_id)
-        task.history_entry = self.history.add(task)
-        kids = self.children.pop(task.spec.task_id, None)
+        head.history.drop(task.history_entry, task.spec.task_id)
+        task.history_entry = head.history.add(task)
+        kids = head.children.pop(task.spec.task_id, None)
         if kids and task.cancelled:
             for child in kids:
-                self._cancel_task(child, False, True)
+                self.cancel_task(child, False, True)
         if task.pinned:
             task.pinned = False
             for object_id in task.spec.arg_refs + task.spec.borrowed:
-                self.objects.unpin(object_id)
+                head.objects.unpin(object_id)
 
-    def _object_ready(self, object_id: bytes, entry: Any) -> None:
+    def object_ready(self, object_id: bytes, entry: Any) -> None:
+        """An object became READY (a value or an error): wake its readers and dependent tasks."""
         waiters, entry.waiters = entry.waiters, None
         if waiters:
             for waiter in waiters:
@@ -485,45 +525,48 @@ class TaskFlow:
             for task in dependents:
                 task.deps_waiting -= 1
                 if task.deps_waiting == 0:
-                    self._args_ready(task)
-            self._schedule()
+                    self.args_ready(task)
+            self.schedule()
 
-    def _cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
-        task = self.tasks.get(task_of(object_id))
+    # ---- cancellation ----------------------------------------------------------------
+
+    def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
+        """cancel(ref) from the driver or a task; ValueError for force=True on an actor call."""
+        task = self.state.tasks.get(task_of(object_id))
         if force and task is not None and task.spec.task_type == ACTOR_TASK:
             raise ValueError("force=True is not supported for actor tasks (as in Ray): killing the process would "
                              "kill the actor; use kill(actor) for that")
-        self._cancel_task(task_of(object_id), force, recursive)
+        self.cancel_task(task_of(object_id), force, recursive)
 
-    def _cancel_task(self, task_id: bytes, force: bool, recursive: bool) -> None:
-        task = self.tasks.get(task_id)
+    def cancel_task(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        task = self.state.tasks.get(task_id)
         if task is None or task.finished:
             return  # finished (or unknown): cancelling changes nothing
         task.cancelled = True
         if recursive:
-            for child in list(self.children.get(task_id, ())):
-                self._cancel_task(child, force, recursive)
+            for child in list(self.state.children.get(task_id, ())):
+                self.cancel_task(child, force, recursive)
         worker = task.worker
         if worker is not None and task.spec.task_type == ACTOR_TASK:
-            self._cancel_actor_call(task)
+            self.actors.cancel_actor_call(task)
             return
         if worker is not None and worker.task is not task:
             # Pipelined behind another task, not started: it fails now, like a pending task.
             # It stays in the worker's queue (so the head's and the worker's queues stay in
             # step); the worker skips it, and its report, if any, is discarded.
-            self._post(worker.peer, ("cancel", task_id, False))
-            self._finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
-                                    "cancelled before it started")
+            self.outbox.post(worker.peer, ("cancel", task_id, False))
+            self.finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
+                                   "cancelled before it started")
             return
         if worker is None:
-            if task.node is not None:
-                self.scheduler.release(task.node.node_id, task.spec.resources)
+            if task.node is not None and task.state == SUBMITTED_TO_WORKER:
+                self.state.scheduler.release(task.node.node_id, task.spec.resources)
                 try:
                     task.node.waiting.remove(task)
                 except ValueError:
                     pass
-            self._finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
-                                    "cancelled before it started")
+            self.finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
+                                   "cancelled before it started")
         elif force and worker.task is task:
             worker.expect_exit(INTENDED_USER_EXIT, f"killed by cancel(force=True) of task {task.spec.name}")
             try:
@@ -531,4 +574,4 @@ class TaskFlow:
             except ProcessLookupError:
                 pass
         else:
-            self._post(worker.peer, ("cancel", task_id, False))
+            self.outbox.post(worker.peer, ("cancel", task_id, False))

@@ -20,10 +20,19 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Optional, Set
 
-# Ray's task states, in the order a task normally passes through them.
-STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "RUNNING", "FINISHED", "FAILED")
+from minicluster._private.head.states import (
+    FAILED,
+    NEW_ATTEMPT_FROM,
+    PENDING_ARGS_AVAIL,
+    RUNNING,
+    STATES,
+    TASK_TRANSITIONS,
+    TERMINAL,
+    IllegalTransition,
+    TaskState,
+)
 
-TERMINAL = ("FINISHED", "FAILED")
+__all__ = ["AttemptRecord", "TaskRecord", "STATES", "TERMINAL", "attempt_events"]
 
 
 def attempt_events(state: str, creation: Optional[float], start: Optional[float],
@@ -34,10 +43,10 @@ def attempt_events(state: str, creation: Optional[float], start: Optional[float]
     cost the hot path more than the 5% budget of recording (an object per change, and
     longer garbage-collector passes over the 100k remembered tasks).
     """
-    events = [("PENDING_ARGS_AVAIL", creation)]
+    events = [(PENDING_ARGS_AVAIL, creation)]
     if start is not None:
-        events.append(("RUNNING", start))
-    elif state not in TERMINAL and state != "PENDING_ARGS_AVAIL":
+        events.append((RUNNING, start))
+    elif state not in TERMINAL and state != PENDING_ARGS_AVAIL:
         events.append((state, None))
     if state in TERMINAL:
         events.append((state, end))
@@ -50,7 +59,8 @@ class AttemptRecord:
 
     def __init__(self, attempt_number: int) -> None:
         self.attempt_number = attempt_number
-        self.state = "PENDING_ARGS_AVAIL"
+        #: changed only by its TaskRecord, through the transition check (states.TASK_TRANSITIONS)
+        self.state: TaskState = PENDING_ARGS_AVAIL
         self.node_id: Optional[bytes] = None
         self.worker_id: Optional[bytes] = None
         self.error_type: Optional[str] = None
@@ -62,9 +72,6 @@ class AttemptRecord:
         #: its failure message then says so
         self.injected: Optional[str] = None
 
-    def enter(self, state: str) -> None:
-        self.state = state
-
     @property
     def events(self) -> List[tuple]:
         """(state, time) of when it was created, started running and ended (attempt_events)."""
@@ -72,18 +79,46 @@ class AttemptRecord:
 
 
 class TaskRecord:
+    """One task: its spec, its attempts, and where it is now.
+
+    Its state is its last attempt's (`state`, one of states.TaskState); it changes only
+    through set_state / fail_attempt / new_attempt / close, which check the move against
+    states.TASK_TRANSITIONS. Where the task is, by state (head_state.py checks these):
+
+        PENDING_ARGS_AVAIL       deps_waiting > 0 dependents entries name it (objects' `dependents`)
+        PENDING_NODE_ASSIGNMENT  in head.ready[shape]; node and worker are None
+        SUBMITTED_TO_WORKER      node set, holding resources there; in node.waiting (worker None)
+                                 or pipelined in worker.queue[1:] (worker set)
+        PENDING_ACTOR_..._ORDERING  an actor call in its actor's `pending` queue
+        RUNNING                  worker set: first in worker.queue, or in its actor's `inflight`
+        FINISHED / FAILED        closed: `finished`, out of head.tasks (maybe kept as lineage)
+
+    The flags beside the state, and their legal combinations:
+
+        finished      True exactly when closed (close() sets it, new_attempt() clears it for a
+                      retry, a lineage rebuild or an actor restart); so finished implies a
+                      terminal state, and a terminal state without `finished` exists only
+                      between fail_attempt() and the new_attempt() that always follows it
+        cancelled     cancel() asked for it; any state. A cancelled task still open ends
+                      FAILED (TASK_CANCELLED) unless its result was already on its way (FINISHED)
+        owner_dead    its owner died: implies cancelled (once open); its results are dropped
+        pinned        its argument refs are pinned: True from start_task to close
+        lineage_held  it holds lineage refs on its arguments (lineage.py): only after it
+                      FINISHED once, kept until its lineage record goes
+    """
+
     __slots__ = ("spec", "attempt", "retries_left", "submitter_node", "node", "worker", "deps_waiting",
                  "attempts", "cancelled", "owner_dead", "finished", "pinned", "shape", "live_returns",
-                 "lineage_held", "history_entry", "ready", "changes")
+                 "lineage_held", "history_entry", "changes")
 
     def __init__(self, spec: Any, max_retries: int, submitter_node: bytes, changes: Optional[Set[Any]] = None) -> None:
         self.spec = spec
         self.attempt = 0
         self.retries_left = max_retries
         self.submitter_node = submitter_node
-        self.node: Any = None
-        self.worker: Any = None
-        self.deps_waiting = 0
+        self.node: Any = None  #: NodeRecord it is placed on (from placement until a new attempt)
+        self.worker: Any = None  #: WorkerRecord it was sent to, until it reports or is taken back
+        self.deps_waiting = 0  #: arguments not ready yet (PENDING_ARGS_AVAIL only)
         self.attempts: List[AttemptRecord] = [AttemptRecord(0)]
         self.cancelled = False
         self.owner_dead = False
@@ -93,17 +128,19 @@ class TaskRecord:
         self.live_returns = 0  #: while kept as lineage: how many of its results still exist
         self.lineage_held = False  #: holds lineage refs on its arguments
         self.history_entry = -1  #: its entry number in the TaskHistory once it finished, else -1
-        self.ready = False  #: actor calls: arguments ready, may be sent when its turn comes
         #: the head's set of tasks whose attempts ended since the state recorder last looked
         self.changes: Set[Any] = changes if changes is not None else set()
 
     @property
-    def state(self) -> str:
+    def state(self) -> TaskState:
         return self.attempts[-1].state
 
-    def set_state(self, state: str, node_id: Optional[bytes] = None, worker_id: Optional[bytes] = None) -> None:
+    def set_state(self, state: TaskState, node_id: Optional[bytes] = None, worker_id: Optional[bytes] = None) -> None:
+        """Move the current attempt to `state` (a legal move, else IllegalTransition)."""
         record = self.attempts[-1]
-        record.enter(state)
+        if state not in TASK_TRANSITIONS[record.state]:
+            raise IllegalTransition("task", self._name(), record.state, state)
+        record.state = state
         if node_id is not None:
             record.node_id = node_id
         if worker_id is not None:
@@ -116,25 +153,40 @@ class TaskRecord:
         record.end_time = end
 
     def fail_attempt(self, error_type: str, message: str) -> None:
+        """The current attempt failed and the task goes on: new_attempt() must follow at once."""
         record = self.attempts[-1]
-        record.enter("FAILED")
+        if FAILED not in TASK_TRANSITIONS[record.state]:
+            raise IllegalTransition("task", self._name(), record.state, FAILED)
+        record.state = FAILED
         record.error_type = error_type
         record.error_message = message if record.injected is None else _with_note(message, record.injected)
         record.end_time = record.end_time or time.time()
         self.changes.add(self)
 
     def new_attempt(self) -> None:
+        """Open the next attempt (PENDING_ARGS_AVAIL): a retry, a lineage rebuild, an actor restart."""
+        old = self.attempts[-1].state
+        if old not in NEW_ATTEMPT_FROM:
+            raise IllegalTransition("task", self._name(), old, "a new attempt")
         self.attempt += 1
         self.attempts.append(AttemptRecord(self.attempt))
+        self.finished = False
 
-    def close(self, state: str, error_type: Optional[str], message: Optional[str]) -> None:
+    def close(self, state: TaskState, error_type: Optional[str], message: Optional[str]) -> None:
+        """The task ends, FINISHED or FAILED, with this attempt."""
+        record = self.attempts[-1]
+        if self.finished or state not in TERMINAL or state not in TASK_TRANSITIONS[record.state]:
+            raise IllegalTransition("task", self._name(), record.state + (" (closed)" if self.finished else ""),
+                                    state)
         self.finished = True
         self.changes.add(self)
-        record = self.attempts[-1]
-        record.enter(state)
+        record.state = state
         record.error_type = error_type
         record.error_message = message if record.injected is None else _with_note(message, record.injected)
         record.end_time = record.end_time or time.time()
+
+    def _name(self) -> str:
+        return f"task {self.spec.name} ({self.spec.task_id.hex()}) attempt {self.attempt}"
 
 
 # Every task of one shape shares one shape tuple: a task kept as lineage lives long, and its

@@ -1,10 +1,15 @@
-"""Blocking reads: get and wait, from the driver and from tasks (part of the head).
+"""Blocking reads: get and wait, from the driver and from tasks.
 
-Runs in the driver process, as methods of `Head` (head.py), under the head's
-lock. A read that cannot be answered now registers a Waiter on the objects
-(objects.py). While a task is blocked in get/wait, its CPUs are lent to other
-tasks, and tasks pipelined behind it are taken back, so nested work cannot
-deadlock on a full node.
+Runs in the driver process, under the head's lock: the driver (driver.py, via
+Head) and workers' "get"/"wait"/"forget" messages call it; recovery drops a
+dead worker's reads (flow_interfaces.py). It needs the task flow (tasks taken
+back from a blocked worker go back in line) and recovery (a wanted object
+that is lost, or whose copies are all on stopped nodes).
+
+A read that cannot be answered now registers a Waiter on the objects
+(object_directory.py). While a task is blocked in get/wait, its CPUs are lent
+to other tasks, and tasks pipelined behind it are taken back, so nested work
+cannot deadlock on a full node.
 """
 
 from __future__ import annotations
@@ -12,23 +17,37 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable, List, Optional
 
-from minicluster._private.store import object_store
-from minicluster.exceptions import ObjectLostError, ReferenceCountingAssertionError
+from minicluster._private.head.flow_interfaces import RecoveryForWaiting, TasksForWaiting, Timers
+from minicluster._private.head.head_state import HeadState
+from minicluster._private.head.messaging import Outbox
 from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED, Waiter
-from minicluster._private.store.serialization import error_blob
 from minicluster._private.head.virtual_nodes import WorkerRecord
 
 
 class Waiting:
-    """Head methods for get/wait; see the module docstring."""
+    """Head logic for get/wait; see the module docstring."""
 
-    def register_wait(self, object_ids: List[bytes], needed_remaining: int, on_ready: Callable[[Waiter], None]) -> Optional[Waiter]:
-        """Register a waiter unless enough objects are ready already (then returns None). Lock held."""
-        entries = self.objects.entries
+    def __init__(self, state: HeadState, outbox: Outbox, timers: Timers) -> None:
+        self.state = state
+        self.outbox = outbox
+        self.timers = timers
+        # set by connect(): the flows this one calls
+        self.tasks: TasksForWaiting
+        self.recovery: RecoveryForWaiting
+
+    def connect(self, tasks: TasksForWaiting, recovery: RecoveryForWaiting) -> None:
+        self.tasks = tasks
+        self.recovery = recovery
+
+    def register_wait(self, object_ids: List[bytes], needed_remaining: int,
+                      on_ready: Callable[[Waiter], None]) -> Optional[Waiter]:
+        """Register a waiter unless enough objects are ready already (then returns None)."""
+        state = self.state
+        entries = state.objects.entries
         for object_id in object_ids:
             entry = entries.get(object_id)
             if entry is not None and entry.state in (LOST, RELEASED):
-                self._recover(object_id)  # someone needs it now: rebuild it
+                self.recovery.recover(object_id)  # someone needs it now: rebuild it
         pending = []
         for object_id in object_ids:
             entry = entries.get(object_id)
@@ -36,9 +55,9 @@ class Waiting:
                 continue
             if entry.state == PENDING:
                 pending.append(object_id)
-            elif entry.state == READY and not self._reachable(entry):
+            elif entry.state == READY and not state.reachable(entry):
                 pending.append(object_id)
-                self._await_unreachable(object_id)
+                self.recovery.await_unreachable(object_id)
         if len(pending) <= needed_remaining:
             return None
         waiter = Waiter(pending, len(pending), needed_remaining, on_ready)
@@ -49,8 +68,10 @@ class Waiting:
             entry.waiters.append(waiter)
         return waiter
 
-    def _unregister_waiter(self, waiter: Waiter) -> None:
-        entries = self.objects.entries
+    def unregister_waiter(self, waiter: Waiter) -> None:
+        """Take a waiter off its objects (it fired, timed out, or its reader is gone)."""
+        objects = self.state.objects
+        entries = objects.entries
         for object_id in waiter.object_ids:
             entry = entries.get(object_id)
             if entry is not None and entry.waiters:
@@ -60,43 +81,24 @@ class Waiting:
                     pass
                 if not entry.waiters:
                     entry.waiters = None
-                    self.objects.maybe_free(object_id)
+                    objects.maybe_free(object_id)
 
-    def payload_of(self, object_id: bytes) -> tuple:
-        entry = self.objects.entries.get(object_id)
-        if entry is None:
-            return ("e", error_blob(self._missing_error(object_id)))
-        payload = entry.payload
-        if payload is None:  # lost again after the wait ended: the caller asks once more
-            return ("s", [], entry.size)
-        if payload[0] == "s":
-            nodes = self.nodes
-            return ("s", [loc for loc in payload[1] if not nodes[object_store.node_of(loc)].stopped], payload[2])
-        return payload
-
-    def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:
-        entries = self.objects.entries
-        return [oid for oid in object_ids if (e := entries.get(oid)) is None or e.state == READY]
-
-    def _missing_error(self, object_id: bytes) -> BaseException:
-        if object_id in self.objects.freed:
-            return ReferenceCountingAssertionError(object_id.hex())
-        return ObjectLostError(object_id.hex())
-
-    def _worker_wait(self, worker: WorkerRecord, request_id: int, object_ids: List[bytes], num_returns: int,
-                     timeout: Optional[float], reply_all: bool) -> None:
+    def worker_wait(self, worker: WorkerRecord, request_id: int, object_ids: List[bytes], num_returns: int,
+                    timeout: Optional[float], reply_all: bool) -> None:
+        """A task's get (reply_all: every payload) or wait (the ready ids): reply now or when ready."""
         peer = worker.peer
+        state = self.state
 
         def reply(waiter: Optional[Waiter]) -> None:
             if worker.requests.pop(request_id, None) is None and waiter is not None:
                 return
             if reply_all:
-                payload: Any = [self.payload_of(oid) for oid in object_ids]
+                payload: Any = [state.payload_of(oid) for oid in object_ids]
             else:
-                payload = self.ready_ids(object_ids)[:num_returns]
-            self._post(peer, ("reply", request_id, payload))
+                payload = state.ready_ids(object_ids)[:num_returns]
+            self.outbox.post(peer, ("reply", request_id, payload))
             if waiter is not None:
-                self._unblock(worker)
+                self.unblock(worker)
 
         needed_remaining = len(object_ids) - num_returns
         waiter = self.register_wait(object_ids, needed_remaining, reply)
@@ -107,13 +109,19 @@ class Waiting:
         self._block(worker)
         if timeout is not None:
             def expire() -> None:
-                with self.lock:
-                    if not waiter.fired:
-                        waiter.fired = True
-                        self._unregister_waiter(waiter)
-                        reply(waiter)
-                        self._flush()
-            self.hub.call_later(timeout, expire)
+                if not waiter.fired:
+                    waiter.fired = True
+                    self.unregister_waiter(waiter)
+                    reply(waiter)
+            self.timers.call_later(timeout, expire)
+
+    def forget(self, worker: WorkerRecord, request_id: int) -> None:
+        """The worker gave up a get/wait (its own timeout): no reply is wanted any more."""
+        waiter = worker.requests.pop(request_id, None)
+        if waiter is not None:
+            waiter.fired = True
+            self.unregister_waiter(waiter)
+            self.unblock(worker)
 
     def _block(self, worker: WorkerRecord) -> None:
         """A task waits in get/wait: lend its CPUs to other tasks so nested work cannot deadlock.
@@ -126,17 +134,17 @@ class Waiting:
             if len(worker.queue) > 1:
                 taken = list(worker.queue)[1:]
                 worker.queue = collections.deque([worker.queue[0]])
-                self._post(worker.peer, ("steal", [t.spec.task_id for t in taken]))
+                self.outbox.post(worker.peer, ("steal", [t.spec.task_id for t in taken]))
                 for task in taken:
                     task.worker = None
                     task.node = None
-                    self._args_ready(task)
-            self.scheduler.release(worker.node.node_id, worker.task.spec.resources)
-            self._schedule()
+                    self.tasks.args_ready(task)
+            self.state.scheduler.release(worker.node.node_id, worker.task.spec.resources)
+            self.tasks.schedule()
 
-    def _unblock(self, worker: WorkerRecord) -> None:
+    def unblock(self, worker: WorkerRecord) -> None:
         if worker.blocked <= 0:
             return
         worker.blocked -= 1
         if worker.blocked == 0 and worker.task is not None and not worker.dead:
-            self.scheduler.acquire(worker.node.node_id, worker.task.spec.resources)
+            self.state.scheduler.acquire(worker.node.node_id, worker.task.spec.resources)

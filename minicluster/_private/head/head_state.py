@@ -1,0 +1,164 @@
+"""The head's state: every record of a session, in one object, with the invariants it keeps.
+
+Lives in the driver process, guarded by the head's lock (head.py): every read
+and write happens with it held, from the user's threads or the hub thread.
+The flows (task_flow.py, actor_flow.py, waiting.py, recovery.py) change it;
+nothing else writes it (the state recorder and fault injector only read).
+
+Each field's comment says who writes it, what it maps, and what must be true
+whenever the lock is released; `invariants.py` checks them (Head.validate_state).
+The few methods here only read the state (queries several flows share).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+
+from minicluster._private.common import config, fault_hooks
+from minicluster._private.head.actor_records import ActorRecord
+from minicluster._private.head.lineage import Lineage, arguments_of
+from minicluster._private.head.object_directory import READY, ObjectDirectory, ObjectEntry
+from minicluster._private.head.scheduler import Scheduler
+from minicluster._private.head.task_history import TaskHistory
+from minicluster._private.head.task_records import TaskRecord
+from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
+from minicluster._private.store import object_store
+from minicluster._private.store.serialization import error_blob
+from minicluster.exceptions import ObjectLostError, ReferenceCountingAssertionError
+
+
+@dataclass(eq=False)
+class HeadState:
+    #: the session (constant): its layout says where each node's store is
+    session: Any
+    #: resources per node (scheduler.py). Written by the task flow (place, acquire, release),
+    #: the actor flow (what an actor holds) and Head (nodes come, stop, die). One entry per
+    #: node in `nodes`, same alive and stopped flags; on a live node, total - available is
+    #: exactly what its node.waiting tasks, its unblocked busy workers' leases (one per
+    #: worker.queue) and its ALIVE actors' `held` add up to
+    scheduler: Scheduler
+    #: every live object (object_directory.py). Borrowers are live workers whose `borrowed`
+    #: lists the object; a READY object's store copies are on live nodes; a PENDING task
+    #: result's task is open (in `tasks`) or is being rebuilt
+    objects: ObjectDirectory
+    #: finished tasks kept to rebuild their results (lineage.py). Each record is FINISHED,
+    #: not in `tasks`, holds lineage refs, and `live_returns` of its results still exist
+    lineage: Lineage
+    #: task id -> TaskRecord of every open task (submitted or reopened, not closed). Written
+    #: by the task, actor and recovery flows. No task here is `finished`; where each one is
+    #: follows from its state (task_records.TaskRecord's docstring)
+    tasks: Dict[bytes, TaskRecord] = field(default_factory=dict)
+    #: compact copies of finished tasks, for the state API (task_flow writes on close)
+    history: TaskHistory = field(default_factory=TaskHistory)
+    #: TaskRecords whose attempts ended since the state recorder last looked (it drains it)
+    task_changes: Set[TaskRecord] = field(default_factory=set)
+    #: parent task id -> ids of tasks it submitted, for recursive cancel. Keys are open tasks
+    #: (added only while the parent is open, popped when it closes); children may have closed
+    children: Dict[bytes, Set[bytes]] = field(default_factory=lambda: collections.defaultdict(set))
+    #: actor id -> ActorRecord, every actor of the session (never removed; DEAD ones stay)
+    actors: Dict[bytes, ActorRecord] = field(default_factory=dict)
+    #: (namespace, name) -> actor id of a named actor in `actors` (the newest of that name)
+    named_actors: Dict[Tuple[Any, str], bytes] = field(default_factory=dict)
+    #: function id -> pickled function or class, sent to a worker before its first task of it
+    functions: Dict[bytes, bytes] = field(default_factory=dict)
+    #: node id -> NodeRecord, every node of the session (dead ones stay, alive False, with no
+    #: workers, idle or waiting tasks). Written by Head (add, stop, resume) and recovery
+    nodes: Dict[bytes, NodeRecord] = field(default_factory=dict)
+    #: worker id -> WorkerRecord of every connected live worker: not dead, its node alive,
+    #: and in its node's `workers`; a node's `idle` workers are among them, each at most once,
+    #: with an empty queue and no actor. Written by Head (hello) and recovery (death)
+    workers: Dict[bytes, WorkerRecord] = field(default_factory=dict)
+    #: resource shape -> FIFO of tasks waiting for placement (task flow). Every open task in
+    #: PENDING_NODE_ASSIGNMENT is in ready[task.shape] exactly once; other entries are stale
+    #: (closed, or placed meanwhile) and are dropped when met
+    ready: Dict[tuple, Deque[TaskRecord]] = field(default_factory=dict)
+    #: shapes already warned about as infeasible (warn once each)
+    infeasible_warned: Set[tuple] = field(default_factory=set)
+    #: function id -> moving average run time (s), to decide what is tiny enough to pipeline
+    durations: Dict[bytes, float] = field(default_factory=dict)
+    #: object id -> hub timer, while every copy of a wanted object is on a stopped node (recovery)
+    fetch_timers: Dict[bytes, Any] = field(default_factory=dict)
+    #: how long readers wait for a stopped node's copy before giving up on it (constant)
+    fetch_timeout_s: float = field(default_factory=config.fetch_fail_timeout_s)
+    #: the job's namespace (init(namespace=...)), told to nodes; set by the driver before nodes start
+    namespace: str = "default"
+    #: store bytes of a new node (object_store_memory); set by the driver before nodes start
+    default_capacity: int = config.MIN_SHM_BYTES
+    #: hooks of the fault plan a test installed (minicluster.testing), else None; set by the injector
+    faults: Optional[fault_hooks.HeadHooks] = None
+    #: True once the session shut down: nothing new starts
+    closed: bool = False
+
+    # ---- queries several flows share (read only) ---------------------------------------
+
+    def reachable(self, entry: ObjectEntry) -> bool:
+        """Whether a reader can fetch the value: inline, or a copy on a node that is not stopped."""
+        payload = entry.payload
+        if payload is None or payload[0] != "s":
+            return True
+        nodes = self.nodes
+        return any(not nodes[object_store.node_of(loc)].stopped for loc in payload[1])
+
+    def missing_error(self, object_id: bytes) -> BaseException:
+        """The error of an object that has no entry: freed by its refs, or lost."""
+        if object_id in self.objects.freed:
+            return ReferenceCountingAssertionError(object_id.hex())
+        return ObjectLostError(object_id.hex())
+
+    def payload_of(self, object_id: bytes) -> tuple:
+        """Where a reader finds the value (copies on stopped nodes left out)."""
+        entry = self.objects.entries.get(object_id)
+        if entry is None:
+            return ("e", error_blob(self.missing_error(object_id)))
+        payload = entry.payload
+        if payload is None:  # lost again after the wait ended: the caller asks once more
+            return ("s", [], entry.size)
+        if payload[0] == "s":
+            nodes = self.nodes
+            return ("s", [loc for loc in payload[1] if not nodes[object_store.node_of(loc)].stopped], payload[2])
+        return payload
+
+    def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:
+        entries = self.objects.entries
+        return [oid for oid in object_ids if (e := entries.get(oid)) is None or e.state == READY]
+
+    def error_blob_of(self, object_id: bytes, entry: ObjectEntry) -> bytes:
+        """The pickled error an error object holds, inline or in a store."""
+        payload = entry.payload
+        if payload[0] != "s":
+            return payload[1]
+        for location in payload[1]:  # a large error lives in a store like a large value
+            try:
+                return bytes(object_store.read(self.session.layout.dir_of(location), object_id))
+            except FileNotFoundError:
+                continue
+        return error_blob(ObjectLostError(object_id.hex()))
+
+
+def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
+    """A fresh state; the object directory and lineage call back into it to keep links tidy."""
+    state: Optional[HeadState] = None
+
+    def entry_deleted(object_id: bytes, entry: ObjectEntry) -> None:
+        # An object is gone for good: lineage kept only for it goes, and its owner forgets it.
+        state.lineage.result_deleted(object_id)
+        owner = state.workers.get(entry.owner)
+        if owner is not None:
+            owner.owned.discard(object_id)
+
+    def release_lineage_args(task: TaskRecord) -> None:
+        # A lineage record goes: the lineage refs it held on its arguments go with it.
+        if task.lineage_held:
+            task.lineage_held = False
+            for object_id in arguments_of(task):
+                state.objects.release_lineage_ref(object_id)
+
+    state = HeadState(
+        session=session,
+        scheduler=Scheduler(),
+        objects=ObjectDirectory(driver_counts, session.layout, entry_deleted),
+        lineage=Lineage(config.max_lineage_bytes(), release_lineage_args),
+    )
+    return state
