@@ -19,11 +19,18 @@ Where things live (one concept per module):
     client.py           what the driver's and the workers' runtime clients share
     context.py          which runtime client this process uses
     driver.py           the driver's runtime client: session + embedded head
-    head.py             the head: lifecycle, messages, state queries; it is also
-      task_flow.py        a task's path from submission to result; cancellation
-      actor_flow.py       actors: creation, ordered calls, death, restart, kill
-      waiting.py          get and wait
-      recovery.py         dead workers, nodes, owners; rebuilding lost objects
+    head.py             the head's facade: lifecycle, messages in, state queries; it
+                        builds the state and the flows and connects them
+      head_state.py       HeadState: every record of the session, each with its invariant
+      invariants.py       the check of those invariants (Head.validate_state)
+      states.py           task and actor states and their legal transitions
+      flow_interfaces.py  what each flow calls on another (Protocols)
+      messaging.py        outgoing messages batched per connection; timers under the lock
+      task_flow.py        TaskFlow: a task's path from submission to result; cancellation
+      actor_flow.py       ActorFlow: creation, ordered calls, death, restart, kill
+      actor_records.py    the record of one actor
+      waiting.py          Waiting: get and wait
+      recovery.py         Recovery: dead workers, nodes, owners; rebuilding lost objects
     scheduler.py        placement by resources and strategy
     objects.py          object directory: values, locations, holders, freeing, spilling
     lineage.py          finished tasks kept to rebuild lost objects

@@ -1,8 +1,9 @@
 """Shared fixtures: a fresh session per test, and a check that nothing leaked after it.
 
 `cluster(**init_kwargs)` starts a session; whatever the test does (even when it
-fails), teardown shuts it down and then checks that every process the session
-started is gone and its shared-memory folder is removed.
+fails), teardown checks the head's invariants (validate_state), shuts the session
+down and then checks that every process the session started is gone and its
+shared-memory folder is removed.
 """
 
 from __future__ import annotations
@@ -78,6 +79,13 @@ def session_pids() -> List[int]:
     return pids
 
 
+def validate_head() -> None:
+    """Check the running session's head invariants (Head.validate_state); no-op without a session."""
+    client = context.current()
+    if client is not None and not client.head.closed:
+        client.head.validate_state()
+
+
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -103,6 +111,7 @@ def cluster() -> Iterator[Callable[..., Any]]:
 
     yield start
     started.extend(session_pids())
+    validate_head()  # the head's records must be consistent whatever the test did (head_state.py)
     ray.shutdown()
     wait_for(lambda: not [p for p in started if _alive(p)], timeout=3.0,
              what=f"session processes to exit: {[p for p in started if _alive(p)]}")
@@ -115,4 +124,5 @@ def cluster() -> Iterator[Callable[..., Any]]:
 def _always_shut_down() -> Iterator[None]:
     yield
     if ray.is_initialized():
+        validate_head()
         ray.shutdown()

@@ -13,6 +13,7 @@ flows, each an object built here with the state and connected to the flows it
 calls through the small interfaces of flow_interfaces.py:
 
     head_state.py   HeadState: every record, each field with its invariant
+    invariants.py   the check of those invariants (Head.validate_state)
     messaging.py    Outbox (post/flush) and timers that run under the lock
     task_flow.py    TaskFlow: a task's path from submission to stored result; cancel
     actor_flow.py   ActorFlow: actors: creation, ordered calls, death, restart, kill
@@ -42,6 +43,7 @@ from minicluster._private.store import object_store
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
 from minicluster._private.head.head_state import new_state
+from minicluster._private.head.invariants import violations
 from minicluster._private.head.messaging import LockedTimers, Outbox
 from minicluster._private.wire.hub import Hub, Peer
 from minicluster._private.common.ids import new_node_id
@@ -55,6 +57,10 @@ DRIVER = b"driver"  # owner id of objects the driver creates
 
 # The folder that holds the minicluster package (this file is minicluster/_private/head/head.py).
 _PACKAGE_PARENT = str(pathlib.Path(__file__).resolve().parents[3])
+
+
+class HeadStateError(AssertionError):
+    """validate_state found records that break the head's invariants (a head bug)."""
 
 
 class Head:
@@ -243,6 +249,14 @@ class Head:
                         waiter.fired = True
                         waiter.on_ready(waiter)
         self.hub.stop()
+
+    def validate_state(self) -> None:
+        """Check every invariant of the head's records (head_state.py); raise HeadStateError
+        listing each violation. For tests: it walks everything, so it is not cheap."""
+        with self.lock:
+            problems = violations(self.head_state)
+        if problems:
+            raise HeadStateError(f"{len(problems)} head invariant violation(s):\n  " + "\n  ".join(problems))
 
     # ==== messages from the hub ======================================================
 
