@@ -25,7 +25,7 @@ What must hold whenever the lock is released:
 from __future__ import annotations
 
 import collections
-from typing import Dict, List
+from typing import Any, Dict, List
 
 from minicluster._private.common.ids import is_put_object, task_of
 from minicluster._private.common.task_spec import ACTOR_TASK
@@ -77,6 +77,11 @@ def _check_tasks(state: HeadState, problems: List[str]) -> None:
     for entry in state.objects.entries.values():
         for task in entry.dependents or ():
             dependents[id(task)] += 1
+    # Where each task is queued, by identity (one pass each: the walk stays linear).
+    waiting_at: Dict[int, Any] = {id(task): node for node in state.nodes.values() for task in node.waiting}
+    queued_at: Dict[int, tuple] = {id(task): (worker, index) for worker in state.workers.values()
+                                   for index, task in enumerate(worker.queue)}
+    pending_at: Dict[int, Any] = {id(task): actor for actor in state.actors.values() for task in actor.pending}
     for task_id, task in state.tasks.items():
         name = _name(task)
         if task.spec.task_id != task_id:
@@ -110,9 +115,9 @@ def _check_tasks(state: HeadState, problems: List[str]) -> None:
             if node is None or not node.alive:
                 problems.append(f"{name} is placed on no live node")
             elif worker is None:
-                if task not in node.waiting:
+                if waiting_at.get(id(task)) is not node:
                     problems.append(f"{name} holds resources on {node.name} but is not in its waiting list")
-            elif task not in list(worker.queue)[1:]:
+            elif queued_at.get(id(task), (None, 0))[0] is not worker or queued_at[id(task)][1] == 0:
                 problems.append(f"{name} is not queued behind another task at its worker")
         elif status == RUNNING:
             if worker is None or worker.dead or state.workers.get(worker.worker_id) is not worker:
@@ -125,7 +130,7 @@ def _check_tasks(state: HeadState, problems: List[str]) -> None:
                 problems.append(f"{name} runs but is not first in its worker's queue")
         if is_actor_call and status in (PENDING_ARGS_AVAIL, PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY):
             actor = state.actors.get(task.spec.actor_id)
-            if actor is None or task not in actor.pending:
+            if actor is None or pending_at.get(id(task)) is not actor:
                 problems.append(f"{name} is an actor call waiting outside its actor's queue")
         elif status == PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY:
             problems.append(f"{name} is not an actor call but waits in an actor's queue state")
