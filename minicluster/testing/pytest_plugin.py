@@ -185,6 +185,8 @@ def fault_journal(fault_plan: FaultPlan) -> FaultJournal:
 def minicluster_cluster(request: pytest.FixtureRequest, fault_plan: FaultPlan,
                         minicluster_seed: int) -> Iterator[MiniclusterCluster]:
     """A fresh session with fault_plan installed; afterwards shut down and checked for leaks."""
+    # Not at the top: pytest loads this plugin in every run of this environment, and a
+    # run that never asks for the fixture should not import (and set up) the runtime.
     import minicluster as ray
     from minicluster._private.client import context
 

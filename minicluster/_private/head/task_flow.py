@@ -28,7 +28,7 @@ from minicluster._private.common.ids import task_of
 from minicluster._private.head.lineage import arguments_of
 from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED
 from minicluster._private.head.scheduler import INFEASIBLE, Unschedulable
-from minicluster._private.store.serialization import error_blob
+from minicluster._private.store.serialization import deserialize, error_blob
 from minicluster._private.head.task_records import TaskRecord
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
 from minicluster._private.head.virtual_nodes import INTENDED_USER_EXIT, NodeRecord, WorkerRecord
@@ -231,7 +231,6 @@ class TaskFlow:
         Upstream task errors pass through unchanged (as in Ray); a lost-object error
         is wrapped so the dependent's error is a RayTaskError that is also the loss.
         """
-        from minicluster._private.store.serialization import deserialize
 
         error, _ = deserialize(blob)
         if not isinstance(error, RayTaskError):
