@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 import minicluster as ray
-from minicluster._private.client import context
+from minicluster import testing
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 
@@ -68,14 +68,9 @@ def wait_ready(refs: List[Any], timeout: float = 10.0) -> None:
 
 def session_pids() -> List[int]:
     """Pids of every node manager and worker of the running session."""
-    client = context.current()
-    if client is None:
+    if not ray.is_initialized():
         return []
-    head = client.head
-    with head.lock:
-        pids = [n.pid for n in head.nodes.values() if n.pid]
-        pids += [w.pid for n in head.nodes.values() for w in n.workers.values()]
-    return pids
+    return list(testing.snapshot().pids())
 
 
 def _alive(pid: int) -> bool:
@@ -98,7 +93,7 @@ def cluster() -> Iterator[Callable[..., Any]]:
     def start(**kwargs: Any) -> Any:
         kwargs.setdefault("num_cpus", 1)
         info = ray.init(**kwargs)
-        stores.append(context.current().store_root)
+        stores.append(testing.snapshot().store_root)
         return info
 
     yield start

@@ -42,6 +42,7 @@ from minicluster._private.head.lineage import Lineage
 from minicluster._private.head.object_directory import ObjectDirectory
 from minicluster._private.head.recovery import Recovery
 from minicluster._private.head.scheduler import Scheduler
+from minicluster._private.head.snapshot import ClusterSnapshot, take as take_snapshot
 from minicluster._private.head.task_flow import TaskFlow
 from minicluster._private.head.task_history import TaskHistory
 from minicluster._private.head.task_records import TaskRecord
@@ -456,6 +457,17 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             messages, peer.outbox = peer.outbox, []
             if messages:
                 peer.send(messages)
+
+    # ==== for tests and benchmarks ===================================================
+
+    def snapshot(self, finished_tasks: bool = False) -> ClusterSnapshot:
+        """A frozen copy of the session's state (minicluster.testing.snapshot), all of one moment.
+
+        finished_tasks=True also copies the finished tasks of the history (up to 100,000):
+        off by default, as that is a long time to hold the lock in a big session.
+        """
+        with self.lock:
+            return take_snapshot(self, finished_tasks)
 
 
 _HANDLERS: Dict[str, Callable[[Head, Peer, Any, tuple], None]] = {
