@@ -1,7 +1,7 @@
 """The public functions of `import minicluster as ray`, with Ray's names and signatures.
 
 Runs in the driver and in workers alike: each call finds this process's
-runtime client (context.py) and validates its input before anything happens,
+runtime client (_private/client/context.py) and validates its input before anything happens,
 so bad input fails fast with a message naming the problem and changes nothing.
 """
 

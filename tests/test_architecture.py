@@ -33,70 +33,30 @@ MAX_TOP_MODULES = 20
 # Imports inside functions: (importing module, function, imported module) -> why it is not at the top.
 # "CYCLE:" marks one that hides an import cycle (at the top it would close one); "NONE:" one
 # with no reason found (a cheap or already loaded module): candidates to move to the top.
-_STARTUP_CLI = "startup time: each `minicluster` command loads only what it uses"
 _PLUGIN = "the pytest plugin is loaded into every pytest run: minicluster only when a test uses its fixture"
 FUNCTION_IMPORTS: Dict[Tuple[str, str, str], str] = {
     # ---- _private
+    ("minicluster._private.client.object_ref", "ObjectRef.__await__", "asyncio"):
+        "startup time: asyncio (~30 ms) only for code that awaits refs",
+    ("minicluster._private.client.object_ref", "ObjectRef.future", "concurrent.futures"):
+        "startup time: only callers of ObjectRef.future() need it",
     ("minicluster._private.common.config", "default_store_capacity", "shutil"):
         "startup time: config is read by every node and worker; only the driver sizes the store",
     ("minicluster._private.common.config", "session_root", "tempfile"):
         "startup time: config is read by every node and worker; only the driver picks the session folder",
-    ("minicluster._private.head.task_flow", "TaskFlow._fail_on_argument_error",
-     "minicluster._private.store.serialization"):
-        "NONE: the head imports serialization at module level already (waiting.py)",
     ("minicluster._private.node.worker", "Worker._create_actor", "minicluster._private.node.async_actor"):
         "startup time: asyncio is loaded only by async actors",
     ("minicluster._private.node.worker", "Worker._create_actor", "concurrent.futures"):
         "startup time: a thread pool only for threaded actors",
-    ("minicluster._private.observe.state_journal", "JournalWriter._fail", "sys"): "NONE: sys is always loaded",
-    ("minicluster._private.observe.state_journal", "read_frames", "io"): "NONE: io is always loaded",
     ("minicluster._private.observe.state_journal", "_same_process_alive", "psutil"):
         "startup time: psutil only to tell whether a session's driver still runs",
-    ("minicluster._private.observe.state_recorder", "StateRecorder._write_status", "json"):
-        "NONE: state_journal, imported at the top, loads json",
     ("minicluster._private.store.serialization", "pickle_definition", "hashlib"):
         "startup time: hashlib (OpenSSL) only once a function or class is shipped",
     # ---- the public package
-    ("minicluster.actor", "ActorClass._create", "minicluster.api"):
-        "api and actor use each other: api.remote() makes ActorClasses, actor calls go through api",
-    ("minicluster.actor", "ActorMethod.remote", "minicluster.api"):
-        "api and actor use each other: api.remote() makes ActorClasses, actor calls go through api",
-    ("minicluster.api", "_make_remote", "minicluster.actor"):
-        "api and actor use each other (see actor.py); one side must be lazy",
-    ("minicluster.api", "kill", "minicluster.actor"): "api and actor use each other (see actor.py); one side must be lazy",
     ("minicluster.api", "init", "minicluster._private.client.driver"):
         "startup time: workers import minicluster.api and never need the driver, head and hub",
-    ("minicluster.api", "init", "minicluster.cluster_utils"): "CYCLE: cluster_utils imports api at module level",
-    ("minicluster.api", "method", "minicluster._private.common.options"):
-        "NONE: remote_function, imported at the top, loads options",
-    ("minicluster.api", "_future_of", "concurrent.futures"): "startup time: only for ObjectRef.future()",
-    ("minicluster.object_ref", "ObjectRef.future", "minicluster.api"): "CYCLE: api imports object_ref at module level",
-    ("minicluster.object_ref", "ObjectRef.__await__", "asyncio"): "startup time: asyncio only for `await ref`",
-    ("minicluster.remote_function", "RemoteFunction._remote", "minicluster.api"):
-        "CYCLE: api imports remote_function at module level",
-    ("minicluster.cluster_utils", "Cluster.__init__", "minicluster._private.client.driver"):
-        "startup time: the driver, head and hub only when a Cluster is made (as api.init)",
-    ("minicluster.cluster_utils", "Cluster.__init__", "atexit"): "NONE: atexit is built in",
-    ("minicluster.cli", "main", "minicluster.demo"): _STARTUP_CLI,
-    ("minicluster.cli", "_cmd_list", "minicluster._private.observe.state_render"): _STARTUP_CLI,
-    ("minicluster.cli", "_cmd_list", "minicluster.util.state"): _STARTUP_CLI,
-    ("minicluster.cli", "_cmd_get", "minicluster._private.observe.state_render"): _STARTUP_CLI,
-    ("minicluster.cli", "_cmd_get", "minicluster.util.state"): _STARTUP_CLI,
-    ("minicluster.cli", "_cmd_summary", "minicluster._private.observe.state_render"): _STARTUP_CLI,
-    ("minicluster.cli", "_cmd_summary", "minicluster.util.state"): _STARTUP_CLI,
-    ("minicluster.cli", "_cmd_status", "minicluster._private.observe.state_render"): _STARTUP_CLI,
-    ("minicluster.cli", "_cmd_status", "minicluster.util.state"): _STARTUP_CLI,
-    ("minicluster.cli", "_cmd_timeline", "minicluster._private.observe.timeline"): _STARTUP_CLI,
-    ("minicluster.cli", "_cmd_logs", "minicluster._private.observe.log_files"): _STARTUP_CLI,
-    ("minicluster.cli", "_cmd_logs", "minicluster._private.observe.state_render"): _STARTUP_CLI,
-    ("minicluster.cli", "_cmd_logs", "minicluster.util.state"): _STARTUP_CLI,
-    ("minicluster.cli", "_session_source", "minicluster.util.state"): _STARTUP_CLI,
-    ("minicluster.cli", "_note_session", "minicluster._private.observe.state_render"): _STARTUP_CLI,
-    ("minicluster.cli", "_size_of", "os"): "NONE: os is always loaded",
-    ("minicluster.testing.cluster_control", "kill_worker_running", "minicluster._private.common.ids"):
-        "NONE: ids is a leaf module",
-    ("minicluster.testing.fault_plan", "FaultPlan.install", "minicluster.testing.injector"):
-        "CYCLE: injector imports fault_plan at module level",
+    ("minicluster.api", "timeline", "minicluster.util.state"):
+        "startup time: the state API's readers cost every `import minicluster` ~20 ms",
     ("minicluster.testing.pytest_plugin", "minicluster_cluster", "minicluster"): _PLUGIN,
     ("minicluster.testing.pytest_plugin", "minicluster_cluster", "minicluster._private.client.context"): _PLUGIN,
     ("minicluster.testing.pytest_plugin", "_check_no_leaks", "psutil"): _PLUGIN,

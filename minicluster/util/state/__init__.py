@@ -50,7 +50,7 @@ S = TypeVar("S", bound=StateSchema)
 
 
 class SessionSource:
-    """The records of one session: live in the driver, or from its folder (used by cli.py, timeline.py)."""
+    """The records of one session: live in the driver, or from its folder (used by cli.py and trace_events below)."""
 
     def __init__(self, recorder: Any = None, files: Optional[SessionFiles] = None) -> None:
         self.recorder = recorder
