@@ -695,24 +695,18 @@ def run_cluster(system: str, r: Reps, names: list[str], emit: Any) -> None:
 
 
 def _lineage_internals(system: str) -> dict[str, Any]:
-    """minicluster's own lineage accounting (diagnostic; read-only access to its head)."""
+    """minicluster's own lineage accounting (diagnostic; ``minicluster.testing.snapshot()``)."""
     if system != "minicluster":
         return {}
     try:
-        context = importlib.import_module("minicluster._private.client.context")
-        head = context.current().head
-        out = {"lineage_records": len(head.lineage.records),
-               "lineage_bytes_mb": head.lineage.bytes / 2**20,
-               "evicted_ids_remembered": len(head.lineage.evicted),
-               "object_entries": len(head.objects.entries)}
-        history = getattr(head, "history", None)
-        if history is not None:  # (a compact TaskHistory has a length; older ones a deque of tasks)
-            out["task_history"] = len(history.tasks) if hasattr(history, "tasks") else len(history)
-        freed = getattr(head.objects, "freed", None)
-        if freed is not None:
-            out["freed_ids_remembered"] = len(freed)
-        return out
-    except Exception as e:  # internals change; the measurement stands without them
+        snap = importlib.import_module("minicluster.testing").snapshot()
+        return {"lineage_records": snap.lineage_records,
+                "lineage_bytes_mb": snap.lineage_bytes / 2**20,
+                "evicted_ids_remembered": snap.lineage_evicted_remembered,
+                "object_entries": snap.objects,
+                "task_history": snap.finished_tasks_kept,
+                "freed_ids_remembered": snap.freed_ids_remembered}
+    except Exception as e:  # diagnostics must not fail the benchmark (an older minicluster has no snapshot)
         return {"internals_error": f"{type(e).__name__}: {e}"}
 
 

@@ -83,10 +83,10 @@ from minicluster.api import (
     put,
     remote,
     shutdown,
+    timeline,
     wait,
 )
 from minicluster.object_ref import ObjectRef
-from minicluster._private.observe.timeline import timeline
 
 __version__ = "0.1.0"
 

@@ -14,6 +14,7 @@ import inspect
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
+from minicluster._private.client import context
 from minicluster._private.common import options as opts
 from minicluster._private.common.ids import ActorID, new_actor_id, new_task_id
 from minicluster.remote_function import _serialize_args
@@ -85,15 +86,13 @@ class ActorClass:
         return self._class_id, self._blob  # type: ignore[return-value]
 
     def _create(self, args: tuple, kwargs: dict, options: Dict[str, Any]) -> "ActorHandle":
-        from minicluster.api import _client
-
-        client = _client()
+        client = context.client()
         name = options.get("name")
         namespace = options.get("namespace") or getattr(client, "namespace", "default")
         if name is not None and options.get("get_if_exists"):
             existing = client.actor_lookup(name, namespace)
             if existing is not None:
-                return existing
+                return ActorHandle(*existing)
         class_id, blob = self._pickled()
         actor_id = new_actor_id()
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self.__qualname__)
@@ -197,9 +196,7 @@ class ActorMethod:
         return ActorMethod(self._handle, self._name, {**self._options, **validated})
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        from minicluster.api import _client
-
-        client = _client()
+        client = context.client()
         handle = self._handle
         meta = handle._meta
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self._name)

@@ -1,7 +1,7 @@
 """The public functions of `import minicluster as ray`, with Ray's names and signatures.
 
 Runs in the driver and in workers alike: each call finds this process's
-runtime client (context.py) and validates its input before anything happens,
+runtime client (_private/client/context.py) and validates its input before anything happens,
 so bad input fails fast with a message naming the problem and changes nothing.
 """
 
@@ -10,16 +10,18 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from minicluster._private.client import context
+from minicluster._private.client import clusters, context
 from minicluster.exceptions import RayError
-from minicluster._private.common.ids import ActorID, JobID, NodeID, TaskID, WorkerID
+from minicluster.runtime_context import RuntimeContext, get_runtime_context  # noqa: F401 - re-exported
+from minicluster._private.common import options as opts
+from minicluster._private.observe.timeline import write_trace
+from minicluster.actor import ActorClass, ActorHandle
 from minicluster.object_ref import ObjectRef
 from minicluster.remote_function import RemoteFunction
 
-_init_lock = threading.RLock()
+_init_lock = context.init_lock
 
 
 # ==== init / shutdown ====================================================================
@@ -68,11 +70,11 @@ def init(
     unknown = [k for k in kwargs if not k.startswith("_")]
     if unknown:
         raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
-    from minicluster import cluster_utils
-
-    if cluster_utils.is_cluster_address(address) or (address == "auto" and len(cluster_utils._clusters) == 1):
+    if address == "auto" and clusters.only_address() is not None:
+        address = clusters.only_address()
+    if clusters.is_cluster_address(address):
         with _init_lock:
-            cluster_utils.attach(address if address != "auto" else next(iter(cluster_utils._clusters)))
+            clusters.attach(address)
             atexit.register(_atexit_shutdown)
             return _context_info()
     if address not in (None, "local"):
@@ -109,6 +111,7 @@ def init(
             resources["GPU"] = float(num_gpus)
         if object_store_memory is not None:
             object_store_memory = _check_int("object_store_memory", object_store_memory, minimum=1)
+        # Not at the top: `import minicluster` in a worker must not load the head (startup time).
         from minicluster._private.client.driver import DriverClient
 
         client = DriverClient(num_nodes, num_cpus, resources, object_store_memory, namespace,
@@ -159,21 +162,6 @@ def is_initialized() -> bool:
     return context.current() is not None
 
 
-def _client() -> Any:
-    client = context.current()
-    if client is None:
-        with _init_lock:
-            client = context.current()
-            if client is None:
-                print(
-                    "minicluster: init() was not called; starting a local session with default settings.",
-                    file=sys.stderr,
-                )
-                init()
-                client = context.current()
-    return client
-
-
 # ==== remote ===========================================================================
 
 
@@ -195,8 +183,6 @@ def remote(*args: Any, **kwargs: Any) -> Any:
 
 def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
     if isinstance(target, type):
-        from minicluster.actor import ActorClass
-
         return ActorClass(target, options)
     if not callable(target):
         raise TypeError(f"@remote needs a function or a class, got {type(target).__name__}")
@@ -205,8 +191,6 @@ def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
 
 def method(*args: Any, **kwargs: Any) -> Any:
     """Per-method options on actor classes: `@method(num_returns=2)`."""
-    from minicluster._private.common import options as opts
-
     if args:
         raise TypeError("@method takes keyword options only, e.g. @method(num_returns=2)")
     validated = opts.validate(kwargs, opts.METHOD_OPTIONS, "actor methods")
@@ -254,7 +238,7 @@ def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional
     """The value(s) of one ref or a list of refs; raises the task's error, or GetTimeoutError."""
     ids, single = _as_ids(object_refs, "get")
     timeout = _check_timeout(timeout)
-    values = _client().get(ids, timeout)
+    values = context.client().get(ids, timeout)
     return values[0] if single else values
 
 
@@ -265,7 +249,7 @@ def put(value: Any, *, _owner: Any = None) -> ObjectRef:
             "Calling 'put' on an ObjectRef is not allowed. If you really want to do this, "
             "you can wrap the ObjectRef in a list and call 'put' on it."
         )
-    return _client().put(value)
+    return context.client().put(value)
 
 
 def wait(
@@ -288,7 +272,7 @@ def wait(
     if num_returns > len(ids):
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait.")
     timeout = _check_timeout(timeout)
-    ready_ids = set(_client().wait(ids, num_returns, timeout, fetch_local))
+    ready_ids = set(context.client().wait(ids, num_returns, timeout, fetch_local))
     ready = [r for r in object_refs if r._id in ready_ids]
     not_ready = [r for r in object_refs if r._id not in ready_ids]
     return ready, not_ready
@@ -298,22 +282,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     """Cancel the task that makes `object_ref` (see SPEC: pending, running, force)."""
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expected an ObjectRef, got {type(object_ref).__name__}")
-    _client().cancel(object_ref._id, bool(force), bool(recursive))
-
-
-def _future_of(ref: ObjectRef) -> Any:
-    import concurrent.futures
-
-    future: concurrent.futures.Future = concurrent.futures.Future()
-
-    def resolve() -> None:
-        try:
-            future.set_result(get(ref))
-        except BaseException as exc:  # noqa: BLE001 - delivered through the future
-            future.set_exception(exc)
-
-    threading.Thread(target=resolve, name="minicluster-future", daemon=True).start()
-    return future
+    context.client().cancel(object_ref._id, bool(force), bool(recursive))
 
 
 # ==== actors ============================================================================
@@ -323,23 +292,21 @@ def get_actor(name: str, namespace: Optional[str] = None) -> Any:
     """The handle of the live actor named `name` (in `namespace`, default: this session's)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"get_actor() needs an actor name (a non-empty string), got {name!r}")
-    client = _client()
-    handle = client.actor_lookup(name, namespace or getattr(client, "namespace", "default"))
-    if handle is None:
+    client = context.client()
+    found = client.actor_lookup(name, namespace or getattr(client, "namespace", "default"))
+    if found is None:
         raise ValueError(
             f"Failed to look up actor with name {name!r}: no live actor has that name in namespace "
             f"{namespace or getattr(client, 'namespace', 'default')!r} (it was never created, or it died)."
         )
-    return handle
+    return ActorHandle(*found)
 
 
 def kill(actor: Any, *, no_restart: bool = True) -> None:
     """End an actor now (its process is killed); with no_restart=False it may restart (max_restarts)."""
-    from minicluster.actor import ActorHandle
-
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"kill() only works on actor handles, got {type(actor).__name__}; use cancel() for tasks")
-    _client().kill_actor(actor._actor_id, bool(no_restart))
+    context.client().kill_actor(actor._actor_id, bool(no_restart))
 
 
 # ==== cluster information ===============================================================
@@ -347,88 +314,15 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
 
 def nodes() -> List[Dict[str, Any]]:
     """One dict per node (alive or dead), with Ray's keys."""
-    return _client().state("nodes")
+    return context.client().state("nodes")
 
 
 def cluster_resources() -> Dict[str, float]:
-    return _client().state("cluster_resources")
+    return context.client().state("cluster_resources")
 
 
 def available_resources() -> Dict[str, float]:
-    return _client().state("available_resources")
-
-
-class RuntimeContext:
-    """Ids of the current job, node, worker, task and actor (`get_runtime_context()`)."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-    def get_job_id(self) -> str:
-        return self._client.job_id.hex()
-
-    @property
-    def job_id(self) -> JobID:
-        return JobID(self._client.job_id)
-
-    def get_node_id(self) -> str:
-        return self._client.node_id.hex()
-
-    @property
-    def node_id(self) -> NodeID:
-        return NodeID(self._client.node_id)
-
-    def get_worker_id(self) -> str:
-        return self._client.worker_id.hex()
-
-    @property
-    def worker_id(self) -> WorkerID:
-        return WorkerID(self._client.worker_id)
-
-    def get_task_id(self) -> Optional[str]:
-        if not context.in_worker():
-            return None
-        task_id = self._client.current_task_id
-        return task_id.hex() if task_id else None
-
-    @property
-    def task_id(self) -> Optional[TaskID]:
-        task_id = self.get_task_id()
-        return TaskID(bytes.fromhex(task_id)) if task_id else None
-
-    def get_task_name(self) -> Optional[str]:
-        return self._client.current_task_name if context.in_worker() else None
-
-    def get_task_function_name(self) -> Optional[str]:
-        return self._client.current_function_name if context.in_worker() else None
-
-    def get_actor_id(self) -> Optional[str]:
-        actor_id = self._client.current_actor_id
-        return actor_id.hex() if actor_id else None
-
-    @property
-    def actor_id(self) -> Optional[ActorID]:
-        actor_id = self._client.current_actor_id
-        return ActorID(actor_id) if actor_id else None
-
-    @property
-    def namespace(self) -> str:
-        return getattr(self._client, "namespace", "default")
-
-    @property
-    def gcs_address(self) -> str:
-        return "127.0.0.1"
-
-    def get_assigned_resources(self) -> Dict[str, float]:
-        return dict(getattr(self._client, "assigned_resources", {}) or {})
-
-    def get(self) -> Dict[str, Any]:
-        return {"job_id": self.job_id, "node_id": self.node_id, "namespace": self.namespace,
-                "task_id": self.task_id, "actor_id": self.actor_id}
-
-
-def get_runtime_context() -> RuntimeContext:
-    return RuntimeContext(_client())
+    return context.client().state("available_resources")
 
 
 __all__ = [
@@ -436,3 +330,23 @@ __all__ = [
     "nodes", "cluster_resources", "available_resources", "get_runtime_context", "RuntimeContext",
     "RayError",
 ]
+
+
+def timeline(filename: Optional[str] = None) -> Optional[List[Dict[str, Any]]]:
+    """Ray's `ray.timeline`: the session's task attempts as Chrome trace events.
+
+    With `filename`, writes them there as JSON (load it in Perfetto, ui.perfetto.dev,
+    or chrome://tracing) and returns None; otherwise returns the events.
+    """
+    # Not at the top: the state API's readers cost every `import minicluster` ~20 ms otherwise.
+    from minicluster.util import state
+
+    events = state.trace_events()
+    if filename is None:
+        return events
+    write_trace(events, filename)
+    return None
+
+
+# Ray's API functions start a default session when none runs; context.client() does it through init().
+context.set_auto_init(init)

@@ -21,8 +21,15 @@ a bad filter), with a message on stderr; 2 a malformed command line.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from minicluster._private.observe import log_files, state_render
+from minicluster._private.observe.timeline import write_trace
+from minicluster.demo import run as run_demo
+from minicluster.util import state
+from minicluster.util.state import trace_events
 
 RESOURCES = ("tasks", "objects", "nodes", "workers", "actors")
 _SINGULAR = {"task": "tasks", "object": "objects", "node": "nodes", "worker": "workers", "actor": "actors"}
@@ -39,11 +46,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 1
     if args.command == "demo":
-        from minicluster.demo import run
-
         if args.nodes < 1 or args.cpus < 1:
             parser.error("--nodes and --cpus must be at least 1")
-        return run(args.nodes, args.cpus)
+        return run_demo(args.nodes, args.cpus)
     try:
         return _COMMANDS[args.command](args)
     except CommandError as exc:
@@ -125,8 +130,6 @@ def _filters(specs: Sequence[str]) -> List[Tuple[str, str, str]]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from minicluster._private.observe import state_render
-    from minicluster.util import state
 
     resource = _SINGULAR.get(args.resource, args.resource)
     if args.limit < 0:
@@ -154,8 +157,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
-    from minicluster._private.observe import state_render
-    from minicluster.util import state
 
     resource = _SINGULAR.get(args.resource, args.resource)
     source = _session_source(args.session)
@@ -178,8 +179,6 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from minicluster._private.observe import state_render
-    from minicluster.util import state
 
     source = _session_source(args.session)
     summary = state.summarize_tasks(address=source.files.dir if source.files else None)
@@ -189,8 +188,6 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from minicluster._private.observe import state_render
-    from minicluster.util import state
 
     source = _session_source(args.session)
     status = state.session_status(address=source.files.dir if source.files else None)
@@ -199,7 +196,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_timeline(args: argparse.Namespace) -> int:
-    from minicluster._private.observe.timeline import trace_events, write_trace  # (the package's `timeline` is the function)
 
     source = _session_source(args.session)
     events = trace_events(address=source.files.dir if source.files else None)
@@ -218,8 +214,6 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    from minicluster._private.observe import log_files, state_render
-    from minicluster.util import state
 
     source = _session_source(args.session)
     files = log_files.list_worker_logs(source.logs_dir)
@@ -266,7 +260,6 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _size_of(path: str) -> int:
-    import os
 
     try:
         return os.path.getsize(path)
@@ -278,7 +271,6 @@ def _size_of(path: str) -> int:
 
 
 def _session_source(path: Optional[str]) -> Any:
-    from minicluster.util import state
 
     source = state.session_source(path)
     return source
@@ -290,7 +282,6 @@ def _session_name(source: Any) -> str:
 
 def _note_session(source: Any) -> None:
     """Say on stderr which session was read, and whether it is over."""
-    from minicluster._private.observe import state_render
 
     session = source.status()["session"]
     if session.get("liveness") != "running" or source.files is not None:

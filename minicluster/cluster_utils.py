@@ -16,13 +16,13 @@ changing its import:
 
 from __future__ import annotations
 
+import atexit
 from typing import Any, Dict, List, Optional
 
 from minicluster import api
-from minicluster._private.client import context
+from minicluster._private.client import clusters, context
+from minicluster._private.client.driver import DriverClient
 
-_ADDRESS_PREFIX = "minicluster://"
-_clusters: Dict[str, "Cluster"] = {}
 
 
 class ClusterNode:
@@ -63,26 +63,21 @@ class Cluster:
         head_node_args: Optional[Dict[str, Any]] = None,
         shutdown_at_exit: bool = True,
     ) -> None:
-        from minicluster._private.client.driver import DriverClient
-
         if context.current() is not None:
             raise RuntimeError("Cluster(): a minicluster session is already running in this process; "
                                "call shutdown() first")
         self._client = DriverClient(0, 1, None, None, None)
         self._client.cluster_owned = True  # shutdown() in the driver only disconnects from it
-        self.address = f"{_ADDRESS_PREFIX}{self._client.session.dir}"
-        _clusters[self.address] = self
+        self.address = f"{clusters.ADDRESS_PREFIX}{self._client.session.dir}"
+        clusters.register(self.address, self._client)
         self.head_node: Optional[ClusterNode] = None
         self.worker_nodes: set = set()
-        self._connected = False
         self._shut_down = False
         if initialize_head:
             self.head_node = self.add_node(**(head_node_args or {}))
         if connect:
             self.connect()
         if shutdown_at_exit:
-            import atexit
-
             atexit.register(self.shutdown)
 
     def add_node(self, wait: bool = True, **node_args: Any) -> ClusterNode:
@@ -119,35 +114,13 @@ class Cluster:
 
     def connect(self, namespace: Optional[str] = None, **kwargs: Any) -> Any:
         """Make this cluster the session that `get`, `remote` etc. use in this process."""
-        attach(self.address)
-        return api._context_info()
+        return api.init(address=self.address)
 
     def shutdown(self) -> None:
         if self._shut_down:
             return
         self._shut_down = True
-        _clusters.pop(self.address, None)
+        clusters.unregister(self.address)
         if context.current() is self._client:
             context.set_client(None)
         self._client.shutdown()
-
-
-def attach(address: str) -> None:
-    """`init(address=cluster.address)`: use that Cluster's session in this process."""
-    cluster = _clusters.get(address)
-    if cluster is None:
-        raise ConnectionError(f"no minicluster Cluster at {address!r} in this process")
-    current = context.current()
-    if current is cluster._client:
-        return
-    if current is not None:
-        raise RuntimeError("init(address=...): another session is running in this process; shutdown() first")
-    context.set_client(cluster._client)
-    cluster._connected = True
-
-
-def is_cluster_address(address: Optional[str]) -> bool:
-    return isinstance(address, str) and address.startswith(_ADDRESS_PREFIX)
-
-
-__all__ = ["Cluster", "ClusterNode"]

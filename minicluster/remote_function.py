@@ -10,9 +10,10 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
+from minicluster._private.client import context
 from minicluster._private.common import config, options as opts
 from minicluster._private.common.ids import new_task_id
-from minicluster.object_ref import ObjectRef
+from minicluster._private.client.object_ref import ObjectRef
 from minicluster._private.store.serialization import dumps_function, pickle_definition, serialize
 from minicluster._private.common.task_spec import TaskSpec, resources_of, strategy_of
 
@@ -62,9 +63,7 @@ class RemoteFunction:
         return self._function_id, self._blob  # type: ignore[return-value]
 
     def _remote(self, args: tuple, kwargs: dict, static: "_StaticOptions") -> Any:
-        from minicluster.api import _client
-
-        client = _client()
+        client = context.client()
         function_id, blob = self._pickled()
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self._func_name)
         num_returns = static.num_returns

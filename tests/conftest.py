@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 import minicluster as ray
-from minicluster._private.client import context
+from minicluster import testing
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 
@@ -69,21 +69,15 @@ def wait_ready(refs: List[Any], timeout: float = 10.0) -> None:
 
 def session_pids() -> List[int]:
     """Pids of every node manager and worker of the running session."""
-    client = context.current()
-    if client is None:
+    if not ray.is_initialized():
         return []
-    head = client.head
-    with head.lock:
-        pids = [n.pid for n in head.nodes.values() if n.pid]
-        pids += [w.pid for n in head.nodes.values() for w in n.workers.values()]
-    return pids
+    return list(testing.snapshot().pids())
 
 
 def validate_head() -> None:
-    """Check the running session's head invariants (Head.validate_state); no-op without a session."""
-    client = context.current()
-    if client is not None and not client.head.closed:
-        client.head.validate_state()
+    """Check the running session's head invariants (testing.validate_state); no-op without a session."""
+    if ray.is_initialized():
+        testing.validate_state()
 
 
 def _alive(pid: int) -> bool:
@@ -106,7 +100,7 @@ def cluster() -> Iterator[Callable[..., Any]]:
     def start(**kwargs: Any) -> Any:
         kwargs.setdefault("num_cpus", 1)
         info = ray.init(**kwargs)
-        stores.append(context.current().store_root)
+        stores.append(testing.snapshot().store_root)
         return info
 
     yield start

@@ -1,15 +1,17 @@
 """Test helper: the attempts the head recorded for tasks of a name (what `list tasks` shows, one row each).
 
-Reads the head's task records in the driver. The state API (`minicluster.util.state.list_tasks`)
-shows the same rows; this helper keeps the fault tests independent of it.
+Reads the head's task records in the driver (`minicluster.testing.snapshot`). The state API
+(`minicluster.util.state.list_tasks`) shows the same rows; this helper keeps the fault tests
+independent of it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import List, Optional
 
-from minicluster._private.client import context
+from minicluster import testing
+from minicluster.testing import AttemptSnapshot
 
 
 @dataclass(frozen=True)
@@ -24,18 +26,10 @@ class Attempt:
 
 def attempts(name: str) -> List[Attempt]:
     """Every recorded attempt of every task named `name`, finished or not, oldest task first."""
-    head = context.current().head
-    with head.lock:
-        # Finished tasks are compact entries in the history (a task being rebuilt is live instead).
-        rows = [_row(entry.task_id, a) for entry in head.history.entries(skip=head.tasks)
-                if entry.kind.name == name for a in entry.attempts]
-        for task in head.tasks.values():
-            if task.spec.name == name:
-                rows += [_row(task.spec.task_id, a) for a in task.attempts]
-    return rows
+    # Finished tasks first, then the unfinished (a task being rebuilt is among these).
+    tasks = testing.snapshot(finished_tasks=True).tasks
+    return [_row(task.task_id, a) for task in tasks if task.name == name for a in task.attempts]
 
 
-def _row(task_id: bytes, a: Any) -> Attempt:
-    """An attempt (a live AttemptRecord or a history Attempt: the same fields) as a test row."""
-    return Attempt(task_id.hex(), a.attempt_number, a.state, a.error_type, a.error_message,
-                   a.node_id.hex() if a.node_id else None)
+def _row(task_id: str, a: AttemptSnapshot) -> Attempt:
+    return Attempt(task_id, a.attempt_number, a.state, a.error_type, a.error_message, a.node_id)

@@ -10,7 +10,7 @@ import pytest
 from conftest import wait_for
 
 import minicluster as ray
-from minicluster._private.client import context
+from minicluster import testing
 
 
 @ray.remote
@@ -20,9 +20,7 @@ def echo(x):
 
 def submitted_tasks() -> int:
     """Tasks the head knows of right now (pending or running)."""
-    head = context.current().head
-    with head.lock:
-        return len(head.tasks)
+    return testing.snapshot().live_tasks
 
 
 # ---- calling things wrongly ------------------------------------------------------------------
@@ -266,7 +264,7 @@ def test_store_falls_back_to_disk_when_shm_dir_is_missing(cluster, capfd, monkey
     err = capfd.readouterr().err
     assert err.count("warning") == 1, err
     assert "disk" in err
-    store = context.current().store_root
+    store = testing.snapshot().store_root
     assert not store.startswith("/dev/shm")
     assert store.startswith(info["session_dir"])
 

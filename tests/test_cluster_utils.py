@@ -24,7 +24,6 @@ import pytest
 from conftest import wait_for
 
 import minicluster as ray
-from minicluster._private.client import context
 from minicluster import testing
 from minicluster import exceptions as rex
 from minicluster.cluster_utils import Cluster
@@ -39,11 +38,8 @@ def _alive(pid: int) -> bool:
 
 
 def _cluster_pids(cluster: Cluster) -> list[int]:
-    head = cluster._client.head  # the leak check looks at the session's own records, as conftest does
-    with head.lock:
-        pids = [n.pid for n in head.nodes.values() if n.pid]
-        pids += [w.pid for n in head.nodes.values() for w in n.workers.values()]
-    return pids
+    # The leak check looks at the session's own records, as conftest does (connected or not).
+    return list(testing.snapshot(cluster).pids())
 
 
 @pytest.fixture
@@ -61,7 +57,7 @@ def make_cluster() -> Iterator[Callable[..., Cluster]]:
     stores: list[str] = []
     for cluster in made:
         pids += _cluster_pids(cluster)
-        stores.append(cluster._client.store_root)
+        stores.append(testing.snapshot(cluster).store_root)
     try:
         if ray.is_initialized():
             ray.shutdown()
@@ -177,7 +173,7 @@ def test_remove_node_kills_it_like_a_machine_failure(make_cluster, graceful):
     victim = cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address)
     pids = [node_info(victim.node_id)["Pid"]] + testing.worker_pids(victim.node_id)
-    store = os.path.join(context.current().store_root, victim.node_id)
+    store = os.path.join(testing.snapshot().store_root, victim.node_id)
     assert victim.any_processes_alive()
     cluster.remove_node(victim, allow_graceful=graceful)
     wait_for(lambda: node_info(victim.node_id)["Alive"] is False, timeout=1.0, what="the node to be reported dead")
@@ -292,7 +288,7 @@ def test_shutdown_stops_every_process_and_removes_the_stores(make_cluster):
     # run before the last one said hello, so wait for three node managers and three workers.
     wait_for(lambda: len(_cluster_pids(cluster)) >= 6, timeout=5.0, what="every worker to register")
     pids = _cluster_pids(cluster)
-    store_root = context.current().store_root
+    store_root = testing.snapshot().store_root
     assert all(_alive(p) for p in pids)
     cluster.shutdown()
     assert not ray.is_initialized()

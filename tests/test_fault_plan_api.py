@@ -8,7 +8,6 @@ import os
 import pytest
 
 import minicluster as ray
-from minicluster._private.client import context
 from minicluster import testing
 from minicluster.testing import FaultPlan, UnfiredFaultsError
 
@@ -86,7 +85,7 @@ def test_unknown_nodes_are_named_at_install(cluster):
         with pytest.raises(ValueError, match=message) as info:
             plan.install()
         assert "node-0" in str(info.value) and "node-1" in str(info.value)
-    assert context.current().head.faults is None  # nothing half-installed
+    assert not testing.snapshot().fault_plan_installed  # nothing half-installed
 
 
 def test_random_node_needs_another_node(cluster):
@@ -97,16 +96,16 @@ def test_random_node_needs_another_node(cluster):
 
 def test_one_plan_at_a_time_and_clean_uninstall(cluster):
     cluster(num_nodes=1)
-    head = context.current().head
-    assert head.faults is None  # no plan: the runtime's hooks are off
+    assert not testing.snapshot().fault_plan_installed  # no plan: the runtime's hooks are off
     plan = FaultPlan(seed=1).install()
+    assert testing.snapshot().fault_plan_installed
     with pytest.raises(RuntimeError, match="another fault plan is installed"):
         FaultPlan(seed=2).install()
     with pytest.raises(RuntimeError, match="installed already"):
         plan.install()
     plan.uninstall()
     plan.uninstall()
-    assert head.faults is None
+    assert not testing.snapshot().fault_plan_installed
 
 
 def test_unfired_faults_fail_unless_optional(cluster):
@@ -140,7 +139,7 @@ def test_journal_queries_and_file(cluster):
         plan.journal.events(kind="explode")
     [trace] = plan.journal.trace_events()
     assert trace["ph"] == "i" and trace["name"] == "injected kill_worker"
-    logs = context.current().session.logs_dir
+    logs = testing.snapshot().logs_dir
     with open(os.path.join(logs, "faults.jsonl")) as f:
         [line] = [json.loads(x) for x in f]
     assert line["kind"] == "kill_worker" and line["task"] == "noop"
@@ -173,10 +172,8 @@ def test_order_of_an_uninstalled_plan_still_fires_but_is_not_journalled(cluster,
 
 
 def _running(ref):
-    head = context.current().head
-    with head.lock:
-        task = head.tasks.get(ref.binary()[:24])
-        return task is not None and task.state == "RUNNING"
+    task = testing.snapshot().task(ref)
+    return task is not None and task.state == "RUNNING"
 
 
 def test_uninstall_sends_held_tasks(cluster):

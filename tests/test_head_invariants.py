@@ -26,7 +26,6 @@ from minicluster._private.common.ids import driver_task_id, new_task_id
 from minicluster._private.common.task_spec import TaskSpec
 from minicluster._private.head import states
 from minicluster._private.head.actor_records import ActorRecord
-from minicluster._private.head.head import HeadStateError
 from minicluster._private.head.task_records import TaskRecord
 
 N = 200_000  # float64 elements: 1.6 MB, lives in one node's store (not inline)
@@ -41,7 +40,7 @@ def new_task(name: str = "f") -> TaskRecord:
 
 
 def validate() -> None:
-    context.current().head.validate_state()
+    testing.validate_state()
 
 
 # ---- the transition tables ----------------------------------------------------------------
@@ -142,7 +141,7 @@ def test_validate_state_reports_a_corrupted_record(cluster):
         entry = head.objects.entries[ref.binary()]
         entry.borrowers = {b"w" * 28}  # a borrower that is no live worker
     try:
-        with pytest.raises(HeadStateError, match="borrowed by worker 777777777777, which is not alive"):
+        with pytest.raises(testing.HeadStateError, match="borrowed by worker 777777777777, which is not alive"):
             head.validate_state()
     finally:
         with head.lock:
@@ -259,7 +258,7 @@ def test_invariants_hold_through_an_actor_restart_and_its_death(cluster, tmp_pat
 
 
 def _actor_state(actor) -> str:
-    head = context.current().head
+    head = context.current().head  # (the snapshot counts actors by state; this one's is wanted)
     with head.lock:
         return head.actors[actor._actor_id].state
 
@@ -307,7 +306,5 @@ def test_invariants_hold_through_cancellation(cluster):
 
 
 def _head_state(ref) -> str:
-    head = context.current().head
-    with head.lock:
-        task = head.tasks.get(ref.binary()[:24])
-        return task.state if task is not None else "closed"
+    task = testing.snapshot().task(ref)
+    return task.state if task is not None else "closed"

@@ -22,7 +22,7 @@ import pytest
 from conftest import session_pids, wait_for
 
 import minicluster as ray
-from minicluster._private.client import context
+from minicluster import testing
 
 
 @ray.remote
@@ -59,7 +59,7 @@ def test_shutdown_leaves_no_process_and_no_shared_memory(cluster):
     cluster(num_nodes=2, num_cpus=1)
     ray.get([echo.remote(i) for i in range(4)])
     ray.put(b"x" * (1 << 20))  # a store file
-    store = context.current().store_root
+    store = testing.snapshot().store_root
     assert store.startswith("/dev/shm/")
     assert own_shm()
     pids = with_children(session_pids())
@@ -94,7 +94,7 @@ def test_init_and_shutdown_three_times(cluster):
     for i in range(3):
         cluster(num_nodes=2, num_cpus=1)
         assert ray.get(echo.remote(i)) == i
-        stores.append(context.current().store_root)
+        stores.append(testing.snapshot().store_root)
         pids = with_children(session_pids())
         ray.shutdown()
         wait_for(lambda pids=pids: not [p for p in pids if alive(p)], timeout=3,
@@ -164,11 +164,8 @@ def test_failed_init_leaves_nothing_behind(monkeypatch, config_size):
 
 def test_killed_node_manager_takes_its_workers_and_store_with_it(cluster):
     cluster(num_nodes=2, num_cpus=1)
-    head = context.current().head
-    with head.lock:
-        victim = list(head.nodes.values())[1]
-        node_pid, store_dir = victim.pid, victim.store_dir
-        worker_pids = [w.pid for w in victim.workers.values()]
+    victim = testing.snapshot().nodes[1]
+    node_pid, store_dir, worker_pids = victim.pid, victim.store_dir, victim.worker_pids
     doomed = with_children([node_pid]) | set(worker_pids)
     assert os.path.isdir(store_dir)
     os.kill(node_pid, signal.SIGKILL)  # only the node manager, not its process group
@@ -188,7 +185,7 @@ def die_mid_write(store_dir: str, name: str) -> None:
 
 def test_a_worker_killed_mid_write_leaves_no_partial_file(cluster):
     cluster(num_nodes=1, num_cpus=1)
-    store = context.current().store_dir()
+    store = testing.snapshot().node(ray.get_runtime_context().get_node_id()).store_dir  # the driver's node's
     name = "ab" * 14
     with pytest.raises(ray.exceptions.WorkerCrashedError):
         ray.get(die_mid_write.options(max_retries=0).remote(store, name), timeout=10)
@@ -202,7 +199,7 @@ def test_a_worker_killed_mid_write_leaves_no_partial_file(cluster):
 DRIVER_SCRIPT = textwrap.dedent("""
     import json, time
     import minicluster as ray
-    from minicluster._private.client import context
+    from minicluster import testing
 
     ray.init(num_nodes=2, num_cpus=1)
 
@@ -212,19 +209,14 @@ DRIVER_SCRIPT = textwrap.dedent("""
 
     assert ray.get([f.remote(i) for i in range(4)]) == [0, 1, 2, 3]
     keep = ray.put(b"x" * (1 << 20))  # a file in the store
-    client = context.current()
-    head = client.head
     deadline = time.time() + 10
     while time.time() < deadline:
-        with head.lock:
-            if all(node.workers for node in head.nodes.values()):
-                break
+        snap = testing.snapshot()
+        if all(node.worker_pids for node in snap.nodes):
+            break
         time.sleep(0.01)
-    with head.lock:
-        pids = [n.pid for n in head.nodes.values()]
-        pids += [w.pid for n in head.nodes.values() for w in n.workers.values()]
-    print(json.dumps({"pids": pids, "store_root": client.store_root,
-                      "session_dir": client.session.dir}), flush=True)
+    print(json.dumps({"pids": list(snap.pids()), "store_root": snap.store_root,
+                      "session_dir": snap.session_dir}), flush=True)
     time.sleep(120)
 """)
 
@@ -278,7 +270,7 @@ def test_session_folder_socket_and_store_are_private(cluster):
     socket_path = os.path.join(session_dir, "head.sock")
     assert stat.S_ISSOCK(os.stat(socket_path).st_mode)
     assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
-    store = context.current().store_root
+    store = testing.snapshot().store_root
     assert os.stat(store).st_mode & 0o077 == 0
     ray.put(b"x" * (1 << 20))
     for path in glob.glob(os.path.join(store, "*", "*")):

@@ -21,7 +21,6 @@ import pytest
 from conftest import count_lines, on, wait_for
 
 import minicluster as ray
-from minicluster._private.client import context
 from minicluster import testing
 from minicluster import exceptions as rex
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -89,7 +88,7 @@ def test_dead_node_processes_and_store_folder_are_gone(cluster):
     info = node_info(victim)
     pids = [info["Pid"]] + testing.worker_pids(victim)
     assert all(_alive(p) for p in pids)
-    store_dir = os.path.join(context.current().store_root, victim)
+    store_dir = os.path.join(testing.snapshot().store_root, victim)
     assert os.path.isdir(store_dir)
     testing.kill_node(victim)
     wait_for(lambda: not any(_alive(p) for p in pids), timeout=1.0, what="the node's processes to die")
@@ -115,7 +114,7 @@ def test_node_killed_from_outside_is_noticed_and_cleaned_up(cluster):
     cluster(num_nodes=2)
     survivor, victim = testing.live_nodes()
     pids = [node_info(victim)["Pid"]] + testing.worker_pids(victim)
-    store_dir = os.path.join(context.current().store_root, victim)
+    store_dir = os.path.join(testing.snapshot().store_root, victim)
     os.killpg(node_info(victim)["Pid"], signal.SIGKILL)
     wait_for(lambda: node_info(victim)["Alive"] is False, timeout=1.0, what="the node to be reported dead")
     assert node_info(victim)["DeathReason"]

@@ -18,7 +18,6 @@ import pytest
 from conftest import count_lines, on, wait_for
 
 import minicluster as ray
-from minicluster._private.client import context
 from minicluster import testing
 from minicluster import exceptions as rex
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -27,7 +26,7 @@ N = 200_000  # float64 elements: 1.6 MB, stored in a node's store (not inline)
 
 
 def store_file(node: str, object_hex: str) -> str:
-    return os.path.join(context.current().store_root, node, object_hex)
+    return os.path.join(testing.snapshot().store_root, node, object_hex)
 
 
 @ray.remote

@@ -25,7 +25,6 @@ import pytest
 from conftest import on, runs, wait_for, wait_ready
 
 import minicluster as ray
-from minicluster._private.client import context
 from minicluster import testing
 from minicluster import exceptions as rex
 
@@ -90,7 +89,7 @@ def small(log):
 
 
 def store_file(node: str, ref) -> str:
-    return os.path.join(context.current().store_root, node, ref.hex())
+    return os.path.join(testing.snapshot().store_root, node, ref.hex())
 
 
 # ---- a copy on another node is used first ------------------------------------------------------

@@ -23,7 +23,6 @@ import pytest
 from conftest import count_lines, on, wait_for
 
 import minicluster as ray
-from minicluster._private.client import context
 from minicluster import testing
 from minicluster import exceptions as rex
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -32,12 +31,12 @@ N = 200_000  # float64 elements: 1.6 MB, stored in a node's store (not inline)
 
 
 def store_file(node: str, object_hex: str) -> str:
-    return os.path.join(context.current().store_root, node, object_hex)
+    return os.path.join(testing.snapshot().store_root, node, object_hex)
 
 
 def files_of(object_hex: str) -> list:
     """The store files of an object, on every node."""
-    root = context.current().store_root
+    root = testing.snapshot().store_root
     return [os.path.join(root, n, object_hex) for n in os.listdir(root)
             if os.path.exists(os.path.join(root, n, object_hex))]
 
@@ -53,16 +52,10 @@ def settle() -> None:
         ray.get(noop.remote(), timeout=10)
 
 
-def spill_root() -> str:
-    """The session's spill folder (objects moved out of a full store), if this version has one."""
-    session = getattr(context.current(), "session", None)
-    return getattr(session, "spill_root", "") or ""
-
-
 def stored_bytes() -> int:
     """Bytes of object files of this session: node stores plus spilled objects."""
-    spill = spill_root()
-    return folder_bytes(context.current().store_root) + (folder_bytes(spill) if spill else 0)
+    snap = testing.snapshot()
+    return folder_bytes(snap.store_root) + folder_bytes(snap.spill_root)
 
 
 def folder_bytes(path: str) -> int:

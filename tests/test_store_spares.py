@@ -19,9 +19,8 @@ import pytest
 from conftest import wait_for
 
 import minicluster as ray
-from minicluster._private.client import context
-from minicluster._private.store import store_spares
 from minicluster import testing
+from minicluster._private.store import store_spares  # unit-tested here: its constants and spare_path
 
 MB = 2**20
 BIG = 16 * MB  # above store_spares.MIN_BYTES
@@ -33,7 +32,8 @@ def big(value: float) -> np.ndarray:
 
 
 def store_dir() -> str:
-    return context.current().store_dir()  # the driver's node's folder
+    """The driver's node's store folder (where its puts go)."""
+    return testing.snapshot().node(ray.get_runtime_context().get_node_id()).store_dir
 
 
 def spares(folder: str) -> list:
@@ -110,7 +110,7 @@ def test_shutdown_removes_the_spare_with_the_store(cluster):
     cluster(num_nodes=1)
     ray.put(big(1.0))
     spare = wait_for(lambda: allocated_spare(store_dir()), timeout=ALLOCATED, what="a spare")
-    root = context.current().store_root
+    root = testing.snapshot().store_root
     ray.shutdown()
     assert not os.path.exists(spare)
     assert not os.path.exists(root)
@@ -135,7 +135,7 @@ def test_spares_are_a_bounded_share_of_the_capacity(cluster):
     # Over capacity, objects spill as before: the spare is not counted, so it causes no spilling.
     refs = [ray.put(big(float(i))) for i in range(8)]  # 128 MB into a 96 MB store
     assert [ray.get(r)[0] for r in refs] == [float(i) for i in range(8)]
-    spill = os.path.join(context.current().session.spill_root, os.path.basename(store_dir()))
+    spill = os.path.join(testing.snapshot().spill_root, os.path.basename(store_dir()))
     assert os.listdir(spill)
     total = sum(os.path.getsize(p) for p in spares(store_dir()))
     assert total <= capacity // 4
@@ -173,16 +173,17 @@ DRIVER_SCRIPT = textwrap.dedent("""
     import json, os, time
     import numpy as np
     import minicluster as ray
-    from minicluster._private.client import context
+    from minicluster import testing
 
     ray.init(num_nodes=1, num_cpus=1)
     ray.put(np.ones(2 * 2**20))
-    folder = context.current().store_dir()
+    snap = testing.snapshot()
+    folder = snap.node(ray.get_runtime_context().get_node_id()).store_dir
     deadline = time.monotonic() + 10
     while not [n for n in os.listdir(folder) if n.startswith(".spare-") and "slot" not in n]:
         assert time.monotonic() < deadline, "no spare"
         time.sleep(0.01)
-    print(json.dumps({"store_root": context.current().store_root}), flush=True)
+    print(json.dumps({"store_root": snap.store_root}), flush=True)
     time.sleep(120)
 """)
 

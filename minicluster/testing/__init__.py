@@ -19,6 +19,11 @@ On-demand controls act at once: `add_node`, `kill_node` (power cut: its
 processes and its objects are gone), `stop_node`/`resume_node` (SIGSTOP: a hung
 machine), `kill_worker(pid)`, `kill_worker_running(ref)`.
 
+`snapshot()` is what the head knows at one moment, frozen: the session's
+folders, each node's pid, workers and store folder, counts of tasks, objects,
+waiters and actors. Tests read it instead of the runtime's internals.
+`validate_state()` checks the head's invariants (HeadStateError lists what broke).
+
 With pytest, the plugin (pytest_plugin.py, registered by the package) gives
 fixtures `minicluster_cluster`, `fault_plan` and `fault_journal`, a seed per
 test and options `--minicluster-seed`, `--minicluster-seeds`, `--minicluster-chaos`.
@@ -28,6 +33,7 @@ test and options `--minicluster-seed`, `--minicluster-seeds`, `--minicluster-cha
     injector.py         the plan at work inside the head (decides at its event points)
     journal.py          FaultJournal: the faults that fired
     pytest_plugin.py    fixtures, options, seeds, reports
+    session_snapshot.py snapshot(): the head's state, frozen; validate_state()
 """
 
 from minicluster.testing.cluster_control import (
@@ -43,13 +49,27 @@ from minicluster.testing.cluster_control import (
 )
 from minicluster.testing.fault_plan import SEED_ENV, Fault, FaultPlan, UnfiredFaultsError, default_seed
 from minicluster.testing.journal import FaultEvent, FaultJournal
+from minicluster.testing.session_snapshot import (
+    AttemptSnapshot,
+    ClusterSnapshot,
+    HeadStateError,
+    NodeSnapshot,
+    TaskSnapshot,
+    snapshot,
+    validate_state,
+)
 
 __all__ = [
     "SEED_ENV",
+    "AttemptSnapshot",
+    "ClusterSnapshot",
     "Fault",
     "FaultEvent",
     "FaultJournal",
     "FaultPlan",
+    "HeadStateError",
+    "NodeSnapshot",
+    "TaskSnapshot",
     "UnfiredFaultsError",
     "add_node",
     "default_seed",
@@ -59,6 +79,8 @@ __all__ = [
     "live_nodes",
     "object_locations",
     "resume_node",
+    "snapshot",
     "stop_node",
+    "validate_state",
     "worker_pids",
 ]

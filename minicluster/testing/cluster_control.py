@@ -11,7 +11,8 @@ import signal
 from typing import Dict, List, Optional
 
 from minicluster._private.client import context
-from minicluster.object_ref import ObjectRef
+from minicluster._private.client.object_ref import ObjectRef
+from minicluster._private.common.ids import task_of
 
 
 def _head():  # type: ignore[no-untyped-def]
@@ -81,8 +82,6 @@ def kill_worker_running(ref: ObjectRef, signum: int = signal.SIGKILL) -> int:
 
     Raises ValueError when that task is not running right now (pending, finished, or unknown).
     """
-    from minicluster._private.common.ids import task_of
-
     head = _head()
     with head.lock:
         task = head.tasks.get(task_of(ref.binary()))

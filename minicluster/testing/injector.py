@@ -29,17 +29,16 @@ import itertools
 import os
 import random
 import time
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 from minicluster._private.client import context
 from minicluster._private.common import fault_hooks
 from minicluster._private.observe import state_journal
 from minicluster._private.common.task_spec import ACTOR_TASK, NORMAL_TASK
-from minicluster.testing.fault_plan import (
+from minicluster.testing.faults import (
     Chaos,
     Delay,
     Fault,
-    FaultPlan,
     KillActor,
     KillNode,
     KillWorker,
@@ -48,6 +47,9 @@ from minicluster.testing.fault_plan import (
     StopNode,
     TaskSelector,
 )
+
+if TYPE_CHECKING:
+    from minicluster.testing.fault_plan import FaultPlan
 
 #: Where the journal is written in the session folder, for tools outside the test process.
 JOURNAL_FILE = state_journal.FAULTS  # the timeline lays these over the task slices

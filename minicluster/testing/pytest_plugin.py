@@ -185,6 +185,8 @@ def fault_journal(fault_plan: FaultPlan) -> FaultJournal:
 def minicluster_cluster(request: pytest.FixtureRequest, fault_plan: FaultPlan,
                         minicluster_seed: int) -> Iterator[MiniclusterCluster]:
     """A fresh session with fault_plan installed; afterwards shut down and checked for leaks."""
+    # Not at the top: pytest loads this plugin in every run of this environment, and a
+    # run that never asks for the fixture should not import (and set up) the runtime.
     import minicluster as ray
     from minicluster._private.client import context
 
@@ -202,18 +204,17 @@ def minicluster_cluster(request: pytest.FixtureRequest, fault_plan: FaultPlan,
                                 "the fixture starts its own")
     ray.init(**init_kwargs)
     client = context.current()
-    head = client.head
-    store_root = client.store_root
+    started = client.head.snapshot()
+    store_root = started.store_root
     pids: List[int] = []
     try:
-        with head.lock:
-            nodes = [n.node_id.hex() for n in sorted(head.nodes.values(), key=lambda n: n.index)]
+        nodes = [n.node_id for n in started.nodes]  # in start order
         fault_plan.install()
         yield MiniclusterCluster(nodes=nodes, seed=minicluster_seed, plan=fault_plan, settings=init_kwargs)
     finally:
         fault_plan.uninstall()
         if context.current() is client:
-            pids = _session_pids(head)
+            pids = list(client.head.snapshot().pids())
             ray.shutdown()
     _check_no_leaks(pids, store_root)
 
@@ -260,13 +261,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 
 # ==== leak checks ========================================================================
-
-
-def _session_pids(head: Any) -> List[int]:
-    with head.lock:
-        pids = [n.pid for n in head.nodes.values() if n.pid]
-        pids += [w.pid for n in head.nodes.values() for w in n.workers.values()]
-    return pids
 
 
 def _check_no_leaks(pids: List[int], store_root: str) -> None:

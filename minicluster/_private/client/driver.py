@@ -21,7 +21,7 @@ from minicluster.exceptions import GetTimeoutError, ObjectLostError, ObjectStore
 from minicluster._private.head.head import DRIVER, Head
 from minicluster._private.common.ids import driver_task_id, new_worker_id
 from minicluster._private.client.log_monitor import LogMonitor
-from minicluster.object_ref import LocalRefCounter, ObjectRef, set_counter
+from minicluster._private.client.object_ref import LocalRefCounter, ObjectRef, set_counter
 from minicluster._private.store.serialization import serialize
 from minicluster._private.client.session import Session
 from minicluster._private.observe.state_recorder import StateRecorder
@@ -201,12 +201,11 @@ class DriverClient(RuntimeClient):
             head.create_actor(spec, meta, self.node_id, DRIVER)
             head.flush()
 
-    def actor_lookup(self, name: str, namespace: str) -> Any:
-        from minicluster.actor import ActorHandle
-
+    def actor_lookup(self, name: str, namespace: str) -> Optional[tuple]:
+        """The named actor's handle arguments (actor id, its metadata), or None."""
         with self.head.lock:
             found = self.head.lookup_actor(name, namespace)
-        return ActorHandle(*found) if found else None
+        return found or None
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         with self.head.lock:

@@ -21,7 +21,7 @@ from minicluster._private.common import config
 from minicluster._private.store import object_store
 from minicluster.exceptions import RayTaskError
 from minicluster._private.common.ids import JOB_ID, object_id_for_put
-from minicluster.object_ref import LocalRefCounter
+from minicluster._private.client.object_ref import LocalRefCounter
 from minicluster._private.store.serialization import FLAG_ERROR, deserialize
 
 

@@ -43,12 +43,13 @@ from minicluster._private.store import object_store
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
 from minicluster._private.head.head_state import new_state
-from minicluster._private.head.invariants import violations
+from minicluster._private.head.invariants import HeadStateError, violations
 from minicluster._private.head.messaging import LockedTimers, Outbox
 from minicluster._private.wire.hub import Hub, Peer
 from minicluster._private.common.ids import new_node_id
 from minicluster._private.head.object_directory import Waiter
 from minicluster._private.head.recovery import Recovery
+from minicluster._private.head.snapshot import ClusterSnapshot, take as take_snapshot
 from minicluster._private.head.task_flow import TaskFlow
 from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 from minicluster._private.head.waiting import Waiting
@@ -57,10 +58,6 @@ DRIVER = b"driver"  # owner id of objects the driver creates
 
 # The folder that holds the minicluster package (this file is minicluster/_private/head/head.py).
 _PACKAGE_PARENT = str(pathlib.Path(__file__).resolve().parents[3])
-
-
-class HeadStateError(AssertionError):
-    """validate_state found records that break the head's invariants (a head bug)."""
 
 
 class Head:
@@ -254,6 +251,8 @@ class Head:
         """Check every invariant of the head's records (head_state.py); raise HeadStateError
         listing each violation. For tests: it walks everything, so it is not cheap."""
         with self.lock:
+            if self.head_state.closed:
+                return  # shut down: its processes were killed without their records being settled
             problems = violations(self.head_state)
         if problems:
             raise HeadStateError(f"{len(problems)} head invariant violation(s):\n  " + "\n  ".join(problems))
@@ -530,6 +529,17 @@ class Head:
     def flush(self) -> None:
         """Send what was posted, one frame per peer (lock held, as an entry point leaves)."""
         self.outbox.flush()
+
+    # ==== for tests and benchmarks ===================================================
+
+    def snapshot(self, finished_tasks: bool = False) -> ClusterSnapshot:
+        """A frozen copy of the session's state (minicluster.testing.snapshot), all of one moment.
+
+        finished_tasks=True also copies the finished tasks of the history (up to 100,000):
+        off by default, as that is a long time to hold the lock in a big session.
+        """
+        with self.lock:
+            return take_snapshot(self, finished_tasks)
 
 
 _HANDLERS: Dict[str, Callable[[Head, Peer, Any, tuple], None]] = {

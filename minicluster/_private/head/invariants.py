@@ -49,6 +49,10 @@ from minicluster._private.store import object_store
 _EPS = 1e-6
 
 
+class HeadStateError(AssertionError):
+    """validate_state found records that break the head's invariants (a head bug)."""
+
+
 def violations(state: HeadState) -> List[str]:
     """Every broken invariant of the head's records, as readable lines (empty: all hold)."""
     problems: List[str] = []

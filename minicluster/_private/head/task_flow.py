@@ -41,7 +41,7 @@ from minicluster._private.head.states import (
     RUNNING,
     SUBMITTED_TO_WORKER,
 )
-from minicluster._private.store.serialization import error_blob
+from minicluster._private.store.serialization import deserialize, error_blob
 from minicluster._private.head.task_records import TaskRecord
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
 from minicluster._private.head.virtual_nodes import INTENDED_USER_EXIT, NodeRecord, WorkerRecord
@@ -261,7 +261,6 @@ class TaskFlow:
         Upstream task errors pass through unchanged (as in Ray); a lost-object error
         is wrapped so the dependent's error is a RayTaskError that is also the loss.
         """
-        from minicluster._private.store.serialization import deserialize
 
         error, _ = deserialize(blob)
         if not isinstance(error, RayTaskError):

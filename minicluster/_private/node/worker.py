@@ -43,7 +43,7 @@ from minicluster._private.common import fault_hooks
 from minicluster._private.observe import log_files
 from minicluster._private.store import object_store
 from minicluster.exceptions import RayError, RayTaskError, TaskCancelledError
-from minicluster.object_ref import set_counter
+from minicluster._private.client.object_ref import set_counter
 from minicluster._private.wire.protocol import Connection
 from minicluster._private.store.serialization import FLAG_ERROR, deserialize, serialize
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK

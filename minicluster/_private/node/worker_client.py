@@ -21,7 +21,7 @@ from minicluster._private.common import config
 from minicluster._private.store import object_store, store_spares
 from minicluster._private.client.runtime_client import RuntimeClient
 from minicluster.exceptions import GetTimeoutError, ObjectStoreFullError
-from minicluster.object_ref import LocalRefCounter, ObjectRef
+from minicluster._private.client.object_ref import LocalRefCounter, ObjectRef
 from minicluster._private.wire.protocol import Connection
 from minicluster._private.store.serialization import serialize
 
@@ -162,11 +162,10 @@ class WorkerClient(RuntimeClient):
         if problem:
             raise ValueError(problem)
 
-    def actor_lookup(self, name: str, namespace: str) -> Any:
-        from minicluster.actor import ActorHandle
-
+    def actor_lookup(self, name: str, namespace: str) -> Optional[tuple]:
+        """The named actor's handle arguments (actor id, its metadata), or None."""
         found = self._request("lookup_actor", name, namespace)
-        return ActorHandle(*found) if found else None
+        return found or None
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         self.send(("kill_actor", actor_id, no_restart))

@@ -24,10 +24,12 @@ COMPACT_BYTES the recorder rewrites it with only the last row of each key.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import struct
+import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -127,8 +129,6 @@ class JournalWriter:
     def _fail(self, exc: OSError) -> None:
         if self.broken is None:
             self.broken = str(exc)
-            import sys
-
             print(f"minicluster: warning: cannot write the state journal {self.path}: {exc}; "
                   "`minicluster list` will not see this session's later changes", file=sys.stderr)
         if self._fd >= 0:
@@ -173,8 +173,6 @@ class _PlainUnpickler(pickle.Unpickler):
 
 def read_frames(path: str) -> Iterator[Any]:
     """The frames of a journal, in order; stops quietly at a frame cut short."""
-    import io
-
     with open(path, "rb") as f:
         data = f.read()
     pos = 0

@@ -30,6 +30,7 @@ Actors: each of the head's actor records (actor_flow.py) gives its own
 from __future__ import annotations
 
 import collections
+import json
 import os
 import sys
 import threading
@@ -289,8 +290,6 @@ class StateRecorder:
         }
 
     def _write_status(self, status: Dict[str, Any], force: bool) -> None:
-        import json
-
         text = json.dumps(status, sort_keys=True, default=str)
         if text == self._status_text and not force:
             return

@@ -2,7 +2,7 @@
 
 Runs wherever it is asked for: `minicluster.timeline()` in the driver (live
 records) or `minicluster timeline -o trace.json` in another shell (the
-session's journal). The trace is Chrome's JSON trace format, a list of events:
+session's journal); both read the rows through minicluster.util.state. The trace is Chrome's JSON trace format, a list of events:
 
     one process per virtual node        "node-0 (3f2a91c0)"
     one thread (track) per worker       "worker pid=4242 (9c01d2e3)"
@@ -21,20 +21,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from minicluster._private.observe.state_journal import FAULTS
 
 
-def trace_events(address: Optional[str] = None) -> List[Dict[str, Any]]:
-    """The Chrome trace events of a session (this driver's, the folder `address`, or the latest)."""
-    from minicluster.util import state
-
-    source = state.session_source(address)
-    tasks = state.task_records(source)
-    workers = state.worker_records(source)
-    nodes = state.node_records(source)
-    status = source.status()
+def trace_events(tasks: List[Dict[str, Any]], workers: List[Dict[str, Any]], nodes: List[Dict[str, Any]],
+                 status: Dict[str, Any], logs_dir: str) -> List[Dict[str, Any]]:
+    """The Chrome trace events of a session, from its state rows (minicluster.util.state's)."""
     now_us = (status.get("session", {}).get("end_time") or status.get("updated") or time.time()) * 1e6
     node_pid = {node["node_id"]: index + 1 for index, node in enumerate(nodes)}
     events: List[Dict[str, Any]] = []
@@ -81,7 +75,7 @@ def trace_events(address: Optional[str] = None) -> List[Dict[str, Any]]:
                 "worker_id": task["worker_id"],
             },
         })
-    events.extend(_fault_events(source.logs_dir, node_pid))
+    events.extend(_fault_events(logs_dir, node_pid))
     return events
 
 
@@ -113,16 +107,3 @@ def _fault_events(logs_dir: str, node_pid: Dict[str, int]) -> List[Dict[str, Any
 def write_trace(events: List[Dict[str, Any]], filename: str) -> None:
     with open(filename, "w") as f:
         json.dump(events, f)
-
-
-def timeline(filename: Optional[str] = None) -> Optional[List[Dict[str, Any]]]:
-    """Ray's `ray.timeline`: the session's task attempts as Chrome trace events.
-
-    With `filename`, writes them there as JSON (load it in Perfetto, ui.perfetto.dev,
-    or chrome://tracing) and returns None; otherwise returns the events.
-    """
-    events = trace_events()
-    if filename is None:
-        return events
-    write_trace(events, filename)
-    return None

@@ -23,6 +23,7 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 from minicluster._private.client import context
+from minicluster._private.observe import timeline
 from minicluster._private.observe.log_files import log_paths
 from minicluster._private.observe.state_journal import NoSessionError, SessionFiles, find_session
 from minicluster._private.head.task_records import attempt_events
@@ -49,7 +50,7 @@ S = TypeVar("S", bound=StateSchema)
 
 
 class SessionSource:
-    """The records of one session: live in the driver, or from its folder (used by cli.py, timeline.py)."""
+    """The records of one session: live in the driver, or from its folder (used by cli.py and trace_events below)."""
 
     def __init__(self, recorder: Any = None, files: Optional[SessionFiles] = None) -> None:
         self.recorder = recorder
@@ -401,6 +402,13 @@ def summarize_tasks(address: Optional[str] = None, timeout: int = DEFAULT_TIMEOU
         "total_actor_tasks": totals["ACTOR_TASK"],
         "total_tasks": totals["NORMAL_TASK"],
     }}
+
+
+def trace_events(address: Optional[str] = None) -> List[Dict[str, Any]]:
+    """The session's task attempts as Chrome trace events (this driver's, the folder `address`, or the latest)."""
+    source = session_source(address)
+    return timeline.trace_events(task_records(source), worker_records(source), node_records(source),
+                                 source.status(), source.logs_dir)
 
 
 def session_status(address: Optional[str] = None) -> Dict[str, Any]:
