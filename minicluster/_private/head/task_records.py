@@ -136,7 +136,10 @@ class TaskRecord:
         return self.attempts[-1].state
 
     def set_state(self, state: TaskState, node_id: Optional[bytes] = None, worker_id: Optional[bytes] = None) -> None:
-        """Move the current attempt to `state` (a legal move, else IllegalTransition)."""
+        """Move the current attempt to `state` (a legal move, else IllegalTransition).
+
+        The one place an attempt's state changes (fail_attempt and close come through here;
+        new_attempt starts a fresh attempt, checked against NEW_ATTEMPT_FROM)."""
         record = self.attempts[-1]
         if state not in TASK_TRANSITIONS[record.state]:
             raise IllegalTransition("task", self._name(), record.state, state)
@@ -154,10 +157,8 @@ class TaskRecord:
 
     def fail_attempt(self, error_type: str, message: str) -> None:
         """The current attempt failed and the task goes on: new_attempt() must follow at once."""
+        self.set_state(FAILED)
         record = self.attempts[-1]
-        if FAILED not in TASK_TRANSITIONS[record.state]:
-            raise IllegalTransition("task", self._name(), record.state, FAILED)
-        record.state = FAILED
         record.error_type = error_type
         record.error_message = message if record.injected is None else _with_note(message, record.injected)
         record.end_time = record.end_time or time.time()
@@ -174,13 +175,12 @@ class TaskRecord:
 
     def close(self, state: TaskState, error_type: Optional[str], message: Optional[str]) -> None:
         """The task ends, FINISHED or FAILED, with this attempt."""
-        record = self.attempts[-1]
-        if self.finished or state not in TERMINAL or state not in TASK_TRANSITIONS[record.state]:
-            raise IllegalTransition("task", self._name(), record.state + (" (closed)" if self.finished else ""),
-                                    state)
+        if self.finished or state not in TERMINAL:
+            raise IllegalTransition("task", self._name(), self.state + (" (closed)" if self.finished else ""), state)
+        self.set_state(state)
         self.finished = True
         self.changes.add(self)
-        record.state = state
+        record = self.attempts[-1]
         record.error_type = error_type
         record.error_message = message if record.injected is None else _with_note(message, record.injected)
         record.end_time = record.end_time or time.time()
