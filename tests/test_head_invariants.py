@@ -308,3 +308,29 @@ def test_invariants_hold_through_cancellation(cluster):
 def _head_state(ref) -> str:
     task = testing.snapshot().task(ref)
     return task.state if task is not None else "closed"
+
+
+@ray.remote
+class Reader:
+    def first(self, array):
+        return float(array[0])
+
+
+def test_an_actor_call_whose_argument_vanishes_before_it_is_read_waits_for_the_rebuild(cluster, tmp_path):
+    """ARG_LOST for an actor call: it goes back to the front of its actor's queue (it used to hang)."""
+    cluster(num_nodes=3)
+    _, actor_node, victim = testing.live_nodes()
+    log = str(tmp_path / "big")
+    arg = big.options(scheduling_strategy=on(victim, soft=True)).remote(log, 7.0)
+    wait_ready([arg])
+    reader = Reader.options(scheduling_strategy=on(actor_node, soft=False)).remote()
+    assert ray.get(reader.first.remote(1.0 * np.ones(2)), timeout=10) == 1.0
+    plan = testing.FaultPlan(seed=1).delay("transfer", ms=(1500, 1500), task="Reader.first")
+    with plan:
+        ref = reader.first.remote(arg)  # its worker waits 1.5 s before copying `arg` from the victim
+        time.sleep(0.5)
+        testing.kill_node(victim)
+        validate()
+        assert ray.get(ref, timeout=20) == 7.0
+    assert len(runs(log)) == 2  # rebuilt once, on a surviving node
+    validate()
