@@ -264,7 +264,9 @@ def _actor_state(actor) -> str:
 
 
 @ray.remote
-def sleeper(seconds):
+def sleeper(seconds, started=None):
+    if started is not None:
+        open(started, "w").close()  # its own code runs: a cancel now interrupts the sleep
     time.sleep(seconds)
     return "done"
 
@@ -275,11 +277,12 @@ def parent_of_sleepers(n):
     return ray.get(refs)
 
 
-def test_invariants_hold_through_cancellation(cluster):
+def test_invariants_hold_through_cancellation(cluster, tmp_path):
     cluster(num_cpus=1)
-    running = sleeper.remote(30)
+    started = str(tmp_path / "started")
+    running = sleeper.remote(30, started)
     pending = [sleeper.remote(30) for _ in range(3)]
-    wait_for(lambda: _head_state(running) == "RUNNING", 10, "the first task to run")
+    wait_for(lambda: os.path.exists(started), 10, "the first task to run")
     validate()
     for ref in pending:
         ray.cancel(ref)
