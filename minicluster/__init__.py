@@ -10,60 +10,51 @@
 
     print(ray.get([square.remote(i) for i in range(4)]))
 
-Where things live (one concept per module):
+Where things live (one concept per module). The public modules, Ray's names:
 
-    api.py              the public functions (init, get, put, wait, remote, ...)
-    remote_function.py  @remote functions -> TaskSpec (task_spec.py), options.py validates
+    api.py              the public functions (init, get, put, wait, remote, timeline, ...)
+    remote_function.py  @remote functions -> TaskSpec
     actor.py            @remote classes, actor handles and their method calls
-    object_ref.py       ObjectRef and per-process ref counting
-    client.py           what the driver's and the workers' runtime clients share
-    context.py          which runtime client this process uses
-    driver.py           the driver's runtime client: session + embedded head
-    head.py             the head's facade: lifecycle, messages in, state queries; it
-                        builds the state and the flows and connects them
-      head_state.py       HeadState: every record of the session, each with its invariant
-      invariants.py       the check of those invariants (Head.validate_state)
-      states.py           task and actor states and their legal transitions
-      flow_interfaces.py  what each flow calls on another (Protocols)
-      messaging.py        outgoing messages batched per connection; timers under the lock
-      task_flow.py        TaskFlow: a task's path from submission to result; cancellation
-      actor_flow.py       ActorFlow: creation, ordered calls, death, restart, kill
-      actor_records.py    the record of one actor
-      waiting.py          Waiting: get and wait
-      recovery.py         Recovery: dead workers, nodes, owners; rebuilding lost objects
-    scheduler.py        placement by resources and strategy
-    objects.py          object directory: values, locations, holders, freeing, spilling
-    lineage.py          finished tasks kept to rebuild lost objects
-    task_records.py     task and attempt records of live tasks (state API, timeline)
-    task_history.py     finished tasks, kept compactly and bounded, for the state API
-    state_recorder.py   the head's records -> state rows, journaled in batches (driver)
-    state_journal.py    the session's state on disk: journal, status, objects (any process)
-    util/state/         the state API: list_tasks, get_task, summarize_tasks, ... (Ray's names)
-    state_render.py     Ray-style tables, YAML and reports for the command line
-    timeline.py         task attempts as a Chrome trace (timeline())
-    log_files.py        workers' stdout/stderr files and task-name markers
-    log_monitor.py      prints workers' output on the driver's terminal, prefixed
-    virtual_nodes.py    node and worker records; starting and killing node processes
-    hub.py              the head's I/O thread (sockets, timers)
-    node_manager.py     a virtual node's process: forks and watches its workers
-    worker.py           a worker process: runs tasks, reports results
-    worker_client.py    the runtime as code in a worker sees it: requests, ref deltas, results
-    async_actor.py      an async actor's event loop in its worker, fed and answered in batches
-    object_store.py     a node's shared-memory folder of object files; spill folders
-    store_spares.py     pre-allocated spare files that large writes copy into
-    serialization.py    pickle-5 blobs with zero-copy buffers
-    protocol.py         framing and authentication of connections
-    session.py          session folder, socket, key, stale-session cleanup
+    object_ref.py       ObjectRef (defined in _private/client/object_ref.py)
+    runtime_context.py  get_runtime_context(): job, node, worker, task and actor ids
     exceptions.py       Ray's exception hierarchy
-    ids.py              Ray-shaped job, task, object, node, worker and actor ids
-    config.py           tunables and MINICLUSTER_/RAY_ environment variables
     cluster_utils.py    Ray's Cluster test helper on virtual nodes
-    demo.py             `minicluster demo`: a small DAG, a crash retried, where the time went
-    cli.py              the `minicluster` command: demo, list, get, summary, status, timeline, logs
-    fault_hooks.py      where a test's fault plan reaches into the head and the workers
-    testing/            fault injection for tests: on-demand node/worker controls, seeded
-                        fault plans fired at the runtime's own event points, the journal,
-                        and the pytest plugin (fixtures, seeds, chaos)
+    util/               scheduling strategies; util/state: list_tasks, get_task, ... (Ray's names)
+    testing/            fault injection for tests: node/worker controls, seeded fault plans fired
+                        at the runtime's own event points, the journal, snapshot(), the pytest plugin
+    cli.py, demo.py     the `minicluster` command; `minicluster demo`
+
+The core, in _private/, by layer; a layer imports only from itself and the ones above it
+in this list (tests/test_architecture.py checks it):
+
+    common/     ids.py (Ray-shaped ids), config.py (tunables, MINICLUSTER_/RAY_ variables),
+                task_spec.py (what a task is), options.py (checks @remote options),
+                fault_hooks.py (where a test's fault plan reaches into the head and the workers)
+    store/      serialization.py (pickle-5 blobs, zero-copy buffers), object_store.py (a node's
+                shared-memory folder of object files; spilling), store_spares.py (pre-allocated files)
+    wire/       protocol.py (framing, authentication), hub.py (the head's I/O thread: sockets,
+                timers), messages.py (every message, defined once)
+    head/       the head, in the driver: head.py is its facade (lifecycle, messages in, queries);
+                head_state.py every record of the session with its invariant, invariants.py their
+                check (validate_state), states.py task and actor states and legal transitions,
+                flow_interfaces.py what each flow calls on another, messaging.py outgoing batches;
+                the flows: task_flow.py (a task from submission to result; cancellation),
+                actor_flow.py (creation, ordered calls, restart, kill), waiting.py (get, wait),
+                recovery.py (where work goes when a worker, node or owner dies; rebuilding lost
+                objects); the records: scheduler.py, object_directory.py, lineage.py,
+                task_records.py, task_history.py, actor_records.py, virtual_nodes.py (nodes,
+                workers, starting and killing node processes), snapshot.py (testing.snapshot)
+    observe/    state_recorder.py (records -> state rows, journaled), state_journal.py (the
+                session's state on disk), state_render.py (tables for the CLI), timeline.py
+                (Chrome trace), log_files.py (workers' output files)
+    client/     the runtime as this process's code sees it: runtime_client.py (shared part),
+                driver.py (the driver's: session + embedded head), context.py (which client,
+                auto-init), object_ref.py (refs and their per-process counter), clusters.py
+                (Cluster registry), session.py (session folder, key, stale cleanup),
+                log_monitor.py (workers' output on the driver's terminal)
+    node/       node_manager.py (a virtual node's process: forks and watches workers),
+                worker.py (runs tasks), worker_client.py (the runtime as a worker's code sees it),
+                async_actor.py (an async actor's event loop)
 """
 
 from minicluster import exceptions
