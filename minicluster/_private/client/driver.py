@@ -206,7 +206,7 @@ class DriverClient(RuntimeClient):
 
         with self.head.lock:
             found = self.head.lookup_actor(name, namespace)
-        return ActorHandle(*found) if found else None
+        return ActorHandle(found.actor_id, found.meta) if found else None
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         with self.head.lock:

@@ -23,6 +23,7 @@ from typing import Any, Deque, Dict, Optional
 from minicluster.exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
 from minicluster._private.common.ids import JOB_ID
 from minicluster._private.store.serialization import deserialize
+from minicluster._private.wire import messages as msg
 from minicluster._private.head.task_records import TaskRecord
 from minicluster._private.head.virtual_nodes import INTENDED_SYSTEM_EXIT, INTENDED_USER_EXIT, WorkerRecord
 
@@ -106,7 +107,7 @@ class ActorFlow:
         self.tasks[spec.task_id] = task
         self._start_task(task)
 
-    def _creation_done(self, task: TaskRecord, worker: WorkerRecord, error_info: Optional[tuple]) -> bool:
+    def _creation_done(self, task: TaskRecord, worker: WorkerRecord, error_info: Optional[msg.ErrorInfo]) -> bool:
         """The creation task reported (its lease still held). Returns True if the worker is the actor's now."""
         record = self.actors.get(task.spec.actor_id)
         node_id = worker.node.node_id
@@ -200,7 +201,7 @@ class ActorFlow:
         worker = task.worker
         if record is None or worker is None:
             return
-        self._post(worker.peer, ("cancel", task.spec.task_id, False))
+        self._post(worker.peer, msg.CancelTask(task_id=task.spec.task_id))
         # Calls start in submission order, at most max_concurrency at a time.
         by_age = sorted(record.inflight.values(), key=lambda t: t.attempts[0].creation_time)
         if task in by_age[: record.meta["max_concurrency"]]:
@@ -210,15 +211,14 @@ class ActorFlow:
         self._finish_with_error(task, TaskCancelledError(task.spec.task_id.hex()), "TASK_CANCELLED",
                                 "cancelled before it started")
 
-    def _actor_call_done(self, worker: WorkerRecord, message: tuple) -> None:
-        _, task_id, attempt, results, error_info, start, end, retire = message
+    def _actor_call_done(self, worker: WorkerRecord, message: msg.Done) -> None:
         record = worker.actor
-        task = record.inflight.pop(task_id, None) if record is not None else None
-        if task is None or task.attempt != attempt:
-            self._discard_results(task_id, results, worker.node.node_id)
+        task = record.inflight.pop(message.task_id, None) if record is not None else None
+        if task is None or task.attempt != message.attempt:
+            self._discard_results(message.task_id, message.results, worker.node.node_id)
             return
-        task.record_times(start, end)
-        self._task_reported(task, results, error_info, worker.node.node_id)
+        task.record_times(message.start, message.end)
+        self._task_reported(task, message.results, message.error, worker.node.node_id)
 
     def _fail_call(self, task: TaskRecord, record: Optional[ActorRecord]) -> None:
         error = ActorDiedError(
@@ -370,10 +370,10 @@ class ActorFlow:
 
     # ---- lookups ----------------------------------------------------------------
 
-    def lookup_actor(self, name: str, namespace: str) -> Optional[tuple]:
+    def lookup_actor(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
         actor_id = self.named_actors.get((namespace, name))
         record = self.actors.get(actor_id) if actor_id else None
         if record is None or record.state == DEAD:
             return None
-        return (record.actor_id, record.meta)
+        return msg.ActorFound(actor_id=record.actor_id, meta=record.meta)
 

@@ -36,6 +36,7 @@ from minicluster._private.common import config, fault_hooks
 from minicluster._private.store import object_store
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
+from minicluster._private.wire import messages as msg
 from minicluster._private.wire.hub import Hub, Peer
 from minicluster._private.common.ids import new_node_id
 from minicluster._private.head.lineage import Lineage
@@ -222,9 +223,9 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
         for message in messages:
             if peer.closed:
                 break  # a handler dropped this peer (its worker was killed): the rest is stale
-            handler = _HANDLERS.get(message[0])
+            handler = _HANDLERS.get(type(message))
             if handler is None:
-                print(f"minicluster: unknown message {message[0]!r}", file=sys.stderr)
+                print(f"minicluster: unknown message {type(message).__name__}", file=sys.stderr)
                 continue
             handler(self, peer, state, message)
             state = peer.state
@@ -251,18 +252,16 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
 
     # ---- node managers ----
 
-    def _on_node_hello(self, peer: Peer, state: Any, message: tuple) -> None:
-        _, node_id, pid = message
-        node = self.nodes.get(node_id)
+    def _on_node_hello(self, peer: Peer, state: Any, message: msg.NodeHello) -> None:
+        node = self.nodes.get(message.node_id)
         if node is None:
             return
         node.peer = peer
         peer.state = node
         node.hello.set()
 
-    def _on_worker_exit(self, peer: Peer, state: Any, message: tuple) -> None:
-        _, pid, worker_id, exitcode = message
-        worker = self.workers.get(worker_id)
+    def _on_worker_exit(self, peer: Peer, state: Any, message: msg.WorkerExit) -> None:
+        worker = self.workers.get(message.worker_id)
         if worker is None:
             node = state
             if isinstance(node, NodeRecord) and node.alive and node.pending_spawn > 0:
@@ -271,30 +270,30 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             return
         if worker.peer is not None:
             self._handle(worker.peer, self.hub.drain(worker.peer))
-        self._worker_died(worker, exitcode)
+        self._worker_died(worker, message.exitcode)
 
     # ---- workers ----
 
-    def _on_worker_hello(self, peer: Peer, state: Any, message: tuple) -> None:
-        _, worker_id, node_id, pid = message
-        node = self.nodes.get(node_id)
+    def _on_worker_hello(self, peer: Peer, state: Any, message: msg.WorkerHello) -> None:
+        worker_id = message.worker_id
+        node = self.nodes.get(message.node_id)
         if node is None or not node.alive:
             self.hub.close_peer(peer)
             return
-        worker = WorkerRecord(worker_id, node, pid, peer)
+        worker = WorkerRecord(worker_id, node, message.pid, peer)
         peer.state = worker
         self.workers[worker_id] = worker
         node.workers[worker_id] = worker
         node.pending_spawn = max(0, node.pending_spawn - 1)
         self._worker_free(worker)
 
-    def _on_fn(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
+    def _on_fn(self, peer: Peer, worker: WorkerRecord, message: msg.DefineFunction) -> None:
         # Not marked as known to this worker: it holds the function as a RemoteFunction,
         # not in its task-function cache, so its first task of it must carry the blob.
-        self.functions[message[1]] = message[2]
+        self.functions[message.function_id] = message.blob
 
-    def _on_submit(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        spec = message[1]
+    def _on_submit(self, peer: Peer, worker: WorkerRecord, message: msg.Submit) -> None:
+        spec = message.spec
         for object_id in spec.return_ids():
             self.objects.create(object_id, worker.worker_id)
             self.objects.add_borrower(object_id, worker.worker_id)
@@ -302,55 +301,52 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             worker.owned.add(object_id)
         self._add_task(spec, worker.node.node_id)
 
-    def _on_put(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, object_id, kind, data, refs = message
+    def _on_put(self, peer: Peer, worker: WorkerRecord, message: msg.Put) -> None:
+        object_id, value = message.object_id, message.value
         self.objects.create(object_id, worker.worker_id)
         self.objects.add_borrower(object_id, worker.worker_id)  # before storing: the put's ref holds it
         worker.borrowed.add(object_id)
         worker.owned.add(object_id)
-        self._store(object_id, kind, data, refs, worker.node.node_id, False)
+        self._store(object_id, value.kind, value.data, value.refs, worker.node.node_id, False)
 
-    def _on_refs(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, added, removed = message
+    def _on_refs(self, peer: Peer, worker: WorkerRecord, message: msg.Refs) -> None:
         objects = self.objects
-        for object_id in added:
+        for object_id in message.added:
             if objects.add_borrower(object_id, worker.worker_id):
                 worker.borrowed.add(object_id)
-        for object_id in removed:
+        for object_id in message.removed:
             worker.borrowed.discard(object_id)
             objects.remove_borrower(object_id, worker.worker_id)
 
-    def _on_located(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, object_id, node_id, size = message
-        self.objects.add_location(object_id, node_id, size)
-        self.objects.make_room(node_id)
+    def _on_located(self, peer: Peer, worker: WorkerRecord, message: msg.Located) -> None:
+        self.objects.add_location(message.object_id, message.node_id, message.size)
+        self.objects.make_room(message.node_id)
 
-    def _on_lost(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        self.check_copies(message[1])
+    def _on_lost(self, peer: Peer, worker: WorkerRecord, message: msg.Lost) -> None:
+        self.check_copies(message.object_id)
 
-    def _on_get(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, request_id, object_ids = message  # the worker itself enforces get()'s timeout
-        self._worker_wait(worker, request_id, object_ids, len(object_ids), None, reply_all=True)
+    def _on_get(self, peer: Peer, worker: WorkerRecord, message: msg.Get) -> None:
+        object_ids = message.object_ids  # (the worker itself enforces get()'s timeout)
+        self._worker_wait(worker, message.request_id, object_ids, len(object_ids), None, reply_all=True)
 
-    def _on_wait(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, request_id, object_ids, num_returns, timeout = message
-        self._worker_wait(worker, request_id, object_ids, num_returns, timeout, reply_all=False)
+    def _on_wait(self, peer: Peer, worker: WorkerRecord, message: msg.Wait) -> None:
+        self._worker_wait(worker, message.request_id, message.object_ids, message.num_returns, message.timeout,
+                          reply_all=False)
 
-    def _on_forget(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        waiter = worker.requests.pop(message[1], None)
+    def _on_forget(self, peer: Peer, worker: WorkerRecord, message: msg.Forget) -> None:
+        waiter = worker.requests.pop(message.request_id, None)
         if waiter is not None:
             waiter.fired = True
             self._unregister_waiter(waiter)
             self._unblock(worker)
 
-    def _on_cancel(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, request_id, object_id, force, recursive = message
+    def _on_cancel(self, peer: Peer, worker: WorkerRecord, message: msg.Cancel) -> None:
         try:
-            self._cancel(object_id, force, recursive)
+            self._cancel(message.object_id, message.force, message.recursive)
             problem = None
         except ValueError as exc:  # raised by the task's cancel() call
             problem = str(exc)
-        self._post(peer, ("reply", request_id, problem))
+        self._post(peer, msg.Reply(request_id=message.request_id, payload=problem))
 
     # ==== tasks ======================================================================
 
@@ -417,25 +413,23 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             "EndTime": node.end_time,
         }
 
-    def _on_create_actor(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, request_id, spec, meta = message
+    def _on_create_actor(self, peer: Peer, worker: WorkerRecord, message: msg.CreateActor) -> None:
         try:
-            self.create_actor(spec, meta, worker.node.node_id, worker.worker_id)
+            self.create_actor(message.spec, message.meta, worker.node.node_id, worker.worker_id)
             problem = None
         except ValueError as exc:
             problem = str(exc)
-        self._post(peer, ("reply", request_id, problem))
+        self._post(peer, msg.Reply(request_id=message.request_id, payload=problem))
 
-    def _on_lookup_actor(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, request_id, name, namespace = message
-        self._post(peer, ("reply", request_id, self.lookup_actor(name, namespace)))
+    def _on_lookup_actor(self, peer: Peer, worker: WorkerRecord, message: msg.LookupActor) -> None:
+        found = self.lookup_actor(message.name, message.namespace)
+        self._post(peer, msg.Reply(request_id=message.request_id, payload=found))
 
-    def _on_kill_actor(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        self.kill_actor(message[1], message[2])
+    def _on_kill_actor(self, peer: Peer, worker: WorkerRecord, message: msg.KillActor) -> None:
+        self.kill_actor(message.actor_id, message.no_restart)
 
-    def _on_state(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, request_id, what = message
-        self._post(peer, ("reply", request_id, self.state(what)))
+    def _on_state(self, peer: Peer, worker: WorkerRecord, message: msg.QueryState) -> None:
+        self._post(peer, msg.Reply(request_id=message.request_id, payload=self.state(message.what)))
 
     # ==== plumbing ===================================================================
 
@@ -458,24 +452,24 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
                 peer.send(messages)
 
 
-_HANDLERS: Dict[str, Callable[[Head, Peer, Any, tuple], None]] = {
-    "node_hello": Head._on_node_hello,
-    "worker_exit": Head._on_worker_exit,
-    "worker_hello": Head._on_worker_hello,
-    "fn": Head._on_fn,
-    "submit": Head._on_submit,
-    "put": Head._on_put,
-    "refs": Head._on_refs,
-    "located": Head._on_located,
-    "lost": Head._on_lost,
-    "get": Head._on_get,
-    "wait": Head._on_wait,
-    "forget": Head._on_forget,
-    "cancel": Head._on_cancel,
-    "done": Head._on_done,
-    "state": Head._on_state,
-    "create_actor": Head._on_create_actor,
-    "lookup_actor": Head._on_lookup_actor,
-    "kill_actor": Head._on_kill_actor,
-    "fault": fault_hooks.fault_message,
+_HANDLERS: Dict[type, Callable[[Head, Peer, Any, Any], None]] = {
+    msg.NodeHello: Head._on_node_hello,
+    msg.WorkerExit: Head._on_worker_exit,
+    msg.WorkerHello: Head._on_worker_hello,
+    msg.DefineFunction: Head._on_fn,
+    msg.Submit: Head._on_submit,
+    msg.Put: Head._on_put,
+    msg.Refs: Head._on_refs,
+    msg.Located: Head._on_located,
+    msg.Lost: Head._on_lost,
+    msg.Get: Head._on_get,
+    msg.Wait: Head._on_wait,
+    msg.Forget: Head._on_forget,
+    msg.Cancel: Head._on_cancel,
+    msg.Done: Head._on_done,
+    msg.QueryState: Head._on_state,
+    msg.CreateActor: Head._on_create_actor,
+    msg.LookupActor: Head._on_lookup_actor,
+    msg.KillActor: Head._on_kill_actor,
+    msg.FaultFired: fault_hooks.fault_message,
 }

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from minicluster._private.store import object_store
 from minicluster.exceptions import ObjectLostError, RayTaskError, TaskCancelledError, TaskUnschedulableError
+from minicluster._private.wire import messages as msg
 from minicluster._private.wire.hub import Peer
 from minicluster._private.common.ids import task_of
 from minicluster._private.head.lineage import arguments_of
@@ -48,16 +49,17 @@ IDLE_RETIRE_S = 2.0
 class TaskFlow:
     """Head methods that move tasks along; see the module docstring."""
 
-    def _on_done(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
+    def _on_done(self, peer: Peer, worker: WorkerRecord, message: msg.Done) -> None:
         self._task_done(worker, message)
         if self.faults is not None:
             self.faults.after_done(worker)  # node triggers of a test's fault plan (fault_hooks.py)
 
-    def _task_done(self, worker: WorkerRecord, message: tuple) -> None:
+    def _task_done(self, worker: WorkerRecord, message: msg.Done) -> None:
         if worker.actor is not None:
             self._actor_call_done(worker, message)
             return
-        _, task_id, attempt, results, error_info, start, end, retire = message
+        task_id, attempt, results, error_info, retire = (message.task_id, message.attempt, message.results,
+                                                         message.error, message.retire)
         queue = worker.queue
         task = queue.popleft() if queue else None
         worker.tasks_done += 1
@@ -73,7 +75,7 @@ class TaskFlow:
             if queue and not queue[0].finished:  # (a cancelled one is skipped by the worker)
                 queue[0].set_state("RUNNING", worker_id=worker.worker_id)
             previous = self.durations.get(task.spec.function_id)
-            took = end - start
+            took = message.end - message.start
             self.durations[task.spec.function_id] = took if previous is None else 0.8 * previous + 0.2 * took
         if retire:
             worker.retire(f"reached max_calls of {task.spec.name}" if task is not None else "reached max_calls")
@@ -90,7 +92,7 @@ class TaskFlow:
         if task is None or task.spec.task_id != task_id or task.attempt != attempt or task.finished:
             self._discard_results(task_id, results, worker.node.node_id)
         else:
-            task.record_times(start, end)
+            task.record_times(message.start, message.end)
             self._task_reported(task, results, error_info, worker.node.node_id)
             if task.spec.task_type == ACTOR_CREATION_TASK and self._creation_done(task, worker, error_info):
                 self._schedule()
@@ -296,11 +298,11 @@ class TaskFlow:
         want = len(node.waiting) - node.pending_spawn
         if want > 0:
             node.pending_spawn += want
-            self._post(node.peer, ("spawn", want))
+            self._post(node.peer, msg.Spawn(count=want))
         elif node.pool_size() + node.pending_spawn < node.target_workers:
             missing = node.target_workers - node.pool_size() - node.pending_spawn
             node.pending_spawn += missing
-            self._post(node.peer, ("spawn", missing))
+            self._post(node.peer, msg.Spawn(count=missing))
 
     def _worker_free(self, worker: WorkerRecord) -> None:
         node = worker.node
@@ -328,7 +330,7 @@ class TaskFlow:
             except ValueError:
                 return
             worker.retire("idle surplus worker (started while tasks were blocked in get)")
-            self._post(worker.peer, ("retire",))
+            self._post(worker.peer, msg.Retire())
             self._flush()
 
     def _dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
@@ -343,28 +345,31 @@ class TaskFlow:
         peer = worker.peer
         if spec.task_type != ACTOR_TASK and spec.function_id not in worker.functions:
             worker.functions.add(spec.function_id)
-            self._post(peer, ("fn", spec.function_id, self.functions[spec.function_id]))
+            self._post(peer, msg.DefineFunction(function_id=spec.function_id, blob=self.functions[spec.function_id]))
         payloads = None
         if spec.arg_refs:
             payloads = {object_id: self.payload_of(object_id) for object_id in spec.arg_refs}
         actor = None
         if spec.task_type == ACTOR_CREATION_TASK:
             meta = self.actors[spec.actor_id].meta
-            actor = (meta["max_concurrency"], meta["is_async"], meta["class_name"])
+            actor = msg.ActorConfig(max_concurrency=meta["max_concurrency"], is_async=meta["is_async"],
+                                    class_name=meta["class_name"])
         faults = self.faults  # a test's fault plan, if one is installed: orders for the worker (fault_hooks.py)
-        message = ("exec", (spec.task_id, task.attempt, spec.function_id, spec.name, spec.args, payloads,
-                            spec.num_returns, spec.retry_exceptions, spec.max_calls, spec.actor_id,
-                            spec.task_type, spec.func_name, spec.method, actor,
-                            None if faults is None else faults.on_exec(task, worker)))
+        message = msg.Exec(task_id=spec.task_id, attempt=task.attempt, function_id=spec.function_id, name=spec.name,
+                           args_blob=spec.args, payloads=payloads, num_returns=spec.num_returns,
+                           retry_exceptions=spec.retry_exceptions, max_calls=spec.max_calls, actor_id=spec.actor_id,
+                           task_type=spec.task_type, func_name=spec.func_name, method=spec.method, actor_config=actor,
+                           faults=None if faults is None else faults.on_exec(task, worker))
         if faults is None or not faults.hold_exec(worker, message):
             self._post(peer, message)
 
-    def _task_reported(self, task: TaskRecord, results: list, error_info: Optional[tuple], node_id: bytes) -> None:
+    def _task_reported(self, task: TaskRecord, results: list, error_info: Optional[msg.ErrorInfo],
+                       node_id: bytes) -> None:
         task.worker = None
         if error_info is None:
             self._finish(task, results, node_id, "FINISHED", None, None)
             return
-        error_type, retryable, message = error_info
+        error_type, retryable, message = error_info.error_type, error_info.retryable, error_info.message
         if error_type == "ARG_LOST" and not task.cancelled:
             # An argument's copy vanished before the worker could read it: not the task's
             # fault, so no retry is used; wait for the argument to be rebuilt.
@@ -391,10 +396,10 @@ class TaskFlow:
         is_error = state == "FAILED"
         if task.owner_dead:
             self._discard_results(task.spec.task_id, results, node_id)
-        for object_id, (kind, data, nested) in zip(task.spec.return_ids(), results):
+        for object_id, value in zip(task.spec.return_ids(), results):
             if task.owner_dead:
                 continue
-            self._store(object_id, kind, data, nested, node_id, is_error)
+            self._store(object_id, value.kind, value.data, value.refs, node_id, is_error)
         if not is_error and not task.owner_dead:
             self._keep_lineage(task)
         self._close_task(task, state, error_type, message)
@@ -435,8 +440,8 @@ class TaskFlow:
     def _discard_results(self, task_id: bytes, results: list, node_id: bytes) -> None:
         """Results nobody will read (a stale attempt, a dead owner): delete their store files."""
         store_dir = self.session.layout.dir_of(node_id)
-        for index, (kind, _, _) in enumerate(results, start=1):
-            if kind == "s":
+        for index, value in enumerate(results, start=1):
+            if value.kind == "s":
                 object_store.delete(store_dir, task_id + index.to_bytes(4, "little"))
 
     def _finish_with_error(self, task: TaskRecord, error: BaseException, error_type: str, message: str) -> None:
@@ -511,7 +516,7 @@ class TaskFlow:
             # Pipelined behind another task, not started: it fails now, like a pending task.
             # It stays in the worker's queue (so the head's and the worker's queues stay in
             # step); the worker skips it, and its report, if any, is discarded.
-            self._post(worker.peer, ("cancel", task_id, False))
+            self._post(worker.peer, msg.CancelTask(task_id=task_id))
             self._finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
                                     "cancelled before it started")
             return
@@ -531,4 +536,4 @@ class TaskFlow:
             except ProcessLookupError:
                 pass
         else:
-            self._post(worker.peer, ("cancel", task_id, False))
+            self._post(worker.peer, msg.CancelTask(task_id=task_id))

@@ -16,6 +16,7 @@ from minicluster._private.store import object_store
 from minicluster.exceptions import ObjectLostError, ReferenceCountingAssertionError
 from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED, Waiter
 from minicluster._private.store.serialization import error_blob
+from minicluster._private.wire import messages as msg
 from minicluster._private.head.virtual_nodes import WorkerRecord
 
 
@@ -94,7 +95,7 @@ class Waiting:
                 payload: Any = [self.payload_of(oid) for oid in object_ids]
             else:
                 payload = self.ready_ids(object_ids)[:num_returns]
-            self._post(peer, ("reply", request_id, payload))
+            self._post(peer, msg.Reply(request_id=request_id, payload=payload))
             if waiter is not None:
                 self._unblock(worker)
 
@@ -126,7 +127,7 @@ class Waiting:
             if len(worker.queue) > 1:
                 taken = list(worker.queue)[1:]
                 worker.queue = collections.deque([worker.queue[0]])
-                self._post(worker.peer, ("steal", [t.spec.task_id for t in taken]))
+                self._post(worker.peer, msg.Steal(task_ids=[t.spec.task_id for t in taken]))
                 for task in taken:
                     task.worker = None
                     task.node = None

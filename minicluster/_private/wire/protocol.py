@@ -7,29 +7,8 @@ head. After that, each frame is a 4-byte little-endian length and a pickled
 *list* of messages: batching many messages into one frame is what keeps the
 per-task cost low.
 
-Messages are plain tuples whose first element is a kind string; protocol
-tuples are cheaper to pickle than objects (1 us vs 5 us a round trip), and
-the table below is their one definition.
-
-head -> node manager
-    ("spawn", count)                       fork `count` more workers
-    ("kill_worker", pid, signum)
-node manager -> head
-    ("node_hello", node_id, pid)
-    ("worker_exit", pid, worker_id, exitcode)   exitcode < 0 means killed by signal -exitcode
-head -> worker
-    ("fn", function_id, blob)              define a function before its first task
-    ("exec", ExecRequest-tuple)            run a task (see worker.py)
-    ("reply", request_id, payload)         answer to get/wait/submit
-    ("cancel", task_id, force)
-    ("retire",)                            exit after the current task
-worker -> head
-    ("worker_hello", worker_id, node_id, pid)
-    ("done", task_id, attempt, results, error_info)
-    ("submit", TaskSpec)
-    ("get", request_id, object_ids, timeout)   ("wait", ...), ("put", ...), ...
-    ("cancel", request_id, object_id, force, recursive)   replied with None or the ValueError's text
-    ("refs", added, removed)               reference-count deltas
+The messages themselves, who sends each and when, are defined in messages.py:
+that module is their one definition, used by both ends.
 """
 
 from __future__ import annotations
