@@ -3,7 +3,7 @@
 Owned by the head (driver process, under the head's lock). For each object id:
 
 * state: PENDING until its task reports, then READY (a value or an error);
-* payload: where the value is (see client.py: inline blob, node stores, or error);
+* payload: where the value is (wire/messages.py Payload: inline blob, node stores, or error);
 * who keeps it alive: the driver's live ObjectRefs (the driver's LocalRefCounter),
   workers that announced holding a ref (`borrowers`), and `pins` - tasks that
   take it as an argument and objects that contain its ref;
@@ -31,6 +31,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from minicluster._private.store import object_store
+from minicluster._private.wire import messages as msg
 from minicluster._private.common.ids import OBJECT_ID_SIZE, RecentIds
 
 PENDING = "PENDING"
@@ -108,11 +109,11 @@ class ObjectDirectory:
                 object_store.delete(self._dir(node), object_id)
             return None
         if kind == "s":
-            entry.payload = ("s", [node], data)
+            entry.payload = msg.Payload(kind="s", data=[node], size=data)
             entry.size = data
             self._count(node, data)
         else:
-            entry.payload = (kind, data)
+            entry.payload = msg.Payload(kind=kind, data=data)
             entry.size = len(data)
         entry.is_error = is_error
         entry.state = READY
@@ -293,7 +294,7 @@ class ObjectDirectory:
         if entry is None:
             return None
         self._release_value(object_id, entry)
-        entry.payload = ("e", error_blob)
+        entry.payload = msg.Payload(kind="e", data=error_blob)
         entry.size = len(error_blob)
         entry.is_error = True
         entry.state = READY

@@ -454,7 +454,7 @@ class TaskFlow:
             entry = self.objects.entries.get(object_id)
             if entry is None:
                 continue
-            entry.payload = ("e", blob)
+            entry.payload = msg.Payload(kind="e", data=blob)
             entry.size = len(blob)
             entry.is_error = True
             entry.state = READY

@@ -63,16 +63,17 @@ class Waiting:
                     entry.waiters = None
                     self.objects.maybe_free(object_id)
 
-    def payload_of(self, object_id: bytes) -> tuple:
+    def payload_of(self, object_id: bytes) -> msg.Payload:
         entry = self.objects.entries.get(object_id)
         if entry is None:
-            return ("e", error_blob(self._missing_error(object_id)))
+            return msg.Payload(kind="e", data=error_blob(self._missing_error(object_id)))
         payload = entry.payload
         if payload is None:  # lost again after the wait ended: the caller asks once more
-            return ("s", [], entry.size)
-        if payload[0] == "s":
+            return msg.Payload(kind="s", data=[], size=entry.size)
+        if payload.kind == "s":
             nodes = self.nodes
-            return ("s", [loc for loc in payload[1] if not nodes[object_store.node_of(loc)].stopped], payload[2])
+            reachable = [loc for loc in payload.data if not nodes[object_store.node_of(loc)].stopped]
+            return msg.Payload(kind="s", data=reachable, size=payload.size)
         return payload
 
     def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:

@@ -381,7 +381,7 @@ class _ArgumentLost(Exception):
         self.object_hex = object_hex
 
 
-def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Optional[Dict[bytes, tuple]],
+def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Optional[Dict[bytes, msg.Payload]],
                   call: "_Call") -> Tuple[list, dict]:
     """The call's arguments, with the value of each top-level ref put in its slot
     (remote_function._serialize_args)."""

@@ -16,7 +16,7 @@ Each class's docstring says who sends it, who receives it and when:
     worker -> head           WorkerHello, Done, DefineFunction, Submit, Put, Refs, Located,
                              Lost, Get, Wait, Forget, Cancel, QueryState, CreateActor,
                              LookupActor, KillActor, FaultFired
-    nested                   Value, ErrorInfo, ActorConfig, ActorFound, FaultOrder,
+    nested                   Payload, Value, ErrorInfo, ActorConfig, ActorFound, FaultOrder,
                              FaultRef, FetchDelay
 
 How they are pickled, and why: a typing.NamedTuple pickles through the generic
@@ -78,6 +78,15 @@ class ActorConfig(NamedTuple):
     class_name: str
 
 
+class Payload(NamedTuple):
+    """Where a stored value is, as the head tells a reader: in Exec.payloads and the Reply to Get
+    (the driver reads them in-process); also the head's own record of each object's value."""
+
+    kind: str  #: "i": inline; "s": in node stores; "e": an error to raise
+    data: Any  #: "i" and "e": the serialized value or error; "s": the locations that hold a copy
+    size: int = 0  #: "s": the value's size in bytes
+
+
 class FetchDelay(NamedTuple):
     """A FETCH order's argument: each copy from another node sleeps uniform(low_s, high_s), seeded."""
 
@@ -110,7 +119,7 @@ class Exec(NamedTuple):
     function_id: bytes
     name: str
     args_blob: bytes  #: the serialized (args, kwargs, ref slots) (remote_function._serialize_args)
-    payloads: Optional[Dict[bytes, tuple]]  #: where each top-level ref argument's value is (runtime_client.py)
+    payloads: Optional[Dict[bytes, Payload]]  #: where each top-level ref argument's value is
     num_returns: int
     retry_exceptions: Any  #: False, True, or a pickled tuple of exception classes
     max_calls: int
@@ -318,7 +327,7 @@ class FaultFired(NamedTuple):
 #: Every record above; each is pickled by `_reduce`.
 RECORDS = (
     Spawn, NodeHello, WorkerExit,
-    ActorConfig, FetchDelay, FaultRef, FaultOrder, Exec, DefineFunction, Reply, CancelTask, Steal, Retire,
+    Payload, ActorConfig, FetchDelay, FaultRef, FaultOrder, Exec, DefineFunction, Reply, CancelTask, Steal, Retire,
     WorkerHello, Value, ErrorInfo, Done, Submit, Put, Refs, Located, Lost, Get, Wait, Forget, Cancel,
     QueryState, CreateActor, ActorFound, LookupActor, KillActor, FaultFired,
 )
