@@ -284,7 +284,7 @@ class Worker:
             return getattr(self.actor, request.method)
         fn = self._function(request.function_id)
         if request.task_type == ACTOR_CREATION_TASK:
-            self.client.current_actor_id = request.actor_id
+            self.client.current_actor_id = request.actor_config.actor_id
             return lambda *args, **kwargs: self._create_actor(fn, request.actor_config, args, kwargs)
         return fn
 

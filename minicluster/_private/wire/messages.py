@@ -77,8 +77,9 @@ class WorkerExit(NamedTuple):
 
 
 class ActorConfig(NamedTuple):
-    """In Exec, for an actor's creation task only: how the worker runs the actor's calls."""
+    """In Exec, for an actor's creation task only: the actor, and how the worker runs its calls."""
 
+    actor_id: bytes
     max_concurrency: int
     is_async: bool
     class_name: str
@@ -129,7 +130,6 @@ class Exec(NamedTuple):
     num_returns: int
     retry_exceptions: Any  #: False, True, or a pickled tuple of exception classes
     max_calls: int
-    actor_id: Optional[bytes]
     task_type: str
     func_name: str
     method: Optional[str]  #: the method of an actor call
