@@ -26,15 +26,21 @@ again when loaded. Instead one reducer, registered with copyreg for every
 record, writes a message as `_rebuild(code, *fields)`, the code being its
 position in RECORDS (every process of a session runs the same files): a frame
 names one function however many kinds it holds, and loading calls
-tuple.__new__ directly. Measured against the plain tuples this replaced
-(CPython 3.11, per message, best of 40 rounds): in a frame of 16 Exec, +0.45 us
-to dump and +0.3 us to load; a frame of one Exec, +1.1 us each way; a frame of
-one Done with its Value, +1.5 us each way. The generic path costs 1.5 to 2
-times that. Building a message by keyword costs 0.3-0.8 us more than a tuple
-(the keywords go through a dict). Rejected: copyreg extension codes (no lookup
-of the class when loading, but the pickler checks the class again for every
-instance: slower in batched frames); a metaclass for cheaper construction (a
-class call with keywords builds the dict all the same).
+tuple.__new__ directly. That halves the generic path's cost; against the plain
+tuples this replaced (CPython 3.11, best of 40 rounds) it is still +0.45 us
+to dump and +0.3 us to load an Exec in a frame of 16, and +1.5 us each way for
+a frame of one Done with its Value (looking up `_rebuild` is most of that).
+
+What records cost the head per tiny task, counted in instructions (callgrind,
+a head-only simulation: submit, Done handled, result read): about 34k more
+than the tuples, +15%. Building by keyword is 13k of it (a class call packs
+the keywords in a dict: Exec 9k, Payload 4k), loading the Done frame 11k,
+dumping Exec 4k, reading fields by name 2k. Measured and left out: a generated
+`Record.make(**fields)` per record (-8k, but type checkers cannot see its
+keywords); a copyreg extension code for `_rebuild` (-4k to -7k on the head,
++5k on each worker's Done frames, and a process-global registration);
+tuple subclasses rebuilt by C code (no keyword constructor without a
+metaclass, and a class call with keywords builds the dict all the same).
 """
 
 from __future__ import annotations
