@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copyreg
 import pathlib
 import pickle
 import re
@@ -10,23 +9,59 @@ import re
 import pytest
 
 from minicluster._private.wire import messages
-from minicluster._private.wire.protocol import FrameDecoder, encode
+from minicluster._private.wire.protocol import FrameDecoder, decode, encode
 
 PACKAGE = pathlib.Path(messages.__file__).resolve().parents[2]
 
 
 def _sample(record: type) -> tuple:
-    """An instance with a distinct value in each field."""
-    return record(*(f"{record.__name__}.{name}" for name in record._fields))
+    """An instance with a distinct value in each field (records where a field is declared to hold them)."""
+    values = []
+    for name, hint in zip(record._fields, messages._field_types(record)):
+        shape, inner = messages._nested_record(hint)
+        kind = shape.lstrip("?")
+        if inner is None:
+            values.append(f"{record.__name__}.{name}")
+        elif kind == "one":
+            values.append(_sample(inner))
+        elif kind == "list":
+            values.append([_sample(inner)])
+        elif kind == "tuple":
+            values.append((_sample(inner),))
+        else:
+            values.append({b"key": _sample(inner)})
+    return record(*values)
 
 
 @pytest.mark.parametrize("record", messages.RECORDS, ids=lambda r: r.__name__)
-def test_every_record_survives_a_frame_and_pickles_through_its_reducer(record):
+def test_every_record_survives_a_frame(record):
     sample = _sample(record)
     [frame] = FrameDecoder().feed(encode([sample, sample]))
-    back = pickle.loads(frame)
+    back = decode(frame)
     assert back == [sample, sample] and type(back[0]) is record
-    assert copyreg.dispatch_table.get(record) is messages._reduce  # not NamedTuple's slower generic path
+    assert type(pickle.loads(pickle.dumps(sample, protocol=5))) is record  # as a value in a field of type Any
+
+
+def test_records_nested_in_declared_fields_travel_as_plain_tuples_and_come_back_as_records():
+    ref = messages.FaultRef(serial=1, fault_id=2)
+    order = messages.FaultOrder(point="start", action="sleep", ref=ref,
+                                argument=messages.FetchDelay(seed=3, low_s=0.1, high_s=0.2))
+    exec_ = messages.Exec(task_id=b"t", attempt=1, function_id=b"f", name="n", args_blob=b"a",
+                          payloads={b"o": messages.Payload(kind="s", data=[b"node"], size=3)}, num_returns=1,
+                          retry_exceptions=False, max_calls=0, task_type="NORMAL_TASK", func_name="m.f", method=None,
+                          actor_config=messages.ActorConfig(actor_id=b"a", max_concurrency=1, is_async=False,
+                                                            class_name="C"), faults=(order,))
+    done = messages.Done(task_id=b"t", attempt=1, results=[messages.Value(kind="i", data=b"x", refs=[b"r"])],
+                         error=messages.ErrorInfo(error_type="E", retryable=True, message="m"), start=1.0, end=2.0,
+                         retire=False)
+    wire = messages.to_wire([exec_, done])
+    assert type(wire[0][6][b"o"]) is tuple and type(wire[1][3][0]) is tuple and type(wire[1][4]) is tuple
+    back_exec, back_done = decode(FrameDecoder().feed(encode([exec_, done]))[0])
+    assert (back_exec, back_done) == (exec_, done)
+    assert type(back_exec.payloads[b"o"]) is messages.Payload and type(back_exec.actor_config) is messages.ActorConfig
+    assert type(back_exec.faults[0]) is messages.FaultOrder and type(back_exec.faults[0].ref) is messages.FaultRef
+    assert type(back_exec.faults[0].argument) is messages.FetchDelay  # a field of type Any: pickled as a record
+    assert type(back_done.results[0]) is messages.Value and type(back_done.error) is messages.ErrorInfo
 
 
 @pytest.mark.parametrize("record", messages.RECORDS, ids=lambda r: r.__name__)

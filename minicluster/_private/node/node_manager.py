@@ -23,7 +23,6 @@ session's socket file, then kills its whole process group, itself included.
 from __future__ import annotations
 
 import os
-import pickle
 import select
 import signal
 import sys
@@ -35,7 +34,7 @@ from minicluster._private.store import object_store, store_spares
 from minicluster._private.node import worker  # noqa: F401
 from minicluster._private.common.ids import new_worker_id
 from minicluster._private.wire import messages as msg
-from minicluster._private.wire.protocol import Connection, FrameDecoder
+from minicluster._private.wire.protocol import Connection, FrameDecoder, decode
 
 
 class NodeManager:
@@ -79,7 +78,7 @@ class NodeManager:
                 if not data:
                     self.head_gone()
                 for frame in self.decoder.feed(data):
-                    for message in pickle.loads(frame):
+                    for message in decode(frame):
                         self.handle(message)
 
     def handle(self, message: tuple) -> None:

@@ -19,33 +19,23 @@ Each class's docstring says who sends it, who receives it and when:
     nested                   Payload, Value, ErrorInfo, ActorConfig, ActorFound, FaultOrder,
                              FaultRef, FetchDelay
 
-How they are pickled, and why: a NamedTuple pickles through the generic
-reduce path, a Python `__getnewargs__` per message, a class reference per
-distinct class in each frame, and its Python `__new__` binding every field
-again when loaded. Instead one reducer, registered with copyreg for every
-record, writes a message as `_rebuild(code, *fields)`, the code being its
-position in RECORDS (every process of a session runs the same files): a frame
-names one function however many kinds it holds, and loading calls
-tuple.__new__ directly. That halves the generic path's cost; against the plain
-tuples this replaced (CPython 3.11, best of 40 rounds) it is still +0.45 us
-to dump and +0.3 us to load an Exec in a frame of 16, and +1.5 us each way for
-a frame of one Done with its Value (looking up `_rebuild` is most of that).
-
-What records cost the head per tiny task, counted in instructions (callgrind,
-a head-only simulation: submit, Done handled, result read): about 34k more
-than the tuples, +15%. Building by keyword is 13k of it (a class call packs
-the keywords in a dict: Exec 9k, Payload 4k), loading the Done frame 11k,
-dumping Exec 4k, reading fields by name 2k. Measured and left out: a generated
-`Record.make(**fields)` per record (-8k, but type checkers cannot see its
-keywords); a copyreg extension code for `_rebuild` (-4k to -7k on the head,
-+5k on each worker's Done frames, and a process-global registration);
-tuple subclasses rebuilt by C code (no keyword constructor without a
-metaclass, and a class call with keywords builds the dict all the same).
+How they travel, and why: a record pickled as itself costs the pickler a
+reduce call and the frame a global to look up (7k instructions to load one
+frame, most of a Done's cost), and NamedTuple's Python `__new__` on loading.
+So `to_wire` turns each message into a plain tuple (its code, its position in
+RECORDS, then its fields; every process of a session runs the same files),
+records in fields declared to hold them (Done.results, Exec.payloads, ...)
+into plain tuples too, and `from_wire` builds them back with tuple.__new__.
+The codecs are generated from the annotations and call C functions (map, zip)
+for the nested ones. A record in a field of type Any (Reply.payload,
+FaultOrder.argument) pickles as `_rebuild(code, *fields)` (copyreg).
 """
 
 from __future__ import annotations
 
 import copyreg
+import functools
+import typing
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 if TYPE_CHECKING:
@@ -336,7 +326,7 @@ class FaultFired(NamedTuple):
     object_hex: Optional[str] = None  #: at FETCH: the object about to be copied
 
 
-#: Every record above; each is pickled by `_reduce`.
+#: Every record above. A record's code on the wire is its position here.
 RECORDS = (
     Spawn, NodeHello, WorkerExit,
     Payload, ActorConfig, FetchDelay, FaultRef, FaultOrder, Exec, DefineFunction, Reply, CancelTask, Steal, Retire,
@@ -344,12 +334,21 @@ RECORDS = (
     QueryState, CreateActor, ActorFound, LookupActor, KillActor, FaultFired,
 )
 
+
+# ==== the wire form ====================================================================
+#
+# A message travels as a plain tuple (its code, then its fields); a record in a field
+# declared as a record (or a list, tuple or dict of them) travels as the plain tuple of
+# its fields. The codecs below are generated once from the annotations, and do their
+# work with C calls (map, zip, tuple.__new__). A record anywhere else (in a field of
+# type Any, like Reply.payload) is pickled as `_rebuild(code, *fields)`.
+
 _CODE_OF: Dict[type, int] = {record: code for code, record in enumerate(RECORDS)}
 _tuple_new = tuple.__new__
 
 
 def _rebuild(code: int, *fields: Any) -> tuple:
-    """Unpickling: the record RECORDS[code], built in C (see the module docstring)."""
+    """Unpickling a record found outside a record-typed field."""
     return _tuple_new(RECORDS[code], fields)
 
 
@@ -359,3 +358,91 @@ def _reduce(record: tuple) -> Tuple[Callable[..., tuple], tuple]:
 
 for _record in RECORDS:
     copyreg.pickle(_record, _reduce)
+
+
+def _field_types(record: type) -> List[Any]:
+    hints = typing.get_type_hints(record, globalns=globals(), localns={"TaskSpec": Any})
+    return [hints[name] for name in record._fields]
+
+
+def _nested_record(hint: Any) -> Tuple[str, Optional[type]]:
+    """How a field's declared type holds records: ("one" | "list" | "tuple" | "dict", record), optional
+    marked by a leading "?"; ("", None) when it holds none."""
+    optional = ""
+    if typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint):
+        rest = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(rest) != 1:
+            return "", None
+        optional, hint = "?", rest[0]
+    if hint in _CODE_OF:
+        return optional + "one", hint
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list and args and args[0] in _CODE_OF:
+        return optional + "list", args[0]
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in _CODE_OF:
+        return optional + "tuple", args[0]
+    if origin is dict and len(args) == 2 and args[1] in _CODE_OF:
+        return optional + "dict", args[1]
+    return "", None
+
+
+def _convert(shape: str, record: Optional[type], value: str, one: str) -> str:
+    """Source that converts `value` (declared as `shape` of `record`), `one` converting a single record."""
+    if record is None:
+        return value
+    kind = shape.lstrip("?")
+    if kind == "one":
+        code = f"{one}({value})"
+    elif kind == "list":
+        code = f"list(map({one}, {value}))"
+    elif kind == "tuple":
+        code = f"tuple(map({one}, {value}))"
+    else:
+        code = f"dict(zip({value}, map({one}, {value}.values())))"
+    return f"(None if {value} is None else {code})" if shape.startswith("?") else code
+
+
+def _codecs() -> Tuple[Dict[type, Callable[[tuple], tuple]], List[Callable[[tuple], tuple]]]:
+    namespace: Dict[str, Any] = {"_tuple_new": _tuple_new, "partial": functools.partial}
+    lines = []
+    for record in RECORDS:
+        name, code = record.__name__, _CODE_OF[record]
+        namespace[f"_{name}"] = record
+        nested = [_nested_record(hint) for hint in _field_types(record)]
+        count = len(record._fields)
+        if not any(inner for _, inner in nested):
+            lines.append(f"_flat_{name} = tuple")  # its fields alone, in a record-typed field
+            lines.append(f"_raise_{name} = partial(_tuple_new, _{name})")
+            lines.append(f"def _out_{name}(m): return ({code}, *m)")
+            lines.append(f"def _in_{name}(t): return _tuple_new(_{name}, t[1:])")
+            continue
+        flat = ", ".join(_convert(shape, inner, f"m[{i}]", f"_flat_{inner.__name__}" if inner else "")
+                         for i, (shape, inner) in enumerate(nested))
+        raised = ", ".join(_convert(shape, inner, f"t[{i}]", f"_raise_{inner.__name__}" if inner else "")
+                           for i, (shape, inner) in enumerate(nested))
+        raised_top = ", ".join(_convert(shape, inner, f"t[{i + 1}]", f"_raise_{inner.__name__}" if inner else "")
+                               for i, (shape, inner) in enumerate(nested))
+        comma = "," if count == 1 else ""
+        lines.append(f"def _flat_{name}(m): return ({flat}{comma})")
+        lines.append(f"def _raise_{name}(t): return _tuple_new(_{name}, ({raised}{comma}))")
+        lines.append(f"def _out_{name}(m): return ({code}, {flat})")
+        lines.append(f"def _in_{name}(t): return _tuple_new(_{name}, ({raised_top}{comma}))")
+    # Records nested in others come first in RECORDS, so each codec's helpers exist when it runs.
+    exec("\n".join(lines), namespace)
+    return ({record: namespace[f"_out_{record.__name__}"] for record in RECORDS},
+            [namespace[f"_in_{record.__name__}"] for record in RECORDS])
+
+
+_OUT, _IN = _codecs()
+
+
+def to_wire(messages: List[tuple]) -> List[tuple]:
+    """Messages as plain tuples, for pickling into a frame (protocol.encode)."""
+    out = _OUT
+    return [out[message.__class__](message) for message in messages]
+
+
+def from_wire(items: List[tuple]) -> List[tuple]:
+    """The messages of an unpickled frame (protocol.decode)."""
+    into = _IN
+    return [into[item[0]](item) for item in items]

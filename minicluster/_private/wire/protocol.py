@@ -8,7 +8,8 @@ head. After that, each frame is a 4-byte little-endian length and a pickled
 per-task cost low.
 
 The messages themselves, who sends each and when, are defined in messages.py:
-that module is their one definition, used by both ends.
+that module is their one definition, used by both ends, and it turns them into
+the plain tuples that are pickled (`encode`, `decode`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import socket
 import struct
 import threading
 from typing import Any, List, Optional
+
+from minicluster._private.wire.messages import from_wire, to_wire
 
 _LEN = struct.Struct("<I")
 CHALLENGE_BYTES = 32
@@ -70,7 +73,12 @@ def frame(payload: bytes) -> bytes:
 
 
 def encode(messages: List[Any]) -> bytes:
-    return frame(pickle.dumps(messages, protocol=5))
+    return frame(pickle.dumps(to_wire(messages), protocol=5))
+
+
+def decode(payload: bytes) -> List[Any]:
+    """The messages of one frame's payload (what `encode` framed)."""
+    return from_wire(pickle.loads(payload))
 
 
 class Connection:
@@ -110,7 +118,7 @@ class Connection:
 
     def recv(self) -> List[Any]:
         """Block until a frame arrives; return its messages. Raises ConnectionError on EOF."""
-        return pickle.loads(self._recv_frame())
+        return decode(self._recv_frame())
 
     def send(self, *messages: Any) -> None:
         data = encode(list(messages))
