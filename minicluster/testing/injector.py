@@ -220,20 +220,20 @@ class Injector:
                     continue
                 if self._aims_at(fault, fault.when_task_starts, spec, attempt):  # type: ignore[arg-type]
                     action = fault_hooks.KILL_NODE if isinstance(fault, KillNode) else fault_hooks.STOP_NODE
-                    orders.append(FaultOrder(point=fault_hooks.START, action=action, argument=None,
-                                             ref=self._ref(fault)))
+                    orders.append(FaultOrder.new(point=fault_hooks.START, action=action, argument=None,
+                                                 ref=self._ref(fault)))
             elif isinstance(fault, KillWorker):
                 if self._aims_at(fault, fault.target, spec, attempt):
-                    orders.append(FaultOrder(point=fault.at, action=fault_hooks.KILL_WORKER, argument=None,
-                                             ref=self._ref(fault)))
+                    orders.append(FaultOrder.new(point=fault.at, action=fault_hooks.KILL_WORKER, argument=None,
+                                                 ref=self._ref(fault)))
             elif isinstance(fault, RaiseInTask) and self._aims_at(fault, fault.target, spec, attempt):
-                orders.append(FaultOrder(point=fault_hooks.START, action=fault_hooks.RAISE, argument=fault.blob,
-                                         ref=self._ref(fault)))
+                orders.append(FaultOrder.new(point=fault_hooks.START, action=fault_hooks.RAISE, argument=fault.blob,
+                                             ref=self._ref(fault)))
         if self.actor_faults and spec.task_type == ACTOR_TASK:
             for fault in self.actor_faults:
                 if not fault.fired and self._actor_call_aimed(fault, spec):
-                    orders.append(FaultOrder(point=fault.at, action=fault_hooks.KILL_WORKER, argument=None,
-                                             ref=self._ref(fault)))
+                    orders.append(FaultOrder.new(point=fault.at, action=fault_hooks.KILL_WORKER, argument=None,
+                                                 ref=self._ref(fault)))
         for delay in self.delays:
             if delay.task is not None and not delay.task.matches_name(spec):
                 continue
@@ -244,13 +244,13 @@ class Injector:
                     self.hold_s, self.hold_fault, self.hold_task = seconds, delay, task
             elif delay.channel == "result":
                 seconds = rng.uniform(delay.low_ms, delay.high_ms) / 1000.0
-                orders.append(FaultOrder(point=fault_hooks.BEFORE_REPLY, action=fault_hooks.SLEEP, argument=seconds,
-                                         ref=self._ref(delay)))
+                orders.append(FaultOrder.new(point=fault_hooks.BEFORE_REPLY, action=fault_hooks.SLEEP, argument=seconds,
+                                             ref=self._ref(delay)))
             else:
-                argument = FetchDelay(seed=rng.getrandbits(63), low_s=delay.low_ms / 1000.0,
-                                      high_s=delay.high_ms / 1000.0)
-                orders.append(FaultOrder(point=fault_hooks.FETCH, action=fault_hooks.SLEEP, argument=argument,
-                                         ref=self._ref(delay)))
+                argument = FetchDelay.new(seed=rng.getrandbits(63), low_s=delay.low_ms / 1000.0,
+                                          high_s=delay.high_ms / 1000.0)
+                orders.append(FaultOrder.new(point=fault_hooks.FETCH, action=fault_hooks.SLEEP, argument=argument,
+                                             ref=self._ref(delay)))
         chaos = self.chaos
         if chaos is not None and chaos.kill_worker_every and self.plan.chaos_enabled and (
                 spec.task_type == NORMAL_TASK or (chaos.actors and spec.task_type == ACTOR_TASK)) \
@@ -259,7 +259,7 @@ class Injector:
             if self.dispatched >= self.next_worker_kill:
                 self.next_worker_kill += _gap(self.rng_dispatch, chaos.kill_worker_every)
                 point = self.rng_dispatch.choice(chaos.points)
-                order = FaultOrder(point=point, action=fault_hooks.KILL_WORKER, argument=None, ref=self._ref(chaos))
+                order = FaultOrder.new(point=point, action=fault_hooks.KILL_WORKER, argument=None, ref=self._ref(chaos))
                 self.chaos_orders[spec.task_id] = (attempt, order)
                 orders.append(order)
         elif chaos is not None:
@@ -293,7 +293,7 @@ class Injector:
         head = self.head
         if message.ref.serial != self.serial:  # an order of a plan uninstalled since: let the worker go on
             if request_id:
-                head._post(worker.peer, Reply(request_id=request_id, payload=None))
+                head._post(worker.peer, Reply.new(request_id=request_id, payload=None))
             return
         fault_id = message.ref.fault_id
         fault = self.plan.faults[fault_id - 1]
@@ -321,7 +321,7 @@ class Injector:
         self._record(kind, fault, node=node, worker=worker, task=task, attempt=attempt, point=point,
                      detail=detail_text)
         if action == fault_hooks.KILL_WORKER:
-            head._post(worker.peer, Reply(request_id=request_id, payload=None))  # recorded: it may die now
+            head._post(worker.peer, Reply.new(request_id=request_id, payload=None))  # recorded: it may die now
         elif action == fault_hooks.KILL_NODE:
             head.kill_node(node.node_id, f"killed by minicluster.testing: {fault.describe()}")
         elif action == fault_hooks.STOP_NODE:
@@ -380,7 +380,7 @@ class Injector:
 
     def _ref(self, fault: Fault) -> FaultRef:
         """How an order names its fault: this injector's serial and the fault's id."""
-        return FaultRef(serial=self.serial, fault_id=fault.fault_id)
+        return FaultRef.new(serial=self.serial, fault_id=fault.fault_id)
 
     def _first_dispatch(self, task_id: bytes, attempt: int) -> bool:
         """Whether this attempt is dispatched for the first time (tasks queued behind a dead
@@ -445,7 +445,7 @@ class Injector:
         self.head.hub.cancel_timer(timer)
         for worker, request_id in waiting:
             if not worker.dead:  # it asked for the stop; it goes on once the node runs again
-                self.head._post(worker.peer, Reply(request_id=request_id, payload=None))
+                self.head._post(worker.peer, Reply.new(request_id=request_id, payload=None))
         self.head._flush()
         node = self.head.nodes[node_id]
         if node.alive:

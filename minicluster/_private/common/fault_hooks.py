@@ -84,7 +84,7 @@ def fault_message(head: Any, peer: Any, worker: Any, message: FaultFired) -> Non
     if faults is not None:
         faults.on_fired(worker, message)
     elif message.request_id:
-        head._post(peer, Reply(request_id=message.request_id, payload=None))
+        head._post(peer, Reply.new(request_id=message.request_id, payload=None))
 
 
 # ==== worker side =======================================================================
@@ -143,8 +143,8 @@ class TransferDelay:
 def _fired(request_id: int, call: Any, order: FaultOrder, seconds: Optional[float] = None,
            object_hex: Optional[str] = None) -> FaultFired:
     request = call.request
-    return FaultFired(request_id=request_id, task_id=request.task_id, attempt=request.attempt, ref=order.ref,
-                      point=order.point, action=order.action, seconds=seconds, object_hex=object_hex)
+    return FaultFired.new(request_id=request_id, task_id=request.task_id, attempt=request.attempt, ref=order.ref,
+                          point=order.point, action=order.action, seconds=seconds, object_hex=object_hex)
 
 
 def _report(client: Any, call: Any, order: FaultOrder, seconds: Optional[float] = None,

@@ -201,7 +201,7 @@ class ActorFlow:
         worker = task.worker
         if record is None or worker is None:
             return
-        self._post(worker.peer, msg.CancelTask(task_id=task.spec.task_id))
+        self._post(worker.peer, msg.CancelTask.new(task_id=task.spec.task_id))
         # Calls start in submission order, at most max_concurrency at a time.
         by_age = sorted(record.inflight.values(), key=lambda t: t.attempts[0].creation_time)
         if task in by_age[: record.meta["max_concurrency"]]:
@@ -375,5 +375,5 @@ class ActorFlow:
         record = self.actors.get(actor_id) if actor_id else None
         if record is None or record.state == DEAD:
             return None
-        return msg.ActorFound(actor_id=record.actor_id, meta=record.meta)
+        return msg.ActorFound.new(actor_id=record.actor_id, meta=record.meta)
 

@@ -346,7 +346,7 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             problem = None
         except ValueError as exc:  # raised by the task's cancel() call
             problem = str(exc)
-        self._post(peer, msg.Reply(request_id=message.request_id, payload=problem))
+        self._post(peer, msg.Reply.new(request_id=message.request_id, payload=problem))
 
     # ==== tasks ======================================================================
 
@@ -419,17 +419,17 @@ class Head(TaskFlow, ActorFlow, Recovery, Waiting):
             problem = None
         except ValueError as exc:
             problem = str(exc)
-        self._post(peer, msg.Reply(request_id=message.request_id, payload=problem))
+        self._post(peer, msg.Reply.new(request_id=message.request_id, payload=problem))
 
     def _on_lookup_actor(self, peer: Peer, worker: WorkerRecord, message: msg.LookupActor) -> None:
         found = self.lookup_actor(message.name, message.namespace)
-        self._post(peer, msg.Reply(request_id=message.request_id, payload=found))
+        self._post(peer, msg.Reply.new(request_id=message.request_id, payload=found))
 
     def _on_kill_actor(self, peer: Peer, worker: WorkerRecord, message: msg.KillActor) -> None:
         self.kill_actor(message.actor_id, message.no_restart)
 
     def _on_state(self, peer: Peer, worker: WorkerRecord, message: msg.QueryState) -> None:
-        self._post(peer, msg.Reply(request_id=message.request_id, payload=self.state(message.what)))
+        self._post(peer, msg.Reply.new(request_id=message.request_id, payload=self.state(message.what)))
 
     # ==== plumbing ===================================================================
 

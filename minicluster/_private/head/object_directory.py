@@ -109,11 +109,11 @@ class ObjectDirectory:
                 object_store.delete(self._dir(node), object_id)
             return None
         if kind == "s":
-            entry.payload = msg.Payload(kind="s", data=[node], size=data)
+            entry.payload = msg.Payload.new(kind="s", data=[node], size=data)
             entry.size = data
             self._count(node, data)
         else:
-            entry.payload = msg.Payload(kind=kind, data=data)
+            entry.payload = msg.Payload.new(kind=kind, data=data)
             entry.size = len(data)
         entry.is_error = is_error
         entry.state = READY
@@ -294,7 +294,7 @@ class ObjectDirectory:
         if entry is None:
             return None
         self._release_value(object_id, entry)
-        entry.payload = msg.Payload(kind="e", data=error_blob)
+        entry.payload = msg.Payload.new(kind="e", data=error_blob)
         entry.size = len(error_blob)
         entry.is_error = True
         entry.state = READY

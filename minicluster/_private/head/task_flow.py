@@ -298,11 +298,11 @@ class TaskFlow:
         want = len(node.waiting) - node.pending_spawn
         if want > 0:
             node.pending_spawn += want
-            self._post(node.peer, msg.Spawn(count=want))
+            self._post(node.peer, msg.Spawn.new(count=want))
         elif node.pool_size() + node.pending_spawn < node.target_workers:
             missing = node.target_workers - node.pool_size() - node.pending_spawn
             node.pending_spawn += missing
-            self._post(node.peer, msg.Spawn(count=missing))
+            self._post(node.peer, msg.Spawn.new(count=missing))
 
     def _worker_free(self, worker: WorkerRecord) -> None:
         node = worker.node
@@ -330,7 +330,7 @@ class TaskFlow:
             except ValueError:
                 return
             worker.retire("idle surplus worker (started while tasks were blocked in get)")
-            self._post(worker.peer, msg.Retire())
+            self._post(worker.peer, msg.Retire.new())
             self._flush()
 
     def _dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
@@ -345,21 +345,22 @@ class TaskFlow:
         peer = worker.peer
         if spec.task_type != ACTOR_TASK and spec.function_id not in worker.functions:
             worker.functions.add(spec.function_id)
-            self._post(peer, msg.DefineFunction(function_id=spec.function_id, blob=self.functions[spec.function_id]))
+            self._post(peer, msg.DefineFunction.new(function_id=spec.function_id,
+                                                    blob=self.functions[spec.function_id]))
         payloads = None
         if spec.arg_refs:
             payloads = {object_id: self.payload_of(object_id) for object_id in spec.arg_refs}
         actor = None
         if spec.task_type == ACTOR_CREATION_TASK:
             meta = self.actors[spec.actor_id].meta
-            actor = msg.ActorConfig(actor_id=spec.actor_id, max_concurrency=meta["max_concurrency"],
-                                    is_async=meta["is_async"], class_name=meta["class_name"])
+            actor = msg.ActorConfig.new(actor_id=spec.actor_id, max_concurrency=meta["max_concurrency"],
+                                        is_async=meta["is_async"], class_name=meta["class_name"])
         faults = self.faults  # a test's fault plan, if one is installed: orders for the worker (fault_hooks.py)
-        message = msg.Exec(task_id=spec.task_id, attempt=task.attempt, function_id=spec.function_id, name=spec.name,
-                           args_blob=spec.args, payloads=payloads, num_returns=spec.num_returns,
-                           retry_exceptions=spec.retry_exceptions, max_calls=spec.max_calls, task_type=spec.task_type,
-                           func_name=spec.func_name, method=spec.method, actor_config=actor,
-                           faults=None if faults is None else faults.on_exec(task, worker))
+        message = msg.Exec.new(task_id=spec.task_id, attempt=task.attempt, function_id=spec.function_id,
+                               name=spec.name, args_blob=spec.args, payloads=payloads, num_returns=spec.num_returns,
+                               retry_exceptions=spec.retry_exceptions, max_calls=spec.max_calls,
+                               task_type=spec.task_type, func_name=spec.func_name, method=spec.method,
+                               actor_config=actor, faults=None if faults is None else faults.on_exec(task, worker))
         if faults is None or not faults.hold_exec(worker, message):
             self._post(peer, message)
 
@@ -454,7 +455,7 @@ class TaskFlow:
             entry = self.objects.entries.get(object_id)
             if entry is None:
                 continue
-            entry.payload = msg.Payload(kind="e", data=blob)
+            entry.payload = msg.Payload.new(kind="e", data=blob)
             entry.size = len(blob)
             entry.is_error = True
             entry.state = READY
@@ -516,7 +517,7 @@ class TaskFlow:
             # Pipelined behind another task, not started: it fails now, like a pending task.
             # It stays in the worker's queue (so the head's and the worker's queues stay in
             # step); the worker skips it, and its report, if any, is discarded.
-            self._post(worker.peer, msg.CancelTask(task_id=task_id))
+            self._post(worker.peer, msg.CancelTask.new(task_id=task_id))
             self._finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
                                     "cancelled before it started")
             return
@@ -536,4 +537,4 @@ class TaskFlow:
             except ProcessLookupError:
                 pass
         else:
-            self._post(worker.peer, msg.CancelTask(task_id=task_id))
+            self._post(worker.peer, msg.CancelTask.new(task_id=task_id))

@@ -66,14 +66,14 @@ class Waiting:
     def payload_of(self, object_id: bytes) -> msg.Payload:
         entry = self.objects.entries.get(object_id)
         if entry is None:
-            return msg.Payload(kind="e", data=error_blob(self._missing_error(object_id)))
+            return msg.Payload.new(kind="e", data=error_blob(self._missing_error(object_id)))
         payload = entry.payload
         if payload is None:  # lost again after the wait ended: the caller asks once more
-            return msg.Payload(kind="s", data=[], size=entry.size)
+            return msg.Payload.new(kind="s", data=[], size=entry.size)
         if payload.kind == "s":
             nodes = self.nodes
             reachable = [loc for loc in payload.data if not nodes[object_store.node_of(loc)].stopped]
-            return msg.Payload(kind="s", data=reachable, size=payload.size)
+            return msg.Payload.new(kind="s", data=reachable, size=payload.size)
         return payload
 
     def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:
@@ -96,7 +96,7 @@ class Waiting:
                 payload: Any = [self.payload_of(oid) for oid in object_ids]
             else:
                 payload = self.ready_ids(object_ids)[:num_returns]
-            self._post(peer, msg.Reply(request_id=request_id, payload=payload))
+            self._post(peer, msg.Reply.new(request_id=request_id, payload=payload))
             if waiter is not None:
                 self._unblock(worker)
 
@@ -128,7 +128,7 @@ class Waiting:
             if len(worker.queue) > 1:
                 taken = list(worker.queue)[1:]
                 worker.queue = collections.deque([worker.queue[0]])
-                self._post(worker.peer, msg.Steal(task_ids=[t.spec.task_id for t in taken]))
+                self._post(worker.peer, msg.Steal.new(task_ids=[t.spec.task_id for t in taken]))
                 for task in taken:
                     task.worker = None
                     task.node = None

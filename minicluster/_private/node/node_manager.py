@@ -52,7 +52,7 @@ class NodeManager:
     def run(self) -> None:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self.wake_w)
-        self.conn.send(msg.NodeHello(node_id=self.node_id, pid=os.getpid()))
+        self.conn.send(msg.NodeHello.new(node_id=self.node_id, pid=os.getpid()))
         self.spawn(self.cfg["num_workers"])
         sock = self.conn.sock
         sock.setblocking(False)
@@ -128,7 +128,7 @@ class NodeManager:
                 code = os.waitstatus_to_exitcode(status)
                 if code != 0:  # killed or crashed, perhaps in the middle of writing an object
                     object_store.remove_partial_writes(self.store_dir, pid)
-                exits.append(msg.WorkerExit(pid=pid, worker_id=worker_id, exitcode=code))
+                exits.append(msg.WorkerExit.new(pid=pid, worker_id=worker_id, exitcode=code))
         if exits:
             try:
                 self.conn.send(*exits)

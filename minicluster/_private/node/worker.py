@@ -319,8 +319,8 @@ class Worker:
                        for oid, out in zip(return_ids, outputs)]
         except _ArgumentLost as lost:
             # Not the task's fault: the head rebuilds the argument and runs the task again.
-            results = [msg.Value(kind="i", data=b"", refs=[]) for _ in return_ids]
-            error_info = msg.ErrorInfo(error_type="ARG_LOST", retryable=False, message=lost.object_hex)
+            results = [msg.Value.new(kind="i", data=b"", refs=[]) for _ in return_ids]
+            error_info = msg.ErrorInfo.new(error_type="ARG_LOST", retryable=False, message=lost.object_hex)
         except SystemExit as exit_:
             # As in Ray, sys.exit() in a task ends the worker: the head sees a crash and retries.
             client.send()  # but an async actor's other calls that finished are reported first
@@ -335,8 +335,8 @@ class Worker:
             wrapped, retryable = _task_error(error, name, request.retry_exceptions, cancelled)
             results = _error_results(client, return_ids, wrapped, name)
             error_type = "TASK_CANCELLED" if cancelled else "TASK_EXECUTION_EXCEPTION"
-            error_info = msg.ErrorInfo(error_type=error_type, retryable=retryable and not cancelled,
-                                       message=_one_line(error))
+            error_info = msg.ErrorInfo.new(error_type=error_type, retryable=retryable and not cancelled,
+                                           message=_one_line(error))
         finally:
             if request.task_type != ACTOR_TASK:
                 self.current = None
@@ -350,8 +350,8 @@ class Worker:
         sys.stderr.flush()
         if request.faults:
             fault_hooks.carry_out(client, call, fault_hooks.BEFORE_REPLY)
-        return msg.Done(task_id=request.task_id, attempt=request.attempt, results=results, error=error_info,
-                        start=call.start, end=end, retire=retire)
+        return msg.Done.new(task_id=request.task_id, attempt=request.attempt, results=results, error=error_info,
+                            start=call.start, end=end, retire=retire)
 
 
 class _Call:
@@ -495,7 +495,7 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
         client.namespace = namespace
         set_counter(client.refs)
         context.set_client(client, is_worker=True)
-        conn.send(msg.WorkerHello(worker_id=worker_id, node_id=node_id, pid=os.getpid()))
+        conn.send(msg.WorkerHello.new(worker_id=worker_id, node_id=node_id, pid=os.getpid()))
         worker = Worker(client)
         threading.Thread(target=worker.read_loop, name="minicluster-reader", daemon=True).start()
         worker.run()

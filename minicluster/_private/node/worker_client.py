@@ -72,11 +72,11 @@ class WorkerClient(RuntimeClient):
         with self._delta_lock:
             added, self._adds = self._adds, []
             held, self._held = self._held, []
-        batch: List[Any] = [msg.Refs(added=added, removed=[])] if added else []
+        batch: List[Any] = [msg.Refs.new(added=added, removed=[])] if added else []
         batch.extend(done for done, _ in held)
         batch.extend(messages)
         if removed:
-            batch.append(msg.Refs(added=[], removed=removed))
+            batch.append(msg.Refs.new(added=[], removed=removed))
         if batch:
             self.conn.send_list(batch)
         del held  # the replies are out: their values, and refs inside them, may go now
@@ -91,14 +91,14 @@ class WorkerClient(RuntimeClient):
             message = build(request_id)
             self.send(message)
             if not slot[0].wait(timeout):
-                self.send(msg.Forget(request_id=request_id))
+                self.send(msg.Forget.new(request_id=request_id))
                 raise GetTimeoutError(f"{type(message).__name__.lower()} timed out after {timeout} seconds")
             return slot[1]
         except BaseException:
             # Cancelled (KeyboardInterrupt) or timed out: the head must stop counting us as blocked.
             if not slot[0].is_set():
                 try:
-                    self.send(msg.Forget(request_id=request_id))
+                    self.send(msg.Forget.new(request_id=request_id))
                 except OSError:
                     pass
             raise
@@ -114,16 +114,16 @@ class WorkerClient(RuntimeClient):
     # ---- the client API ---------------------------------------------------------
 
     def add_location(self, object_id: bytes, size: int) -> None:
-        self.send(msg.Located(object_id=object_id, node_id=self.node_id, size=size))
+        self.send(msg.Located.new(object_id=object_id, node_id=self.node_id, size=size))
 
     def submit(self, spec: Any, function_blob: Optional[bytes]) -> List[ObjectRef]:
         # The head counts this worker as holding each result from the submission on,
         # so the refs are made without announcing them again.
         messages: List[Any] = []
         if spec.function_id not in self.known_functions and function_blob is not None:
-            messages.append(msg.DefineFunction(function_id=spec.function_id, blob=function_blob))
+            messages.append(msg.DefineFunction.new(function_id=spec.function_id, blob=function_blob))
             self.known_functions.add(spec.function_id)
-        messages.append(msg.Submit(spec=spec))
+        messages.append(msg.Submit.new(spec=spec))
         self.send(*messages)
         return [ObjectRef(oid, _announce=False) for oid in spec.return_ids()]
 
@@ -132,52 +132,53 @@ class WorkerClient(RuntimeClient):
         for _ in range(100):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             ids = list(object_ids)
-            payloads = self._request(lambda request_id: msg.Get(request_id=request_id, object_ids=ids),
+            payloads = self._request(lambda request_id: msg.Get.new(request_id=request_id, object_ids=ids),
                                      timeout=remaining)
             try:
                 return [self.load(oid, payload) for oid, payload in zip(object_ids, payloads)]
             except FileNotFoundError as exc:
                 # A copy vanished between the head's answer and our read (its node died):
                 # tell the head, which rebuilds or reports the loss, then ask again.
-                self.send(msg.Lost(object_id=bytes.fromhex(str(exc.args[0]))))
+                self.send(msg.Lost.new(object_id=bytes.fromhex(str(exc.args[0]))))
         raise RuntimeError("object kept vanishing while being fetched")
 
     def put(self, value: Any) -> ObjectRef:
         object_id = self.next_put_id()
-        self.send(msg.Put(object_id=object_id, value=store_value(self, object_id, value, what="put() value")))
+        self.send(msg.Put.new(object_id=object_id, value=store_value(self, object_id, value, what="put() value")))
         return ObjectRef(object_id, _announce=False)
 
     def wait(self, object_ids: Sequence[bytes], num_returns: int, timeout: Optional[float], fetch_local: bool) -> List[bytes]:
         ids = list(object_ids)
-        return self._request(lambda request_id: msg.Wait(request_id=request_id, object_ids=ids,
-                                                         num_returns=num_returns, timeout=timeout))
+        return self._request(lambda request_id: msg.Wait.new(request_id=request_id, object_ids=ids,
+                                                             num_returns=num_returns, timeout=timeout))
 
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
-        problem = self._request(lambda request_id: msg.Cancel(request_id=request_id, object_id=object_id, force=force,
-                                                              recursive=recursive))  # answered at once
+        problem = self._request(lambda request_id: msg.Cancel.new(request_id=request_id, object_id=object_id,
+                                                                  force=force, recursive=recursive))  # answered at once
         if problem:
             raise ValueError(problem)
 
     def state(self, what: str) -> Any:
-        return self._request(lambda request_id: msg.QueryState(request_id=request_id, what=what))
+        return self._request(lambda request_id: msg.QueryState.new(request_id=request_id, what=what))
 
     def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
         if spec.function_id not in self.known_functions:
-            self.send(msg.DefineFunction(function_id=spec.function_id, blob=class_blob))
+            self.send(msg.DefineFunction.new(function_id=spec.function_id, blob=class_blob))
             self.known_functions.add(spec.function_id)
-        problem = self._request(lambda request_id: msg.CreateActor(request_id=request_id, spec=spec, meta=meta))
+        problem = self._request(lambda request_id: msg.CreateActor.new(request_id=request_id, spec=spec,
+                                                                       meta=meta))
         if problem:
             raise ValueError(problem)
 
     def actor_lookup(self, name: str, namespace: str) -> Any:
         from minicluster.actor import ActorHandle
 
-        found = self._request(lambda request_id: msg.LookupActor(request_id=request_id, name=name,
-                                                                 namespace=namespace))
+        found = self._request(lambda request_id: msg.LookupActor.new(request_id=request_id, name=name,
+                                                                     namespace=namespace))
         return ActorHandle(found.actor_id, found.meta) if found else None
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
-        self.send(msg.KillActor(actor_id=actor_id, no_restart=no_restart))
+        self.send(msg.KillActor.new(actor_id=actor_id, no_restart=no_restart))
 
 
 def store_value(client: RuntimeClient, object_id: bytes, value: Any, what: str, flags: int = 0) -> msg.Value:
@@ -188,7 +189,7 @@ def store_value(client: RuntimeClient, object_id: bytes, value: Any, what: str, 
 def store_serialized(client: RuntimeClient, object_id: bytes, serialized: Any, what: str) -> msg.Value:
     """A serialized value as a payload: inline bytes, or a file in this node's store."""
     if serialized.size <= config.INLINE_THRESHOLD:
-        return msg.Value(kind="i", data=serialized.to_bytes(), refs=serialized.refs)
+        return msg.Value.new(kind="i", data=serialized.to_bytes(), refs=serialized.refs)
     if serialized.size > client.capacity:  # type: ignore[attr-defined]
         raise ObjectStoreFullError(
             f"{what}: {serialized.size} bytes is larger than the node's object store "
@@ -196,4 +197,4 @@ def store_serialized(client: RuntimeClient, object_id: bytes, serialized: Any, w
         )
     size = object_store.write(client.store_dir(), object_id, serialized,
                               store_spares.spare_limit(client.capacity))  # type: ignore[attr-defined]
-    return msg.Value(kind="s", data=size, refs=serialized.refs)
+    return msg.Value.new(kind="s", data=size, refs=serialized.refs)

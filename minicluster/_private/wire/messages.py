@@ -436,6 +436,20 @@ def _codecs() -> Tuple[Dict[type, Callable[[tuple], tuple]], List[Callable[[tupl
 _OUT, _IN = _codecs()
 
 
+def _constructor(record: type) -> Callable[..., tuple]:
+    """`record.new`: a plain function taking the fields by keyword (see the module docstring)."""
+    defaults = record._field_defaults
+    params = ", ".join(f"{name}=_defaults[{name!r}]" if name in defaults else name for name in record._fields)
+    fields = "".join(f"{name}, " for name in record._fields)
+    namespace = {"_tuple_new": _tuple_new, "_record": record, "_defaults": defaults}
+    exec(f"def new({params}): return _tuple_new(_record, ({fields}))", namespace)
+    return namespace["new"]
+
+
+for _record in RECORDS:
+    _record.new = staticmethod(_constructor(_record))  # type: ignore[attr-defined]
+
+
 def to_wire(messages: List[tuple]) -> List[tuple]:
     """Messages as plain tuples, for pickling into a frame (protocol.encode)."""
     out = _OUT
