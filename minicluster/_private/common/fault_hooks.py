@@ -92,8 +92,7 @@ def fault_message(head: Any, peer: Any, worker: Any, message: FaultFired) -> Non
 
 def carry_out(client: Any, call: Any, point: str) -> None:
     """Fire the orders of `call` (a worker's running task) that are aimed at `point`."""
-    request = call.request
-    for order in request.faults:
+    for order in call.faults:
         if order.point != point:
             continue
         action = order.action
@@ -116,7 +115,7 @@ def carry_out(client: Any, call: Any, point: str) -> None:
 
 def transfer_delay_of(client: Any, call: Any) -> Optional["TransferDelay"]:
     """The FETCH order of a task as a callable for `RuntimeClient.transfer_delay`, if it has one."""
-    for order in call.request.faults:
+    for order in call.faults:
         if order.point == FETCH:
             delay = order.argument
             return TransferDelay(random.Random(delay.seed), delay.low_s, delay.high_s,
@@ -142,8 +141,7 @@ class TransferDelay:
 
 def _fired(request_id: int, call: Any, order: FaultOrder, seconds: Optional[float] = None,
            object_hex: Optional[str] = None) -> FaultFired:
-    request = call.request
-    return FaultFired.new(request_id=request_id, task_id=request.task_id, attempt=request.attempt, ref=order.ref,
+    return FaultFired.new(request_id=request_id, task_id=call.task_id, attempt=call.attempt, ref=order.ref,
                           point=order.point, action=order.action, seconds=seconds, object_hex=object_hex)
 
 

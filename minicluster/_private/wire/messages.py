@@ -425,8 +425,17 @@ def _codecs() -> Tuple[Dict[type, Callable[[tuple], tuple]], List[Callable[[tupl
         comma = "," if count == 1 else ""
         lines.append(f"def _flat_{name}(m): return ({flat}{comma})")
         lines.append(f"def _raise_{name}(t): return _tuple_new(_{name}, ({raised}{comma}))")
-        lines.append(f"def _out_{name}(m): return ({code}, {flat})")
-        lines.append(f"def _in_{name}(t): return _tuple_new(_{name}, ({raised_top}{comma}))")
+        # Exec's nested fields are usually all None: then it travels like a flat record.
+        optional = [i for i, (shape, inner) in enumerate(nested) if inner is not None]
+        if all(nested[i][0].startswith("?") for i in optional):
+            none_out = " and ".join(f"m[{i}] is None" for i in optional)
+            none_in = " and ".join(f"t[{i + 1}] is None" for i in optional)
+            lines.append(f"def _out_{name}(m): return ({code}, *m) if {none_out} else ({code}, {flat})")
+            lines.append(f"def _in_{name}(t): return _tuple_new(_{name}, t[1:]) if {none_in} "
+                         f"else _tuple_new(_{name}, ({raised_top}{comma}))")
+        else:
+            lines.append(f"def _out_{name}(m): return ({code}, {flat})")
+            lines.append(f"def _in_{name}(t): return _tuple_new(_{name}, ({raised_top}{comma}))")
     # Records nested in others come first in RECORDS, so each codec's helpers exist when it runs.
     exec("\n".join(lines), namespace)
     return ({record: namespace[f"_out_{record.__name__}"] for record in RECORDS},
