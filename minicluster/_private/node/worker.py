@@ -92,6 +92,9 @@ class Worker:
         try:
             while True:
                 for message in conn.recv():
+                    if type(message) is msg.Exec:  # nearly every message: queued without a handler call
+                        self.tasks.put(message)
+                        continue
                     handler = handlers.get(type(message))
                     if handler is None:
                         print(f"minicluster worker: unknown message {type(message).__name__}", file=sys.stderr)
@@ -100,9 +103,6 @@ class Worker:
         except (ConnectionError, OSError, EOFError):
             pass
         os._exit(0)  # the head is gone: nothing left to do and nobody to tell
-
-    def _on_exec(self, message: msg.Exec) -> None:
-        self.tasks.put(message)
 
     def _on_reply(self, message: msg.Reply) -> None:
         self.client.on_reply(message.request_id, message.payload)
@@ -521,7 +521,6 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
 
 
 _HANDLERS: Dict[type, Callable[[Worker, Any], None]] = {
-    msg.Exec: Worker._on_exec,
     msg.Reply: Worker._on_reply,
     msg.DefineFunction: Worker._on_define_function,
     msg.CancelTask: Worker._on_cancel,
