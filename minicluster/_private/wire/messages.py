@@ -449,7 +449,7 @@ def _codecs() -> Tuple[Dict[type, Callable[[tuple], tuple]], List[Callable[[tupl
         else:
             lines.append(f"def _out_{name}(m): return ({code}, {flat})")
             lines.append(f"def _in_{name}(t): return _tuple_new(_{name}, ({raised_top}{comma}))")
-    # Records nested in others come first in RECORDS, so each codec's helpers exist when it runs.
+    # (The functions look each other up when called: the order of RECORDS does not matter here.)
     exec("\n".join(lines), namespace)
     return ({record: namespace[f"_out_{record.__name__}"] for record in RECORDS},
             [namespace[f"_in_{record.__name__}"] for record in RECORDS])
