@@ -28,12 +28,12 @@ The core, in _private/, by layer; a layer imports only from itself and the ones 
 in this list (tests/test_architecture.py checks it):
 
     common/     ids.py (Ray-shaped ids), config.py (tunables, MINICLUSTER_/RAY_ variables),
-                task_spec.py (what a task is), options.py (checks @remote options),
-                fault_hooks.py (where a test's fault plan reaches into the head and the workers)
+                task_spec.py (what a task is), options.py (checks @remote options)
     store/      serialization.py (pickle-5 blobs, zero-copy buffers), object_store.py (a node's
                 shared-memory folder of object files; spilling), store_spares.py (pre-allocated files)
     wire/       protocol.py (framing, authentication), hub.py (the head's I/O thread: sockets,
-                timers), messages.py (every message, defined once)
+                timers), messages.py (every message, defined once), fault_hooks.py (where a
+                test's fault plan reaches into both ends: the head's hooks, the workers' orders)
     head/       the head, in the driver: head.py is its facade (lifecycle, messages in, queries);
                 head_state.py every record of the session with its invariant, invariants.py their
                 check (validate_state), states.py task and actor states and legal transitions,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, FrozenSet, Optional, Tuple, Union
 
-from minicluster._private.common import fault_hooks
+from minicluster._private.wire import fault_hooks
 
 TASK_POINTS = (fault_hooks.LOAD_ARGS, fault_hooks.START, fault_hooks.BEFORE_STORE)
 CHANNELS = ("dispatch", "result", "transfer")

@@ -6,14 +6,14 @@ thread for messages and timers, from the test's thread for install/uninstall.
 
     head event                    what the injector may do
     ----------                    ------------------------
-    a task attempt is dispatched  attach orders to its "exec": kill the worker at a point,
+    a task attempt is dispatched  attach orders to its Exec: kill the worker at a point,
                                   raise an exception, kill/stop the node when it starts,
                                   sleep before replying, slow its fetches; or hold the
                                   message back (dispatch delay, sent later on a hub timer)
     a worker reports an order     journal it; mark the attempt as injected; for node
-    firing ("fault")              orders, kill the node (head.kill_node) or stop it and
+    firing (FaultFired)           orders, kill the node (head.kill_node) or stop it and
                                   resume it later (head.stop_node / resume_node)
-    a "done" was handled          count tasks finished per node: node triggers, node chaos
+    a Done was handled            count tasks finished per node: node triggers, node chaos
     the driver copies an object   (driver-side transfer delay)
 
 Every random choice comes from random.Random streams derived from the plan's
@@ -32,9 +32,10 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 from minicluster._private.client import context
-from minicluster._private.common import fault_hooks
+from minicluster._private.wire import fault_hooks
 from minicluster._private.observe import state_journal
 from minicluster._private.common.task_spec import ACTOR_TASK, NORMAL_TASK
+from minicluster._private.wire.messages import Exec, FaultFired, FaultOrder, FaultRef, FetchDelay, Reply
 from minicluster.testing.faults import (
     Chaos,
     Delay,
@@ -92,7 +93,7 @@ class Injector:
         self.delays: List[Delay] = []
         self.chaos: Optional[Chaos] = None
         self.matches: Dict[int, _Match] = {}
-        self.held: Dict[bytes, List[tuple]] = {}  #: worker id -> exec messages held back, in order
+        self.held: Dict[bytes, List[Exec]] = {}  #: worker id -> Exec messages held back, in order
         self.hold_s = 0.0  #: dispatch delay chosen by the on_exec just before hold_exec
         self.hold_fault: Optional[Delay] = None
         self.hold_task: Any = None
@@ -103,7 +104,7 @@ class Injector:
         self.counted: Dict[bytes, int] = {}  #: chaos: task id -> its highest attempt counted
         #: chaos: task id -> (attempt, kill order) not yet carried out; an attempt sent again
         #: (it was queued behind a task whose worker died first) still carries it
-        self.chaos_orders: Dict[bytes, Tuple[int, fault_hooks.Order]] = {}
+        self.chaos_orders: Dict[bytes, Tuple[int, FaultOrder]] = {}
         self.counted_limit = COUNTED_LIMIT
         self.next_worker_kill = 0
         self.next_node_kill = 0
@@ -211,26 +212,30 @@ class Injector:
 
     # ==== hooks (head's lock held) =========================================================
 
-    def on_exec(self, task: Any, worker: Any) -> Optional[Tuple[fault_hooks.Order, ...]]:
+    def on_exec(self, task: Any, worker: Any) -> Optional[Tuple[FaultOrder, ...]]:
         spec = task.spec
         attempt = task.attempt
-        orders: List[fault_hooks.Order] = []
+        orders: List[FaultOrder] = []
         for fault in self.task_faults:
             if isinstance(fault, NodeFault):
                 if fault.fired or (fault.node_id is not None and fault.node_id != worker.node.node_id):
                     continue
                 if self._aims_at(fault, fault.when_task_starts, spec, attempt):  # type: ignore[arg-type]
                     action = fault_hooks.KILL_NODE if isinstance(fault, KillNode) else fault_hooks.STOP_NODE
-                    orders.append((fault_hooks.START, action, None, self._ref(fault)))
+                    orders.append(FaultOrder.new(point=fault_hooks.START, action=action, argument=None,
+                                                 ref=self._ref(fault)))
             elif isinstance(fault, KillWorker):
                 if self._aims_at(fault, fault.target, spec, attempt):
-                    orders.append((fault.at, fault_hooks.KILL_WORKER, None, self._ref(fault)))
+                    orders.append(FaultOrder.new(point=fault.at, action=fault_hooks.KILL_WORKER, argument=None,
+                                                 ref=self._ref(fault)))
             elif isinstance(fault, RaiseInTask) and self._aims_at(fault, fault.target, spec, attempt):
-                orders.append((fault_hooks.START, fault_hooks.RAISE, fault.blob, self._ref(fault)))
+                orders.append(FaultOrder.new(point=fault_hooks.START, action=fault_hooks.RAISE, argument=fault.blob,
+                                             ref=self._ref(fault)))
         if self.actor_faults and spec.task_type == ACTOR_TASK:
             for fault in self.actor_faults:
                 if not fault.fired and self._actor_call_aimed(fault, spec):
-                    orders.append((fault.at, fault_hooks.KILL_WORKER, None, self._ref(fault)))
+                    orders.append(FaultOrder.new(point=fault.at, action=fault_hooks.KILL_WORKER, argument=None,
+                                                 ref=self._ref(fault)))
         for delay in self.delays:
             if delay.task is not None and not delay.task.matches_name(spec):
                 continue
@@ -241,10 +246,13 @@ class Injector:
                     self.hold_s, self.hold_fault, self.hold_task = seconds, delay, task
             elif delay.channel == "result":
                 seconds = rng.uniform(delay.low_ms, delay.high_ms) / 1000.0
-                orders.append((fault_hooks.BEFORE_REPLY, fault_hooks.SLEEP, seconds, self._ref(delay)))
+                orders.append(FaultOrder.new(point=fault_hooks.BEFORE_REPLY, action=fault_hooks.SLEEP, argument=seconds,
+                                             ref=self._ref(delay)))
             else:
-                argument = (rng.getrandbits(63), delay.low_ms / 1000.0, delay.high_ms / 1000.0)
-                orders.append((fault_hooks.FETCH, fault_hooks.SLEEP, argument, self._ref(delay)))
+                argument = FetchDelay.new(seed=rng.getrandbits(63), low_s=delay.low_ms / 1000.0,
+                                          high_s=delay.high_ms / 1000.0)
+                orders.append(FaultOrder.new(point=fault_hooks.FETCH, action=fault_hooks.SLEEP, argument=argument,
+                                             ref=self._ref(delay)))
         chaos = self.chaos
         if chaos is not None and chaos.kill_worker_every and self.plan.chaos_enabled and (
                 spec.task_type == NORMAL_TASK or (chaos.actors and spec.task_type == ACTOR_TASK)) \
@@ -253,7 +261,7 @@ class Injector:
             if self.dispatched >= self.next_worker_kill:
                 self.next_worker_kill += _gap(self.rng_dispatch, chaos.kill_worker_every)
                 point = self.rng_dispatch.choice(chaos.points)
-                order = (point, fault_hooks.KILL_WORKER, None, self._ref(chaos))
+                order = FaultOrder.new(point=point, action=fault_hooks.KILL_WORKER, argument=None, ref=self._ref(chaos))
                 self.chaos_orders[spec.task_id] = (attempt, order)
                 orders.append(order)
         elif chaos is not None:
@@ -262,7 +270,7 @@ class Injector:
                 orders.append(pending[1])
         return tuple(orders) if orders else None
 
-    def hold_exec(self, worker: Any, message: tuple) -> bool:
+    def hold_exec(self, worker: Any, message: Exec) -> bool:
         held = self.held.get(worker.worker_id)
         if held is not None:  # behind a held message: keep the worker's order
             held.append(message)
@@ -281,13 +289,15 @@ class Injector:
                      attempt=task.attempt, detail=f"{seconds * 1000:.1f} ms")
         return True
 
-    def on_fired(self, worker: Any, message: tuple) -> None:
-        _, request_id, task_id, attempt, (serial, fault_id), point, action, detail = message
+    def on_fired(self, worker: Any, message: FaultFired) -> None:
+        request_id, task_id, attempt = message.request_id, message.task_id, message.attempt
+        point, action = message.point, message.action
         head = self.head
-        if serial != self.serial:  # an order of a plan uninstalled since: let the worker go on
+        if message.ref.serial != self.serial:  # an order of a plan uninstalled since: let the worker go on
             if request_id:
-                head.post(worker.peer, ("reply", request_id, None))
+                head.post(worker.peer, Reply.new(request_id=request_id, payload=None))
             return
+        fault_id = message.ref.fault_id
         fault = self.plan.faults[fault_id - 1]
         fault.fired += 1
         if isinstance(fault, Chaos):
@@ -297,12 +307,11 @@ class Injector:
         node = worker.node
         if action == fault_hooks.SLEEP:
             if point == fault_hooks.FETCH:
-                seconds, object_hex = detail
                 self._record("delay_transfer", fault, node=node, worker=worker, task=task, attempt=attempt,
-                             point=point, detail=f"{seconds * 1000:.1f} ms, object {object_hex}")
+                             point=point, detail=f"{message.seconds * 1000:.1f} ms, object {message.object_hex}")
             else:
                 self._record("delay_result", fault, node=node, worker=worker, task=task, attempt=attempt,
-                             point=point, detail=f"{detail * 1000:.1f} ms")
+                             point=point, detail=f"{message.seconds * 1000:.1f} ms")
             return
         kind = {fault_hooks.KILL_WORKER: "kill_actor" if isinstance(fault, KillActor) else "kill_worker",
                 fault_hooks.RAISE: "raise", fault_hooks.KILL_NODE: "kill_node",
@@ -314,7 +323,7 @@ class Injector:
         self._record(kind, fault, node=node, worker=worker, task=task, attempt=attempt, point=point,
                      detail=detail_text)
         if action == fault_hooks.KILL_WORKER:
-            head.post(worker.peer, ("reply", request_id, None))  # recorded: it may die now
+            head.post(worker.peer, Reply.new(request_id=request_id, payload=None))  # recorded: it may die now
         elif action == fault_hooks.KILL_NODE:
             head.kill_node(node.node_id, f"killed by minicluster.testing: {fault.describe()}")
         elif action == fault_hooks.STOP_NODE:
@@ -371,9 +380,9 @@ class Injector:
             return False
         return (spec.task_id, attempt) not in match.fired_keys
 
-    def _ref(self, fault: Fault) -> Tuple[int, int]:
+    def _ref(self, fault: Fault) -> FaultRef:
         """How an order names its fault: this injector's serial and the fault's id."""
-        return (self.serial, fault.fault_id)
+        return FaultRef.new(serial=self.serial, fault_id=fault.fault_id)
 
     def _first_dispatch(self, task_id: bytes, attempt: int) -> bool:
         """Whether this attempt is dispatched for the first time (tasks queued behind a dead
@@ -438,7 +447,7 @@ class Injector:
         self.head.hub.cancel_timer(timer)
         for worker, request_id in waiting:
             if not worker.dead:  # it asked for the stop; it goes on once the node runs again
-                self.head.post(worker.peer, ("reply", request_id, None))
+                self.head.post(worker.peer, Reply.new(request_id=request_id, payload=None))
         self.head.flush()
         node = self.head.nodes[node_id]
         if node.alive:

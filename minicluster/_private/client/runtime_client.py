@@ -3,12 +3,9 @@
 A `RuntimeClient` is the per-process object behind the public API (`get`,
 `put`, `remote`, ...). The driver's (driver.py) calls the embedded head
 directly; a worker's (worker.py) sends messages to it. Both turn the head's
-answers ("payloads") into values the same way, here.
-
-A payload describes where a value is:
-    ("i", blob)            inline: the serialized value itself
-    ("s", node_ids, size)  in the stores of these nodes
-    ("e", blob)            an error to raise (RayTaskError, ObjectLostError, ...)
+answers into values the same way, here: a payload (wire/messages.py) says
+where a value is, inline, in node stores, or an error to raise
+(RayTaskError, ObjectLostError, ...).
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from minicluster.exceptions import RayTaskError
 from minicluster._private.common.ids import JOB_ID, object_id_for_put
 from minicluster._private.client.object_ref import LocalRefCounter
 from minicluster._private.store.serialization import FLAG_ERROR, deserialize
+from minicluster._private.wire.messages import Payload
 
 
 # (task id, task name, function name) of the task running in this thread / asyncio task.
@@ -96,20 +94,21 @@ class RuntimeClient:
 
     # ---- turning payloads into values ----------------------------------------------
 
-    def load(self, object_id: bytes, payload: tuple) -> Any:
+    def load(self, object_id: bytes, payload: Payload) -> Any:
         """The value a payload describes; raises the stored error for error payloads."""
-        kind = payload[0]
+        kind = payload.kind
         if kind == "i":
-            value, flags = deserialize(payload[1])
+            value, flags = deserialize(payload.data)
         elif kind == "s":
-            if self.transfer_delay is not None and self.node_id not in payload[1]:
+            locations = payload.data
+            if self.transfer_delay is not None and self.node_id not in locations:
                 self.transfer_delay(object_id)
-            view, copied = object_store.fetch(self.layout, self.node_id, object_id, payload[1])
+            view, copied = object_store.fetch(self.layout, self.node_id, object_id, locations)
             if copied:
                 self.add_location(object_id, copied)
             value, flags = deserialize(view)
         else:
-            value, flags = deserialize(payload[1])
+            value, flags = deserialize(payload.data)
             flags |= FLAG_ERROR
         if flags & FLAG_ERROR:
             raise as_raisable(value)

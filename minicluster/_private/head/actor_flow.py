@@ -37,6 +37,7 @@ from minicluster._private.head.states import (
     RUNNING,
 )
 from minicluster._private.store.serialization import deserialize
+from minicluster._private.wire import messages as msg
 from minicluster._private.head.task_records import TaskRecord
 from minicluster._private.head.virtual_nodes import INTENDED_SYSTEM_EXIT, INTENDED_USER_EXIT, WorkerRecord
 
@@ -77,7 +78,7 @@ class ActorFlow:
         state.tasks[spec.task_id] = task
         self.tasks.start_task(task)
 
-    def creation_done(self, task: TaskRecord, worker: WorkerRecord, error_info: Optional[tuple]) -> bool:
+    def creation_done(self, task: TaskRecord, worker: WorkerRecord, error_info: Optional[msg.ErrorInfo]) -> bool:
         """The creation task reported (its lease still held). Returns True if the worker is the actor's now."""
         record = self.state.actors.get(task.spec.actor_id)
         scheduler = self.state.scheduler
@@ -179,7 +180,7 @@ class ActorFlow:
         worker = task.worker
         if record is None or worker is None:
             return
-        self.outbox.post(worker.peer, ("cancel", task.spec.task_id, False))
+        self.outbox.post(worker.peer, msg.CancelTask.new(task_id=task.spec.task_id))
         # Calls start in submission order, at most max_concurrency at a time.
         by_age = sorted(record.inflight.values(), key=lambda t: t.attempts[0].creation_time)
         if task in by_age[: record.meta["max_concurrency"]]:
@@ -189,16 +190,15 @@ class ActorFlow:
         self.tasks.finish_with_error(task, TaskCancelledError(task.spec.task_id.hex()), "TASK_CANCELLED",
                                      "cancelled before it started")
 
-    def actor_call_done(self, worker: WorkerRecord, message: tuple) -> None:
+    def actor_call_done(self, worker: WorkerRecord, message: msg.Done) -> None:
         """An actor's worker reported a call."""
-        _, task_id, attempt, results, error_info, start, end, retire = message
         record = worker.actor
-        task = record.inflight.pop(task_id, None) if record is not None else None
-        if task is None or task.attempt != attempt:
-            self.tasks.discard_results(task_id, results, worker.node.node_id)
+        task = record.inflight.pop(message.task_id, None) if record is not None else None
+        if task is None or task.attempt != message.attempt:
+            self.tasks.discard_results(message.task_id, message.results, worker.node.node_id)
             return
-        task.record_times(start, end)
-        self.tasks.task_reported(task, results, error_info, worker.node.node_id)
+        task.record_times(message.start, message.end)
+        self.tasks.task_reported(task, message.results, message.error, worker.node.node_id)
 
     def _fail_call(self, task: TaskRecord, record: Optional[ActorRecord]) -> None:
         error = ActorDiedError(
@@ -349,9 +349,9 @@ class ActorFlow:
 
     # ---- lookups ----------------------------------------------------------------
 
-    def lookup_actor(self, name: str, namespace: str) -> Optional[tuple]:
+    def lookup_actor(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
         actor_id = self.state.named_actors.get((namespace, name))
         record = self.state.actors.get(actor_id) if actor_id else None
         if record is None or record.state == DEAD:
             return None
-        return (record.actor_id, record.meta)
+        return msg.ActorFound.new(actor_id=record.actor_id, meta=record.meta)

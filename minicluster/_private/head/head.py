@@ -38,16 +38,18 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from minicluster._private.common import config, fault_hooks
+from minicluster._private.common import config
+from minicluster._private.wire import fault_hooks
 from minicluster._private.store import object_store
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
 from minicluster._private.head.head_state import new_state
 from minicluster._private.head.invariants import HeadStateError, violations
 from minicluster._private.head.messaging import LockedTimers, Outbox
+from minicluster._private.head.object_directory import Waiter
+from minicluster._private.wire import messages as msg
 from minicluster._private.wire.hub import Hub, Peer
 from minicluster._private.common.ids import new_node_id
-from minicluster._private.head.object_directory import Waiter
 from minicluster._private.head.recovery import Recovery
 from minicluster._private.head.snapshot import ClusterSnapshot, take as take_snapshot
 from minicluster._private.head.task_flow import TaskFlow
@@ -217,10 +219,10 @@ class Head:
     def object_locations(self, object_id: bytes) -> List[bytes]:
         with self.lock:
             entry = self.head_state.objects.entries.get(object_id)
-            if entry is None or entry.payload is None or entry.payload[0] != "s":
+            if entry is None or entry.payload is None or entry.payload.kind != "s":
                 return []
             # A spilled copy is on its node's disk: still that node's copy.
-            return list(dict.fromkeys(object_store.node_of(location) for location in entry.payload[1]))
+            return list(dict.fromkeys(object_store.node_of(location) for location in entry.payload.data))
 
     def shutdown(self) -> None:
         state = self.head_state
@@ -270,9 +272,9 @@ class Head:
         for message in messages:
             if peer.closed:
                 break  # a handler dropped this peer (its worker was killed): the rest is stale
-            handler = _HANDLERS.get(message[0])
+            handler = _HANDLERS.get(type(message))
             if handler is None:
-                print(f"minicluster: unknown message {message[0]!r}", file=sys.stderr)
+                print(f"minicluster: unknown message {type(message).__name__}", file=sys.stderr)
                 continue
             handler(self, peer, state, message)
             state = peer.state
@@ -299,18 +301,16 @@ class Head:
 
 # ---- node managers ----
 
-    def _on_node_hello(self, peer: Peer, state: Any, message: tuple) -> None:
-        _, node_id, pid = message
-        node = self.nodes.get(node_id)
+    def _on_node_hello(self, peer: Peer, state: Any, message: msg.NodeHello) -> None:
+        node = self.nodes.get(message.node_id)
         if node is None:
             return
         node.peer = peer
         peer.state = node
         node.hello.set()
 
-    def _on_worker_exit(self, peer: Peer, state: Any, message: tuple) -> None:
-        _, pid, worker_id, exitcode = message
-        worker = self.workers.get(worker_id)
+    def _on_worker_exit(self, peer: Peer, state: Any, message: msg.WorkerExit) -> None:
+        worker = self.workers.get(message.worker_id)
         if worker is None:
             node = state
             if isinstance(node, NodeRecord) and node.alive and node.pending_spawn > 0:
@@ -319,30 +319,30 @@ class Head:
             return
         if worker.peer is not None:
             self._handle(worker.peer, self.hub.drain(worker.peer))
-        self.recovery.worker_died(worker, exitcode)
+        self.recovery.worker_died(worker, message.exitcode)
 
     # ---- workers ----
 
-    def _on_worker_hello(self, peer: Peer, state: Any, message: tuple) -> None:
-        _, worker_id, node_id, pid = message
-        node = self.nodes.get(node_id)
+    def _on_worker_hello(self, peer: Peer, state: Any, message: msg.WorkerHello) -> None:
+        worker_id = message.worker_id
+        node = self.nodes.get(message.node_id)
         if node is None or not node.alive:
             self.hub.close_peer(peer)
             return
-        worker = WorkerRecord(worker_id, node, pid, peer)
+        worker = WorkerRecord(worker_id, node, message.pid, peer)
         peer.state = worker
         self.workers[worker_id] = worker
         node.workers[worker_id] = worker
         node.pending_spawn = max(0, node.pending_spawn - 1)
         self.task_flow.worker_free(worker)
 
-    def _on_fn(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
+    def _on_fn(self, peer: Peer, worker: WorkerRecord, message: msg.DefineFunction) -> None:
         # Not marked as known to this worker: it holds the function as a RemoteFunction,
         # not in its task-function cache, so its first task of it must carry the blob.
-        self.functions[message[1]] = message[2]
+        self.functions[message.function_id] = message.blob
 
-    def _on_submit(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        spec = message[1]
+    def _on_submit(self, peer: Peer, worker: WorkerRecord, message: msg.Submit) -> None:
+        spec = message.spec
         for object_id in spec.return_ids():
             self.objects.create(object_id, worker.worker_id)
             self.objects.add_borrower(object_id, worker.worker_id)
@@ -350,51 +350,48 @@ class Head:
             worker.owned.add(object_id)
         self.task_flow.add_task(spec, worker.node.node_id)
 
-    def _on_put(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, object_id, kind, data, refs = message
+    def _on_put(self, peer: Peer, worker: WorkerRecord, message: msg.Put) -> None:
+        object_id, value = message.object_id, message.value
         self.objects.create(object_id, worker.worker_id)
         self.objects.add_borrower(object_id, worker.worker_id)  # before storing: the put's ref holds it
         worker.borrowed.add(object_id)
         worker.owned.add(object_id)
-        self.task_flow.store(object_id, kind, data, refs, worker.node.node_id, False)
+        self.task_flow.store(object_id, value.kind, value.data, value.refs, worker.node.node_id, False)
 
-    def _on_refs(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, added, removed = message
+    def _on_refs(self, peer: Peer, worker: WorkerRecord, message: msg.Refs) -> None:
         objects = self.objects
-        for object_id in added:
+        for object_id in message.added:
             if objects.add_borrower(object_id, worker.worker_id):
                 worker.borrowed.add(object_id)
-        for object_id in removed:
+        for object_id in message.removed:
             worker.borrowed.discard(object_id)
             objects.remove_borrower(object_id, worker.worker_id)
 
-    def _on_located(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, object_id, node_id, size = message
-        self.objects.add_location(object_id, node_id, size)
-        self.objects.make_room(node_id)
+    def _on_located(self, peer: Peer, worker: WorkerRecord, message: msg.Located) -> None:
+        self.objects.add_location(message.object_id, message.node_id, message.size)
+        self.objects.make_room(message.node_id)
 
-    def _on_lost(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        self.recovery.check_copies(message[1])
+    def _on_lost(self, peer: Peer, worker: WorkerRecord, message: msg.Lost) -> None:
+        self.recovery.check_copies(message.object_id)
 
-    def _on_get(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, request_id, object_ids = message  # the worker itself enforces get()'s timeout
-        self.waiting.worker_wait(worker, request_id, object_ids, len(object_ids), None, reply_all=True)
+    def _on_get(self, peer: Peer, worker: WorkerRecord, message: msg.Get) -> None:
+        object_ids = message.object_ids  # (the worker itself enforces get()'s timeout)
+        self.waiting.worker_wait(worker, message.request_id, object_ids, len(object_ids), None, reply_all=True)
 
-    def _on_wait(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, request_id, object_ids, num_returns, timeout = message
-        self.waiting.worker_wait(worker, request_id, object_ids, num_returns, timeout, reply_all=False)
+    def _on_wait(self, peer: Peer, worker: WorkerRecord, message: msg.Wait) -> None:
+        self.waiting.worker_wait(worker, message.request_id, message.object_ids, message.num_returns,
+                                 message.timeout, reply_all=False)
 
-    def _on_forget(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        self.waiting.forget(worker, message[1])
+    def _on_forget(self, peer: Peer, worker: WorkerRecord, message: msg.Forget) -> None:
+        self.waiting.forget(worker, message.request_id)
 
-    def _on_cancel(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, request_id, object_id, force, recursive = message
+    def _on_cancel(self, peer: Peer, worker: WorkerRecord, message: msg.Cancel) -> None:
         try:
-            self.task_flow.cancel(object_id, force, recursive)
+            self.task_flow.cancel(message.object_id, message.force, message.recursive)
             problem = None
         except ValueError as exc:  # raised by the task's cancel() call
             problem = str(exc)
-        self.post(peer, ("reply", request_id, problem))
+        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=problem))
 
     # ==== tasks ======================================================================
 
@@ -461,27 +458,25 @@ class Head:
             "EndTime": node.end_time,
         }
 
-    def _on_create_actor(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, request_id, spec, meta = message
+    def _on_create_actor(self, peer: Peer, worker: WorkerRecord, message: msg.CreateActor) -> None:
         try:
-            self.create_actor(spec, meta, worker.node.node_id, worker.worker_id)
+            self.create_actor(message.spec, message.meta, worker.node.node_id, worker.worker_id)
             problem = None
         except ValueError as exc:
             problem = str(exc)
-        self.post(peer, ("reply", request_id, problem))
+        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=problem))
 
-    def _on_lookup_actor(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, request_id, name, namespace = message
-        self.post(peer, ("reply", request_id, self.lookup_actor(name, namespace)))
+    def _on_lookup_actor(self, peer: Peer, worker: WorkerRecord, message: msg.LookupActor) -> None:
+        found = self.lookup_actor(message.name, message.namespace)
+        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=found))
 
-    def _on_kill_actor(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        self.kill_actor(message[1], message[2])
+    def _on_kill_actor(self, peer: Peer, worker: WorkerRecord, message: msg.KillActor) -> None:
+        self.kill_actor(message.actor_id, message.no_restart)
 
-    def _on_state(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
-        _, request_id, what = message
-        self.post(peer, ("reply", request_id, self.state(what)))
+    def _on_state(self, peer: Peer, worker: WorkerRecord, message: msg.QueryState) -> None:
+        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=self.state(message.what)))
 
-    def _on_done(self, peer: Peer, worker: WorkerRecord, message: tuple) -> None:
+    def _on_done(self, peer: Peer, worker: WorkerRecord, message: msg.Done) -> None:
         self.task_flow.task_done(worker, message)
         faults = self.head_state.faults
         if faults is not None:
@@ -496,7 +491,7 @@ class Head:
     def unregister_waiter(self, waiter: Waiter) -> None:
         self.waiting.unregister_waiter(waiter)
 
-    def payload_of(self, object_id: bytes) -> tuple:
+    def payload_of(self, object_id: bytes) -> msg.Payload:
         return self.head_state.payload_of(object_id)
 
     def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:
@@ -508,7 +503,7 @@ class Head:
     def create_actor(self, spec: Any, meta: Dict[str, Any], submitter_node: bytes, owner: bytes) -> None:
         self.actor_flow.create_actor(spec, meta, submitter_node, owner)
 
-    def lookup_actor(self, name: str, namespace: str) -> Optional[tuple]:
+    def lookup_actor(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
         return self.actor_flow.lookup_actor(name, namespace)
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
@@ -542,24 +537,24 @@ class Head:
             return take_snapshot(self, finished_tasks)
 
 
-_HANDLERS: Dict[str, Callable[[Head, Peer, Any, tuple], None]] = {
-    "node_hello": Head._on_node_hello,
-    "worker_exit": Head._on_worker_exit,
-    "worker_hello": Head._on_worker_hello,
-    "fn": Head._on_fn,
-    "submit": Head._on_submit,
-    "put": Head._on_put,
-    "refs": Head._on_refs,
-    "located": Head._on_located,
-    "lost": Head._on_lost,
-    "get": Head._on_get,
-    "wait": Head._on_wait,
-    "forget": Head._on_forget,
-    "cancel": Head._on_cancel,
-    "done": Head._on_done,
-    "state": Head._on_state,
-    "create_actor": Head._on_create_actor,
-    "lookup_actor": Head._on_lookup_actor,
-    "kill_actor": Head._on_kill_actor,
-    "fault": fault_hooks.fault_message,
+_HANDLERS: Dict[type, Callable[[Head, Peer, Any, Any], None]] = {
+    msg.NodeHello: Head._on_node_hello,
+    msg.WorkerExit: Head._on_worker_exit,
+    msg.WorkerHello: Head._on_worker_hello,
+    msg.DefineFunction: Head._on_fn,
+    msg.Submit: Head._on_submit,
+    msg.Put: Head._on_put,
+    msg.Refs: Head._on_refs,
+    msg.Located: Head._on_located,
+    msg.Lost: Head._on_lost,
+    msg.Get: Head._on_get,
+    msg.Wait: Head._on_wait,
+    msg.Forget: Head._on_forget,
+    msg.Cancel: Head._on_cancel,
+    msg.Done: Head._on_done,
+    msg.QueryState: Head._on_state,
+    msg.CreateActor: Head._on_create_actor,
+    msg.LookupActor: Head._on_lookup_actor,
+    msg.KillActor: Head._on_kill_actor,
+    msg.FaultFired: fault_hooks.fault_message,
 }

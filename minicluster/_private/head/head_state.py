@@ -16,7 +16,8 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
-from minicluster._private.common import config, fault_hooks
+from minicluster._private.common import config
+from minicluster._private.wire import fault_hooks
 from minicluster._private.head.actor_records import ActorRecord
 from minicluster._private.head.lineage import Lineage, arguments_of
 from minicluster._private.head.object_directory import READY, ObjectDirectory, ObjectEntry
@@ -26,6 +27,7 @@ from minicluster._private.head.task_records import TaskRecord
 from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 from minicluster._private.store import object_store
 from minicluster._private.store.serialization import error_blob
+from minicluster._private.wire import messages as msg
 from minicluster.exceptions import ObjectLostError, ReferenceCountingAssertionError
 
 
@@ -96,10 +98,10 @@ class HeadState:
     def reachable(self, entry: ObjectEntry) -> bool:
         """Whether a reader can fetch the value: inline, or a copy on a node that is not stopped."""
         payload = entry.payload
-        if payload is None or payload[0] != "s":
+        if payload is None or payload.kind != "s":
             return True
         nodes = self.nodes
-        return any(not nodes[object_store.node_of(loc)].stopped for loc in payload[1])
+        return any(not nodes[object_store.node_of(loc)].stopped for loc in payload.data)
 
     def missing_error(self, object_id: bytes) -> BaseException:
         """The error of an object that has no entry: freed by its refs, or lost."""
@@ -107,17 +109,18 @@ class HeadState:
             return ReferenceCountingAssertionError(object_id.hex())
         return ObjectLostError(object_id.hex())
 
-    def payload_of(self, object_id: bytes) -> tuple:
+    def payload_of(self, object_id: bytes) -> msg.Payload:
         """Where a reader finds the value (copies on stopped nodes left out)."""
         entry = self.objects.entries.get(object_id)
         if entry is None:
-            return ("e", error_blob(self.missing_error(object_id)))
+            return msg.Payload.new(kind="e", data=error_blob(self.missing_error(object_id)))
         payload = entry.payload
         if payload is None:  # lost again after the wait ended: the caller asks once more
-            return ("s", [], entry.size)
-        if payload[0] == "s":
+            return msg.Payload.new(kind="s", data=[], size=entry.size)
+        if payload.kind == "s":
             nodes = self.nodes
-            return ("s", [loc for loc in payload[1] if not nodes[object_store.node_of(loc)].stopped], payload[2])
+            reachable = [loc for loc in payload.data if not nodes[object_store.node_of(loc)].stopped]
+            return msg.Payload.new(kind="s", data=reachable, size=payload.size)
         return payload
 
     def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:
@@ -127,9 +130,9 @@ class HeadState:
     def error_blob_of(self, object_id: bytes, entry: ObjectEntry) -> bytes:
         """The pickled error an error object holds, inline or in a store."""
         payload = entry.payload
-        if payload[0] != "s":
-            return payload[1]
-        for location in payload[1]:  # a large error lives in a store like a large value
+        if payload.kind != "s":
+            return payload.data
+        for location in payload.data:  # a large error lives in a store like a large value
             try:
                 return bytes(object_store.read(self.session.layout.dir_of(location), object_id))
             except FileNotFoundError:

@@ -277,10 +277,10 @@ def _check_objects(state: HeadState, problems: List[str]) -> None:
         if entry.state == READY:
             if entry.payload is None:
                 problems.append(f"{name} has no value")
-            elif entry.payload[0] == "s":
-                if not entry.payload[1]:
+            elif entry.payload.kind == "s":
+                if not entry.payload.data:
                     problems.append(f"{name} has no copy left")
-                for location in entry.payload[1]:
+                for location in entry.payload.data:
                     node = state.nodes.get(object_store.node_of(location))
                     if node is None or not node.alive:
                         problems.append(f"{name} has a copy on a dead node")

@@ -3,7 +3,7 @@
 Owned by the head (driver process, under the head's lock). For each object id:
 
 * state: PENDING until its task reports, then READY (a value or an error);
-* payload: where the value is (see client.py: inline blob, node stores, or error);
+* payload: where the value is (wire/messages.py Payload: inline blob, node stores, or error);
 * who keeps it alive: the driver's live ObjectRefs (the driver's LocalRefCounter),
   workers that announced holding a ref (`borrowers`), and `pins` - tasks that
   take it as an argument and objects that contain its ref;
@@ -31,6 +31,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from minicluster._private.store import object_store
+from minicluster._private.wire import messages as msg
 from minicluster._private.common.ids import OBJECT_ID_SIZE, RecentIds
 
 PENDING = "PENDING"
@@ -108,11 +109,11 @@ class ObjectDirectory:
                 object_store.delete(self._dir(node), object_id)
             return None
         if kind == "s":
-            entry.payload = ("s", [node], data)
+            entry.payload = msg.Payload.new(kind="s", data=[node], size=data)
             entry.size = data
             self._count(node, data)
         else:
-            entry.payload = (kind, data)
+            entry.payload = msg.Payload.new(kind=kind, data=data)
             entry.size = len(data)
         entry.is_error = is_error
         entry.state = READY
@@ -124,11 +125,11 @@ class ObjectDirectory:
 
     def add_location(self, object_id: bytes, node: bytes, size: int) -> None:
         entry = self.entries.get(object_id)
-        if entry is None or entry.payload is None or entry.payload[0] != "s":
+        if entry is None or entry.payload is None or entry.payload.kind != "s":
             object_store.delete(self._dir(node), object_id)  # freed meanwhile: drop the stray copy
             return
-        if node not in entry.payload[1]:
-            entry.payload[1].append(node)
+        if node not in entry.payload.data:
+            entry.payload.data.append(node)
             self._count(node, size)
 
     def drop_node(self, node: bytes) -> List[bytes]:
@@ -137,12 +138,12 @@ class ObjectDirectory:
         spilled = object_store.spill_location(node)
         for object_id, entry in self.entries.items():
             payload = entry.payload
-            if payload is not None and payload[0] == "s" and (node in payload[1] or spilled in payload[1]):
+            if payload is not None and payload.kind == "s" and (node in payload.data or spilled in payload.data):
                 for location in (node, spilled):
-                    if location in payload[1]:
-                        payload[1].remove(location)
+                    if location in payload.data:
+                        payload.data.remove(location)
                         self._count(location, -entry.size)
-                if not payload[1]:
+                if not payload.data:
                     self.mark_lost(object_id)
                     lost.append(object_id)
         self.node_usage.pop(node, None)
@@ -153,9 +154,9 @@ class ObjectDirectory:
     def remove_location(self, object_id: bytes, node: bytes) -> None:
         """Forget (and delete) one copy, for example on a node that stopped answering."""
         entry = self.entries.get(object_id)
-        if entry is None or entry.payload is None or entry.payload[0] != "s" or node not in entry.payload[1]:
+        if entry is None or entry.payload is None or entry.payload.kind != "s" or node not in entry.payload.data:
             return
-        entry.payload[1].remove(node)
+        entry.payload.data.remove(node)
         self._count(node, -entry.size)
         object_store.delete(self._dir(node), object_id)
 
@@ -176,11 +177,11 @@ class ObjectDirectory:
                 if self.node_usage[node] <= capacity:
                     return
                 payload = entry.payload
-                if payload is None or payload[0] != "s" or node not in payload[1]:
+                if payload is None or payload.kind != "s" or node not in payload.data:
                     continue
-                if not spill and len(payload[1]) > 1:
+                if not spill and len(payload.data) > 1:
                     self.remove_location(object_id, node)  # another copy (or a spilled one) remains
-                elif spill and len(payload[1]) == 1:
+                elif spill and len(payload.data) == 1:
                     if not self._spill(object_id, entry, node):
                         return
 
@@ -194,7 +195,7 @@ class ObjectDirectory:
             print(f"minicluster: warning: cannot spill to {spill_dir}: {exc}; the store stays over capacity",
                   file=sys.stderr)
             return False
-        entry.payload[1].append(target)
+        entry.payload.data.append(target)
         self._count(target, entry.size)
         self.remove_location(object_id, node)
         return True
@@ -281,11 +282,11 @@ class ObjectDirectory:
 
     def _delete_files(self, object_id: bytes, entry: ObjectEntry) -> None:
         payload = entry.payload
-        if payload is not None and payload[0] == "s":
-            for location in payload[1]:
+        if payload is not None and payload.kind == "s":
+            for location in payload.data:
                 object_store.delete(self._dir(location), object_id)
                 self._count(location, -entry.size)
-            payload[1].clear()
+            payload.data.clear()
 
     def replace_with_error(self, object_id: bytes, error_blob: bytes) -> Optional[ObjectEntry]:
         """Drop the value (and its files) and store an error instead (owner died, lost...)."""
@@ -293,7 +294,7 @@ class ObjectDirectory:
         if entry is None:
             return None
         self._release_value(object_id, entry)
-        entry.payload = ("e", error_blob)
+        entry.payload = msg.Payload.new(kind="e", data=error_blob)
         entry.size = len(error_blob)
         entry.is_error = True
         entry.state = READY

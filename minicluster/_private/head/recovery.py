@@ -184,9 +184,9 @@ class Recovery:
         """A reader found a listed copy missing: drop copies whose node is dead; handle total loss."""
         state = self.state
         entry = state.objects.entries.get(object_id)
-        if entry is None or entry.payload is None or entry.payload[0] != "s":
+        if entry is None or entry.payload is None or entry.payload.kind != "s":
             return
-        locations = entry.payload[1]
+        locations = entry.payload.data
         layout = state.session.layout
         for location in list(locations):
             node = state.nodes.get(object_store.node_of(location))
@@ -254,7 +254,7 @@ class Recovery:
         if not (entry.waiters or entry.dependents):
             return
         # Give up on the hung copies: rebuild if lineage allows, else report the timeout.
-        for location in list(entry.payload[1]):
+        for location in list(entry.payload.data):
             state.objects.remove_location(object_id, location)
         if state.lineage.why_not_rebuildable(object_id) is None:
             state.objects.mark_lost(object_id)
@@ -268,8 +268,8 @@ class Recovery:
         state = self.state
         for object_id, entry in list(state.objects.entries.items()):
             payload = entry.payload
-            if (entry.waiters or entry.dependents) and payload is not None and payload[0] == "s" \
-                    and any(object_store.node_of(loc) == node.node_id for loc in payload[1]) \
+            if (entry.waiters or entry.dependents) and payload is not None and payload.kind == "s" \
+                    and any(object_store.node_of(loc) == node.node_id for loc in payload.data) \
                     and entry.state == READY:
                 timer = state.fetch_timers.pop(object_id, None)
                 if timer is not None:

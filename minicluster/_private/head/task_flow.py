@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 from minicluster._private.store import object_store
 from minicluster.exceptions import RayTaskError, TaskCancelledError, TaskUnschedulableError
+from minicluster._private.wire import messages as msg
 from minicluster._private.common.ids import task_of
 from minicluster._private.head.flow_interfaces import ActorCallsForTasks, RecoveryForTasks, Timers
 from minicluster._private.head.head_state import HeadState
@@ -79,12 +80,13 @@ class TaskFlow:
 
     # ---- a task reports ------------------------------------------------------------
 
-    def task_done(self, worker: WorkerRecord, message: tuple) -> None:
+    def task_done(self, worker: WorkerRecord, message: msg.Done) -> None:
         """A worker's "done" message: store the results, settle the task, give the worker more work."""
         if worker.actor is not None:
             self.actors.actor_call_done(worker, message)
             return
-        _, task_id, attempt, results, error_info, start, end, retire = message
+        task_id, attempt, results, error_info, retire = (message.task_id, message.attempt, message.results,
+                                                         message.error, message.retire)
         scheduler = self.state.scheduler
         queue = worker.queue
         task = queue.popleft() if queue else None
@@ -102,7 +104,7 @@ class TaskFlow:
                 queue[0].set_state(RUNNING, worker_id=worker.worker_id)
             durations = self.state.durations
             previous = durations.get(task.spec.function_id)
-            took = end - start
+            took = message.end - message.start
             durations[task.spec.function_id] = took if previous is None else 0.8 * previous + 0.2 * took
         if retire:
             worker.retire(f"reached max_calls of {task.spec.name}" if task is not None else "reached max_calls")
@@ -119,7 +121,7 @@ class TaskFlow:
         if task is None or task.spec.task_id != task_id or task.attempt != attempt or task.finished:
             self.discard_results(task_id, results, worker.node.node_id)
         else:
-            task.record_times(start, end)
+            task.record_times(message.start, message.end)
             self.task_reported(task, results, error_info, worker.node.node_id)
             if task.spec.task_type == ACTOR_CREATION_TASK and self.actors.creation_done(task, worker, error_info):
                 self.schedule()
@@ -309,9 +311,9 @@ class TaskFlow:
         entries = self.state.objects.entries
         for object_id in task.spec.arg_refs:
             entry = entries.get(object_id)
-            if entry is not None and entry.payload is not None and entry.payload[0] == "s":
-                if entry.size > best_size and entry.payload[1]:
-                    best, best_size = entry.payload[1][0], entry.size
+            if entry is not None and entry.payload is not None and entry.payload.kind == "s":
+                if entry.size > best_size and entry.payload.data:
+                    best, best_size = entry.payload.data[0], entry.size
         return best
 
     def _warn_infeasible(self, shape: tuple, task: TaskRecord) -> None:
@@ -332,11 +334,11 @@ class TaskFlow:
         want = len(node.waiting) - node.pending_spawn
         if want > 0:
             node.pending_spawn += want
-            self.outbox.post(node.peer, ("spawn", want))
+            self.outbox.post(node.peer, msg.Spawn.new(count=want))
         elif node.pool_size() + node.pending_spawn < node.target_workers:
             missing = node.target_workers - node.pool_size() - node.pending_spawn
             node.pending_spawn += missing
-            self.outbox.post(node.peer, ("spawn", missing))
+            self.outbox.post(node.peer, msg.Spawn.new(count=missing))
 
     def worker_free(self, worker: WorkerRecord) -> None:
         """A worker has nothing to do: give it a task waiting on its node, or make it idle."""
@@ -364,7 +366,7 @@ class TaskFlow:
         except ValueError:
             return
         worker.retire("idle surplus worker (started while tasks were blocked in get)")
-        self.outbox.post(worker.peer, ("retire",))
+        self.outbox.post(worker.peer, msg.Retire.new())
 
     def _dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
         worker.queue.append(task)
@@ -380,7 +382,8 @@ class TaskFlow:
         state = self.state
         if spec.task_type != ACTOR_TASK and spec.function_id not in worker.functions:
             worker.functions.add(spec.function_id)
-            self.outbox.post(peer, ("fn", spec.function_id, state.functions[spec.function_id]))
+            self.outbox.post(peer, msg.DefineFunction.new(function_id=spec.function_id,
+                                                          blob=state.functions[spec.function_id]))
         payloads = None
         if spec.arg_refs:
             payload_of = state.payload_of
@@ -388,24 +391,27 @@ class TaskFlow:
         actor = None
         if spec.task_type == ACTOR_CREATION_TASK:
             meta = state.actors[spec.actor_id].meta
-            actor = (meta["max_concurrency"], meta["is_async"], meta["class_name"])
+            actor = msg.ActorConfig.new(actor_id=spec.actor_id, max_concurrency=meta["max_concurrency"],
+                                        is_async=meta["is_async"], class_name=meta["class_name"])
         faults = state.faults  # a test's fault plan, if one is installed: orders for the worker (fault_hooks.py)
-        message = ("exec", (spec.task_id, task.attempt, spec.function_id, spec.name, spec.args, payloads,
-                            spec.num_returns, spec.retry_exceptions, spec.max_calls, spec.actor_id,
-                            spec.task_type, spec.func_name, spec.method, actor,
-                            None if faults is None else faults.on_exec(task, worker)))
+        message = msg.Exec.new(task_id=spec.task_id, attempt=task.attempt, function_id=spec.function_id,
+                               name=spec.name, args_blob=spec.args, payloads=payloads, num_returns=spec.num_returns,
+                               retry_exceptions=spec.retry_exceptions, max_calls=spec.max_calls,
+                               task_type=spec.task_type, func_name=spec.func_name, method=spec.method,
+                               actor_config=actor, faults=None if faults is None else faults.on_exec(task, worker))
         if faults is None or not faults.hold_exec(worker, message):
             self.outbox.post(peer, message)
 
     # ---- results -------------------------------------------------------------------
 
-    def task_reported(self, task: TaskRecord, results: list, error_info: Optional[tuple], node_id: bytes) -> None:
+    def task_reported(self, task: TaskRecord, results: list, error_info: Optional[msg.ErrorInfo],
+                      node_id: bytes) -> None:
         """The current attempt of an open task reported: finish it, retry it, or wait for a lost argument."""
         task.worker = None
         if error_info is None:
             self._finish(task, results, node_id, FINISHED, None, None)
             return
-        error_type, retryable, message = error_info
+        error_type, retryable, message = error_info.error_type, error_info.retryable, error_info.message
         if error_type == "ARG_LOST" and not task.cancelled:
             # An argument's copy vanished before the worker could read it: not the task's
             # fault, so no retry is used; wait for the argument to be rebuilt.
@@ -438,8 +444,8 @@ class TaskFlow:
         if task.owner_dead:
             self.discard_results(task.spec.task_id, results, node_id)
         else:
-            for object_id, (kind, data, nested) in zip(task.spec.return_ids(), results):
-                self.store(object_id, kind, data, nested, node_id, is_error)
+            for object_id, value in zip(task.spec.return_ids(), results):
+                self.store(object_id, value.kind, value.data, value.refs, node_id, is_error)
             if not is_error:
                 self._keep_lineage(task)
         self._close_task(task, state, error_type, message)
@@ -471,8 +477,8 @@ class TaskFlow:
     def discard_results(self, task_id: bytes, results: list, node_id: bytes) -> None:
         """Results nobody will read (a stale attempt, a dead owner): delete their store files."""
         store_dir = self.state.session.layout.dir_of(node_id)
-        for index, (kind, _, _) in enumerate(results, start=1):
-            if kind == "s":
+        for index, value in enumerate(results, start=1):
+            if value.kind == "s":
                 object_store.delete(store_dir, task_id + index.to_bytes(4, "little"))
 
     def finish_with_error(self, task: TaskRecord, error: BaseException, error_type: str, message: str) -> None:
@@ -486,7 +492,7 @@ class TaskFlow:
                 entry = objects.entries.get(object_id)
                 if entry is None:
                     continue
-                entry.payload = ("e", blob)
+                entry.payload = msg.Payload.new(kind="e", data=blob)
                 entry.size = len(blob)
                 entry.is_error = True
                 entry.state = READY
@@ -553,7 +559,7 @@ class TaskFlow:
             # Pipelined behind another task, not started: it fails now, like a pending task.
             # It stays in the worker's queue (so the head's and the worker's queues stay in
             # step); the worker skips it, and its report, if any, is discarded.
-            self.outbox.post(worker.peer, ("cancel", task_id, False))
+            self.outbox.post(worker.peer, msg.CancelTask.new(task_id=task_id))
             self.finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
                                    "cancelled before it started")
             return
@@ -573,4 +579,4 @@ class TaskFlow:
             except ProcessLookupError:
                 pass
         else:
-            self.outbox.post(worker.peer, ("cancel", task_id, False))
+            self.outbox.post(worker.peer, msg.CancelTask.new(task_id=task_id))

@@ -21,6 +21,7 @@ from minicluster._private.head.flow_interfaces import RecoveryForWaiting, TasksF
 from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.messaging import Outbox
 from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED, Waiter
+from minicluster._private.wire import messages as msg
 from minicluster._private.head.virtual_nodes import WorkerRecord
 
 
@@ -96,7 +97,7 @@ class Waiting:
                 payload: Any = [state.payload_of(oid) for oid in object_ids]
             else:
                 payload = state.ready_ids(object_ids)[:num_returns]
-            self.outbox.post(peer, ("reply", request_id, payload))
+            self.outbox.post(peer, msg.Reply.new(request_id=request_id, payload=payload))
             if waiter is not None:
                 self.unblock(worker)
 
@@ -134,7 +135,7 @@ class Waiting:
             if len(worker.queue) > 1:
                 taken = list(worker.queue)[1:]
                 worker.queue = collections.deque([worker.queue[0]])
-                self.outbox.post(worker.peer, ("steal", [t.spec.task_id for t in taken]))
+                self.outbox.post(worker.peer, msg.Steal.new(task_ids=[t.spec.task_id for t in taken]))
                 for task in taken:
                     task.worker = None
                     task.node = None

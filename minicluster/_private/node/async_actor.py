@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Dict, List
 
 if TYPE_CHECKING:
     from minicluster._private.node.worker import Worker
+    from minicluster._private.wire.messages import Exec
 
 
 class AsyncCalls:
@@ -56,7 +57,7 @@ class AsyncCalls:
 
     # ---- other threads ---------------------------------------------------------------
 
-    def start(self, requests: List[tuple]) -> None:
+    def start(self, requests: List["Exec"]) -> None:
         """Begin these calls, in this order (the worker's main thread)."""
         self.loop.call_soon_threadsafe(self._start, requests)
 
@@ -66,7 +67,7 @@ class AsyncCalls:
 
     # ---- the loop thread ---------------------------------------------------------------
 
-    def _start(self, requests: List[tuple]) -> None:
+    def _start(self, requests: List["Exec"]) -> None:
         for request in requests:
             self.loop.create_task(self._run(request))
 
@@ -77,8 +78,8 @@ class AsyncCalls:
         else:
             self.worker.cancelled_queued.add(task_id)
 
-    async def _run(self, request: tuple) -> None:
-        task_id = request[0]
+    async def _run(self, request: "Exec") -> None:
+        task_id = request.task_id
         self.running[task_id] = asyncio.current_task()  # type: ignore[assignment]
         try:
             done, value = await self.worker.execute_async(request, self.slots)

@@ -5,8 +5,8 @@ so the node manager and every worker it forks share one process group: killing
 the node is one `killpg(SIGKILL)`, like pulling a machine's plug. It is
 single-threaded (so forking is safe) and loops on two things:
 
-    head socket      "spawn" -> fork workers; "kill_worker" -> signal one
-    SIGCHLD (pipe)   reap exited workers -> "worker_exit" with the exit status;
+    head socket      Spawn -> fork workers
+    SIGCHLD (pipe)   reap exited workers -> WorkerExit with the exit status;
                      delete their spare files, and a crashed one's partial writes
 
 A forked worker's stdout and stderr go to its own files in the session's
@@ -23,7 +23,6 @@ session's socket file, then kills its whole process group, itself included.
 from __future__ import annotations
 
 import os
-import pickle
 import select
 import signal
 import sys
@@ -34,7 +33,8 @@ from minicluster._private.observe import log_files
 from minicluster._private.store import object_store, store_spares
 from minicluster._private.node import worker  # noqa: F401
 from minicluster._private.common.ids import new_worker_id
-from minicluster._private.wire.protocol import Connection, FrameDecoder
+from minicluster._private.wire import messages as msg
+from minicluster._private.wire.protocol import Connection, FrameDecoder, decode
 
 
 class NodeManager:
@@ -52,7 +52,7 @@ class NodeManager:
     def run(self) -> None:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self.wake_w)
-        self.conn.send(("node_hello", self.node_id, os.getpid()))
+        self.conn.send(msg.NodeHello.new(node_id=self.node_id, pid=os.getpid()))
         self.spawn(self.cfg["num_workers"])
         sock = self.conn.sock
         sock.setblocking(False)
@@ -78,18 +78,14 @@ class NodeManager:
                 if not data:
                     self.head_gone()
                 for frame in self.decoder.feed(data):
-                    for message in pickle.loads(frame):
+                    for message in decode(frame):
                         self.handle(message)
 
     def handle(self, message: tuple) -> None:
-        kind = message[0]
-        if kind == "spawn":
-            self.spawn(message[1])
-        elif kind == "kill_worker":
-            try:
-                os.kill(message[1], message[2])
-            except ProcessLookupError:
-                pass
+        if type(message) is msg.Spawn:  # the head's only message to a node manager
+            self.spawn(message.count)
+        else:
+            print(f"minicluster node manager: unknown message {type(message).__name__}", file=sys.stderr)
 
     def spawn(self, count: int) -> None:
         for _ in range(count):
@@ -132,7 +128,7 @@ class NodeManager:
                 code = os.waitstatus_to_exitcode(status)
                 if code != 0:  # killed or crashed, perhaps in the middle of writing an object
                     object_store.remove_partial_writes(self.store_dir, pid)
-                exits.append(("worker_exit", pid, worker_id, code))
+                exits.append(msg.WorkerExit.new(pid=pid, worker_id=worker_id, exitcode=code))
         if exits:
             try:
                 self.conn.send(*exits)

@@ -7,10 +7,12 @@ its node or the driver dies. Two threads:
 
     reader thread           main thread
     -------------           -----------
-    head socket ──► "exec" ──► queue ──► run the task ──► "done" ──► head socket
-                   "reply" ──► wakes a get/wait blocked in the running task
-                   "cancel" ─► KeyboardInterrupt in the main thread (SIGINT)
-                   EOF ──────► the driver is gone: exit at once
+    head socket ──► Exec ─────► queue ──► run the task ──► Done ──► head socket
+                   Reply ─────► wakes a get/wait blocked in the running task
+                   CancelTask ► KeyboardInterrupt in the main thread (SIGINT)
+                   EOF ───────► the driver is gone: exit at once
+
+(The messages are defined in wire/messages.py.)
 
 An actor's worker runs its calls on the main thread too, in order; a threaded
 actor (max_concurrency > 1) on a thread pool, an async actor on an event loop
@@ -18,7 +20,7 @@ thread (async_actor.py) that the main thread hands the calls to in batches.
 
 Code running in the worker reaches the runtime through worker_client.py.
 
-Results up to INLINE_THRESHOLD bytes travel in the "done" message; larger ones
+Results up to INLINE_THRESHOLD bytes travel in the Done message; larger ones
 are written to this node's store folder first. An exception in a task is the
 task's result: a RayTaskError carrying the traceback, marked retryable when
 `retry_exceptions` covers it (the head decides whether retries are left).
@@ -36,14 +38,15 @@ import sys
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from minicluster._private.client import context
-from minicluster._private.common import fault_hooks
+from minicluster._private.wire import fault_hooks
 from minicluster._private.observe import log_files
 from minicluster._private.store import object_store
 from minicluster.exceptions import RayError, RayTaskError, TaskCancelledError
 from minicluster._private.client.object_ref import set_counter
+from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
 from minicluster._private.store.serialization import FLAG_ERROR, deserialize, serialize
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
@@ -58,7 +61,7 @@ if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 m
 #: An async actor's calls go to its loop once the queue is empty or this many are waiting.
 ASYNC_BATCH = 64
 #: Put on the main thread's queue: send the async actor's held replies.
-FLUSH_REPLIES = ("flush",)
+FLUSH_REPLIES = object()
 
 
 class Worker:
@@ -66,7 +69,7 @@ class Worker:
 
     def __init__(self, client: WorkerClient) -> None:
         self.client = client
-        self.tasks: "queue.SimpleQueue[Optional[tuple]]" = queue.SimpleQueue()
+        self.tasks: "queue.SimpleQueue[Any]" = queue.SimpleQueue()  # Exec, FLUSH_REPLIES, or None: exit
         self.function_blobs: Dict[bytes, bytes] = {}
         self.functions: Dict[bytes, Any] = {}
         self.calls: Dict[bytes, int] = {}
@@ -85,26 +88,37 @@ class Worker:
 
     def read_loop(self) -> None:
         conn = self.client.conn
+        handlers = _HANDLERS
         try:
             while True:
                 for message in conn.recv():
-                    kind = message[0]
-                    if kind == "exec":
-                        self.tasks.put(message[1])
-                    elif kind == "reply":
-                        self.client.on_reply(message[1], message[2])
-                    elif kind == "fn":
-                        self.function_blobs[message[1]] = message[2]
-                    elif kind == "cancel":
-                        self._cancel(message[1])
-                    elif kind == "steal":
-                        # The head took these back while our task was blocked; they have not started.
-                        self.stolen.update(message[1])
-                    elif kind == "retire":
-                        self.tasks.put(None)
+                    if type(message) is msg.Exec:  # nearly every message: queued without a handler call
+                        self.tasks.put(message)
+                        continue
+                    handler = handlers.get(type(message))
+                    if handler is None:
+                        print(f"minicluster worker: unknown message {type(message).__name__}", file=sys.stderr)
+                        continue
+                    handler(self, message)
         except (ConnectionError, OSError, EOFError):
             pass
         os._exit(0)  # the head is gone: nothing left to do and nobody to tell
+
+    def _on_reply(self, message: msg.Reply) -> None:
+        self.client.on_reply(message.request_id, message.payload)
+
+    def _on_define_function(self, message: msg.DefineFunction) -> None:
+        self.function_blobs[message.function_id] = message.blob
+
+    def _on_cancel(self, message: msg.CancelTask) -> None:
+        self._cancel(message.task_id)
+
+    def _on_steal(self, message: msg.Steal) -> None:
+        # The head took these back while our task was blocked; they have not started.
+        self.stolen.update(message.task_ids)
+
+    def _on_retire(self, message: msg.Retire) -> None:
+        self.tasks.put(None)
 
     def _cancel(self, task_id: bytes) -> None:
         if self.async_calls is not None:
@@ -133,7 +147,7 @@ class Worker:
     def run(self) -> None:
         signal.signal(signal.SIGINT, self._on_sigint)
         client = self.client
-        async_batch: List[tuple] = []  # an async actor's calls, handed to its loop together
+        async_batch: List[msg.Exec] = []  # an async actor's calls, handed to its loop together
         while True:
             try:
                 request = self.tasks.get_nowait()
@@ -148,16 +162,16 @@ class Worker:
             if request is FLUSH_REPLIES:
                 client.send()  # an async actor's finished calls (async_actor.py)
                 continue
-            if request[0] in self.stolen:
-                self.stolen.discard(request[0])
+            if request.task_id in self.stolen:
+                self.stolen.discard(request.task_id)
                 continue
-            if request[10] == ACTOR_TASK and self.async_calls is not None:
+            if request.task_type == ACTOR_TASK and self.async_calls is not None:
                 async_batch.append(request)
                 if len(async_batch) >= ASYNC_BATCH:  # a steady stream must not wait for a lull
                     self.async_calls.start(async_batch)
                     async_batch = []
                 continue
-            if request[10] == ACTOR_TASK and self.pool is not None:
+            if request.task_type == ACTOR_TASK and self.pool is not None:
                 self.pool.submit(self._run_threaded, request)
                 continue
             done, value = self.execute(request)
@@ -166,7 +180,7 @@ class Worker:
             # the crash is charged to the task that caused it.
             client.send(done)
             del value  # only now: refs inside the value must not be released before the reply
-            if done[-1]:  # retire after max_calls
+            if done.retire:  # max_calls reached
                 break
         client.send()
         log_files.flush_output()
@@ -179,15 +193,15 @@ class Worker:
             self.functions[function_id] = fn
         return fn
 
-    def _run_threaded(self, request: tuple) -> None:
+    def _run_threaded(self, request: msg.Exec) -> None:
         """One call of a threaded actor, on its pool."""
         done, value = self.execute(request)
         self.client.send(done)
         del value  # as in run: refs inside it are released only once the reply is written
 
-    def execute(self, request: tuple) -> Tuple[tuple, Any]:
-        """Run one task; returns its "done" message (whose last field says: retire now,
-        max_calls) and its return value, which the caller keeps until the message is sent."""
+    def execute(self, request: msg.Exec) -> Tuple[msg.Done, Any]:
+        """Run one task; returns its Done message and its return value, which the caller
+        keeps until the message is sent."""
         call = self._begin(request)
         if call.error is not None:
             return self._end(call, exc=call.error), None
@@ -205,9 +219,9 @@ class Worker:
             self.in_user_code = False
         return self._end(call, value, error), value
 
-    async def execute_async(self, request: tuple, slots: "asyncio.Semaphore") -> Tuple[tuple, Any]:
+    async def execute_async(self, request: msg.Exec, slots: "asyncio.Semaphore") -> Tuple[msg.Done, Any]:
         """Run one call of an async actor on its event loop (async_actor.py); awaits coroutine
-        methods, at most `slots` at once. Returns the "done" message and the return value."""
+        methods, at most `slots` at once. Returns the Done message and the return value."""
         call = self._begin(request)
         if call.error is not None:
             return self._end(call, exc=call.error), None
@@ -231,7 +245,7 @@ class Worker:
         of the calls that end meanwhile go in the same frame."""
         self.tasks.put(FLUSH_REPLIES)
 
-    def _begin(self, request: tuple) -> "_Call":
+    def _begin(self, request: msg.Exec) -> "_Call":
         """Find the callable and resolve its arguments; a failure here is kept in call.error."""
         call = _Call(request)
         call.token = self.client.enter_task(call.task_id, call.name, call.func_name)
@@ -269,14 +283,14 @@ class Worker:
             return getattr(self.actor, call.method)
         fn = self._function(call.function_id)
         if call.task_type == ACTOR_CREATION_TASK:
-            self.client.current_actor_id = call.actor_id
+            self.client.current_actor_id = call.actor_config.actor_id
             return lambda *args, **kwargs: self._create_actor(fn, call.actor_config, args, kwargs)
         return fn
 
-    def _create_actor(self, cls: type, config: tuple, args: tuple, kwargs: dict) -> None:
-        max_concurrency, is_async, _ = config
+    def _create_actor(self, cls: type, config: msg.ActorConfig, args: tuple, kwargs: dict) -> None:
+        max_concurrency = config.max_concurrency
         self.actor = cls(*args, **kwargs)
-        if is_async:
+        if config.is_async:
             from minicluster._private.node.async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
 
             self.async_calls = AsyncCalls(self, max_concurrency)
@@ -286,8 +300,8 @@ class Worker:
             self.pool = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor")
         return None
 
-    def _end(self, call: "_Call", value: Any = None, exc: Optional[BaseException] = None) -> tuple:
-        """Store the results (or the error) and build the "done" message."""
+    def _end(self, call: "_Call", value: Any = None, exc: Optional[BaseException] = None) -> msg.Done:
+        """Store the results (or the error) and build the Done message."""
         client = self.client
         error_info = None
         name = call.name
@@ -303,8 +317,8 @@ class Worker:
                        for oid, out in zip(return_ids, outputs)]
         except _ArgumentLost as lost:
             # Not the task's fault: the head rebuilds the argument and runs the task again.
-            results = [("i", b"", []) for _ in return_ids]
-            error_info = ("ARG_LOST", False, lost.object_hex)
+            results = [msg.Value.new(kind="i", data=b"", refs=[]) for _ in return_ids]
+            error_info = msg.ErrorInfo.new(error_type="ARG_LOST", retryable=False, message=lost.object_hex)
         except SystemExit as exit_:
             # As in Ray, sys.exit() in a task ends the worker: the head sees a crash and retries.
             client.send()  # but an async actor's other calls that finished are reported first
@@ -319,7 +333,8 @@ class Worker:
             wrapped, retryable = _task_error(error, name, call.retry_exceptions, cancelled)
             results = _error_results(client, return_ids, wrapped, name)
             error_type = "TASK_CANCELLED" if cancelled else "TASK_EXECUTION_EXCEPTION"
-            error_info = (error_type, retryable and not cancelled, _one_line(error))
+            error_info = msg.ErrorInfo.new(error_type=error_type, retryable=retryable and not cancelled,
+                                           message=_one_line(error))
         finally:
             if call.task_type != ACTOR_TASK:
                 self.current = None
@@ -333,20 +348,34 @@ class Worker:
         sys.stderr.flush()
         if call.faults:
             fault_hooks.carry_out(client, call, fault_hooks.BEFORE_REPLY)
-        return ("done", call.task_id, call.attempt, results, error_info, call.start, end, retire)
+        return msg.Done.new(task_id=call.task_id, attempt=call.attempt, results=results, error=error_info,
+                            start=call.start, end=end, retire=retire)
 
 
 class _Call:
-    """One task or actor call being run: the fields of the head's "exec" message, and more."""
+    """One task or actor call being run: the fields of the head's Exec message, and what running it adds."""
 
     __slots__ = ("task_id", "attempt", "function_id", "name", "args_blob", "payloads", "num_returns",
-                 "retry_exceptions", "max_calls", "actor_id", "task_type", "func_name", "method",
-                 "actor_config", "faults", "fn", "args", "kwargs", "error", "token", "start")
+                 "retry_exceptions", "max_calls", "task_type", "func_name", "method", "actor_config", "faults",
+                 "fn", "args", "kwargs", "error", "token", "start")
 
-    def __init__(self, request: tuple) -> None:
-        (self.task_id, self.attempt, self.function_id, self.name, self.args_blob, self.payloads,
-         self.num_returns, self.retry_exceptions, self.max_calls, self.actor_id, self.task_type,
-         self.func_name, self.method, self.actor_config, self.faults) = request
+    def __init__(self, request: msg.Exec) -> None:
+        # Copied once: the worker reads them some 40 times a task, and CPython 3.11 reads
+        # a slot several times faster than a NamedTuple field.
+        self.task_id = request.task_id
+        self.attempt = request.attempt
+        self.function_id = request.function_id
+        self.name = request.name
+        self.args_blob = request.args_blob
+        self.payloads = request.payloads
+        self.num_returns = request.num_returns
+        self.retry_exceptions = request.retry_exceptions
+        self.max_calls = request.max_calls
+        self.task_type = request.task_type
+        self.func_name = request.func_name
+        self.method = request.method
+        self.actor_config = request.actor_config
+        self.faults = request.faults
         self.fn: Any = None
         self.args: Any = ()
         self.kwargs: Any = {}
@@ -367,7 +396,8 @@ class _ArgumentLost(Exception):
         self.object_hex = object_hex
 
 
-def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Dict[bytes, tuple], call: "_Call") -> Tuple[list, dict]:
+def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Optional[Dict[bytes, msg.Payload]],
+                  call: "_Call") -> Tuple[list, dict]:
     """The call's arguments, with the value of each top-level ref put in its slot
     (remote_function._serialize_args)."""
     (args, kwargs, slots), _ = deserialize(args_blob)
@@ -428,7 +458,7 @@ def _user_traceback(tb: Any) -> Any:
     return tb
 
 
-def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseException, name: str) -> List[tuple]:
+def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseException, name: str) -> List[msg.Value]:
     """The error as every return value's payload, pickled once; always one the caller can load."""
     if not return_ids:
         return []
@@ -436,8 +466,8 @@ def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseExc
     try:
         serialized = serialize(error, flags=FLAG_ERROR, what=what)
         first = store_serialized(client, return_ids[0], serialized, what)
-        if first[0] == "i":
-            deserialize(first[1])  # an exception that pickles but cannot be re-created fails here
+        if first.kind == "i":
+            deserialize(first.data)  # an exception that pickles but cannot be re-created fails here
     except Exception as exc:  # noqa: BLE001 - any failure means: send the text instead
         cause = getattr(error, "cause", error)
         stand_in = RayError(
@@ -447,7 +477,7 @@ def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseExc
         fallback = RayTaskError(name, getattr(error, "traceback_str", str(error)), stand_in)
         serialized = serialize(fallback, flags=FLAG_ERROR, what=what)
         first = store_serialized(client, return_ids[0], serialized, what)
-    if first[0] == "i":
+    if first.kind == "i":
         return [first] * len(return_ids)
     # A large error is stored like a large value: one file per return.
     return [first] + [store_serialized(client, oid, serialized, what) for oid in return_ids[1:]]
@@ -480,7 +510,7 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
         client.namespace = namespace
         set_counter(client.refs)
         context.set_client(client, is_worker=True)
-        conn.send(("worker_hello", worker_id, node_id, os.getpid()))
+        conn.send(msg.WorkerHello.new(worker_id=worker_id, node_id=node_id, pid=os.getpid()))
         worker = Worker(client)
         threading.Thread(target=worker.read_loop, name="minicluster-reader", daemon=True).start()
         worker.run()
@@ -488,3 +518,12 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
         traceback.print_exc()
     finally:
         os._exit(1)
+
+
+_HANDLERS: Dict[type, Callable[[Worker, Any], None]] = {
+    msg.Reply: Worker._on_reply,
+    msg.DefineFunction: Worker._on_define_function,
+    msg.CancelTask: Worker._on_cancel,
+    msg.Steal: Worker._on_steal,
+    msg.Retire: Worker._on_retire,
+}

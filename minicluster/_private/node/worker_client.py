@@ -15,13 +15,14 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from minicluster._private.common import config
 from minicluster._private.store import object_store, store_spares
 from minicluster._private.client.runtime_client import RuntimeClient
 from minicluster.exceptions import GetTimeoutError, ObjectStoreFullError
 from minicluster._private.client.object_ref import LocalRefCounter, ObjectRef
+from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
 from minicluster._private.store.serialization import serialize
 
@@ -40,9 +41,9 @@ class WorkerClient(RuntimeClient):
         self.namespace = "default"  #: the job's namespace (for named actors)
         self.refs = LocalRefCounter(on_first=self._on_first_ref)
         self._adds: List[bytes] = []
-        #: async actors' finished calls: (done message, return value) not sent yet. The value
+        #: async actors' finished calls: (Done message, return value) not sent yet. The value
         #: stays alive until its reply is out: refs inside it must not be released first.
-        self._held: List[Tuple[tuple, Any]] = []
+        self._held: List[Tuple[msg.Done, Any]] = []
         self._delta_lock = threading.Lock()
         self._requests: Dict[int, list] = {}
         self._request_ids = itertools.count(1)
@@ -53,7 +54,7 @@ class WorkerClient(RuntimeClient):
         with self._delta_lock:
             self._adds.append(object_id)
 
-    def hold_reply(self, done: tuple, value: Any) -> bool:
+    def hold_reply(self, done: msg.Done, value: Any) -> bool:
         """Keep an async call's reply for the next send, from whichever thread; True if it is
         the first one held (the caller then makes sure a send comes soon)."""
         with self._delta_lock:
@@ -71,31 +72,33 @@ class WorkerClient(RuntimeClient):
         with self._delta_lock:
             added, self._adds = self._adds, []
             held, self._held = self._held, []
-        batch: List[Any] = [("refs", added, [])] if added else []
+        batch: List[Any] = [msg.Refs.new(added=added, removed=[])] if added else []
         batch.extend(done for done, _ in held)
         batch.extend(messages)
         if removed:
-            batch.append(("refs", [], removed))
+            batch.append(msg.Refs.new(added=[], removed=removed))
         if batch:
             self.conn.send_list(batch)
         del held  # the replies are out: their values, and refs inside them, may go now
 
-    def _request(self, kind: str, *args: Any, timeout: Optional[float] = None) -> Any:
-        """Send a request and block for its reply; interruptible by cancellation (SIGINT)."""
+    def _request(self, build: Callable[[int], Any], timeout: Optional[float] = None) -> Any:
+        """Send the request `build(request_id)` and block for its Reply; interruptible by
+        cancellation (SIGINT)."""
         request_id = next(self._request_ids)
         slot: list = [threading.Event(), None]
         self._requests[request_id] = slot
         try:
-            self.send((kind, request_id, *args))
+            message = build(request_id)
+            self.send(message)
             if not slot[0].wait(timeout):
-                self.send(("forget", request_id))
-                raise GetTimeoutError(f"{kind} timed out after {timeout} seconds")
+                self.send(msg.Forget.new(request_id=request_id))
+                raise GetTimeoutError(f"{type(message).__name__.lower()} timed out after {timeout} seconds")
             return slot[1]
         except BaseException:
             # Cancelled (KeyboardInterrupt) or timed out: the head must stop counting us as blocked.
             if not slot[0].is_set():
                 try:
-                    self.send(("forget", request_id))
+                    self.send(msg.Forget.new(request_id=request_id))
                 except OSError:
                     pass
             raise
@@ -111,16 +114,16 @@ class WorkerClient(RuntimeClient):
     # ---- the client API ---------------------------------------------------------
 
     def add_location(self, object_id: bytes, size: int) -> None:
-        self.send(("located", object_id, self.node_id, size))
+        self.send(msg.Located.new(object_id=object_id, node_id=self.node_id, size=size))
 
     def submit(self, spec: Any, function_blob: Optional[bytes]) -> List[ObjectRef]:
         # The head counts this worker as holding each result from the submission on,
         # so the refs are made without announcing them again.
         messages: List[Any] = []
         if spec.function_id not in self.known_functions and function_blob is not None:
-            messages.append(("fn", spec.function_id, function_blob))
+            messages.append(msg.DefineFunction.new(function_id=spec.function_id, blob=function_blob))
             self.known_functions.add(spec.function_id)
-        messages.append(("submit", spec))
+        messages.append(msg.Submit.new(spec=spec))
         self.send(*messages)
         return [ObjectRef(oid, _announce=False) for oid in spec.return_ids()]
 
@@ -128,58 +131,64 @@ class WorkerClient(RuntimeClient):
         deadline = None if timeout is None else time.monotonic() + timeout
         for _ in range(100):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            payloads = self._request("get", list(object_ids), timeout=remaining)
+            ids = list(object_ids)
+            payloads = self._request(lambda request_id: msg.Get.new(request_id=request_id, object_ids=ids),
+                                     timeout=remaining)
             try:
                 return [self.load(oid, payload) for oid, payload in zip(object_ids, payloads)]
             except FileNotFoundError as exc:
                 # A copy vanished between the head's answer and our read (its node died):
                 # tell the head, which rebuilds or reports the loss, then ask again.
-                self.send(("lost", bytes.fromhex(str(exc.args[0]))))
+                self.send(msg.Lost.new(object_id=bytes.fromhex(str(exc.args[0]))))
         raise RuntimeError("object kept vanishing while being fetched")
 
     def put(self, value: Any) -> ObjectRef:
         object_id = self.next_put_id()
-        kind, data, refs = store_value(self, object_id, value, what="put() value")
-        self.send(("put", object_id, kind, data, refs))
+        self.send(msg.Put.new(object_id=object_id, value=store_value(self, object_id, value, what="put() value")))
         return ObjectRef(object_id, _announce=False)
 
     def wait(self, object_ids: Sequence[bytes], num_returns: int, timeout: Optional[float], fetch_local: bool) -> List[bytes]:
-        return self._request("wait", list(object_ids), num_returns, timeout)
+        ids = list(object_ids)
+        return self._request(lambda request_id: msg.Wait.new(request_id=request_id, object_ids=ids,
+                                                             num_returns=num_returns, timeout=timeout))
 
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
-        problem = self._request("cancel", object_id, force, recursive)  # answered at once
+        problem = self._request(lambda request_id: msg.Cancel.new(request_id=request_id, object_id=object_id,
+                                                                  force=force, recursive=recursive))  # answered at once
         if problem:
             raise ValueError(problem)
 
     def state(self, what: str) -> Any:
-        return self._request("state", what)
+        return self._request(lambda request_id: msg.QueryState.new(request_id=request_id, what=what))
 
     def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
         if spec.function_id not in self.known_functions:
-            self.send(("fn", spec.function_id, class_blob))
+            self.send(msg.DefineFunction.new(function_id=spec.function_id, blob=class_blob))
             self.known_functions.add(spec.function_id)
-        problem = self._request("create_actor", spec, meta)
+        problem = self._request(lambda request_id: msg.CreateActor.new(request_id=request_id, spec=spec,
+                                                                       meta=meta))
         if problem:
             raise ValueError(problem)
 
-    def actor_lookup(self, name: str, namespace: str) -> Optional[tuple]:
+    def actor_lookup(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
         """The named actor's handle arguments (actor id, its metadata), or None."""
-        found = self._request("lookup_actor", name, namespace)
+        found = self._request(lambda request_id: msg.LookupActor.new(request_id=request_id, name=name,
+                                                                     namespace=namespace))
         return found or None
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
-        self.send(("kill_actor", actor_id, no_restart))
+        self.send(msg.KillActor.new(actor_id=actor_id, no_restart=no_restart))
 
 
-def store_value(client: RuntimeClient, object_id: bytes, value: Any, what: str, flags: int = 0) -> Tuple[str, Any, List[bytes]]:
+def store_value(client: RuntimeClient, object_id: bytes, value: Any, what: str, flags: int = 0) -> msg.Value:
     """Serialize a value into a payload: inline bytes, or a file in this node's store."""
     return store_serialized(client, object_id, serialize(value, flags=flags, what=what), what)
 
 
-def store_serialized(client: RuntimeClient, object_id: bytes, serialized: Any, what: str) -> Tuple[str, Any, List[bytes]]:
+def store_serialized(client: RuntimeClient, object_id: bytes, serialized: Any, what: str) -> msg.Value:
     """A serialized value as a payload: inline bytes, or a file in this node's store."""
     if serialized.size <= config.INLINE_THRESHOLD:
-        return "i", serialized.to_bytes(), serialized.refs
+        return msg.Value.new(kind="i", data=serialized.to_bytes(), refs=serialized.refs)
     if serialized.size > client.capacity:  # type: ignore[attr-defined]
         raise ObjectStoreFullError(
             f"{what}: {serialized.size} bytes is larger than the node's object store "
@@ -187,4 +196,4 @@ def store_serialized(client: RuntimeClient, object_id: bytes, serialized: Any, w
         )
     size = object_store.write(client.store_dir(), object_id, serialized,
                               store_spares.spare_limit(client.capacity))  # type: ignore[attr-defined]
-    return "s", size, serialized.refs
+    return msg.Value.new(kind="s", data=size, refs=serialized.refs)

@@ -328,11 +328,12 @@ class StateRecorder:
             where: Optional[str] = None
             copies: List[str] = []
             if payload is not None:
-                kind = payload[0]
+                kind = payload.kind
                 where = {"i": "INLINE", "e": "ERROR"}.get(kind, "SHARED_MEMORY")
                 if kind == "s":
-                    copies = [loc.hex() for loc in payload[1]]
-                    if payload[1] and all(object_store.is_spilled(loc) for loc in payload[1]):
+                    locations = payload.data
+                    copies = [loc.hex() for loc in locations]
+                    if locations and all(object_store.is_spilled(loc) for loc in locations):
                         where = "SPILLED"
             owner = entry.owner
             if owner == b"driver":

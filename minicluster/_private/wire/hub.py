@@ -21,7 +21,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
-import pickle
 import selectors
 import socket
 import sys
@@ -36,6 +35,7 @@ from minicluster._private.wire.protocol import (
     FrameDecoder,
     ProtocolError,
     ServerHandshake,
+    decode,
     encode,
 )
 
@@ -285,7 +285,7 @@ class Hub:
         if frames:
             messages: List[Any] = []
             for frame in frames:
-                messages.extend(pickle.loads(frame))
+                messages.extend(decode(frame))
             self._guard(self.handler.on_messages, peer, messages)
 
     def _flush(self, peer: Peer) -> None:
@@ -341,7 +341,7 @@ class Hub:
             except ProtocolError:
                 break
             for frame in frames:
-                messages.extend(pickle.loads(frame))
+                messages.extend(decode(frame))
         return messages
 
     def close_peer(self, peer: Peer) -> None:

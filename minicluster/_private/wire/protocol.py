@@ -7,29 +7,9 @@ head. After that, each frame is a 4-byte little-endian length and a pickled
 *list* of messages: batching many messages into one frame is what keeps the
 per-task cost low.
 
-Messages are plain tuples whose first element is a kind string; protocol
-tuples are cheaper to pickle than objects (1 us vs 5 us a round trip), and
-the table below is their one definition.
-
-head -> node manager
-    ("spawn", count)                       fork `count` more workers
-    ("kill_worker", pid, signum)
-node manager -> head
-    ("node_hello", node_id, pid)
-    ("worker_exit", pid, worker_id, exitcode)   exitcode < 0 means killed by signal -exitcode
-head -> worker
-    ("fn", function_id, blob)              define a function before its first task
-    ("exec", ExecRequest-tuple)            run a task (see worker.py)
-    ("reply", request_id, payload)         answer to get/wait/submit
-    ("cancel", task_id, force)
-    ("retire",)                            exit after the current task
-worker -> head
-    ("worker_hello", worker_id, node_id, pid)
-    ("done", task_id, attempt, results, error_info)
-    ("submit", TaskSpec)
-    ("get", request_id, object_ids, timeout)   ("wait", ...), ("put", ...), ...
-    ("cancel", request_id, object_id, force, recursive)   replied with None or the ValueError's text
-    ("refs", added, removed)               reference-count deltas
+The messages themselves, who sends each and when, are defined in messages.py:
+that module is their one definition, used by both ends, and it turns them into
+the plain tuples that are pickled (`encode`, `decode`).
 """
 
 from __future__ import annotations
@@ -41,6 +21,8 @@ import socket
 import struct
 import threading
 from typing import Any, List, Optional
+
+from minicluster._private.wire.messages import from_wire, to_wire
 
 _LEN = struct.Struct("<I")
 CHALLENGE_BYTES = 32
@@ -91,7 +73,12 @@ def frame(payload: bytes) -> bytes:
 
 
 def encode(messages: List[Any]) -> bytes:
-    return frame(pickle.dumps(messages, protocol=5))
+    return frame(pickle.dumps(to_wire(messages), protocol=5))
+
+
+def decode(payload: bytes) -> List[Any]:
+    """The messages of one frame's payload (what `encode` framed)."""
+    return from_wire(pickle.loads(payload))
 
 
 class Connection:
@@ -131,7 +118,7 @@ class Connection:
 
     def recv(self) -> List[Any]:
         """Block until a frame arrives; return its messages. Raises ConnectionError on EOF."""
-        return pickle.loads(self._recv_frame())
+        return decode(self._recv_frame())
 
     def send(self, *messages: Any) -> None:
         data = encode(list(messages))

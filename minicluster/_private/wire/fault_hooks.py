@@ -8,24 +8,24 @@ worker's own code, so a fault never races the work it is aimed at:
 
     head (driver)                                   worker
     -------------                                   ------
-    _send_exec ─► faults.on_exec(task, worker) ───► "exec" (..., orders)
+    _send_exec ─► faults.on_exec(task, worker) ───► Exec(..., faults=orders)
                   faults.hold_exec(...)               LOAD_ARGS    argument tuple unpickled, refs not loaded
                   (dispatch delay: sent later)        START        arguments ready, user code not started
                                                       BEFORE_STORE user code returned, results not stored
-                                                      BEFORE_REPLY results stored, "done" not sent
+                                                      BEFORE_REPLY results stored, Done not sent
                                                       FETCH        before copying an object from another node
-    fault_message ◄── ("fault", ...) ◄──────────────── each order reports itself as it fires
+    fault_message ◄── FaultFired ◄──────────────────── each order reports itself as it fires
     _on_done ─► faults.after_done(worker)           (node triggers: "after N tasks finished on node X")
 
-An order is a tuple (point, action, argument, fault reference); the worker echoes the
-reference (opaque to it) in its report. Actions:
+An order is a FaultOrder (point, action, argument, fault reference: wire/messages.py);
+the worker echoes the reference (opaque to it) in its report. Actions:
 
     KILL_WORKER  SIGKILL this worker, once the head has the report (a crash: WORKER_DIED)
     KILL_NODE    ask the head to kill this worker's node, and wait for the end
     STOP_NODE    ask the head to SIGSTOP this worker's node; go on once it resumes
     RAISE        raise the pickled exception, as if the task's own code had raised it
-    SLEEP        sleep `argument` seconds (result delay); at FETCH, argument is
-                 (seed, low_s, high_s): each copy from another node sleeps a seeded amount
+    SLEEP        sleep `argument` seconds (result delay); at FETCH, argument is a
+                 FetchDelay: each copy from another node sleeps a seeded amount
 
 The plan itself (what to fire, when, the seed, the journal) is test code:
 minicluster/testing/.
@@ -40,6 +40,8 @@ import signal
 import time
 from typing import Any, Optional, Protocol, Tuple
 
+from minicluster._private.wire.messages import FaultFired, FaultOrder, Reply
+
 LOAD_ARGS = "load_args"
 START = "start"
 BEFORE_STORE = "before_store"
@@ -53,30 +55,27 @@ STOP_NODE = "stop_node"
 RAISE = "raise"
 SLEEP = "sleep"
 
-Order = Tuple[str, str, Any, Any]
-
-
 class HeadHooks(Protocol):
     """What the head calls while a plan is installed (`head.faults`), always under the head's lock."""
 
-    def on_exec(self, task: Any, worker: Any) -> Optional[Tuple[Order, ...]]:
+    def on_exec(self, task: Any, worker: Any) -> Optional[Tuple[FaultOrder, ...]]:
         """A task attempt is being sent to a worker: the orders it carries, or None."""
 
-    def hold_exec(self, worker: Any, message: tuple) -> bool:
-        """True if the plan keeps this "exec" message back for now (it sends it later itself)."""
+    def hold_exec(self, worker: Any, message: Any) -> bool:
+        """True if the plan keeps this Exec message back for now (it sends it later itself)."""
 
     def after_done(self, worker: Any) -> None:
-        """The head finished handling a "done" message from this worker."""
+        """The head finished handling a Done message from this worker."""
 
-    def on_fired(self, worker: Any, message: tuple) -> None:
+    def on_fired(self, worker: Any, message: FaultFired) -> None:
         """A worker reports an order firing (see `fault_message`)."""
 
 
 # ==== head side =========================================================================
 
 
-def fault_message(head: Any, peer: Any, worker: Any, message: tuple) -> None:
-    """Handler of ("fault", request_id, task_id, attempt, fault reference, point, action, detail).
+def fault_message(head: Any, peer: Any, worker: Any, message: FaultFired) -> None:
+    """Handler of a worker's FaultFired report.
 
     Runs in the head (hub thread, lock held). Without an installed plan (it was
     removed meanwhile) a worker waiting for an answer is let go at once.
@@ -84,8 +83,8 @@ def fault_message(head: Any, peer: Any, worker: Any, message: tuple) -> None:
     faults = head.faults
     if faults is not None:
         faults.on_fired(worker, message)
-    elif message[1]:
-        head.post(peer, ("reply", message[1], None))
+    elif message.request_id:
+        head.post(peer, Reply.new(request_id=message.request_id, payload=None))
 
 
 # ==== worker side =======================================================================
@@ -94,35 +93,34 @@ def fault_message(head: Any, peer: Any, worker: Any, message: tuple) -> None:
 def carry_out(client: Any, call: Any, point: str) -> None:
     """Fire the orders of `call` (a worker's running task) that are aimed at `point`."""
     for order in call.faults:
-        if order[0] != point:
+        if order.point != point:
             continue
-        _, action, argument, fault_ref = order
+        action = order.action
         if action == SLEEP:
-            _report(client, call, fault_ref, point, action, argument)
-            time.sleep(argument)
+            _report(client, call, order, seconds=order.argument)
+            time.sleep(order.argument)
         elif action == RAISE:
-            _report(client, call, fault_ref, point, action, None)
-            raise pickle.loads(argument)
+            _report(client, call, order)
+            raise pickle.loads(order.argument)
         elif action == KILL_WORKER:
             # Wait until the head has the report: it may learn of the death from the node
             # manager before it reads this socket, and would then never see the report.
-            client._request("fault", call.task_id, call.attempt, fault_ref, point, action, None)
+            client._request(lambda request_id: _fired(request_id, call, order))
             os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(60)  # SIGKILL lands before this returns
         elif action in (KILL_NODE, STOP_NODE):
             # The head acts on the whole node; a stopped node's worker goes on after resume.
-            client._request("fault", call.task_id, call.attempt, fault_ref, point, action, None)
+            client._request(lambda request_id: _fired(request_id, call, order))
 
 
 def transfer_delay_of(client: Any, call: Any) -> Optional["TransferDelay"]:
     """The FETCH order of a task as a callable for `RuntimeClient.transfer_delay`, if it has one."""
     for order in call.faults:
-        if order[0] == FETCH:
-            seed, low, high = order[2]
-            fault_ref = order[3]
-            return TransferDelay(random.Random(seed), low, high,
-                                 lambda seconds, object_id: _report(client, call, fault_ref, FETCH, SLEEP,
-                                                                    (seconds, object_id.hex())))
+        if order.point == FETCH:
+            delay = order.argument
+            return TransferDelay(random.Random(delay.seed), delay.low_s, delay.high_s,
+                                 lambda seconds, object_id: _report(client, call, order, seconds=seconds,
+                                                                    object_hex=object_id.hex()))
     return None
 
 
@@ -141,5 +139,13 @@ class TransferDelay:
         time.sleep(seconds)
 
 
-def _report(client: Any, call: Any, fault_ref: Any, point: str, action: str, detail: Any) -> None:
-    client.send(("fault", 0, call.task_id, call.attempt, fault_ref, point, action, detail))
+def _fired(request_id: int, call: Any, order: FaultOrder, seconds: Optional[float] = None,
+           object_hex: Optional[str] = None) -> FaultFired:
+    return FaultFired.new(request_id=request_id, task_id=call.task_id, attempt=call.attempt, ref=order.ref,
+                          point=order.point, action=order.action, seconds=seconds, object_hex=object_hex)
+
+
+def _report(client: Any, call: Any, order: FaultOrder, seconds: Optional[float] = None,
+            object_hex: Optional[str] = None) -> None:
+    """Tell the head an order fired, without waiting for an answer (request id 0)."""
+    client.send(_fired(0, call, order, seconds, object_hex))
