@@ -76,8 +76,17 @@ from typing import Any
 
 from bench import tasks
 from bench.specs import LINEAGE_CAP_BYTES, Reps
-from bench.systems import (CLUSTER_HEAD_ARGS, CLUSTER_NODE_ARGS, RAYLIKE, Handle, PoolSystem,
-                           attach_kwargs, import_raylike, init_kwargs, slots)
+from bench.systems import (
+    CLUSTER_HEAD_ARGS,
+    CLUSTER_NODE_ARGS,
+    RAYLIKE,
+    Handle,
+    PoolSystem,
+    attach_kwargs,
+    import_raylike,
+    init_kwargs,
+    slots,
+)
 
 Record = dict[str, Any]
 

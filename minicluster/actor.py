@@ -17,8 +17,6 @@ from typing import Any, Dict, List, Optional, Tuple
 from minicluster._private.client import context
 from minicluster._private.common import options as opts
 from minicluster._private.common.ids import ActorID, new_actor_id, new_task_id
-from minicluster.remote_function import _serialize_args
-from minicluster._private.store.serialization import dumps_function, pickle_definition
 from minicluster._private.common.task_spec import (
     ACTOR_CREATION_TASK,
     ACTOR_TASK,
@@ -26,6 +24,8 @@ from minicluster._private.common.task_spec import (
     resources_of,
     strategy_of,
 )
+from minicluster._private.store.serialization import dumps_function, pickle_definition
+from minicluster.remote_function import _serialize_args
 
 
 class ActorClassMeta:

@@ -13,13 +13,13 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from minicluster._private.client import clusters, context
-from minicluster.exceptions import RayError
-from minicluster.runtime_context import RuntimeContext, get_runtime_context  # noqa: F401 - re-exported
 from minicluster._private.common import options as opts
 from minicluster._private.observe.timeline import write_trace
 from minicluster.actor import ActorClass, ActorHandle
+from minicluster.exceptions import RayError
 from minicluster.object_ref import ObjectRef
 from minicluster.remote_function import RemoteFunction
+from minicluster.runtime_context import RuntimeContext, get_runtime_context  # noqa: F401 - re-exported
 
 _init_lock = context.init_lock
 

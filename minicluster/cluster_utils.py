@@ -24,7 +24,6 @@ from minicluster._private.client import clusters, context
 from minicluster._private.client.driver import DriverClient
 
 
-
 class ClusterNode:
     """A node of a Cluster, as Ray's `add_node` returns it."""
 

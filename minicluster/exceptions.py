@@ -200,7 +200,8 @@ class GetTimeoutError(RayError, TimeoutError):
 class RayActorError(RayError):
     """The actor is dead or unavailable."""
 
-    def __init__(self, actor_id: Optional[str] = None, error_msg: str = "The actor died unexpectedly before finishing this task.") -> None:
+    def __init__(self, actor_id: Optional[str] = None,
+                 error_msg: str = "The actor died unexpectedly before finishing this task.") -> None:
         self.actor_id = actor_id
         self.error_msg = error_msg
         super().__init__(error_msg)

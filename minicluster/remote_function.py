@@ -11,11 +11,12 @@ import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from minicluster._private.client import context
-from minicluster._private.common import config, options as opts
-from minicluster._private.common.ids import new_task_id
 from minicluster._private.client.object_ref import ObjectRef
-from minicluster._private.store.serialization import dumps_function, pickle_definition, serialize
+from minicluster._private.common import config
+from minicluster._private.common import options as opts
+from minicluster._private.common.ids import new_task_id
 from minicluster._private.common.task_spec import TaskSpec, resources_of, strategy_of
+from minicluster._private.store.serialization import dumps_function, pickle_definition, serialize
 
 
 class RemoteFunction:

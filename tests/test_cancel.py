@@ -10,13 +10,12 @@ import os
 import time
 
 import pytest
+from conftest import wait_for
 
 import minicluster as ray
 from minicluster import testing
 from minicluster.exceptions import GetTimeoutError, RayTaskError, TaskCancelledError
 from minicluster.util.state import get_task, list_tasks, list_workers
-
-from conftest import wait_for
 
 
 @ray.remote

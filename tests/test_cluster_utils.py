@@ -24,8 +24,8 @@ import pytest
 from conftest import wait_for
 
 import minicluster as ray
-from minicluster import testing
 from minicluster import exceptions as rex
+from minicluster import testing
 from minicluster.cluster_utils import Cluster
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

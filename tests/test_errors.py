@@ -266,9 +266,10 @@ def test_every_error_is_a_ray_error():
         assert issubclass(getattr(rex, name), rex.RayError), name
 
 
-@pytest.mark.parametrize("name", ["OwnerDiedError", "ObjectFetchTimedOutError", "ObjectReconstructionFailedError",
-                                  "ReferenceCountingAssertionError", "ObjectReconstructionFailedMaxAttemptsExceededError",
-                                  "ObjectReconstructionFailedLineageEvictedError"])
+@pytest.mark.parametrize("name", [
+    "OwnerDiedError", "ObjectFetchTimedOutError", "ObjectReconstructionFailedError",
+    "ReferenceCountingAssertionError", "ObjectReconstructionFailedMaxAttemptsExceededError",
+    "ObjectReconstructionFailedLineageEvictedError"])
 def test_object_errors_are_object_lost_errors(name):
     assert issubclass(getattr(rex, name), rex.ObjectLostError)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from task_attempts import attempts
 
 import minicluster as ray
 from minicluster.exceptions import ActorDiedError
-from task_attempts import attempts
 
 # These tests count the faults they planned: chaos from --minicluster-chaos=on would add more.
 pytestmark = pytest.mark.minicluster(chaos=False)

@@ -6,12 +6,12 @@ import time
 
 import numpy as np
 import pytest
+from task_attempts import attempts
 
 import minicluster as ray
 from minicluster import testing
 from minicluster.testing import FaultPlan
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from task_attempts import attempts
 
 # These tests count the faults they planned: chaos from --minicluster-chaos=on would add more.
 pytestmark = pytest.mark.minicluster(chaos=False)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from task_attempts import attempts
 
 import minicluster as ray
 from minicluster import testing
 from minicluster.exceptions import RayTaskError, WorkerCrashedError
-from task_attempts import attempts
 
 # These tests count the faults they planned: chaos from --minicluster-chaos=on would add more.
 pytestmark = pytest.mark.minicluster(chaos=False)

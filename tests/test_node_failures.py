@@ -21,8 +21,8 @@ import pytest
 from conftest import count_lines, on, wait_for
 
 import minicluster as ray
-from minicluster import testing
 from minicluster import exceptions as rex
+from minicluster import testing
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 

@@ -18,8 +18,8 @@ import pytest
 from conftest import count_lines, on, wait_for
 
 import minicluster as ray
-from minicluster import testing
 from minicluster import exceptions as rex
+from minicluster import testing
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 N = 200_000  # float64 elements: 1.6 MB, stored in a node's store (not inline)
@@ -321,7 +321,8 @@ def test_idle_worker_that_owns_objects_is_not_retired(cluster, monkeypatch):
     """
     import importlib
 
-    for name in ("minicluster._private.head.head", "minicluster._private.head.task_flow"):  # retire surplus workers quickly
+    # retire surplus workers quickly
+    for name in ("minicluster._private.head.head", "minicluster._private.head.task_flow"):
         try:
             module = importlib.import_module(name)
         except ImportError:

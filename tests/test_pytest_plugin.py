@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 pytest_plugins = ["pytester"]
 
 INNER_OPTIONS = ("-p", "no:cacheprovider")

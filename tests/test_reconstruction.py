@@ -25,8 +25,8 @@ import pytest
 from conftest import on, runs, wait_for, wait_ready
 
 import minicluster as ray
-from minicluster import testing
 from minicluster import exceptions as rex
+from minicluster import testing
 
 N = 200_000  # float64 elements: 1.6 MB, well above the 100 KiB inline limit
 

@@ -23,8 +23,8 @@ import pytest
 from conftest import count_lines, on, wait_for
 
 import minicluster as ray
-from minicluster import testing
 from minicluster import exceptions as rex
+from minicluster import testing
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 N = 200_000  # float64 elements: 1.6 MB, stored in a node's store (not inline)
@@ -414,7 +414,7 @@ def test_task_results_created_and_dropped_keep_the_store_small(cluster):
         return np.full(1024 * 1024 // 8, float(i))
 
     peak = 0
-    for batch in range(20):
+    for _batch in range(20):
         refs = [one_mb.options(scheduling_strategy=on(node)).remote(i) for i in range(10)]
         assert ray.get(refs[-1], timeout=10)[0] == 9.0
         del refs

@@ -8,6 +8,7 @@ import time
 import warnings
 
 import pytest
+from conftest import wait_for
 
 import minicluster as ray
 from minicluster import testing
@@ -23,8 +24,6 @@ from minicluster.util.state import (
     list_workers,
     summarize_tasks,
 )
-
-from conftest import wait_for
 
 DRIVER_TASK_ID = "ffffffffffffffffffffffffffffffffffffffff01000000"
 SEED_FIELDS = ("task_id", "attempt_number", "name", "state", "job_id", "actor_id", "type", "func_or_class_name",

@@ -8,13 +8,12 @@ import struct
 import time
 
 import pytest
+from conftest import wait_for
+from driver_process import minicluster_cmd
 
 import minicluster as ray
 from minicluster._private.observe import state_journal, state_recorder
 from minicluster.util.state import list_objects, list_tasks, list_workers
-
-from conftest import wait_for
-from driver_process import minicluster_cmd
 
 
 @ray.remote

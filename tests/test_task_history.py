@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 import minicluster as ray
-from minicluster._private.head import task_history
 from minicluster import testing
 from minicluster._private.common.ids import driver_task_id, new_task_id
+from minicluster._private.common.task_spec import TaskSpec
+from minicluster._private.head import task_history
 from minicluster._private.head.task_history import TaskHistory
 from minicluster._private.head.task_records import TaskRecord
-from minicluster._private.common.task_spec import TaskSpec
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from minicluster.util.state import list_nodes, list_tasks, list_workers
 

@@ -51,7 +51,8 @@ SCRIPT = """
 
 
 def _run(tmp_path, log_to_driver: bool = True) -> tuple:
-    driver = DriverProcess(SCRIPT, str(tmp_path / "driver.py"), [str(tmp_path / "marker"), "1" if log_to_driver else "0"])
+    driver = DriverProcess(SCRIPT, str(tmp_path / "driver.py"),
+                           [str(tmp_path / "marker"), "1" if log_to_driver else "0"])
     try:
         session = driver.expect("SESSION")
         pids = [int(p) for p in driver.expect("PIDS").split()]

@@ -14,7 +14,6 @@ import random
 from typing import Dict, List, Tuple
 
 import pytest
-
 from wordcount import PUNCTUATION, count_words
 
 SYLLABLES = ["ka", "to", "ri", "ne", "su", "lo", "mi", "da", "pe", "vu", "sha", "qi"]

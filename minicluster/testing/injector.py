@@ -32,9 +32,9 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 from minicluster._private.client import context
-from minicluster._private.wire import fault_hooks
-from minicluster._private.observe import state_journal
 from minicluster._private.common.task_spec import ACTOR_TASK, NORMAL_TASK
+from minicluster._private.observe import state_journal
+from minicluster._private.wire import fault_hooks
 from minicluster._private.wire.messages import Exec, FaultFired, FaultOrder, FaultRef, FetchDelay, Reply
 from minicluster.testing.faults import (
     Chaos,

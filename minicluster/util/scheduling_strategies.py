@@ -8,11 +8,13 @@ from typing import Any, Union
 class NodeAffinitySchedulingStrategy:
     """Run on the node with `node_id` (hex string). With soft=True, run elsewhere if it is dead or full."""
 
-    def __init__(self, node_id: Any, soft: bool, _spill_on_unavailable: bool = False, _fail_on_unavailable: bool = False) -> None:
+    def __init__(self, node_id: Any, soft: bool, _spill_on_unavailable: bool = False,
+                 _fail_on_unavailable: bool = False) -> None:
         if hasattr(node_id, "hex") and not isinstance(node_id, str):
             node_id = node_id.hex()
         if not isinstance(node_id, str):
-            raise TypeError(f"NodeAffinitySchedulingStrategy: node_id must be a hex string, got {type(node_id).__name__}")
+            raise TypeError("NodeAffinitySchedulingStrategy: node_id must be a hex string, "
+                            f"got {type(node_id).__name__}")
         if not isinstance(soft, bool):
             raise TypeError(f"NodeAffinitySchedulingStrategy: soft must be a bool, got {soft!r}")
         self.node_id = node_id

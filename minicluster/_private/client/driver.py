@@ -14,17 +14,17 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from minicluster._private.common import config
-from minicluster._private.store import object_store, store_spares
-from minicluster._private.client.runtime_client import RuntimeClient
-from minicluster.exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, RayError
-from minicluster._private.head.head import DRIVER, Head
-from minicluster._private.common.ids import driver_task_id, new_worker_id
 from minicluster._private.client.log_monitor import LogMonitor
 from minicluster._private.client.object_ref import LocalRefCounter, ObjectRef, set_counter
-from minicluster._private.store.serialization import serialize
+from minicluster._private.client.runtime_client import RuntimeClient
 from minicluster._private.client.session import Session
+from minicluster._private.common import config
+from minicluster._private.common.ids import driver_task_id, new_worker_id
+from minicluster._private.head.head import DRIVER, Head
 from minicluster._private.observe.state_recorder import StateRecorder
+from minicluster._private.store import object_store, store_spares
+from minicluster._private.store.serialization import serialize
+from minicluster.exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, RayError
 
 # How often get() follows the head to a new copy after the one it read vanished
 # (its node died mid-read) before calling the object lost.
@@ -151,7 +151,8 @@ class DriverClient(RuntimeClient):
                 raise ObjectLostError(object_id.hex())
         return values
 
-    def wait(self, object_ids: Sequence[bytes], num_returns: int, timeout: Optional[float], fetch_local: bool) -> List[bytes]:
+    def wait(self, object_ids: Sequence[bytes], num_returns: int, timeout: Optional[float],
+             fetch_local: bool) -> List[bytes]:
         try:
             self._wait_all(object_ids, num_returns, timeout)
         except GetTimeoutError:

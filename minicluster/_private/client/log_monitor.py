@@ -24,8 +24,8 @@ import sys
 import threading
 from typing import Callable, Dict, List, Optional, TextIO
 
-from minicluster._private.observe.log_files import WorkerLogFile, prefix
 from minicluster._private.client.session import pid_alive
+from minicluster._private.observe.log_files import WorkerLogFile, prefix
 
 POLL_INTERVAL_S = 0.1
 

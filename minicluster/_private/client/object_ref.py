@@ -19,8 +19,8 @@ import threading
 from typing import Any, Callable, Dict, Generator, List, Optional
 
 from minicluster._private.client import context
-from minicluster._private.store import serialization
 from minicluster._private.common.ids import TaskID
+from minicluster._private.store import serialization
 
 
 class LocalRefCounter:

@@ -14,14 +14,13 @@ import contextvars
 import threading
 from typing import Any, Callable, List, Optional, Sequence
 
-from minicluster._private.common import config
-from minicluster._private.store import object_store
-from minicluster.exceptions import RayTaskError
-from minicluster._private.common.ids import JOB_ID, object_id_for_put
 from minicluster._private.client.object_ref import LocalRefCounter
+from minicluster._private.common import config
+from minicluster._private.common.ids import JOB_ID, object_id_for_put
+from minicluster._private.store import object_store
 from minicluster._private.store.serialization import FLAG_ERROR, deserialize
 from minicluster._private.wire.messages import Payload
-
+from minicluster.exceptions import RayTaskError
 
 # (task id, task name, function name) of the task running in this thread / asyncio task.
 _current_task: contextvars.ContextVar = contextvars.ContextVar("minicluster_current_task", default=None)

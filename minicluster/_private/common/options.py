@@ -13,7 +13,11 @@ from typing import Any, Callable, Dict
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 # Options Ray accepts that have no effect here; taken so Ray code runs unchanged.
-_ACCEPTED_NO_EFFECT = {"memory", "runtime_env", "accelerator_type", "label_selector", "enable_task_events", "_metadata", "_labels", "object_store_memory", "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks", "concurrency_groups", "max_pending_calls", "allow_out_of_order_execution", "_generator_backpressure_num_objects"}
+_ACCEPTED_NO_EFFECT = {
+    "memory", "runtime_env", "accelerator_type", "label_selector", "enable_task_events", "_metadata", "_labels",
+    "object_store_memory", "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
+    "concurrency_groups", "max_pending_calls", "allow_out_of_order_execution", "_generator_backpressure_num_objects",
+}
 
 
 def _int_at_least(minimum: int) -> Callable[[str, Any], None]:

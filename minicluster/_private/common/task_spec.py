@@ -66,9 +66,9 @@ def strategy_of(value: object) -> Tuple:
         return DEFAULT_STRATEGY
     if value == "SPREAD":
         return ("SPREAD",)
-    node_hex = getattr(value, "node_id")
+    node_hex = value.node_id
     try:
         node_id = bytes.fromhex(node_hex)
     except ValueError:
         raise ValueError(f"NodeAffinitySchedulingStrategy: {node_hex!r} is not a node id (hex string)") from None
-    return ("NODE", node_id, bool(getattr(value, "soft")))
+    return ("NODE", node_id, bool(value.soft))

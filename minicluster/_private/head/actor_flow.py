@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
-from minicluster.exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
 from minicluster._private.head.actor_records import ActorRecord
 from minicluster._private.head.flow_interfaces import TasksForActors
 from minicluster._private.head.head_state import HeadState
@@ -36,10 +35,11 @@ from minicluster._private.head.states import (
     RESTARTING,
     RUNNING,
 )
-from minicluster._private.store.serialization import deserialize
-from minicluster._private.wire import messages as msg
 from minicluster._private.head.task_records import TaskRecord
 from minicluster._private.head.virtual_nodes import INTENDED_SYSTEM_EXIT, INTENDED_USER_EXIT, WorkerRecord
+from minicluster._private.store.serialization import deserialize
+from minicluster._private.wire import messages as msg
+from minicluster.exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
 
 ORDERING = PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY
 

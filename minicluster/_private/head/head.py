@@ -39,22 +39,23 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from minicluster._private.common import config
-from minicluster._private.wire import fault_hooks
-from minicluster._private.store import object_store
+from minicluster._private.common.ids import new_node_id
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
 from minicluster._private.head.head_state import new_state
 from minicluster._private.head.invariants import HeadStateError, violations
 from minicluster._private.head.messaging import LockedTimers, Outbox
 from minicluster._private.head.object_directory import Waiter
-from minicluster._private.wire import messages as msg
-from minicluster._private.wire.hub import Hub, Peer
-from minicluster._private.common.ids import new_node_id
 from minicluster._private.head.recovery import Recovery
-from minicluster._private.head.snapshot import ClusterSnapshot, take as take_snapshot
+from minicluster._private.head.snapshot import ClusterSnapshot
+from minicluster._private.head.snapshot import take as take_snapshot
 from minicluster._private.head.task_flow import TaskFlow
 from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 from minicluster._private.head.waiting import Waiting
+from minicluster._private.store import object_store
+from minicluster._private.wire import fault_hooks
+from minicluster._private.wire import messages as msg
+from minicluster._private.wire.hub import Hub, Peer
 
 DRIVER = b"driver"  # owner id of objects the driver creates
 
@@ -63,7 +64,8 @@ _PACKAGE_PARENT = str(pathlib.Path(__file__).resolve().parents[3])
 
 
 class Head:
-    def __init__(self, session: Any, driver_counts: Dict[bytes, int], drain_driver_refs: Callable[[], List[bytes]]) -> None:
+    def __init__(self, session: Any, driver_counts: Dict[bytes, int],
+                 drain_driver_refs: Callable[[], List[bytes]]) -> None:
         self.session = session
         self.lock = threading.RLock()
         self.head_state = state = new_state(session, driver_counts)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
 from minicluster._private.common import config
-from minicluster._private.wire import fault_hooks
 from minicluster._private.head.actor_records import ActorRecord
 from minicluster._private.head.lineage import Lineage, arguments_of
 from minicluster._private.head.object_directory import READY, ObjectDirectory, ObjectEntry
@@ -27,6 +26,7 @@ from minicluster._private.head.task_records import TaskRecord
 from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 from minicluster._private.store import object_store
 from minicluster._private.store.serialization import error_blob
+from minicluster._private.wire import fault_hooks
 from minicluster._private.wire import messages as msg
 from minicluster.exceptions import ObjectLostError, ReferenceCountingAssertionError
 

@@ -253,7 +253,7 @@ def _check_actors(state: HeadState, problems: List[str]) -> None:
         for task in list(actor.pending) + list(actor.inflight.values()):
             if task.spec.actor_id != actor_id:
                 problems.append(f"{_name(task)} is queued at another actor, {name}")
-        for task_id, task in actor.inflight.items():
+        for _task_id, task in actor.inflight.items():
             if task.finished or task.state != RUNNING:
                 problems.append(f"{_name(task)} is in flight at {name} but not running")
     for key, actor_id in state.named_actors.items():

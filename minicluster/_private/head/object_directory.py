@@ -30,9 +30,9 @@ import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Set
 
+from minicluster._private.common.ids import OBJECT_ID_SIZE, RecentIds
 from minicluster._private.store import object_store
 from minicluster._private.wire import messages as msg
-from minicluster._private.common.ids import OBJECT_ID_SIZE, RecentIds
 
 PENDING = "PENDING"
 READY = "READY"
@@ -47,7 +47,8 @@ class Waiter:
 
     __slots__ = ("remaining", "needed", "on_ready", "fired", "object_ids")
 
-    def __init__(self, object_ids: List[bytes], remaining: int, needed: int, on_ready: Callable[["Waiter"], None]) -> None:
+    def __init__(self, object_ids: List[bytes], remaining: int, needed: int,
+                 on_ready: Callable[["Waiter"], None]) -> None:
         self.object_ids = object_ids
         self.remaining = remaining  # how many are not ready yet
         self.needed = needed  # fire when remaining <= needed
@@ -100,7 +101,8 @@ class ObjectDirectory:
             entry = self.entries[object_id] = ObjectEntry(owner)
         return entry
 
-    def set_value(self, object_id: bytes, kind: str, data: Any, nested: List[bytes], node: Optional[bytes], is_error: bool) -> Optional[ObjectEntry]:
+    def set_value(self, object_id: bytes, kind: str, data: Any, nested: List[bytes], node: Optional[bytes],
+                  is_error: bool) -> Optional[ObjectEntry]:
         """Record a produced value; returns the entry (None if the object was freed meanwhile)."""
         entry = self.entries.get(object_id)
         if entry is None or entry.state == READY:

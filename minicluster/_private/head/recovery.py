@@ -25,8 +25,16 @@ import os
 import time
 from typing import Optional
 
-from minicluster._private.store import object_store
+from minicluster._private.common.ids import task_of
+from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
 from minicluster._private.head import virtual_nodes as node_procs
+from minicluster._private.head.flow_interfaces import ActorsForRecovery, TasksForRecovery, Timers, WaitingForRecovery
+from minicluster._private.head.head_state import HeadState
+from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED
+from minicluster._private.head.task_records import TaskRecord
+from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
+from minicluster._private.store import object_store
+from minicluster._private.store.serialization import error_blob
 from minicluster.exceptions import (
     NodeDiedError,
     ObjectFetchTimedOutError,
@@ -38,14 +46,6 @@ from minicluster.exceptions import (
     TaskCancelledError,
     WorkerCrashedError,
 )
-from minicluster._private.common.ids import task_of
-from minicluster._private.head.flow_interfaces import ActorsForRecovery, TasksForRecovery, Timers, WaitingForRecovery
-from minicluster._private.head.head_state import HeadState
-from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED
-from minicluster._private.store.serialization import error_blob
-from minicluster._private.head.task_records import TaskRecord
-from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
-from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 
 
 class Recovery:
@@ -107,12 +107,14 @@ class Recovery:
             self.tasks.replenish(node)
         self.tasks.schedule()
 
-    def _attempt_died(self, task: TaskRecord, worker: WorkerRecord, exitcode: Optional[int], node_death: Optional[str]) -> None:
+    def _attempt_died(self, task: TaskRecord, worker: WorkerRecord, exitcode: Optional[int],
+                      node_death: Optional[str]) -> None:
         if task.finished:
             return  # cancelled while it waited behind another task: already settled
         reason = f"node {worker.node.name} died: {node_death}" if node_death else node_procs.exit_reason(exitcode)
         error_type = "NODE_DIED" if node_death else "WORKER_DIED"
-        if task.spec.task_type == ACTOR_CREATION_TASK and not task.cancelled and self.actors.creation_died(task, reason):
+        creation = task.spec.task_type == ACTOR_CREATION_TASK
+        if creation and not task.cancelled and self.actors.creation_died(task, reason):
             return
         if task.cancelled:
             self.tasks.finish_with_error(task, TaskCancelledError(task.spec.task_id.hex()), "TASK_CANCELLED",
@@ -190,7 +192,8 @@ class Recovery:
         layout = state.session.layout
         for location in list(locations):
             node = state.nodes.get(object_store.node_of(location))
-            if node is None or not node.alive or not os.path.exists(os.path.join(layout.dir_of(location), object_id.hex())):
+            stored = os.path.join(layout.dir_of(location), object_id.hex())
+            if node is None or not node.alive or not os.path.exists(stored):
                 locations.remove(location)
         if not locations:
             state.objects.mark_lost(object_id)

@@ -24,10 +24,8 @@ import os
 import sys
 from typing import Any, Optional
 
-from minicluster._private.store import object_store
-from minicluster.exceptions import RayTaskError, TaskCancelledError, TaskUnschedulableError
-from minicluster._private.wire import messages as msg
 from minicluster._private.common.ids import task_of
+from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
 from minicluster._private.head.flow_interfaces import ActorCallsForTasks, RecoveryForTasks, Timers
 from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.lineage import arguments_of
@@ -42,10 +40,12 @@ from minicluster._private.head.states import (
     RUNNING,
     SUBMITTED_TO_WORKER,
 )
-from minicluster._private.store.serialization import deserialize, error_blob
 from minicluster._private.head.task_records import TaskRecord
-from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
 from minicluster._private.head.virtual_nodes import INTENDED_USER_EXIT, NodeRecord, WorkerRecord
+from minicluster._private.store import object_store
+from minicluster._private.store.serialization import deserialize, error_blob
+from minicluster._private.wire import messages as msg
+from minicluster.exceptions import RayTaskError, TaskCancelledError, TaskUnschedulableError
 
 # Tiny tasks are pipelined: up to PIPELINE_DEPTH queued at a busy worker, so one
 # message carries many. Deeper amortizes more but lets a worker hoard work other

@@ -21,8 +21,8 @@ from minicluster._private.head.flow_interfaces import RecoveryForWaiting, TasksF
 from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.messaging import Outbox
 from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED, Waiter
-from minicluster._private.wire import messages as msg
 from minicluster._private.head.virtual_nodes import WorkerRecord
+from minicluster._private.wire import messages as msg
 
 
 class Waiting:

@@ -28,11 +28,12 @@ import signal
 import sys
 from typing import Dict
 
+from minicluster._private.common.ids import new_worker_id
+from minicluster._private.node import worker  # noqa: F401
+
 # Imported here, before any fork, so workers inherit them ready to use.
 from minicluster._private.observe import log_files
 from minicluster._private.store import object_store, store_spares
-from minicluster._private.node import worker  # noqa: F401
-from minicluster._private.common.ids import new_worker_id
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection, FrameDecoder, decode
 

@@ -41,16 +41,16 @@ import traceback
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from minicluster._private.client import context
-from minicluster._private.wire import fault_hooks
-from minicluster._private.observe import log_files
-from minicluster._private.store import object_store
-from minicluster.exceptions import RayError, RayTaskError, TaskCancelledError
 from minicluster._private.client.object_ref import set_counter
-from minicluster._private.wire import messages as msg
-from minicluster._private.wire.protocol import Connection
-from minicluster._private.store.serialization import FLAG_ERROR, deserialize, serialize
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
 from minicluster._private.node.worker_client import WorkerClient, store_serialized, store_value
+from minicluster._private.observe import log_files
+from minicluster._private.store import object_store
+from minicluster._private.store.serialization import FLAG_ERROR, deserialize, serialize
+from minicluster._private.wire import fault_hooks
+from minicluster._private.wire import messages as msg
+from minicluster._private.wire.protocol import Connection
+from minicluster.exceptions import RayError, RayTaskError, TaskCancelledError
 
 if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 ms to each node's start
     import asyncio

@@ -17,14 +17,14 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from minicluster._private.client.object_ref import LocalRefCounter, ObjectRef
+from minicluster._private.client.runtime_client import RuntimeClient
 from minicluster._private.common import config
 from minicluster._private.store import object_store, store_spares
-from minicluster._private.client.runtime_client import RuntimeClient
-from minicluster.exceptions import GetTimeoutError, ObjectStoreFullError
-from minicluster._private.client.object_ref import LocalRefCounter, ObjectRef
+from minicluster._private.store.serialization import serialize
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
-from minicluster._private.store.serialization import serialize
+from minicluster.exceptions import GetTimeoutError, ObjectStoreFullError
 
 
 class WorkerClient(RuntimeClient):
@@ -81,7 +81,7 @@ class WorkerClient(RuntimeClient):
             self.conn.send_list(batch)
         del held  # the replies are out: their values, and refs inside them, may go now
 
-    def _request(self, build: Callable[[int], Any], timeout: Optional[float] = None) -> Any:
+    def request(self, build: Callable[[int], Any], timeout: Optional[float] = None) -> Any:
         """Send the request `build(request_id)` and block for its Reply; interruptible by
         cancellation (SIGINT)."""
         request_id = next(self._request_ids)
@@ -129,10 +129,10 @@ class WorkerClient(RuntimeClient):
 
     def get(self, object_ids: Sequence[bytes], timeout: Optional[float]) -> List[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
+        ids = list(object_ids)
         for _ in range(100):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ids = list(object_ids)
-            payloads = self._request(lambda request_id: msg.Get.new(request_id=request_id, object_ids=ids),
+            payloads = self.request(lambda request_id: msg.Get.new(request_id=request_id, object_ids=ids),
                                      timeout=remaining)
             try:
                 return [self.load(oid, payload) for oid, payload in zip(object_ids, payloads)]
@@ -147,32 +147,33 @@ class WorkerClient(RuntimeClient):
         self.send(msg.Put.new(object_id=object_id, value=store_value(self, object_id, value, what="put() value")))
         return ObjectRef(object_id, _announce=False)
 
-    def wait(self, object_ids: Sequence[bytes], num_returns: int, timeout: Optional[float], fetch_local: bool) -> List[bytes]:
+    def wait(self, object_ids: Sequence[bytes], num_returns: int, timeout: Optional[float],
+             fetch_local: bool) -> List[bytes]:
         ids = list(object_ids)
-        return self._request(lambda request_id: msg.Wait.new(request_id=request_id, object_ids=ids,
+        return self.request(lambda request_id: msg.Wait.new(request_id=request_id, object_ids=ids,
                                                              num_returns=num_returns, timeout=timeout))
 
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
-        problem = self._request(lambda request_id: msg.Cancel.new(request_id=request_id, object_id=object_id,
+        problem = self.request(lambda request_id: msg.Cancel.new(request_id=request_id, object_id=object_id,
                                                                   force=force, recursive=recursive))  # answered at once
         if problem:
             raise ValueError(problem)
 
     def state(self, what: str) -> Any:
-        return self._request(lambda request_id: msg.QueryState.new(request_id=request_id, what=what))
+        return self.request(lambda request_id: msg.QueryState.new(request_id=request_id, what=what))
 
     def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
         if spec.function_id not in self.known_functions:
             self.send(msg.DefineFunction.new(function_id=spec.function_id, blob=class_blob))
             self.known_functions.add(spec.function_id)
-        problem = self._request(lambda request_id: msg.CreateActor.new(request_id=request_id, spec=spec,
+        problem = self.request(lambda request_id: msg.CreateActor.new(request_id=request_id, spec=spec,
                                                                        meta=meta))
         if problem:
             raise ValueError(problem)
 
     def actor_lookup(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
         """The named actor's handle arguments (actor id, its metadata), or None."""
-        found = self._request(lambda request_id: msg.LookupActor.new(request_id=request_id, name=name,
+        found = self.request(lambda request_id: msg.LookupActor.new(request_id=request_id, name=name,
                                                                      namespace=namespace))
         return found or None
 

@@ -312,8 +312,9 @@ def find_session(path: Optional[str] = None) -> str:
         try:
             for name in os.listdir(root):
                 full = os.path.join(root, name)
-                if name.startswith("session_") and name != "session_latest" and os.path.isfile(os.path.join(full, "logs", STATUS)):
-                    candidates.append((os.stat(os.path.join(full, "logs", STATUS)).st_mtime, full))
+                status = os.path.join(full, "logs", STATUS)
+                if name.startswith("session_") and name != "session_latest" and os.path.isfile(status):
+                    candidates.append((os.stat(status).st_mtime, full))
         except OSError:
             pass
         if not candidates:

@@ -38,12 +38,12 @@ import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from minicluster._private.common import ids
-from minicluster._private.store import object_store
-from minicluster._private.observe import state_journal
 from minicluster._private.head.object_directory import READY
-from minicluster._private.observe.state_journal import FIELDS, JournalWriter, rows_to_dicts, write_json
 from minicluster._private.head.task_history import FinishedTask
 from minicluster._private.head.virtual_nodes import INTENDED_SYSTEM_EXIT, WorkerInfo
+from minicluster._private.observe import state_journal
+from minicluster._private.observe.state_journal import FIELDS, JournalWriter, rows_to_dicts, write_json
+from minicluster._private.store import object_store
 
 FLUSH_INTERVAL_S = 0.2
 UNFINISHED_DELAY_S = 1.0  # how long a task stays pending/running before that state is journaled

@@ -140,7 +140,8 @@ def _yaml(value: Any, indent: int) -> List[str]:
                 lines.append(f"{pad}{key}: {_scalar(item)}")
     elif isinstance(value, list):
         for item in value:
-            sub = _yaml(item, indent + 4) if isinstance(item, (dict, list)) and item else [" " * (indent + 4) + _scalar(item)]
+            nested = isinstance(item, (dict, list)) and item
+            sub = _yaml(item, indent + 4) if nested else [" " * (indent + 4) + _scalar(item)]
             lines.append(f"{pad}-   {sub[0].lstrip()}")
             lines.extend(sub[1:])
     else:
@@ -179,7 +180,8 @@ def summary_report(summary: Dict[str, Any], stamp: Optional[str] = None) -> str:
     """`ray summary tasks`'s output."""
     cluster = summary["cluster"]
     rule = "-" * 36
-    rows = [[group["func_or_class_name"], group["state_counts"], group["type"]] for group in cluster["summary"].values()]
+    rows = [[group["func_or_class_name"], group["state_counts"], group["type"]]
+            for group in cluster["summary"].values()]
     body = table(["FUNC_OR_CLASS_NAME", "STATE_COUNTS", "TYPE"], rows, numalign="left")
     return (f"\n======== Tasks Summary: {stamp or now_stamp()} ========\n"
             f"Stats:\n{rule}\n"
@@ -249,9 +251,9 @@ def status_report(status: Dict[str, Any], stamp: Optional[str] = None) -> str:
         out.append(" object_store_memory: none (no live node holds a store)")
     out += ["", "Per node:"]
     for node in alive:
-        resources = ", ".join(
-            f"{k} {node['resources_total'][k] - node['resources_available'].get(k, 0.0):.1f}/{node['resources_total'][k]:.1f}"
-            for k in sorted(node["resources_total"]) if not k.startswith("node:"))
+        total, available = node["resources_total"], node["resources_available"]
+        resources = ", ".join(f"{k} {total[k] - available.get(k, 0.0):.1f}/{total[k]:.1f}"
+                              for k in sorted(total) if not k.startswith("node:"))
         out.append(f" {node['name']}: {resources}; store {size(node['store_used'])}/{size(node['store_capacity'])}")
     live_workers = [w for w in workers if w["is_alive"] and w["worker_type"] == "WORKER"]
     gone = [w for w in workers if not w["is_alive"] and w["worker_type"] == "WORKER"]

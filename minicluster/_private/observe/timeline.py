@@ -2,7 +2,8 @@
 
 Runs wherever it is asked for: `minicluster.timeline()` in the driver (live
 records) or `minicluster timeline -o trace.json` in another shell (the
-session's journal); both read the rows through minicluster.util.state. The trace is Chrome's JSON trace format, a list of events:
+session's journal); both read the rows through minicluster.util.state. The
+trace is Chrome's JSON trace format, a list of events:
 
     one process per virtual node        "node-0 (3f2a91c0)"
     one thread (track) per worker       "worker pid=4242 (9c01d2e3)"

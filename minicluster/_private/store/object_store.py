@@ -42,8 +42,8 @@ import shutil
 import threading
 from typing import Optional
 
-from minicluster._private.store import store_spares
 from minicluster._private.common.ids import NODE_ID_SIZE
+from minicluster._private.store import store_spares
 from minicluster._private.store.serialization import Serialized
 
 _TMP_SUFFIX = ".tmp-"

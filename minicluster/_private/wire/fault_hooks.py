@@ -105,12 +105,12 @@ def carry_out(client: Any, call: Any, point: str) -> None:
         elif action == KILL_WORKER:
             # Wait until the head has the report: it may learn of the death from the node
             # manager before it reads this socket, and would then never see the report.
-            client._request(lambda request_id: _fired(request_id, call, order))
+            client.request(lambda request_id, order=order: _fired(request_id, call, order))
             os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(60)  # SIGKILL lands before this returns
         elif action in (KILL_NODE, STOP_NODE):
             # The head acts on the whole node; a stopped node's worker goes on after resume.
-            client._request(lambda request_id: _fired(request_id, call, order))
+            client.request(lambda request_id, order=order: _fired(request_id, call, order))
 
 
 def transfer_delay_of(client: Any, call: Any) -> Optional["TransferDelay"]:
@@ -119,8 +119,8 @@ def transfer_delay_of(client: Any, call: Any) -> Optional["TransferDelay"]:
         if order.point == FETCH:
             delay = order.argument
             return TransferDelay(random.Random(delay.seed), delay.low_s, delay.high_s,
-                                 lambda seconds, object_id: _report(client, call, order, seconds=seconds,
-                                                                    object_hex=object_id.hex()))
+                                 lambda seconds, object_id, order=order: _report(
+                                     client, call, order, seconds=seconds, object_hex=object_id.hex()))
     return None
 
 

@@ -23,10 +23,10 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 from minicluster._private.client import context
+from minicluster._private.head.task_records import attempt_events
 from minicluster._private.observe import timeline
 from minicluster._private.observe.log_files import log_paths
 from minicluster._private.observe.state_journal import NoSessionError, SessionFiles, find_session
-from minicluster._private.head.task_records import attempt_events
 from minicluster.util.state.common import (
     ActorState,
     NodeState,

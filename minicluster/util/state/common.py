@@ -47,7 +47,7 @@ class StateSchema:
         names = cls.__dict__.get("_names")
         if names is None:
             names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-            setattr(cls, "_names", names)
+            cls._names = names
         return names
 
     @classmethod
