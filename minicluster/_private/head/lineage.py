@@ -3,7 +3,7 @@
 Owned by the head (driver process, under the head's lock). A task that
 finished is kept here while any of its results still exists (is referenced,
 or is needed to rebuild something that is). Its arguments are held by
-*lineage references* (objects.py: `lineage_refs`), which keep their metadata
+*lineage references* (object_directory.py: `lineage_refs`), which keep their metadata
 but not their values: a value nobody holds is freed, and rebuilt from its own
 lineage if a downstream rebuild needs it (recursive reconstruction, as in Ray).
 

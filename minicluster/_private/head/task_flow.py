@@ -10,7 +10,7 @@ steps there) and recovery (lost or unreachable arguments). The path of a task:
             ─► placed on a node, resources held (scheduler.py); waits there for a worker
             ─► sent to a worker (RUNNING); tiny tasks may be pipelined behind a busy one
                (SUBMITTED_TO_WORKER until their turn)
-            ─► "done": results stored (objects.py), getters and dependents woken, the
+            ─► "done": results stored (object_directory.py), getters and dependents woken, the
                task kept as lineage; or an error: retried if allowed, else the result
 
 Cancellation lives here too: a task not yet running is dropped, a running one

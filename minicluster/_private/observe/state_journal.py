@@ -131,12 +131,7 @@ class JournalWriter:
             self.broken = str(exc)
             print(f"minicluster: warning: cannot write the state journal {self.path}: {exc}; "
                   "`minicluster list` will not see this session's later changes", file=sys.stderr)
-        if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-        self._fd = -1
+        self.close()
 
 
 def write_json(logs_dir: str, name: str, data: Any) -> None:
