@@ -33,7 +33,6 @@ MAX_TOP_MODULES = 20
 # Imports inside functions: (importing module, function, imported module) -> why it is not at the top.
 # "CYCLE:" marks one that hides an import cycle (at the top it would close one); "NONE:" one
 # with no reason found (a cheap or already loaded module): candidates to move to the top.
-_PLUGIN = "the pytest plugin is loaded into every pytest run: minicluster only when a test uses its fixture"
 FUNCTION_IMPORTS: Dict[Tuple[str, str, str], str] = {
     # ---- _private
     ("minicluster._private.client.object_ref", "ObjectRef.__await__", "asyncio"):
@@ -57,9 +56,6 @@ FUNCTION_IMPORTS: Dict[Tuple[str, str, str], str] = {
         "startup time: workers import minicluster.api and never need the driver, head and hub",
     ("minicluster.api", "timeline", "minicluster.util.state"):
         "startup time: the state API's readers cost every `import minicluster` ~20 ms",
-    ("minicluster.testing.pytest_plugin", "minicluster_cluster", "minicluster"): _PLUGIN,
-    ("minicluster.testing.pytest_plugin", "minicluster_cluster", "minicluster._private.client.context"): _PLUGIN,
-    ("minicluster.testing.pytest_plugin", "_check_no_leaks", "psutil"): _PLUGIN,
 }
 
 

@@ -300,7 +300,8 @@ def test_invariants_hold_through_cancellation(cluster, tmp_path):
     validate()
     parent = parent_of_sleepers.remote(3)
     wait_for(lambda: _head_state(parent) == "RUNNING", 10, "the parent to run")
-    time.sleep(0.2)  # its children are submitted (one runs on the lent CPU)
+    wait_for(lambda: sum(t.name == "sleeper" for t in testing.snapshot().tasks) == 3, 10,
+             "its children to be submitted")  # (one runs on the CPU it lends while blocked)
     validate()
     ray.cancel(parent, recursive=True)
     with pytest.raises(rex.TaskCancelledError):
@@ -331,7 +332,7 @@ def test_an_actor_call_whose_argument_vanishes_before_it_is_read_waits_for_the_r
     plan = testing.FaultPlan(seed=1).delay("transfer", ms=(1500, 1500), task="Reader.first")
     with plan:
         ref = reader.first.remote(arg)  # its worker waits 1.5 s before copying `arg` from the victim
-        time.sleep(0.5)
+        wait_for(lambda: plan.journal.count("delay_transfer") == 1, 10, "the copy of `arg` to be delayed")
         testing.kill_node(victim)
         validate()
         assert ray.get(ref, timeout=20) == 7.0

@@ -43,10 +43,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
 
+import psutil
 import pytest
 
+# The plugin is loaded into every pytest run of the environment; importing minicluster
+# itself costs nothing more, since minicluster.testing is part of the package anyway.
+import minicluster as ray
+from minicluster._private.client import context
 from minicluster.testing.fault_plan import SEED_ENV, FaultPlan, UnfiredFaultsError, default_seed
 from minicluster.testing.journal import FaultJournal
+from minicluster.testing.session_snapshot import snapshot
 
 CHAOS_ENV = "MINICLUSTER_TEST_CHAOS"
 #: With --minicluster-chaos=on: a worker killed on average every this many dispatched tasks.
@@ -185,10 +191,6 @@ def fault_journal(fault_plan: FaultPlan) -> FaultJournal:
 def minicluster_cluster(request: pytest.FixtureRequest, fault_plan: FaultPlan,
                         minicluster_seed: int) -> Iterator[MiniclusterCluster]:
     """A fresh session with fault_plan installed; afterwards shut down and checked for leaks."""
-    # Not at the top: pytest loads this plugin in every run of this environment, and a
-    # run that never asks for the fixture should not import (and set up) the runtime.
-    import minicluster as ray
-    from minicluster._private.client import context
 
     settings = dict(DEFAULT_SETTINGS)
     settings.update(_marker_settings(request.node))
@@ -204,7 +206,7 @@ def minicluster_cluster(request: pytest.FixtureRequest, fault_plan: FaultPlan,
                                 "the fixture starts its own")
     ray.init(**init_kwargs)
     client = context.current()
-    started = client.head.snapshot()
+    started = snapshot()
     store_root = started.store_root
     pids: List[int] = []
     try:
@@ -214,7 +216,7 @@ def minicluster_cluster(request: pytest.FixtureRequest, fault_plan: FaultPlan,
     finally:
         fault_plan.uninstall()
         if context.current() is client:
-            pids = list(client.head.snapshot().pids())
+            pids = list(snapshot().pids())
             ray.shutdown()
     _check_no_leaks(pids, store_root)
 
@@ -264,7 +266,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 
 def _check_no_leaks(pids: List[int], store_root: str) -> None:
-    import psutil
 
     def alive(pid: int) -> bool:
         try:

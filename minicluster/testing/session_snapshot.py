@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from minicluster._private.head.invariants import HeadStateError
-from minicluster._private.head.snapshot import AttemptSnapshot, ClusterSnapshot, NodeSnapshot, TaskSnapshot
+from minicluster._private.head.snapshot import AttemptSnapshot, ClusterSnapshot, NodeSnapshot, TaskSnapshot, take
 from minicluster.testing.cluster_control import _head
 
 if TYPE_CHECKING:
@@ -29,7 +29,9 @@ def snapshot(cluster: Optional[Cluster] = None, finished_tasks: bool = False) ->
     """
     # A Cluster's session exists from its creation, before (and after) init(address=...).
     head = _head() if cluster is None else cluster._client.head
-    return head.snapshot(finished_tasks)
+    # Taken here, not by a Head method: the snapshot records load only where tests use them.
+    with head.lock:
+        return take(head, finished_tasks)
 
 
 def validate_state(cluster: Optional[Cluster] = None) -> None:

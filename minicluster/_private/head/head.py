@@ -47,8 +47,6 @@ from minicluster._private.head.invariants import HeadStateError, violations
 from minicluster._private.head.messaging import LockedTimers, Outbox
 from minicluster._private.head.object_directory import Waiter
 from minicluster._private.head.recovery import Recovery
-from minicluster._private.head.snapshot import ClusterSnapshot
-from minicluster._private.head.snapshot import take as take_snapshot
 from minicluster._private.head.task_flow import TaskFlow
 from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 from minicluster._private.head.waiting import Waiting
@@ -527,16 +525,6 @@ class Head:
         """Send what was posted, one frame per peer (lock held, as an entry point leaves)."""
         self.outbox.flush()
 
-    # ==== for tests and benchmarks ===================================================
-
-    def snapshot(self, finished_tasks: bool = False) -> ClusterSnapshot:
-        """A frozen copy of the session's state (minicluster.testing.snapshot), all of one moment.
-
-        finished_tasks=True also copies the finished tasks of the history (up to 100,000):
-        off by default, as that is a long time to hold the lock in a big session.
-        """
-        with self.lock:
-            return take_snapshot(self, finished_tasks)
 
 
 _HANDLERS: Dict[type, Callable[[Head, Peer, Any, Any], None]] = {

@@ -83,7 +83,7 @@ class TaskRecord:
 
     Its state is its last attempt's (`state`, one of states.TaskState); it changes only
     through set_state / fail_attempt / new_attempt / close, which check the move against
-    states.TASK_TRANSITIONS. Where the task is, by state (head_state.py checks these):
+    states.TASK_TRANSITIONS. Where the task is, by state (invariants.py checks these):
 
         PENDING_ARGS_AVAIL       deps_waiting > 0 dependents entries name it (objects' `dependents`)
         PENDING_NODE_ASSIGNMENT  in head.ready[shape]; node and worker are None
