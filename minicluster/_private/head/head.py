@@ -36,6 +36,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable, Dict, List, Optional
 
 from minicluster._private.common import config
@@ -276,7 +277,13 @@ class Head:
             if handler is None:
                 print(f"minicluster: unknown message {type(message).__name__}", file=sys.stderr)
                 continue
-            handler(self, peer, state, message)
+            try:
+                handler(self, peer, state, message)
+            except Exception:  # noqa: BLE001 - one bad message costs its sender, never the head
+                print(f"minicluster: internal error handling {type(message).__name__}:", file=sys.stderr)
+                traceback.print_exc()
+                self.hub.drop_peer(peer, f"handling its {type(message).__name__} failed (see above)")
+                break
             state = peer.state
 
     def on_close(self, peer: Peer) -> None:

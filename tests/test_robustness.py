@@ -1,0 +1,90 @@
+"""Robustness: a junk frame, stale refs, a paused node when the driver dies, full disks,
+a planted session root, a task that closes its output streams (issue 15)."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+import minicluster as ray
+
+
+def write_junk_to_own_socket() -> None:
+    """From inside a task: write a well-framed but undecodable frame into the worker's head socket."""
+    from minicluster._private.client import context
+
+    fd = context.client().conn.sock.fileno()
+    payload = b"\x80\x05not a pickle at all"
+    os.write(fd, struct.pack("<I", len(payload)) + payload)
+
+
+# ---- 1. a malformed frame drops its peer, never the head ------------------------------
+
+
+def test_junk_frame_drops_only_that_worker_and_the_task_is_retried(cluster, tmp_path, capfd):
+    cluster(num_nodes=1, num_cpus=2)
+    marker = tmp_path / "junk-sent"
+
+    @ray.remote(max_retries=1)
+    def breaks_its_socket_once(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            write_junk_to_own_socket()
+            import time
+
+            time.sleep(30)  # the head drops this worker; its reader thread then exits the process
+        return "second attempt"
+
+    @ray.remote
+    def echo(x):
+        return x
+
+    assert ray.get(breaks_its_socket_once.remote(str(marker)), timeout=20) == "second attempt"
+    # The head still serves: new tasks, puts, gets without a timeout.
+    assert ray.get([echo.remote(i) for i in range(20)]) == list(range(20))
+    assert ray.get(ray.put("still here")) == "still here"
+    assert "malformed frame" in capfd.readouterr().err
+
+
+def test_junk_frame_without_retries_fails_the_task_with_a_worker_crash(cluster):
+    cluster(num_nodes=1, num_cpus=1)
+
+    @ray.remote(max_retries=0)
+    def breaks_its_socket():
+        write_junk_to_own_socket()
+        import time
+
+        time.sleep(30)
+
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
+        ray.get(breaks_its_socket.remote(), timeout=20)
+    assert ray.get(ray.put(1)) == 1
+
+
+def test_a_handler_that_raises_drops_that_peer_and_the_head_keeps_serving(cluster, monkeypatch, capfd):
+    """Whatever goes wrong while one message is handled costs its sender only."""
+    from minicluster._private.head import head as head_module
+    from minicluster._private.wire import messages as msg
+
+    cluster(num_nodes=1, num_cpus=1)
+    real = head_module._HANDLERS[msg.Done]
+    failures = []
+
+    def fails_once(head, peer, state, message):
+        if not failures:
+            failures.append(message)
+            raise RuntimeError("a bug in a handler")
+        real(head, peer, state, message)
+
+    monkeypatch.setitem(head_module._HANDLERS, msg.Done, fails_once)
+
+    @ray.remote(max_retries=2)
+    def three():
+        return 3
+
+    assert ray.get(three.remote(), timeout=20) == 3
+    assert ray.get([three.remote() for _ in range(5)]) == [3] * 5
+    err = capfd.readouterr().err
+    assert "a bug in a handler" in err and "handling its Done failed" in err
