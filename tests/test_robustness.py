@@ -88,3 +88,42 @@ def test_a_handler_that_raises_drops_that_peer_and_the_head_keeps_serving(cluste
     assert ray.get([three.remote() for _ in range(5)]) == [3] * 5
     err = capfd.readouterr().err
     assert "a bug in a handler" in err and "handling its Done failed" in err
+
+
+# ---- 2. a ref of an ended session --------------------------------------------------------
+
+
+def test_a_ref_kept_across_shutdown_and_init_raises_instead_of_reading_the_new_session():
+    ray.init(num_nodes=1, num_cpus=1)
+
+    @ray.remote
+    def two():
+        return 2
+
+    small, large, result = ray.put(1), ray.put(b"x" * 300_000), two.remote()
+    assert ray.get(result) == 2
+    old_job = ray.get_runtime_context().get_job_id()
+    ray.shutdown()
+
+    ray.init(num_nodes=1, num_cpus=1)
+    try:
+        assert ray.get_runtime_context().get_job_id() != old_job
+        fresh = [ray.put(5), ray.put(b"y" * 300_000), two.remote()]  # same counters as the old refs had
+        assert all(f not in (small, large, result) for f in fresh)
+        for stale in (small, large, result):
+            with pytest.raises(ValueError, match="session that has ended"):
+                ray.get(stale)
+            with pytest.raises(ValueError, match="session that has ended"):
+                ray.wait([stale])
+            with pytest.raises(ValueError, match="session that has ended"):
+                echo_arg.remote(stale)
+            with pytest.raises(ValueError, match="session that has ended"):
+                ray.put([stale])
+        assert ray.get(fresh) == [5, b"y" * 300_000, 2]
+    finally:
+        ray.shutdown()
+
+
+@ray.remote
+def echo_arg(x):
+    return x

@@ -19,7 +19,7 @@ from minicluster._private.client.object_ref import LocalRefCounter, ObjectRef, s
 from minicluster._private.client.runtime_client import RuntimeClient
 from minicluster._private.client.session import Session
 from minicluster._private.common import config
-from minicluster._private.common.ids import driver_task_id, new_worker_id
+from minicluster._private.common.ids import driver_task_id, job_of, new_worker_id, start_job
 from minicluster._private.head.head import DRIVER, Head
 from minicluster._private.observe.state_recorder import StateRecorder
 from minicluster._private.store import object_store, store_spares
@@ -43,6 +43,7 @@ class DriverClient(RuntimeClient):
         """
         super().__init__()
         self.worker_id = new_worker_id()
+        self.job = start_job()  # before any id is made: every id of this session carries it
         self.idle_task_id = driver_task_id()
         self.namespace = namespace or "default"
         self.cluster_owned = False  #: made by a cluster_utils.Cluster, which alone may stop it
@@ -96,6 +97,8 @@ class DriverClient(RuntimeClient):
     def submit(self, spec: Any, function_blob: Optional[bytes]) -> List[ObjectRef]:
         # The refs exist before the head knows the task, so a result can never be
         # freed for lack of holders between submission and the caller seeing it.
+        self.check_session(spec.arg_refs)
+        self.check_session(spec.borrowed)
         refs = [ObjectRef(oid) for oid in spec.return_ids()]
         blob = None if spec.function_id in self.known_functions else function_blob
         self.head.submit_from_driver(spec, blob, self.node_id)
@@ -106,6 +109,7 @@ class DriverClient(RuntimeClient):
         object_id = self.next_put_id()
         ref = ObjectRef(object_id)
         serialized = serialize(value, what="put() value")
+        self.check_session(serialized.refs)
         if serialized.size <= config.INLINE_THRESHOLD:
             self.head.put_from_driver(object_id, "i", serialized.to_bytes(), serialized.refs, self.node_id)
         else:
@@ -162,6 +166,7 @@ class DriverClient(RuntimeClient):
 
     def _wait_all(self, object_ids: Sequence[bytes], num_ready: int, timeout: Optional[float]) -> None:
         """Block until `num_ready` of the objects are ready; GetTimeoutError after `timeout`."""
+        self.check_session(object_ids)
         head = self.head
         event = threading.Event()
         with head.lock:
@@ -189,12 +194,25 @@ class DriverClient(RuntimeClient):
             return True
         return event.wait(max(0.0, timeout))
 
+    def check_session(self, object_ids: Sequence[bytes]) -> None:
+        """Refuse refs of an ended session (ValueError, as Ray): their ids end in another job's id,
+        and the head would otherwise take them for lost objects, or for this session's own."""
+        job = self.job
+        for object_id in object_ids:
+            if job_of(object_id) != job:
+                raise ValueError(
+                    f"ObjectRef({object_id.hex()}) belongs to a minicluster session that has ended (job "
+                    f"{job_of(object_id).hex()}; this session is job {job.hex()}). A ref does not outlive "
+                    "shutdown(): make the object again in this session.")
+
     def add_location(self, object_id: bytes, size: int) -> None:
         self.head.add_location(object_id, self.node_id, size)
 
     # ---- actors ------------------------------------------------------------------------
 
     def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
+        self.check_session(spec.arg_refs)
+        self.check_session(spec.borrowed)
         head = self.head
         with head.lock:
             head.apply_driver_refs()
@@ -217,6 +235,7 @@ class DriverClient(RuntimeClient):
         return self.head.state(what)
 
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
+        self.check_session([object_id])
         self.head.cancel(object_id, force, recursive)
 
     # ---- lifecycle -------------------------------------------------------------------

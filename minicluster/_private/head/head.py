@@ -40,7 +40,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional
 
 from minicluster._private.common import config
-from minicluster._private.common.ids import new_node_id
+from minicluster._private.common.ids import job_id, new_node_id
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
 from minicluster._private.head.head_state import new_state
@@ -162,6 +162,7 @@ class Head:
             spill_root=layout.spill_root,
             capacity=node.capacity,
             namespace=state.namespace,
+            job_id=job_id(),  # the node's workers make ids of this session's job
             num_workers=num_workers,
             logs_dir=self.session.logs_dir,  # workers' stdout/stderr files (log_files.py)
             # The package's own folder first: editable installs are found by a

@@ -28,7 +28,7 @@ import signal
 import sys
 from typing import Dict
 
-from minicluster._private.common.ids import new_worker_id
+from minicluster._private.common.ids import new_worker_id, set_job_id
 from minicluster._private.node import worker  # noqa: F401
 
 # Imported here, before any fork, so workers inherit them ready to use.
@@ -41,6 +41,7 @@ from minicluster._private.wire.protocol import Connection, FrameDecoder, decode
 class NodeManager:
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
+        set_job_id(cfg["job_id"])  # before any fork: workers inherit it
         self.node_id: bytes = cfg["node_id"]
         self.store_dir = os.path.join(cfg["store_root"], self.node_id.hex())
         self.workers: Dict[int, bytes] = {}  # pid -> worker id

@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from minicluster._private.common.ids import JOB_ID
+from minicluster._private.common import ids
 
 TASK_MARKER = b":task_name:"
 ACTOR_MARKER = b":actor_name:"
@@ -46,7 +46,7 @@ _libc: Optional[ctypes.CDLL] = None
 
 def log_paths(logs_dir: str, worker_id: bytes, pid: int) -> Tuple[str, str]:
     """The (stdout, stderr) files of one worker."""
-    stem = os.path.join(logs_dir, f"worker-{worker_id.hex()}-{JOB_ID.hex()}-{pid}")
+    stem = os.path.join(logs_dir, f"worker-{worker_id.hex()}-{ids.job_id().hex()}-{pid}")
     return stem + ".out", stem + ".err"
 
 
