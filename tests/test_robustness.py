@@ -127,3 +127,49 @@ def test_a_ref_kept_across_shutdown_and_init_raises_instead_of_reading_the_new_s
 @ray.remote
 def echo_arg(x):
     return x
+
+
+# ---- 7. a planted session root -----------------------------------------------------------
+
+
+@pytest.fixture
+def short_base(monkeypatch):
+    """A fresh MINICLUSTER_TMPDIR under /tmp, short enough for the session's socket path."""
+    import pathlib
+    import shutil
+    import tempfile
+
+    base = pathlib.Path(tempfile.mkdtemp(prefix="mc-", dir="/tmp"))
+    monkeypatch.setenv("MINICLUSTER_TMPDIR", str(base))
+    yield base
+    ray.shutdown()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_session_root_that_is_a_symlink_is_refused_and_its_target_untouched(short_base):
+    victim = short_base / "victim"
+    victim.mkdir()
+    os.chmod(victim, 0o755)
+    (short_base / f"minicluster-{os.getuid()}").symlink_to(victim)
+    with pytest.raises(PermissionError, match="symlink"):
+        ray.init(num_nodes=1, num_cpus=1)
+    assert not ray.is_initialized()
+    assert os.listdir(victim) == [] and (os.stat(victim).st_mode & 0o777) == 0o755
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give the folder to another user")
+def test_a_session_root_owned_by_another_user_is_refused(short_base):
+    root = short_base / f"minicluster-{os.getuid()}"
+    root.mkdir()
+    os.chown(root, 65534, 65534)
+    with pytest.raises(PermissionError, match="belongs to user id 65534"):
+        ray.init(num_nodes=1, num_cpus=1)
+    assert os.listdir(root) == []
+
+
+def test_a_loose_session_root_of_ours_is_made_private(short_base, cluster):
+    root = short_base / f"minicluster-{os.getuid()}"
+    root.mkdir()
+    os.chmod(root, 0o777)
+    cluster(num_nodes=1, num_cpus=1)
+    assert (os.stat(root).st_mode & 0o777) == 0o700

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 from typing import Optional
@@ -37,8 +38,7 @@ MAX_SOCKET_PATH = 107  # bytes in a Unix socket's path (sun_path, Linux; 103 on 
 class Session:
     def __init__(self, store_bytes: Optional[int]) -> None:
         root = config.session_root()
-        os.makedirs(root, mode=0o700, exist_ok=True)
-        _check_private(root)
+        make_private_root(root)
         reap_stale_sessions(root)
         prune_old_sessions(root, config.sessions_kept())
         now = time.time()
@@ -104,12 +104,35 @@ class Session:
                 pass
 
 
-def _check_private(path: str) -> None:
-    st = os.stat(path)
-    if st.st_uid != os.getuid():
-        raise PermissionError(f"minicluster: session folder {path} belongs to another user; set MINICLUSTER_TMPDIR")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+def make_private_root(path: str) -> None:
+    """Create the session root, or check the one there: a real folder of ours, then made 0700.
+
+    /tmp is shared: another user may have planted a symlink (or a folder of theirs) under
+    the name first, to have us chmod and write into a folder they chose. So the last
+    component is opened with O_NOFOLLOW and checked through that descriptor (no race
+    between the check and the chmod), as ssh-agent-style tools do; anything else is refused.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    advice = "remove it, or set MINICLUSTER_TMPDIR to a folder of yours"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        kind = "a symlink" if os.path.islink(path) else "not a folder"
+        raise PermissionError(f"minicluster: refusing the session root {path}: it is {kind} ({exc.strerror}); "
+                              f"{advice}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid():
+            raise PermissionError(f"minicluster: refusing the session root {path}: it belongs to user id "
+                                  f"{st.st_uid}, not to you ({os.getuid()}); {advice}")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
 
 
 def reap_stale_sessions(root: str) -> None:
