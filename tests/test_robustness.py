@@ -173,3 +173,43 @@ def test_a_loose_session_root_of_ours_is_made_private(short_base, cluster):
     os.chmod(root, 0o777)
     cluster(num_nodes=1, num_cpus=1)
     assert (os.stat(root).st_mode & 0o777) == 0o700
+
+
+# ---- 8. a task that closes its output streams ---------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["python", "descriptor"])
+def test_a_task_that_closes_its_output_does_not_break_later_printing_tasks(cluster, capfd, how):
+    import sys
+
+    from conftest import wait_for
+
+    cluster(num_nodes=1, num_cpus=1)  # one worker: every task below runs on it
+
+    @ray.remote(max_retries=0)
+    def closes_output(how):
+        if how == "python":
+            sys.stdout.close()
+            sys.stderr.close()
+        else:
+            os.close(1)
+            os.close(2)
+        return os.getpid()
+
+    @ray.remote(max_retries=0)
+    def prints(i):
+        print(f"line {i} on stdout")
+        print(f"line {i} on stderr", file=sys.stderr)
+        return os.getpid()
+
+    pid = ray.get(closes_output.remote(how))
+    assert ray.get([prints.remote(i) for i in range(3)]) == [pid] * 3  # same worker, not a fresh one
+    seen = {"out": "", "err": ""}
+
+    def printed():
+        captured = capfd.readouterr()
+        seen["out"] += captured.out
+        seen["err"] += captured.err
+        return "line 2 on stdout" in seen["out"] and "line 2 on stderr" in seen["err"]
+
+    wait_for(printed, timeout=10, what="the later tasks' output on the driver's terminal")
