@@ -213,3 +213,55 @@ def test_a_task_that_closes_its_output_does_not_break_later_printing_tasks(clust
         return "line 2 on stdout" in seen["out"] and "line 2 on stderr" in seen["err"]
 
     wait_for(printed, timeout=10, what="the later tasks' output on the driver's terminal")
+
+
+# ---- 3. the driver dies while a node is stopped ---------------------------------------------
+
+PAUSED_NODE_DRIVER = """
+import os, sys
+import minicluster as ray
+from minicluster import testing
+
+ray.init(num_nodes=2, num_cpus=1)
+snap = testing.snapshot()
+paused = snap.nodes[1]
+print("STORE", paused.store_dir, flush=True)
+print("PIDS", " ".join(str(p) for p in (paused.pid, *paused.worker_pids)), flush=True)
+print("OTHER", snap.nodes[0].pid, flush=True)
+testing.stop_node(paused.node_id)
+print("STOPPED", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_node_paused_when_the_driver_dies_is_reaped_by_the_next_init(tmp_path, cluster):
+    import signal
+
+    import psutil
+    from conftest import wait_for
+    from driver_process import DriverProcess
+
+    driver = DriverProcess(PAUSED_NODE_DRIVER, str(tmp_path / "driver.py"))
+    try:
+        store = driver.expect("STORE")
+        pids = [int(p) for p in driver.expect("PIDS").split()]
+        other = int(driver.expect("OTHER"))
+        driver.expect("STOPPED")
+        os.kill(driver.proc.pid, signal.SIGKILL)
+        driver.proc.wait(timeout=10)  # (not finish(): the paused processes still hold its output pipes)
+    finally:
+        driver.kill()
+
+    def gone(pid):
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(lambda: gone(other), timeout=10, what="the running node to clean up after its driver")
+    assert not any(gone(p) for p in pids), "the paused node cannot have noticed anything yet"
+    assert os.path.isdir(store)
+    cluster(num_nodes=1, num_cpus=1)  # the next session reaps what the dead one left
+    wait_for(lambda: all(gone(p) for p in pids), timeout=10, what="the paused node's processes to be reaped")
+    assert not os.path.exists(store)
+    assert ray.get(ray.put(1)) == 1

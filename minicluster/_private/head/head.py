@@ -171,6 +171,7 @@ class Head:
         )
         node.process = node_procs.launch(cfg, None)
         node.pid = node.process.pid
+        self.session.record_node(node.pid)  # so a later init() can reap it if this driver dies
         with self.lock:
             self.task_flow.schedule()
             self.flush()
