@@ -265,3 +265,31 @@ def test_a_node_paused_when_the_driver_dies_is_reaped_by_the_next_init(tmp_path,
     wait_for(lambda: all(gone(p) for p in pids), timeout=10, what="the paused node's processes to be reaped")
     assert not os.path.exists(store)
     assert ray.get(ray.put(1)) == 1
+
+
+# ---- 6. the state journal is bounded -------------------------------------------------------------
+
+
+def test_the_state_journal_stays_bounded_and_configurable(cluster, monkeypatch):
+    from minicluster.util.state import list_tasks
+
+    monkeypatch.setenv("MINICLUSTER_STATE_JOURNAL_MAX_BYTES", "60000")
+    monkeypatch.setenv("RAY_task_events_max_num_task_in_gcs", "200")  # Ray's name for the history's size
+    info = cluster(num_nodes=1, num_cpus=2)
+    journal = os.path.join(info["session_dir"], "logs", "state.journal")
+
+    @ray.remote
+    def tiny(i):
+        return i
+
+    sizes = []
+    for start in range(0, 3000, 500):
+        assert ray.get([tiny.remote(i) for i in range(start, start + 500)]) == list(range(start, start + 500))
+        sizes.append(os.path.getsize(journal))
+    ray.shutdown()
+    final = os.path.getsize(journal)
+    # Unbounded, 3,000 tasks make about 250 KB; the journal is compacted whenever it passes
+    # 60 KB (to the 200 tasks remembered), and once more at the end.
+    assert max(sizes) < 3 * 60000 and final < 60000, (sizes, final)
+    rows = list_tasks(address=info["session_dir"], limit=10_000)
+    assert 0 < len(rows) <= 200 and {r.state for r in rows} == {"FINISHED"}
