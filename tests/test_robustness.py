@@ -293,3 +293,97 @@ def test_the_state_journal_stays_bounded_and_configurable(cluster, monkeypatch):
     assert max(sizes) < 3 * 60000 and final < 60000, (sizes, final)
     rows = list_tasks(address=info["session_dir"], limit=10_000)
     assert 0 < len(rows) <= 200 and {r.state for r in rows} == {"FINISHED"}
+
+
+# ---- 4 and 5. full disks ------------------------------------------------------------------------
+# A small tmpfs stands for the full file system (mounted by the test: it needs root).
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def small_tmpfs():
+    """Mount a fresh tmpfs of the given size (in MiB) under /tmp; unmounted and removed afterwards."""
+    import subprocess
+    import tempfile
+
+    if os.getuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounts = []
+
+    def mount(mib: int) -> str:
+        path = tempfile.mkdtemp(prefix="mc-fs-", dir="/tmp")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700", "tmpfs", path],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            os.rmdir(path)
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounts.append(path)
+        return path
+
+    yield mount
+    ray.shutdown()
+    for path in mounts:
+        subprocess.run(["umount", "-l", path], check=False)
+        os.rmdir(path)
+
+
+def store_bytes(folder: str) -> int:
+    """Bytes in a store folder's object files (what counts against its capacity)."""
+    return sum(e.stat().st_size for e in os.scandir(folder) if e.is_file() and "." not in e.name)
+
+
+def test_when_spilling_fails_the_cap_holds_and_partial_spill_files_go(cluster, small_tmpfs, monkeypatch, capfd):
+    from minicluster import testing
+
+    session_fs = small_tmpfs(3)  # the session folder, so its spill folder, on a 3 MiB disk
+    monkeypatch.setenv("MINICLUSTER_TMPDIR", session_fs)
+    cluster(num_nodes=1, num_cpus=1, object_store_memory=4 * MiB)
+    snap = testing.snapshot()
+    node = snap.nodes[0]
+    kept = []
+    with pytest.raises(ray.exceptions.ObjectStoreFullError, match="spilling to disk failed") as failed:
+        for i in range(12):  # 12 MiB through a 4 MiB store and a 3 MiB spill disk
+            kept.append(ray.put(bytes([i]) * MiB))
+    assert "No space left" in str(failed.value)
+    assert store_bytes(node.store_dir) <= 4 * MiB  # the cap held
+    leftovers = [n for n in os.listdir(node.spill_dir) if ".tmp-" in n]
+    assert leftovers == [], "a half-written spill file was left behind"
+
+    @ray.remote(max_retries=0)
+    def makes_a_big_result():
+        return b"r" * MiB
+
+    with pytest.raises(ray.exceptions.ObjectStoreFullError, match="spilling to disk failed"):
+        ray.get(makes_a_big_result.remote())
+    assert store_bytes(node.store_dir) <= 4 * MiB
+    for i, ref in enumerate(kept):  # what was stored is all still readable
+        assert ray.get(ref) == bytes([i]) * MiB
+    del kept
+    assert "cannot spill" in capfd.readouterr().err
+
+
+def test_a_full_shared_memory_file_system_gives_object_store_full_error(cluster, small_tmpfs, monkeypatch):
+    from minicluster._private.common import config
+
+    shm = small_tmpfs(8)
+    monkeypatch.setenv("MINICLUSTER_SHM_DIR", shm)
+    monkeypatch.setattr(config, "MIN_SHM_BYTES", MiB)
+    cluster(num_nodes=1, num_cpus=1, object_store_memory=6 * MiB)
+    with open(os.path.join(shm, "ballast"), "wb") as f:  # someone else fills the file system
+        f.write(b"\0" * (6 * MiB))
+    with pytest.raises(ray.exceptions.ObjectStoreFullError, match=r"file system is full \(\d+ of \d+ bytes free"):
+        for _ in range(3):
+            ray.put(b"p" * MiB)
+
+    @ray.remote(max_retries=0)
+    def big_result():
+        return b"r" * (3 * MiB)
+
+    with pytest.raises(ray.exceptions.ObjectStoreFullError, match="file system is full"):
+        ray.get(big_result.remote())
+    os.unlink(os.path.join(shm, "ballast"))
+    assert ray.get(big_result.remote()) == b"r" * (3 * MiB)  # room again: it works
+    leftovers = [n for d in os.listdir(shm) for _, _, files in os.walk(os.path.join(shm, d)) for n in files
+                 if ".tmp-" in n]
+    assert leftovers == []

@@ -120,12 +120,17 @@ class DriverClient(RuntimeClient):
 
     def _check_fits(self, size: int) -> int:
         """The node's store capacity; raises ObjectStoreFullError if `size` cannot fit in it."""
-        capacity = self.head.nodes[self.node_id].capacity
+        head = self.head
+        capacity = head.nodes[self.node_id].capacity
         if size > capacity:
             raise ObjectStoreFullError(
                 f"put() of an object of {size} bytes: larger than the node's object store "
                 f"({capacity} bytes, object_store_memory); nothing was stored"
             )
+        with head.lock:
+            problem = head.objects.no_room_for(self.node_id, size)
+        if problem is not None:
+            raise ObjectStoreFullError(f"put() of an object of {size} bytes: {problem}; nothing was stored")
         return capacity
 
     # ---- values ----------------------------------------------------------------------

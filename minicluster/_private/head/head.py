@@ -52,9 +52,11 @@ from minicluster._private.head.task_flow import TaskFlow
 from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 from minicluster._private.head.waiting import Waiting
 from minicluster._private.store import object_store
+from minicluster._private.store.serialization import error_blob
 from minicluster._private.wire import fault_hooks
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.hub import Hub, Peer
+from minicluster.exceptions import ObjectStoreFullError
 
 DRIVER = b"driver"  # owner id of objects the driver creates
 
@@ -365,7 +367,14 @@ class Head:
         self.objects.add_borrower(object_id, worker.worker_id)  # before storing: the put's ref holds it
         worker.borrowed.add(object_id)
         worker.owned.add(object_id)
-        self.task_flow.store(object_id, value.kind, value.data, value.refs, worker.node.node_id, False)
+        node_id = worker.node.node_id
+        problem = self.objects.no_room_for(node_id, value.data) if value.kind == "s" else None
+        if problem is not None:  # the store is full and cannot spill: getting this object raises why
+            object_store.delete(self.session.layout.dir_of(node_id), object_id)
+            blob = error_blob(ObjectStoreFullError(f"put() of an object of {value.data} bytes: {problem}"))
+            self.task_flow.store(object_id, "e", blob, [], node_id, True)
+            return
+        self.task_flow.store(object_id, value.kind, value.data, value.refs, node_id, False)
 
     def _on_refs(self, peer: Peer, worker: WorkerRecord, message: msg.Refs) -> None:
         objects = self.objects
