@@ -7,6 +7,7 @@ API's records too (one attempt, FAILED with TASK_CANCELLED, never retried).
 from __future__ import annotations
 
 import os
+import random
 import time
 
 import pytest
@@ -384,3 +385,40 @@ def test_cancel_of_an_actor_call_from_a_task_follows_the_same_rules(cluster, tmp
         ray.get(queued, timeout=10)
     open(release, "w").close()
     assert ray.get(running, timeout=10) == "opened"
+
+
+def test_cancelling_a_task_placed_on_a_node_frees_its_cpu_for_the_next_one(cluster):
+    # A task placed on a node but still waiting there for a worker holds the node's CPU;
+    # cancelling it must hand that CPU to the next task in line, not leave it unused
+    # (the line used to wait forever with a free CPU and an idle worker).
+    cluster(num_cpus=1)
+    first = looper.remote(60)
+    _running(first)
+    second = looper.remote(60)
+    third = sleeper.remote(0)
+    ray.cancel(first, force=True)  # its worker dies: `second` is placed and waits for a new worker
+    wait_for(lambda: _state(second) in ("SUBMITTED_TO_WORKER", "RUNNING"), 10, "the second task to be placed")
+    ray.cancel(second, force=True)
+    assert ray.get(third, timeout=10) == "done"
+
+
+def test_cancel_storm_with_force_leaves_no_task_stranded(cluster):
+    # Ray's own stress pattern: many tasks on one CPU, half never ending, cancelled at
+    # random while queued, placed or running; every other task must still finish.
+    cluster(num_cpus=1)
+    rng = random.Random(7)
+    endless = [rng.random() < 0.5 for _ in range(60)]
+    refs = [looper.remote(600 if forever else 0) for forever in endless]
+    cancelled = {i for i in range(len(refs)) if rng.random() < 0.5}
+    for i in sorted(cancelled):
+        ray.cancel(refs[i], force=True)
+    for i, forever in enumerate(endless):
+        if forever and i not in cancelled:
+            ray.cancel(refs[i], force=True)
+            cancelled.add(i)
+    for i, ref in enumerate(refs):
+        if i in cancelled:
+            with pytest.raises((TaskCancelledError, ray.exceptions.WorkerCrashedError)):
+                ray.get(ref, timeout=30)
+        else:
+            assert ray.get(ref, timeout=30) == "done"

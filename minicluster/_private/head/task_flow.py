@@ -564,7 +564,8 @@ class TaskFlow:
                                    "cancelled before it started")
             return
         if worker is None:
-            if task.node is not None and task.state == SUBMITTED_TO_WORKER:
+            placed = task.node is not None and task.state == SUBMITTED_TO_WORKER
+            if placed:
                 self.state.scheduler.release(task.node.node_id, task.spec.resources)
                 try:
                     task.node.waiting.remove(task)
@@ -572,6 +573,8 @@ class TaskFlow:
                     pass
             self.finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
                                    "cancelled before it started")
+            if placed:
+                self.schedule()  # its resources are free again: the next task in line takes them
         elif force and worker.task is task:
             worker.expect_exit(INTENDED_USER_EXIT, f"killed by cancel(force=True) of task {task.spec.name}")
             try:
