@@ -422,3 +422,60 @@ def test_cancel_storm_with_force_leaves_no_task_stranded(cluster):
                 ray.get(ref, timeout=30)
         else:
             assert ray.get(ref, timeout=30) == "done"
+
+
+@ray.remote
+def polls_is_canceled(marker: str) -> str:
+    open(marker, "w").close()
+    try:
+        while True:
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        return "saw cancel" if ray.get_runtime_context().is_canceled() else "interrupted, not cancelled"
+
+
+@ray.remote
+class Poller:
+    def poll(self, marker: str) -> str:
+        assert not ray.get_runtime_context().is_canceled()
+        open(marker, "w").close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # a running sync actor call is not interrupted: it looks
+            if ray.get_runtime_context().is_canceled():
+                return "saw cancel"
+            time.sleep(0.01)
+        return "never saw cancel"
+
+    def fresh(self) -> bool:
+        return ray.get_runtime_context().is_canceled()
+
+
+@ray.remote
+class AsyncPoller:
+    async def ask(self) -> str:
+        try:
+            ray.get_runtime_context().is_canceled()
+        except RuntimeError as exc:
+            return str(exc)
+        return "no error"
+
+
+def test_is_canceled_tells_a_task_and_an_actor_call_that_cancel_was_called(cluster, tmp_path):
+    cluster(num_cpus=2)
+    with pytest.raises(RuntimeError, match="only available in a task or actor"):
+        ray.get_runtime_context().is_canceled()
+    marker = str(tmp_path / "task")
+    ref = polls_is_canceled.remote(marker)
+    wait_for(lambda: os.path.exists(marker), 10, "the task to start")
+    ray.cancel(ref)
+    assert ray.get(ref, timeout=10) == "saw cancel"  # it caught the interrupt and returned
+
+    poller = Poller.remote()
+    marker = str(tmp_path / "actor")
+    call = poller.poll.remote(marker)
+    wait_for(lambda: os.path.exists(marker), 10, "the actor call to start")
+    ray.cancel(call)
+    assert ray.get(call, timeout=10) == "saw cancel"
+    assert ray.get(poller.fresh.remote(), timeout=10) is False  # the next call starts uncancelled
+
+    assert "not supported in an async actor" in ray.get(AsyncPoller.remote().ask.remote(), timeout=10)

@@ -47,6 +47,16 @@ class WorkerClient(RuntimeClient):
         self._delta_lock = threading.Lock()
         self._requests: Dict[int, list] = {}
         self._request_ids = itertools.count(1)
+        #: tasks running or queued here whose cancel() arrived, until they end: is_canceled()
+        self.cancel_requested: set = set()
+        self.in_async_actor = False  #: is_canceled() is refused there, as in Ray (the coroutine is cancelled)
+
+    def is_canceled(self) -> bool:
+        """Whether cancel() was called on the task running in this thread."""
+        if self.in_async_actor:
+            raise RuntimeError("is_canceled() is not supported in an async actor: a cancelled call's "
+                               "coroutine gets asyncio.CancelledError instead")
+        return self.current_task_id in self.cancel_requested
 
     # ---- outgoing messages ----------------------------------------------------
 
