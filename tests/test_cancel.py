@@ -426,8 +426,8 @@ def test_cancel_storm_with_force_leaves_no_task_stranded(cluster):
 
 @ray.remote
 def polls_is_canceled(marker: str) -> str:
-    open(marker, "w").close()
     try:
+        open(marker, "w").close()  # (inside the try: the cancel may come as soon as the marker exists)
         while True:
             time.sleep(0.01)
     except KeyboardInterrupt:
