@@ -479,3 +479,30 @@ def test_is_canceled_tells_a_task_and_an_actor_call_that_cancel_was_called(clust
     assert ray.get(poller.fresh.remote(), timeout=10) is False  # the next call starts uncancelled
 
     assert "not supported in an async actor" in ray.get(AsyncPoller.remote().ask.remote(), timeout=10)
+
+
+def test_non_recursive_cancel_leaves_the_child_running_to_its_end(cluster, tmp_path):
+    cluster(num_cpus=3)
+    marker = str(tmp_path / "child")
+
+    @ray.remote
+    def child(path: str) -> str:
+        open(path + ".started", "w").close()
+        wait_for(lambda: os.path.exists(path + ".go"), 30, "the test's go-ahead")
+        open(path + ".finished", "w").close()
+        return "child done"
+
+    @ray.remote
+    def parent(path: str) -> list:
+        ref = child.options(name="child").remote(path)
+        return [ray.get(ref)]
+
+    ref = parent.remote(marker)
+    wait_for(lambda: os.path.exists(marker + ".started"), 10, "the child to start")
+    ray.cancel(ref, recursive=False)
+    with pytest.raises(TaskCancelledError):
+        ray.get(ref, timeout=10)
+    open(marker + ".go", "w").close()
+    wait_for(lambda: os.path.exists(marker + ".finished"), 10, "the child to finish")
+    [row] = list_tasks(filters=[("name", "=", "child")])
+    wait_for(lambda: get_task(row.task_id)[-1].state == "FINISHED", 10, "the child's record to say FINISHED")

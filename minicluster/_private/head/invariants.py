@@ -97,6 +97,8 @@ def _check_tasks(state: HeadState, problems: List[str]) -> None:
             problems.append(f"{name} is open but its arguments are not pinned")
         if task.owner_dead and not task.cancelled:
             problems.append(f"{name} lost its owner but is not cancelled")
+        if task.cancel_children and not task.cancelled:
+            problems.append(f"{name} cancels its children but is not cancelled itself")
         status = task.state
         worker = task.worker
         is_actor_call = task.spec.task_type == ACTOR_TASK

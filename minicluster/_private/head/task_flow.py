@@ -511,7 +511,7 @@ class TaskFlow:
         head.history.drop(task.history_entry, task.spec.task_id)
         task.history_entry = head.history.add(task)
         kids = head.children.pop(task.spec.task_id, None)
-        if kids and task.cancelled:
+        if kids and task.cancel_children:
             for child in kids:
                 self.cancel_task(child, False, True)
         if task.pinned:
@@ -549,6 +549,7 @@ class TaskFlow:
             return  # finished (or unknown): cancelling changes nothing
         task.cancelled = True
         if recursive:
+            task.cancel_children = True
             for child in list(self.state.children.get(task_id, ())):
                 self.cancel_task(child, force, recursive)
         worker = task.worker
