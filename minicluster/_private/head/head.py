@@ -485,8 +485,8 @@ class Head:
     # ==== for the driver (driver.py), its lock held ======================================
 
     def register_wait(self, object_ids: List[bytes], needed_remaining: int,
-                      on_ready: Callable[[Waiter], None]) -> Optional[Waiter]:
-        return self.waiting.register_wait(object_ids, needed_remaining, on_ready)
+                      on_ready: Callable[[Waiter], None], fail_fast: bool = False) -> Optional[Waiter]:
+        return self.waiting.register_wait(object_ids, needed_remaining, on_ready, fail_fast)
 
     def unregister_waiter(self, waiter: Waiter) -> None:
         self.waiting.unregister_waiter(waiter)

@@ -43,21 +43,33 @@ FREED_MEMORY = 100_000  # how many freed ids to remember for error messages
 
 
 class Waiter:
-    """A blocked get/wait: fires `on_ready` once `needed` of its objects are ready."""
+    """A blocked get/wait: fires `on_ready` once `needed` of its objects are ready.
 
-    __slots__ = ("remaining", "needed", "on_ready", "fired", "object_ids")
+    A get's waiter is `fail_fast`: it also fires as soon as one of its objects turns
+    out to be an error, which `failed` then names (Ray's get raises it at once).
+    """
+
+    __slots__ = ("remaining", "needed", "on_ready", "fired", "object_ids", "fail_fast", "failed")
 
     def __init__(self, object_ids: List[bytes], remaining: int, needed: int,
-                 on_ready: Callable[["Waiter"], None]) -> None:
+                 on_ready: Callable[["Waiter"], None], fail_fast: bool = False) -> None:
         self.object_ids = object_ids
         self.remaining = remaining  # how many are not ready yet
         self.needed = needed  # fire when remaining <= needed
         self.on_ready = on_ready
         self.fired = False
+        self.fail_fast = fail_fast
+        self.failed: Optional[bytes] = None  #: the error object that fired a fail_fast waiter early
 
-    def notify(self) -> None:
+    def notify(self, object_id: bytes, is_error: bool) -> None:
         self.remaining -= 1
-        if not self.fired and self.remaining <= self.needed:
+        if self.fired:
+            return
+        if is_error and self.fail_fast and self.remaining > 0:
+            self.failed = object_id
+            self.fired = True
+            self.on_ready(self)
+        elif self.remaining <= self.needed:
             self.fired = True
             self.on_ready(self)
 

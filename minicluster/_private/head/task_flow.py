@@ -524,7 +524,7 @@ class TaskFlow:
         waiters, entry.waiters = entry.waiters, None
         if waiters:
             for waiter in waiters:
-                waiter.notify()
+                waiter.notify(object_id, entry.is_error)
         dependents, entry.dependents = entry.dependents, None
         if dependents:
             for task in dependents:

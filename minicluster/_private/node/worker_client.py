@@ -145,6 +145,9 @@ class WorkerClient(RuntimeClient):
             payloads = self.request(lambda request_id: msg.Get.new(request_id=request_id, object_ids=ids),
                                      timeout=remaining)
             try:
+                if None in payloads:  # one failed and the head did not wait for the rest: raise its error
+                    failed = next(i for i, payload in enumerate(payloads) if payload is not None)
+                    self.load(ids[failed], payloads[failed])
                 return [self.load(oid, payload) for oid, payload in zip(object_ids, payloads)]
             except FileNotFoundError as exc:
                 # A copy vanished between the head's answer and our read (its node died):
