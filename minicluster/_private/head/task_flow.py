@@ -456,7 +456,9 @@ class TaskFlow:
         entries = objects.entries
         live = sum(1 for object_id in task.spec.return_ids() if object_id in entries)
         kind = task.spec.task_type
-        if not live or not (kind == NORMAL_TASK or (kind == ACTOR_TASK and task.spec.max_retries != 0)):
+        if not live or not self.state.lineage.enabled:
+            return
+        if not (kind == NORMAL_TASK or (kind == ACTOR_TASK and task.spec.max_retries != 0)):
             return  # actor calls are rebuilt only with max_task_retries (SPEC section 3)
         if not task.lineage_held:
             task.lineage_held = True
