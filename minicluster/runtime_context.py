@@ -69,6 +69,13 @@ class RuntimeContext:
     def gcs_address(self) -> str:
         return "127.0.0.1"
 
+    def is_canceled(self) -> bool:
+        """Whether cancel() was called on the task running in this thread (in a task or a
+        sync actor's call; RuntimeError in the driver and in async actors, as in Ray)."""
+        if not context.in_worker():
+            raise RuntimeError("is_canceled() is only available in a task or actor, not in the driver")
+        return self._client.is_canceled()
+
     def get_assigned_resources(self) -> Dict[str, float]:
         return dict(getattr(self._client, "assigned_resources", {}) or {})
 

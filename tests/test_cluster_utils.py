@@ -275,6 +275,67 @@ def test_basic_reconstruction_ported_from_ray(make_cluster, reconstruction_enabl
             ray.get(obj)
 
 
+# ---- Ray's node arguments -----------------------------------------------------------------------
+
+
+@ray.remote
+def array_of(megabytes: int, fill: float):
+    return np.full(megabytes * 2**20 // 8, fill)
+
+
+def test_object_store_memory_is_per_node(make_cluster):
+    cluster = make_cluster()
+    cluster.add_node(num_cpus=0)
+    small = cluster.add_node(num_cpus=1, resources={"small": 1}, object_store_memory=3 * 2**20)
+    large = cluster.add_node(num_cpus=1, resources={"large": 1}, object_store_memory=64 * 2**20)
+    ray.init(address=cluster.address)
+    held = [array_of.options(resources={where: 1}).remote(2, 1.0) for where in ("small", "large") for _ in range(3)]
+    ready, _ = ray.wait(held, num_returns=len(held), timeout=20, fetch_local=False)
+    assert len(ready) == len(held)
+    snapshot = testing.snapshot(cluster)
+
+    def spilled(node) -> list:
+        folder = snapshot.node(node.node_id).spill_dir
+        return os.listdir(folder) if os.path.isdir(folder) else []
+
+    assert len(spilled(small)) == 2  # a 3 MB store holds one 2 MB array; the others went to disk
+    assert spilled(large) == []
+
+
+@pytest.mark.parametrize("head_args", [{"enable_object_reconstruction": False},
+                                       {"_system_config": {"lineage_pinning_enabled": False}}])
+def test_reconstruction_can_be_turned_off_for_the_cluster(make_cluster, head_args):
+    cluster = make_cluster()
+    cluster.add_node(num_cpus=0, **head_args)
+    victim = cluster.add_node(num_cpus=1, resources={"victim": 1})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    ref = array_of.options(resources={"victim": 1}, max_retries=3).remote(2, 1.0)
+    ray.wait([ref], timeout=10, fetch_local=False)
+    cluster.remove_node(victim, allow_graceful=False)
+    with pytest.raises(rex.ObjectReconstructionFailedError) as info:
+        ray.get(ref, timeout=10)
+    assert info.value.reason == "OBJECT_UNRECONSTRUCTABLE"
+    assert "lineage reconstruction is disabled" in str(info.value)
+
+
+def test_node_arguments_are_honoured_warned_about_or_refused(make_cluster, capsys):
+    cluster = make_cluster()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'num_cpu'"):
+        cluster.add_node(num_cpu=1)
+    with pytest.raises(ValueError, match="plasma_directory=...\\) is not supported"):
+        cluster.add_node(plasma_directory="/mnt/fast")
+    with pytest.raises(ValueError, match="object_store_memory"):
+        cluster.add_node(object_store_memory=-5)
+    cluster.add_node(num_cpus=1, dashboard_port=8265, _system_config={"health_check_period_ms": 100})
+    err = capsys.readouterr().err
+    assert "dashboard_port=...) has no effect" in err
+    assert "health_check_period_ms have no equivalent" in err
+    cluster.add_node(num_cpus=1, memory=2**30)
+    ray.init(address=cluster.address)
+    assert ray.cluster_resources()["memory"] == 2**30
+
+
 # ---- shutting down -----------------------------------------------------------------------------
 
 

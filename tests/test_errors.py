@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import pytest
 
@@ -330,3 +332,37 @@ def test_ray_task_error_as_instanceof_cause():
     assert isinstance(dual, ValueError) and isinstance(dual, rex.RayTaskError)
     assert dual.cause is err.cause
     assert str(dual).startswith("ray::f() (pid=")
+
+
+def test_get_of_a_list_raises_a_failure_at_once_without_waiting_for_the_rest(cluster, tmp_path):
+    # Ray's get raises as soon as one of the objects is an error, even if others never finish.
+    cluster(num_cpus=2)
+    release = str(tmp_path / "release")
+
+    @ray.remote
+    def fails() -> None:
+        raise ValueError("early failure")
+
+    @ray.remote
+    def waits_for_release(path: str) -> str:
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return "released"
+
+    @ray.remote
+    def gets_both(refs: list) -> str:
+        try:
+            ray.get(refs)
+        except ray.exceptions.RayTaskError as exc:
+            return f"raised {type(exc.cause).__name__}"
+        return "no error"
+
+    slow = waits_for_release.remote(release)
+    bad = fails.remote()
+    with pytest.raises(ValueError, match="early failure"):
+        ray.get([slow, bad], timeout=20)  # the failure is not ready yet when the get starts
+    with pytest.raises(ValueError, match="early failure"):
+        ray.get([slow, bad], timeout=20)  # and when it is ready already
+    assert ray.get(gets_both.remote([slow, bad]), timeout=20) == "raised ValueError"  # inside a task too
+    open(release, "w").close()
+    assert ray.get(slow, timeout=20) == "released"

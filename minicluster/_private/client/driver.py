@@ -128,8 +128,12 @@ class DriverClient(RuntimeClient):
 
     def get(self, object_ids: Sequence[bytes], timeout: Optional[float]) -> List[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._wait_all(object_ids, len(object_ids), timeout)
+        failed = self._wait_all(object_ids, len(object_ids), timeout, fail_fast=True)
         head = self.head
+        if failed is not None:  # one failed: raise its error now, as Ray does, without waiting for the rest
+            with head.lock:
+                payload = head.payload_of(failed)
+            self.load(failed, payload)
         values = []
         for object_id in object_ids:
             for _ in range(_VANISHED_COPY_RETRIES):
@@ -160,25 +164,34 @@ class DriverClient(RuntimeClient):
         with self.head.lock:
             return self.head.ready_ids(list(object_ids))[:num_returns]
 
-    def _wait_all(self, object_ids: Sequence[bytes], num_ready: int, timeout: Optional[float]) -> None:
-        """Block until `num_ready` of the objects are ready; GetTimeoutError after `timeout`."""
+    def _wait_all(self, object_ids: Sequence[bytes], num_ready: int, timeout: Optional[float],
+                  fail_fast: bool = False) -> Optional[bytes]:
+        """Block until `num_ready` of the objects are ready; GetTimeoutError after `timeout`.
+
+        fail_fast (get): return early with the id of an object that is an error, else None.
+        """
         head = self.head
         event = threading.Event()
         with head.lock:
             head.apply_driver_refs()
-            waiter = head.register_wait(list(object_ids), len(object_ids) - num_ready, lambda w: event.set())
+            waiter = head.register_wait(list(object_ids), len(object_ids) - num_ready, lambda w: event.set(),
+                                        fail_fast)
             head.flush()  # waiting may have started a rebuild of a lost object: send its task now
         if waiter is None:
-            return
-        if self._wait_event(event, timeout):
+            return None
+        if waiter.fired or self._wait_event(event, timeout):
             if head.closed:
                 raise RayError("minicluster was shut down while get() was waiting")
-            return
+            if waiter.failed is None:
+                return None
         with head.lock:
             if not waiter.fired:
                 waiter.fired = True
                 head.unregister_waiter(waiter)
                 raise GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout} seconds.")
+            if waiter.failed is not None:
+                head.unregister_waiter(waiter)  # the others it waited on are not wanted now
+        return waiter.failed
 
     @staticmethod
     def _wait_event(event: threading.Event, timeout: Optional[float]) -> bool:

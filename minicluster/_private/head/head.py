@@ -103,6 +103,11 @@ class Head:
     def faults(self, hooks: Optional[fault_hooks.HeadHooks]) -> None:
         self.head_state.faults = hooks
 
+    def disable_reconstruction(self) -> None:
+        """No lineage is kept from now on, and lost objects are never rebuilt."""
+        with self.lock:
+            self.head_state.lineage.enabled = False
+
     @property
     def closed(self) -> bool:
         return self.head_state.closed
@@ -138,7 +143,9 @@ class Head:
             self.flush()
         self.hub.call_later(0.1, self._housekeeping)
 
-    def add_node(self, num_cpus: float, resources: Optional[Dict[str, float]], num_workers: int) -> NodeRecord:
+    def add_node(self, num_cpus: float, resources: Optional[Dict[str, float]], num_workers: int,
+                 capacity: Optional[int] = None) -> NodeRecord:
+        """Start a virtual node; `capacity`: its store's bytes (default: the session's)."""
         node_id = new_node_id()
         total = {"CPU": float(num_cpus), f"node:{node_id.hex()}": 1.0}
         for key, qty in (resources or {}).items():
@@ -147,7 +154,8 @@ class Head:
         state = self.head_state
         with self.lock:
             node = NodeRecord(node_id, len(state.nodes), total, num_workers, layout.dir_of(node_id),
-                              layout.dir_of(object_store.spill_location(node_id)), state.default_capacity)
+                              layout.dir_of(object_store.spill_location(node_id)),
+                              capacity or state.default_capacity)
             state.objects.capacity[node_id] = node.capacity
             state.nodes[node_id] = node
             state.scheduler.add_node(node_id, total)
@@ -485,8 +493,8 @@ class Head:
     # ==== for the driver (driver.py), its lock held ======================================
 
     def register_wait(self, object_ids: List[bytes], needed_remaining: int,
-                      on_ready: Callable[[Waiter], None]) -> Optional[Waiter]:
-        return self.waiting.register_wait(object_ids, needed_remaining, on_ready)
+                      on_ready: Callable[[Waiter], None], fail_fast: bool = False) -> Optional[Waiter]:
+        return self.waiting.register_wait(object_ids, needed_remaining, on_ready, fail_fast)
 
     def unregister_waiter(self, waiter: Waiter) -> None:
         self.waiting.unregister_waiter(waiter)

@@ -213,6 +213,10 @@ class Recovery:
         entry = objects.entries.get(object_id)
         if entry is None or entry.state not in (LOST, RELEASED):
             return
+        if objects.take_back_cached(object_id, state.reachable):
+            if entry.waiters or entry.dependents:
+                self.tasks.object_ready(object_id, entry)
+            return
         task_id = task_of(object_id)
         running = state.tasks.get(task_id)
         if running is not None and not running.finished:

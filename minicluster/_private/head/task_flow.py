@@ -456,7 +456,9 @@ class TaskFlow:
         entries = objects.entries
         live = sum(1 for object_id in task.spec.return_ids() if object_id in entries)
         kind = task.spec.task_type
-        if not live or not (kind == NORMAL_TASK or (kind == ACTOR_TASK and task.spec.max_retries != 0)):
+        if not live or not self.state.lineage.enabled:
+            return
+        if not (kind == NORMAL_TASK or (kind == ACTOR_TASK and task.spec.max_retries != 0)):
             return  # actor calls are rebuilt only with max_task_retries (SPEC section 3)
         if not task.lineage_held:
             task.lineage_held = True
@@ -511,7 +513,7 @@ class TaskFlow:
         head.history.drop(task.history_entry, task.spec.task_id)
         task.history_entry = head.history.add(task)
         kids = head.children.pop(task.spec.task_id, None)
-        if kids and task.cancelled:
+        if kids and task.cancel_children:
             for child in kids:
                 self.cancel_task(child, False, True)
         if task.pinned:
@@ -524,7 +526,7 @@ class TaskFlow:
         waiters, entry.waiters = entry.waiters, None
         if waiters:
             for waiter in waiters:
-                waiter.notify()
+                waiter.notify(object_id, entry.is_error)
         dependents, entry.dependents = entry.dependents, None
         if dependents:
             for task in dependents:
@@ -549,6 +551,7 @@ class TaskFlow:
             return  # finished (or unknown): cancelling changes nothing
         task.cancelled = True
         if recursive:
+            task.cancel_children = True
             for child in list(self.state.children.get(task_id, ())):
                 self.cancel_task(child, force, recursive)
         worker = task.worker
@@ -564,7 +567,8 @@ class TaskFlow:
                                    "cancelled before it started")
             return
         if worker is None:
-            if task.node is not None and task.state == SUBMITTED_TO_WORKER:
+            placed = task.node is not None and task.state == SUBMITTED_TO_WORKER
+            if placed:
                 self.state.scheduler.release(task.node.node_id, task.spec.resources)
                 try:
                     task.node.waiting.remove(task)
@@ -572,6 +576,8 @@ class TaskFlow:
                     pass
             self.finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
                                    "cancelled before it started")
+            if placed:
+                self.schedule()  # its resources are free again: the next task in line takes them
         elif force and worker.task is task:
             worker.expect_exit(INTENDED_USER_EXIT, f"killed by cancel(force=True) of task {task.spec.name}")
             try:

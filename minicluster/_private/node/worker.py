@@ -121,6 +121,7 @@ class Worker:
         self.tasks.put(None)
 
     def _cancel(self, task_id: bytes) -> None:
+        self.client.cancel_requested.add(task_id)
         if self.async_calls is not None:
             self.async_calls.cancel(task_id)  # at the call's next await, as Ray cancels the asyncio task
             return
@@ -294,6 +295,7 @@ class Worker:
             from minicluster._private.node.async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
 
             self.async_calls = AsyncCalls(self, max_concurrency)
+            self.client.in_async_actor = True
         elif max_concurrency > 1:
             import concurrent.futures
 
@@ -336,6 +338,8 @@ class Worker:
             error_info = msg.ErrorInfo.new(error_type=error_type, retryable=retryable and not cancelled,
                                            message=_one_line(error))
         finally:
+            client.cancel_requested.discard(call.task_id)
+            self.cancelled_queued.discard(call.task_id)  # a cancel of a running actor call lands there
             if call.task_type != ACTOR_TASK:
                 self.current = None
                 self.cancel_target = None

@@ -47,6 +47,16 @@ class WorkerClient(RuntimeClient):
         self._delta_lock = threading.Lock()
         self._requests: Dict[int, list] = {}
         self._request_ids = itertools.count(1)
+        #: tasks running or queued here whose cancel() arrived, until they end: is_canceled()
+        self.cancel_requested: set = set()
+        self.in_async_actor = False  #: is_canceled() is refused there, as in Ray (the coroutine is cancelled)
+
+    def is_canceled(self) -> bool:
+        """Whether cancel() was called on the task running in this thread."""
+        if self.in_async_actor:
+            raise RuntimeError("is_canceled() is not supported in an async actor: a cancelled call's "
+                               "coroutine gets asyncio.CancelledError instead")
+        return self.current_task_id in self.cancel_requested
 
     # ---- outgoing messages ----------------------------------------------------
 
@@ -135,6 +145,9 @@ class WorkerClient(RuntimeClient):
             payloads = self.request(lambda request_id: msg.Get.new(request_id=request_id, object_ids=ids),
                                      timeout=remaining)
             try:
+                if None in payloads:  # one failed and the head did not wait for the rest: raise its error
+                    failed = next(i for i, payload in enumerate(payloads) if payload is not None)
+                    self.load(ids[failed], payloads[failed])
                 return [self.load(oid, payload) for oid, payload in zip(object_ids, payloads)]
             except FileNotFoundError as exc:
                 # A copy vanished between the head's answer and our read (its node died):
