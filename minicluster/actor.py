@@ -32,7 +32,8 @@ class ActorClassMeta:
     """What a handle needs to know about its class: name, methods and their options."""
 
     def __init__(self, cls: type) -> None:
-        self.class_name = cls.__qualname__
+        self.class_name = cls.__qualname__  #: as Ray's handle repr and list_actors show it
+        self.short_name = cls.__name__  #: what task names start with: "Counter.incr", as Ray
         self.module = cls.__module__
         self.methods: Dict[str, Dict[str, Any]] = {}
         self.is_async = False
@@ -42,6 +43,9 @@ class ActorClassMeta:
             self.methods[name] = dict(getattr(member, "__minicluster_method_options__", {}))
             if inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member):
                 self.is_async = True
+        # get_task_function_name() as Ray gives it: module.Class.method, but an async
+        # actor's keeps the class's qualified name (Ray loads those by another path).
+        self.function_prefix = f"{self.module}.{self.class_name if self.is_async else self.short_name}"
 
 
 class ActorClass:
@@ -100,8 +104,8 @@ class ActorClass:
         resources = resources_of(options, default_cpus=1.0)
         spec = TaskSpec(
             task_id=new_task_id(actor_id),
-            name=f"{self._meta.class_name}.__init__",
-            func_name=f"{self._meta.module}.{self._meta.class_name}.__init__",
+            name=f"{self._meta.short_name}.__init__",
+            func_name=f"{self._meta.function_prefix}.__init__",
             function_id=class_id,
             args=args_blob,
             arg_refs=arg_refs,
@@ -120,6 +124,8 @@ class ActorClass:
         )
         meta = {
             "class_name": self._meta.class_name,
+            "short_name": self._meta.short_name,
+            "function_prefix": self._meta.function_prefix,
             "module": self._meta.module,
             "name": name,
             "namespace": namespace,
@@ -207,8 +213,8 @@ class ActorMethod:
             retry_exceptions = dumps_function(tuple(retry_exceptions), "retry_exceptions")
         spec = TaskSpec(
             task_id=new_task_id(handle._actor_id),
-            name=self._options.get("name") or f"{meta['class_name']}.{self._name}",
-            func_name=f"{meta.get('module', '')}.{meta['class_name']}.{self._name}".lstrip("."),
+            name=self._options.get("name") or f"{meta['short_name']}.{self._name}",
+            func_name=f"{meta['function_prefix']}.{self._name}",
             function_id=b"",
             args=args_blob,
             arg_refs=arg_refs,

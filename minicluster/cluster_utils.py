@@ -80,13 +80,14 @@ class Cluster:
             atexit.register(self.shutdown)
 
     def add_node(self, wait: bool = True, **node_args: Any) -> ClusterNode:
-        """Start a virtual node. Takes Ray's node arguments: num_cpus, num_gpus, resources (others ignored)."""
+        """Start a virtual node. Takes Ray's node arguments: num_cpus, num_gpus, resources, labels
+        (others ignored)."""
         num_cpus = node_args.get("num_cpus", 1)
         resources = dict(node_args.get("resources") or {})
         if node_args.get("num_gpus"):
             resources["GPU"] = float(node_args["num_gpus"])
         head = self._client.head
-        record = head.add_node(num_cpus, resources, max(1, int(num_cpus)))
+        record = head.add_node(num_cpus, resources, max(1, int(num_cpus)), node_args.get("labels"))
         node = ClusterNode(self, record.node_id, dict(node_args))
         if self.head_node is None:
             self.head_node = node

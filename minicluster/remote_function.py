@@ -25,7 +25,9 @@ class RemoteFunction:
     def __init__(self, function: Any, options: Dict[str, Any]) -> None:
         self._function = function
         self._options = opts.validate(options, opts.TASK_OPTIONS, "remote functions")
-        self._func_name = f"{function.__module__}.{function.__qualname__}"
+        # Ray's function descriptor: module and __name__, without the `<locals>` path of a
+        # function defined inside another (get_task_function_name(), the state API).
+        self._func_name = f"{function.__module__}.{getattr(function, '__name__', 'remote_function')}"
         self._blob: Optional[bytes] = None
         self._static: Optional[_StaticOptions] = None
         self._function_id = b""

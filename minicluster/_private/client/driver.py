@@ -10,6 +10,7 @@ go to that node's store, and values it reads from other nodes are copied there.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -48,6 +49,7 @@ class DriverClient(RuntimeClient):
         self.cluster_owned = False  #: made by a cluster_utils.Cluster, which alone may stop it
         self.refs = LocalRefCounter()
         self.session = Session(object_store_memory)
+        self.session_name = os.path.basename(self.session.dir)
         self.layout = self.session.layout
         self.default_cpus = num_cpus
         self.default_resources = resources
@@ -213,8 +215,8 @@ class DriverClient(RuntimeClient):
             self.head.kill_actor(actor_id, no_restart)
             self.head.flush()
 
-    def state(self, what: str) -> Any:
-        return self.head.state(what)
+    def state(self, what: str, about: Any = None) -> Any:
+        return self.head.state(what, about)
 
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
         self.head.cancel(object_id, force, recursive)

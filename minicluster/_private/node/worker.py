@@ -289,7 +289,11 @@ class Worker:
 
     def _create_actor(self, cls: type, config: msg.ActorConfig, args: tuple, kwargs: dict) -> None:
         max_concurrency = config.max_concurrency
-        self.actor = cls(*args, **kwargs)
+        try:
+            self.actor = cls(*args, **kwargs)
+        except BaseException:
+            self.client.current_actor_id = None  # the worker goes back to the pool for plain tasks
+            raise
         if config.is_async:
             from minicluster._private.node.async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
 
@@ -508,6 +512,7 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
         conn = Connection.connect(socket_path, key)
         client = WorkerClient(conn, worker_id, node_id, layout, capacity)
         client.namespace = namespace
+        client.session_name = os.path.basename(os.path.dirname(socket_path))  # <session>/head.sock
         set_counter(client.refs)
         context.set_client(client, is_worker=True)
         conn.send(msg.WorkerHello.new(worker_id=worker_id, node_id=node_id, pid=os.getpid()))

@@ -159,8 +159,8 @@ class WorkerClient(RuntimeClient):
         if problem:
             raise ValueError(problem)
 
-    def state(self, what: str) -> Any:
-        return self.request(lambda request_id: msg.QueryState.new(request_id=request_id, what=what))
+    def state(self, what: str, about: Any = None) -> Any:
+        return self.request(lambda request_id: msg.QueryState.new(request_id=request_id, what=what, about=about))
 
     def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
         if spec.function_id not in self.known_functions:
