@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from minicluster._private.client import context
 from minicluster._private.common import options as opts
+from minicluster._private.common import signatures
 from minicluster._private.common.ids import ActorID, new_actor_id, new_task_id
 from minicluster._private.common.task_spec import (
     ACTOR_CREATION_TASK,
@@ -36,11 +37,16 @@ class ActorClassMeta:
         self.short_name = cls.__name__  #: what task names start with: "Counter.incr", as Ray
         self.module = cls.__module__
         self.methods: Dict[str, Dict[str, Any]] = {}
+        #: each method's parameters as the caller passes them (without self or cls), checked at .remote()
+        self.signatures: Dict[str, Optional[signatures.Params]] = {}
+        self.constructor = signatures.params_of(cls)
         self.is_async = False
         for name, member in inspect.getmembers(cls, predicate=callable):
             if name.startswith("__") and name != "__call__":
                 continue
             self.methods[name] = dict(getattr(member, "__minicluster_method_options__", {}))
+            bound_by_class = isinstance(inspect.getattr_static(cls, name, None), (staticmethod, classmethod))
+            self.signatures[name] = signatures.params_of(member, drop_first=not bound_by_class)
             if inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member):
                 self.is_async = True
         # get_task_function_name() as Ray gives it: module.Class.method, but an async
@@ -90,6 +96,9 @@ class ActorClass:
         return self._class_id, self._blob  # type: ignore[return-value]
 
     def _create(self, args: tuple, kwargs: dict, options: Dict[str, Any]) -> "ActorHandle":
+        check = signatures.check_for(self._meta.constructor)
+        if check is not None:
+            check.check(args, kwargs, f"{self.__name__}.remote()")
         client = context.client()
         name = options.get("name")
         namespace = options.get("namespace") or getattr(client, "namespace", "default")
@@ -136,6 +145,7 @@ class ActorClass:
             "detached": options.get("lifetime") == "detached",
             "holds_cpus": "num_cpus" in options,
             "methods": self._meta.methods,
+            "signatures": self._meta.signatures,
         }
         handle = ActorHandle(actor_id, meta)
         client.create_actor(spec, blob, meta)
@@ -158,6 +168,16 @@ class ActorHandle:
     def __init__(self, actor_id: bytes, meta: Dict[str, Any]) -> None:
         self._actor_id = actor_id
         self._meta = meta
+        self._checks: Dict[str, Optional[signatures.ArgumentCheck]] = {}  #: by method, made at first call
+
+    def _check_call(self, method: str, args: tuple, kwargs: dict) -> None:
+        checks = self._checks
+        if method in checks:
+            check = checks[method]
+        else:
+            check = checks[method] = signatures.check_for(self._meta.get("signatures", {}).get(method))
+        if check is not None:
+            check.check(args, kwargs, f"{method}.remote()")
 
     def __reduce__(self) -> tuple:
         return (ActorHandle, (self._actor_id, self._meta))
@@ -204,6 +224,7 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         client = context.client()
         handle = self._handle
+        handle._check_call(self._name, args, kwargs)
         meta = handle._meta
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self._name)
         num_returns = self._options.get("num_returns", 1)

@@ -32,6 +32,47 @@ def test_calling_a_remote_function_directly():
     assert not ray.is_initialized()  # nothing was started
 
 
+def test_arguments_that_do_not_fit_the_signature_fail_at_remote(cluster):
+    cluster()
+
+    @ray.remote
+    def pair(x, y, *rest):
+        return x, y, rest
+
+    @ray.remote
+    class Account:
+        def __init__(self, owner, *, currency="EUR"):
+            self.owner = owner
+
+        def deposit(self, amount, *, note):
+            return amount
+
+        @staticmethod
+        def rate(code):
+            return code
+
+        @classmethod
+        def kind(cls, label):
+            return label
+
+    for bad in (lambda: pair.remote(), lambda: pair.remote(1), lambda: pair.remote(1, 2, z=3),
+                lambda: pair.options(name="p").remote(1), lambda: Account.remote(),
+                lambda: Account.remote("ann", "USD")):
+        with pytest.raises(TypeError, match="remote"):
+            bad()
+    assert submitted_tasks() == 0  # nothing reached the head
+    assert ray.get(pair.remote(1, 2, 3, 4)) == (1, 2, (3, 4))
+    account = Account.remote("ann", currency="USD")
+    with pytest.raises(TypeError, match="missing a required argument: 'note'"):
+        account.deposit.remote(5)
+    with pytest.raises(TypeError, match="'code'"):
+        account.rate.remote()
+    with pytest.raises(TypeError, match="too many positional"):
+        account.kind.remote(1, 2)
+    assert ray.get([account.deposit.remote(5, note="n"), account.rate.remote("x"), account.kind.remote("y")]) == [
+        5, "x", "y"]
+
+
 def test_get_of_a_list_with_a_non_ref(cluster):
     cluster(num_nodes=1, num_cpus=1)
     with pytest.raises(TypeError):
