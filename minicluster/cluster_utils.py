@@ -67,7 +67,7 @@ class Cluster:
                                "call shutdown() first")
         self._client = DriverClient(0, 1, None, None, None)
         self._client.cluster_owned = True  # shutdown() in the driver only disconnects from it
-        self.address = f"{clusters.ADDRESS_PREFIX}{self._client.session.dir}"
+        self.address = self._client.address
         clusters.register(self.address, self._client)
         self.head_node: Optional[ClusterNode] = None
         self.worker_nodes: set = set()

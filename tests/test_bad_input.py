@@ -241,7 +241,7 @@ def test_init_twice(cluster):
     with pytest.raises(RuntimeError, match="ignore_reinit_error"):
         ray.init(num_cpus=1)
     info = ray.init(num_cpus=1, ignore_reinit_error=True)
-    assert info["session_dir"]
+    assert info.address_info["session_dir"]
     assert ray.get(echo.remote(1)) == 1
 
 
@@ -307,7 +307,7 @@ def test_store_falls_back_to_disk_when_shm_dir_is_missing(cluster, capfd, monkey
     assert "disk" in err
     store = testing.snapshot().store_root
     assert not store.startswith("/dev/shm")
-    assert store.startswith(info["session_dir"])
+    assert store.startswith(info.address_info["session_dir"])
 
     array = np.arange(10**6, dtype=np.float64)
     out = ray.get(ray.put(array))
