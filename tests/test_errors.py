@@ -330,3 +330,44 @@ def test_ray_task_error_as_instanceof_cause():
     assert isinstance(dual, ValueError) and isinstance(dual, rex.RayTaskError)
     assert dual.cause is err.cause
     assert str(dual).startswith("ray::f() (pid=")
+
+
+def test_a_dependent_of_a_failed_task_names_both_tasks(cluster):
+    cluster()
+
+    @ray.remote(max_retries=0)
+    def potentially_fail(x):
+        raise MyError(f"failed on {x}")
+
+    @ray.remote
+    def consume(value):
+        return value
+
+    with pytest.raises(MyError) as info:
+        ray.get(consume.remote(potentially_fail.remote(1)))
+    text = str(info.value)
+    assert text.startswith("ray::consume()")
+    assert "At least one of the input arguments for this task could not be computed:" in text
+    assert "ray::potentially_fail()" in text and "failed on 1" in text
+    assert isinstance(info.value, rex.RayTaskError) and isinstance(info.value.cause, MyError)
+
+
+def test_a_task_that_gets_a_failed_child_shows_both_frames(cluster):
+    cluster(num_cpus=2)
+
+    @ray.remote(max_retries=0)
+    def inner_fails():
+        raise MyError("deep down")
+
+    @ray.remote(max_retries=0)
+    def outer_waits():
+        return ray.get(inner_fails.remote())
+
+    with pytest.raises(MyError) as info:
+        ray.get(outer_waits.remote())
+    text = str(info.value)
+    outer, inner = text.index("in outer_waits"), text.index("in inner_fails")
+    assert text.startswith("ray::outer_waits()") and outer < text.index("ray::inner_fails()") < inner
+    assert "Traceback (most recent call last)" not in text  # as Ray prints it
+    assert "minicluster/" not in text.replace("minicluster/tests", "")  # the runtime's own frames are left out
+    assert isinstance(info.value.cause, MyError) and info.value.cause.code == 7

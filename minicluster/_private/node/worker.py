@@ -438,11 +438,10 @@ def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:
 
 
 def _task_error(exc: BaseException, name: str, retry_exceptions: Any, cancelled: bool) -> Tuple[BaseException, bool]:
+    tb = _user_traceback(exc)
     if cancelled:
         cause: BaseException = TaskCancelledError(error_message=f"Task {name} was cancelled while running")
-        tb = "".join(traceback.format_exception(type(exc), exc, _user_traceback(exc.__traceback__)))
         return RayTaskError(name, tb, cause), False
-    tb = "".join(traceback.format_exception(type(exc), exc, _user_traceback(exc.__traceback__)))
     if retry_exceptions is True:
         retryable = isinstance(exc, Exception)
     elif retry_exceptions:
@@ -451,15 +450,26 @@ def _task_error(exc: BaseException, name: str, retry_exceptions: Any, cancelled:
     else:
         retryable = False
     if isinstance(exc, RayTaskError):
-        return exc, retryable  # an upstream task error re-raised in this task: pass it through
+        # A child's error that this task's get() raised: this task's frames, then the child's
+        # whole error as the last line (as Ray shows it); still an instance of the child's cause.
+        return RayTaskError(name, tb, exc.cause), retryable
     return RayTaskError(name, tb, exc), retryable
 
 
-def _user_traceback(tb: Any) -> Any:
-    """Skip the worker's own frames so the traceback starts in user code."""
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    return tb
+# minicluster's own code (its frames are left out of task tracebacks); the demo's tasks are user code.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
+_DEMO_FILE = os.path.join(_PACKAGE_DIR, "demo.py")
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The exception as Ray shows a task's error: the user's frames only (not the worker's, nor
+    those of get() and the rest of the runtime), without Python's "Traceback (most recent call
+    last):" line."""
+    formatted = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    formatted.stack = traceback.StackSummary.from_list([
+        frame for frame in formatted.stack
+        if not frame.filename.startswith(_PACKAGE_DIR) or frame.filename == _DEMO_FILE])
+    return "".join(line for line in formatted.format() if line != "Traceback (most recent call last):\n")
 
 
 def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseException, name: str) -> List[msg.Value]:
