@@ -371,3 +371,53 @@ def test_a_task_that_gets_a_failed_child_shows_both_frames(cluster):
     assert "Traceback (most recent call last)" not in text  # as Ray prints it
     assert "minicluster/" not in text.replace("minicluster/tests", "")  # the runtime's own frames are left out
     assert isinstance(info.value.cause, MyError) and info.value.cause.code == 7
+
+
+@pytest.mark.parametrize("name, bases", [
+    ("ObjectFreedError", (rex.ObjectLostError,)),
+    ("ActorAlreadyExistsError", (ValueError, rex.RayError)),
+    ("RaySystemError", (rex.RayError,)),
+    ("LocalRayletDiedError", (rex.RayError,)),
+    ("OutOfMemoryError", (rex.RayError,)),
+    ("OutOfDiskError", (rex.RayError,)),
+    ("RuntimeEnvSetupError", (rex.RayError,)),
+    ("TaskPlacementGroupRemoved", (rex.RayError,)),
+    ("ActorPlacementGroupRemoved", (rex.RayError,)),
+    ("ActorUnschedulableError", (rex.RayError,)),
+    ("PendingCallsLimitExceeded", (rex.RayError,)),
+    ("AsyncioActorExit", (rex.RayError,)),
+    ("CrossLanguageError", (rex.RayError,)),
+])
+def test_rays_other_exception_classes_exist_for_user_code_that_catches_them(name, bases):
+    cls = getattr(rex, name)
+    assert all(issubclass(cls, base) for base in bases)
+    try:  # the point: an except clause naming it runs instead of failing with AttributeError
+        raise rex.RayError("something else")
+    except cls:
+        pytest.fail(f"{name} caught an unrelated error")
+    except rex.RayError:
+        pass
+
+
+def test_a_taken_actor_name_is_actor_already_exists_error(cluster):
+    cluster()
+
+    @ray.remote
+    class Named:
+        def ping(self):
+            return 1
+
+    first = Named.options(name="only").remote()
+    assert ray.get(first.ping.remote()) == 1
+    with pytest.raises(rex.ActorAlreadyExistsError, match="already taken"):
+        Named.options(name="only").remote()
+
+    @ray.remote
+    def create_in_a_task():
+        try:
+            Named.options(name="only").remote()
+        except ValueError as exc:  # Ray's class is also a ValueError
+            return type(exc).__name__
+        return "created"
+
+    assert ray.get(create_in_a_task.remote()) == "ActorAlreadyExistsError"

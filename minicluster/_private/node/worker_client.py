@@ -24,7 +24,7 @@ from minicluster._private.store import object_store, store_spares
 from minicluster._private.store.serialization import serialize
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
-from minicluster.exceptions import GetTimeoutError, ObjectStoreFullError
+from minicluster.exceptions import ActorAlreadyExistsError, GetTimeoutError, ObjectStoreFullError
 
 
 class WorkerClient(RuntimeClient):
@@ -169,7 +169,7 @@ class WorkerClient(RuntimeClient):
         problem = self.request(lambda request_id: msg.CreateActor.new(request_id=request_id, spec=spec,
                                                                        meta=meta))
         if problem:
-            raise ValueError(problem)
+            raise ActorAlreadyExistsError(problem)
 
     def actor_lookup(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
         """The named actor's handle arguments (actor id, its metadata), or None."""

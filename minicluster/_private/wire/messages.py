@@ -296,8 +296,8 @@ class QueryState(NamedTuple):
 
 
 class CreateActor(NamedTuple):
-    """worker -> head: code in a task created an actor; replied with None, or the ValueError's
-    text (its name is taken)."""
+    """worker -> head: code in a task created an actor; replied with None, or the text of the
+    ActorAlreadyExistsError (its name is taken)."""
 
     request_id: int
     spec: "TaskSpec"
