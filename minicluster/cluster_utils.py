@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional
 from minicluster import api
 from minicluster._private.client import clusters, context
 from minicluster._private.client.driver import DriverClient
+from minicluster._private.common import system_config
 
 # Ray's node arguments (RayParams) that mean nothing for virtual nodes on one machine:
 # addresses, ports, dashboards, sockets, log plumbing. Taken, with a warning once each.
@@ -37,12 +38,10 @@ _NO_EFFECT_HERE = frozenset({
 })
 # Ray's node arguments that would change behaviour here but are not supported: refused.
 _NOT_SUPPORTED = frozenset({
-    "labels", "plasma_directory", "object_spilling_directory", "worker_path", "setup_worker_path", "huge_pages",
+    "plasma_directory", "object_spilling_directory", "worker_path", "setup_worker_path", "huge_pages",
     "temp_dir", "runtime_env_dir_name", "autoscaling_config", "tracing_startup_hook", "env_vars", "cluster_id",
     "node_id", "resource_isolation_config", "proxy_server_url",
 })
-# _system_config keys that turn lineage reconstruction off when False.
-_RECONSTRUCTION_SWITCHES = ("lineage_pinning_enabled",)
 _warned: set = set()
 
 
@@ -95,7 +94,7 @@ class Cluster:
                                "call shutdown() first")
         self._client = DriverClient(0, 1, None, None, None)
         self._client.cluster_owned = True  # shutdown() in the driver only disconnects from it
-        self.address = f"{clusters.ADDRESS_PREFIX}{self._client.session.dir}"
+        self.address = self._client.address
         clusters.register(self.address, self._client)
         self.head_node: Optional[ClusterNode] = None
         self.worker_nodes: set = set()
@@ -109,7 +108,7 @@ class Cluster:
 
     def add_node(self, wait: bool = True, **node_args: Any) -> ClusterNode:
         """Start a virtual node. Takes Ray's node arguments: num_cpus, num_gpus, memory, resources,
-        object_store_memory (this node's store), and for the first node the cluster's
+        labels, object_store_memory (this node's store), and for the first node the cluster's
         enable_object_reconstruction and _system_config; network and dashboard arguments have
         no effect here (a warning says so); the rest are refused."""
         self._check_node_args(node_args)
@@ -122,7 +121,8 @@ class Cluster:
         head = self._client.head
         if self.head_node is None and not self.worker_nodes:
             self._apply_cluster_settings(node_args)
-        record = head.add_node(num_cpus, resources, max(1, int(num_cpus)), node_args.get("object_store_memory"))
+        record = head.add_node(num_cpus, resources, max(1, int(num_cpus)), node_args.get("object_store_memory"),
+                               node_args.get("labels"))
         node = ClusterNode(self, record.node_id, dict(node_args))
         if self.head_node is None:
             self.head_node = node
@@ -139,7 +139,7 @@ class Cluster:
                 raise ValueError(f"Cluster.add_node({name}=...) is not supported by minicluster")
             if name in _NO_EFFECT_HERE:
                 _warn_once(f"Cluster.add_node({name}=...) has no effect on virtual nodes (one machine, no ports)")
-            elif name not in ("num_cpus", "num_gpus", "memory", "resources", "object_store_memory",
+            elif name not in ("num_cpus", "num_gpus", "memory", "resources", "labels", "object_store_memory",
                               "enable_object_reconstruction", "_system_config"):
                 raise TypeError(f"Cluster.add_node() got an unexpected keyword argument {name!r}")
         capacity = node_args.get("object_store_memory")
@@ -148,16 +148,9 @@ class Cluster:
 
     def _apply_cluster_settings(self, head_args: Dict[str, Any]) -> None:
         """The first node's cluster-wide settings (Ray reads them from the head node)."""
-        system_config = dict(head_args.get("_system_config") or {})
-        enabled = head_args.get("enable_object_reconstruction", True)
-        for key in _RECONSTRUCTION_SWITCHES:
-            if key in system_config:
-                enabled = enabled and bool(system_config.pop(key))
-        if not enabled:
+        if not system_config.reconstruction_enabled("Cluster.add_node", head_args.get("_system_config"),
+                                                     head_args.get("enable_object_reconstruction")):
             self._client.head.disable_reconstruction()
-        if system_config:
-            _warn_once(f"Cluster.add_node(_system_config=...): {', '.join(sorted(system_config))} "
-                       "have no equivalent in minicluster and are ignored")
 
     def remove_node(self, node: ClusterNode, allow_graceful: bool = True) -> None:
         """Kill the node: its processes die and the objects stored only there are lost."""

@@ -13,13 +13,19 @@ Every process imports this module; errors cross process boundaries pickled.
     ├── RayActorError
     │   ├── ActorDiedError
     │   └── ActorUnavailableError
-    └── ObjectLostError
-        ├── OwnerDiedError
-        ├── ObjectFetchTimedOutError
-        ├── ReferenceCountingAssertionError   (also an AssertionError)
-        └── ObjectReconstructionFailedError   (.reason names Ray's reason)
-            ├── ObjectReconstructionFailedMaxAttemptsExceededError
-            └── ObjectReconstructionFailedLineageEvictedError
+    ├── ActorAlreadyExistsError       (also a ValueError: an actor's name is taken)
+    ├── ObjectLostError
+    │   ├── OwnerDiedError
+    │   ├── ObjectFetchTimedOutError
+    │   ├── ObjectFreedError
+    │   ├── ReferenceCountingAssertionError   (also an AssertionError)
+    │   └── ObjectReconstructionFailedError   (.reason names Ray's reason)
+    │       ├── ObjectReconstructionFailedMaxAttemptsExceededError
+    │       └── ObjectReconstructionFailedLineageEvictedError
+    └── defined so that user code catching them runs, never raised by minicluster (it has no
+        such failure or feature): RaySystemError, LocalRayletDiedError, OutOfMemoryError,
+        OutOfDiskError, RuntimeEnvSetupError, TaskPlacementGroupRemoved, ActorPlacementGroupRemoved,
+        ActorUnschedulableError, PendingCallsLimitExceeded, AsyncioActorExit, CrossLanguageError
 """
 
 from __future__ import annotations
@@ -283,6 +289,13 @@ class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
         return self._base_str() + "\n\nThe object has already been deleted by the reference counting protocol."
 
 
+class ObjectFreedError(ObjectLostError):
+    """The object was freed explicitly (Ray's internal free()); minicluster frees only unreferenced objects."""
+
+    def __str__(self) -> str:
+        return self._base_str() + "\n\nThe object was manually freed and can no longer be used."
+
+
 # Ray's names for why an object could not be rebuilt.
 RECONSTRUCTION_REASONS = (
     "OBJECT_UNRECONSTRUCTABLE",
@@ -343,6 +356,77 @@ _REASON_TEXT = {
 }
 
 
+class ActorAlreadyExistsError(ValueError, RayError):
+    """An actor is created with a name a live actor of its namespace already has."""
+
+
+# ---- Ray's other errors: never raised here, defined so that user code catching them runs ----
+
+
+class RaySystemError(RayError):
+    """A failure of Ray's own system (minicluster reports its failures with the classes above)."""
+
+    def __init__(self, client_exc: Any = None, traceback_str: Optional[str] = None) -> None:
+        self.client_exc = client_exc
+        self.traceback_str = traceback_str
+        super().__init__(client_exc)
+
+    def __str__(self) -> str:
+        text = f"System error: {self.client_exc}"
+        return f"{text}\ntraceback: {self.traceback_str}" if self.traceback_str else text
+
+
+class LocalRayletDiedError(RayError):
+    """The raylet of the task's node died (minicluster: NodeDiedError)."""
+
+
+class OutOfMemoryError(RayError):
+    """Ray's memory monitor killed the task's worker (minicluster has no memory monitor)."""
+
+
+class OutOfDiskError(RayError):
+    """The local disk is full (Ray's object spilling)."""
+
+
+class RuntimeEnvSetupError(RayError):
+    """The task's runtime_env could not be set up."""
+
+    def __init__(self, error_message: Optional[str] = None) -> None:
+        self.error_message = error_message
+        super().__init__(error_message)
+
+    def __str__(self) -> str:
+        return f"Failed to set up runtime environment.\n{self.error_message or ''}".rstrip()
+
+
+class TaskPlacementGroupRemoved(RayError):
+    """The task's placement group was removed."""
+
+
+class ActorPlacementGroupRemoved(RayError):
+    """The actor's placement group was removed."""
+
+
+class ActorUnschedulableError(RayError):
+    """The actor can never be scheduled."""
+
+    def __init__(self, error_message: str = "") -> None:
+        self.error_message = error_message
+        super().__init__(error_message)
+
+
+class PendingCallsLimitExceeded(RayError):
+    """An actor's max_pending_calls was reached."""
+
+
+class AsyncioActorExit(RayError):
+    """Raised by exit_actor() inside an async actor to end it."""
+
+
+class CrossLanguageError(RayError):
+    """An error raised by code in another language (Java, C++)."""
+
+
 __all__ = [
     "RayError",
     "RayTaskError",
@@ -362,4 +446,17 @@ __all__ = [
     "ObjectReconstructionFailedError",
     "ObjectReconstructionFailedMaxAttemptsExceededError",
     "ObjectReconstructionFailedLineageEvictedError",
+    "ObjectFreedError",
+    "ActorAlreadyExistsError",
+    "RaySystemError",
+    "LocalRayletDiedError",
+    "OutOfMemoryError",
+    "OutOfDiskError",
+    "RuntimeEnvSetupError",
+    "TaskPlacementGroupRemoved",
+    "ActorPlacementGroupRemoved",
+    "ActorUnschedulableError",
+    "PendingCallsLimitExceeded",
+    "AsyncioActorExit",
+    "CrossLanguageError",
 ]

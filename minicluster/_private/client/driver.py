@@ -10,10 +10,12 @@ go to that node's store, and values it reads from other nodes are copied there.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from minicluster._private.client import clusters
 from minicluster._private.client.log_monitor import LogMonitor
 from minicluster._private.client.object_ref import LocalRefCounter, ObjectRef, set_counter
 from minicluster._private.client.runtime_client import RuntimeClient
@@ -35,7 +37,8 @@ NODE_START_TIMEOUT_S = 30.0
 
 class DriverClient(RuntimeClient):
     def __init__(self, num_nodes: int, num_cpus: float, resources: Optional[Dict[str, float]],
-                 object_store_memory: Optional[int], namespace: Optional[str], log_to_driver: bool = True) -> None:
+                 object_store_memory: Optional[int], namespace: Optional[str], log_to_driver: bool = True,
+                 labels: Optional[Dict[str, str]] = None) -> None:
         """Start a session of `num_nodes` nodes; `object_store_memory` is each node's store capacity.
 
         Workers' output is printed here with a `(task pid=.., node=..)` prefix unless
@@ -48,6 +51,8 @@ class DriverClient(RuntimeClient):
         self.cluster_owned = False  #: made by a cluster_utils.Cluster, which alone may stop it
         self.refs = LocalRefCounter()
         self.session = Session(object_store_memory)
+        self.session_name = os.path.basename(self.session.dir)
+        self.address = clusters.address_of(self.session.dir)  #: what init(address=...) takes
         self.layout = self.session.layout
         self.default_cpus = num_cpus
         self.default_resources = resources
@@ -63,7 +68,7 @@ class DriverClient(RuntimeClient):
             self.head.default_capacity = object_store_memory or config.default_store_capacity(
                 self.session.in_shm, max(1, num_nodes))
             for _ in range(num_nodes):
-                self.head.add_node(num_cpus, resources, self.num_workers_per_node)
+                self.head.add_node(num_cpus, resources, self.num_workers_per_node, labels=labels)
             self.head.wait_for_nodes(NODE_START_TIMEOUT_S)
             # What happens is journaled for `minicluster list ...` (state_recorder.py), and
             # workers' output is forwarded here (log_monitor.py).
@@ -226,8 +231,8 @@ class DriverClient(RuntimeClient):
             self.head.kill_actor(actor_id, no_restart)
             self.head.flush()
 
-    def state(self, what: str) -> Any:
-        return self.head.state(what)
+    def state(self, what: str, about: Any = None) -> Any:
+        return self.head.state(what, about)
 
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
         self.head.cancel(object_id, force, recursive)

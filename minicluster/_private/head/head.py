@@ -144,7 +144,7 @@ class Head:
         self.hub.call_later(0.1, self._housekeeping)
 
     def add_node(self, num_cpus: float, resources: Optional[Dict[str, float]], num_workers: int,
-                 capacity: Optional[int] = None) -> NodeRecord:
+                 capacity: Optional[int] = None, labels: Optional[Dict[str, str]] = None) -> NodeRecord:
         """Start a virtual node; `capacity`: its store's bytes (default: the session's)."""
         node_id = new_node_id()
         total = {"CPU": float(num_cpus), f"node:{node_id.hex()}": 1.0}
@@ -156,6 +156,8 @@ class Head:
             node = NodeRecord(node_id, len(state.nodes), total, num_workers, layout.dir_of(node_id),
                               layout.dir_of(object_store.spill_location(node_id)),
                               capacity or state.default_capacity)
+            # Ray's default label, then the caller's (get_runtime_context().get_node_labels()).
+            node.labels = {"ray.io/node-id": node_id.hex(), **(labels or {})}
             state.objects.capacity[node_id] = node.capacity
             state.nodes[node_id] = node
             state.scheduler.add_node(node_id, total)
@@ -436,7 +438,7 @@ class Head:
 
     # ==== cluster state ================================================================
 
-    def state(self, what: str) -> Any:
+    def state(self, what: str, about: Any = None) -> Any:
         with self.lock:
             if what == "nodes":
                 return [self._node_info(node) for node in self.nodes.values()]
@@ -444,7 +446,25 @@ class Head:
                 return self.scheduler.totals()
             if what == "available_resources":
                 return self.scheduler.availables()
+            if what == "task_context":
+                return self._task_context(about)
+            if what == "node_labels":
+                node = self.nodes.get(about)
+                return dict(node.labels) if node is not None else {}
         raise ValueError(f"unknown state query {what!r}")
+
+    def _task_context(self, task_id: bytes) -> Dict[str, Any]:
+        """What get_runtime_context() asks about a running task: the resources it was given and,
+        in an actor, the actor's handle metadata and how often it restarted."""
+        task = self.tasks.get(task_id)
+        spec = task.spec if task is not None else None
+        actor = self.actors.get(spec.actor_id) if spec is not None and spec.actor_id else None
+        if actor is None:
+            return {"resources": dict(spec.resources) if spec is not None else {}, "actor": None}
+        resources = dict(actor.creation.spec.resources)
+        if not actor.meta["holds_cpus"]:
+            resources.pop("CPU", None)  # the implicit CPU an actor is placed with is not held (Ray)
+        return {"resources": resources, "actor": (actor.actor_id, actor.meta, actor.num_restarts)}
 
     def _node_info(self, node: NodeRecord) -> Dict[str, Any]:
         return {
@@ -482,7 +502,7 @@ class Head:
         self.kill_actor(message.actor_id, message.no_restart)
 
     def _on_state(self, peer: Peer, worker: WorkerRecord, message: msg.QueryState) -> None:
-        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=self.state(message.what)))
+        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=self.state(message.what, message.about)))
 
     def _on_done(self, peer: Peer, worker: WorkerRecord, message: msg.Done) -> None:
         self.task_flow.task_done(worker, message)

@@ -58,6 +58,9 @@ PIPELINE_QUICK_S = 0.001
 # longer avoids forking again in bursty nested workloads.
 IDLE_RETIRE_S = 2.0
 
+#: Ray's words for a task that never ran because an argument is an upstream task's error.
+ARGUMENT_FAILED = "At least one of the input arguments for this task could not be computed:"
+
 
 class TaskFlow:
     """Moves tasks along; see the module docstring. Public methods are what Head and the
@@ -258,14 +261,15 @@ class TaskFlow:
         self._wait_for_args(task)
 
     def _fail_on_argument_error(self, task: TaskRecord, blob: bytes) -> None:
-        """A task depending on a failed object fails with that error.
-
-        Upstream task errors pass through unchanged (as in Ray); a lost-object error
-        is wrapped so the dependent's error is a RayTaskError that is also the loss.
-        """
+        """A task depending on a failed object fails with that error, wrapped as Ray does: its
+        own header, Ray's sentence, then the upstream error; still an instance of the upstream
+        cause (or, for a lost object, of the loss)."""
 
         error, _ = deserialize(blob)
-        if not isinstance(error, RayTaskError):
+        if isinstance(error, RayTaskError):
+            text = f"  {ARGUMENT_FAILED}\n{RayTaskError.__module__}.{type(error).__name__}: {error}"
+            blob = error_blob(RayTaskError(task.spec.name, text, error.cause))
+        else:
             blob = error_blob(RayTaskError(task.spec.name, f"{type(error).__name__}: {error}", error))
         self._finish_with_payload_error(task, blob, "TASK_EXECUTION_EXCEPTION", "an argument is an error")
 

@@ -127,6 +127,7 @@ class NodeRecord:
         self.start_time = 0.0
         self.end_time = 0.0
         self.worker_changes: Set[WorkerInfo] = set()  #: infos changed since the state recorder looked
+        self.labels: Dict[str, str] = {}  #: Ray's node labels ("ray.io/node-id" and the user's)
 
     @property
     def name(self) -> str:

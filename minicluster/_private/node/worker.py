@@ -290,7 +290,11 @@ class Worker:
 
     def _create_actor(self, cls: type, config: msg.ActorConfig, args: tuple, kwargs: dict) -> None:
         max_concurrency = config.max_concurrency
-        self.actor = cls(*args, **kwargs)
+        try:
+            self.actor = cls(*args, **kwargs)
+        except BaseException:
+            self.client.current_actor_id = None  # the worker goes back to the pool for plain tasks
+            raise
         if config.is_async:
             from minicluster._private.node.async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
 
@@ -438,11 +442,10 @@ def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:
 
 
 def _task_error(exc: BaseException, name: str, retry_exceptions: Any, cancelled: bool) -> Tuple[BaseException, bool]:
+    tb = _user_traceback(exc)
     if cancelled:
         cause: BaseException = TaskCancelledError(error_message=f"Task {name} was cancelled while running")
-        tb = "".join(traceback.format_exception(type(exc), exc, _user_traceback(exc.__traceback__)))
         return RayTaskError(name, tb, cause), False
-    tb = "".join(traceback.format_exception(type(exc), exc, _user_traceback(exc.__traceback__)))
     if retry_exceptions is True:
         retryable = isinstance(exc, Exception)
     elif retry_exceptions:
@@ -451,15 +454,26 @@ def _task_error(exc: BaseException, name: str, retry_exceptions: Any, cancelled:
     else:
         retryable = False
     if isinstance(exc, RayTaskError):
-        return exc, retryable  # an upstream task error re-raised in this task: pass it through
+        # A child's error that this task's get() raised: this task's frames, then the child's
+        # whole error as the last line (as Ray shows it); still an instance of the child's cause.
+        return RayTaskError(name, tb, exc.cause), retryable
     return RayTaskError(name, tb, exc), retryable
 
 
-def _user_traceback(tb: Any) -> Any:
-    """Skip the worker's own frames so the traceback starts in user code."""
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    return tb
+# minicluster's own code (its frames are left out of task tracebacks); the demo's tasks are user code.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
+_DEMO_FILE = os.path.join(_PACKAGE_DIR, "demo.py")
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The exception as Ray shows a task's error: the user's frames only (not the worker's, nor
+    those of get() and the rest of the runtime), without Python's "Traceback (most recent call
+    last):" line."""
+    formatted = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    formatted.stack = traceback.StackSummary.from_list([
+        frame for frame in formatted.stack
+        if not frame.filename.startswith(_PACKAGE_DIR) or frame.filename == _DEMO_FILE])
+    return "".join(line for line in formatted.format() if line != "Traceback (most recent call last):\n")
 
 
 def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseException, name: str) -> List[msg.Value]:
@@ -512,6 +526,7 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
         conn = Connection.connect(socket_path, key)
         client = WorkerClient(conn, worker_id, node_id, layout, capacity)
         client.namespace = namespace
+        client.session_name = os.path.basename(os.path.dirname(socket_path))  # <session>/head.sock
         set_counter(client.refs)
         context.set_client(client, is_worker=True)
         conn.send(msg.WorkerHello.new(worker_id=worker_id, node_id=node_id, pid=os.getpid()))

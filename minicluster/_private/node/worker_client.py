@@ -24,7 +24,7 @@ from minicluster._private.store import object_store, store_spares
 from minicluster._private.store.serialization import serialize
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
-from minicluster.exceptions import GetTimeoutError, ObjectStoreFullError
+from minicluster.exceptions import ActorAlreadyExistsError, GetTimeoutError, ObjectStoreFullError
 
 
 class WorkerClient(RuntimeClient):
@@ -172,8 +172,8 @@ class WorkerClient(RuntimeClient):
         if problem:
             raise ValueError(problem)
 
-    def state(self, what: str) -> Any:
-        return self.request(lambda request_id: msg.QueryState.new(request_id=request_id, what=what))
+    def state(self, what: str, about: Any = None) -> Any:
+        return self.request(lambda request_id: msg.QueryState.new(request_id=request_id, what=what, about=about))
 
     def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
         if spec.function_id not in self.known_functions:
@@ -182,7 +182,7 @@ class WorkerClient(RuntimeClient):
         problem = self.request(lambda request_id: msg.CreateActor.new(request_id=request_id, spec=spec,
                                                                        meta=meta))
         if problem:
-            raise ValueError(problem)
+            raise ActorAlreadyExistsError(problem)
 
     def actor_lookup(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
         """The named actor's handle arguments (actor id, its metadata), or None."""

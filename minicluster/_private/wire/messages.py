@@ -287,16 +287,17 @@ class Cancel(NamedTuple):
 
 
 class QueryState(NamedTuple):
-    """worker -> head: a cluster-state query in a task (nodes(), cluster_resources(), ...);
-    replied with the answer."""
+    """worker -> head: a cluster-state query in a task (nodes(), cluster_resources(), ...,
+    get_runtime_context()'s questions about the running task); replied with the answer."""
 
     request_id: int
     what: str
+    about: Any = None  #: the id the query is about ("task_context": a task id; "node_labels": a node id)
 
 
 class CreateActor(NamedTuple):
-    """worker -> head: code in a task created an actor; replied with None, or the ValueError's
-    text (its name is taken)."""
+    """worker -> head: code in a task created an actor; replied with None, or the text of the
+    ActorAlreadyExistsError (its name is taken)."""
 
     request_id: int
     spec: "TaskSpec"
