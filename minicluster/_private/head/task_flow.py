@@ -398,7 +398,8 @@ class TaskFlow:
                                name=spec.name, args_blob=spec.args, payloads=payloads, num_returns=spec.num_returns,
                                retry_exceptions=spec.retry_exceptions, max_calls=spec.max_calls,
                                task_type=spec.task_type, func_name=spec.func_name, method=spec.method,
-                               actor_config=actor, faults=None if faults is None else faults.on_exec(task, worker))
+                               actor_config=actor, faults=None if faults is None else faults.on_exec(task, worker),
+                               num_cpus=spec.resources.get("CPU", 0.0))
         if faults is None or not faults.hold_exec(worker, message):
             self.outbox.post(peer, message)
 

@@ -144,6 +144,7 @@ class Exec(NamedTuple):
     method: Optional[str]  #: the method of an actor call
     actor_config: Optional[ActorConfig]
     faults: Optional[Tuple[FaultOrder, ...]]  #: a test's fault plan's orders for this attempt
+    num_cpus: float  #: the CPUs the task holds: the worker sets OMP_NUM_THREADS from it, as Ray does
 
 
 class DefineFunction(NamedTuple):
