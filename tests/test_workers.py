@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import psutil
 import pytest
 from conftest import wait_for
 from driver_process import DriverProcess
@@ -152,3 +153,62 @@ def test_a_segfaulting_task_shows_its_python_stack_on_the_drivers_terminal(tmp_p
     assert re.search(r"\(parse_blob pid=\d+, node=node-0\) Fatal Python error: Segmentation fault", err), err
     assert re.search(r'\(parse_blob pid=\d+, node=node-0\)   File ".*segv\.py", line \d+ in read_address_zero', err)
     assert re.search(r'\(parse_blob pid=\d+, node=node-0\)   File ".*segv\.py", line \d+ in parse_blob', err)
+
+
+def test_gpu_tasks_cpu_tasks_and_actors_get_workers_of_their_own(cluster):
+    cluster(num_cpus=2, num_gpus=1, resources={"disk": 1})
+
+    @ray.remote
+    def pid():
+        return os.getpid()
+
+    @ray.remote
+    class Holder:
+        def pid(self):
+            return os.getpid()
+
+    cpu_worker = ray.get(pid.remote())
+    # as in Ray, CPU counts and custom resources do not matter: the same worker runs these
+    assert ray.get(pid.options(num_cpus=2).remote()) == cpu_worker
+    assert ray.get(pid.options(num_cpus=0, resources={"disk": 1}).remote()) == cpu_worker
+    # a task that holds a GPU never shares a worker with CPU-only tasks, either way round
+    gpu_worker = ray.get(pid.options(num_gpus=1).remote())
+    assert gpu_worker != cpu_worker
+    assert ray.get(pid.options(num_gpus=0.5).remote()) == gpu_worker
+    assert ray.get(pid.remote()) == cpu_worker
+    # an actor never takes over a worker that already ran tasks
+    actor_worker = ray.get(Holder.remote().pid.remote())
+    assert actor_worker not in (cpu_worker, gpu_worker)
+
+
+def test_a_max_calls_worker_stays_while_objects_it_owns_are_in_use(cluster):
+    cluster(num_cpus=2)
+
+    @ray.remote
+    def make_data():
+        return "payload"
+
+    @ray.remote(max_calls=1, max_retries=0)
+    def submitter():
+        return os.getpid(), make_data.remote()  # this worker owns make_data's result
+
+    pid, inner = ray.get(submitter.remote())
+    assert ray.get(inner) == "payload"  # its owner did not leave with max_calls (no OwnerDiedError)
+    assert psutil.pid_exists(pid)
+    del inner  # the last object it owns is gone: now it leaves
+    wait_for(lambda: not _alive(pid), what="the max_calls worker to exit")
+
+    # a max_calls worker that owns nothing still leaves at once
+    @ray.remote(max_calls=1)
+    def plain():
+        return os.getpid()
+
+    pid = ray.get(plain.remote())
+    wait_for(lambda: not _alive(pid), what="the max_calls worker to exit")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from minicluster._private.common import config
 from minicluster._private.head.actor_records import ActorRecord
@@ -92,6 +92,9 @@ class HeadState:
     faults: Optional[fault_hooks.HeadHooks] = None
     #: True once the session shut down: nothing new starts
     closed: bool = False
+    #: set by the task flow: called when a worker leaving after max_calls no longer owns any
+    #: object, so it may exit now (its exit would have taken them along: OwnerDiedError)
+    owner_free: Optional[Callable[[WorkerRecord], None]] = None
 
     # ---- queries several flows share (read only) ---------------------------------------
 
@@ -150,6 +153,8 @@ def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
         owner = state.workers.get(entry.owner)
         if owner is not None:
             owner.owned.discard(object_id)
+            if owner.retiring and not owner.owned and state.owner_free is not None:
+                state.owner_free(owner)
 
     def release_lineage_args(task: TaskRecord) -> None:
         # A lineage record goes: the lineage refs it held on its arguments go with it.

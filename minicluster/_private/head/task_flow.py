@@ -41,7 +41,7 @@ from minicluster._private.head.states import (
     SUBMITTED_TO_WORKER,
 )
 from minicluster._private.head.task_records import TaskRecord
-from minicluster._private.head.virtual_nodes import INTENDED_USER_EXIT, NodeRecord, WorkerRecord
+from minicluster._private.head.virtual_nodes import INTENDED_USER_EXIT, NodeRecord, WorkerRecord, worker_kind
 from minicluster._private.store import object_store
 from minicluster._private.store.serialization import deserialize, error_blob
 from minicluster._private.wire import messages as msg
@@ -73,6 +73,7 @@ class TaskFlow:
         # Placement is tried once per submission burst: cleared when a task joins a queue
         # where others of its shape already wait (FIFO: nothing could be placed anyway).
         self._placement_pending = False
+        state.owner_free = self._let_go
 
     def connect(self, actors: ActorCallsForTasks, recovery: RecoveryForTasks) -> None:
         self.actors = actors
@@ -118,6 +119,10 @@ class TaskFlow:
                 self.args_ready(other)
             queue = worker.queue
             self.replenish(worker.node)  # its successor starts now, not once its exit is reported
+            if not worker.owned:
+                self._let_go(worker)
+            # else it stays, running nothing, until the objects it owns are gone (head_state's
+            # owner_free): they live as long as their owner, as in Ray
         if task is None or task.spec.task_id != task_id or task.attempt != attempt or task.finished:
             self.discard_results(task_id, results, worker.node.node_id)
         else:
@@ -298,8 +303,9 @@ class TaskFlow:
                 node = state.nodes[node_id]
                 task.node = node
                 task.set_state(SUBMITTED_TO_WORKER, node_id=node_id)
-                if node.idle:
-                    self._dispatch(task, node.idle.popleft())
+                worker = node.take_idle(worker_kind(task.spec)) if node.idle else None
+                if worker is not None:
+                    self._dispatch(task, worker)
                 else:
                     node.waiting.append(task)
                     self.replenish(node)
@@ -343,13 +349,23 @@ class TaskFlow:
     def worker_free(self, worker: WorkerRecord) -> None:
         """A worker has nothing to do: give it a task waiting on its node, or make it idle."""
         node = worker.node
-        while node.waiting:
-            task = node.waiting.popleft()
+        waiting = node.waiting
+        while waiting:
+            task = waiting[0]
             if task.finished:
+                waiting.popleft()
                 self.state.scheduler.release(node.node_id, task.spec.resources)
                 continue
-            self._dispatch(task, worker)
-            return
+            if worker.kind is None or worker.kind == worker_kind(task.spec):
+                waiting.popleft()
+                self._dispatch(task, worker)
+                return
+            task = next((t for t in waiting if not t.finished and worker.kind == worker_kind(t.spec)), None)
+            if task is not None:  # (one of another kind is first: a worker is being started for it)
+                waiting.remove(task)
+                self._dispatch(task, worker)
+                return
+            break
         node.idle.append(worker)
         if node.pool_size() > node.target_workers:
             # Extra workers are started for tasks blocked in get(); let them go once idle.
@@ -368,7 +384,14 @@ class TaskFlow:
         worker.retire("idle surplus worker (started while tasks were blocked in get)")
         self.outbox.post(worker.peer, msg.Retire.new())
 
+    def _let_go(self, worker: WorkerRecord) -> None:
+        """A worker that reached max_calls and owns nothing (any more) exits."""
+        if not worker.dead and worker.peer is not None:
+            self.outbox.post(worker.peer, msg.Retire.new())
+
     def _dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
+        if worker.kind is None:
+            worker.kind = worker_kind(task.spec)
         worker.queue.append(task)
         task.worker = worker
         if len(worker.queue) == 1:

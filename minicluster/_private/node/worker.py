@@ -187,11 +187,20 @@ class Worker:
             # the crash is charged to the task that caused it.
             client.send(done)
             del value  # only now: refs inside the value must not be released before the reply
-            if done.retire:  # max_calls reached
+            if done.retire:  # max_calls reached: the head says when to go (see _wait_for_release)
+                self._wait_for_release()
                 break
         client.send()
         log_files.flush_output()
         os._exit(0)
+
+    def _wait_for_release(self) -> None:
+        """After its last call: run nothing more, and exit once the head says so (Retire). The head
+        waits until no object this worker owns is still referenced: they die with their owner."""
+        self.client.send()
+        self.title.set(IDLE)
+        while self.tasks.get() is not None:
+            pass  # tasks the head had queued here and took back: they run elsewhere
 
     def _function(self, function_id: bytes) -> Any:
         fn = self.functions.get(function_id)

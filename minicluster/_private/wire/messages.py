@@ -177,7 +177,8 @@ class Steal(NamedTuple):
 
 
 class Retire(NamedTuple):
-    """head -> worker: an idle surplus worker; exit after the current task."""
+    """head -> worker: exit after the current task (an idle surplus worker; a worker past max_calls
+    once nothing it owns is referenced)."""
 
 
 # ==== worker -> head ====================================================================
@@ -216,7 +217,7 @@ class Done(NamedTuple):
     error: Optional[ErrorInfo]
     start: float  #: time.time() when the worker began the attempt
     end: float
-    retire: bool  #: the worker reached max_calls and exits now
+    retire: bool  #: the worker reached max_calls: it runs nothing more and exits on Retire
 
 
 class Submit(NamedTuple):
