@@ -102,3 +102,127 @@ def test_the_driver_folds_a_line_printed_by_four_workers(tmp_path, dedup):
     else:
         assert out.count("hello world") == 4, out
         assert "repeated" not in out
+
+
+UNHANDLED_SCRIPT = """
+    import os
+    import minicluster as ray
+
+    ray.init(num_cpus=1)  # one worker: tasks run in submission order
+
+    @ray.remote(max_retries=0)
+    def fails(tag):
+        raise ValueError(f"nobody reads {tag}")
+
+    @ray.remote
+    def after():
+        return None  # once it ran, every earlier task has finished
+
+    ref = fails.remote("dropped-at-once")
+    del ref  # dropped before it even failed: announced once it has
+    ref = fails.remote("read-by-get")
+    try:
+        ray.get(ref)
+    except ray.exceptions.RayTaskError:
+        pass
+    del ref  # read: nothing to say
+    ref = fails.remote("seen-by-wait")
+    ray.wait([ref])
+    del ref  # seen ready by wait: handled too, as in Ray
+    ref = fails.remote("dropped-later")
+    ray.get(after.remote())
+    del ref  # failed a while ago, dropped now
+    ray.get(after.remote())  # (the driver's dropped refs reach the head with its next call)
+    os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
+    ref = fails.remote("suppressed")
+    del ref
+    ray.get(after.remote())
+    ray.shutdown()
+    print("DONE", flush=True)
+"""
+
+
+def test_a_failed_result_dropped_unread_prints_rays_unhandled_error_line(tmp_path):
+    driver = DriverProcess(UNHANDLED_SCRIPT, str(tmp_path / "driver.py"))
+    try:
+        driver.expect("DONE")
+        assert driver.finish() == 0, "".join(driver.stderr)
+    finally:
+        driver.kill()
+    err = "".join(driver.stderr)
+    assert err.count("Unhandled error (suppress with 'RAY_IGNORE_UNHANDLED_ERRORS=1'): ray::fails()") == 2, err
+    assert "ValueError: nobody reads dropped-at-once" in err and "ValueError: nobody reads dropped-later" in err
+    for handled in ("read-by-get", "seen-by-wait", "suppressed"):
+        assert handled not in err
+
+
+RETRIES_SCRIPT = """
+    import os, sys
+    import minicluster as ray
+
+    ray.init(num_cpus=1)
+
+    @ray.remote(max_retries=2, retry_exceptions=True)
+    def flaky():
+        raise KeyError("not yet")
+
+    @ray.remote(max_retries=1)
+    def crashes():
+        os._exit(3)
+
+    for fn in (flaky, crashes):
+        try:
+            ray.get(fn.remote())
+        except ray.exceptions.RayError as exc:
+            print("FAILED", type(exc).__name__, flush=True)
+    ray.shutdown()
+    print("DONE", flush=True)
+"""
+
+
+def test_retries_and_worker_deaths_are_announced_one_line_each(tmp_path):
+    driver = DriverProcess(RETRIES_SCRIPT, str(tmp_path / "driver.py"))
+    try:
+        driver.expect("DONE")
+        assert driver.finish() == 0, "".join(driver.stderr)
+    finally:
+        driver.kill()
+    err = "".join(driver.stderr)
+    assert "minicluster: Task flaky failed. There are 2 retries remaining, so the task will be retried. " \
+           "Error: KeyError: 'not yet'\n" in err
+    assert "minicluster: Task flaky failed. There are 1 retries remaining" in err
+    assert err.count("Task flaky failed") == 2  # the last attempt's failure is the program's to report
+    deaths = re.findall(r"minicluster: A worker died or was killed while executing task crashes "
+                        r"\(pid=\d+, node=node-0\): exit code 3\n", err)
+    assert len(deaths) == 2
+    assert err.count("Task crashes failed. There are 1 retries remaining") == 1
+
+
+class _Timers:
+    def __init__(self) -> None:
+        self.pending: list = []
+
+    def call_later(self, seconds: float, fn) -> object:
+        self.pending.append(fn)
+        return fn
+
+    def cancel_timer(self, timer: object) -> None:
+        self.pending.remove(timer)
+
+    def close_peer(self, peer: object) -> None:
+        pass
+
+
+def test_announcements_are_rate_limited_with_a_summary_of_the_rest(capsys):
+    from minicluster._private.head import announcements
+
+    timers = _Timers()
+    announcer = announcements.Announcer(timers, lambda object_id, entry: b"")
+    for i in range(announcements.LIMIT + 25):
+        announcer.retry(f"task{i}", 1, "boom")
+    shown = capsys.readouterr().err.splitlines()
+    assert len(shown) == announcements.LIMIT
+    assert len(timers.pending) == 1  # one summary at the window's end
+    timers.pending.pop()()
+    summary = capsys.readouterr().err
+    assert summary.startswith("minicluster: 25 more task retries, worker deaths or unhandled errors in the last")

@@ -117,6 +117,7 @@ class HeadState:
         entry = self.objects.entries.get(object_id)
         if entry is None:
             return msg.Payload.new(kind="e", data=error_blob(self.missing_error(object_id)))
+        entry.unhandled = False  # (an error read by get is handled)
         payload = entry.payload
         if payload is None:  # lost again after the wait ended: the caller asks once more
             return msg.Payload.new(kind="s", data=[], size=entry.size)
@@ -127,8 +128,14 @@ class HeadState:
         return payload
 
     def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:
+        """The ready ones; as in Ray, an error that `wait` reports ready counts as handled."""
         entries = self.objects.entries
-        return [oid for oid in object_ids if (e := entries.get(oid)) is None or e.state == READY]
+        ready = [oid for oid in object_ids if (e := entries.get(oid)) is None or e.state == READY]
+        for oid in ready:
+            entry = entries.get(oid)
+            if entry is not None:
+                entry.unhandled = False
+        return ready
 
     def error_blob_of(self, object_id: bytes, entry: ObjectEntry) -> bytes:
         """The pickled error an error object holds, inline or in a store."""

@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 from minicluster._private.common.ids import task_of
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
+from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.flow_interfaces import ActorCallsForTasks, RecoveryForTasks, Timers
 from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.lineage import arguments_of
@@ -67,6 +68,7 @@ class TaskFlow:
         self.state = state
         self.outbox = outbox
         self.timers = timers
+        self.announce: Announcer  #: set by the head: retries on the driver's terminal
         # set by connect(): the flows this one calls
         self.actors: ActorCallsForTasks
         self.recovery: RecoveryForTasks
@@ -242,6 +244,7 @@ class TaskFlow:
                 self._wait_again(task)
                 return
             if entry.is_error:
+                entry.unhandled = False  # carried on by this task's own error
                 self._fail_on_argument_error(task, state.error_blob_of(object_id, entry))
                 return
         if task.spec.task_type == ACTOR_TASK:
@@ -449,6 +452,7 @@ class TaskFlow:
         if task.cancelled or error_type == "TASK_CANCELLED":
             self._finish(task, results, node_id, FAILED, "TASK_CANCELLED", message)
         elif retryable and task.retries_left != 0:
+            self.announce.retry(task.spec.name, task.retries_left, message)
             task.fail_attempt(error_type, message)
             self.retry(task)
         else:
@@ -468,8 +472,9 @@ class TaskFlow:
         if task.owner_dead:
             self.discard_results(task.spec.task_id, results, node_id)
         else:
+            unhandled = is_error and error_type != "TASK_CANCELLED"  # (cancelling was the user's own doing)
             for object_id, value in zip(task.spec.return_ids(), results):
-                self.store(object_id, value.kind, value.data, value.refs, node_id, is_error)
+                self.store(object_id, value.kind, value.data, value.refs, node_id, is_error, unhandled)
             if not is_error:
                 self._keep_lineage(task)
         self._close_task(task, state, error_type, message)
@@ -488,11 +493,14 @@ class TaskFlow:
                 objects.add_lineage_ref(object_id)
         self.state.lineage.keep(task, live)
 
-    def store(self, object_id: bytes, kind: str, data: Any, nested: list, node_id: bytes, is_error: bool) -> None:
-        """Record a produced value (a task's result or a put) and wake whoever waits for it."""
+    def store(self, object_id: bytes, kind: str, data: Any, nested: list, node_id: bytes, is_error: bool,
+              unhandled: bool = False) -> None:
+        """Record a produced value (a task's result or a put) and wake whoever waits for it.
+        `unhandled`: a failed task's result, announced if it is freed before anyone reads it."""
         objects = self.state.objects
         entry = objects.set_value(object_id, kind, data, nested, node_id, is_error)
         if entry is not None:
+            entry.unhandled = unhandled
             self.object_ready(object_id, entry)
             objects.maybe_free(object_id)
             if kind == "s":
@@ -520,6 +528,7 @@ class TaskFlow:
                 entry.size = len(blob)
                 entry.is_error = True
                 entry.state = READY
+                entry.unhandled = error_type != "TASK_CANCELLED"
                 self.object_ready(object_id, entry)
                 objects.maybe_free(object_id)
         self._close_task(task, FAILED, error_type, message)
