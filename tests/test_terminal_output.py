@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from driver_process import DriverProcess
+from driver_process import run_driver
 
 from minicluster._private.observe.log_dedup import LineFolder, fold_key
 
@@ -80,7 +80,6 @@ SCRIPT = """
     pids = ray.get([shout.remote(sys.argv[1]) for _ in range(4)])
     assert len(set(pids)) == 4, pids
     ray.shutdown()
-    print("DONE", flush=True)
 """
 
 
@@ -88,13 +87,7 @@ SCRIPT = """
 def test_the_driver_folds_a_line_printed_by_four_workers(tmp_path, dedup):
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    driver = DriverProcess(SCRIPT, str(tmp_path / "driver.py"), [str(barrier)], env={"RAY_DEDUP_LOGS": dedup})
-    try:
-        driver.expect("DONE")
-        assert driver.finish() == 0, "".join(driver.stderr)
-    finally:
-        driver.kill()
-    out = "".join(driver.stdout)
+    out, _ = run_driver(SCRIPT, str(tmp_path / "driver.py"), [str(barrier)], env={"RAY_DEDUP_LOGS": dedup})
     if dedup == "1":
         assert out.count("hello world") == 2, out
         assert out.count("[repeated 3x across cluster]") == 1, out
@@ -138,18 +131,11 @@ UNHANDLED_SCRIPT = """
     del ref
     ray.get(after.remote())
     ray.shutdown()
-    print("DONE", flush=True)
 """
 
 
 def test_a_failed_result_dropped_unread_prints_rays_unhandled_error_line(tmp_path):
-    driver = DriverProcess(UNHANDLED_SCRIPT, str(tmp_path / "driver.py"))
-    try:
-        driver.expect("DONE")
-        assert driver.finish() == 0, "".join(driver.stderr)
-    finally:
-        driver.kill()
-    err = "".join(driver.stderr)
+    _, err = run_driver(UNHANDLED_SCRIPT, str(tmp_path / "driver.py"))
     assert err.count("Unhandled error (suppress with 'RAY_IGNORE_UNHANDLED_ERRORS=1'): ray::fails()") == 2, err
     assert "ValueError: nobody reads dropped-at-once" in err and "ValueError: nobody reads dropped-later" in err
     for handled in ("read-by-get", "seen-by-wait", "suppressed"):
@@ -176,18 +162,11 @@ RETRIES_SCRIPT = """
         except ray.exceptions.RayError as exc:
             print("FAILED", type(exc).__name__, flush=True)
     ray.shutdown()
-    print("DONE", flush=True)
 """
 
 
 def test_retries_and_worker_deaths_are_announced_one_line_each(tmp_path):
-    driver = DriverProcess(RETRIES_SCRIPT, str(tmp_path / "driver.py"))
-    try:
-        driver.expect("DONE")
-        assert driver.finish() == 0, "".join(driver.stderr)
-    finally:
-        driver.kill()
-    err = "".join(driver.stderr)
+    _, err = run_driver(RETRIES_SCRIPT, str(tmp_path / "driver.py"))
     assert "minicluster: Task flaky failed. There are 2 retries remaining, so the task will be retried. " \
            "Error: KeyError: 'not yet'\n" in err
     assert "minicluster: Task flaky failed. There are 1 retries remaining" in err

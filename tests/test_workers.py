@@ -11,7 +11,7 @@ import sys
 import psutil
 import pytest
 from conftest import wait_for
-from driver_process import DriverProcess
+from driver_process import run_driver
 
 import minicluster as ray
 
@@ -105,7 +105,7 @@ def test_omp_num_threads_follows_the_tasks_cpus(cluster):
 
 
 def test_omp_num_threads_set_by_the_user_is_left_alone(tmp_path):
-    driver = DriverProcess("""
+    out, _ = run_driver("""
         import os
         import minicluster as ray
         ray.init(num_cpus=2)
@@ -114,19 +114,15 @@ def test_omp_num_threads_set_by_the_user_is_left_alone(tmp_path):
         def threads():
             return os.environ.get("OMP_NUM_THREADS")
 
-        print("THREADS", ray.get(threads.remote()), ray.get(threads.options(num_cpus=2).remote()), flush=True)
+        print("THREADS", ray.get(threads.remote()), ray.get(threads.options(num_cpus=2).remote()))
         ray.shutdown()
     """, str(tmp_path / "driver.py"), env={"OMP_NUM_THREADS": "7"})
-    try:
-        assert driver.expect("THREADS") == "7 7"
-        assert driver.finish() == 0, "".join(driver.stderr)
-    finally:
-        driver.kill()
+    assert "THREADS 7 7\n" in out
 
 
 def test_a_segfaulting_task_shows_its_python_stack_on_the_drivers_terminal(tmp_path):
-    driver = DriverProcess("""
-        import ctypes
+    _, err = run_driver("""
+        import ctypes, sys
         import minicluster as ray
         ray.init(num_cpus=1)
 
@@ -140,15 +136,10 @@ def test_a_segfaulting_task_shows_its_python_stack_on_the_drivers_terminal(tmp_p
         try:
             ray.get(parse_blob.remote())
         except ray.exceptions.WorkerCrashedError:
-            print("CRASHED", flush=True)
+            print("CRASHED", file=sys.stderr)
         ray.shutdown()
     """, str(tmp_path / "segv.py"))
-    try:
-        driver.expect("CRASHED")
-        assert driver.finish() == 0, "".join(driver.stderr)
-    finally:
-        driver.kill()
-    err = "".join(driver.stderr)
+    assert "CRASHED" in err
     # faulthandler's report, from the worker's log file, with the task's prefix
     assert re.search(r"\(parse_blob pid=\d+, node=node-0\) Fatal Python error: Segmentation fault", err), err
     assert re.search(r'\(parse_blob pid=\d+, node=node-0\)   File ".*segv\.py", line \d+ in read_address_zero', err)
