@@ -42,11 +42,8 @@ def env(name: str, default: T, cast: Callable[[str], T]) -> T:
 
 
 def _flag(raw: str) -> bool:
-    if raw.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if raw.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError("expected 0 or 1")
+    """Ray's reading of a boolean variable: "1" or "true" (any case) is on, anything else off."""
+    return raw.strip().lower() in ("1", "true")
 
 
 def dedup_logs() -> bool:
