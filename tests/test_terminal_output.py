@@ -126,6 +126,22 @@ UNHANDLED_SCRIPT = """
     ray.get(after.remote())
     del ref  # failed a while ago, dropped now
     ray.get(after.remote())  # (the driver's dropped refs reach the head with its next call)
+
+    @ray.remote
+    class Broken:
+        def __init__(self):
+            raise RuntimeError("no constructor-failed-unread line")
+
+        def ping(self):
+            return None
+
+    broken = Broken.remote()
+    try:
+        ray.get(broken.ping.remote())
+    except ray.exceptions.ActorDiedError:
+        pass
+    del broken  # the failed creation task's own result is internal: never announced
+    ray.get(after.remote())
     os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
     ref = fails.remote("suppressed")
     del ref
@@ -138,7 +154,7 @@ def test_a_failed_result_dropped_unread_prints_rays_unhandled_error_line(tmp_pat
     _, err = run_driver(UNHANDLED_SCRIPT, str(tmp_path / "driver.py"))
     assert err.count("Unhandled error (suppress with 'RAY_IGNORE_UNHANDLED_ERRORS=1'): ray::fails()") == 2, err
     assert "ValueError: nobody reads dropped-at-once" in err and "ValueError: nobody reads dropped-later" in err
-    for handled in ("read-by-get", "seen-by-wait", "suppressed"):
+    for handled in ("read-by-get", "seen-by-wait", "constructor-failed-unread", "suppressed"):
         assert handled not in err
 
 

@@ -472,7 +472,7 @@ class TaskFlow:
         if task.owner_dead:
             self.discard_results(task.spec.task_id, results, node_id)
         else:
-            unhandled = is_error and error_type != "TASK_CANCELLED"  # (cancelling was the user's own doing)
+            unhandled = is_error and _unhandled_if_unread(task, error_type)
             for object_id, value in zip(task.spec.return_ids(), results):
                 self.store(object_id, value.kind, value.data, value.refs, node_id, is_error, unhandled)
             if not is_error:
@@ -528,7 +528,7 @@ class TaskFlow:
                 entry.size = len(blob)
                 entry.is_error = True
                 entry.state = READY
-                entry.unhandled = error_type != "TASK_CANCELLED"
+                entry.unhandled = _unhandled_if_unread(task, error_type)
                 self.object_ready(object_id, entry)
                 objects.maybe_free(object_id)
         self._close_task(task, FAILED, error_type, message)
@@ -613,3 +613,10 @@ class TaskFlow:
                 pass
         else:
             self.outbox.post(worker.peer, msg.CancelTask.new(task_id=task_id))
+
+
+def _unhandled_if_unread(task: TaskRecord, error_type: Optional[str]) -> bool:
+    """Whether the failure is announced if its result is freed unread (announcements.py): not a
+    cancelled task's (the user asked for it) nor an actor's creation task's (its result is ours,
+    nobody reads it; the actor's calls report the failure)."""
+    return error_type != "TASK_CANCELLED" and task.spec.task_type != ACTOR_CREATION_TASK
