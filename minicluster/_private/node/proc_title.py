@@ -28,7 +28,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 IDLE = "ray::IDLE"
 _PR_SET_NAME = 15
@@ -42,6 +42,7 @@ class ProcTitle:
         self._mem_fd = -1
         self._area: Tuple[int, int] = (0, 0)  #: (address, length) of the argv area
         self._prctl = None
+        self._encoded: Dict[str, Tuple[bytes, bytes]] = {}  #: title -> (argv area bytes, short name)
         if not sys.platform.startswith("linux"):
             return
         try:
@@ -58,18 +59,29 @@ class ProcTitle:
         if title == self.current:
             return
         self.current = title
-        data = title.encode("utf-8", "replace")
+        encoded = self._encoded.get(title)
+        if encoded is None:
+            encoded = self._encode(title)
+        area, short = encoded
         if self._mem_fd >= 0:
-            address, length = self._area
-            # The last byte stays NUL: the kernel then reports the whole area as the command line.
-            text = data[: length - 1]
             try:
-                os.pwrite(self._mem_fd, text + b"\0" * (length - len(text)), address)
+                os.pwrite(self._mem_fd, area, self._area[0])
             except OSError:
                 os.close(self._mem_fd)
                 self._mem_fd = -1  # refused (a hardened kernel): keep the short name only
         if self._prctl is not None:
-            self._prctl(_PR_SET_NAME, ctypes.c_char_p(data[:15]), 0, 0, 0)
+            self._prctl(_PR_SET_NAME, short, 0, 0, 0)
+
+    def _encode(self, title: str) -> Tuple[bytes, bytes]:
+        """The bytes for the argv area (NUL-padded) and the short name; kept, as a worker has few titles."""
+        data = title.encode("utf-8", "replace")
+        length = self._area[1]
+        # The last byte stays NUL: the kernel then reports the whole area as the command line.
+        text = data[: max(length - 1, 0)]
+        if len(self._encoded) >= 64:
+            self._encoded.clear()
+        encoded = self._encoded[title] = (text + b"\0" * (length - len(text)), data[:15])
+        return encoded
 
 
 def _argv_area() -> Tuple[int, int]:

@@ -64,6 +64,8 @@ if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 m
 ASYNC_BATCH = 64
 #: Put on the main thread's queue: send the async actor's held replies.
 FLUSH_REPLIES = object()
+#: How long a worker is idle before its process title says so (proc_title.py).
+IDLE_TITLE_AFTER_S = 0.05
 
 
 class Worker:
@@ -162,8 +164,13 @@ class Worker:
                     self.async_calls.start(async_batch)  # type: ignore[union-attr]
                     async_batch = []
                 client.send()  # going idle: report refs the last task dropped, so they can be freed
-                self.title.set(self.idle_title)
-                request = self.tasks.get()
+                try:
+                    # The title says IDLE only once the worker stays idle a moment: a stream of
+                    # round trips (get(f.remote())) would otherwise rewrite it twice per task.
+                    request = self.tasks.get(timeout=IDLE_TITLE_AFTER_S)
+                except queue.Empty:
+                    self.title.set(self.idle_title)
+                    request = self.tasks.get()
             if request is None:
                 break
             if request is FLUSH_REPLIES:
