@@ -91,6 +91,7 @@ class ActorFlow:
         node_id = worker.node.node_id
         if error_info is not None or record is None:
             scheduler.release(node_id, task.spec.resources)
+            worker.kind = None  # it holds no actor: it may serve anything, as a fresh worker does
             return False  # the constructor raised (creation_failed settled the actor): back to the pool
         if record.state == DEAD:
             # Killed while its constructor ran: the process holds an instance, so it goes too.

@@ -42,6 +42,7 @@ from minicluster._private.common import config
 from minicluster._private.common.ids import new_node_id
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
+from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.head_state import new_state
 from minicluster._private.head.invariants import HeadStateError, violations
 from minicluster._private.head.messaging import LockedTimers, Outbox
@@ -80,6 +81,10 @@ class Head:
         self.actor_flow.connect(tasks=self.task_flow)
         self.waiting.connect(tasks=self.task_flow, recovery=self.recovery)
         self.recovery.connect(tasks=self.task_flow, actors=self.actor_flow, waiting=self.waiting)
+        # What the user is told on the terminal: retries, worker deaths, errors nobody read.
+        self.announcer = Announcer(timers, state.error_blob_of)
+        self.task_flow.announce = self.recovery.announce = self.announcer
+        state.objects.on_unhandled = self.announcer.unhandled_error
         # Read-only views for the driver, the state recorder and the fault injector: the
         # state's containers themselves (never rebound), so reading them costs nothing.
         self.scheduler = state.scheduler
@@ -240,6 +245,7 @@ class Head:
             if state.closed:
                 return
             state.closed = True
+            self.announcer.closed = True
             for node in state.nodes.values():
                 if node.alive:
                     node.alive = False

@@ -81,7 +81,7 @@ class Waiter:
 
 class ObjectEntry:
     __slots__ = ("state", "payload", "size", "owner", "pins", "borrowers", "nested", "waiters", "dependents",
-                 "is_error", "lineage_refs")
+                 "is_error", "lineage_refs", "unhandled")
 
     def __init__(self, owner: bytes) -> None:
         self.state = PENDING
@@ -95,6 +95,7 @@ class ObjectEntry:
         self.dependents: Optional[List[Any]] = None
         self.is_error = False
         self.lineage_refs = 0
+        self.unhandled = False  #: a failed task's result nobody has read yet (announcements.py)
 
 
 class ObjectDirectory:
@@ -109,6 +110,8 @@ class ObjectDirectory:
         self.node_usage: Dict[bytes, int] = collections.defaultdict(int)  #: shared-memory bytes per node
         self.capacity: Dict[bytes, int] = {}  #: store capacity per node
         self.spilled_bytes = 0
+        #: called when an `unhandled` error is freed, before its value goes (set by the head)
+        self.on_unhandled: Optional[Callable[[bytes, ObjectEntry], None]] = None
 
     # ---- creation and values ---------------------------------------------------------
 
@@ -313,6 +316,8 @@ class ObjectDirectory:
 
     def free(self, object_id: bytes) -> None:
         entry = self.entries.pop(object_id)
+        if entry.unhandled and self.on_unhandled is not None:
+            self.on_unhandled(object_id, entry)
         self._release_value(object_id, entry)
         self.freed.add(object_id)
         self.on_deleted(object_id, entry)

@@ -29,6 +29,7 @@ task's result: a RayTaskError carrying the traceback, marked retryable when
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import inspect
 import os
 import pickle
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import set_counter
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
+from minicluster._private.node.proc_title import IDLE, ProcTitle, actor_title, task_title
 from minicluster._private.node.worker_client import WorkerClient, store_serialized, store_value
 from minicluster._private.observe import log_files
 from minicluster._private.store import object_store
@@ -62,6 +64,8 @@ if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 m
 ASYNC_BATCH = 64
 #: Put on the main thread's queue: send the async actor's held replies.
 FLUSH_REPLIES = object()
+#: How long a worker is idle before its process title says so (proc_title.py).
+IDLE_TITLE_AFTER_S = 0.05
 
 
 class Worker:
@@ -83,6 +87,10 @@ class Worker:
         self.pool: Optional[concurrent.futures.ThreadPoolExecutor] = None  # threaded actors
         self.async_calls: Optional[AsyncCalls] = None  # async actors: their event loop
         self.main_ident = threading.get_ident()
+        self.title = ProcTitle()  #: `ray::IDLE`, `ray::<task>`: what ps shows (proc_title.py)
+        self.idle_title = IDLE  #: `ray::<Class>` once this worker holds an actor
+        self.title.set(IDLE)
+        self.omp_ours = False  #: OMP_NUM_THREADS was set by us, not inherited from the user's environment
 
     # ---- reader thread -----------------------------------------------------------
 
@@ -157,7 +165,13 @@ class Worker:
                     self.async_calls.start(async_batch)  # type: ignore[union-attr]
                     async_batch = []
                 client.send()  # going idle: report refs the last task dropped, so they can be freed
-                request = self.tasks.get()
+                try:
+                    # The title says IDLE only once the worker stays idle a moment: a stream of
+                    # round trips (get(f.remote())) would otherwise rewrite it twice per task.
+                    request = self.tasks.get(timeout=IDLE_TITLE_AFTER_S)
+                except queue.Empty:
+                    self.title.set(self.idle_title)
+                    request = self.tasks.get()
             if request is None:
                 break
             if request is FLUSH_REPLIES:
@@ -181,11 +195,20 @@ class Worker:
             # the crash is charged to the task that caused it.
             client.send(done)
             del value  # only now: refs inside the value must not be released before the reply
-            if done.retire:  # max_calls reached
+            if done.retire:  # max_calls reached: the head says when to go (see _wait_for_release)
+                self._wait_for_release()
                 break
         client.send()
         log_files.flush_output()
         os._exit(0)
+
+    def _wait_for_release(self) -> None:
+        """After its last call: run nothing more, and exit once the head says so (Retire). The head
+        waits until no object this worker owns is still referenced: they die with their owner."""
+        self.client.send()
+        self.title.set(IDLE)
+        while self.tasks.get() is not None:
+            pass  # tasks the head had queued here and took back: they run elsewhere
 
     def _function(self, function_id: bytes) -> Any:
         fn = self.functions.get(function_id)
@@ -210,6 +233,8 @@ class Worker:
         # cancel() interrupts the main thread's task, and only inside its own code: raised
         # anywhere else (while its result is sent, say) it would escape and kill the worker.
         self.in_user_code = call.task_type != ACTOR_TASK
+        if self.pool is None:  # (a threaded actor runs calls at once: its title stays its class's name)
+            self.title.set(task_title(call.name))
         try:
             if self.in_user_code and self.cancel_target == call.task_id:
                 raise KeyboardInterrupt  # the cancel came while its arguments were loaded
@@ -256,6 +281,7 @@ class Worker:
             cancelled = call.task_id in self.cancelled_queued
             self.cancelled_queued.discard(call.task_id)
         if call.task_type != ACTOR_TASK:  # (an actor's calls keep the actor's log marker)
+            self._set_omp_threads(request.num_cpus)
             if call.task_type == ACTOR_CREATION_TASK:
                 # From here on this worker's output is the actor's: `(Counter pid=...)`.
                 log_files.mark_task(call.name.rsplit(".", 1)[0], log_files.ACTOR_MARKER)
@@ -277,6 +303,19 @@ class Worker:
             call.error = exc
         return call
 
+    def _set_omp_threads(self, num_cpus: float) -> None:
+        """As Ray does: OMP_NUM_THREADS is the task's whole CPUs (at least 1), unless the user's
+        environment sets it. Ray unsets it after each task and sets it again at the next; here
+        it stays between tasks (nothing runs then) and is set only when the value changes."""
+        environ = os.environ
+        current = environ.get("OMP_NUM_THREADS")
+        if current is not None and not self.omp_ours:
+            return  # the user's own setting, inherited from the driver's environment
+        wanted = str(max(int(num_cpus), 1))
+        if current != wanted:  # (also when the last task changed or removed it)
+            environ["OMP_NUM_THREADS"] = wanted
+            self.omp_ours = True
+
     def _callable(self, call: "_Call") -> Any:
         if call.task_type == ACTOR_TASK:
             if self.actor is None:
@@ -290,10 +329,13 @@ class Worker:
 
     def _create_actor(self, cls: type, config: msg.ActorConfig, args: tuple, kwargs: dict) -> None:
         max_concurrency = config.max_concurrency
+        self.idle_title = actor_title(config.class_name)
         try:
             self.actor = cls(*args, **kwargs)
         except BaseException:
-            self.client.current_actor_id = None  # the worker goes back to the pool for plain tasks
+            # The worker goes back to the pool for plain tasks.
+            self.client.current_actor_id = None
+            self.idle_title = IDLE
             raise
         if config.is_async:
             from minicluster._private.node.async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
@@ -522,6 +564,9 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
     _set_parent_death_signal()
     if os.getppid() != parent_pid:
         os._exit(1)  # the node manager died between fork and prctl
+    # A crash in C code (a segfault in an extension, say) prints the Python stack that caused
+    # it to fd 2, the worker's .err file, which the log monitor shows on the driver's terminal.
+    faulthandler.enable(all_threads=False)
     try:
         conn = Connection.connect(socket_path, key)
         client = WorkerClient(conn, worker_id, node_id, layout, capacity)
