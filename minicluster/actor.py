@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from minicluster._private.client import context
 from minicluster._private.common import options as opts
+from minicluster._private.common import signatures
 from minicluster._private.common.ids import ActorID, new_actor_id, new_task_id
 from minicluster._private.common.task_spec import (
     ACTOR_CREATION_TASK,
@@ -32,16 +33,25 @@ class ActorClassMeta:
     """What a handle needs to know about its class: name, methods and their options."""
 
     def __init__(self, cls: type) -> None:
-        self.class_name = cls.__qualname__
+        self.class_name = cls.__qualname__  #: as Ray's handle repr and list_actors show it
+        self.short_name = cls.__name__  #: what task names start with: "Counter.incr", as Ray
         self.module = cls.__module__
         self.methods: Dict[str, Dict[str, Any]] = {}
+        #: each method's parameters as the caller passes them (without self or cls), checked at .remote()
+        self.signatures: Dict[str, Optional[signatures.Params]] = {}
+        self.constructor = signatures.params_of(cls)
         self.is_async = False
         for name, member in inspect.getmembers(cls, predicate=callable):
             if name.startswith("__") and name != "__call__":
                 continue
             self.methods[name] = dict(getattr(member, "__minicluster_method_options__", {}))
+            bound_by_class = isinstance(inspect.getattr_static(cls, name, None), (staticmethod, classmethod))
+            self.signatures[name] = signatures.params_of(member, drop_first=not bound_by_class)
             if inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member):
                 self.is_async = True
+        # get_task_function_name() as Ray gives it: module.Class.method, but an async
+        # actor's keeps the class's qualified name (Ray loads those by another path).
+        self.function_prefix = f"{self.module}.{self.class_name if self.is_async else self.short_name}"
 
 
 class ActorClass:
@@ -86,6 +96,9 @@ class ActorClass:
         return self._class_id, self._blob  # type: ignore[return-value]
 
     def _create(self, args: tuple, kwargs: dict, options: Dict[str, Any]) -> "ActorHandle":
+        check = signatures.check_for(self._meta.constructor)
+        if check is not None:
+            check.check(args, kwargs, f"{self.__name__}.remote()")
         client = context.client()
         name = options.get("name")
         namespace = options.get("namespace") or getattr(client, "namespace", "default")
@@ -100,8 +113,8 @@ class ActorClass:
         resources = resources_of(options, default_cpus=1.0)
         spec = TaskSpec(
             task_id=new_task_id(actor_id),
-            name=f"{self._meta.class_name}.__init__",
-            func_name=f"{self._meta.module}.{self._meta.class_name}.__init__",
+            name=f"{self._meta.short_name}.__init__",
+            func_name=f"{self._meta.function_prefix}.__init__",
             function_id=class_id,
             args=args_blob,
             arg_refs=arg_refs,
@@ -120,6 +133,8 @@ class ActorClass:
         )
         meta = {
             "class_name": self._meta.class_name,
+            "short_name": self._meta.short_name,
+            "function_prefix": self._meta.function_prefix,
             "module": self._meta.module,
             "name": name,
             "namespace": namespace,
@@ -130,6 +145,7 @@ class ActorClass:
             "detached": options.get("lifetime") == "detached",
             "holds_cpus": "num_cpus" in options,
             "methods": self._meta.methods,
+            "signatures": self._meta.signatures,
         }
         handle = ActorHandle(actor_id, meta)
         client.create_actor(spec, blob, meta)
@@ -152,6 +168,16 @@ class ActorHandle:
     def __init__(self, actor_id: bytes, meta: Dict[str, Any]) -> None:
         self._actor_id = actor_id
         self._meta = meta
+        self._checks: Dict[str, Optional[signatures.ArgumentCheck]] = {}  #: by method, made at first call
+
+    def _check_call(self, method: str, args: tuple, kwargs: dict) -> None:
+        checks = self._checks
+        if method in checks:
+            check = checks[method]
+        else:
+            check = checks[method] = signatures.check_for(self._meta.get("signatures", {}).get(method))
+        if check is not None:
+            check.check(args, kwargs, f"{method}.remote()")
 
     def __reduce__(self) -> tuple:
         return (ActorHandle, (self._actor_id, self._meta))
@@ -198,6 +224,7 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         client = context.client()
         handle = self._handle
+        handle._check_call(self._name, args, kwargs)
         meta = handle._meta
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self._name)
         num_returns = self._options.get("num_returns", 1)
@@ -207,8 +234,8 @@ class ActorMethod:
             retry_exceptions = dumps_function(tuple(retry_exceptions), "retry_exceptions")
         spec = TaskSpec(
             task_id=new_task_id(handle._actor_id),
-            name=self._options.get("name") or f"{meta['class_name']}.{self._name}",
-            func_name=f"{meta.get('module', '')}.{meta['class_name']}.{self._name}".lstrip("."),
+            name=self._options.get("name") or f"{meta['short_name']}.{self._name}",
+            func_name=f"{meta['function_prefix']}.{self._name}",
             function_id=b"",
             args=args_blob,
             arg_refs=arg_refs,

@@ -10,10 +10,13 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import warnings
+from collections.abc import Mapping
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from minicluster._private.client import clusters, context
 from minicluster._private.common import options as opts
+from minicluster._private.common import system_config
 from minicluster._private.observe.timeline import write_trace
 from minicluster.actor import ActorClass, ActorHandle
 from minicluster.exceptions import RayError
@@ -27,14 +30,31 @@ _init_lock = context.init_lock
 # ==== init / shutdown ====================================================================
 
 
-class RayContext(dict):
-    """What `init()` returns: a dict with the session's details (Ray returns a similar object)."""
+class RayContext(Mapping):
+    """What `init()` returns, as Ray's: `ctx.address_info` (a dict with Ray's keys: "address",
+    "session_dir", "node_id", ...), `ctx["address"]` (deprecated in Ray, so it warns),
+    `ctx.dashboard_url`, and a context manager whose exit shuts the session down."""
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    def __init__(self, address_info: Dict[str, Any]) -> None:
+        self.address_info = address_info
+        self.dashboard_url: Optional[str] = None  # minicluster has no dashboard
+        self.python_version = "{}.{}.{}".format(*sys.version_info[:3])
+        self.ray_version = sys.modules["minicluster"].__version__
+        self.ray_commit = ""
+
+    def __getitem__(self, key: str) -> Any:
+        warnings.warn(f'Accessing values through ctx["{key}"] is deprecated. '
+                      f'Use ctx.address_info["{key}"] instead.', DeprecationWarning, stacklevel=2)
+        return self.address_info[key]
+
+    def __len__(self) -> int:
+        return len(self.address_info)
+
+    def __iter__(self) -> Any:
+        return iter(self.address_info)
+
+    def __repr__(self) -> str:
+        return f"RayContext(address={self.address_info.get('address')!r})"
 
     def __enter__(self) -> "RayContext":
         return self
@@ -46,6 +66,39 @@ class RayContext(dict):
         shutdown()
 
 
+# Ray's init() arguments that change nothing here, taken so Ray code runs unchanged: there is
+# no dashboard, logging setup or metrics port, the node's address is always this machine's,
+# and a Ray-internal tuning table (_system_config) of timeouts, health checks and
+# batching only. Any other argument is refused (TypeError), and so are values of these
+# that would ask for something minicluster does not do (see _refuse_harmful).
+_HARMLESS_ARGS = frozenset({
+    "include_dashboard", "dashboard_host", "dashboard_port", "configure_logging", "logging_level",
+    "logging_format", "logging_config", "local_mode", "enable_resource_isolation", "_system_config",
+    "_metrics_export_port", "_node_ip_address", "_node_name", "_skip_env_hook", "_memory",
+    "_tracing_startup_hook", "_enable_object_reconstruction", "_plasma_directory",
+})
+def _refuse_harmful(extra: Dict[str, Any], connecting: bool) -> None:
+    """Refuse arguments that would be harmful to ignore, each with the reason."""
+    unknown = sorted(set(extra) - _HARMLESS_ARGS)
+    if unknown:
+        raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r} (minicluster takes "
+                        f"Ray's init arguments but not this one)")
+    if extra.get("local_mode"):
+        raise ValueError("init(local_mode=True): minicluster has no local mode; tasks always run in "
+                         "worker processes")
+    if extra.get("_node_ip_address") not in (None, "127.0.0.1", "localhost"):
+        raise ValueError(f"init(_node_ip_address={extra['_node_ip_address']!r}): minicluster runs on this "
+                         "machine only (127.0.0.1)")
+    if extra.get("enable_resource_isolation"):
+        raise ValueError("init(enable_resource_isolation=True): minicluster does not isolate resources "
+                         "with cgroups")
+    if extra.get("_system_config") is not None and connecting:  # as Ray: fixed when the cluster starts
+        raise ValueError("When connecting to an existing cluster, _system_config must not be provided.")
+    if extra.get("_plasma_directory") is not None:
+        raise ValueError("init(_plasma_directory=...): minicluster's object store is always in /dev/shm "
+                         "(MINICLUSTER_SHM_DIR moves it)")
+
+
 def init(
     address: Optional[str] = None,
     *,
@@ -53,46 +106,43 @@ def init(
     num_gpus: Optional[float] = None,
     num_nodes: int = 1,
     resources: Optional[Dict[str, float]] = None,
+    labels: Optional[Dict[str, str]] = None,
     object_store_memory: Optional[int] = None,
     ignore_reinit_error: bool = False,
     namespace: Optional[str] = None,
-    include_dashboard: Optional[bool] = None,
-    logging_level: Any = None,
     log_to_driver: bool = True,
     runtime_env: Optional[dict] = None,
-    configure_logging: bool = True,
     **kwargs: Any,
 ) -> RayContext:
-    """Start a session of `num_nodes` virtual nodes, each with `num_cpus` CPUs and `resources`.
+    """Start a session of `num_nodes` virtual nodes, each with `num_cpus` CPUs, `resources` and
+    `labels`; or, with `address`, join a Cluster of this process ("auto": the running one).
 
     `num_cpus` defaults to this machine's cores divided among the nodes (at least 1 each).
     """
-    unknown = [k for k in kwargs if not k.startswith("_")]
-    if unknown:
-        raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
-    if address == "auto" and clusters.only_address() is not None:
-        address = clusters.only_address()
+    connecting = address not in (None, "local")
+    _refuse_harmful(kwargs, connecting)
+    if runtime_env:
+        raise ValueError("init(runtime_env=...): minicluster does not set up runtime environments yet")
+    if address == "auto":
+        address = _auto_address()
     if clusters.is_cluster_address(address):
         with _init_lock:
+            current = context.current()
+            if current is not None and getattr(current, "address", None) == address:
+                return _already_running(ignore_reinit_error)
             clusters.attach(address)
             atexit.register(_atexit_shutdown)
             return _context_info()
-    if address not in (None, "local"):
+    if connecting:
         raise ValueError(
             f"init(address={address!r}): minicluster runs on this machine only; "
             "leave address unset (or switch the import back to ray to join a cluster)"
         )
     if context.in_worker():
-        return RayContext(node_id=context.current().node_id.hex())
+        return _context_info()
     with _init_lock:
         if context.current() is not None:
-            if ignore_reinit_error:
-                print("minicluster: init() called again; ignoring (ignore_reinit_error=True)", file=sys.stderr)
-                return _context_info()
-            raise RuntimeError(
-                "Maybe you called init twice by accident? This error can be suppressed by passing in "
-                "'ignore_reinit_error=True' or by calling 'shutdown()' prior to 'init()'."
-            )
+            return _already_running(ignore_reinit_error)
         num_nodes = _check_int("num_nodes", num_nodes, minimum=1)
         if num_cpus is None:
             num_cpus = max(1, (os.cpu_count() or 1) // num_nodes)
@@ -106,6 +156,9 @@ def init(
                 raise ValueError(f"init(resources={resources!r}): must be a dict of name -> quantity >= 0")
             if "CPU" in resources or "GPU" in resources:
                 raise ValueError("init(): use num_cpus/num_gpus instead of 'CPU'/'GPU' in resources")
+        if labels is not None and not (isinstance(labels, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
+            raise ValueError(f"init(labels={labels!r}): must be a dict of str -> str")
         resources = dict(resources or {})
         if num_gpus:
             resources["GPU"] = float(num_gpus)
@@ -114,21 +167,60 @@ def init(
         # Not at the top: `import minicluster` in a worker must not load the head (startup time).
         from minicluster._private.client.driver import DriverClient
 
+        reconstruction = system_config.reconstruction_enabled(
+            "init", kwargs.get("_system_config"), kwargs.get("_enable_object_reconstruction"))
         client = DriverClient(num_nodes, num_cpus, resources, object_store_memory, namespace,
-                              log_to_driver=bool(log_to_driver))
+                              log_to_driver=bool(log_to_driver), labels=labels)
+        if not reconstruction:
+            client.head.disable_reconstruction()
         context.set_client(client)
         atexit.register(_atexit_shutdown)
         return _context_info()
 
 
+def _auto_address() -> str:
+    """What `init(address="auto")` joins: the one Cluster of this process, or its running session."""
+    only = clusters.only_address()
+    if only is not None:
+        return only
+    current = context.current()
+    if current is not None:
+        return current.address
+    elsewhere = clusters.running_elsewhere()
+    if elsewhere is not None:
+        raise clusters.not_joinable(clusters.address_of(elsewhere))
+    raise ConnectionError("Could not find any running Ray instance: init(address='auto') found no running "
+                          "minicluster session of this user. Call init() without an address to start one.")
+
+
+def _already_running(ignore_reinit_error: bool) -> RayContext:
+    if ignore_reinit_error:
+        print("minicluster: init() called again; ignoring (ignore_reinit_error=True)", file=sys.stderr)
+        return _context_info()
+    raise RuntimeError(
+        "Maybe you called init twice by accident? This error can be suppressed by passing in "
+        "'ignore_reinit_error=True' or by calling 'shutdown()' prior to 'init()'."
+    )
+
+
 def _context_info() -> RayContext:
     client = context.current()
-    return RayContext(
-        address_info={"session_dir": client.session.dir, "node_id": client.node_id.hex()},
-        session_dir=client.session.dir,
-        dashboard_url=None,
-        node_id=client.node_id.hex(),
-    )
+    if context.in_worker():
+        return RayContext({"node_id": client.node_id.hex(), "node_ip_address": "127.0.0.1"})
+    session_dir = client.session.dir
+    return RayContext({
+        "node_ip_address": "127.0.0.1",
+        "redis_address": None,
+        "object_store_address": client.store_dir(),
+        "raylet_socket_name": client.session.socket_path,
+        "webui_url": None,
+        "session_dir": session_dir,
+        "metrics_export_port": None,
+        "gcs_address": client.address,
+        "address": client.address,
+        "dashboard_agent_listen_port": None,
+        "node_id": client.node_id.hex(),
+    })
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:

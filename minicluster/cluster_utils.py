@@ -17,11 +17,38 @@ changing its import:
 from __future__ import annotations
 
 import atexit
+import sys
 from typing import Any, Dict, List, Optional
 
 from minicluster import api
 from minicluster._private.client import clusters, context
 from minicluster._private.client.driver import DriverClient
+from minicluster._private.common import system_config
+
+# Ray's node arguments (RayParams) that mean nothing for virtual nodes on one machine:
+# addresses, ports, dashboards, sockets, log plumbing. Taken, with a warning once each.
+_NO_EFFECT_HERE = frozenset({
+    "redis_address", "gcs_address", "redis_port", "redis_shard_ports", "object_manager_port",
+    "node_manager_port", "gcs_server_port", "node_ip_address", "node_name", "min_worker_port", "max_worker_port",
+    "worker_port_list", "ray_client_server_port", "redirect_output", "log_to_stderr", "external_addresses",
+    "num_redis_shards", "redis_max_clients", "redis_username", "redis_password", "include_dashboard",
+    "dashboard_host", "dashboard_port", "dashboard_agent_listen_port", "runtime_env_agent_port",
+    "plasma_store_socket_name", "raylet_socket_name", "include_log_monitor", "ray_debugger_external",
+    "metrics_agent_port", "metrics_export_port", "no_monitor", "webui", "session_name",
+})
+# Ray's node arguments that would change behaviour here but are not supported: refused.
+_NOT_SUPPORTED = frozenset({
+    "plasma_directory", "object_spilling_directory", "worker_path", "setup_worker_path", "huge_pages",
+    "temp_dir", "runtime_env_dir_name", "autoscaling_config", "tracing_startup_hook", "env_vars", "cluster_id",
+    "node_id", "resource_isolation_config", "proxy_server_url",
+})
+_warned: set = set()
+
+
+def _warn_once(what: str) -> None:
+    if what not in _warned:
+        _warned.add(what)
+        print(f"minicluster: warning: {what}", file=sys.stderr)
 
 
 class ClusterNode:
@@ -67,7 +94,7 @@ class Cluster:
                                "call shutdown() first")
         self._client = DriverClient(0, 1, None, None, None)
         self._client.cluster_owned = True  # shutdown() in the driver only disconnects from it
-        self.address = f"{clusters.ADDRESS_PREFIX}{self._client.session.dir}"
+        self.address = self._client.address
         clusters.register(self.address, self._client)
         self.head_node: Optional[ClusterNode] = None
         self.worker_nodes: set = set()
@@ -80,13 +107,22 @@ class Cluster:
             atexit.register(self.shutdown)
 
     def add_node(self, wait: bool = True, **node_args: Any) -> ClusterNode:
-        """Start a virtual node. Takes Ray's node arguments: num_cpus, num_gpus, resources (others ignored)."""
+        """Start a virtual node. Takes Ray's node arguments: num_cpus, num_gpus, memory, resources,
+        labels, object_store_memory (this node's store), and for the first node the cluster's
+        enable_object_reconstruction and _system_config; network and dashboard arguments have
+        no effect here (a warning says so); the rest are refused."""
+        self._check_node_args(node_args)
         num_cpus = node_args.get("num_cpus", 1)
         resources = dict(node_args.get("resources") or {})
         if node_args.get("num_gpus"):
             resources["GPU"] = float(node_args["num_gpus"])
+        if node_args.get("memory"):
+            resources["memory"] = float(node_args["memory"])
         head = self._client.head
-        record = head.add_node(num_cpus, resources, max(1, int(num_cpus)))
+        if self.head_node is None and not self.worker_nodes:
+            self._apply_cluster_settings(node_args)
+        record = head.add_node(num_cpus, resources, max(1, int(num_cpus)), node_args.get("object_store_memory"),
+                               node_args.get("labels"))
         node = ClusterNode(self, record.node_id, dict(node_args))
         if self.head_node is None:
             self.head_node = node
@@ -95,6 +131,26 @@ class Cluster:
         if wait:
             head.wait_for_nodes(30.0)
         return node
+
+    @staticmethod
+    def _check_node_args(node_args: Dict[str, Any]) -> None:
+        for name in node_args:
+            if name in _NOT_SUPPORTED:
+                raise ValueError(f"Cluster.add_node({name}=...) is not supported by minicluster")
+            if name in _NO_EFFECT_HERE:
+                _warn_once(f"Cluster.add_node({name}=...) has no effect on virtual nodes (one machine, no ports)")
+            elif name not in ("num_cpus", "num_gpus", "memory", "resources", "labels", "object_store_memory",
+                              "enable_object_reconstruction", "_system_config"):
+                raise TypeError(f"Cluster.add_node() got an unexpected keyword argument {name!r}")
+        capacity = node_args.get("object_store_memory")
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0):
+            raise ValueError(f"Cluster.add_node(object_store_memory={capacity!r}): must be a positive int (bytes)")
+
+    def _apply_cluster_settings(self, head_args: Dict[str, Any]) -> None:
+        """The first node's cluster-wide settings (Ray reads them from the head node)."""
+        if not system_config.reconstruction_enabled("Cluster.add_node", head_args.get("_system_config"),
+                                                     head_args.get("enable_object_reconstruction")):
+            self._client.head.disable_reconstruction()
 
     def remove_node(self, node: ClusterNode, allow_graceful: bool = True) -> None:
         """Kill the node: its processes die and the objects stored only there are lost."""

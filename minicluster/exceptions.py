@@ -13,13 +13,19 @@ Every process imports this module; errors cross process boundaries pickled.
     ├── RayActorError
     │   ├── ActorDiedError
     │   └── ActorUnavailableError
-    └── ObjectLostError
-        ├── OwnerDiedError
-        ├── ObjectFetchTimedOutError
-        ├── ReferenceCountingAssertionError   (also an AssertionError)
-        └── ObjectReconstructionFailedError   (.reason names Ray's reason)
-            ├── ObjectReconstructionFailedMaxAttemptsExceededError
-            └── ObjectReconstructionFailedLineageEvictedError
+    ├── ActorAlreadyExistsError       (also a ValueError: an actor's name is taken)
+    ├── ObjectLostError
+    │   ├── OwnerDiedError
+    │   ├── ObjectFetchTimedOutError
+    │   ├── ObjectFreedError
+    │   ├── ReferenceCountingAssertionError   (also an AssertionError)
+    │   └── ObjectReconstructionFailedError   (.reason names Ray's reason)
+    │       ├── ObjectReconstructionFailedMaxAttemptsExceededError
+    │       └── ObjectReconstructionFailedLineageEvictedError
+    └── defined so that user code catching them runs, never raised by minicluster (it has no
+        such failure or feature): RaySystemError, LocalRayletDiedError, OutOfMemoryError,
+        OutOfDiskError, RuntimeEnvSetupError, TaskPlacementGroupRemoved, ActorPlacementGroupRemoved,
+        ActorUnschedulableError, PendingCallsLimitExceeded, AsyncioActorExit, CrossLanguageError
 """
 
 from __future__ import annotations
@@ -283,8 +289,16 @@ class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
         return self._base_str() + "\n\nThe object has already been deleted by the reference counting protocol."
 
 
+class ObjectFreedError(ObjectLostError):
+    """The object was freed explicitly (Ray's internal free()); minicluster frees only unreferenced objects."""
+
+    def __str__(self) -> str:
+        return self._base_str() + "\n\nThe object was manually freed and can no longer be used."
+
+
 # Ray's names for why an object could not be rebuilt.
 RECONSTRUCTION_REASONS = (
+    "OBJECT_UNRECONSTRUCTABLE",
     "OBJECT_UNRECONSTRUCTABLE_PUT",
     "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED",
     "OBJECT_UNRECONSTRUCTABLE_MAX_ATTEMPTS_EXCEEDED",
@@ -329,6 +343,8 @@ class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedEr
 
 
 _REASON_TEXT = {
+    "OBJECT_UNRECONSTRUCTABLE": "lineage reconstruction is disabled for this cluster "
+    "(enable_object_reconstruction=False, or _system_config lineage_pinning_enabled=False).",
     "OBJECT_UNRECONSTRUCTABLE_PUT": "objects made by put() cannot be rebuilt from lineage.",
     "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED": "the task that made it has max_retries=0 "
     "(or MINICLUSTER_TASK_MAX_RETRIES=0).",
@@ -338,6 +354,77 @@ _REASON_TEXT = {
     "OBJECT_UNRECONSTRUCTABLE_BORROWED": "it was borrowed and its owner could not rebuild it.",
     "OBJECT_UNRECONSTRUCTABLE_TASK_CANCELLED": "the task that made it was cancelled.",
 }
+
+
+class ActorAlreadyExistsError(ValueError, RayError):
+    """An actor is created with a name a live actor of its namespace already has."""
+
+
+# ---- Ray's other errors: never raised here, defined so that user code catching them runs ----
+
+
+class RaySystemError(RayError):
+    """A failure of Ray's own system (minicluster reports its failures with the classes above)."""
+
+    def __init__(self, client_exc: Any = None, traceback_str: Optional[str] = None) -> None:
+        self.client_exc = client_exc
+        self.traceback_str = traceback_str
+        super().__init__(client_exc)
+
+    def __str__(self) -> str:
+        text = f"System error: {self.client_exc}"
+        return f"{text}\ntraceback: {self.traceback_str}" if self.traceback_str else text
+
+
+class LocalRayletDiedError(RayError):
+    """The raylet of the task's node died (minicluster: NodeDiedError)."""
+
+
+class OutOfMemoryError(RayError):
+    """Ray's memory monitor killed the task's worker (minicluster has no memory monitor)."""
+
+
+class OutOfDiskError(RayError):
+    """The local disk is full (Ray's object spilling)."""
+
+
+class RuntimeEnvSetupError(RayError):
+    """The task's runtime_env could not be set up."""
+
+    def __init__(self, error_message: Optional[str] = None) -> None:
+        self.error_message = error_message
+        super().__init__(error_message)
+
+    def __str__(self) -> str:
+        return f"Failed to set up runtime environment.\n{self.error_message or ''}".rstrip()
+
+
+class TaskPlacementGroupRemoved(RayError):
+    """The task's placement group was removed."""
+
+
+class ActorPlacementGroupRemoved(RayError):
+    """The actor's placement group was removed."""
+
+
+class ActorUnschedulableError(RayError):
+    """The actor can never be scheduled."""
+
+    def __init__(self, error_message: str = "") -> None:
+        self.error_message = error_message
+        super().__init__(error_message)
+
+
+class PendingCallsLimitExceeded(RayError):
+    """An actor's max_pending_calls was reached."""
+
+
+class AsyncioActorExit(RayError):
+    """Raised by exit_actor() inside an async actor to end it."""
+
+
+class CrossLanguageError(RayError):
+    """An error raised by code in another language (Java, C++)."""
 
 
 __all__ = [
@@ -359,4 +446,17 @@ __all__ = [
     "ObjectReconstructionFailedError",
     "ObjectReconstructionFailedMaxAttemptsExceededError",
     "ObjectReconstructionFailedLineageEvictedError",
+    "ObjectFreedError",
+    "ActorAlreadyExistsError",
+    "RaySystemError",
+    "LocalRayletDiedError",
+    "OutOfMemoryError",
+    "OutOfDiskError",
+    "RuntimeEnvSetupError",
+    "TaskPlacementGroupRemoved",
+    "ActorPlacementGroupRemoved",
+    "ActorUnschedulableError",
+    "PendingCallsLimitExceeded",
+    "AsyncioActorExit",
+    "CrossLanguageError",
 ]

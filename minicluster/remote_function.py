@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import ObjectRef
-from minicluster._private.common import config
+from minicluster._private.common import config, signatures
 from minicluster._private.common import options as opts
 from minicluster._private.common.ids import new_task_id
 from minicluster._private.common.task_spec import TaskSpec, resources_of, strategy_of
@@ -25,11 +25,15 @@ class RemoteFunction:
     def __init__(self, function: Any, options: Dict[str, Any]) -> None:
         self._function = function
         self._options = opts.validate(options, opts.TASK_OPTIONS, "remote functions")
-        self._func_name = f"{function.__module__}.{function.__qualname__}"
+        # Ray's function descriptor: module and __name__, without the `<locals>` path of a
+        # function defined inside another (get_task_function_name(), the state API).
+        self._func_name = f"{function.__module__}.{getattr(function, '__name__', 'remote_function')}"
         self._blob: Optional[bytes] = None
         self._static: Optional[_StaticOptions] = None
         self._function_id = b""
         self._lock = threading.Lock()
+        self._check: Optional[signatures.ArgumentCheck] = None
+        self._checked = False  #: _check was looked up (at the first call: decorating stays cheap)
         self.__doc__ = function.__doc__
         self.__name__ = getattr(function, "__name__", "remote_function")
         self.__qualname__ = getattr(function, "__qualname__", self.__name__)
@@ -64,6 +68,11 @@ class RemoteFunction:
         return self._function_id, self._blob  # type: ignore[return-value]
 
     def _remote(self, args: tuple, kwargs: dict, static: "_StaticOptions") -> Any:
+        if not self._checked:
+            self._check = signatures.check_for(signatures.params_of(self._function))
+            self._checked = True
+        if self._check is not None:
+            self._check.check(args, kwargs, f"{self.__name__}.remote()")
         client = context.client()
         function_id, blob = self._pickled()
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self._func_name)

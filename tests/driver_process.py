@@ -14,7 +14,7 @@ import sys
 import textwrap
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 
 class DriverProcess:
@@ -90,3 +90,16 @@ def minicluster_cmd(*args: str, env: Optional[Dict[str, str]] = None,
     """Run `python -m minicluster ARGS` in another process, as a user would from another shell."""
     return subprocess.run([sys.executable, "-m", "minicluster", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def run_driver(script: str, path: str, args: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None,
+               timeout: float = 30.0) -> Tuple[str, str]:
+    """Run a driver script to its end, which must be exit code 0; returns its (stdout, stderr)."""
+    driver = DriverProcess(script, path, args, env)
+    try:
+        code = driver.finish(timeout)
+    finally:
+        driver.kill()
+    out, err = "".join(driver.stdout), "".join(driver.stderr)
+    assert code == 0, f"the driver exited with {code}; stdout={out!r} stderr={err!r}"
+    return out, err

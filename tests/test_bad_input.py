@@ -32,6 +32,47 @@ def test_calling_a_remote_function_directly():
     assert not ray.is_initialized()  # nothing was started
 
 
+def test_arguments_that_do_not_fit_the_signature_fail_at_remote(cluster):
+    cluster()
+
+    @ray.remote
+    def pair(x, y, *rest):
+        return x, y, rest
+
+    @ray.remote
+    class Account:
+        def __init__(self, owner, *, currency="EUR"):
+            self.owner = owner
+
+        def deposit(self, amount, *, note):
+            return amount
+
+        @staticmethod
+        def rate(code):
+            return code
+
+        @classmethod
+        def kind(cls, label):
+            return label
+
+    for bad in (lambda: pair.remote(), lambda: pair.remote(1), lambda: pair.remote(1, 2, z=3),
+                lambda: pair.options(name="p").remote(1), lambda: Account.remote(),
+                lambda: Account.remote("ann", "USD")):
+        with pytest.raises(TypeError, match="remote"):
+            bad()
+    assert submitted_tasks() == 0  # nothing reached the head
+    assert ray.get(pair.remote(1, 2, 3, 4)) == (1, 2, (3, 4))
+    account = Account.remote("ann", currency="USD")
+    with pytest.raises(TypeError, match="missing a required argument: 'note'"):
+        account.deposit.remote(5)
+    with pytest.raises(TypeError, match="'code'"):
+        account.rate.remote()
+    with pytest.raises(TypeError, match="too many positional"):
+        account.kind.remote(1, 2)
+    assert ray.get([account.deposit.remote(5, note="n"), account.rate.remote("x"), account.kind.remote("y")]) == [
+        5, "x", "y"]
+
+
 def test_get_of_a_list_with_a_non_ref(cluster):
     cluster(num_nodes=1, num_cpus=1)
     with pytest.raises(TypeError):
@@ -200,7 +241,7 @@ def test_init_twice(cluster):
     with pytest.raises(RuntimeError, match="ignore_reinit_error"):
         ray.init(num_cpus=1)
     info = ray.init(num_cpus=1, ignore_reinit_error=True)
-    assert info["session_dir"]
+    assert info.address_info["session_dir"]
     assert ray.get(echo.remote(1)) == 1
 
 
@@ -266,7 +307,7 @@ def test_store_falls_back_to_disk_when_shm_dir_is_missing(cluster, capfd, monkey
     assert "disk" in err
     store = testing.snapshot().store_root
     assert not store.startswith("/dev/shm")
-    assert store.startswith(info["session_dir"])
+    assert store.startswith(info.address_info["session_dir"])
 
     array = np.arange(10**6, dtype=np.float64)
     out = ray.get(ray.put(array))

@@ -7,6 +7,7 @@ API's records too (one attempt, FAILED with TASK_CANCELLED, never retried).
 from __future__ import annotations
 
 import os
+import random
 import time
 
 import pytest
@@ -384,3 +385,124 @@ def test_cancel_of_an_actor_call_from_a_task_follows_the_same_rules(cluster, tmp
         ray.get(queued, timeout=10)
     open(release, "w").close()
     assert ray.get(running, timeout=10) == "opened"
+
+
+def test_cancelling_a_task_placed_on_a_node_frees_its_cpu_for_the_next_one(cluster):
+    # A task placed on a node but still waiting there for a worker holds the node's CPU;
+    # cancelling it must hand that CPU to the next task in line, not leave it unused
+    # (the line used to wait forever with a free CPU and an idle worker).
+    cluster(num_cpus=1)
+    first = looper.remote(60)
+    _running(first)
+    second = looper.remote(60)
+    third = sleeper.remote(0)
+    ray.cancel(first, force=True)  # its worker dies: `second` is placed and waits for a new worker
+    wait_for(lambda: _state(second) in ("SUBMITTED_TO_WORKER", "RUNNING"), 10, "the second task to be placed")
+    ray.cancel(second, force=True)
+    assert ray.get(third, timeout=10) == "done"
+
+
+def test_cancel_storm_with_force_leaves_no_task_stranded(cluster):
+    # Ray's own stress pattern: many tasks on one CPU, half never ending, cancelled at
+    # random while queued, placed or running; every other task must still finish.
+    cluster(num_cpus=1)
+    rng = random.Random(7)
+    endless = [rng.random() < 0.5 for _ in range(60)]
+    refs = [looper.remote(600 if forever else 0) for forever in endless]
+    cancelled = {i for i in range(len(refs)) if rng.random() < 0.5}
+    for i in sorted(cancelled):
+        ray.cancel(refs[i], force=True)
+    for i, forever in enumerate(endless):
+        if forever and i not in cancelled:
+            ray.cancel(refs[i], force=True)
+            cancelled.add(i)
+    for i, ref in enumerate(refs):
+        if i in cancelled:
+            with pytest.raises((TaskCancelledError, ray.exceptions.WorkerCrashedError)):
+                ray.get(ref, timeout=30)
+        else:
+            assert ray.get(ref, timeout=30) == "done"
+
+
+@ray.remote
+def polls_is_canceled(marker: str) -> str:
+    try:
+        open(marker, "w").close()  # (inside the try: the cancel may come as soon as the marker exists)
+        while True:
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        return "saw cancel" if ray.get_runtime_context().is_canceled() else "interrupted, not cancelled"
+
+
+@ray.remote
+class Poller:
+    def poll(self, marker: str) -> str:
+        assert not ray.get_runtime_context().is_canceled()
+        open(marker, "w").close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # a running sync actor call is not interrupted: it looks
+            if ray.get_runtime_context().is_canceled():
+                return "saw cancel"
+            time.sleep(0.01)
+        return "never saw cancel"
+
+    def fresh(self) -> bool:
+        return ray.get_runtime_context().is_canceled()
+
+
+@ray.remote
+class AsyncPoller:
+    async def ask(self) -> str:
+        try:
+            ray.get_runtime_context().is_canceled()
+        except RuntimeError as exc:
+            return str(exc)
+        return "no error"
+
+
+def test_is_canceled_tells_a_task_and_an_actor_call_that_cancel_was_called(cluster, tmp_path):
+    cluster(num_cpus=2)
+    with pytest.raises(RuntimeError, match="only available in a task or actor"):
+        ray.get_runtime_context().is_canceled()
+    marker = str(tmp_path / "task")
+    ref = polls_is_canceled.remote(marker)
+    wait_for(lambda: os.path.exists(marker), 10, "the task to start")
+    ray.cancel(ref)
+    assert ray.get(ref, timeout=10) == "saw cancel"  # it caught the interrupt and returned
+
+    poller = Poller.remote()
+    marker = str(tmp_path / "actor")
+    call = poller.poll.remote(marker)
+    wait_for(lambda: os.path.exists(marker), 10, "the actor call to start")
+    ray.cancel(call)
+    assert ray.get(call, timeout=10) == "saw cancel"
+    assert ray.get(poller.fresh.remote(), timeout=10) is False  # the next call starts uncancelled
+
+    assert "not supported in an async actor" in ray.get(AsyncPoller.remote().ask.remote(), timeout=10)
+
+
+def test_non_recursive_cancel_leaves_the_child_running_to_its_end(cluster, tmp_path):
+    cluster(num_cpus=3)
+    marker = str(tmp_path / "child")
+
+    @ray.remote
+    def child(path: str) -> str:
+        open(path + ".started", "w").close()
+        wait_for(lambda: os.path.exists(path + ".go"), 30, "the test's go-ahead")
+        open(path + ".finished", "w").close()
+        return "child done"
+
+    @ray.remote
+    def parent(path: str) -> list:
+        ref = child.options(name="child").remote(path)
+        return [ray.get(ref)]
+
+    ref = parent.remote(marker)
+    wait_for(lambda: os.path.exists(marker + ".started"), 10, "the child to start")
+    ray.cancel(ref, recursive=False)
+    with pytest.raises(TaskCancelledError):
+        ray.get(ref, timeout=10)
+    open(marker + ".go", "w").close()
+    wait_for(lambda: os.path.exists(marker + ".finished"), 10, "the child to finish")
+    [row] = list_tasks(filters=[("name", "=", "child")])
+    wait_for(lambda: get_task(row.task_id)[-1].state == "FINISHED", 10, "the child's record to say FINISHED")

@@ -239,40 +239,98 @@ def test_removing_the_head_node_leaves_the_driver_working(make_cluster):
 # ---- a Ray test, ported by changing the import ----------------------------------------------
 
 
-@pytest.mark.parametrize("reconstruction_enabled", [False, True])
-def test_basic_reconstruction_ported_from_ray(make_cluster, reconstruction_enabled):
-    """Ray's python/ray/tests/test_reconstruction.py::test_basic_reconstruction, nearly verbatim."""
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_multi_node_script_written_for_ray_runs_unchanged(make_cluster, retries):
+    """The shape of a Ray multi-node fault test: a head without CPUs, two nodes told apart by
+    custom resources, a node removed without grace and replaced; the lost value comes back by
+    lineage when its task may run again, and is an ObjectLostError when it may not."""
     cluster = make_cluster()
-    # Head node with no resources.
-    cluster.add_node(num_cpus=0, _system_config={"object_timeout_milliseconds": 200},
-                     enable_object_reconstruction=True)
+    cluster.add_node(num_cpus=0, _system_config={"object_timeout_milliseconds": 200})
     ray.init(address=cluster.address)
-    # Node to place the initial object.
-    node_to_kill = cluster.add_node(num_cpus=1, resources={"node1": 1}, object_store_memory=10**8)
-    cluster.add_node(num_cpus=1, resources={"node2": 1}, object_store_memory=10**8)
+    doomed = cluster.add_node(num_cpus=1, resources={"doomed": 1}, object_store_memory=10**8)
+    cluster.add_node(num_cpus=1, resources={"spare": 1}, object_store_memory=10**8)
     cluster.wait_for_nodes()
 
-    @ray.remote(max_retries=1 if reconstruction_enabled else 0)
-    def large_object():
-        return np.zeros(10**7, dtype=np.uint8)
+    @ray.remote(max_retries=retries)
+    def payload():
+        return np.ones(5 * 10**6, dtype=np.uint8)
 
     @ray.remote
-    def dependent_task(x):
-        return
+    def checksum(array):
+        return int(array.sum())
 
-    obj = large_object.options(resources={"node1": 1}).remote()
-    ray.get(dependent_task.options(resources={"node1": 1}).remote(obj))
-
-    cluster.remove_node(node_to_kill, allow_graceful=False)
-    node_to_kill = cluster.add_node(num_cpus=1, resources={"node1": 1}, object_store_memory=10**8)
-
-    if reconstruction_enabled:
-        ray.get(dependent_task.remote(obj))
+    ref = payload.options(resources={"doomed": 1}).remote()
+    assert ray.get(checksum.options(resources={"doomed": 1}).remote(ref), timeout=20) == 5 * 10**6
+    cluster.remove_node(doomed, allow_graceful=False)
+    cluster.add_node(num_cpus=1, resources={"doomed": 1}, object_store_memory=10**8)
+    if retries:
+        assert ray.get(checksum.remote(ref), timeout=20) == 5 * 10**6
     else:
         with pytest.raises(ray.exceptions.RayTaskError):
-            ray.get(dependent_task.remote(obj))
+            ray.get(checksum.remote(ref), timeout=20)
         with pytest.raises(ray.exceptions.ObjectLostError):
-            ray.get(obj)
+            ray.get(ref, timeout=20)
+
+
+# ---- Ray's node arguments -----------------------------------------------------------------------
+
+
+@ray.remote
+def array_of(megabytes: int, fill: float):
+    return np.full(megabytes * 2**20 // 8, fill)
+
+
+def test_object_store_memory_is_per_node(make_cluster):
+    cluster = make_cluster()
+    cluster.add_node(num_cpus=0)
+    small = cluster.add_node(num_cpus=1, resources={"small": 1}, object_store_memory=3 * 2**20)
+    large = cluster.add_node(num_cpus=1, resources={"large": 1}, object_store_memory=64 * 2**20)
+    ray.init(address=cluster.address)
+    held = [array_of.options(resources={where: 1}).remote(2, 1.0) for where in ("small", "large") for _ in range(3)]
+    ready, _ = ray.wait(held, num_returns=len(held), timeout=20, fetch_local=False)
+    assert len(ready) == len(held)
+    snapshot = testing.snapshot(cluster)
+
+    def spilled(node) -> list:
+        folder = snapshot.node(node.node_id).spill_dir
+        return os.listdir(folder) if os.path.isdir(folder) else []
+
+    assert len(spilled(small)) == 2  # a 3 MB store holds one 2 MB array; the others went to disk
+    assert spilled(large) == []
+
+
+@pytest.mark.parametrize("head_args", [{"enable_object_reconstruction": False},
+                                       {"_system_config": {"lineage_pinning_enabled": False}}])
+def test_reconstruction_can_be_turned_off_for_the_cluster(make_cluster, head_args):
+    cluster = make_cluster()
+    cluster.add_node(num_cpus=0, **head_args)
+    victim = cluster.add_node(num_cpus=1, resources={"victim": 1})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    ref = array_of.options(resources={"victim": 1}, max_retries=3).remote(2, 1.0)
+    ray.wait([ref], timeout=10, fetch_local=False)
+    cluster.remove_node(victim, allow_graceful=False)
+    with pytest.raises(rex.ObjectReconstructionFailedError) as info:
+        ray.get(ref, timeout=10)
+    assert info.value.reason == "OBJECT_UNRECONSTRUCTABLE"
+    assert "lineage reconstruction is disabled" in str(info.value)
+
+
+def test_node_arguments_are_honoured_warned_about_or_refused(make_cluster, capsys):
+    cluster = make_cluster()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'num_cpu'"):
+        cluster.add_node(num_cpu=1)
+    with pytest.raises(ValueError, match="plasma_directory=...\\) is not supported"):
+        cluster.add_node(plasma_directory="/mnt/fast")
+    with pytest.raises(ValueError, match="object_store_memory"):
+        cluster.add_node(object_store_memory=-5)
+    with pytest.raises(ValueError, match="'max_lineage_bytes' is a Ray setting minicluster does not have"):
+        cluster.add_node(num_cpus=1, _system_config={"max_lineage_bytes": 100})
+    cluster.add_node(num_cpus=1, dashboard_port=8265, _system_config={"health_check_period_ms": 100})
+    assert "dashboard_port=...) has no effect" in capsys.readouterr().err
+    cluster.add_node(num_cpus=1, memory=2**30)
+    ray.init(address=cluster.address)
+    assert ray.cluster_resources()["memory"] == 2**30
 
 
 # ---- shutting down -----------------------------------------------------------------------------

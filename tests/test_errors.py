@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import pytest
 
@@ -330,3 +332,126 @@ def test_ray_task_error_as_instanceof_cause():
     assert isinstance(dual, ValueError) and isinstance(dual, rex.RayTaskError)
     assert dual.cause is err.cause
     assert str(dual).startswith("ray::f() (pid=")
+
+
+def test_get_of_a_list_raises_a_failure_at_once_without_waiting_for_the_rest(cluster, tmp_path):
+    # Ray's get raises as soon as one of the objects is an error, even if others never finish.
+    cluster(num_cpus=2)
+    release = str(tmp_path / "release")
+
+    @ray.remote
+    def fails() -> None:
+        raise ValueError("early failure")
+
+    @ray.remote
+    def waits_for_release(path: str) -> str:
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return "released"
+
+    @ray.remote
+    def gets_both(refs: list) -> str:
+        try:
+            ray.get(refs)
+        except ray.exceptions.RayTaskError as exc:
+            return f"raised {type(exc.cause).__name__}"
+        return "no error"
+
+    slow = waits_for_release.remote(release)
+    bad = fails.remote()
+    with pytest.raises(ValueError, match="early failure"):
+        ray.get([slow, bad], timeout=20)  # the failure is not ready yet when the get starts
+    with pytest.raises(ValueError, match="early failure"):
+        ray.get([slow, bad], timeout=20)  # and when it is ready already
+    assert ray.get(gets_both.remote([slow, bad]), timeout=20) == "raised ValueError"  # inside a task too
+    open(release, "w").close()
+    assert ray.get(slow, timeout=20) == "released"
+def test_a_dependent_of_a_failed_task_names_both_tasks(cluster):
+    cluster()
+
+    @ray.remote(max_retries=0)
+    def potentially_fail(x):
+        raise MyError(f"failed on {x}")
+
+    @ray.remote
+    def consume(value):
+        return value
+
+    with pytest.raises(MyError) as info:
+        ray.get(consume.remote(potentially_fail.remote(1)))
+    text = str(info.value)
+    assert text.startswith("ray::consume()")
+    assert "At least one of the input arguments for this task could not be computed:" in text
+    assert "ray::potentially_fail()" in text and "failed on 1" in text
+    assert isinstance(info.value, rex.RayTaskError) and isinstance(info.value.cause, MyError)
+
+
+def test_a_task_that_gets_a_failed_child_shows_both_frames(cluster):
+    cluster(num_cpus=2)
+
+    @ray.remote(max_retries=0)
+    def inner_fails():
+        raise MyError("deep down")
+
+    @ray.remote(max_retries=0)
+    def outer_waits():
+        return ray.get(inner_fails.remote())
+
+    with pytest.raises(MyError) as info:
+        ray.get(outer_waits.remote())
+    text = str(info.value)
+    outer, inner = text.index("in outer_waits"), text.index("in inner_fails")
+    assert text.startswith("ray::outer_waits()") and outer < text.index("ray::inner_fails()") < inner
+    assert "Traceback (most recent call last)" not in text  # as Ray prints it
+    assert "minicluster/" not in text.replace("minicluster/tests", "")  # the runtime's own frames are left out
+    assert isinstance(info.value.cause, MyError) and info.value.cause.code == 7
+
+
+@pytest.mark.parametrize("name, bases", [
+    ("ObjectFreedError", (rex.ObjectLostError,)),
+    ("ActorAlreadyExistsError", (ValueError, rex.RayError)),
+    ("RaySystemError", (rex.RayError,)),
+    ("LocalRayletDiedError", (rex.RayError,)),
+    ("OutOfMemoryError", (rex.RayError,)),
+    ("OutOfDiskError", (rex.RayError,)),
+    ("RuntimeEnvSetupError", (rex.RayError,)),
+    ("TaskPlacementGroupRemoved", (rex.RayError,)),
+    ("ActorPlacementGroupRemoved", (rex.RayError,)),
+    ("ActorUnschedulableError", (rex.RayError,)),
+    ("PendingCallsLimitExceeded", (rex.RayError,)),
+    ("AsyncioActorExit", (rex.RayError,)),
+    ("CrossLanguageError", (rex.RayError,)),
+])
+def test_rays_other_exception_classes_exist_for_user_code_that_catches_them(name, bases):
+    cls = getattr(rex, name)
+    assert all(issubclass(cls, base) for base in bases)
+    try:  # the point: an except clause naming it runs instead of failing with AttributeError
+        raise rex.RayError("something else")
+    except cls:
+        pytest.fail(f"{name} caught an unrelated error")
+    except rex.RayError:
+        pass
+
+
+def test_a_taken_actor_name_is_actor_already_exists_error(cluster):
+    cluster()
+
+    @ray.remote
+    class Named:
+        def ping(self):
+            return 1
+
+    first = Named.options(name="only").remote()
+    assert ray.get(first.ping.remote()) == 1
+    with pytest.raises(rex.ActorAlreadyExistsError, match="already taken"):
+        Named.options(name="only").remote()
+
+    @ray.remote
+    def create_in_a_task():
+        try:
+            Named.options(name="only").remote()
+        except ValueError as exc:  # Ray's class is also a ValueError
+            return type(exc).__name__
+        return "created"
+
+    assert ray.get(create_in_a_task.remote()) == "ActorAlreadyExistsError"

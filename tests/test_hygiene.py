@@ -106,7 +106,7 @@ def test_init_and_shutdown_three_times(cluster):
 
 def test_session_files_are_removed_at_shutdown(cluster):
     info = cluster(num_nodes=1, num_cpus=1)
-    session_dir = info["session_dir"]
+    session_dir = info.address_info["session_dir"]
     socket_path = os.path.join(session_dir, "head.sock")
     assert os.path.exists(socket_path)
     ray.shutdown()
@@ -129,13 +129,13 @@ def test_only_the_newest_ended_sessions_are_kept(cluster, monkeypatch, short_tmp
     folders = []
     for _ in range(4):
         info = cluster(num_nodes=1, num_cpus=1)
-        folders.append(info["session_dir"])
+        folders.append(info.address_info["session_dir"])
         ray.shutdown()
     # Each init keeps the two newest ended sessions before it: the fourth pruned the first.
     assert [os.path.isdir(folder) for folder in folders] == [False, True, True, True]
     info = cluster(num_nodes=1, num_cpus=1)
     assert [os.path.isdir(folder) for folder in folders] == [False, False, True, True]
-    assert os.path.isdir(info["session_dir"])
+    assert os.path.isdir(info.address_info["session_dir"])
 
 
 @pytest.mark.parametrize("config_size", ["small", "over a pipe buffer"])
@@ -264,7 +264,7 @@ def test_driver_sigkill_leaves_no_session_file():
 
 def test_session_folder_socket_and_store_are_private(cluster):
     info = cluster(num_nodes=1, num_cpus=1)
-    session_dir = info["session_dir"]
+    session_dir = info.address_info["session_dir"]
     assert os.stat(session_dir).st_mode & 0o077 == 0
     assert os.stat(os.path.dirname(session_dir)).st_mode & 0o077 == 0  # the root of all sessions
     socket_path = os.path.join(session_dir, "head.sock")
@@ -311,7 +311,7 @@ def _read_challenge(sock):
 
 def test_wrong_hmac_is_rejected_and_the_cluster_keeps_working(cluster, capfd):
     info = cluster(num_nodes=1, num_cpus=1)
-    sock = _connect(info["session_dir"])
+    sock = _connect(info.address_info["session_dir"])
     try:
         challenge = _read_challenge(sock)
         assert len(challenge) >= 16
@@ -326,7 +326,7 @@ def test_wrong_hmac_is_rejected_and_the_cluster_keeps_working(cluster, capfd):
 
 def test_short_garbage_frame_is_rejected(cluster):
     info = cluster(num_nodes=1, num_cpus=1)
-    sock = _connect(info["session_dir"])
+    sock = _connect(info.address_info["session_dir"])
     try:
         _read_challenge(sock)
         sock.sendall(struct.pack("<I", 5) + b"hello")
@@ -348,7 +348,7 @@ def test_pickled_message_before_authentication_is_not_executed(cluster, tmp_path
             return (open, (str(marker), "w"))
 
     payload = pickle.dumps([Evil()], protocol=5)
-    sock = _connect(info["session_dir"])
+    sock = _connect(info.address_info["session_dir"])
     try:
         _read_challenge(sock)
         sock.sendall(struct.pack("<I", len(payload)) + payload)
@@ -362,7 +362,7 @@ def test_pickled_message_before_authentication_is_not_executed(cluster, tmp_path
 def test_unframed_garbage_is_rejected(cluster):
     """Before authentication the head must not buffer an announced frame of any length."""
     info = cluster(num_nodes=1, num_cpus=1)
-    sock = _connect(info["session_dir"])
+    sock = _connect(info.address_info["session_dir"])
     try:
         _read_challenge(sock)
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # reads as a 542 MB frame length

@@ -11,6 +11,7 @@ node) for real.
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import numpy as np
@@ -304,12 +305,16 @@ def test_borrowed_ref_inside_a_stored_object_raises_owner_died(cluster):
     owner_died(again)
 
 
-def test_worker_that_exits_after_max_calls_takes_its_objects_with_it(cluster):
-    """Owner death is any exit of the owning process, not only a crash (max_calls=1 retires it)."""
+def test_worker_past_max_calls_stays_while_it_owns_objects_and_dies_with_them_if_killed(cluster):
+    """As in Ray, a worker that reached max_calls exits only once nothing it owns is referenced:
+    its exit would take its objects along. Killed meanwhile, it does take them (owner death)."""
     cluster(num_nodes=2)
     _, node = testing.live_nodes()
     [inner], pid = ray.get(put_and_return_once.options(scheduling_strategy=on(node)).remote(9.0, N), timeout=10)
-    wait_for(lambda: pid not in testing.worker_pids(), timeout=2.0, what="the worker to retire")
+    assert ray.get(inner, timeout=5)[0] == 9.0
+    assert pid in testing.worker_pids()  # still there: it owns `inner`
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: pid not in testing.worker_pids(), timeout=5.0, what="the head to see the worker's death")
     owner_died(inner)
 
 

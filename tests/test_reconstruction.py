@@ -186,6 +186,46 @@ def test_rebuild_only_re_runs_what_was_lost(cluster, tmp_path):
     assert len(runs(lb)) == 2
 
 
+def test_released_argument_still_in_a_store_is_reused_by_a_rebuild(cluster, tmp_path):
+    """Nothing refers to a any more, but its copy is still in keeper's store (Ray keeps
+    released objects until it needs the room): rebuilding b takes that copy back instead
+    of re-running a, which could not run again (max_retries=0)."""
+    cluster(num_nodes=3)
+    keeper, victim, _ = testing.live_nodes()
+    la, lb = str(tmp_path / "a"), str(tmp_path / "b")
+    a = big.options(scheduling_strategy=on(keeper), max_retries=0).remote(la, 1.0)
+    b = plus.options(scheduling_strategy=on(victim, soft=True)).remote(lb, a, 1.0)
+    wait_ready([b])
+    del a  # only b's lineage remembers it
+    testing.kill_node(victim)
+    assert ray.get(b, timeout=10)[0] == 2.0
+    assert runs(la) == [keeper]
+    assert len(runs(lb)) == 2
+
+
+def test_released_copies_give_way_first_when_a_store_is_full(cluster, tmp_path):
+    """A released object's cached copy is dropped (not spilled) to make room; a rebuild that
+    needs it later must re-run its task, here impossible (max_retries=0)."""
+    cluster(num_nodes=3, object_store_memory=5 * 2**20)
+    keeper, victim, _ = testing.live_nodes()
+    la, lb = str(tmp_path / "a"), str(tmp_path / "b")
+    a = big.options(scheduling_strategy=on(keeper), max_retries=0).remote(la, 1.0)
+    b = plus.options(scheduling_strategy=on(victim, soft=True)).remote(lb, a, 1.0)
+    wait_ready([b])
+    a_hex = a.hex()
+    del a
+    fillers = [big.options(scheduling_strategy=on(keeper)).remote(str(tmp_path / "fill"), 9.0) for _ in range(3)]
+    wait_ready(fillers)
+    snapshot = testing.snapshot()
+    assert not os.path.exists(os.path.join(snapshot.store_root, keeper, a_hex))
+    assert not os.path.exists(os.path.join(snapshot.node(keeper).spill_dir, a_hex))
+    assert all(os.path.exists(store_file(keeper, ref)) for ref in fillers)  # the held ones were not spilled
+    testing.kill_node(victim)
+    with pytest.raises(rex.ObjectReconstructionFailedError, match="RETRIES_DISABLED"):
+        ray.get(b, timeout=10)
+    assert runs(la) == [keeper]
+
+
 def test_queued_task_whose_argument_is_lost_waits_for_its_rebuild(cluster, tmp_path):
     """The argument was ready (on the victim) when the task was queued on another node."""
     cluster(num_nodes=3)

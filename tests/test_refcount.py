@@ -240,6 +240,9 @@ def test_argument_of_a_running_task_is_kept_until_the_task_ends(cluster, tmp_pat
     assert files_of(object_hex), "freed while a running task holds it as its argument"
     open(release, "w").close()
     assert ray.get(out, timeout=10) == 3.0
+    # While `out` lives, its lineage keeps the argument's copy as an evictable cache (a
+    # rebuild of `out` would take it back); with `out` gone, nothing refers to it.
+    del out
     wait_freed(object_hex)
 
 
@@ -257,6 +260,7 @@ def test_argument_of_a_task_waiting_for_a_cpu_is_kept(cluster, tmp_path):
     assert files_of(object_hex), "freed while a queued task needs it"
     open(release, "w").close()
     assert ray.get([blocker, queued], timeout=10) == [0.0, 4.0]
+    del queued  # (its lineage kept the argument's copy as a cache)
     wait_freed(object_hex)
 
 

@@ -46,8 +46,8 @@ def test_without_a_session_or_in_a_worker_it_is_a_clear_error(cluster):
 def test_folders_and_nodes(cluster):
     info = cluster(num_nodes=2)
     snap = testing.snapshot()
-    assert snap.session_dir == info["session_dir"]
-    assert snap.logs_dir == os.path.join(info["session_dir"], "logs") and os.path.isdir(snap.logs_dir)
+    assert snap.session_dir == info.address_info["session_dir"]
+    assert snap.logs_dir == os.path.join(info.address_info["session_dir"], "logs") and os.path.isdir(snap.logs_dir)
     assert os.path.isdir(snap.store_root)
     assert [n.node_id for n in snap.nodes] == testing.live_nodes()
     assert [n.name for n in snap.nodes] == ["node-0", "node-1"]

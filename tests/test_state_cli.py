@@ -39,7 +39,7 @@ SCRIPT = """
         ray.get(f.remote())
     except ValueError:
         pass
-    print("SESSION", info["session_dir"], flush=True)
+    print("SESSION", info.address_info["session_dir"], flush=True)
     print("TASK", ref.task_id().hex(), flush=True)
     if sys.stdin.readline().strip() == "crash":
         os.kill(os.getpid(), signal.SIGKILL)

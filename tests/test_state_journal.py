@@ -36,7 +36,7 @@ def test_after_shutdown_the_api_reads_the_sessions_folder(cluster):
     ray.get([ok.remote(i) for i in range(3)])
     held = ray.put("still here at the end")
     ray.shutdown()
-    session = info["session_dir"]
+    session = info.address_info["session_dir"]
     rows = list_tasks(address=session)
     assert [(r.name, r.state) for r in rows] == [("ok", "FINISHED")] * 3
     assert all(not w.is_alive for w in list_workers(address=session))
@@ -48,7 +48,7 @@ def test_a_task_pending_or_running_for_a_while_is_journaled_before_it_ends(clust
     info = cluster(num_cpus=1)
     running = sleeper.remote(5)
     pending = ok.remote(1)
-    session = info["session_dir"]
+    session = info.address_info["session_dir"]
 
     def journaled() -> dict:
         return {r["name"]: r["state"] for r in state_journal.SessionFiles(session).rows()["task"]}
@@ -63,10 +63,10 @@ def test_a_torn_last_frame_is_ignored_and_foreign_objects_are_refused(tmp_path, 
     info = cluster(num_cpus=1)
     ray.get(ok.remote(1))
     ray.shutdown()
-    path = _journal(info["session_dir"])
+    path = _journal(info.address_info["session_dir"])
     with open(path, "ab") as f:
         f.write(struct.pack("<I", 1000) + b"only part of a frame")
-    assert [r.name for r in list_tasks(address=info["session_dir"])] == ["ok"]
+    assert [r.name for r in list_tasks(address=info.address_info["session_dir"])] == ["ok"]
 
     class Evil:
         def __reduce__(self):  # would run code if unpickled
@@ -76,7 +76,7 @@ def test_a_torn_last_frame_is_ignored_and_foreign_objects_are_refused(tmp_path, 
     with open(path, "ab") as f:
         f.truncate(os.path.getsize(path) - len(b"only part of a frame") - 4)
         f.write(struct.pack("<I", len(payload)) + payload)
-    result = minicluster_cmd("list", "tasks", "--session", info["session_dir"])
+    result = minicluster_cmd("list", "tasks", "--session", info.address_info["session_dir"])
     assert result.returncode == 1
     assert "unexpected object" in result.stderr and "pwned" not in result.stdout
 
@@ -93,7 +93,7 @@ def test_the_journal_is_compacted_when_it_grows_too_big(cluster, monkeypatch):
         time.sleep(state_recorder.FLUSH_INTERVAL_S * 1.5)  # one flush per batch, so rows add up
     ray.shutdown()
     assert rewrites, "the journal passed COMPACT_BYTES and should have been rewritten"
-    rows = list_tasks(address=info["session_dir"], limit=1000)
+    rows = list_tasks(address=info.address_info["session_dir"], limit=1000)
     assert len(rows) == 400 and {r.state for r in rows} == {"FINISHED"}
 
 

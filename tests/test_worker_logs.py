@@ -44,7 +44,7 @@ SCRIPT = """
     pids = ray.get([greet.remote("a"), other.remote(), greet.remote("b")])
     assert ray.get(dies.remote(sys.argv[1])) == "retried"
     ray.get(just_before_shutdown.remote())
-    print("SESSION", info["session_dir"], flush=True)
+    print("SESSION", info.address_info["session_dir"], flush=True)
     print("PIDS", *pids, flush=True)
     ray.shutdown()
 """

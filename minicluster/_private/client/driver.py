@@ -10,10 +10,12 @@ go to that node's store, and values it reads from other nodes are copied there.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from minicluster._private.client import clusters
 from minicluster._private.client.log_monitor import LogMonitor
 from minicluster._private.client.object_ref import LocalRefCounter, ObjectRef, set_counter
 from minicluster._private.client.runtime_client import RuntimeClient
@@ -35,7 +37,8 @@ NODE_START_TIMEOUT_S = 30.0
 
 class DriverClient(RuntimeClient):
     def __init__(self, num_nodes: int, num_cpus: float, resources: Optional[Dict[str, float]],
-                 object_store_memory: Optional[int], namespace: Optional[str], log_to_driver: bool = True) -> None:
+                 object_store_memory: Optional[int], namespace: Optional[str], log_to_driver: bool = True,
+                 labels: Optional[Dict[str, str]] = None) -> None:
         """Start a session of `num_nodes` nodes; `object_store_memory` is each node's store capacity.
 
         Workers' output is printed here with a `(task pid=.., node=..)` prefix unless
@@ -49,6 +52,8 @@ class DriverClient(RuntimeClient):
         self.cluster_owned = False  #: made by a cluster_utils.Cluster, which alone may stop it
         self.refs = LocalRefCounter()
         self.session = Session(object_store_memory)
+        self.session_name = os.path.basename(self.session.dir)
+        self.address = clusters.address_of(self.session.dir)  #: what init(address=...) takes
         self.layout = self.session.layout
         self.default_cpus = num_cpus
         self.default_resources = resources
@@ -64,7 +69,7 @@ class DriverClient(RuntimeClient):
             self.head.default_capacity = object_store_memory or config.default_store_capacity(
                 self.session.in_shm, max(1, num_nodes))
             for _ in range(num_nodes):
-                self.head.add_node(num_cpus, resources, self.num_workers_per_node)
+                self.head.add_node(num_cpus, resources, self.num_workers_per_node, labels=labels)
             self.head.wait_for_nodes(NODE_START_TIMEOUT_S)
             # What happens is journaled for `minicluster list ...` (state_recorder.py), and
             # workers' output is forwarded here (log_monitor.py).
@@ -137,8 +142,12 @@ class DriverClient(RuntimeClient):
 
     def get(self, object_ids: Sequence[bytes], timeout: Optional[float]) -> List[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._wait_all(object_ids, len(object_ids), timeout)
+        failed = self._wait_all(object_ids, len(object_ids), timeout, fail_fast=True)
         head = self.head
+        if failed is not None:  # one failed: raise its error now, as Ray does, without waiting for the rest
+            with head.lock:
+                payload = head.payload_of(failed)
+            self.load(failed, payload)
         values = []
         for object_id in object_ids:
             for _ in range(_VANISHED_COPY_RETRIES):
@@ -169,26 +178,35 @@ class DriverClient(RuntimeClient):
         with self.head.lock:
             return self.head.ready_ids(list(object_ids))[:num_returns]
 
-    def _wait_all(self, object_ids: Sequence[bytes], num_ready: int, timeout: Optional[float]) -> None:
-        """Block until `num_ready` of the objects are ready; GetTimeoutError after `timeout`."""
+    def _wait_all(self, object_ids: Sequence[bytes], num_ready: int, timeout: Optional[float],
+                  fail_fast: bool = False) -> Optional[bytes]:
+        """Block until `num_ready` of the objects are ready; GetTimeoutError after `timeout`.
+
+        fail_fast (get): return early with the id of an object that is an error, else None.
+        """
         self.check_session(object_ids)
         head = self.head
         event = threading.Event()
         with head.lock:
             head.apply_driver_refs()
-            waiter = head.register_wait(list(object_ids), len(object_ids) - num_ready, lambda w: event.set())
+            waiter = head.register_wait(list(object_ids), len(object_ids) - num_ready, lambda w: event.set(),
+                                        fail_fast)
             head.flush()  # waiting may have started a rebuild of a lost object: send its task now
         if waiter is None:
-            return
-        if self._wait_event(event, timeout):
+            return None
+        if waiter.fired or self._wait_event(event, timeout):
             if head.closed:
                 raise RayError("minicluster was shut down while get() was waiting")
-            return
+            if waiter.failed is None:
+                return None
         with head.lock:
             if not waiter.fired:
                 waiter.fired = True
                 head.unregister_waiter(waiter)
                 raise GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout} seconds.")
+            if waiter.failed is not None:
+                head.unregister_waiter(waiter)  # the others it waited on are not wanted now
+        return waiter.failed
 
     @staticmethod
     def _wait_event(event: threading.Event, timeout: Optional[float]) -> bool:
@@ -236,8 +254,8 @@ class DriverClient(RuntimeClient):
             self.head.kill_actor(actor_id, no_restart)
             self.head.flush()
 
-    def state(self, what: str) -> Any:
-        return self.head.state(what)
+    def state(self, what: str, about: Any = None) -> Any:
+        return self.head.state(what, about)
 
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
         self.check_session([object_id])

@@ -15,16 +15,22 @@ listed again only when its modification time changes (a new worker started);
 a file is dropped once its worker is gone and everything in it was printed.
 `close()` reads everything once more after the nodes are gone, so nothing a
 worker printed just before a crash or before shutdown is lost.
+
+The same line printed by many workers is folded into one summary line, as
+Ray's driver does (observe/log_dedup.py; RAY_DEDUP_LOGS=0 turns it off).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 from typing import Callable, Dict, List, Optional, TextIO
 
 from minicluster._private.client.session import pid_alive
+from minicluster._private.common import config
+from minicluster._private.observe.log_dedup import LineFolder
 from minicluster._private.observe.log_files import WorkerLogFile, prefix
 
 POLL_INTERVAL_S = 0.1
@@ -42,6 +48,8 @@ class LogMonitor:
         self._dir_mtime = -1.0
         self._lock = threading.Lock()
         self.closed = False
+        #: one folder per stream, as Ray keeps stdout and stderr apart; None: every line printed
+        self.folders: Optional[Dict[str, LineFolder]] = _folders() if config.dedup_logs() else None
 
     def start(self) -> None:
         if self.enabled:
@@ -64,17 +72,25 @@ class LogMonitor:
             self._scan(force=final)
             out: List[str] = []
             err: List[str] = []
+            folders = self.folders
             for path, log in list(self.files.items()):
                 alive = not final and pid_alive(log.pid)
                 lines = log.read_lines(final=final or not alive)
                 if lines:
                     node = self.node_name_of_worker(log.worker_id)
                     target = out if log.stream == "out" else err
+                    folder = folders[log.stream] if folders is not None else None
                     for task_name, text in lines:
-                        target.append(f"{prefix(task_name, log.pid, node)} {text}\n")
+                        if folder is None:
+                            target.append(f"{prefix(task_name, log.pid, node)} {text}")
+                        else:
+                            target.extend(folder.add(log.pid, prefix(task_name, log.pid, node), text))
                 elif not alive:
                     del self.files[path]
                     self.finished.add(path)
+            if folders is not None:
+                out.extend(folders["out"].flush() if final else folders["out"].expire())
+                err.extend(folders["err"].flush() if final else folders["err"].expire())
             _write(sys.stdout, out)
             _write(sys.stderr, err)
 
@@ -106,11 +122,18 @@ class LogMonitor:
         self.poll(final=True)
 
 
+def _folders() -> Dict[str, LineFolder]:
+    window = config.dedup_window_s()
+    allow, skip = config.dedup_allow_regex(), config.dedup_skip_regex()
+    return {stream: LineFolder(window, re.compile(allow) if allow else None, re.compile(skip) if skip else None)
+            for stream in ("out", "err")}
+
+
 def _write(stream: Optional[TextIO], lines: List[str]) -> None:
     if not lines or stream is None:
         return
     try:
-        stream.write("".join(lines))
+        stream.write("\n".join(lines) + "\n")
         stream.flush()
     except (OSError, ValueError):
         pass  # the driver's terminal is gone or closed: the log files still have everything

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import types
 from typing import Any, Callable, Dict, Generator, List, Optional
 
 from minicluster._private.client import context
@@ -76,6 +77,7 @@ class ObjectRef:
     """A reference to an object that a task returns or `put` stores."""
 
     __slots__ = ("_id", "_counter", "__weakref__")
+    __class_getitem__ = classmethod(types.GenericAlias)  #: `ObjectRef[int]` in annotations, as in Ray
 
     def __init__(self, object_id: bytes, _announce: bool = True) -> None:
         self._id = object_id

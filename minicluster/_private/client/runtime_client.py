@@ -43,6 +43,7 @@ class RuntimeClient:
         self._put_lock = threading.Lock()
         self.idle_task_id: bytes = b""  #: the task id outside any task (the driver's own)
         self.current_actor_id: Optional[bytes] = None
+        self.session_name = ""  #: the session folder's name (get_runtime_context().get_session_name())
         # Read once per process, like Ray reads RAY_TASK_MAX_RETRIES at start-up.
         self.default_max_retries = config.task_max_retries()
 

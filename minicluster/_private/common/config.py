@@ -41,6 +41,30 @@ def env(name: str, default: T, cast: Callable[[str], T]) -> T:
     return default
 
 
+def _flag(raw: str) -> bool:
+    """Ray's reading of a boolean variable: "1" or "true" (any case) is on, anything else off."""
+    return raw.strip().lower() in ("1", "true")
+
+
+def dedup_logs() -> bool:
+    """RAY_DEDUP_LOGS: fold repeated worker lines on the driver's terminal (observe/log_dedup.py)."""
+    return env("DEDUP_LOGS", True, _flag)
+
+
+def dedup_window_s() -> float:
+    return env("DEDUP_LOGS_AGG_WINDOW_S", 5.0, float)
+
+
+def dedup_allow_regex() -> Optional[str]:
+    """Lines matching it are never folded."""
+    return env("DEDUP_LOGS_ALLOW_REGEX", None, str)  # type: ignore[arg-type]
+
+
+def dedup_skip_regex() -> Optional[str]:
+    """Lines matching it are not printed at all."""
+    return env("DEDUP_LOGS_SKIP_REGEX", None, str)  # type: ignore[arg-type]
+
+
 def task_max_retries() -> int:
     return env("TASK_MAX_RETRIES", 3, int)
 

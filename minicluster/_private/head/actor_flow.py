@@ -39,7 +39,12 @@ from minicluster._private.head.task_records import TaskRecord
 from minicluster._private.head.virtual_nodes import INTENDED_SYSTEM_EXIT, INTENDED_USER_EXIT, WorkerRecord
 from minicluster._private.store.serialization import deserialize
 from minicluster._private.wire import messages as msg
-from minicluster.exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
+from minicluster.exceptions import (
+    ActorAlreadyExistsError,
+    ActorDiedError,
+    ActorUnavailableError,
+    TaskCancelledError,
+)
 
 ORDERING = PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY
 
@@ -64,7 +69,8 @@ class ActorFlow:
         if name is not None:
             existing = state.named_actors.get((namespace, name))
             if existing is not None and state.actors[existing].state != DEAD:
-                raise ValueError(f"The name {name!r} (namespace={namespace!r}) is already taken by another actor")
+                raise ActorAlreadyExistsError(
+                    f"The name {name!r} (namespace={namespace!r}) is already taken by another actor")
             state.named_actors[(namespace, name)] = spec.actor_id
         for object_id in spec.return_ids():
             state.objects.create(object_id, owner)
@@ -85,6 +91,7 @@ class ActorFlow:
         node_id = worker.node.node_id
         if error_info is not None or record is None:
             scheduler.release(node_id, task.spec.resources)
+            worker.kind = None  # it holds no actor: it may serve anything, as a fresh worker does
             return False  # the constructor raised (creation_failed settled the actor): back to the pool
         if record.state == DEAD:
             # Killed while its constructor ran: the process holds an instance, so it goes too.

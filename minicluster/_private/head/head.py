@@ -43,6 +43,7 @@ from minicluster._private.common import config
 from minicluster._private.common.ids import job_id, new_node_id
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
+from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.head_state import new_state
 from minicluster._private.head.invariants import HeadStateError, violations
 from minicluster._private.head.messaging import LockedTimers, Outbox
@@ -83,6 +84,10 @@ class Head:
         self.actor_flow.connect(tasks=self.task_flow)
         self.waiting.connect(tasks=self.task_flow, recovery=self.recovery)
         self.recovery.connect(tasks=self.task_flow, actors=self.actor_flow, waiting=self.waiting)
+        # What the user is told on the terminal: retries, worker deaths, errors nobody read.
+        self.announcer = Announcer(timers, state.error_blob_of)
+        self.task_flow.announce = self.recovery.announce = self.announcer
+        state.objects.on_unhandled = self.announcer.unhandled_error
         # Read-only views for the driver, the state recorder and the fault injector: the
         # state's containers themselves (never rebound), so reading them costs nothing.
         self.scheduler = state.scheduler
@@ -105,6 +110,11 @@ class Head:
     @faults.setter
     def faults(self, hooks: Optional[fault_hooks.HeadHooks]) -> None:
         self.head_state.faults = hooks
+
+    def disable_reconstruction(self) -> None:
+        """No lineage is kept from now on, and lost objects are never rebuilt."""
+        with self.lock:
+            self.head_state.lineage.enabled = False
 
     @property
     def closed(self) -> bool:
@@ -141,7 +151,9 @@ class Head:
             self.flush()
         self.hub.call_later(0.1, self._housekeeping)
 
-    def add_node(self, num_cpus: float, resources: Optional[Dict[str, float]], num_workers: int) -> NodeRecord:
+    def add_node(self, num_cpus: float, resources: Optional[Dict[str, float]], num_workers: int,
+                 capacity: Optional[int] = None, labels: Optional[Dict[str, str]] = None) -> NodeRecord:
+        """Start a virtual node; `capacity`: its store's bytes (default: the session's)."""
         node_id = new_node_id()
         total = {"CPU": float(num_cpus), f"node:{node_id.hex()}": 1.0}
         for key, qty in (resources or {}).items():
@@ -150,7 +162,10 @@ class Head:
         state = self.head_state
         with self.lock:
             node = NodeRecord(node_id, len(state.nodes), total, num_workers, layout.dir_of(node_id),
-                              layout.dir_of(object_store.spill_location(node_id)), state.default_capacity)
+                              layout.dir_of(object_store.spill_location(node_id)),
+                              capacity or state.default_capacity)
+            # Ray's default label, then the caller's (get_runtime_context().get_node_labels()).
+            node.labels = {"ray.io/node-id": node_id.hex(), **(labels or {})}
             state.objects.capacity[node_id] = node.capacity
             state.nodes[node_id] = node
             state.scheduler.add_node(node_id, total)
@@ -235,6 +250,7 @@ class Head:
             if state.closed:
                 return
             state.closed = True
+            self.announcer.closed = True
             for node in state.nodes.values():
                 if node.alive:
                     node.alive = False
@@ -446,7 +462,7 @@ class Head:
 
     # ==== cluster state ================================================================
 
-    def state(self, what: str) -> Any:
+    def state(self, what: str, about: Any = None) -> Any:
         with self.lock:
             if what == "nodes":
                 return [self._node_info(node) for node in self.nodes.values()]
@@ -454,7 +470,25 @@ class Head:
                 return self.scheduler.totals()
             if what == "available_resources":
                 return self.scheduler.availables()
+            if what == "task_context":
+                return self._task_context(about)
+            if what == "node_labels":
+                node = self.nodes.get(about)
+                return dict(node.labels) if node is not None else {}
         raise ValueError(f"unknown state query {what!r}")
+
+    def _task_context(self, task_id: bytes) -> Dict[str, Any]:
+        """What get_runtime_context() asks about a running task: the resources it was given and,
+        in an actor, the actor's handle metadata and how often it restarted."""
+        task = self.tasks.get(task_id)
+        spec = task.spec if task is not None else None
+        actor = self.actors.get(spec.actor_id) if spec is not None and spec.actor_id else None
+        if actor is None:
+            return {"resources": dict(spec.resources) if spec is not None else {}, "actor": None}
+        resources = dict(actor.creation.spec.resources)
+        if not actor.meta["holds_cpus"]:
+            resources.pop("CPU", None)  # the implicit CPU an actor is placed with is not held (Ray)
+        return {"resources": resources, "actor": (actor.actor_id, actor.meta, actor.num_restarts)}
 
     def _node_info(self, node: NodeRecord) -> Dict[str, Any]:
         return {
@@ -492,7 +526,7 @@ class Head:
         self.kill_actor(message.actor_id, message.no_restart)
 
     def _on_state(self, peer: Peer, worker: WorkerRecord, message: msg.QueryState) -> None:
-        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=self.state(message.what)))
+        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=self.state(message.what, message.about)))
 
     def _on_done(self, peer: Peer, worker: WorkerRecord, message: msg.Done) -> None:
         self.task_flow.task_done(worker, message)
@@ -503,8 +537,8 @@ class Head:
     # ==== for the driver (driver.py), its lock held ======================================
 
     def register_wait(self, object_ids: List[bytes], needed_remaining: int,
-                      on_ready: Callable[[Waiter], None]) -> Optional[Waiter]:
-        return self.waiting.register_wait(object_ids, needed_remaining, on_ready)
+                      on_ready: Callable[[Waiter], None], fail_fast: bool = False) -> Optional[Waiter]:
+        return self.waiting.register_wait(object_ids, needed_remaining, on_ready, fail_fast)
 
     def unregister_waiter(self, waiter: Waiter) -> None:
         self.waiting.unregister_waiter(waiter)

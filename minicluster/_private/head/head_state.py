@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from minicluster._private.common import config
 from minicluster._private.head.actor_records import ActorRecord
@@ -92,6 +92,9 @@ class HeadState:
     faults: Optional[fault_hooks.HeadHooks] = None
     #: True once the session shut down: nothing new starts
     closed: bool = False
+    #: set by the task flow: called when a worker leaving after max_calls no longer owns any
+    #: object, so it may exit now (its exit would have taken them along: OwnerDiedError)
+    owner_free: Optional[Callable[[WorkerRecord], None]] = None
 
     # ---- queries several flows share (read only) ---------------------------------------
 
@@ -114,6 +117,7 @@ class HeadState:
         entry = self.objects.entries.get(object_id)
         if entry is None:
             return msg.Payload.new(kind="e", data=error_blob(self.missing_error(object_id)))
+        entry.unhandled = False  # (an error read by get is handled)
         payload = entry.payload
         if payload is None:  # lost again after the wait ended: the caller asks once more
             return msg.Payload.new(kind="s", data=[], size=entry.size)
@@ -124,8 +128,14 @@ class HeadState:
         return payload
 
     def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:
+        """The ready ones; as in Ray, an error that `wait` reports ready counts as handled."""
         entries = self.objects.entries
-        return [oid for oid in object_ids if (e := entries.get(oid)) is None or e.state == READY]
+        ready = [oid for oid in object_ids if (e := entries.get(oid)) is None or e.state == READY]
+        for oid in ready:
+            entry = entries.get(oid)
+            if entry is not None:
+                entry.unhandled = False
+        return ready
 
     def error_blob_of(self, object_id: bytes, entry: ObjectEntry) -> bytes:
         """The pickled error an error object holds, inline or in a store."""
@@ -150,6 +160,8 @@ def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
         owner = state.workers.get(entry.owner)
         if owner is not None:
             owner.owned.discard(object_id)
+            if owner.retiring and not owner.owned and state.owner_free is not None:
+                state.owner_free(owner)
 
     def release_lineage_args(task: TaskRecord) -> None:
         # A lineage record goes: the lineage refs it held on its arguments go with it.

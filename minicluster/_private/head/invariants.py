@@ -97,6 +97,8 @@ def _check_tasks(state: HeadState, problems: List[str]) -> None:
             problems.append(f"{name} is open but its arguments are not pinned")
         if task.owner_dead and not task.cancelled:
             problems.append(f"{name} lost its owner but is not cancelled")
+        if task.cancel_children and not task.cancelled:
+            problems.append(f"{name} cancels its children but is not cancelled itself")
         status = task.state
         worker = task.worker
         is_actor_call = task.spec.task_type == ACTOR_TASK
@@ -284,6 +286,13 @@ def _check_objects(state: HeadState, problems: List[str]) -> None:
                     node = state.nodes.get(object_store.node_of(location))
                     if node is None or not node.alive:
                         problems.append(f"{name} has a copy on a dead node")
+        elif entry.state == RELEASED and entry.payload is not None:
+            if entry.payload.kind != "s" or entry.is_error or entry.nested:
+                problems.append(f"{name} caches a value that is not a plain store copy")
+            for location in entry.payload.data:
+                node = state.nodes.get(object_store.node_of(location))
+                if node is None or not node.alive:
+                    problems.append(f"{name} caches a copy on a dead node")
         elif entry.payload is not None:
             problems.append(f"{name} has a value")
         if entry.state == RELEASED and entry.lineage_refs <= 0:

@@ -37,6 +37,8 @@ class Lineage:
         #: because a long job evicts one per task past the cap
         self.evicted = RecentIds(TASK_ID_SIZE, EVICTED_MEMORY)
         self._release_args = release_args  # drops the lineage refs a record holds on its arguments
+        #: False: nothing is kept and nothing is rebuilt (Ray's enable_object_reconstruction=False)
+        self.enabled = True
 
     @staticmethod
     def size_of(task: Any) -> int:
@@ -78,6 +80,8 @@ class Lineage:
         """Ray's reason the object cannot be rebuilt, or None if it can be."""
         if is_put_object(object_id):
             return "OBJECT_UNRECONSTRUCTABLE_PUT"
+        if not self.enabled:
+            return "OBJECT_UNRECONSTRUCTABLE"
         task_id = task_of(object_id)
         task = self.records.get(task_id)
         if task is None:

@@ -18,7 +18,12 @@ States:  PENDING --value--> READY --its node died--> LOST
          LOST and RELEASED go back to PENDING when the head rebuilds them.
 
 When nothing holds an object any more, its value is freed (store files
-unlinked); the entry itself goes too unless lineage still needs it. Freed
+unlinked); the entry itself goes too unless lineage still needs it. A
+RELEASED object keeps its store copies as a cache, as Ray's store keeps
+unpinned objects until it needs the room: a rebuild that needs the object
+again takes them back (RELEASED -> READY) instead of re-running its task.
+Only plain values are cached (no error, no refs inside: those refs may be
+gone); make_room evicts cached copies before it drops or spills anything. Freed
 ids are remembered (a bounded set) so a late `get` can say
 ReferenceCountingAssertionError.
 """
@@ -44,28 +49,40 @@ FREED_MEMORY = 100_000  # how many freed ids to remember for error messages
 
 
 class Waiter:
-    """A blocked get/wait: fires `on_ready` once `needed` of its objects are ready."""
+    """A blocked get/wait: fires `on_ready` once `needed` of its objects are ready.
 
-    __slots__ = ("remaining", "needed", "on_ready", "fired", "object_ids")
+    A get's waiter is `fail_fast`: it also fires as soon as one of its objects turns
+    out to be an error, which `failed` then names (Ray's get raises it at once).
+    """
+
+    __slots__ = ("remaining", "needed", "on_ready", "fired", "object_ids", "fail_fast", "failed")
 
     def __init__(self, object_ids: List[bytes], remaining: int, needed: int,
-                 on_ready: Callable[["Waiter"], None]) -> None:
+                 on_ready: Callable[["Waiter"], None], fail_fast: bool = False) -> None:
         self.object_ids = object_ids
         self.remaining = remaining  # how many are not ready yet
         self.needed = needed  # fire when remaining <= needed
         self.on_ready = on_ready
         self.fired = False
+        self.fail_fast = fail_fast
+        self.failed: Optional[bytes] = None  #: the error object that fired a fail_fast waiter early
 
-    def notify(self) -> None:
+    def notify(self, object_id: bytes, is_error: bool) -> None:
         self.remaining -= 1
-        if not self.fired and self.remaining <= self.needed:
+        if self.fired:
+            return
+        if is_error and self.fail_fast and self.remaining > 0:
+            self.failed = object_id
+            self.fired = True
+            self.on_ready(self)
+        elif self.remaining <= self.needed:
             self.fired = True
             self.on_ready(self)
 
 
 class ObjectEntry:
     __slots__ = ("state", "payload", "size", "owner", "pins", "borrowers", "nested", "waiters", "dependents",
-                 "is_error", "lineage_refs")
+                 "is_error", "lineage_refs", "unhandled")
 
     def __init__(self, owner: bytes) -> None:
         self.state = PENDING
@@ -79,6 +96,7 @@ class ObjectEntry:
         self.dependents: Optional[List[Any]] = None
         self.is_error = False
         self.lineage_refs = 0
+        self.unhandled = False  #: a failed task's result nobody has read yet (announcements.py)
 
 
 class ObjectDirectory:
@@ -94,6 +112,8 @@ class ObjectDirectory:
         self.capacity: Dict[bytes, int] = {}  #: store capacity per node
         self.spilled_bytes = 0
         self.spill_failed: Dict[bytes, str] = {}  #: node -> why its last spill failed (cleared by a success)
+        #: called when an `unhandled` error is freed, before its value goes (set by the head)
+        self.on_unhandled: Optional[Callable[[bytes, ObjectEntry], None]] = None
 
     # ---- creation and values ---------------------------------------------------------
 
@@ -171,12 +191,20 @@ class ObjectDirectory:
             self.node_usage[location] += size
 
     def make_room(self, node: bytes, need: int = 0) -> None:
-        """Bring a node's store back under capacity (with `need` bytes to spare): drop copies
-        that exist elsewhere (on another node or spilled) first, then spill the oldest objects to disk."""
+        """Bring a node's store back under capacity (with `need` bytes to spare): drop cached copies
+        of released objects, then copies that exist elsewhere (on another node or spilled), then
+        spill the oldest objects to disk."""
         capacity = self.capacity.get(node)
         if capacity is None or self.node_usage[node] + need <= capacity:
             return
         capacity -= need
+        for object_id, entry in list(self.entries.items()):  # cached copies of released objects go first
+            if self.node_usage[node] <= capacity:
+                return
+            if entry.state == RELEASED and entry.payload is not None and node in entry.payload.data:
+                self.remove_location(object_id, node)
+                if not entry.payload.data:
+                    entry.payload = None
         for spill in (False, True):
             for object_id, entry in list(self.entries.items()):
                 if self.node_usage[node] <= capacity:
@@ -283,13 +311,33 @@ class ObjectDirectory:
             return
         if entry.lineage_refs > 0:
             if entry.state != RELEASED:
-                self._release_value(object_id, entry)
+                if not self._cacheable(entry):
+                    self._release_value(object_id, entry)
                 entry.state = RELEASED
             return
         self.free(object_id)
 
+    @staticmethod
+    def _cacheable(entry: ObjectEntry) -> bool:
+        payload = entry.payload
+        return payload is not None and payload.kind == "s" and not entry.is_error and not entry.nested
+
+    def take_back_cached(self, object_id: bytes, reachable: Callable[[ObjectEntry], bool]) -> bool:
+        """A RELEASED object is needed again: make it READY from its cached copies if one is
+        `reachable`; else drop them (the caller rebuilds it). True if it is READY now."""
+        entry = self.entries[object_id]
+        if entry.state != RELEASED or entry.payload is None:
+            return False
+        if entry.payload.data and reachable(entry):
+            entry.state = READY
+            return True
+        self._release_value(object_id, entry)
+        return False
+
     def free(self, object_id: bytes) -> None:
         entry = self.entries.pop(object_id)
+        if entry.unhandled and self.on_unhandled is not None:
+            self.on_unhandled(object_id, entry)
         self._release_value(object_id, entry)
         self.freed.add(object_id)
         self.on_deleted(object_id, entry)

@@ -28,6 +28,7 @@ from typing import Optional
 from minicluster._private.common.ids import task_of
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
 from minicluster._private.head import virtual_nodes as node_procs
+from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.flow_interfaces import ActorsForRecovery, TasksForRecovery, Timers, WaitingForRecovery
 from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED
@@ -54,6 +55,7 @@ class Recovery:
     def __init__(self, state: HeadState, timers: Timers) -> None:
         self.state = state
         self.timers = timers
+        self.announce: Announcer  #: set by the head: worker deaths and retries on the driver's terminal
         # set by connect(): the flows this one calls
         self.tasks: TasksForRecovery
         self.actors: ActorsForRecovery
@@ -73,6 +75,10 @@ class Recovery:
         state = self.state
         worker.mark_dead(exitcode, node_death)
         node = worker.node
+        if node_death is None and worker.info.intended_exit is None and (worker.queue or worker.actor is not None):
+            what = (f"task {worker.queue[0].spec.name}" if worker.queue
+                    else f"actor {worker.actor.meta['class_name'].rpartition('.')[2]}")
+            self.announce.worker_died(what, worker.pid, node.name, node_procs.exit_reason(exitcode))
         node.workers.pop(worker.worker_id, None)
         state.workers.pop(worker.worker_id, None)
         try:
@@ -122,6 +128,7 @@ class Recovery:
             return
         message = f"worker pid={worker.pid} {reason}"
         if task.retries_left != 0:
+            self.announce.retry(task.spec.name, task.retries_left, message)
             task.fail_attempt(error_type, message)
             self.tasks.retry(task)
             return
@@ -212,6 +219,10 @@ class Recovery:
         objects = state.objects
         entry = objects.entries.get(object_id)
         if entry is None or entry.state not in (LOST, RELEASED):
+            return
+        if objects.take_back_cached(object_id, state.reachable):
+            if entry.waiters or entry.dependents:
+                self.tasks.object_ready(object_id, entry)
             return
         task_id = task_of(object_id)
         running = state.tasks.get(task_id)

@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 from minicluster._private.common.ids import task_of
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
+from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.flow_interfaces import ActorCallsForTasks, RecoveryForTasks, Timers
 from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.lineage import arguments_of
@@ -41,7 +42,7 @@ from minicluster._private.head.states import (
     SUBMITTED_TO_WORKER,
 )
 from minicluster._private.head.task_records import TaskRecord
-from minicluster._private.head.virtual_nodes import INTENDED_USER_EXIT, NodeRecord, WorkerRecord
+from minicluster._private.head.virtual_nodes import INTENDED_USER_EXIT, NodeRecord, WorkerRecord, worker_kind
 from minicluster._private.store import object_store
 from minicluster._private.store.serialization import deserialize, error_blob
 from minicluster._private.wire import messages as msg
@@ -58,6 +59,9 @@ PIPELINE_QUICK_S = 0.001
 # longer avoids forking again in bursty nested workloads.
 IDLE_RETIRE_S = 2.0
 
+#: Ray's words for a task that never ran because an argument is an upstream task's error.
+ARGUMENT_FAILED = "At least one of the input arguments for this task could not be computed:"
+
 
 class TaskFlow:
     """Moves tasks along; see the module docstring. Public methods are what Head and the
@@ -67,12 +71,14 @@ class TaskFlow:
         self.state = state
         self.outbox = outbox
         self.timers = timers
+        self.announce: Announcer  #: set by the head: retries on the driver's terminal
         # set by connect(): the flows this one calls
         self.actors: ActorCallsForTasks
         self.recovery: RecoveryForTasks
         # Placement is tried once per submission burst: cleared when a task joins a queue
         # where others of its shape already wait (FIFO: nothing could be placed anyway).
         self._placement_pending = False
+        state.owner_free = self._let_go
 
     def connect(self, actors: ActorCallsForTasks, recovery: RecoveryForTasks) -> None:
         self.actors = actors
@@ -118,6 +124,10 @@ class TaskFlow:
                 self.args_ready(other)
             queue = worker.queue
             self.replenish(worker.node)  # its successor starts now, not once its exit is reported
+            if not worker.owned:
+                self._let_go(worker)
+            # else it stays, running nothing, until the objects it owns are gone (head_state's
+            # owner_free): they live as long as their owner, as in Ray
         if task is None or task.spec.task_id != task_id or task.attempt != attempt or task.finished:
             self.discard_results(task_id, results, worker.node.node_id)
         else:
@@ -237,6 +247,7 @@ class TaskFlow:
                 self._wait_again(task)
                 return
             if entry.is_error:
+                entry.unhandled = False  # carried on by this task's own error
                 self._fail_on_argument_error(task, state.error_blob_of(object_id, entry))
                 return
         if task.spec.task_type == ACTOR_TASK:
@@ -258,14 +269,15 @@ class TaskFlow:
         self._wait_for_args(task)
 
     def _fail_on_argument_error(self, task: TaskRecord, blob: bytes) -> None:
-        """A task depending on a failed object fails with that error.
-
-        Upstream task errors pass through unchanged (as in Ray); a lost-object error
-        is wrapped so the dependent's error is a RayTaskError that is also the loss.
-        """
+        """A task depending on a failed object fails with that error, wrapped as Ray does: its
+        own header, Ray's sentence, then the upstream error; still an instance of the upstream
+        cause (or, for a lost object, of the loss)."""
 
         error, _ = deserialize(blob)
-        if not isinstance(error, RayTaskError):
+        if isinstance(error, RayTaskError):
+            text = f"  {ARGUMENT_FAILED}\n{RayTaskError.__module__}.{type(error).__name__}: {error}"
+            blob = error_blob(RayTaskError(task.spec.name, text, error.cause))
+        else:
             blob = error_blob(RayTaskError(task.spec.name, f"{type(error).__name__}: {error}", error))
         self._finish_with_payload_error(task, blob, "TASK_EXECUTION_EXCEPTION", "an argument is an error")
 
@@ -298,8 +310,9 @@ class TaskFlow:
                 node = state.nodes[node_id]
                 task.node = node
                 task.set_state(SUBMITTED_TO_WORKER, node_id=node_id)
-                if node.idle:
-                    self._dispatch(task, node.idle.popleft())
+                worker = node.take_idle(worker_kind(task.spec)) if node.idle else None
+                if worker is not None:
+                    self._dispatch(task, worker)
                 else:
                     node.waiting.append(task)
                     self.replenish(node)
@@ -343,13 +356,23 @@ class TaskFlow:
     def worker_free(self, worker: WorkerRecord) -> None:
         """A worker has nothing to do: give it a task waiting on its node, or make it idle."""
         node = worker.node
-        while node.waiting:
-            task = node.waiting.popleft()
+        waiting = node.waiting
+        while waiting:
+            task = waiting[0]
             if task.finished:
+                waiting.popleft()
                 self.state.scheduler.release(node.node_id, task.spec.resources)
                 continue
-            self._dispatch(task, worker)
-            return
+            if worker.kind is None or worker.kind == worker_kind(task.spec):
+                waiting.popleft()
+                self._dispatch(task, worker)
+                return
+            task = next((t for t in waiting if not t.finished and worker.kind == worker_kind(t.spec)), None)
+            if task is not None:  # (one of another kind is first: a worker is being started for it)
+                waiting.remove(task)
+                self._dispatch(task, worker)
+                return
+            break
         node.idle.append(worker)
         if node.pool_size() > node.target_workers:
             # Extra workers are started for tasks blocked in get(); let them go once idle.
@@ -368,7 +391,14 @@ class TaskFlow:
         worker.retire("idle surplus worker (started while tasks were blocked in get)")
         self.outbox.post(worker.peer, msg.Retire.new())
 
+    def _let_go(self, worker: WorkerRecord) -> None:
+        """A worker that reached max_calls and owns nothing (any more) exits."""
+        if not worker.dead and worker.peer is not None:
+            self.outbox.post(worker.peer, msg.Retire.new())
+
     def _dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
+        if worker.kind is None:
+            worker.kind = worker_kind(task.spec)
         worker.queue.append(task)
         task.worker = worker
         if len(worker.queue) == 1:
@@ -398,7 +428,8 @@ class TaskFlow:
                                name=spec.name, args_blob=spec.args, payloads=payloads, num_returns=spec.num_returns,
                                retry_exceptions=spec.retry_exceptions, max_calls=spec.max_calls,
                                task_type=spec.task_type, func_name=spec.func_name, method=spec.method,
-                               actor_config=actor, faults=None if faults is None else faults.on_exec(task, worker))
+                               actor_config=actor, faults=None if faults is None else faults.on_exec(task, worker),
+                               num_cpus=spec.resources.get("CPU", 0.0))
         if faults is None or not faults.hold_exec(worker, message):
             self.outbox.post(peer, message)
 
@@ -425,6 +456,7 @@ class TaskFlow:
         if task.cancelled or error_type == "TASK_CANCELLED":
             self._finish(task, results, node_id, FAILED, "TASK_CANCELLED", message)
         elif retryable and task.retries_left != 0:
+            self.announce.retry(task.spec.name, task.retries_left, message)
             task.fail_attempt(error_type, message)
             self.retry(task)
         else:
@@ -452,8 +484,9 @@ class TaskFlow:
             problem = f"the results of {task.spec.name} ({stored} bytes) were not kept: {problem}"
             self.finish_with_error(task, ObjectStoreFullError(problem), "OUT_OF_DISK_ERROR", problem)
             return
+        unhandled = is_error and _unhandled_if_unread(task, error_type)
         for object_id, value in zip(task.spec.return_ids(), results):
-            self.store(object_id, value.kind, value.data, value.refs, node_id, is_error)
+            self.store(object_id, value.kind, value.data, value.refs, node_id, is_error, unhandled)
         if not is_error:
             self._keep_lineage(task)
         self._close_task(task, state, error_type, message)
@@ -464,7 +497,9 @@ class TaskFlow:
         entries = objects.entries
         live = sum(1 for object_id in task.spec.return_ids() if object_id in entries)
         kind = task.spec.task_type
-        if not live or not (kind == NORMAL_TASK or (kind == ACTOR_TASK and task.spec.max_retries != 0)):
+        if not live or not self.state.lineage.enabled:
+            return
+        if not (kind == NORMAL_TASK or (kind == ACTOR_TASK and task.spec.max_retries != 0)):
             return  # actor calls are rebuilt only with max_task_retries (SPEC section 3)
         if not task.lineage_held:
             task.lineage_held = True
@@ -472,11 +507,14 @@ class TaskFlow:
                 objects.add_lineage_ref(object_id)
         self.state.lineage.keep(task, live)
 
-    def store(self, object_id: bytes, kind: str, data: Any, nested: list, node_id: bytes, is_error: bool) -> None:
-        """Record a produced value (a task's result or a put) and wake whoever waits for it."""
+    def store(self, object_id: bytes, kind: str, data: Any, nested: list, node_id: bytes, is_error: bool,
+              unhandled: bool = False) -> None:
+        """Record a produced value (a task's result or a put) and wake whoever waits for it.
+        `unhandled`: a failed task's result, announced if it is freed before anyone reads it."""
         objects = self.state.objects
         entry = objects.set_value(object_id, kind, data, nested, node_id, is_error)
         if entry is not None:
+            entry.unhandled = unhandled
             self.object_ready(object_id, entry)
             objects.maybe_free(object_id)
             if kind == "s":
@@ -504,6 +542,7 @@ class TaskFlow:
                 entry.size = len(blob)
                 entry.is_error = True
                 entry.state = READY
+                entry.unhandled = _unhandled_if_unread(task, error_type)
                 self.object_ready(object_id, entry)
                 objects.maybe_free(object_id)
         self._close_task(task, FAILED, error_type, message)
@@ -519,7 +558,7 @@ class TaskFlow:
         head.history.drop(task.history_entry, task.spec.task_id)
         task.history_entry = head.history.add(task)
         kids = head.children.pop(task.spec.task_id, None)
-        if kids and task.cancelled:
+        if kids and task.cancel_children:
             for child in kids:
                 self.cancel_task(child, False, True)
         if task.pinned:
@@ -532,7 +571,7 @@ class TaskFlow:
         waiters, entry.waiters = entry.waiters, None
         if waiters:
             for waiter in waiters:
-                waiter.notify()
+                waiter.notify(object_id, entry.is_error)
         dependents, entry.dependents = entry.dependents, None
         if dependents:
             for task in dependents:
@@ -557,6 +596,7 @@ class TaskFlow:
             return  # finished (or unknown): cancelling changes nothing
         task.cancelled = True
         if recursive:
+            task.cancel_children = True
             for child in list(self.state.children.get(task_id, ())):
                 self.cancel_task(child, force, recursive)
         worker = task.worker
@@ -572,7 +612,8 @@ class TaskFlow:
                                    "cancelled before it started")
             return
         if worker is None:
-            if task.node is not None and task.state == SUBMITTED_TO_WORKER:
+            placed = task.node is not None and task.state == SUBMITTED_TO_WORKER
+            if placed:
                 self.state.scheduler.release(task.node.node_id, task.spec.resources)
                 try:
                     task.node.waiting.remove(task)
@@ -580,6 +621,8 @@ class TaskFlow:
                     pass
             self.finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
                                    "cancelled before it started")
+            if placed:
+                self.schedule()  # its resources are free again: the next task in line takes them
         elif force and worker.task is task:
             worker.expect_exit(INTENDED_USER_EXIT, f"killed by cancel(force=True) of task {task.spec.name}")
             try:
@@ -588,3 +631,10 @@ class TaskFlow:
                 pass
         else:
             self.outbox.post(worker.peer, msg.CancelTask.new(task_id=task_id))
+
+
+def _unhandled_if_unread(task: TaskRecord, error_type: Optional[str]) -> bool:
+    """Whether the failure is announced if its result is freed unread (announcements.py): not a
+    cancelled task's (the user asked for it) nor an actor's creation task's (its result is ours,
+    nobody reads it; the actor's calls report the failure)."""
+    return error_type != "TASK_CANCELLED" and task.spec.task_type != ACTOR_CREATION_TASK

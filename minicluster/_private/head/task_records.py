@@ -101,6 +101,8 @@ class TaskRecord:
                       between fail_attempt() and the new_attempt() that always follows it
         cancelled     cancel() asked for it; any state. A cancelled task still open ends
                       FAILED (TASK_CANCELLED) unless its result was already on its way (FINISHED)
+        cancel_children  the cancel was recursive (or its owner died): the tasks it submitted are
+                      cancelled too, also those it submits after the cancel; implies cancelled
         owner_dead    its owner died: implies cancelled (once open); its results are dropped
         pinned        its argument refs are pinned: True from start_task to close
         lineage_held  it holds lineage refs on its arguments (lineage.py): only after it
@@ -108,8 +110,8 @@ class TaskRecord:
     """
 
     __slots__ = ("spec", "attempt", "retries_left", "submitter_node", "node", "worker", "deps_waiting",
-                 "attempts", "cancelled", "owner_dead", "finished", "pinned", "shape", "live_returns",
-                 "lineage_held", "history_entry", "changes")
+                 "attempts", "cancelled", "cancel_children", "owner_dead", "finished", "pinned", "shape",
+                 "live_returns", "lineage_held", "history_entry", "changes")
 
     def __init__(self, spec: Any, max_retries: int, submitter_node: bytes, changes: Optional[Set[Any]] = None) -> None:
         self.spec = spec
@@ -121,6 +123,7 @@ class TaskRecord:
         self.deps_waiting = 0  #: arguments not ready yet (PENDING_ARGS_AVAIL only)
         self.attempts: List[AttemptRecord] = [AttemptRecord(0)]
         self.cancelled = False
+        self.cancel_children = False
         self.owner_dead = False
         self.finished = False
         self.pinned = False

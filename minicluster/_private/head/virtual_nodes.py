@@ -25,12 +25,27 @@ import time
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Optional, Set
 
+from minicluster._private.common.task_spec import ACTOR_CREATION_TASK
 from minicluster._private.store import object_store, store_spares
 
 # Ray's worker exit types (WorkerState.exit_type).
 SYSTEM_ERROR = "SYSTEM_ERROR"  #: crashed, was killed, or its node died
 INTENDED_SYSTEM_EXIT = "INTENDED_SYSTEM_EXIT"  #: the runtime retired it (max_calls, idle, shutdown)
 INTENDED_USER_EXIT = "INTENDED_USER_EXIT"  #: the user ended it (cancel(force=True))
+
+# What a worker serves, fixed by its first task. As in Ray, a worker that ran a GPU task
+# never runs a CPU-only one and the other way round, and an actor gets a worker that ran
+# no task before; tasks of different CPU counts or custom resources do share workers.
+CPU_TASKS = "cpu"
+GPU_TASKS = "gpu"
+ACTOR = "actor"
+
+
+def worker_kind(spec: Any) -> str:
+    """The kind of worker a task needs (see CPU_TASKS)."""
+    if spec.task_type == ACTOR_CREATION_TASK:
+        return ACTOR
+    return GPU_TASKS if spec.resources.get("GPU") else CPU_TASKS
 
 
 @dataclass(eq=False)
@@ -51,7 +66,7 @@ class WorkerRecord:
     """What the head knows about one worker process."""
 
     __slots__ = ("worker_id", "node", "pid", "peer", "queue", "functions", "blocked", "dead", "retiring",
-                 "borrowed", "owned", "requests", "tasks_done", "actor", "info")
+                 "borrowed", "owned", "requests", "tasks_done", "actor", "info", "kind")
 
     def __init__(self, worker_id: bytes, node: "NodeRecord", pid: int, peer: Any) -> None:
         self.worker_id = worker_id
@@ -71,6 +86,7 @@ class WorkerRecord:
         self.requests: Dict[int, Any] = {}  #: its blocked get/wait requests (Waiters)
         self.tasks_done = 0
         self.actor: Any = None  #: the ActorRecord it is dedicated to, if any
+        self.kind: Optional[str] = None  #: what it serves (CPU_TASKS, ...); None until its first task
         self.info = WorkerInfo(worker_id, node.node_id, pid, time.time())
         node.worker_changes.add(self.info)
 
@@ -127,10 +143,28 @@ class NodeRecord:
         self.start_time = 0.0
         self.end_time = 0.0
         self.worker_changes: Set[WorkerInfo] = set()  #: infos changed since the state recorder looked
+        self.labels: Dict[str, str] = {}  #: Ray's node labels ("ray.io/node-id" and the user's)
 
     @property
     def name(self) -> str:
         return f"node-{self.index}"
+
+    def take_idle(self, kind: str) -> Optional[WorkerRecord]:
+        """An idle worker that may run a task of this kind (worker_kind), taken out of the idle list.
+
+        The most recently idle first, as in Ray: its caches are warm, the same worker serves a
+        sequence of tasks, and surplus workers stay idle long enough to be retired."""
+        idle = self.idle
+        if not idle:
+            return None
+        last = idle[-1]
+        if last.kind is None or last.kind == kind:  # nearly always: one kind of work at a time
+            return idle.pop()
+        for worker in reversed(idle):
+            if worker.kind is None or worker.kind == kind:
+                idle.remove(worker)
+                return worker
+        return None
 
     def pool_size(self) -> int:
         """Workers available for tasks: actors' dedicated workers and retiring ones do not count."""

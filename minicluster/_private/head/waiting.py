@@ -41,8 +41,13 @@ class Waiting:
         self.recovery = recovery
 
     def register_wait(self, object_ids: List[bytes], needed_remaining: int,
-                      on_ready: Callable[[Waiter], None]) -> Optional[Waiter]:
-        """Register a waiter unless enough objects are ready already (then returns None)."""
+                      on_ready: Callable[[Waiter], None], fail_fast: bool = False) -> Optional[Waiter]:
+        """Register a waiter unless enough objects are ready already (then returns None).
+
+        fail_fast (get): an object that is an error ends the wait at once; when one is
+        READY already, the waiter returned has fired (`failed` names it) and is not
+        registered, and `on_ready` is not called.
+        """
         state = self.state
         entries = state.objects.entries
         for object_id in object_ids:
@@ -59,9 +64,13 @@ class Waiting:
             elif entry.state == READY and not state.reachable(entry):
                 pending.append(object_id)
                 self.recovery.await_unreachable(object_id)
+            elif fail_fast and entry.is_error and entry.state == READY:
+                failed = Waiter([], 0, 0, on_ready, fail_fast)
+                failed.fired, failed.failed = True, object_id
+                return failed
         if len(pending) <= needed_remaining:
             return None
-        waiter = Waiter(pending, len(pending), needed_remaining, on_ready)
+        waiter = Waiter(pending, len(pending), needed_remaining, on_ready, fail_fast)
         for object_id in pending:
             entry = entries[object_id]
             if entry.waiters is None:
@@ -90,21 +99,26 @@ class Waiting:
         peer = worker.peer
         state = self.state
 
-        def reply(waiter: Optional[Waiter]) -> None:
-            if worker.requests.pop(request_id, None) is None and waiter is not None:
-                return
-            if reply_all:
-                payload: Any = [state.payload_of(oid) for oid in object_ids]
+        def reply(waiter: Optional[Waiter], blocked: bool = True) -> None:
+            if blocked and worker.requests.pop(request_id, None) is None:
+                return  # it timed out, was forgotten, or its worker died
+            failed = waiter.failed if waiter is not None else None
+            if failed is not None:
+                # One failed: the get raises its error at once; the others are not waited for.
+                self.unregister_waiter(waiter)
+                payload: Any = [state.payload_of(oid) if oid == failed else None for oid in object_ids]
+            elif reply_all:
+                payload = [state.payload_of(oid) for oid in object_ids]
             else:
                 payload = state.ready_ids(object_ids)[:num_returns]
             self.outbox.post(peer, msg.Reply.new(request_id=request_id, payload=payload))
-            if waiter is not None:
+            if blocked:
                 self.unblock(worker)
 
         needed_remaining = len(object_ids) - num_returns
-        waiter = self.register_wait(object_ids, needed_remaining, reply)
-        if waiter is None:
-            reply(None)
+        waiter = self.register_wait(object_ids, needed_remaining, reply, fail_fast=reply_all)
+        if waiter is None or waiter.fired:  # ready now (or an error among them is, for a get)
+            reply(waiter, blocked=False)
             return
         worker.requests[request_id] = waiter
         self._block(worker)

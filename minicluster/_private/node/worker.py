@@ -29,6 +29,7 @@ task's result: a RayTaskError carrying the traceback, marked retryable when
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import inspect
 import os
 import pickle
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import set_counter
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
+from minicluster._private.node.proc_title import IDLE, ProcTitle, actor_title, task_title
 from minicluster._private.node.worker_client import WorkerClient, store_serialized, store_value
 from minicluster._private.observe import log_files
 from minicluster._private.store import object_store
@@ -62,6 +64,8 @@ if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 m
 ASYNC_BATCH = 64
 #: Put on the main thread's queue: send the async actor's held replies.
 FLUSH_REPLIES = object()
+#: How long a worker is idle before its process title says so (proc_title.py).
+IDLE_TITLE_AFTER_S = 0.05
 
 
 class Worker:
@@ -83,6 +87,10 @@ class Worker:
         self.pool: Optional[concurrent.futures.ThreadPoolExecutor] = None  # threaded actors
         self.async_calls: Optional[AsyncCalls] = None  # async actors: their event loop
         self.main_ident = threading.get_ident()
+        self.title = ProcTitle()  #: `ray::IDLE`, `ray::<task>`: what ps shows (proc_title.py)
+        self.idle_title = IDLE  #: `ray::<Class>` once this worker holds an actor
+        self.title.set(IDLE)
+        self.omp_ours = False  #: OMP_NUM_THREADS was set by us, not inherited from the user's environment
 
     # ---- reader thread -----------------------------------------------------------
 
@@ -121,6 +129,7 @@ class Worker:
         self.tasks.put(None)
 
     def _cancel(self, task_id: bytes) -> None:
+        self.client.cancel_requested.add(task_id)
         if self.async_calls is not None:
             self.async_calls.cancel(task_id)  # at the call's next await, as Ray cancels the asyncio task
             return
@@ -156,7 +165,13 @@ class Worker:
                     self.async_calls.start(async_batch)  # type: ignore[union-attr]
                     async_batch = []
                 client.send()  # going idle: report refs the last task dropped, so they can be freed
-                request = self.tasks.get()
+                try:
+                    # The title says IDLE only once the worker stays idle a moment: a stream of
+                    # round trips (get(f.remote())) would otherwise rewrite it twice per task.
+                    request = self.tasks.get(timeout=IDLE_TITLE_AFTER_S)
+                except queue.Empty:
+                    self.title.set(self.idle_title)
+                    request = self.tasks.get()
             if request is None:
                 break
             if request is FLUSH_REPLIES:
@@ -180,11 +195,20 @@ class Worker:
             # the crash is charged to the task that caused it.
             client.send(done)
             del value  # only now: refs inside the value must not be released before the reply
-            if done.retire:  # max_calls reached
+            if done.retire:  # max_calls reached: the head says when to go (see _wait_for_release)
+                self._wait_for_release()
                 break
         client.send()
         log_files.flush_output()
         os._exit(0)
+
+    def _wait_for_release(self) -> None:
+        """After its last call: run nothing more, and exit once the head says so (Retire). The head
+        waits until no object this worker owns is still referenced: they die with their owner."""
+        self.client.send()
+        self.title.set(IDLE)
+        while self.tasks.get() is not None:
+            pass  # tasks the head had queued here and took back: they run elsewhere
 
     def _function(self, function_id: bytes) -> Any:
         fn = self.functions.get(function_id)
@@ -209,6 +233,8 @@ class Worker:
         # cancel() interrupts the main thread's task, and only inside its own code: raised
         # anywhere else (while its result is sent, say) it would escape and kill the worker.
         self.in_user_code = call.task_type != ACTOR_TASK
+        if self.pool is None:  # (a threaded actor runs calls at once: its title stays its class's name)
+            self.title.set(task_title(call.name))
         try:
             if self.in_user_code and self.cancel_target == call.task_id:
                 raise KeyboardInterrupt  # the cancel came while its arguments were loaded
@@ -255,6 +281,7 @@ class Worker:
             cancelled = call.task_id in self.cancelled_queued
             self.cancelled_queued.discard(call.task_id)
         if call.task_type != ACTOR_TASK:  # (an actor's calls keep the actor's log marker)
+            self._set_omp_threads(request.num_cpus)
             if call.task_type == ACTOR_CREATION_TASK:
                 # From here on this worker's output is the actor's: `(Counter pid=...)`.
                 log_files.mark_task(call.name.rsplit(".", 1)[0], log_files.ACTOR_MARKER)
@@ -276,6 +303,19 @@ class Worker:
             call.error = exc
         return call
 
+    def _set_omp_threads(self, num_cpus: float) -> None:
+        """As Ray does: OMP_NUM_THREADS is the task's whole CPUs (at least 1), unless the user's
+        environment sets it. Ray unsets it after each task and sets it again at the next; here
+        it stays between tasks (nothing runs then) and is set only when the value changes."""
+        environ = os.environ
+        current = environ.get("OMP_NUM_THREADS")
+        if current is not None and not self.omp_ours:
+            return  # the user's own setting, inherited from the driver's environment
+        wanted = str(max(int(num_cpus), 1))
+        if current != wanted:  # (also when the last task changed or removed it)
+            environ["OMP_NUM_THREADS"] = wanted
+            self.omp_ours = True
+
     def _callable(self, call: "_Call") -> Any:
         if call.task_type == ACTOR_TASK:
             if self.actor is None:
@@ -289,11 +329,19 @@ class Worker:
 
     def _create_actor(self, cls: type, config: msg.ActorConfig, args: tuple, kwargs: dict) -> None:
         max_concurrency = config.max_concurrency
-        self.actor = cls(*args, **kwargs)
+        self.idle_title = actor_title(config.class_name)
+        try:
+            self.actor = cls(*args, **kwargs)
+        except BaseException:
+            # The worker goes back to the pool for plain tasks.
+            self.client.current_actor_id = None
+            self.idle_title = IDLE
+            raise
         if config.is_async:
             from minicluster._private.node.async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
 
             self.async_calls = AsyncCalls(self, max_concurrency)
+            self.client.in_async_actor = True
         elif max_concurrency > 1:
             import concurrent.futures
 
@@ -336,6 +384,8 @@ class Worker:
             error_info = msg.ErrorInfo.new(error_type=error_type, retryable=retryable and not cancelled,
                                            message=_one_line(error))
         finally:
+            client.cancel_requested.discard(call.task_id)
+            self.cancelled_queued.discard(call.task_id)  # a cancel of a running actor call lands there
             if call.task_type != ACTOR_TASK:
                 self.current = None
                 self.cancel_target = None
@@ -433,11 +483,10 @@ def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:
 
 
 def _task_error(exc: BaseException, name: str, retry_exceptions: Any, cancelled: bool) -> Tuple[BaseException, bool]:
+    tb = _user_traceback(exc)
     if cancelled:
         cause: BaseException = TaskCancelledError(error_message=f"Task {name} was cancelled while running")
-        tb = "".join(traceback.format_exception(type(exc), exc, _user_traceback(exc.__traceback__)))
         return RayTaskError(name, tb, cause), False
-    tb = "".join(traceback.format_exception(type(exc), exc, _user_traceback(exc.__traceback__)))
     if retry_exceptions is True:
         retryable = isinstance(exc, Exception)
     elif retry_exceptions:
@@ -446,15 +495,26 @@ def _task_error(exc: BaseException, name: str, retry_exceptions: Any, cancelled:
     else:
         retryable = False
     if isinstance(exc, RayTaskError):
-        return exc, retryable  # an upstream task error re-raised in this task: pass it through
+        # A child's error that this task's get() raised: this task's frames, then the child's
+        # whole error as the last line (as Ray shows it); still an instance of the child's cause.
+        return RayTaskError(name, tb, exc.cause), retryable
     return RayTaskError(name, tb, exc), retryable
 
 
-def _user_traceback(tb: Any) -> Any:
-    """Skip the worker's own frames so the traceback starts in user code."""
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    return tb
+# minicluster's own code (its frames are left out of task tracebacks); the demo's tasks are user code.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
+_DEMO_FILE = os.path.join(_PACKAGE_DIR, "demo.py")
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The exception as Ray shows a task's error: the user's frames only (not the worker's, nor
+    those of get() and the rest of the runtime), without Python's "Traceback (most recent call
+    last):" line."""
+    formatted = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    formatted.stack = traceback.StackSummary.from_list([
+        frame for frame in formatted.stack
+        if not frame.filename.startswith(_PACKAGE_DIR) or frame.filename == _DEMO_FILE])
+    return "".join(line for line in formatted.format() if line != "Traceback (most recent call last):\n")
 
 
 def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseException, name: str) -> List[msg.Value]:
@@ -503,10 +563,14 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
     _set_parent_death_signal()
     if os.getppid() != parent_pid:
         os._exit(1)  # the node manager died between fork and prctl
+    # A crash in C code (a segfault in an extension, say) prints the Python stack that caused
+    # it to fd 2, the worker's .err file, which the log monitor shows on the driver's terminal.
+    faulthandler.enable(all_threads=False)
     try:
         conn = Connection.connect(socket_path, key)
         client = WorkerClient(conn, worker_id, node_id, layout, capacity)
         client.namespace = namespace
+        client.session_name = os.path.basename(os.path.dirname(socket_path))  # <session>/head.sock
         set_counter(client.refs)
         context.set_client(client, is_worker=True)
         conn.send(msg.WorkerHello.new(worker_id=worker_id, node_id=node_id, pid=os.getpid()))

@@ -24,7 +24,7 @@ from minicluster._private.store import object_store, store_spares
 from minicluster._private.store.serialization import serialize
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
-from minicluster.exceptions import GetTimeoutError, ObjectStoreFullError
+from minicluster.exceptions import ActorAlreadyExistsError, GetTimeoutError, ObjectStoreFullError
 
 
 class WorkerClient(RuntimeClient):
@@ -47,6 +47,16 @@ class WorkerClient(RuntimeClient):
         self._delta_lock = threading.Lock()
         self._requests: Dict[int, list] = {}
         self._request_ids = itertools.count(1)
+        #: tasks running or queued here whose cancel() arrived, until they end: is_canceled()
+        self.cancel_requested: set = set()
+        self.in_async_actor = False  #: is_canceled() is refused there, as in Ray (the coroutine is cancelled)
+
+    def is_canceled(self) -> bool:
+        """Whether cancel() was called on the task running in this thread."""
+        if self.in_async_actor:
+            raise RuntimeError("is_canceled() is not supported in an async actor: a cancelled call's "
+                               "coroutine gets asyncio.CancelledError instead")
+        return self.current_task_id in self.cancel_requested
 
     # ---- outgoing messages ----------------------------------------------------
 
@@ -135,6 +145,9 @@ class WorkerClient(RuntimeClient):
             payloads = self.request(lambda request_id: msg.Get.new(request_id=request_id, object_ids=ids),
                                      timeout=remaining)
             try:
+                if None in payloads:  # one failed and the head did not wait for the rest: raise its error
+                    failed = next(i for i, payload in enumerate(payloads) if payload is not None)
+                    self.load(ids[failed], payloads[failed])
                 return [self.load(oid, payload) for oid, payload in zip(object_ids, payloads)]
             except FileNotFoundError as exc:
                 # A copy vanished between the head's answer and our read (its node died):
@@ -159,8 +172,8 @@ class WorkerClient(RuntimeClient):
         if problem:
             raise ValueError(problem)
 
-    def state(self, what: str) -> Any:
-        return self.request(lambda request_id: msg.QueryState.new(request_id=request_id, what=what))
+    def state(self, what: str, about: Any = None) -> Any:
+        return self.request(lambda request_id: msg.QueryState.new(request_id=request_id, what=what, about=about))
 
     def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
         if spec.function_id not in self.known_functions:
@@ -169,7 +182,7 @@ class WorkerClient(RuntimeClient):
         problem = self.request(lambda request_id: msg.CreateActor.new(request_id=request_id, spec=spec,
                                                                        meta=meta))
         if problem:
-            raise ValueError(problem)
+            raise ActorAlreadyExistsError(problem)
 
     def actor_lookup(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
         """The named actor's handle arguments (actor id, its metadata), or None."""

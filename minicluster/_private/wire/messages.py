@@ -144,6 +144,7 @@ class Exec(NamedTuple):
     method: Optional[str]  #: the method of an actor call
     actor_config: Optional[ActorConfig]
     faults: Optional[Tuple[FaultOrder, ...]]  #: a test's fault plan's orders for this attempt
+    num_cpus: float  #: the CPUs the task holds: the worker sets OMP_NUM_THREADS from it, as Ray does
 
 
 class DefineFunction(NamedTuple):
@@ -176,7 +177,8 @@ class Steal(NamedTuple):
 
 
 class Retire(NamedTuple):
-    """head -> worker: an idle surplus worker; exit after the current task."""
+    """head -> worker: exit after the current task (an idle surplus worker; a worker past max_calls
+    once nothing it owns is referenced)."""
 
 
 # ==== worker -> head ====================================================================
@@ -215,7 +217,7 @@ class Done(NamedTuple):
     error: Optional[ErrorInfo]
     start: float  #: time.time() when the worker began the attempt
     end: float
-    retire: bool  #: the worker reached max_calls and exits now
+    retire: bool  #: the worker reached max_calls: it runs nothing more and exits on Retire
 
 
 class Submit(NamedTuple):
@@ -287,16 +289,17 @@ class Cancel(NamedTuple):
 
 
 class QueryState(NamedTuple):
-    """worker -> head: a cluster-state query in a task (nodes(), cluster_resources(), ...);
-    replied with the answer."""
+    """worker -> head: a cluster-state query in a task (nodes(), cluster_resources(), ...,
+    get_runtime_context()'s questions about the running task); replied with the answer."""
 
     request_id: int
     what: str
+    about: Any = None  #: the id the query is about ("task_context": a task id; "node_labels": a node id)
 
 
 class CreateActor(NamedTuple):
-    """worker -> head: code in a task created an actor; replied with None, or the ValueError's
-    text (its name is taken)."""
+    """worker -> head: code in a task created an actor; replied with None, or the text of the
+    ActorAlreadyExistsError (its name is taken)."""
 
     request_id: int
     spec: "TaskSpec"

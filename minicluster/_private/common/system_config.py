@@ -1,0 +1,43 @@
+"""Ray's `_system_config` table and reconstruction switch, as `init()` and `Cluster.add_node()` take them.
+
+Runs in the driver. Ray's `_system_config` is an internal tuning table; here a key is
+either honoured (lineage_pinning_enabled), harmless (it tunes timing, health checks,
+batching or logging, none of which exist here), or refused with the list of what is taken.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+# _system_config keys that only tune timing, health checks, batching or logging in Ray.
+HARMLESS_KEYS = frozenset({
+    "object_timeout_milliseconds", "health_check_initial_delay_ms", "health_check_period_ms",
+    "health_check_timeout_ms", "health_check_failure_threshold", "object_store_full_delay_ms",
+    "local_gc_min_interval_s", "task_retry_delay_ms", "worker_lease_timeout_milliseconds",
+    "timeout_ms_task_wait_for_death_info", "fetch_warn_timeout_milliseconds", "metrics_report_interval_ms",
+    "task_events_report_interval_ms", "raylet_death_check_interval_milliseconds",
+    "gcs_rpc_server_reconnect_timeout_s", "gcs_server_request_timeout_seconds", "worker_register_timeout_seconds",
+    "max_io_workers", "min_spilling_size", "max_direct_call_object_size", "num_heartbeats_timeout",
+    "raylet_heartbeat_period_milliseconds", "enable_autoscaler_v2", "kill_idle_workers_interval_ms",
+    "idle_worker_killing_time_threshold_ms", "record_ref_creation_sites", "free_objects_period_milliseconds",
+})
+#: keys honoured here: lineage_pinning_enabled=False turns lineage reconstruction off
+HONOURED_KEYS = frozenset({"lineage_pinning_enabled"})
+
+
+def reconstruction_enabled(where: str, system_config: Optional[Dict[str, Any]],
+                           enable_object_reconstruction: Optional[bool]) -> bool:
+    """Check a `_system_config` table (ValueError/TypeError naming the first bad key) and
+    say whether lineage reconstruction stays on."""
+    enabled = True if enable_object_reconstruction is None else bool(enable_object_reconstruction)
+    if system_config is None:
+        return enabled
+    if not isinstance(system_config, dict):
+        raise TypeError(f"{where}(_system_config={system_config!r}): must be a dict")
+    refused = sorted(set(system_config) - HARMLESS_KEYS - HONOURED_KEYS)
+    if refused:
+        taken = ", ".join(sorted(HONOURED_KEYS | HARMLESS_KEYS))
+        raise ValueError(f"{where}(_system_config): {refused[0]!r} is a Ray setting minicluster does not have; "
+                         f"it takes lineage_pinning_enabled and timing and health-check settings, which change "
+                         f"nothing here: {taken}")
+    return enabled and bool(system_config.get("lineage_pinning_enabled", True))
