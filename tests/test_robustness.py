@@ -191,7 +191,7 @@ def test_the_state_journal_stays_bounded_and_configurable(cluster, monkeypatch):
     monkeypatch.setenv("MINICLUSTER_STATE_JOURNAL_MAX_BYTES", "60000")
     monkeypatch.setenv("RAY_task_events_max_num_task_in_gcs", "200")  # Ray's name for the history's size
     info = cluster(num_nodes=1, num_cpus=2)
-    journal = os.path.join(info["session_dir"], "logs", "state.journal")
+    journal = os.path.join(info.address_info["session_dir"], "logs", "state.journal")
 
     @ray.remote
     def tiny(i):
@@ -206,7 +206,7 @@ def test_the_state_journal_stays_bounded_and_configurable(cluster, monkeypatch):
     # Unbounded, 3,000 tasks make about 250 KB; the journal is compacted whenever it passes
     # 60 KB (to the 200 tasks remembered), and once more at the end.
     assert max(sizes) < 3 * 60000 and final < 60000, (sizes, final)
-    rows = list_tasks(address=info["session_dir"], limit=10_000)
+    rows = list_tasks(address=info.address_info["session_dir"], limit=10_000)
     assert 0 < len(rows) <= 200 and {r.state for r in rows} == {"FINISHED"}
 
 
