@@ -326,3 +326,133 @@ def test_store_falls_back_to_disk_when_shm_dir_is_missing(cluster, capfd, monkey
     assert ray.get(ref).sum() == 3.0 * 10**6
     assert ray.get(total.remote(ref)) == 3.0 * 10**6
     assert os.path.isdir(store)
+
+
+# ---- a ref of an ended session (issue 15) --------------------------------------------------------
+
+
+def test_a_ref_kept_across_shutdown_and_init_raises_instead_of_reading_the_new_session():
+    ray.init(num_nodes=1, num_cpus=1)
+
+    @ray.remote
+    def two():
+        return 2
+
+    small, large, result = ray.put(1), ray.put(b"x" * 300_000), two.remote()
+    assert ray.get(result) == 2
+    old_job = ray.get_runtime_context().get_job_id()
+    ray.shutdown()
+
+    ray.init(num_nodes=1, num_cpus=1)
+    try:
+        assert ray.get_runtime_context().get_job_id() != old_job
+        fresh = [ray.put(5), ray.put(b"y" * 300_000), two.remote()]  # same counters as the old refs had
+        assert all(f not in (small, large, result) for f in fresh)
+        for stale in (small, large, result):
+            with pytest.raises(ValueError, match="session that has ended"):
+                ray.get(stale)
+            with pytest.raises(ValueError, match="session that has ended"):
+                ray.wait([stale])
+            with pytest.raises(ValueError, match="session that has ended"):
+                echo_arg.remote(stale)
+            with pytest.raises(ValueError, match="session that has ended"):
+                ray.put([stale])
+        assert ray.get(fresh) == [5, b"y" * 300_000, 2]
+    finally:
+        ray.shutdown()
+
+
+@ray.remote
+def echo_arg(x):
+    return x
+
+
+# ---- a planted session root (issue 15) -----------------------------------------------------------
+
+
+@pytest.fixture
+def short_base(monkeypatch):
+    """A fresh MINICLUSTER_TMPDIR under /tmp, short enough for the session's socket path."""
+    import pathlib
+    import shutil
+    import tempfile
+
+    base = pathlib.Path(tempfile.mkdtemp(prefix="mc-", dir="/tmp"))
+    monkeypatch.setenv("MINICLUSTER_TMPDIR", str(base))
+    yield base
+    ray.shutdown()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_session_root_that_is_a_symlink_is_refused_and_its_target_untouched(short_base):
+    victim = short_base / "victim"
+    victim.mkdir()
+    os.chmod(victim, 0o755)
+    (short_base / f"minicluster-{os.getuid()}").symlink_to(victim)
+    with pytest.raises(PermissionError, match="symlink"):
+        ray.init(num_nodes=1, num_cpus=1)
+    assert not ray.is_initialized()
+    assert os.listdir(victim) == [] and (os.stat(victim).st_mode & 0o777) == 0o755
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give the folder to another user")
+def test_a_session_root_owned_by_another_user_is_refused(short_base):
+    root = short_base / f"minicluster-{os.getuid()}"
+    root.mkdir()
+    os.chown(root, 65534, 65534)
+    with pytest.raises(PermissionError, match="belongs to user id 65534"):
+        ray.init(num_nodes=1, num_cpus=1)
+    assert os.listdir(root) == []
+
+
+def test_a_loose_session_root_of_ours_is_made_private(short_base, cluster):
+    root = short_base / f"minicluster-{os.getuid()}"
+    root.mkdir()
+    os.chmod(root, 0o777)
+    cluster(num_nodes=1, num_cpus=1)
+    assert (os.stat(root).st_mode & 0o777) == 0o700
+
+
+
+
+# ---- environment variables and session files (issue 15) ------------------------------------
+
+
+@pytest.mark.parametrize("variable", ["MINICLUSTER_STATE_JOURNAL_MAX_BYTES", "RAY_task_events_max_num_task_in_gcs",
+                                      "MINICLUSTER_SESSIONS_KEPT", "MINICLUSTER_OBJECT_STORE_MEMORY"])
+def test_a_bad_environment_variable_is_named_and_starts_nothing(monkeypatch, variable):
+    monkeypatch.setenv(variable, "lots")
+    with pytest.raises(ValueError, match=f"{variable}='lots' is not a valid value"):
+        ray.init(num_nodes=1, num_cpus=1)
+    assert not ray.is_initialized()
+
+
+def test_garbage_in_a_dead_sessions_files_is_ignored_and_kills_nothing(cluster, short_base):
+    """The reaper reads other sessions' files: whatever they say, it only kills our node managers."""
+    import json
+    import subprocess
+    import sys
+
+    root = short_base / f"minicluster-{os.getuid()}"
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout.strip()
+        for name, info, pids in [
+            ("session_2020-01-01_00-00-00_000000_1_aaaa", "{not json", "1\n"),
+            ("session_2020-01-01_00-00-00_000000_2_bbbb", json.dumps({"driver_pid": "nope"}), "x y z"),
+            ("session_2020-01-01_00-00-00_000000_3_cccc",
+             json.dumps({"driver_pid": int(dead), "start_time": 0, "store_root": "/etc"}),
+             f"{os.getpid()}\n{bystander.pid}\n-5\n99999999\n"),
+        ]:
+            folder = root / name
+            folder.mkdir(parents=True)
+            (folder / "session.json").write_text(info)
+            (folder / "node_pids").write_text(pids)
+        cluster(num_nodes=1, num_cpus=1)
+        assert ray.get(echo.remote(1)) == 1
+        assert bystander.poll() is None  # a live process named in node_pids that is no node manager
+        assert os.path.isdir("/etc")  # a store root that is not ours is never removed
+    finally:
+        bystander.kill()
+        bystander.wait()

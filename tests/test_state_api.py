@@ -25,7 +25,6 @@ from minicluster.util.state import (
     summarize_tasks,
 )
 
-DRIVER_TASK_ID = "ffffffffffffffffffffffffffffffffffffffff01000000"
 SEED_FIELDS = ("task_id", "attempt_number", "name", "state", "job_id", "actor_id", "type", "func_or_class_name",
                "parent_task_id", "node_id", "worker_id", "error_type")
 
@@ -83,11 +82,11 @@ def test_every_attempt_is_recorded_with_the_seeds_fields(cluster, tmp_path):
     for row in rows:
         for field in SEED_FIELDS:
             assert field in row.keys()
-        assert row.job_id == "01000000"
+        assert row.job_id == ray.get_runtime_context().get_job_id()  # 01000000 in a process's first session
         assert row.actor_id is None
         assert row.type == "NORMAL_TASK"
         assert row.func_or_class_name == row.name
-        assert row.parent_task_id == DRIVER_TASK_ID
+        assert row.parent_task_id == "ff" * 20 + row.job_id  # the driver's task id, as Ray's
         assert row.node_id in node_ids
         assert row.worker_id in worker_ids
         assert row.worker_pid and row.worker_pid > 0

@@ -372,7 +372,7 @@ def test_object_ref_ids(cluster):
     ref = identity.remote(1)
     assert len(ref.hex()) == 56
     assert ref.hex().startswith(ref.task_id().hex()) and len(ref.task_id().hex()) == 48
-    assert ref.task_id().hex().endswith("01000000")  # the job id
+    assert ref.task_id().hex().endswith(ray.get_runtime_context().get_job_id())  # the job id
     first, second = task_name.options(num_returns=2).remote()
     assert first.task_id().hex() == second.task_id().hex() and first != second
     assert first.hex()[48:] == "01000000" and second.hex()[48:] == "02000000"  # return index 1, 2
@@ -385,7 +385,7 @@ def test_object_ref_ids(cluster):
 def test_runtime_context_ids(cluster):
     cluster(num_nodes=1, num_cpus=1)
     ctx = ray.get_runtime_context()
-    assert ctx.get_job_id() == "01000000"
+    assert len(ctx.get_job_id()) == 8  # 01000000 in a process's first session, then 02000000, ...
     assert len(ctx.get_node_id()) == 56
     int(ctx.get_node_id(), 16)
     assert len(ctx.get_worker_id()) == 56
@@ -398,7 +398,7 @@ def test_runtime_context_ids(cluster):
 
     ref = ids.remote()
     job, node, task, worker = ray.get(ref)
-    assert job == "01000000"
+    assert job == ctx.get_job_id()
     assert node == ctx.get_node_id()
     assert task == ref.task_id().hex()
     assert worker != ctx.get_worker_id() and len(worker) == 56

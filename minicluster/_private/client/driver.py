@@ -21,7 +21,7 @@ from minicluster._private.client.object_ref import LocalRefCounter, ObjectRef, s
 from minicluster._private.client.runtime_client import RuntimeClient
 from minicluster._private.client.session import Session
 from minicluster._private.common import config
-from minicluster._private.common.ids import driver_task_id, new_worker_id
+from minicluster._private.common.ids import driver_task_id, job_of, new_worker_id, start_job
 from minicluster._private.head.head import DRIVER, Head
 from minicluster._private.observe.state_recorder import StateRecorder
 from minicluster._private.store import object_store, store_spares
@@ -46,6 +46,7 @@ class DriverClient(RuntimeClient):
         """
         super().__init__()
         self.worker_id = new_worker_id()
+        self.job = start_job()  # before any id is made: every id of this session carries it
         self.idle_task_id = driver_task_id()
         self.namespace = namespace or "default"
         self.cluster_owned = False  #: made by a cluster_utils.Cluster, which alone may stop it
@@ -101,6 +102,8 @@ class DriverClient(RuntimeClient):
     def submit(self, spec: Any, function_blob: Optional[bytes]) -> List[ObjectRef]:
         # The refs exist before the head knows the task, so a result can never be
         # freed for lack of holders between submission and the caller seeing it.
+        self.check_session(spec.arg_refs)
+        self.check_session(spec.borrowed)
         refs = [ObjectRef(oid) for oid in spec.return_ids()]
         blob = None if spec.function_id in self.known_functions else function_blob
         self.head.submit_from_driver(spec, blob, self.node_id)
@@ -111,6 +114,7 @@ class DriverClient(RuntimeClient):
         object_id = self.next_put_id()
         ref = ObjectRef(object_id)
         serialized = serialize(value, what="put() value")
+        self.check_session(serialized.refs)
         if serialized.size <= config.INLINE_THRESHOLD:
             self.head.put_from_driver(object_id, "i", serialized.to_bytes(), serialized.refs, self.node_id)
         else:
@@ -121,12 +125,17 @@ class DriverClient(RuntimeClient):
 
     def _check_fits(self, size: int) -> int:
         """The node's store capacity; raises ObjectStoreFullError if `size` cannot fit in it."""
-        capacity = self.head.nodes[self.node_id].capacity
+        head = self.head
+        capacity = head.nodes[self.node_id].capacity
         if size > capacity:
             raise ObjectStoreFullError(
                 f"put() of an object of {size} bytes: larger than the node's object store "
                 f"({capacity} bytes, object_store_memory); nothing was stored"
             )
+        with head.lock:
+            problem = head.objects.no_room_for(self.node_id, size)
+        if problem is not None:
+            raise ObjectStoreFullError(f"put() of an object of {size} bytes: {problem}; nothing was stored")
         return capacity
 
     # ---- values ----------------------------------------------------------------------
@@ -175,6 +184,7 @@ class DriverClient(RuntimeClient):
 
         fail_fast (get): return early with the id of an object that is an error, else None.
         """
+        self.check_session(object_ids)
         head = self.head
         event = threading.Event()
         with head.lock:
@@ -207,12 +217,25 @@ class DriverClient(RuntimeClient):
             return True
         return event.wait(max(0.0, timeout))
 
+    def check_session(self, object_ids: Sequence[bytes]) -> None:
+        """Refuse refs of an ended session (ValueError, as Ray): their ids end in another job's id,
+        and the head would otherwise take them for lost objects, or for this session's own."""
+        job = self.job
+        for object_id in object_ids:
+            if job_of(object_id) != job:
+                raise ValueError(
+                    f"ObjectRef({object_id.hex()}) belongs to a minicluster session that has ended (job "
+                    f"{job_of(object_id).hex()}; this session is job {job.hex()}). A ref does not outlive "
+                    "shutdown(): make the object again in this session.")
+
     def add_location(self, object_id: bytes, size: int) -> None:
         self.head.add_location(object_id, self.node_id, size)
 
     # ---- actors ------------------------------------------------------------------------
 
     def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
+        self.check_session(spec.arg_refs)
+        self.check_session(spec.borrowed)
         head = self.head
         with head.lock:
             head.apply_driver_refs()
@@ -235,6 +258,7 @@ class DriverClient(RuntimeClient):
         return self.head.state(what, about)
 
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
+        self.check_session([object_id])
         self.head.cancel(object_id, force, recursive)
 
     # ---- lifecycle -------------------------------------------------------------------

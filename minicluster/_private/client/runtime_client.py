@@ -16,7 +16,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 from minicluster._private.client.object_ref import LocalRefCounter
 from minicluster._private.common import config
-from minicluster._private.common.ids import JOB_ID, object_id_for_put
+from minicluster._private.common.ids import job_id, object_id_for_put
 from minicluster._private.store import object_store
 from minicluster._private.store.serialization import FLAG_ERROR, deserialize
 from minicluster._private.wire.messages import Payload
@@ -90,7 +90,7 @@ class RuntimeClient:
 
     @property
     def job_id(self) -> bytes:
-        return JOB_ID
+        return job_id()
 
     # ---- turning payloads into values ----------------------------------------------
 

@@ -8,12 +8,15 @@ Created by the driver at `init()`. Layout:
             head.sock                        the head's Unix socket (0600), removed at shutdown
             spill/<node id hex>/             objects spilled from a full store, removed at shutdown
             session.json                     driver pid, store root, start time; removed at shutdown
+            node_pids                        the node managers' pids, one a line, for the reaper
             logs/                            kept after the session on purpose: workers' output
                                              (log_files.py) and the state journal (state_journal.py)
     /dev/shm/minicluster-<uid>-<pid>-<rand>/<node id hex>/   the nodes' object stores
 
-At `init()`, sessions whose driver is dead (it was SIGKILLed before its nodes
-could clean up) are reaped: their sockets and store folders are removed. Only
+At `init()`, sessions whose driver is dead and whose nodes could not all clean
+up (the driver was SIGKILLed while a node was SIGSTOPped, say) are reaped: their
+node managers' process groups are SIGKILLed (a stopped process dies of it too),
+their sockets and store folders are removed. Only
 the newest MINICLUSTER_SESSIONS_KEPT (20) ended sessions keep their folders;
 older ones are deleted, so a test suite that starts thousands of sessions does
 not fill the disk.
@@ -24,6 +27,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import stat
 import sys
 import time
 from typing import Optional
@@ -37,8 +42,7 @@ MAX_SOCKET_PATH = 107  # bytes in a Unix socket's path (sun_path, Linux; 103 on 
 class Session:
     def __init__(self, store_bytes: Optional[int]) -> None:
         root = config.session_root()
-        os.makedirs(root, mode=0o700, exist_ok=True)
-        _check_private(root)
+        make_private_root(root)
         reap_stale_sessions(root)
         prune_old_sessions(root, config.sessions_kept())
         now = time.time()
@@ -93,23 +97,54 @@ class Session:
             json.dump(info, f)
         os.chmod(path, 0o600)
 
+    def record_node(self, pid: int) -> None:
+        """Note a node manager's pid (it leads its own process group) for reap_stale_sessions."""
+        fd = os.open(os.path.join(self.dir, "node_pids"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, f"{pid}\n".encode())
+        finally:
+            os.close(fd)
+
     def cleanup(self) -> None:
         """Remove everything but the logs folder."""
         shutil.rmtree(self.store_root, ignore_errors=True)
         shutil.rmtree(self.spill_root, ignore_errors=True)
-        for name in ("head.sock", "session.json"):
+        for name in ("head.sock", "session.json", "node_pids"):
             try:
                 os.unlink(os.path.join(self.dir, name))
             except FileNotFoundError:
                 pass
 
 
-def _check_private(path: str) -> None:
-    st = os.stat(path)
-    if st.st_uid != os.getuid():
-        raise PermissionError(f"minicluster: session folder {path} belongs to another user; set MINICLUSTER_TMPDIR")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+def make_private_root(path: str) -> None:
+    """Create the session root, or check the one there: a real folder of ours, then made 0700.
+
+    /tmp is shared: another user may have planted a symlink (or a folder of theirs) under
+    the name first, to have us chmod and write into a folder they chose. So the last
+    component is opened with O_NOFOLLOW and checked through that descriptor (no race
+    between the check and the chmod), as ssh-agent-style tools do; anything else is refused.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    advice = "remove it, or set MINICLUSTER_TMPDIR to a folder of yours"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        kind = "a symlink" if os.path.islink(path) else "not a folder"
+        raise PermissionError(f"minicluster: refusing the session root {path}: it is {kind} ({exc.strerror}); "
+                              f"{advice}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid():
+            raise PermissionError(f"minicluster: refusing the session root {path}: it belongs to user id "
+                                  f"{st.st_uid}, not to you ({os.getuid()}); {advice}")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
 
 
 def reap_stale_sessions(root: str) -> None:
@@ -128,15 +163,64 @@ def reap_stale_sessions(root: str) -> None:
         pid = info.get("driver_pid")
         if not isinstance(pid, int) or pid_alive(pid):
             continue
+        start_time = info.get("start_time")
+        _kill_leftover_nodes(os.path.join(root, name, "node_pids"),
+                             start_time if isinstance(start_time, (int, float)) else None)
         store_root = info.get("store_root")
         if isinstance(store_root, str) and "minicluster" in store_root:
             shutil.rmtree(store_root, ignore_errors=True)
         shutil.rmtree(os.path.join(root, name, "spill"), ignore_errors=True)
-        for leftover in ("head.sock", "session.json"):
+        for leftover in ("head.sock", "session.json", "node_pids"):
             try:
                 os.unlink(os.path.join(root, name, leftover))
             except OSError:
                 pass
+
+
+def _kill_leftover_nodes(pids_path: str, session_start: Optional[float]) -> None:
+    """SIGKILL the process groups of a dead session's node managers that are still there.
+
+    A pid is only trusted while it still names that node manager: the leader of its own
+    process group, running our node manager's bootstrap, started after the session
+    did (a recycled pid fails one of these; where /proc is missing, nothing is killed).
+    """
+    try:
+        with open(pids_path) as f:
+            pids = [int(word) for word in f.read().split() if word.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        if _is_our_node_manager(pid, session_start):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _is_our_node_manager(pid: int, session_start: Optional[float]) -> bool:
+    try:
+        if os.getpgid(pid) != pid:
+            return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"minicluster._private.node.node_manager" not in f.read():
+                return False
+        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return False
+        if session_start is not None and _process_start(pid) < session_start - 2.0:
+            return False  # older than the session: the pid was recycled
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
+def _process_start(pid: int) -> float:
+    """When a process started (Unix time), from /proc: boot time plus its start in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat_line = f.read()
+    ticks = int(stat_line[stat_line.rindex(")") + 2:].split()[19])  # field 22, starttime
+    with open("/proc/stat") as f:
+        boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def prune_old_sessions(root: str, keep: int) -> None:

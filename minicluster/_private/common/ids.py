@@ -12,6 +12,13 @@ Layout follows Ray so the hex strings look familiar:
 
 Any process may make ids: uniqueness comes from a random per-process prefix
 plus a counter, so no coordination is needed.
+
+The job id is the session's: each `init()` in a process starts a new job (1, 2, ...,
+little-endian as in Ray, so the first is 01000000) and its node managers (and, by
+fork, their workers) are told it. Every task, actor and object id ends in it, so no
+id of one session can name something of a later one: a ref kept across
+`shutdown()`/`init()` is recognised as stale (`job_of`) instead of silently
+reading the new session's object with the same counter.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import itertools
 import os
 import threading
 
-JOB_ID = b"\x01\x00\x00\x00"
+JOB_ID_SIZE = 4
+_job_id = (1).to_bytes(JOB_ID_SIZE, "little")
+_jobs_started = 0
 NIL_ACTOR_PART = b"\xff" * 12
 PUT_INDEX_FLAG = 1 << 31
 
@@ -40,13 +49,40 @@ def _unique8() -> bytes:
     return _prefix + (next(_counter) & 0xFFFFFFFF).to_bytes(4, "little")
 
 
+def job_id() -> bytes:
+    """The current session's job id (4 bytes)."""
+    return _job_id
+
+
+def start_job() -> bytes:
+    """In a driver, at `init()`: a job id no earlier session of this process had."""
+    global _job_id, _jobs_started
+    with _lock:
+        _jobs_started += 1
+        _job_id = _jobs_started.to_bytes(JOB_ID_SIZE, "little")
+    return _job_id
+
+
+def set_job_id(value: bytes) -> None:
+    """In a node manager, before it forks workers: the session's job id, as the driver chose it."""
+    global _job_id
+    if len(value) != JOB_ID_SIZE:
+        raise ValueError(f"a job id is {JOB_ID_SIZE} bytes, got {len(value)}")
+    _job_id = value
+
+
+def job_of(id_bytes: bytes) -> bytes:
+    """The job a task or object id belongs to (its bytes 20..24)."""
+    return id_bytes[20:24]
+
+
 def new_task_id(actor_id: bytes | None = None) -> bytes:
     actor_part = actor_id[:12] if actor_id else NIL_ACTOR_PART
-    return _unique8() + actor_part + JOB_ID
+    return _unique8() + actor_part + _job_id
 
 
 def new_actor_id() -> bytes:
-    return os.urandom(4) + _unique8() + JOB_ID
+    return os.urandom(4) + _unique8() + _job_id
 
 
 def object_id_for_return(task_id: bytes, index: int) -> bytes:
@@ -81,7 +117,7 @@ def new_worker_id() -> bytes:
 
 def driver_task_id() -> bytes:
     """The id Ray gives the driver's own (pseudo) task: no unique part, job suffix."""
-    return b"\xff" * 20 + JOB_ID
+    return b"\xff" * 20 + _job_id
 
 
 class BaseID:

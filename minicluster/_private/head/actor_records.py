@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Deque, Dict, Optional
 
-from minicluster._private.common.ids import JOB_ID
+from minicluster._private.common.ids import job_id
 from minicluster._private.head.states import (
     ACTOR_TRANSITIONS,
     ALIVE,
@@ -72,7 +72,7 @@ class ActorRecord:
             "actor_id": self.actor_id.hex(),
             "class_name": meta["class_name"],
             "state": self.state,
-            "job_id": JOB_ID.hex(),
+            "job_id": job_id().hex(),
             "name": meta.get("name") or "",
             "node_id": self.node_id.hex() if self.node_id is not None else None,
             "pid": self.pid,

@@ -36,10 +36,11 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable, Dict, List, Optional
 
 from minicluster._private.common import config
-from minicluster._private.common.ids import new_node_id
+from minicluster._private.common.ids import job_id, new_node_id
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
 from minicluster._private.head.announcements import Announcer
@@ -52,9 +53,11 @@ from minicluster._private.head.task_flow import TaskFlow
 from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 from minicluster._private.head.waiting import Waiting
 from minicluster._private.store import object_store
+from minicluster._private.store.serialization import error_blob
 from minicluster._private.wire import fault_hooks
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.hub import Hub, Peer
+from minicluster.exceptions import ObjectStoreFullError
 
 DRIVER = b"driver"  # owner id of objects the driver creates
 
@@ -176,6 +179,7 @@ class Head:
             spill_root=layout.spill_root,
             capacity=node.capacity,
             namespace=state.namespace,
+            job_id=job_id(),  # the node's workers make ids of this session's job
             num_workers=num_workers,
             logs_dir=self.session.logs_dir,  # workers' stdout/stderr files (log_files.py)
             # The package's own folder first: editable installs are found by a
@@ -184,6 +188,7 @@ class Head:
         )
         node.process = node_procs.launch(cfg, None)
         node.pid = node.process.pid
+        self.session.record_node(node.pid)  # so a later init() can reap it if this driver dies
         with self.lock:
             self.task_flow.schedule()
             self.flush()
@@ -292,7 +297,13 @@ class Head:
             if handler is None:
                 print(f"minicluster: unknown message {type(message).__name__}", file=sys.stderr)
                 continue
-            handler(self, peer, state, message)
+            try:
+                handler(self, peer, state, message)
+            except Exception:  # noqa: BLE001 - one bad message costs its sender, never the head
+                print(f"minicluster: internal error handling {type(message).__name__}:", file=sys.stderr)
+                traceback.print_exc()
+                self.hub.drop_peer(peer, f"handling its {type(message).__name__} failed (see above)")
+                break
             state = peer.state
 
     def on_close(self, peer: Peer) -> None:
@@ -372,7 +383,14 @@ class Head:
         self.objects.add_borrower(object_id, worker.worker_id)  # before storing: the put's ref holds it
         worker.borrowed.add(object_id)
         worker.owned.add(object_id)
-        self.task_flow.store(object_id, value.kind, value.data, value.refs, worker.node.node_id, False)
+        node_id = worker.node.node_id
+        problem = self.objects.no_room_for(node_id, value.data) if value.kind == "s" else None
+        if problem is not None:  # the store is full and cannot spill: getting this object raises why
+            object_store.delete(self.session.layout.dir_of(node_id), object_id)
+            blob = error_blob(ObjectStoreFullError(f"put() of an object of {value.data} bytes: {problem}"))
+            self.task_flow.store(object_id, "e", blob, [], node_id, True)
+            return
+        self.task_flow.store(object_id, value.kind, value.data, value.refs, node_id, False)
 
     def _on_refs(self, peer: Peer, worker: WorkerRecord, message: msg.Refs) -> None:
         objects = self.objects

@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Set
 from minicluster._private.common.ids import OBJECT_ID_SIZE, RecentIds
 from minicluster._private.store import object_store
 from minicluster._private.wire import messages as msg
+from minicluster.exceptions import ObjectStoreFullError
 
 PENDING = "PENDING"
 READY = "READY"
@@ -110,6 +111,7 @@ class ObjectDirectory:
         self.node_usage: Dict[bytes, int] = collections.defaultdict(int)  #: shared-memory bytes per node
         self.capacity: Dict[bytes, int] = {}  #: store capacity per node
         self.spilled_bytes = 0
+        self.spill_failed: Dict[bytes, str] = {}  #: node -> why its last spill failed (cleared by a success)
         #: called when an `unhandled` error is freed, before its value goes (set by the head)
         self.on_unhandled: Optional[Callable[[bytes, ObjectEntry], None]] = None
 
@@ -188,12 +190,14 @@ class ObjectDirectory:
         else:
             self.node_usage[location] += size
 
-    def make_room(self, node: bytes) -> None:
-        """Bring a node's store back under capacity: drop copies that exist elsewhere (on
-        another node or spilled) first, then spill the oldest objects to disk."""
+    def make_room(self, node: bytes, need: int = 0) -> None:
+        """Bring a node's store back under capacity (with `need` bytes to spare): drop cached copies
+        of released objects, then copies that exist elsewhere (on another node or spilled), then
+        spill the oldest objects to disk."""
         capacity = self.capacity.get(node)
-        if capacity is None or self.node_usage[node] <= capacity:
+        if capacity is None or self.node_usage[node] + need <= capacity:
             return
+        capacity -= need
         for object_id, entry in list(self.entries.items()):  # cached copies of released objects go first
             if self.node_usage[node] <= capacity:
                 return
@@ -219,15 +223,31 @@ class ObjectDirectory:
         spill_dir = self._dir(target)
         try:
             os.makedirs(spill_dir, mode=0o700, exist_ok=True)
-            object_store.copy(self._dir(node), spill_dir, object_id)
-        except OSError as exc:
-            print(f"minicluster: warning: cannot spill to {spill_dir}: {exc}; the store stays over capacity",
-                  file=sys.stderr)
+            object_store.copy(self._dir(node), spill_dir, object_id)  # removes its partial file if it fails
+        except (OSError, ObjectStoreFullError) as exc:
+            if node not in self.spill_failed:
+                print(f"minicluster: warning: cannot spill to {spill_dir}: {exc}; new objects that do not "
+                      "fit in the node's store fail with ObjectStoreFullError", file=sys.stderr)
+            self.spill_failed[node] = str(exc)
             return False
+        self.spill_failed.pop(node, None)
         entry.payload.data.append(target)
         self._count(target, entry.size)
         self.remove_location(object_id, node)
         return True
+
+    def no_room_for(self, node: bytes, size: int) -> Optional[str]:
+        """Why `size` more bytes cannot go into a node's store (spilling failed), or None if they can.
+
+        Tries to make room first. Only a failed spill refuses: a store over capacity for
+        other reasons (nothing left to spill) keeps taking objects, as before."""
+        self.make_room(node, size)
+        capacity = self.capacity.get(node)
+        reason = self.spill_failed.get(node)
+        if capacity is None or reason is None or self.node_usage[node] + size <= capacity:
+            return None
+        return (f"the node's object store holds {self.node_usage[node]} of its {capacity} bytes "
+                f"(object_store_memory) and cannot take {size} more: spilling to disk failed ({reason})")
 
     def mark_lost(self, object_id: bytes) -> None:
         entry = self.entries[object_id]

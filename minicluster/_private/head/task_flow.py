@@ -46,7 +46,7 @@ from minicluster._private.head.virtual_nodes import INTENDED_USER_EXIT, NodeReco
 from minicluster._private.store import object_store
 from minicluster._private.store.serialization import deserialize, error_blob
 from minicluster._private.wire import messages as msg
-from minicluster.exceptions import RayTaskError, TaskCancelledError, TaskUnschedulableError
+from minicluster.exceptions import ObjectStoreFullError, RayTaskError, TaskCancelledError, TaskUnschedulableError
 
 # Tiny tasks are pipelined: up to PIPELINE_DEPTH queued at a busy worker, so one
 # message carries many. Deeper amortizes more but lets a worker hoard work other
@@ -475,12 +475,20 @@ class TaskFlow:
         is_error = state == FAILED
         if task.owner_dead:
             self.discard_results(task.spec.task_id, results, node_id)
-        else:
-            unhandled = is_error and _unhandled_if_unread(task, error_type)
-            for object_id, value in zip(task.spec.return_ids(), results):
-                self.store(object_id, value.kind, value.data, value.refs, node_id, is_error, unhandled)
-            if not is_error:
-                self._keep_lineage(task)
+            self._close_task(task, state, error_type, message)
+            return
+        stored = sum(value.data for value in results if value.kind == "s")
+        problem = self.state.objects.no_room_for(node_id, stored) if stored else None
+        if problem is not None:  # the store is full and cannot spill: the cap holds, the task fails
+            self.discard_results(task.spec.task_id, results, node_id)
+            problem = f"the results of {task.spec.name} ({stored} bytes) were not kept: {problem}"
+            self.finish_with_error(task, ObjectStoreFullError(problem), "OUT_OF_DISK_ERROR", problem)
+            return
+        unhandled = is_error and _unhandled_if_unread(task, error_type)
+        for object_id, value in zip(task.spec.return_ids(), results):
+            self.store(object_id, value.kind, value.data, value.refs, node_id, is_error, unhandled)
+        if not is_error:
+            self._keep_lineage(task)
         self._close_task(task, state, error_type, message)
 
     def _keep_lineage(self, task: TaskRecord) -> None:

@@ -35,6 +35,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Container, Dict, Hashable, Iterator, List, NamedTuple, Optional, Tuple
 
+from minicluster._private.common import config
 from minicluster._private.common.ids import TASK_ID_SIZE
 from minicluster._private.head.task_records import STATES
 
@@ -131,7 +132,8 @@ class TaskHistory:
     """Finished tasks, oldest first, at most `limit` of them; see the module docstring."""
 
     def __init__(self, limit: Optional[int] = None) -> None:
-        self.limit = HISTORY_LIMIT if limit is None else limit
+        self.limit = max(1, config.env("task_events_max_num_task_in_gcs", HISTORY_LIMIT, int)) if limit is None \
+            else limit
         self.added = 0  #: entries ever added; entry number n is in slot n % limit while n >= added - limit
         self._count = 0
         self._ids = bytearray()  # TASK_ID_SIZE bytes per slot

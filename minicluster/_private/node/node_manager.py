@@ -16,8 +16,12 @@ The runtime modules are imported before the first fork, so a worker starts in
 a millisecond or two instead of paying for a fresh interpreter.
 
 If the head's socket closes (the driver exited or was SIGKILLed), the node
-cleans up after itself: kills its workers, removes its store folder and the
-session's socket file, then kills its whole process group, itself included.
+cleans up after itself: kills its workers, removes its store folder, then kills
+its whole process group, itself included. The last node out (the one that finds
+the store root empty) also removes the session's socket and session.json; while
+another node's folder remains (a node that was SIGSTOPped when the driver died
+cannot clean up), session.json stays, so the next `init()` reaps that node
+(session.py, reap_stale_sessions).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import signal
 import sys
 from typing import Dict
 
-from minicluster._private.common.ids import new_worker_id
+from minicluster._private.common.ids import new_worker_id, set_job_id
 from minicluster._private.node import worker  # noqa: F401
 
 # Imported here, before any fork, so workers inherit them ready to use.
@@ -41,6 +45,7 @@ from minicluster._private.wire.protocol import Connection, FrameDecoder, decode
 class NodeManager:
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
+        set_job_id(cfg["job_id"])  # before any fork: workers inherit it
         self.node_id: bytes = cfg["node_id"]
         self.store_dir = os.path.join(cfg["store_root"], self.node_id.hex())
         self.workers: Dict[int, bytes] = {}  # pid -> worker id
@@ -141,11 +146,11 @@ class NodeManager:
         object_store.remove_store(self.store_dir)
         object_store.remove_store(os.path.join(self.cfg["spill_root"], self.node_id.hex()))
         try:
-            os.rmdir(self.cfg["store_root"])  # the last node out removes the session's store root
+            os.rmdir(self.cfg["store_root"])  # the last node out removes the session's store root...
         except OSError:
-            pass
+            os.killpg(0, signal.SIGKILL)  # ...another node's folder is left: session.json stays for the reaper
         session_dir = os.path.dirname(self.cfg["socket_path"])
-        for name in ("head.sock", "session.json"):  # the session's logs folder stays, on purpose
+        for name in ("head.sock", "session.json", "node_pids"):  # the logs folder stays, on purpose
             try:
                 os.unlink(os.path.join(session_dir, name))
             except OSError:

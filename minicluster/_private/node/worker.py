@@ -394,8 +394,7 @@ class Worker:
         end = time.time()
         self.calls[call.function_id] = calls = self.calls.get(call.function_id, 0) + 1
         retire = bool(call.max_calls) and calls >= call.max_calls
-        sys.stdout.flush()
-        sys.stderr.flush()
+        log_files.restore_output()  # flushed, and mended if the task closed them
         if call.faults:
             fault_hooks.carry_out(client, call, fault_hooks.BEFORE_REPLY)
         return msg.Done.new(task_id=call.task_id, attempt=call.attempt, results=results, error=error_info,

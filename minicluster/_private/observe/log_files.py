@@ -27,13 +27,14 @@ identical to what the task printed.
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import re
 import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from minicluster._private.common.ids import JOB_ID
+from minicluster._private.common import ids
 
 TASK_MARKER = b":task_name:"
 ACTOR_MARKER = b":actor_name:"
@@ -42,21 +43,52 @@ MAX_LINE_BYTES = 64 * 1024  # a longer line without a newline is printed in piec
 
 _last_name: Optional[str] = None
 _libc: Optional[ctypes.CDLL] = None
+_own_files: Optional[Tuple[str, str]] = None  #: this worker's (stdout, stderr) files, once redirected
 
 
 def log_paths(logs_dir: str, worker_id: bytes, pid: int) -> Tuple[str, str]:
     """The (stdout, stderr) files of one worker."""
-    stem = os.path.join(logs_dir, f"worker-{worker_id.hex()}-{JOB_ID.hex()}-{pid}")
+    stem = os.path.join(logs_dir, f"worker-{worker_id.hex()}-{ids.job_id().hex()}-{pid}")
     return stem + ".out", stem + ".err"
 
 
 def redirect_worker_output(logs_dir: str, worker_id: bytes) -> None:
     """In a freshly forked worker: send fds 1 and 2 to its own log files (private to the user)."""
-    out_path, err_path = log_paths(logs_dir, worker_id, os.getpid())
-    for path, target in ((out_path, 1), (err_path, 2)):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    global _own_files
+    _own_files = log_paths(logs_dir, worker_id, os.getpid())
+    for path, target in zip(_own_files, (1, 2)):
+        _open_onto(path, target)
+
+
+def _open_onto(path: str, target: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    if fd != target:
         os.dup2(fd, target)
         os.close(fd)
+
+
+def restore_output() -> None:
+    """After each task in a worker: flush stdout/stderr, and mend them if the task closed them.
+
+    A task may close sys.stdout (or os.close(1)); without this, every later task on the
+    worker that prints would fail. A closed descriptor is pointed at the worker's log
+    file again (at /dev/null when its output was never redirected), and a closed Python
+    stream is replaced by a new one on the descriptor.
+    """
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:  # the task closed the descriptor itself
+            _open_onto(_own_files[fd - 1] if _own_files else os.devnull, fd)
+        stream = getattr(sys, name)
+        if stream is None or stream.closed:
+            setattr(sys, name, io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), errors="backslashreplace",
+                                                line_buffering=True, write_through=True))
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def mark_task(name: str, marker: bytes = TASK_MARKER) -> None:

@@ -18,8 +18,14 @@ in the session's logs/ folder, which is kept after the session:
 A frame is a 4-byte little-endian length and a pickle of such a dict. Rows
 hold only plain values (bytes, str, numbers, tuples, dicts), and the reader's
 unpickler refuses anything else, so a journal can never run code. A frame cut
-short (the driver was killed mid-write) is ignored. When the journal grows past
-COMPACT_BYTES the recorder rewrites it with only the last row of each key.
+short (the driver was killed mid-write) is ignored.
+
+Bounded: when the journal grows past MINICLUSTER_STATE_JOURNAL_MAX_BYTES (default
+COMPACT_BYTES) the recorder rewrites it with only the last row of each worker and of
+each task the head still remembers (at most RAY_task_events_max_num_task_in_gcs
+finished ones, 100,000 by default, as Ray's GCS keeps), and once more at the end of
+a session whose journal is over a quarter of that, so an ended session's journal is
+small too. Only the newest MINICLUSTER_SESSIONS_KEPT ended sessions keep theirs.
 """
 
 from __future__ import annotations
@@ -42,7 +48,12 @@ OBJECTS_REQUEST = "objects.request"
 FAULTS = "faults.jsonl"  #: injected faults, one JSON line each (minicluster.testing's journal)
 MAGIC = "minicluster-state-journal"
 VERSION = 2
-COMPACT_BYTES = 256 * 1024 * 1024
+COMPACT_BYTES = 32 * 1024 * 1024  #: default journal size that triggers a compaction (100,000 tasks are ~10 MB)
+
+
+def max_bytes() -> int:
+    """The journal size that triggers a compaction: MINICLUSTER_STATE_JOURNAL_MAX_BYTES, else COMPACT_BYTES."""
+    return max(4096, config.env("STATE_JOURNAL_MAX_BYTES", COMPACT_BYTES, int))
 
 # Row layouts. Ids are raw bytes here; readers turn them into hex strings. A task row's
 # job id is the task id's last 4 bytes.

@@ -59,6 +59,8 @@ class StateRecorder:
         self.session = session
         self.logs_dir: str = session.logs_dir
         self.journal = JournalWriter(self.logs_dir)
+        self.journal_limit = state_journal.max_bytes()
+        self._compact_at = self.journal_limit  #: journal size that triggers the next compaction
         #: unfinished tasks journaled by the scan -> (attempts, events) then, so an unchanged one is not
         #: journaled again; an entry goes when the task's attempt ends
         self.scanned: Dict[Any, tuple] = {}
@@ -101,8 +103,12 @@ class StateRecorder:
                 status = self._status() if slow else None
                 objects = self._objects() if final or os.path.exists(self._request_path) else None
             self.journal.write(frames)
-            if self.journal.size() > state_journal.COMPACT_BYTES:
+            size = self.journal.size()
+            if size > self._compact_at or (final and size > self.journal_limit // 4):
                 self._compact()
+                # If what is remembered alone is near the limit, compacting again soon would
+                # only rewrite the same rows: wait until the journal has doubled instead.
+                self._compact_at = max(self.journal_limit, 2 * self.journal.size())
             if status is not None:
                 self._write_status(status, force=final)
             if objects is not None:
@@ -237,7 +243,7 @@ class StateRecorder:
                 info.exit_type, info.exit_detail)
 
     def _compact(self) -> None:
-        """The journal grew past COMPACT_BYTES: rewrite it with one row per key."""
+        """The journal grew past its limit (state_journal.max_bytes): rewrite it with one row per key."""
         head = self.head
         with head.lock:
             rows = self.all_task_rows()

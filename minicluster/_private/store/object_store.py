@@ -34,6 +34,7 @@ restores a spilled object by copying it into its own node's store (`fetch`).
 
 from __future__ import annotations
 
+import errno
 import itertools
 import mmap
 import os
@@ -45,6 +46,7 @@ from typing import Optional
 from minicluster._private.common.ids import NODE_ID_SIZE
 from minicluster._private.store import store_spares
 from minicluster._private.store.serialization import Serialized
+from minicluster.exceptions import ObjectStoreFullError
 
 _TMP_SUFFIX = ".tmp-"
 SPILL_MARK = b"~"
@@ -104,9 +106,10 @@ def write(store_dir: str, object_id: bytes, value: Serialized, spare_limit: int 
                 written += os.write(fd, view[written:])
         if spare:
             os.ftruncate(fd, value.size)  # a spare may be larger than the value
-    except BaseException:
+    except BaseException as exc:
         os.close(fd)
         _unlink(tmp)
+        _raise_if_full(exc, store_dir, value.size)
         raise
     os.close(fd)
     os.rename(tmp, final)
@@ -130,14 +133,35 @@ def copy(src_dir: str, dst_dir: str, object_id: bytes) -> int:
     src = object_path(src_dir, object_id)
     final = object_path(dst_dir, object_id)
     tmp = f"{final}{_TMP_SUFFIX}{os.getpid()}"
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        os.chmod(tmp, 0o600)
+    size = 0
+    with open(src, "rb") as fin:
         size = os.fstat(fin.fileno()).st_size
-        sent = 0
-        while sent < size:
-            sent += os.sendfile(fout.fileno(), fin.fileno(), sent, size - sent)
+        try:
+            with open(tmp, "wb") as fout:
+                os.chmod(tmp, 0o600)
+                sent = 0
+                while sent < size:
+                    sent += os.sendfile(fout.fileno(), fin.fileno(), sent, size - sent)
+        except BaseException as exc:
+            _unlink(tmp)  # never leave a half-written copy (a full disk stops a spill midway)
+            _raise_if_full(exc, dst_dir, size)
+            raise
     os.rename(tmp, final)
     return size
+
+
+def _raise_if_full(exc: BaseException, folder: str, size: int) -> None:
+    """A write that failed for lack of space becomes ObjectStoreFullError, with the numbers."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return
+    try:
+        usage = shutil.disk_usage(folder)
+        room = f"{usage.free} of {usage.total} bytes free"
+    except OSError:
+        room = "free space unknown"
+    raise ObjectStoreFullError(
+        f"cannot store an object of {size} bytes in {folder}: its file system is full ({room}; "
+        f"{exc.strerror}); free some objects or space there, or lower object_store_memory") from None
 
 
 def delete(store_dir: str, object_id: bytes) -> None:

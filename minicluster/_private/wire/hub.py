@@ -13,7 +13,9 @@ reach the handler. Writes are non-blocking too: `Peer.send` writes what the
 socket takes at once and leaves the rest in the peer's buffer, which the loop
 flushes when the socket becomes writable, so a stopped (SIGSTOPped) process can
 never block the head. Handlers and timers run on this thread; an exception in
-one is printed and does not stop the loop.
+one is printed and does not stop the loop. A frame that does not decode (a task
+that wrote garbage into its worker's socket, say) drops that one connection,
+which the head handles as its process's death: nothing else is affected.
 """
 
 from __future__ import annotations
@@ -183,23 +185,25 @@ class Hub:
                     return
                 raise
             for key, mask in events:
-                data = key.data
-                if data == "listen":
-                    self._accept()
-                elif data == "wake":
-                    self._woken = False
-                    try:
-                        while os.read(self._wake_r, 4096):
-                            pass
-                    except (BlockingIOError, OSError):
-                        pass
-                else:
-                    if mask & _READ:
-                        self._read(data)
-                    if mask & _WRITE and not data.closed:
-                        self._flush(data)
+                self._guard(self._event, key.data, mask)
             self._run_timers()
-            self._register_writers()
+            self._guard(self._register_writers)
+
+    def _event(self, data: Any, mask: int) -> None:
+        if data == "listen":
+            self._accept()
+        elif data == "wake":
+            self._woken = False
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+        else:
+            if mask & _READ:
+                self._read(data)
+            if mask & _WRITE and not data.closed:
+                self._flush(data)
 
     def _next_timeout(self) -> Optional[float]:
         with self._lock:
@@ -282,10 +286,18 @@ class Hub:
                 print(f"minicluster: dropping a connection that broke the protocol: {exc}", file=sys.stderr)
                 self._close(peer)
             return
-        if frames:
-            messages: List[Any] = []
-            for frame in frames:
+        messages: List[Any] = []
+        for frame in frames:
+            try:
                 messages.extend(decode(frame))
+            except Exception as exc:  # noqa: BLE001 - any garbage a peer sends must not reach the loop
+                # Its earlier messages are handled first: they were well-formed and may be a result.
+                if messages:
+                    self._guard(self.handler.on_messages, peer, messages)
+                self.drop_peer(peer, f"it sent a malformed frame of {len(frame)} bytes "
+                                     f"({type(exc).__name__}: {exc})")
+                return
+        if messages:
             self._guard(self.handler.on_messages, peer, messages)
 
     def _flush(self, peer: Peer) -> None:
@@ -343,6 +355,14 @@ class Hub:
             for frame in frames:
                 messages.extend(decode(frame))
         return messages
+
+    def drop_peer(self, peer: Peer, reason: str) -> None:
+        """Close a connection that broke the protocol, say why on stderr, and tell the handler
+        (hub thread only): the head then treats its process as dead, as if it had exited."""
+        if peer.closed:
+            return
+        print(f"minicluster: dropping a connection to the head because {reason}", file=sys.stderr)
+        self._close(peer)
 
     def close_peer(self, peer: Peer) -> None:
         """Drop a connection from the hub thread (for example: a worker we killed)."""
