@@ -85,7 +85,7 @@ def test_running_task_in_a_long_sleep_is_interrupted(cluster):
         ray.get(ref, timeout=10)
     assert time.monotonic() - start < 5.0, "the interrupt must reach a task blocked in time.sleep"
     assert isinstance(info.value, RayTaskError)
-    assert "KeyboardInterrupt" in str(info.value)
+    assert "TaskCancelledError" in str(info.value)  # as Ray words it, not the KeyboardInterrupt behind it
     _only_attempt_cancelled(ref)
     # The worker survived the interrupt and runs the next task.
     assert ray.get(sleeper.remote(0), timeout=10) == "done"
@@ -506,3 +506,28 @@ def test_non_recursive_cancel_leaves_the_child_running_to_its_end(cluster, tmp_p
     wait_for(lambda: os.path.exists(marker + ".finished"), 10, "the child to finish")
     [row] = list_tasks(filters=[("name", "=", "child")])
     wait_for(lambda: get_task(row.task_id)[-1].state == "FINISHED", 10, "the child's record to say FINISHED")
+
+
+def test_a_task_interrupted_by_cancel_fails_with_its_frames_and_task_cancelled_error(cluster, tmp_path):
+    # Ray: the error of a running task that cancel() interrupted is a RayTaskError that is also
+    # TaskCancelledError; its text shows where the task was and ends with TaskCancelledError
+    # (not the KeyboardInterrupt that carried the cancel).
+    cluster(num_cpus=1)
+    marker = str(tmp_path / "started")
+
+    @ray.remote
+    def stuck_in_user_code(path: str) -> None:
+        open(path, "w").close()
+        while True:
+            time.sleep(0.01)
+
+    ref = stuck_in_user_code.remote(marker)
+    wait_for(lambda: os.path.exists(marker), 10, "the task to start")
+    ray.cancel(ref)
+    with pytest.raises(RayTaskError) as info:
+        ray.get(ref, timeout=10)
+    assert isinstance(info.value, TaskCancelledError)
+    text = str(info.value)
+    assert "in stuck_in_user_code" in text
+    assert text.rstrip().splitlines()[-1].endswith(f"TaskCancelledError: Task {ref.task_id().hex()} was cancelled.")
+    assert "KeyboardInterrupt" not in text

@@ -378,7 +378,7 @@ class Worker:
             asyncio = sys.modules.get("asyncio")  # (loaded only by async actors)
             cancelled = isinstance(error, KeyboardInterrupt) or (
                 asyncio is not None and isinstance(error, asyncio.CancelledError))
-            wrapped, retryable = _task_error(error, name, call.retry_exceptions, cancelled)
+            wrapped, retryable = _task_error(error, name, call.retry_exceptions, call.task_id if cancelled else None)
             results = _error_results(client, return_ids, wrapped, name)
             error_type = "TASK_CANCELLED" if cancelled else "TASK_EXECUTION_EXCEPTION"
             error_info = msg.ErrorInfo.new(error_type=error_type, retryable=retryable and not cancelled,
@@ -482,11 +482,16 @@ def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:
     return values
 
 
-def _task_error(exc: BaseException, name: str, retry_exceptions: Any, cancelled: bool) -> Tuple[BaseException, bool]:
+def _task_error(exc: BaseException, name: str, retry_exceptions: Any,
+                cancelled_id: Optional[bytes]) -> Tuple[BaseException, bool]:
+    """The task's error as `get` raises it, and whether a retry may run it again. A task that
+    cancel() interrupted (`cancelled_id`) fails, as in Ray, with its frames and then
+    TaskCancelledError (not the KeyboardInterrupt that carried the cancel)."""
+    if cancelled_id is not None:
+        cause: BaseException = TaskCancelledError(cancelled_id.hex())
+        ending = f"{TaskCancelledError.__module__}.TaskCancelledError: {cause}\n"
+        return RayTaskError(name, _user_traceback(exc, ending), cause), False
     tb = _user_traceback(exc)
-    if cancelled:
-        cause: BaseException = TaskCancelledError(error_message=f"Task {name} was cancelled while running")
-        return RayTaskError(name, tb, cause), False
     if retry_exceptions is True:
         retryable = isinstance(exc, Exception)
     elif retry_exceptions:
@@ -506,14 +511,16 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 _DEMO_FILE = os.path.join(_PACKAGE_DIR, "demo.py")
 
 
-def _user_traceback(exc: BaseException) -> str:
+def _user_traceback(exc: BaseException, ending: Optional[str] = None) -> str:
     """The exception as Ray shows a task's error: the user's frames only (not the worker's, nor
     those of get() and the rest of the runtime), without Python's "Traceback (most recent call
-    last):" line."""
+    last):" line; `ending` replaces the exception's own last line(s)."""
     formatted = traceback.TracebackException(type(exc), exc, exc.__traceback__)
     formatted.stack = traceback.StackSummary.from_list([
         frame for frame in formatted.stack
         if not frame.filename.startswith(_PACKAGE_DIR) or frame.filename == _DEMO_FILE])
+    if ending is not None:
+        return "".join(formatted.stack.format()) + ending
     return "".join(line for line in formatted.format() if line != "Traceback (most recent call last):\n")
 
 
