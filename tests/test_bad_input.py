@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import numpy as np
@@ -456,3 +457,48 @@ def test_garbage_in_a_dead_sessions_files_is_ignored_and_kills_nothing(cluster, 
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_option_errors_use_rays_words():
+    """Code that matches Ray's messages (tests, wrappers) keeps working."""
+    with pytest.raises(TypeError, match=re.escape(
+            f"The type of keyword 'max_retries' must be {(int, type(None))}, but received type {float}")):
+        echo.options(max_retries=0.5)
+    with pytest.raises(ValueError, match="The keyword 'max_calls' only accepts None, 0 or a positive integer"):
+        ray.remote(max_calls=-1)(lambda: None)
+    with pytest.raises(ValueError, match="The keyword 'max_retries' only accepts None, 0, -1 or a positive integer, "
+                                         "where -1 represents infinity."):
+        echo.options(max_retries=-2)
+    with pytest.raises(ValueError, match="The precision of the fractional quantity of resource num_gpus"):
+        echo.options(num_gpus=0.0000001)
+    with pytest.raises(ValueError, match="The precision of the fractional quantity of resource custom "):
+        echo.options(resources={"custom": 0.00001})
+    echo.options(num_gpus=0.25, resources={"custom": 0.0001})  # fine fractions are taken
+
+
+def test_a_function_that_captured_a_huge_object_is_refused_before_it_ships(cluster, monkeypatch):
+    monkeypatch.setenv("MINICLUSTER_FUNCTION_SIZE_WARN_THRESHOLD", str(2**20))
+    monkeypatch.setenv("MINICLUSTER_FUNCTION_SIZE_ERROR_THRESHOLD", str(4 * 2**20))
+    cluster(num_cpus=1)
+    captured = bytearray(5 * 2**20)
+    medium = bytearray(2 * 2**20)
+
+    @ray.remote
+    def uses_it():
+        return len(captured)
+
+    @ray.remote
+    class Holder:
+        def size(self):
+            return len(captured)
+
+    @ray.remote
+    def uses_less():
+        return len(medium)
+
+    with pytest.raises(ValueError, match="The remote function .*uses_it is too large .*use put()"):
+        uses_it.remote()
+    with pytest.raises(ValueError, match="The actor .*Holder is too large"):
+        Holder.remote()
+    with pytest.warns(UserWarning, match="uses_less is very large"):
+        assert ray.get(uses_less.remote(), timeout=10) == 2 * 2**20

@@ -8,7 +8,7 @@ Module constants are the knobs tests may monkeypatch.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
 
@@ -71,6 +71,12 @@ def task_max_retries() -> int:
 
 def max_lineage_bytes() -> int:
     return env("max_lineage_bytes", 1024**3, int)
+
+
+def function_size_thresholds() -> Tuple[int, int]:
+    """(warn, error) sizes of a pickled remote function or actor class, Ray's defaults:
+    one that big almost always captured a large object from its scope by mistake."""
+    return (env("FUNCTION_SIZE_WARN_THRESHOLD", 10**7, int), env("FUNCTION_SIZE_ERROR_THRESHOLD", 10**8, int))
 
 
 def fetch_fail_timeout_s() -> float:

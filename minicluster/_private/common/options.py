@@ -20,21 +20,40 @@ _ACCEPTED_NO_EFFECT = {
 }
 
 
+# Ray's words for a bad count, by the smallest value it takes (tests match them).
+_ACCEPTS = {
+    -1: "None, 0, -1 or a positive integer, where -1 represents infinity.",
+    0: "None, 0 or a positive integer",
+    1: "a positive integer",
+}
+# Ray refuses fractions of a resource finer than this.
+_RESOURCE_PRECISION = 0.0001
+
+
+def _wrong_type(name: str, value: Any, types: tuple) -> TypeError:
+    return TypeError(f"The type of keyword '{name}' must be {types}, but received type {type(value)}")
+
+
 def _int_at_least(minimum: int) -> Callable[[str, Any], None]:
     def check(name: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"The option {name!r} must be an int, got {value!r} ({type(value).__name__})")
+            raise _wrong_type(name, value, (int, type(None)))
         if value < minimum:
-            raise ValueError(f"The option {name!r} must be >= {minimum}, got {value}")
+            raise ValueError(f"The keyword '{name}' only accepts {_ACCEPTS[minimum]} (got {value})")
 
     return check
 
 
-def _non_negative_number(name: str, value: Any) -> None:
+def _non_negative_number(name: str, value: Any, resource: str = "") -> None:
+    """num_cpus, num_gpus, or (with `resource`: its name) a quantity in `resources`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"The option {name!r} must be a number, got {value!r} ({type(value).__name__})")
+        raise _wrong_type(name, value, (int, float, type(None)))
     if value < 0:
-        raise ValueError(f"The option {name!r} must be >= 0, got {value}")
+        raise ValueError(f"The keyword '{name}' only accepts None or a non-negative number (got {value})")
+    scaled = value / _RESOURCE_PRECISION
+    if value < 1 and abs(scaled - round(scaled)) > 1e-6:
+        raise ValueError(f"The precision of the fractional quantity of resource {resource or name} cannot go "
+                         f"beyond {_RESOURCE_PRECISION} (got {value})")
 
 
 def _resources(name: str, value: Any) -> None:
@@ -47,7 +66,7 @@ def _resources(name: str, value: Any) -> None:
             raise TypeError(f"Resource names must be strings, got {key!r}")
         if key in ("CPU", "GPU"):
             raise ValueError(f"Use the 'num_cpus' and 'num_gpus' options instead of {key!r} in 'resources'")
-        _non_negative_number(f"resources[{key!r}]", qty)
+        _non_negative_number(f"resources[{key!r}]", qty, resource=key)
 
 
 def _bool(name: str, value: Any) -> None:
@@ -63,7 +82,11 @@ def _str(name: str, value: Any) -> None:
 def _num_returns(name: str, value: Any) -> None:
     if value in ("dynamic", "streaming"):
         raise ValueError(f"num_returns={value!r} (generator tasks) is not supported by minicluster; use an int")
-    _int_at_least(0)(name, value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _wrong_type(name, value, (int, str, type(None)))
+    if isinstance(value, str) or value < 0:
+        raise ValueError(f"The keyword '{name}' only accepts None, a non-negative integer, 'streaming' (for "
+                         f"generators), or 'dynamic' (got {value!r})")
 
 
 def _retry_exceptions(name: str, value: Any) -> None:

@@ -28,10 +28,13 @@ import pickle
 import struct
 import threading
 import types
+import warnings
 from collections import ChainMap
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import cloudpickle
+
+from minicluster._private.common import config
 
 MAGIC = b"MC01"
 FLAG_ERROR = 1  # the value is an exception that `get` raises
@@ -181,11 +184,25 @@ def pickle_definition(obj: Any, what: str) -> Tuple[bytes, bytes]:
     import hashlib
 
     blob = dumps_function(obj, what)
+    _check_definition_size(len(blob), what)
     # The id hashes cloudpickle's own stream, which is deterministic; ours is not (marshal
     # output depends on reference counts), and the same function must get the same id in
     # every process that ships it, or the head stores it once per process.
     stable = cloudpickle.dumps(obj, protocol=5)
     return hashlib.blake2b(stable, digest_size=16).digest(), blob
+
+
+def _check_definition_size(size: int, what: str) -> None:
+    warn_at, refuse_at = config.function_size_thresholds()
+    if size <= warn_at:
+        return
+    mib = size / 2**20
+    advice = ("Check that its definition is not implicitly capturing a large array or other object in scope. "
+              "Tip: use put() to put large objects in the object store and pass the ref.")
+    if size > refuse_at:
+        raise ValueError(f"The {what} is too large ({mib:.2f} MiB > FUNCTION_SIZE_ERROR_THRESHOLD="
+                         f"{refuse_at / 2**20:.2f} MiB). {advice}")
+    warnings.warn(f"The {what} is very large ({mib:.2f} MiB). {advice}", UserWarning, stacklevel=4)
 
 
 def dumps_function(fn: Any, what: str) -> bytes:
