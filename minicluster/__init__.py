@@ -58,6 +58,7 @@ in this list (tests/test_architecture.py checks it):
 """
 
 from minicluster import exceptions
+from minicluster._private.common.ids import ActorID, JobID, NodeID, TaskID, WorkerID
 from minicluster.api import (
     RuntimeContext,
     available_resources,
@@ -79,10 +80,18 @@ from minicluster.api import (
 )
 from minicluster.object_ref import ObjectRef
 
+ObjectID = ObjectRef  # Ray's old name, still exported by Ray
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActorID",
+    "JobID",
+    "NodeID",
+    "ObjectID",
     "ObjectRef",
+    "TaskID",
+    "WorkerID",
     "RuntimeContext",
     "available_resources",
     "cancel",

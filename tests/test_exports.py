@@ -12,7 +12,7 @@ import minicluster as ray
 TOP_LEVEL = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel",
     "nodes", "cluster_resources", "available_resources", "get_runtime_context", "ObjectRef", "method",
-    "exceptions",
+    "exceptions", "ObjectID", "ActorID", "JobID", "NodeID", "TaskID", "WorkerID",
 ]
 TOP_LEVEL_ACTORS = ["kill", "get_actor"]
 
@@ -74,3 +74,7 @@ def test_runtime_context_methods():
 
     for method in ("get_job_id", "get_node_id", "get_task_id", "get_worker_id", "get_actor_id", "get_task_name"):
         assert hasattr(RuntimeContext, method), method
+
+
+def test_object_id_is_rays_old_name_for_object_ref():
+    assert ray.ObjectID is ray.ObjectRef
