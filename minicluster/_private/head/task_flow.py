@@ -436,6 +436,8 @@ class TaskFlow:
             task.retries_left -= 1
         task.new_attempt()
         task.node = None
+        if task.spec.task_type == ACTOR_TASK:
+            self.actors.requeue_call(task)  # an actor call waits in its actor's queue, not a node's
         self.args_ready(task)
 
     def _finish(self, task: TaskRecord, results: list, node_id: bytes, state: str, error_type: Optional[str],
