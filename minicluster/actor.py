@@ -15,6 +15,7 @@ import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from minicluster._private.client import context
+from minicluster._private.client.object_ref import ObjectRef
 from minicluster._private.common import options as opts
 from minicluster._private.common.ids import ActorID, new_actor_id, new_task_id
 from minicluster._private.common.task_spec import (
@@ -50,7 +51,7 @@ class ActorClass:
     def __init__(self, cls: type, options: Dict[str, Any]) -> None:
         self._cls = cls
         self._options = opts.validate(options, opts.ACTOR_OPTIONS, "actors")
-        self._meta = ActorClassMeta(cls)
+        self._meta_cache: Optional[ActorClassMeta] = None
         self._blob: Optional[bytes] = None
         self._class_id = b""
         self._lock = threading.Lock()
@@ -58,6 +59,14 @@ class ActorClass:
         self.__qualname__ = cls.__qualname__
         self.__module__ = cls.__module__
         self.__doc__ = cls.__doc__
+
+    @property
+    def _meta(self) -> ActorClassMeta:
+        # Read on first use, not in __init__: a class that refers to itself is unpickled in
+        # two steps, and __setstate__ runs before its methods are filled in.
+        if self._meta_cache is None:
+            self._meta_cache = ActorClassMeta(self._cls)
+        return self._meta_cache
 
     def __getstate__(self) -> dict:
         return {"cls": self._cls, "options": self._options}
@@ -89,10 +98,7 @@ class ActorClass:
         client = context.client()
         name = options.get("name")
         namespace = options.get("namespace") or getattr(client, "namespace", "default")
-        if name is not None and options.get("get_if_exists"):
-            existing = client.actor_lookup(name, namespace)
-            if existing is not None:
-                return ActorHandle(*existing)
+        get_if_exists = bool(name is not None and options.get("get_if_exists"))
         class_id, blob = self._pickled()
         actor_id = new_actor_id()
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self.__qualname__)
@@ -127,14 +133,21 @@ class ActorClass:
             "max_task_retries": options.get("max_task_retries", 0),
             "max_concurrency": options.get("max_concurrency", 1000 if self._meta.is_async else 1),
             "is_async": self._meta.is_async,
-            "detached": options.get("lifetime") == "detached",
+            # None: the job's default_actor_lifetime (JobConfig), which the head applies
+            "detached": _LIFETIMES.get(options.get("lifetime")),
             "holds_cpus": "num_cpus" in options,
             "methods": self._meta.methods,
         }
-        handle = ActorHandle(actor_id, meta)
-        client.create_actor(spec, blob, meta)
+        # The handle holds a ref to the creation task's result: the actor lives while some
+        # process holds one (Ray's reference counting of actor handles; head actor_flow.py).
+        existing, handle_ref = client.create_actor(spec, blob, meta, get_if_exists)
         del keep_alive
-        return handle
+        if existing is not None:
+            return ActorHandle(*existing)
+        return ActorHandle(actor_id, meta, handle_ref)
+
+
+_LIFETIMES = {"detached": True, "non_detached": False, None: None}
 
 
 class _ActorOptions:
@@ -149,12 +162,16 @@ class _ActorOptions:
 class ActorHandle:
     """A reference to a live actor; `handle.method.remote(...)` calls a method."""
 
-    def __init__(self, actor_id: bytes, meta: Dict[str, Any]) -> None:
+    def __init__(self, actor_id: bytes, meta: Dict[str, Any], ref: Optional[ObjectRef] = None) -> None:
         self._actor_id = actor_id
         self._meta = meta
+        # A ref to the actor's creation result, held by handles that keep the actor alive
+        # (made by .remote() and copied from one); None for get_actor's handles (as in Ray).
+        self._ref = ref
 
     def __reduce__(self) -> tuple:
-        return (ActorHandle, (self._actor_id, self._meta))
+        # The ref is pickled with the handle: a task or object holding the handle holds it.
+        return (ActorHandle, (self._actor_id, self._meta, self._ref))
 
     def __getattr__(self, name: str) -> "ActorMethod":
         methods = self.__dict__.get("_meta", {}).get("methods", {})

@@ -17,6 +17,7 @@ from minicluster._private.common import options as opts
 from minicluster._private.observe.timeline import write_trace
 from minicluster.actor import ActorClass, ActorHandle
 from minicluster.exceptions import RayError
+from minicluster.job_config import JobConfig
 from minicluster.object_ref import ObjectRef
 from minicluster.remote_function import RemoteFunction
 from minicluster.runtime_context import RuntimeContext, get_runtime_context  # noqa: F401 - re-exported
@@ -61,20 +62,30 @@ def init(
     log_to_driver: bool = True,
     runtime_env: Optional[dict] = None,
     configure_logging: bool = True,
+    job_config: Optional[JobConfig] = None,
     **kwargs: Any,
 ) -> RayContext:
     """Start a session of `num_nodes` virtual nodes, each with `num_cpus` CPUs and `resources`.
 
     `num_cpus` defaults to this machine's cores divided among the nodes (at least 1 each).
+    `job_config` (minicluster.job_config.JobConfig): the job's namespace and default actor lifetime.
     """
     unknown = [k for k in kwargs if not k.startswith("_")]
     if unknown:
         raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
+    if job_config is not None:
+        if not isinstance(job_config, JobConfig):
+            raise TypeError(f"init(job_config=...) must be a minicluster.job_config.JobConfig, got {job_config!r}")
+        if namespace is not None and job_config.ray_namespace not in (None, namespace):
+            raise ValueError(f"init(namespace={namespace!r}) and JobConfig(ray_namespace="
+                             f"{job_config.ray_namespace!r}) disagree; give one of them")
+        namespace = namespace or job_config.ray_namespace
     if address == "auto" and clusters.only_address() is not None:
         address = clusters.only_address()
     if clusters.is_cluster_address(address):
         with _init_lock:
             clusters.attach(address)
+            context.current().set_job_config(job_config or JobConfig())  # each job its own settings
             atexit.register(_atexit_shutdown)
             return _context_info()
     if address not in (None, "local"):
@@ -116,6 +127,8 @@ def init(
 
         client = DriverClient(num_nodes, num_cpus, resources, object_store_memory, namespace,
                               log_to_driver=bool(log_to_driver))
+        if job_config is not None:
+            client.set_job_config(job_config)
         context.set_client(client)
         atexit.register(_atexit_shutdown)
         return _context_info()

@@ -323,7 +323,8 @@ def test_get_if_exists_returns_the_live_actor(cluster):
 
 def test_get_actor_and_get_if_exists_from_inside_a_task(cluster):
     cluster(num_nodes=1, num_cpus=1)
-    ray.get(Counter.options(name="shared").remote(1).value.remote())
+    keep = Counter.options(name="shared").remote(1)  # (its handle keeps it alive, as in Ray)
+    ray.get(keep.value.remote())
 
     @ray.remote
     def use():
@@ -356,7 +357,8 @@ def test_taken_name_and_kill_from_inside_a_task(cluster):
 
 def test_task_finds_a_named_actor_in_the_jobs_namespace(cluster):
     cluster(num_nodes=1, num_cpus=1, namespace="job-ns")
-    ray.get(Counter.options(name="in-job-ns").remote(1).value.remote())
+    keep = Counter.options(name="in-job-ns").remote(1)
+    ray.get(keep.value.remote())
 
     @ray.remote
     def use():

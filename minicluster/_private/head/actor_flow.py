@@ -25,7 +25,7 @@ import os
 from typing import Any, Dict, Optional
 
 from minicluster._private.head.actor_records import ActorRecord
-from minicluster._private.head.flow_interfaces import TasksForActors
+from minicluster._private.head.flow_interfaces import TasksForActors, Timers
 from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.messaging import Outbox
 from minicluster._private.head.states import (
@@ -42,41 +42,60 @@ from minicluster._private.wire import messages as msg
 from minicluster.exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
 
 ORDERING = PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY
+#: Ray's words for an actor ended because no handle to it is left
+OUT_OF_SCOPE = "all references to the actor were removed"
 
 
 class ActorFlow:
     """Head logic for actors; see the module docstring."""
 
-    def __init__(self, state: HeadState, outbox: Outbox) -> None:
+    def __init__(self, state: HeadState, outbox: Outbox, timers: Timers) -> None:
         self.state = state
         self.outbox = outbox
+        self.timers = timers
         self.tasks: TasksForActors  # set by connect()
+        # The object directory reports the last handle's ref going from deep inside other
+        # flows' steps; the actor is ended a moment later, from a clean start (a timer).
+        state.on_handles_gone = lambda actor_id: timers.call_later(0, lambda: self.handles_gone(actor_id))
 
     def connect(self, tasks: TasksForActors) -> None:
         self.tasks = tasks
 
     # ---- creation ---------------------------------------------------------------
 
-    def create_actor(self, spec: Any, meta: Dict[str, Any], submitter_node: bytes, owner: bytes) -> None:
-        """Register an actor and submit its creation task."""
+    def create_actor(self, spec: Any, meta: Dict[str, Any], submitter_node: bytes, owner: bytes,
+                     get_if_exists: bool = False) -> Optional[msg.ActorFound]:
+        """Register an actor and submit its creation task. With get_if_exists, a live actor of
+        the same name is returned instead (lookup and creation in one step under the lock).
+        ValueError if the name is taken."""
         state = self.state
         name, namespace = meta.get("name"), meta.get("namespace")
         if name is not None:
             existing = state.named_actors.get((namespace, name))
             if existing is not None and state.actors[existing].state != DEAD:
+                if get_if_exists:
+                    return msg.ActorFound.new(actor_id=existing, meta=state.actors[existing].meta)
                 raise ValueError(f"The name {name!r} (namespace={namespace!r}) is already taken by another actor")
             state.named_actors[(namespace, name)] = spec.actor_id
+        if meta["detached"] is None:
+            meta["detached"] = state.default_actor_lifetime == "detached"
         for object_id in spec.return_ids():
             state.objects.create(object_id, owner)
-            state.objects.pin(object_id)  # the creation result lives as long as the actor record
+            # Pinned while the constructor runs (its error is read from it), and for a detached
+            # actor until it dies; otherwise its handles hold it, and once it is freed the actor ends.
+            state.objects.pin(object_id)
+            if not meta["detached"]:
+                state.actor_handles[object_id] = spec.actor_id
             creator = state.workers.get(owner)
             if creator is not None:
                 creator.owned.add(object_id)  # so its worker is not retired while the actor lives
         task = TaskRecord(spec, 0, submitter_node, state.task_changes)
         record = ActorRecord(spec.actor_id, meta, task, owner)
+        record.creation_pinned = True
         state.actors[spec.actor_id] = record
         state.tasks[spec.task_id] = task
         self.tasks.start_task(task)
+        return None
 
     def creation_done(self, task: TaskRecord, worker: WorkerRecord, error_info: Optional[msg.ErrorInfo]) -> bool:
         """The creation task reported (its lease still held). Returns True if the worker is the actor's now."""
@@ -101,9 +120,12 @@ class ActorFlow:
         if not record.meta["holds_cpus"]:
             scheduler.release(node_id, {"CPU": record.held.pop("CPU", 0.0)})
         self.tasks.replenish(worker.node)  # the node's pool lost a worker to the actor
+        if not record.meta["detached"]:
+            self._unpin_creation(record)  # from now on only its handles keep it alive
         if record.kill_requested is not None:
             self._kill_actor_process(record)
         self._dispatch(record)
+        self._end_if_unused(record)
         return True
 
     def creation_failed(self, task: TaskRecord, error_type: Optional[str], message: Optional[str]) -> None:
@@ -117,6 +139,12 @@ class ActorFlow:
         else:
             cause = record.death_cause or f"The actor could not be (re)created: {message}"
         self._actor_dead(record, cause)
+
+    def _unpin_creation(self, record: ActorRecord) -> None:
+        if record.creation_pinned:
+            record.creation_pinned = False
+            for object_id in record.creation.spec.return_ids():
+                self.state.objects.unpin(object_id)
 
     def _stored_error_text(self, task: TaskRecord) -> str:
         object_id = task.spec.return_ids()[0]
@@ -199,6 +227,8 @@ class ActorFlow:
             return
         task.record_times(message.start, message.end)
         self.tasks.task_reported(task, message.results, message.error, worker.node.node_id)
+        if record is not None:
+            self._end_if_unused(record)
 
     def _fail_call(self, task: TaskRecord, record: Optional[ActorRecord]) -> None:
         error = ActorDiedError(
@@ -301,22 +331,26 @@ class ActorFlow:
         for task in calls:
             if not task.finished:
                 self._fail_call(task, record)
-        for object_id in record.creation.spec.return_ids():
-            self.state.objects.unpin(object_id)
+        self._unpin_creation(record)
         worker = record.worker
         record.worker = None
         if worker is not None and not worker.dead:
             worker.actor = None
             self._kill_worker(worker, INTENDED_SYSTEM_EXIT, "the actor it ran is dead")
 
-    def kill_actor(self, actor_id: bytes, no_restart: bool, reason: str = "it was killed by `ray.kill`") -> None:
-        """`kill(handle)`: end the actor's process now; restart it only if no_restart=False."""
+    def kill_actor(self, actor_id: bytes, no_restart: bool, reason: str = "it was killed by `ray.kill`",
+                   graceful: bool = False) -> None:
+        """`kill(handle)`: end the actor's process now; restart it only if no_restart=False.
+        graceful: the worker is asked to exit (its actor's __ray_shutdown__ runs first), not killed."""
         record = self.state.actors.get(actor_id)
         if record is None or record.state == DEAD:
             return
         record.kill_requested = no_restart
         record.kill_reason = reason
-        if record.worker is not None:
+        if record.worker is not None and graceful:
+            record.worker.expect_exit(INTENDED_SYSTEM_EXIT, f"its actor ended because {reason}")
+            self.outbox.post(record.worker.peer, msg.Retire.new())
+        elif record.worker is not None:
             self._kill_actor_process(record)
         elif no_restart:
             task = record.creation
@@ -346,6 +380,21 @@ class ActorFlow:
                 self.kill_actor(record.actor_id, no_restart=True,
                                 reason=f"its owner (worker {owner.hex()[:12]}...) died; actors die with their owner "
                                        "unless created with lifetime=\"detached\"")
+
+    # ---- lifetime: the last handle is gone ------------------------------------------------
+
+    def handles_gone(self, actor_id: bytes) -> None:
+        """No process holds a handle of this non-detached actor any more (its creation
+        result was freed): as in Ray, it ends once the calls already submitted are done."""
+        record = self.state.actors.get(actor_id)
+        if record is None or record.state == DEAD:
+            return
+        record.out_of_scope = True
+        self._end_if_unused(record)
+
+    def _end_if_unused(self, record: ActorRecord) -> None:
+        if record.out_of_scope and not record.pending and not record.inflight and record.state != DEAD:
+            self.kill_actor(record.actor_id, no_restart=True, reason=OUT_OF_SCOPE, graceful=True)
 
     # ---- lookups ----------------------------------------------------------------
 

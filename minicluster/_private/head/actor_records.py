@@ -50,6 +50,8 @@ class ActorRecord:
         self.init_failed = False
         self.kill_requested: Optional[bool] = None  #: set by kill(): no_restart (cleared by a restart)
         self.kill_reason = ""  #: why it was killed: `ray.kill`, or its owner died
+        self.creation_pinned = False  #: the head pins its creation result (constructor running, or detached)
+        self.out_of_scope = False  #: no handle is left: it ends once its submitted calls are done
         self.held: Dict[str, float] = {}  #: resources it holds while alive
         self.node_id: Optional[bytes] = None  #: where it runs, or last ran (state API)
         self.pid: Optional[int] = None

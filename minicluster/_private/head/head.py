@@ -73,7 +73,7 @@ class Head:
         timers = LockedTimers(self.hub, self.lock, outbox)
         # The flows, then their links to one another (cyclic: a task's path crosses them all).
         self.task_flow = TaskFlow(state, outbox, timers)
-        self.actor_flow = ActorFlow(state, outbox)
+        self.actor_flow = ActorFlow(state, outbox, timers)
         self.waiting = Waiting(state, outbox, timers)
         self.recovery = Recovery(state, timers)
         self.task_flow.connect(actors=self.actor_flow, recovery=self.recovery)
@@ -460,11 +460,16 @@ class Head:
 
     def _on_create_actor(self, peer: Peer, worker: WorkerRecord, message: msg.CreateActor) -> None:
         try:
-            self.create_actor(message.spec, message.meta, worker.node.node_id, worker.worker_id)
-            problem = None
+            answer = self.create_actor(message.spec, message.meta, worker.node.node_id, worker.worker_id,
+                                       message.get_if_exists)
+            if answer is None:
+                # The creator's handle holds the creation result's ref from now on (worker_client.py).
+                handle_ref = message.spec.return_ids()[0]
+                self.objects.add_borrower(handle_ref, worker.worker_id)
+                worker.borrowed.add(handle_ref)
         except ValueError as exc:
-            problem = str(exc)
-        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=problem))
+            answer = str(exc)
+        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=answer))
 
     def _on_lookup_actor(self, peer: Peer, worker: WorkerRecord, message: msg.LookupActor) -> None:
         found = self.lookup_actor(message.name, message.namespace)
@@ -500,8 +505,9 @@ class Head:
     def check_copies(self, object_id: bytes) -> None:
         self.recovery.check_copies(object_id)
 
-    def create_actor(self, spec: Any, meta: Dict[str, Any], submitter_node: bytes, owner: bytes) -> None:
-        self.actor_flow.create_actor(spec, meta, submitter_node, owner)
+    def create_actor(self, spec: Any, meta: Dict[str, Any], submitter_node: bytes, owner: bytes,
+                     get_if_exists: bool = False) -> Optional[msg.ActorFound]:
+        return self.actor_flow.create_actor(spec, meta, submitter_node, owner, get_if_exists)
 
     def lookup_actor(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
         return self.actor_flow.lookup_actor(name, namespace)

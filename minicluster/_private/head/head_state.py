@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from minicluster._private.common import config
 from minicluster._private.head.actor_records import ActorRecord
@@ -61,6 +61,15 @@ class HeadState:
     children: Dict[bytes, Set[bytes]] = field(default_factory=lambda: collections.defaultdict(set))
     #: actor id -> ActorRecord, every actor of the session (never removed; DEAD ones stay)
     actors: Dict[bytes, ActorRecord] = field(default_factory=dict)
+    #: creation result id -> actor id, for actors that live while a handle does (not detached):
+    #: handles hold a ref to that result; once it is freed the actor ends (actor_flow.py)
+    actor_handles: Dict[bytes, bytes] = field(default_factory=dict)
+    #: called (by the object directory's deletion hook) with an actor id whose handles are all
+    #: gone; set by the actor flow
+    on_handles_gone: Optional[Callable[[bytes], None]] = None
+    #: lifetime of actors created without `lifetime=` (JobConfig.default_actor_lifetime);
+    #: set by the driver before anything runs
+    default_actor_lifetime: str = "non_detached"
     #: (namespace, name) -> actor id of a named actor in `actors` (the newest of that name)
     named_actors: Dict[Tuple[Any, str], bytes] = field(default_factory=dict)
     #: function id -> pickled function or class, sent to a worker before its first task of it
@@ -151,6 +160,13 @@ def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
         if owner is not None:
             owner.owned.discard(object_id)
 
+    def entry_unheld(object_id: bytes) -> None:
+        # Nothing holds it now (lineage may keep the entry): if it is an actor's creation
+        # result, the last handle to that actor is gone.
+        actor_id = state.actor_handles.pop(object_id, None)
+        if actor_id is not None and state.on_handles_gone is not None:
+            state.on_handles_gone(actor_id)
+
     def release_lineage_args(task: TaskRecord) -> None:
         # A lineage record goes: the lineage refs it held on its arguments go with it.
         if task.lineage_held:
@@ -161,7 +177,7 @@ def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
     state = HeadState(
         session=session,
         scheduler=Scheduler(),
-        objects=ObjectDirectory(driver_counts, session.layout, entry_deleted),
+        objects=ObjectDirectory(driver_counts, session.layout, entry_deleted, entry_unheld),
         lineage=Lineage(config.max_lineage_bytes(), release_lineage_args),
     )
     return state

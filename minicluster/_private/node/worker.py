@@ -182,6 +182,8 @@ class Worker:
             del value  # only now: refs inside the value must not be released before the reply
             if done.retire:  # max_calls reached
                 break
+        if self.actor is not None:
+            _shut_down(self.actor)
         client.send()
         log_files.flush_output()
         os._exit(0)
@@ -413,6 +415,17 @@ def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Optional[Dic
             else:
                 kwargs[position] = value
     return args, kwargs
+
+
+def _shut_down(actor: Any) -> None:
+    """An actor ending gracefully (its last handle is gone, or exit_actor): Ray calls its
+    `__ray_shutdown__` method, if it has one, before the process exits."""
+    shutdown = getattr(actor, "__ray_shutdown__", None)
+    if callable(shutdown):
+        try:
+            shutdown()
+        except Exception:  # noqa: BLE001 - printed, as Ray logs it; the actor ends anyway
+            traceback.print_exc()
 
 
 def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:

@@ -295,12 +295,14 @@ class QueryState(NamedTuple):
 
 
 class CreateActor(NamedTuple):
-    """worker -> head: code in a task created an actor; replied with None, or the ValueError's
-    text (its name is taken)."""
+    """worker -> head: code in a task created an actor; replied with None (created), the
+    ValueError's text (its name is taken), or with get_if_exists the live actor of that
+    name as an ActorFound (looked up and created in one step, so racing creators agree)."""
 
     request_id: int
     spec: "TaskSpec"
     meta: Dict[str, Any]
+    get_if_exists: bool
 
 
 class ActorFound(NamedTuple):
