@@ -26,6 +26,7 @@ from minicluster._private.common.task_spec import (
     strategy_of,
 )
 from minicluster._private.store.serialization import dumps_function, pickle_definition
+from minicluster.exceptions import AsyncioActorExit
 from minicluster.remote_function import _serialize_args
 
 
@@ -46,11 +47,17 @@ class ActorClassMeta:
 
 
 class ActorClass:
-    """A class declared with `@remote`; `.remote(...)` creates an actor and returns its handle."""
+    """A class declared with `@remote`; `.remote(...)` creates an actor and returns its handle.
 
-    def __init__(self, cls: type, options: Dict[str, Any]) -> None:
+    Made by `make_actor_class`. As in Ray, its type derives from the user's class too
+    ("ActorClass(Name)"), so class attributes, static and class methods and the MRO are
+    there; and it has no __init__ of its own, so a class method calling `cls(...)` builds
+    a plain local instance, as in Ray.
+    """
+
+    def _setup(self, cls: type, options: Dict[str, Any]) -> None:
         self._cls = cls
-        self._options = opts.validate(options, opts.ACTOR_OPTIONS, "actors")
+        self._options = options
         self._meta_cache: Optional[ActorClassMeta] = None
         self._blob: Optional[bytes] = None
         self._class_id = b""
@@ -68,11 +75,12 @@ class ActorClass:
             self._meta_cache = ActorClassMeta(self._cls)
         return self._meta_cache
 
-    def __getstate__(self) -> dict:
-        return {"cls": self._cls, "options": self._options}
+    def __reduce__(self) -> tuple:
+        # Rebuilt from the user's class: the derived type is made afresh where it is loaded.
+        return (make_actor_class, (self._cls, self._options))
 
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["cls"], state["options"])  # type: ignore[misc]
+    def __reduce_ex__(self, protocol: Any) -> tuple:  # (before any the user's class defines)
+        return self.__reduce__()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -150,6 +158,21 @@ class ActorClass:
 _LIFETIMES = {"detached": True, "non_detached": False, None: None}
 
 
+def make_actor_class(cls: type, options: Dict[str, Any]) -> ActorClass:
+    """`@remote` on a class: its ActorClass, whose type derives from both ActorClass and `cls`."""
+    validated = opts.validate(options, opts.ACTOR_OPTIONS, "actors")
+    try:
+        derived = type(f"ActorClass({cls.__name__})", (ActorClass, cls),
+                       {"__module__": cls.__module__, "__doc__": cls.__doc__})
+        actor_class = object.__new__(derived)
+    except TypeError:
+        # A metaclass, __slots__ or builtin base the two cannot share: the plain ActorClass
+        # (its attributes then come only through .remote() actors).
+        actor_class = object.__new__(ActorClass)
+    actor_class._setup(cls, validated)
+    return actor_class
+
+
 class _ActorOptions:
     def __init__(self, actor_class: ActorClass, options: Dict[str, Any]) -> None:
         self._actor_class = actor_class
@@ -177,6 +200,8 @@ class ActorHandle:
         methods = self.__dict__.get("_meta", {}).get("methods", {})
         if name in methods:
             return ActorMethod(self, name, methods[name])
+        if name in _BUILTIN_METHODS:
+            return ActorMethod(self, name, {})
         raise AttributeError(
             f"'{self.__dict__.get('_meta', {}).get('class_name', 'Actor')}' actor has no method {name!r}"
         )
@@ -193,6 +218,11 @@ class ActorHandle:
 
     def __repr__(self) -> str:
         return f"Actor({self._meta['class_name']}, {self._actor_id.hex()})"
+
+
+#: Methods every actor has (Ray's): __ray_ready__ returns True once it is constructed;
+#: __ray_terminate__, queued behind the calls before it, ends the actor as exit_actor() does.
+_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
 
 
 class ActorMethod:
@@ -250,6 +280,18 @@ class ActorMethod:
         if num_returns == 0:
             return None
         return refs
+
+
+def exit_actor() -> None:
+    """Inside an actor's method: end the actor on purpose. The call raises here; its caller
+    and the calls queued behind it get ActorDiedError; the actor is not restarted; its
+    atexit handlers run (as in Ray)."""
+    client = context.current()
+    if client is None or not context.in_worker() or client.current_actor_id is None:
+        raise TypeError("exit_actor API is called on a non-actor worker: call it inside an actor's "
+                        "method to end the actor; use kill(handle) to end an actor from outside")
+    client.actor_exit_requested = True  # the actor exits even if its code catches the exception
+    raise AsyncioActorExit("exit_actor() is called.")
 
 
 def method_names(handle: ActorHandle) -> List[str]:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from minicluster._private.client import clusters, context
 from minicluster._private.common import options as opts
 from minicluster._private.observe.timeline import write_trace
-from minicluster.actor import ActorClass, ActorHandle
+from minicluster.actor import ActorHandle, make_actor_class
 from minicluster.exceptions import RayError
 from minicluster.job_config import JobConfig
 from minicluster.object_ref import ObjectRef
@@ -196,7 +196,7 @@ def remote(*args: Any, **kwargs: Any) -> Any:
 
 def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
     if isinstance(target, type):
-        return ActorClass(target, options)
+        return make_actor_class(target, options)
     if not callable(target):
         raise TypeError(f"@remote needs a function or a class, got {type(target).__name__}")
     return RemoteFunction(target, options)

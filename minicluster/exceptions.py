@@ -328,6 +328,12 @@ class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedEr
     default_reason = "OBJECT_UNRECONSTRUCTABLE_LINEAGE_EVICTED"
 
 
+class AsyncioActorExit(RayError, SystemExit):
+    """Raised by `minicluster.actor.exit_actor()` in the calling method (Ray's name; here for
+    every kind of actor). The worker ends the actor: no restart; the call and those queued
+    behind it fail with ActorDiedError."""
+
+
 _REASON_TEXT = {
     "OBJECT_UNRECONSTRUCTABLE_PUT": "objects made by put() cannot be rebuilt from lineage.",
     "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED": "the task that made it has max_retries=0 "
@@ -352,6 +358,7 @@ __all__ = [
     "RayActorError",
     "ActorDiedError",
     "ActorUnavailableError",
+    "AsyncioActorExit",
     "ObjectLostError",
     "OwnerDiedError",
     "ObjectFetchTimedOutError",

@@ -36,6 +36,8 @@ class RuntimeClient:
     #: Set only by a test's fault plan (fault_hooks.py): called before an object is
     #: copied in from another node, to delay the transfer.
     transfer_delay: Optional[Callable[[bytes], None]] = None
+    #: Set by exit_actor() in an actor's worker: its running call ends the actor (worker.py)
+    actor_exit_requested = False
 
     def __init__(self) -> None:
         self.known_functions: set = set()

@@ -44,6 +44,7 @@ from minicluster.exceptions import ActorDiedError, ActorUnavailableError, TaskCa
 ORDERING = PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY
 #: Ray's words for an actor ended because no handle to it is left
 OUT_OF_SCOPE = "all references to the actor were removed"
+EXITED = "it exited on purpose: its code called exit_actor() (or __ray_terminate__ ran)"
 
 
 class ActorFlow:
@@ -315,7 +316,8 @@ class ActorFlow:
             return True
         cause = ("The actor died unexpectedly before finishing this task.\n"
                  f"\tclass_name: {record.meta['class_name']}\n\tactor_id: {record.actor_id.hex()}\n"
-                 + ("The actor is dead because it was killed by `ray.kill`." if record.kill_requested is not None
+                 + (f"The actor is dead because {record.kill_reason or 'it was killed by `ray.kill`'}."
+                    if record.kill_requested is not None
                     else f"The actor is dead because its worker process died while creating it ({reason})."))
         self.tasks.finish_with_error(task, ActorDiedError(record.actor_id.hex(), cause), "ACTOR_DIED", cause)
         self._actor_dead(record, cause)
@@ -380,6 +382,21 @@ class ActorFlow:
                 self.kill_actor(record.actor_id, no_restart=True,
                                 reason=f"its owner (worker {owner.hex()[:12]}...) died; actors die with their owner "
                                        "unless created with lifetime=\"detached\"")
+
+    def actor_exiting(self, worker: WorkerRecord, task_id: bytes) -> None:
+        """The actor's code called exit_actor() (or __ray_terminate__ ran), in a call or its
+        constructor: its worker exits on purpose and the actor is not restarted (Ray's rule
+        for an intended exit). The call that asked is never reported: it fails, with the
+        queued ones, when the worker is gone."""
+        record = worker.actor
+        if record is None:
+            task = self.state.tasks.get(task_id)  # the constructor called it
+            record = self.state.actors.get(task.spec.actor_id) if task is not None else None
+        if record is None or record.state == DEAD:
+            return
+        record.kill_requested = True
+        record.kill_reason = EXITED
+        worker.expect_exit(INTENDED_USER_EXIT, "its actor called exit_actor()")
 
     # ---- lifetime: the last handle is gone ------------------------------------------------
 

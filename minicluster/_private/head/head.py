@@ -475,6 +475,9 @@ class Head:
         found = self.lookup_actor(message.name, message.namespace)
         self.post(peer, msg.Reply.new(request_id=message.request_id, payload=found))
 
+    def _on_actor_exiting(self, peer: Peer, worker: WorkerRecord, message: msg.ActorExiting) -> None:
+        self.actor_flow.actor_exiting(worker, message.task_id)
+
     def _on_kill_actor(self, peer: Peer, worker: WorkerRecord, message: msg.KillActor) -> None:
         self.kill_actor(message.actor_id, message.no_restart)
 
@@ -552,5 +555,6 @@ _HANDLERS: Dict[type, Callable[[Head, Peer, Any, Any], None]] = {
     msg.CreateActor: Head._on_create_actor,
     msg.LookupActor: Head._on_lookup_actor,
     msg.KillActor: Head._on_kill_actor,
+    msg.ActorExiting: Head._on_actor_exiting,
     msg.FaultFired: fault_hooks.fault_message,
 }

@@ -28,6 +28,7 @@ task's result: a RayTaskError carrying the traceback, marked retryable when
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import inspect
 import os
@@ -50,7 +51,7 @@ from minicluster._private.store.serialization import FLAG_ERROR, deserialize, se
 from minicluster._private.wire import fault_hooks
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
-from minicluster.exceptions import RayError, RayTaskError, TaskCancelledError
+from minicluster.exceptions import AsyncioActorExit, RayError, RayTaskError, TaskCancelledError
 
 if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 ms to each node's start
     import asyncio
@@ -83,6 +84,7 @@ class Worker:
         self.pool: Optional[concurrent.futures.ThreadPoolExecutor] = None  # threaded actors
         self.async_calls: Optional[AsyncCalls] = None  # async actors: their event loop
         self.main_ident = threading.get_ident()
+        self.exiting = False  #: the actor called exit_actor(): take no more calls, then exit
 
     # ---- reader thread -----------------------------------------------------------
 
@@ -157,7 +159,7 @@ class Worker:
                     async_batch = []
                 client.send()  # going idle: report refs the last task dropped, so they can be freed
                 request = self.tasks.get()
-            if request is None:
+            if request is None or self.exiting:
                 break
             if request is FLUSH_REPLIES:
                 client.send()  # an async actor's finished calls (async_actor.py)
@@ -178,15 +180,30 @@ class Worker:
             # Sent before the next task starts, never held back: if that task kills
             # the process, the head must already know this one finished, so that
             # the crash is charged to the task that caused it.
-            client.send(done)
+            if not _ended_actor(done):
+                client.send(done)
             del value  # only now: refs inside the value must not be released before the reply
-            if done.retire:  # max_calls reached
+            if done.retire or self.exiting:  # max_calls reached, or the actor exits
                 break
-        if self.actor is not None:
-            _shut_down(self.actor)
+        if self.actor is not None or self.exiting:  # (exiting: its constructor called exit_actor)
+            self._end_actor()
         client.send()
         log_files.flush_output()
         os._exit(0)
+
+    def _end_actor(self) -> None:
+        """The actor ends on purpose (its last handle is gone, or exit_actor): calls running
+        on its pool finish, queued ones never start (the head fails them); then, as in Ray,
+        its __ray_shutdown__ and the atexit handlers its code installed run."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        shutdown = getattr(self.actor, "__ray_shutdown__", None)
+        if callable(shutdown):
+            try:
+                shutdown()
+            except Exception:  # noqa: BLE001 - printed, as Ray logs it; the actor ends anyway
+                traceback.print_exc()
+        atexit._run_exitfuncs()
 
     def _function(self, function_id: bytes) -> Any:
         fn = self.functions.get(function_id)
@@ -198,7 +215,8 @@ class Worker:
     def _run_threaded(self, request: msg.Exec) -> None:
         """One call of a threaded actor, on its pool."""
         done, value = self.execute(request)
-        self.client.send(done)
+        if not _ended_actor(done):
+            self.client.send(done)
         del value  # as in run: refs inside it are released only once the reply is written
 
     def execute(self, request: msg.Exec) -> Tuple[msg.Done, Any]:
@@ -282,6 +300,10 @@ class Worker:
         if call.task_type == ACTOR_TASK:
             if self.actor is None:
                 raise RayError(f"this worker holds no actor (call {call.name})")
+            if call.method == "__ray_terminate__":
+                return _terminate  # queued like any call: the calls before it run first
+            if call.method == "__ray_ready__":
+                return _ready
             return getattr(self.actor, call.method)
         fn = self._function(call.function_id)
         if call.task_type == ACTOR_CREATION_TASK:
@@ -311,6 +333,8 @@ class Worker:
         if call.faults:
             fault_hooks.carry_out(client, call, fault_hooks.BEFORE_STORE)
             client.transfer_delay = None
+        if client.actor_exit_requested and not isinstance(exc, AsyncioActorExit):
+            exc = AsyncioActorExit("exit_actor() is called.")  # its code caught the exception
         try:
             if exc is not None:
                 raise exc
@@ -321,6 +345,14 @@ class Worker:
             # Not the task's fault: the head rebuilds the argument and runs the task again.
             results = [msg.Value.new(kind="i", data=b"", refs=[]) for _ in return_ids]
             error_info = msg.ErrorInfo.new(error_type="ARG_LOST", retryable=False, message=lost.object_hex)
+        except AsyncioActorExit:
+            # exit_actor(): the head hears it first (no restart; this call and the queued ones
+            # fail with ActorDiedError), then the worker stops taking calls and exits.
+            self.exiting = True
+            client.send(msg.ActorExiting.new(task_id=call.task_id))
+            self.tasks.put(None)  # wakes the main loop if the call ran on a pool or event loop
+            results = [msg.Value.new(kind="i", data=b"", refs=[]) for _ in return_ids]
+            error_info = msg.ErrorInfo.new(error_type="ACTOR_EXIT", retryable=False, message="exit_actor()")
         except SystemExit as exit_:
             # As in Ray, sys.exit() in a task ends the worker: the head sees a crash and retries.
             client.send()  # but an async actor's other calls that finished are reported first
@@ -417,15 +449,20 @@ def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Optional[Dic
     return args, kwargs
 
 
-def _shut_down(actor: Any) -> None:
-    """An actor ending gracefully (its last handle is gone, or exit_actor): Ray calls its
-    `__ray_shutdown__` method, if it has one, before the process exits."""
-    shutdown = getattr(actor, "__ray_shutdown__", None)
-    if callable(shutdown):
-        try:
-            shutdown()
-        except Exception:  # noqa: BLE001 - printed, as Ray logs it; the actor ends anyway
-            traceback.print_exc()
+def _ended_actor(done: msg.Done) -> bool:
+    """The call ended its actor (exit_actor): its Done is not sent; the head fails the call
+    with ActorDiedError once the worker is gone, like the calls queued behind it."""
+    return done.error is not None and done.error.error_type == "ACTOR_EXIT"
+
+
+def _ready() -> bool:
+    """`handle.__ray_ready__.remote()` (Ray's): True once the actor is constructed."""
+    return True
+
+
+def _terminate() -> None:
+    """`handle.__ray_terminate__.remote()`: the actor exits as if it called exit_actor()."""
+    raise AsyncioActorExit("__ray_terminate__ was called")
 
 
 def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:

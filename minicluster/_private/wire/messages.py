@@ -202,6 +202,7 @@ class ErrorInfo(NamedTuple):
     """In Done, when the attempt failed: what the head needs to decide about retrying it."""
 
     error_type: str  #: TASK_EXECUTION_EXCEPTION, TASK_CANCELLED, or ARG_LOST (not the task's fault)
+    #: (ACTOR_EXIT marks the call that ended its actor; worker.py never sends that Done)
     retryable: bool  #: retry_exceptions covers the exception (the head checks the retries left)
     message: str  #: one line; for ARG_LOST the hex id of the argument found missing
 
@@ -320,6 +321,13 @@ class LookupActor(NamedTuple):
     namespace: str
 
 
+class ActorExiting(NamedTuple):
+    """worker -> head: its actor's code called exit_actor() (or __ray_terminate__): the worker
+    exits on purpose once the call ends; no reply. The actor is not restarted."""
+
+    task_id: bytes  #: the call that asked
+
+
 class KillActor(NamedTuple):
     """worker -> head: kill() of an actor in a task; no reply."""
 
@@ -346,7 +354,7 @@ RECORDS = (
     Spawn, NodeHello, WorkerExit,
     Payload, ActorConfig, FetchDelay, FaultRef, FaultOrder, Exec, DefineFunction, Reply, CancelTask, Steal, Retire,
     WorkerHello, Value, ErrorInfo, Done, Submit, Put, Refs, Located, Lost, Get, Wait, Forget, Cancel,
-    QueryState, CreateActor, ActorFound, LookupActor, KillActor, FaultFired,
+    QueryState, CreateActor, ActorFound, LookupActor, KillActor, FaultFired, ActorExiting,
 )
 
 
