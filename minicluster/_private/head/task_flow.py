@@ -458,8 +458,13 @@ class TaskFlow:
         entries = objects.entries
         live = sum(1 for object_id in task.spec.return_ids() if object_id in entries)
         kind = task.spec.task_type
-        if not live or not (kind == NORMAL_TASK or (kind == ACTOR_TASK and task.spec.max_retries != 0)):
-            return  # actor calls are rebuilt only with max_task_retries (SPEC section 3)
+        if live and kind == ACTOR_TASK and task.spec.max_retries == 0:
+            # Actor calls are rebuilt only with max_task_retries (SPEC section 3); a lost
+            # result says so (ObjectReconstructionFailedError, RETRIES_DISABLED)
+            self.state.lineage.retries_disabled.add(task.spec.task_id)
+            return
+        if not live or not (kind == NORMAL_TASK or kind == ACTOR_TASK):
+            return
         if not task.lineage_held:
             task.lineage_held = True
             for object_id in arguments_of(task):
