@@ -204,6 +204,31 @@ def test_a_call_waiting_for_its_argument_holds_back_the_later_calls(cluster, tmp
     assert ray.get(r.items_.remote()) == ["first", "second"]
 
 
+def test_a_call_waiting_for_its_argument_holds_back_only_its_own_callers_calls(cluster, tmp_path):
+    # Ray orders calls per caller: another process's call whose argument is ready goes first.
+    cluster(num_nodes=1, num_cpus=3)
+    release = str(tmp_path / "release")
+    r = Recorder.options(num_cpus=0).remote()
+    ray.get(r.items_.remote())
+
+    @ray.remote
+    def caller(handle, make_arg, *args):
+        return ray.get(handle.append.remote(make_arg.remote(*args)))
+
+    @ray.remote
+    def ready(value):
+        return value
+
+    blocked = caller.remote(r, wait_for_file, release, "slow")
+    mine = r.append.remote(wait_for_file.remote(release, "driver's"))  # waits too, in its own line
+    other = caller.remote(r, ready, "fast")
+    assert ray.get(other, timeout=10) == 1
+    assert not_ready_within(blocked, 0.2) and not_ready_within(mine, 0.1)
+    open(release, "w").close()
+    assert sorted(ray.get([blocked, mine], timeout=10)) == [2, 3]
+    assert ray.get(r.items_.remote())[0] == "fast"
+
+
 def test_calls_from_a_task_keep_their_order_too(cluster):
     cluster(num_nodes=1, num_cpus=1)
     r = Recorder.remote()

@@ -21,8 +21,9 @@ Actor states and their legal moves: states.py; the record: actor_records.py.
 
 from __future__ import annotations
 
+import collections
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Deque, Dict, Optional
 
 from minicluster._private.head.actor_records import ActorRecord
 from minicluster._private.head.flow_interfaces import TasksForActors, Timers
@@ -164,6 +165,7 @@ class ActorFlow:
             self._fail_call(task, record)
             return
         record.pending.append(task)
+        record.callers.add(task.spec.owner)
         self.tasks.start_task(task)
 
     def queue_actor_call(self, task: TaskRecord) -> None:
@@ -183,24 +185,39 @@ class ActorFlow:
             record.pending.appendleft(task)
 
     def _dispatch(self, record: ActorRecord) -> None:
-        """Send queued calls to the actor's worker, in submission order."""
+        """Send queued calls to the actor's worker, each caller's in its submission order.
+
+        As in Ray, order is kept per caller (the process that submitted the call): a call
+        still waiting for its arguments holds back the later calls of its caller only.
+        """
         if record.state != ALIVE or record.worker is None:
             return
         worker = record.worker
         pending = record.pending
+        held: Optional[set] = None  # callers with an earlier call still waiting for its arguments
+        kept: Optional[Deque[TaskRecord]] = None
         while pending:
             task = pending[0]
             if task.finished:
                 pending.popleft()
                 continue
-            if task.state != ORDERING:
-                break  # an earlier call still waits for its arguments: keep the order
+            caller = task.spec.owner
+            if task.state != ORDERING or (held is not None and caller in held):
+                if held is None:
+                    held, kept = set(), collections.deque()
+                held.add(caller)
+                if len(held) >= len(record.callers):
+                    break  # every caller is held back: nothing after this can go
+                kept.append(pending.popleft())  # type: ignore[union-attr]
+                continue
             pending.popleft()
             record.inflight[task.spec.task_id] = task
             task.worker = worker
             task.node = worker.node
             task.set_state(RUNNING, node_id=worker.node.node_id, worker_id=worker.worker_id)
             self.tasks.send_exec(task, worker)
+        if kept:
+            pending.extendleft(reversed(kept))  # the held-back calls keep their places, in order
 
     def cancel_actor_call(self, task: TaskRecord) -> None:
         """cancel() of a call sent to the actor: one that has not started fails now with

@@ -8,7 +8,7 @@ and changes only through `set_state`, which checks states.ACTOR_TRANSITIONS.
 from __future__ import annotations
 
 import collections
-from typing import Any, Deque, Dict, Optional
+from typing import Any, Deque, Dict, Optional, Set
 
 from minicluster._private.common.ids import JOB_ID
 from minicluster._private.head.states import (
@@ -46,6 +46,7 @@ class ActorRecord:
         self.num_restarts = 0
         self.pending: Deque[TaskRecord] = collections.deque()  #: calls not yet sent, in order
         self.inflight: Dict[bytes, TaskRecord] = {}  #: calls sent to the worker
+        self.callers: Set[bytes] = set()  #: every process (worker id) that called it: order is per caller
         self.death_cause = ""
         self.init_failed = False
         self.kill_requested: Optional[bool] = None  #: set by kill(): no_restart (cleared by a restart)
