@@ -4,8 +4,10 @@ Runs in whichever process creates or calls an actor (the driver, or a worker
 holding a handle). Creating an actor submits an ACTOR_CREATION_TASK; the head
 (actor_flow.py) places it like a task and then dedicates the worker that ran
 it to the actor. Each method call is an ACTOR_TASK the head sends to that
-worker, in submission order. A handle pickles to (actor id, class metadata),
-so it can be passed to tasks and other actors and used from there.
+worker, in each caller's submission order. A handle pickles to (actor id,
+class metadata, a ref to the creation task's result), so it can be passed to
+tasks and other actors and used from there; that ref, counted like any other,
+keeps a non-detached actor alive (handles from get_actor hold none, as in Ray).
 """
 
 from __future__ import annotations

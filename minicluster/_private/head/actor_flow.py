@@ -15,6 +15,9 @@ needs the task flow (an actor's tasks are placed and run like tasks).
               restart (deliberately better than Ray, which fails them)
               no restarts left, ray.kill, or the constructor raised: DEAD; every
               pending and later call fails with ActorDiedError, carrying the reason
+    handles gone ─► (not detached) the creation result its handles hold a ref to was freed:
+              once its submitted calls are done, its worker is told to exit (Ray's rule)
+    exit_actor ─► the worker says so (ActorExiting) and exits: DEAD, no restart
 
 Actor states and their legal moves: states.py; the record: actor_records.py.
 """
