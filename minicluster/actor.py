@@ -293,6 +293,8 @@ def exit_actor() -> None:
         raise TypeError("exit_actor API is called on a non-actor worker: call it inside an actor's "
                         "method to end the actor; use kill(handle) to end an actor from outside")
     client.actor_exit_requested = True  # the actor exits even if its code catches the exception
+    if client.actor_exit_hook is not None:
+        client.actor_exit_hook(client.current_task_id)  # even from a background asyncio task
     raise AsyncioActorExit("exit_actor() is called.")
 
 

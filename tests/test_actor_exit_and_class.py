@@ -164,3 +164,40 @@ def test_the_actor_class_exposes_attributes_static_and_class_methods_and_mro():
 def test_methods_reach_the_class_attributes_through_the_actor_class(cluster):
     cluster(num_cpus=1)
     assert ray.get(Child.remote(10).sums.remote(), timeout=10) == 3 + 6 + 1 + 2 + 10
+
+
+def test_exit_actor_from_a_background_asyncio_task_ends_the_actor(cluster, tmp_path):
+    cluster(num_cpus=2)
+    marker = str(tmp_path / "atexit-ran")
+
+    @ray.remote
+    class Background:
+        def __init__(self, marker):
+            atexit.register(lambda: open(marker, "w").close())
+
+        async def start(self):
+            import asyncio
+
+            async def later():
+                await asyncio.sleep(0.05)
+                exit_actor()
+
+            self.task = asyncio.get_running_loop().create_task(later())
+            return "started"
+
+        async def ping(self):
+            return "pong"
+
+    actor = Background.remote(marker)
+    assert ray.get(actor.start.remote(), timeout=10) == "started"
+    wait_for(lambda: os.path.exists(marker), what="the actor's atexit handler")
+    with pytest.raises(rex.ActorDiedError):
+        ray.get(actor.ping.remote(), timeout=10)
+
+
+def test_kill_before_the_constructor_ran_says_it_was_killed(cluster):
+    cluster(num_cpus=1)
+    actor = Quitter.remote()
+    ray.kill(actor)
+    with pytest.raises(rex.ActorDiedError, match="killed by `ray.kill`"):
+        ray.get(actor.pid.remote(), timeout=10)

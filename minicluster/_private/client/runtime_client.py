@@ -38,6 +38,8 @@ class RuntimeClient:
     transfer_delay: Optional[Callable[[bytes], None]] = None
     #: Set by exit_actor() in an actor's worker: its running call ends the actor (worker.py)
     actor_exit_requested = False
+    #: An actor's worker: what exit_actor() calls (with the current task id) to end the actor
+    actor_exit_hook: Optional[Callable[[bytes], None]] = None
 
     def __init__(self) -> None:
         self.known_functions: set = set()

@@ -309,7 +309,7 @@ class ActorFlow:
         if record.kill_requested is not None:
             return header + f"The actor is dead because {record.kill_reason or 'it was killed by `ray.kill`'}."
         if node_death:
-            return header + f"The actor is dead because its node ({worker.node.name}) died: {node_death}."
+            return header + f"The actor died because its node has died: {worker.node.name}, {node_death}."
         return header + f"The actor is dead because its worker process has died ({reason})."
 
     def _restart_actor(self, record: ActorRecord) -> None:
@@ -379,6 +379,7 @@ class ActorFlow:
             cause = ("The actor died unexpectedly before finishing this task.\n"
                      f"\tclass_name: {record.meta['class_name']}\n\tactor_id: {actor_id.hex()}\n"
                      f"The actor is dead because {reason}.")
+            record.death_cause = cause  # what creation_failed reports when the cancel lands
             if not task.finished:
                 self.tasks.cancel_task(task.spec.task_id, force=True, recursive=False)
             self._actor_dead(record, cause)
@@ -400,8 +401,8 @@ class ActorFlow:
         for record in list(self.state.actors.values()):
             if record.owner == owner and record.state != DEAD and not record.meta["detached"]:
                 self.kill_actor(record.actor_id, no_restart=True,
-                                reason=f"its owner (worker {owner.hex()[:12]}...) died; actors die with their owner "
-                                       "unless created with lifetime=\"detached\"")
+                                reason=f"its owner has died (worker {owner.hex()[:12]}...); actors die with their "
+                                       "owner unless created with lifetime=\"detached\"")
 
     def actor_exiting(self, worker: WorkerRecord, task_id: bytes) -> None:
         """The actor's code called exit_actor() (or __ray_terminate__ ran), in a call or its

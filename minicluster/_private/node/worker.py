@@ -85,6 +85,7 @@ class Worker:
         self.async_calls: Optional[AsyncCalls] = None  # async actors: their event loop
         self.main_ident = threading.get_ident()
         self.exiting = False  #: the actor called exit_actor(): take no more calls, then exit
+        client.actor_exit_hook = self.exit_requested
 
     # ---- reader thread -----------------------------------------------------------
 
@@ -190,6 +191,17 @@ class Worker:
         client.send()
         log_files.flush_output()
         os._exit(0)
+
+    def exit_requested(self, task_id: bytes) -> None:
+        """exit_actor() (or __ray_terminate__), from any thread, in a call or in a background
+        asyncio task: the head hears it first (no restart; the calls not done fail with
+        ActorDiedError), then the main loop stops taking calls and the worker exits."""
+        with self._cancel_lock:
+            if self.exiting:
+                return
+            self.exiting = True
+        self.client.send(msg.ActorExiting.new(task_id=task_id))
+        self.tasks.put(None)  # wakes the main loop if it waits for work
 
     def _end_actor(self) -> None:
         """The actor ends on purpose (its last handle is gone, or exit_actor): calls running
@@ -346,11 +358,7 @@ class Worker:
             results = [msg.Value.new(kind="i", data=b"", refs=[]) for _ in return_ids]
             error_info = msg.ErrorInfo.new(error_type="ARG_LOST", retryable=False, message=lost.object_hex)
         except AsyncioActorExit:
-            # exit_actor(): the head hears it first (no restart; this call and the queued ones
-            # fail with ActorDiedError), then the worker stops taking calls and exits.
-            self.exiting = True
-            client.send(msg.ActorExiting.new(task_id=call.task_id))
-            self.tasks.put(None)  # wakes the main loop if the call ran on a pool or event loop
+            self.exit_requested(call.task_id)  # (done already if exit_actor() was called)
             results = [msg.Value.new(kind="i", data=b"", refs=[]) for _ in return_ids]
             error_info = msg.ErrorInfo.new(error_type="ACTOR_EXIT", retryable=False, message="exit_actor()")
         except SystemExit as exit_:
