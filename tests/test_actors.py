@@ -392,6 +392,22 @@ def test_task_finds_a_named_actor_in_the_jobs_namespace(cluster):
     assert ray.get(use.remote()) == 2
 
 
+def test_a_killed_actors_name_can_be_taken_at_once_from_a_task(cluster):
+    cluster(num_nodes=1, num_cpus=1)
+
+    @ray.remote
+    def recreate():
+        first = Counter.options(name="again", lifetime="detached").remote(1)
+        ray.get(first.value.remote())
+        ray.kill(ray.get_actor("again"))
+        second = Counter.options(name="again", lifetime="detached").remote(2)  # no wait in between
+        value = ray.get(ray.get_actor("again").value.remote())
+        ray.kill(second)
+        return value
+
+    assert ray.get(recreate.remote(), timeout=20) == 2
+
+
 def test_name_is_free_again_after_the_actor_is_killed(cluster):
     cluster(num_nodes=1, num_cpus=1)
     old = Counter.options(name="reused").remote(1)

@@ -369,6 +369,8 @@ class ActorFlow:
             return
         record.kill_requested = no_restart
         record.kill_reason = reason
+        if no_restart:
+            self._release_name(record)
         if record.worker is not None and graceful:
             record.worker.expect_exit(INTENDED_SYSTEM_EXIT, f"its actor ended because {reason}")
             self.outbox.post(record.worker.peer, msg.Retire.new())
@@ -383,6 +385,13 @@ class ActorFlow:
             if not task.finished:
                 self.tasks.cancel_task(task.spec.task_id, force=True, recursive=False)
             self._actor_dead(record, cause)
+
+    def _release_name(self, record: ActorRecord) -> None:
+        """An actor that will not come back gives up its name at once (Ray's rule): the name
+        can be taken again before its process is gone."""
+        key = (record.meta.get("namespace"), record.name)
+        if record.name is not None and self.state.named_actors.get(key) == record.actor_id:
+            del self.state.named_actors[key]
 
     def _kill_actor_process(self, record: ActorRecord) -> None:
         if record.worker is not None:
@@ -417,6 +426,7 @@ class ActorFlow:
             return
         record.kill_requested = True
         record.kill_reason = EXITED
+        self._release_name(record)
         worker.expect_exit(INTENDED_USER_EXIT, "its actor called exit_actor()")
 
     # ---- lifetime: the last handle is gone ------------------------------------------------
@@ -437,7 +447,7 @@ class ActorFlow:
     # ---- lookups ----------------------------------------------------------------
 
     def lookup_actor(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
-        actor_id = self.state.named_actors.get((namespace, name))
+        actor_id = self.state.named_actors.get((namespace, name))  # (killed ones have left it)
         record = self.state.actors.get(actor_id) if actor_id else None
         if record is None or record.state == DEAD:
             return None

@@ -56,6 +56,7 @@ from minicluster._private.wire import messages as msg
 from minicluster._private.wire.hub import Hub, Peer
 
 DRIVER = b"driver"  # owner id of objects the driver creates
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 # The folder that holds the minicluster package (this file is minicluster/_private/head/head.py).
 _PACKAGE_PARENT = str(pathlib.Path(__file__).resolve().parents[3])
@@ -141,6 +142,8 @@ class Head:
     def add_node(self, num_cpus: float, resources: Optional[Dict[str, float]], num_workers: int) -> NodeRecord:
         node_id = new_node_id()
         total = {"CPU": float(num_cpus), f"node:{node_id.hex()}": 1.0}
+        if not self.head_state.nodes:
+            total[HEAD_NODE_RESOURCE] = 1.0  # Ray's marker of the head node (the first one here)
         for key, qty in (resources or {}).items():
             total[key] = float(qty)
         layout = self.session.layout

@@ -70,7 +70,8 @@ class HeadState:
     #: lifetime of actors created without `lifetime=` (JobConfig.default_actor_lifetime);
     #: set by the driver before anything runs
     default_actor_lifetime: str = "non_detached"
-    #: (namespace, name) -> actor id of a named actor in `actors` (the newest of that name)
+    #: (namespace, name) -> actor id of a named actor in `actors` (the newest of that name); an
+    #: actor killed without restart, or that exited on purpose, leaves it at once (Ray's rule)
     named_actors: Dict[Tuple[Any, str], bytes] = field(default_factory=dict)
     #: function id -> pickled function or class, sent to a worker before its first task of it
     functions: Dict[bytes, bytes] = field(default_factory=dict)
