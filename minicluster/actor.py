@@ -71,8 +71,8 @@ class ActorClass:
 
     @property
     def _meta(self) -> ActorClassMeta:
-        # Read on first use, not in __init__: a class that refers to itself is unpickled in
-        # two steps, and __setstate__ runs before its methods are filled in.
+        # Read on first use, not in _setup: a class that refers to itself is unpickled in
+        # two steps, and make_actor_class runs before its methods are filled in.
         if self._meta_cache is None:
             self._meta_cache = ActorClassMeta(self._cls)
         return self._meta_cache
