@@ -93,6 +93,10 @@ class ActorClass:
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
         return self._create(args, kwargs, self._options)
 
+    def _remote(self, args: Optional[tuple] = None, kwargs: Optional[dict] = None, **options: Any) -> "ActorHandle":
+        """Ray's spelling of `.options(**options).remote(*args, **kwargs)`."""
+        return self.options(**options).remote(*(args or ()), **(kwargs or {}))
+
     def options(self, **options: Any) -> "_ActorOptions":
         validated = opts.validate(options, opts.ACTOR_OPTIONS, "actors")
         return _ActorOptions(self, {**self._options, **validated})

@@ -300,6 +300,20 @@ def test_actor_created_inside_a_task_works_from_the_driver(cluster):
 # ---- names, namespaces, get_if_exists, kill -------------------------------------------------
 
 
+def test_names_are_checked_and_remote_takes_options_as_rays_does(cluster):
+    cluster(num_nodes=1, num_cpus=1)
+    with pytest.raises(ValueError, match="Actor name cannot be an empty string"):
+        Counter.options(name="")
+    with pytest.raises(ValueError, match="namespace cannot be an empty string"):
+        Counter.options(name="x", namespace="")
+    with pytest.raises(TypeError):
+        Counter.options(name="x", namespace=2)
+    first = Counter._remote(args=(5,), name="by-_remote")
+    assert ray.get(first.value.remote()) == 5
+    with pytest.raises(ValueError, match="Please use a different name"):
+        Counter._remote(name="by-_remote")
+
+
 def test_named_actor_is_found_by_get_actor(cluster):
     cluster(num_nodes=1, num_cpus=1)
     counter = Counter.options(name="counter").remote()

@@ -80,7 +80,9 @@ class ActorFlow:
             if existing is not None and state.actors[existing].state != DEAD:
                 if get_if_exists:
                     return msg.ActorFound.new(actor_id=existing, meta=state.actors[existing].meta)
-                raise ValueError(f"The name {name!r} (namespace={namespace!r}) is already taken by another actor")
+                raise ValueError(f"The name {name!r} (namespace={namespace!r}) is already taken by another actor. "
+                                 f"Please use a different name or get the existing actor using "
+                                 f"get_actor({name!r}, namespace={namespace!r})")
             state.named_actors[(namespace, name)] = spec.actor_id
         if meta["detached"] is None:
             meta["detached"] = state.default_actor_lifetime == "detached"
