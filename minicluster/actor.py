@@ -4,8 +4,10 @@ Runs in whichever process creates or calls an actor (the driver, or a worker
 holding a handle). Creating an actor submits an ACTOR_CREATION_TASK; the head
 (actor_flow.py) places it like a task and then dedicates the worker that ran
 it to the actor. Each method call is an ACTOR_TASK the head sends to that
-worker, in submission order. A handle pickles to (actor id, class metadata),
-so it can be passed to tasks and other actors and used from there.
+worker, in each caller's submission order. A handle pickles to (actor id,
+class metadata, a ref to the creation task's result), so it can be passed to
+tasks and other actors and used from there; that ref, counted like any other,
+keeps a non-detached actor alive (handles from get_actor hold none, as in Ray).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from minicluster._private.client import context
+from minicluster._private.client.object_ref import ObjectRef
 from minicluster._private.common import options as opts
 from minicluster._private.common import signatures
 from minicluster._private.common.ids import ActorID, new_actor_id, new_task_id
@@ -26,6 +29,7 @@ from minicluster._private.common.task_spec import (
     strategy_of,
 )
 from minicluster._private.store.serialization import dumps_function, pickle_definition
+from minicluster.exceptions import AsyncioActorExit
 from minicluster.remote_function import _serialize_args
 
 
@@ -55,12 +59,18 @@ class ActorClassMeta:
 
 
 class ActorClass:
-    """A class declared with `@remote`; `.remote(...)` creates an actor and returns its handle."""
+    """A class declared with `@remote`; `.remote(...)` creates an actor and returns its handle.
 
-    def __init__(self, cls: type, options: Dict[str, Any]) -> None:
+    Made by `make_actor_class`. As in Ray, its type derives from the user's class too
+    ("ActorClass(Name)"), so class attributes, static and class methods and the MRO are
+    there; and it has no __init__ of its own, so a class method calling `cls(...)` builds
+    a plain local instance, as in Ray.
+    """
+
+    def _setup(self, cls: type, options: Dict[str, Any]) -> None:
         self._cls = cls
-        self._options = opts.validate(options, opts.ACTOR_OPTIONS, "actors")
-        self._meta = ActorClassMeta(cls)
+        self._options = options
+        self._meta_cache: Optional[ActorClassMeta] = None
         self._blob: Optional[bytes] = None
         self._class_id = b""
         self._lock = threading.Lock()
@@ -69,11 +79,20 @@ class ActorClass:
         self.__module__ = cls.__module__
         self.__doc__ = cls.__doc__
 
-    def __getstate__(self) -> dict:
-        return {"cls": self._cls, "options": self._options}
+    @property
+    def _meta(self) -> ActorClassMeta:
+        # Read on first use, not in _setup: a class that refers to itself is unpickled in
+        # two steps, and make_actor_class runs before its methods are filled in.
+        if self._meta_cache is None:
+            self._meta_cache = ActorClassMeta(self._cls)
+        return self._meta_cache
 
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["cls"], state["options"])  # type: ignore[misc]
+    def __reduce__(self) -> tuple:
+        # Rebuilt from the user's class: the derived type is made afresh where it is loaded.
+        return (make_actor_class, (self._cls, self._options))
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:  # (before any the user's class defines)
+        return self.__reduce__()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -83,6 +102,10 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
         return self._create(args, kwargs, self._options)
+
+    def _remote(self, args: Optional[tuple] = None, kwargs: Optional[dict] = None, **options: Any) -> "ActorHandle":
+        """Ray's spelling of `.options(**options).remote(*args, **kwargs)`."""
+        return self.options(**options).remote(*(args or ()), **(kwargs or {}))
 
     def options(self, **options: Any) -> "_ActorOptions":
         validated = opts.validate(options, opts.ACTOR_OPTIONS, "actors")
@@ -102,10 +125,7 @@ class ActorClass:
         client = context.client()
         name = options.get("name")
         namespace = options.get("namespace") or getattr(client, "namespace", "default")
-        if name is not None and options.get("get_if_exists"):
-            existing = client.actor_lookup(name, namespace)
-            if existing is not None:
-                return ActorHandle(*existing)
+        get_if_exists = bool(name is not None and options.get("get_if_exists"))
         class_id, blob = self._pickled()
         actor_id = new_actor_id()
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self.__qualname__)
@@ -142,15 +162,37 @@ class ActorClass:
             "max_task_retries": options.get("max_task_retries", 0),
             "max_concurrency": options.get("max_concurrency", 1000 if self._meta.is_async else 1),
             "is_async": self._meta.is_async,
-            "detached": options.get("lifetime") == "detached",
+            # None: the job's default_actor_lifetime (JobConfig), which the head applies
+            "detached": _LIFETIMES.get(options.get("lifetime")),
             "holds_cpus": "num_cpus" in options,
             "methods": self._meta.methods,
             "signatures": self._meta.signatures,
         }
-        handle = ActorHandle(actor_id, meta)
-        client.create_actor(spec, blob, meta)
+        # The handle holds a ref to the creation task's result: the actor lives while some
+        # process holds one (Ray's reference counting of actor handles; head actor_flow.py).
+        existing, handle_ref = client.create_actor(spec, blob, meta, get_if_exists)
         del keep_alive
-        return handle
+        if existing is not None:
+            return ActorHandle(*existing)
+        return ActorHandle(actor_id, meta, handle_ref)
+
+
+_LIFETIMES = {"detached": True, "non_detached": False, None: None}
+
+
+def make_actor_class(cls: type, options: Dict[str, Any]) -> ActorClass:
+    """`@remote` on a class: its ActorClass, whose type derives from both ActorClass and `cls`."""
+    validated = opts.validate(options, opts.ACTOR_OPTIONS, "actors")
+    try:
+        derived = type(f"ActorClass({cls.__name__})", (ActorClass, cls),
+                       {"__module__": cls.__module__, "__doc__": cls.__doc__})
+        actor_class = object.__new__(derived)
+    except TypeError:
+        # A metaclass, __slots__ or builtin base the two cannot share: the plain ActorClass
+        # (its attributes then come only through .remote() actors).
+        actor_class = object.__new__(ActorClass)
+    actor_class._setup(cls, validated)
+    return actor_class
 
 
 class _ActorOptions:
@@ -165,9 +207,12 @@ class _ActorOptions:
 class ActorHandle:
     """A reference to a live actor; `handle.method.remote(...)` calls a method."""
 
-    def __init__(self, actor_id: bytes, meta: Dict[str, Any]) -> None:
+    def __init__(self, actor_id: bytes, meta: Dict[str, Any], ref: Optional[ObjectRef] = None) -> None:
         self._actor_id = actor_id
         self._meta = meta
+        # A ref to the actor's creation result, held by handles that keep the actor alive
+        # (made by .remote() and copied from one); None for get_actor's handles (as in Ray).
+        self._ref = ref
         self._checks: Dict[str, Optional[signatures.ArgumentCheck]] = {}  #: by method, made at first call
 
     def _check_call(self, method: str, args: tuple, kwargs: dict) -> None:
@@ -180,12 +225,15 @@ class ActorHandle:
             check.check(args, kwargs, f"{method}.remote()")
 
     def __reduce__(self) -> tuple:
-        return (ActorHandle, (self._actor_id, self._meta))
+        # The ref is pickled with the handle: a task or object holding the handle holds it.
+        return (ActorHandle, (self._actor_id, self._meta, self._ref))
 
     def __getattr__(self, name: str) -> "ActorMethod":
         methods = self.__dict__.get("_meta", {}).get("methods", {})
         if name in methods:
             return ActorMethod(self, name, methods[name])
+        if name in _BUILTIN_METHODS:
+            return ActorMethod(self, name, {})
         raise AttributeError(
             f"'{self.__dict__.get('_meta', {}).get('class_name', 'Actor')}' actor has no method {name!r}"
         )
@@ -202,6 +250,11 @@ class ActorHandle:
 
     def __repr__(self) -> str:
         return f"Actor({self._meta['class_name']}, {self._actor_id.hex()})"
+
+
+#: Methods every actor has (Ray's): __ray_ready__ returns True once it is constructed;
+#: __ray_terminate__, queued behind the calls before it, ends the actor as exit_actor() does.
+_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
 
 
 class ActorMethod:
@@ -260,6 +313,20 @@ class ActorMethod:
         if num_returns == 0:
             return None
         return refs
+
+
+def exit_actor() -> None:
+    """Inside an actor's method: end the actor on purpose. The call raises here; its caller
+    and the calls queued behind it get ActorDiedError; the actor is not restarted; its
+    atexit handlers run (as in Ray)."""
+    client = context.current()
+    if client is None or not context.in_worker() or client.current_actor_id is None:
+        raise TypeError("exit_actor API is called on a non-actor worker: call it inside an actor's "
+                        "method to end the actor; use kill(handle) to end an actor from outside")
+    client.actor_exit_requested = True  # the actor exits even if its code catches the exception
+    if client.actor_exit_hook is not None:
+        client.actor_exit_hook(client.current_task_id)  # even from a background asyncio task
+    raise AsyncioActorExit("exit_actor() is called.")
 
 
 def method_names(handle: ActorHandle) -> List[str]:

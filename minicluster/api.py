@@ -18,8 +18,9 @@ from minicluster._private.client import clusters, context
 from minicluster._private.common import options as opts
 from minicluster._private.common import system_config
 from minicluster._private.observe.timeline import write_trace
-from minicluster.actor import ActorClass, ActorHandle
+from minicluster.actor import ActorHandle, make_actor_class
 from minicluster.exceptions import RayError
+from minicluster.job_config import JobConfig
 from minicluster.object_ref import ObjectRef
 from minicluster.remote_function import RemoteFunction
 from minicluster.runtime_context import RuntimeContext, get_runtime_context  # noqa: F401 - re-exported
@@ -112,17 +113,26 @@ def init(
     namespace: Optional[str] = None,
     log_to_driver: bool = True,
     runtime_env: Optional[dict] = None,
+    job_config: Optional[JobConfig] = None,
     **kwargs: Any,
 ) -> RayContext:
     """Start a session of `num_nodes` virtual nodes, each with `num_cpus` CPUs, `resources` and
     `labels`; or, with `address`, join a Cluster of this process ("auto": the running one).
 
     `num_cpus` defaults to this machine's cores divided among the nodes (at least 1 each).
+    `job_config` (minicluster.job_config.JobConfig): the job's namespace and default actor lifetime.
     """
     connecting = address not in (None, "local")
     _refuse_harmful(kwargs, connecting)
     if runtime_env:
         raise ValueError("init(runtime_env=...): minicluster does not set up runtime environments yet")
+    if job_config is not None:
+        if not isinstance(job_config, JobConfig):
+            raise TypeError(f"init(job_config=...) must be a minicluster.job_config.JobConfig, got {job_config!r}")
+        if namespace is not None and job_config.ray_namespace not in (None, namespace):
+            raise ValueError(f"init(namespace={namespace!r}) and JobConfig(ray_namespace="
+                             f"{job_config.ray_namespace!r}) disagree; give one of them")
+        namespace = namespace or job_config.ray_namespace
     if address == "auto":
         address = _auto_address()
     if clusters.is_cluster_address(address):
@@ -131,6 +141,7 @@ def init(
             if current is not None and getattr(current, "address", None) == address:
                 return _already_running(ignore_reinit_error)
             clusters.attach(address)
+            context.current().set_job_config(job_config or JobConfig())  # each job its own settings
             atexit.register(_atexit_shutdown)
             return _context_info()
     if connecting:
@@ -173,6 +184,8 @@ def init(
                               log_to_driver=bool(log_to_driver), labels=labels)
         if not reconstruction:
             client.head.disable_reconstruction()
+        if job_config is not None:
+            client.set_job_config(job_config)
         context.set_client(client)
         atexit.register(_atexit_shutdown)
         return _context_info()
@@ -275,7 +288,7 @@ def remote(*args: Any, **kwargs: Any) -> Any:
 
 def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
     if isinstance(target, type):
-        return ActorClass(target, options)
+        return make_actor_class(target, options)
     if not callable(target):
         raise TypeError(f"@remote needs a function or a class, got {type(target).__name__}")
     return RemoteFunction(target, options)

@@ -342,6 +342,12 @@ class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedEr
     default_reason = "OBJECT_UNRECONSTRUCTABLE_LINEAGE_EVICTED"
 
 
+class AsyncioActorExit(RayError, SystemExit):
+    """Raised by `minicluster.actor.exit_actor()` in the calling method (Ray's name; here for
+    every kind of actor). The worker ends the actor: no restart; the call and those queued
+    behind it fail with ActorDiedError."""
+
+
 _REASON_TEXT = {
     "OBJECT_UNRECONSTRUCTABLE": "lineage reconstruction is disabled for this cluster "
     "(enable_object_reconstruction=False, or _system_config lineage_pinning_enabled=False).",
@@ -419,10 +425,6 @@ class PendingCallsLimitExceeded(RayError):
     """An actor's max_pending_calls was reached."""
 
 
-class AsyncioActorExit(RayError):
-    """Raised by exit_actor() inside an async actor to end it."""
-
-
 class CrossLanguageError(RayError):
     """An error raised by code in another language (Java, C++)."""
 
@@ -439,6 +441,7 @@ __all__ = [
     "RayActorError",
     "ActorDiedError",
     "ActorUnavailableError",
+    "AsyncioActorExit",
     "ObjectLostError",
     "OwnerDiedError",
     "ObjectFetchTimedOutError",
@@ -457,6 +460,5 @@ __all__ = [
     "ActorPlacementGroupRemoved",
     "ActorUnschedulableError",
     "PendingCallsLimitExceeded",
-    "AsyncioActorExit",
     "CrossLanguageError",
 ]

@@ -584,7 +584,8 @@ def test_actor_result_is_lost_after_its_node_dies_without_max_task_retries(clust
     assert ray.wait([ref], timeout=5)[0] == [ref]
     assert testing.object_locations(ref) == [second]
     testing.kill_node(second)
-    with pytest.raises(rex.ObjectLostError):
+    # As in Ray: a reconstruction failure that says why (the call had no max_task_retries)
+    with pytest.raises(rex.ObjectReconstructionFailedError, match="OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED"):
         ray.get(ref, timeout=10)
     assert ray.get(a.ping.remote("restarted"), timeout=5) == "restarted"
 

@@ -204,6 +204,31 @@ def test_a_call_waiting_for_its_argument_holds_back_the_later_calls(cluster, tmp
     assert ray.get(r.items_.remote()) == ["first", "second"]
 
 
+def test_a_call_waiting_for_its_argument_holds_back_only_its_own_callers_calls(cluster, tmp_path):
+    # Ray orders calls per caller: another process's call whose argument is ready goes first.
+    cluster(num_nodes=1, num_cpus=3)
+    release = str(tmp_path / "release")
+    r = Recorder.options(num_cpus=0).remote()
+    ray.get(r.items_.remote())
+
+    @ray.remote
+    def caller(handle, make_arg, *args):
+        return ray.get(handle.append.remote(make_arg.remote(*args)))
+
+    @ray.remote
+    def ready(value):
+        return value
+
+    blocked = caller.remote(r, wait_for_file, release, "slow")
+    mine = r.append.remote(wait_for_file.remote(release, "driver's"))  # waits too, in its own line
+    other = caller.remote(r, ready, "fast")
+    assert ray.get(other, timeout=10) == 1
+    assert not_ready_within(blocked, 0.2) and not_ready_within(mine, 0.1)
+    open(release, "w").close()
+    assert sorted(ray.get([blocked, mine], timeout=10)) == [2, 3]
+    assert ray.get(r.items_.remote())[0] == "fast"
+
+
 def test_calls_from_a_task_keep_their_order_too(cluster):
     cluster(num_nodes=1, num_cpus=1)
     r = Recorder.remote()
@@ -275,6 +300,20 @@ def test_actor_created_inside_a_task_works_from_the_driver(cluster):
 # ---- names, namespaces, get_if_exists, kill -------------------------------------------------
 
 
+def test_names_are_checked_and_remote_takes_options_as_rays_does(cluster):
+    cluster(num_nodes=1, num_cpus=1)
+    with pytest.raises(ValueError, match="Actor name cannot be an empty string"):
+        Counter.options(name="")
+    with pytest.raises(ValueError, match="namespace cannot be an empty string"):
+        Counter.options(name="x", namespace="")
+    with pytest.raises(TypeError):
+        Counter.options(name="x", namespace=2)
+    first = Counter._remote(args=(5,), name="by-_remote")
+    assert ray.get(first.value.remote()) == 5
+    with pytest.raises(ValueError, match="Please use a different name"):
+        Counter._remote(name="by-_remote")
+
+
 def test_named_actor_is_found_by_get_actor(cluster):
     cluster(num_nodes=1, num_cpus=1)
     counter = Counter.options(name="counter").remote()
@@ -323,7 +362,8 @@ def test_get_if_exists_returns_the_live_actor(cluster):
 
 def test_get_actor_and_get_if_exists_from_inside_a_task(cluster):
     cluster(num_nodes=1, num_cpus=1)
-    ray.get(Counter.options(name="shared").remote(1).value.remote())
+    keep = Counter.options(name="shared").remote(1)  # (its handle keeps it alive, as in Ray)
+    ray.get(keep.value.remote())
 
     @ray.remote
     def use():
@@ -356,13 +396,30 @@ def test_taken_name_and_kill_from_inside_a_task(cluster):
 
 def test_task_finds_a_named_actor_in_the_jobs_namespace(cluster):
     cluster(num_nodes=1, num_cpus=1, namespace="job-ns")
-    ray.get(Counter.options(name="in-job-ns").remote(1).value.remote())
+    keep = Counter.options(name="in-job-ns").remote(1)
+    ray.get(keep.value.remote())
 
     @ray.remote
     def use():
         return ray.get(ray.get_actor("in-job-ns").incr.remote())
 
     assert ray.get(use.remote()) == 2
+
+
+def test_a_killed_actors_name_can_be_taken_at_once_from_a_task(cluster):
+    cluster(num_nodes=1, num_cpus=1)
+
+    @ray.remote
+    def recreate():
+        first = Counter.options(name="again", lifetime="detached").remote(1)
+        ray.get(first.value.remote())
+        ray.kill(ray.get_actor("again"))
+        second = Counter.options(name="again", lifetime="detached").remote(2)  # no wait in between
+        value = ray.get(ray.get_actor("again").value.remote())
+        ray.kill(second)
+        return value
+
+    assert ray.get(recreate.remote(), timeout=20) == 2
 
 
 def test_name_is_free_again_after_the_actor_is_killed(cluster):

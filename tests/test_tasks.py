@@ -421,6 +421,17 @@ def test_nodes_and_cluster_resources(cluster):
     assert ray.available_resources()["CPU"] == 4
 
 
+def test_the_first_node_carries_rays_head_node_resource(cluster):
+    cluster(num_nodes=2, num_cpus=1)
+    assert ray.cluster_resources()["node:__internal_head__"] == 1
+
+    @ray.remote(resources={"node:__internal_head__": 0.1})
+    def where():
+        return ray.get_runtime_context().get_node_id()
+
+    assert ray.get(where.remote(), timeout=10) == ray.nodes()[0]["NodeID"]
+
+
 def test_available_resources_while_a_task_runs(cluster, tmp_path):
     cluster(num_nodes=1, num_cpus=2)
     release = tmp_path / "release"

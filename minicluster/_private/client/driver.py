@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from minicluster._private.client import clusters
 from minicluster._private.client.log_monitor import LogMonitor
@@ -26,6 +26,7 @@ from minicluster._private.head.head import DRIVER, Head
 from minicluster._private.observe.state_recorder import StateRecorder
 from minicluster._private.store import object_store, store_spares
 from minicluster._private.store.serialization import serialize
+from minicluster._private.wire import messages as msg
 from minicluster.exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, RayError
 
 # How often get() follows the head to a new copy after the one it read vanished
@@ -233,15 +234,25 @@ class DriverClient(RuntimeClient):
 
     # ---- actors ------------------------------------------------------------------------
 
-    def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
+    def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any],
+                     get_if_exists: bool) -> Tuple[Optional[msg.ActorFound], Optional[ObjectRef]]:
+        """Create the actor; returns (the live actor of that name if get_if_exists found one,
+        else None; the ref the new actor's handle holds). ValueError if its name is taken."""
         self.check_session(spec.arg_refs)
         self.check_session(spec.borrowed)
+        ref = ObjectRef(spec.return_ids()[0])  # counted before the head knows the actor
         head = self.head
         with head.lock:
             head.apply_driver_refs()
             head.functions[spec.function_id] = class_blob
-            head.create_actor(spec, meta, self.node_id, DRIVER)
+            existing = head.create_actor(spec, meta, self.node_id, DRIVER, get_if_exists)
             head.flush()
+        return (existing, None) if existing is not None else (None, ref)
+
+    def set_job_config(self, job_config: Any) -> None:
+        """What the head applies of a JobConfig (the job's namespace is set at start)."""
+        with self.head.lock:
+            self.head.head_state.default_actor_lifetime = job_config.default_actor_lifetime
 
     def actor_lookup(self, name: str, namespace: str) -> Optional[tuple]:
         """The named actor's handle arguments (actor id, its metadata), or None."""

@@ -36,6 +36,10 @@ class RuntimeClient:
     #: Set only by a test's fault plan (fault_hooks.py): called before an object is
     #: copied in from another node, to delay the transfer.
     transfer_delay: Optional[Callable[[bytes], None]] = None
+    #: Set by exit_actor() in an actor's worker: its running call ends the actor (worker.py)
+    actor_exit_requested = False
+    #: An actor's worker: what exit_actor() calls (with the current task id) to end the actor
+    actor_exit_hook: Optional[Callable[[bytes], None]] = None
 
     def __init__(self) -> None:
         self.known_functions: set = set()

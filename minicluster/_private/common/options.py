@@ -115,6 +115,15 @@ def _lifetime(name: str, value: Any) -> None:
         raise ValueError(f"The option 'lifetime' must be None, 'detached' or 'non_detached', got {value!r}")
 
 
+def _non_empty_str(what: str) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        _str(name, value)
+        if value == "":
+            raise ValueError(f"{what} cannot be an empty string.")
+
+    return check
+
+
 def _max_concurrency(name: str, value: Any) -> None:
     _int_at_least(1)(name, value)
 
@@ -141,8 +150,9 @@ ACTOR_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
     "max_task_retries": _int_at_least(-1),
     "max_concurrency": _max_concurrency,
     "lifetime": _lifetime,
-    "namespace": _str,
+    "namespace": _non_empty_str("Actor namespace"),
     "get_if_exists": _bool,
+    "name": _non_empty_str("Actor name"),
 }
 
 METHOD_OPTIONS: Dict[str, Callable[[str, Any], None]] = {

@@ -15,17 +15,21 @@ needs the task flow (an actor's tasks are placed and run like tasks).
               restart (deliberately better than Ray, which fails them)
               no restarts left, ray.kill, or the constructor raised: DEAD; every
               pending and later call fails with ActorDiedError, carrying the reason
+    handles gone ─► (not detached) the creation result its handles hold a ref to was freed:
+              once its submitted calls are done, its worker is told to exit (Ray's rule)
+    exit_actor ─► the worker says so (ActorExiting) and exits: DEAD, no restart
 
 Actor states and their legal moves: states.py; the record: actor_records.py.
 """
 
 from __future__ import annotations
 
+import collections
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Deque, Dict, Optional
 
 from minicluster._private.head.actor_records import ActorRecord
-from minicluster._private.head.flow_interfaces import TasksForActors
+from minicluster._private.head.flow_interfaces import TasksForActors, Timers
 from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.messaging import Outbox
 from minicluster._private.head.states import (
@@ -47,42 +51,64 @@ from minicluster.exceptions import (
 )
 
 ORDERING = PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY
+#: Ray's words for an actor ended because no handle to it is left
+OUT_OF_SCOPE = "all references to the actor were removed"
+EXITED = "it exited on purpose: its code called exit_actor() (or __ray_terminate__ ran)"
 
 
 class ActorFlow:
     """Head logic for actors; see the module docstring."""
 
-    def __init__(self, state: HeadState, outbox: Outbox) -> None:
+    def __init__(self, state: HeadState, outbox: Outbox, timers: Timers) -> None:
         self.state = state
         self.outbox = outbox
+        self.timers = timers
         self.tasks: TasksForActors  # set by connect()
+        # The object directory reports the last handle's ref going from deep inside other
+        # flows' steps; the actor is ended a moment later, from a clean start (a timer).
+        state.on_handles_gone = lambda actor_id: timers.call_later(0, lambda: self.handles_gone(actor_id))
 
     def connect(self, tasks: TasksForActors) -> None:
         self.tasks = tasks
 
     # ---- creation ---------------------------------------------------------------
 
-    def create_actor(self, spec: Any, meta: Dict[str, Any], submitter_node: bytes, owner: bytes) -> None:
-        """Register an actor and submit its creation task."""
+    def create_actor(self, spec: Any, meta: Dict[str, Any], submitter_node: bytes, owner: bytes,
+                     get_if_exists: bool = False) -> Optional[msg.ActorFound]:
+        """Register an actor and submit its creation task. With get_if_exists, a live actor of
+        the same name is returned instead (lookup and creation in one step under the lock).
+        ValueError if the name is taken."""
         state = self.state
         name, namespace = meta.get("name"), meta.get("namespace")
         if name is not None:
             existing = state.named_actors.get((namespace, name))
             if existing is not None and state.actors[existing].state != DEAD:
+                if get_if_exists:
+                    return msg.ActorFound.new(actor_id=existing, meta=state.actors[existing].meta)
                 raise ActorAlreadyExistsError(
-                    f"The name {name!r} (namespace={namespace!r}) is already taken by another actor")
+                    f"The name {name!r} (namespace={namespace!r}) is already taken by another actor. Please "
+                    f"use a different name or get the existing actor using get_actor({name!r}, "
+                    f"namespace={namespace!r})")
             state.named_actors[(namespace, name)] = spec.actor_id
+        if meta["detached"] is None:
+            meta["detached"] = state.default_actor_lifetime == "detached"
         for object_id in spec.return_ids():
             state.objects.create(object_id, owner)
-            state.objects.pin(object_id)  # the creation result lives as long as the actor record
+            # Pinned while the constructor runs (its error is read from it), and for a detached
+            # actor until it dies; otherwise its handles hold it, and once it is freed the actor ends.
+            state.objects.pin(object_id)
+            if not meta["detached"]:
+                state.actor_handles[object_id] = spec.actor_id
             creator = state.workers.get(owner)
             if creator is not None:
                 creator.owned.add(object_id)  # so its worker is not retired while the actor lives
         task = TaskRecord(spec, 0, submitter_node, state.task_changes)
         record = ActorRecord(spec.actor_id, meta, task, owner)
+        record.creation_pinned = True
         state.actors[spec.actor_id] = record
         state.tasks[spec.task_id] = task
         self.tasks.start_task(task)
+        return None
 
     def creation_done(self, task: TaskRecord, worker: WorkerRecord, error_info: Optional[msg.ErrorInfo]) -> bool:
         """The creation task reported (its lease still held). Returns True if the worker is the actor's now."""
@@ -108,9 +134,12 @@ class ActorFlow:
         if not record.meta["holds_cpus"]:
             scheduler.release(node_id, {"CPU": record.held.pop("CPU", 0.0)})
         self.tasks.replenish(worker.node)  # the node's pool lost a worker to the actor
+        if not record.meta["detached"]:
+            self._unpin_creation(record)  # from now on only its handles keep it alive
         if record.kill_requested is not None:
             self._kill_actor_process(record)
         self._dispatch(record)
+        self._end_if_unused(record)
         return True
 
     def creation_failed(self, task: TaskRecord, error_type: Optional[str], message: Optional[str]) -> None:
@@ -124,6 +153,12 @@ class ActorFlow:
         else:
             cause = record.death_cause or f"The actor could not be (re)created: {message}"
         self._actor_dead(record, cause)
+
+    def _unpin_creation(self, record: ActorRecord) -> None:
+        if record.creation_pinned:
+            record.creation_pinned = False
+            for object_id in record.creation.spec.return_ids():
+                self.state.objects.unpin(object_id)
 
     def _stored_error_text(self, task: TaskRecord) -> str:
         object_id = task.spec.return_ids()[0]
@@ -142,6 +177,7 @@ class ActorFlow:
             self._fail_call(task, record)
             return
         record.pending.append(task)
+        record.callers.add(task.spec.owner)
         self.tasks.start_task(task)
 
     def queue_actor_call(self, task: TaskRecord) -> None:
@@ -161,24 +197,39 @@ class ActorFlow:
             record.pending.appendleft(task)
 
     def _dispatch(self, record: ActorRecord) -> None:
-        """Send queued calls to the actor's worker, in submission order."""
+        """Send queued calls to the actor's worker, each caller's in its submission order.
+
+        As in Ray, order is kept per caller (the process that submitted the call): a call
+        still waiting for its arguments holds back the later calls of its caller only.
+        """
         if record.state != ALIVE or record.worker is None:
             return
         worker = record.worker
         pending = record.pending
+        held: Optional[set] = None  # callers with an earlier call still waiting for its arguments
+        kept: Optional[Deque[TaskRecord]] = None
         while pending:
             task = pending[0]
             if task.finished:
                 pending.popleft()
                 continue
-            if task.state != ORDERING:
-                break  # an earlier call still waits for its arguments: keep the order
+            caller = task.spec.owner
+            if task.state != ORDERING or (held is not None and caller in held):
+                if held is None:
+                    held, kept = set(), collections.deque()
+                held.add(caller)
+                if len(held) >= len(record.callers):
+                    break  # every caller is held back: nothing after this can go
+                kept.append(pending.popleft())  # type: ignore[union-attr]
+                continue
             pending.popleft()
             record.inflight[task.spec.task_id] = task
             task.worker = worker
             task.node = worker.node
             task.set_state(RUNNING, node_id=worker.node.node_id, worker_id=worker.worker_id)
             self.tasks.send_exec(task, worker)
+        if kept:
+            pending.extendleft(reversed(kept))  # the held-back calls keep their places, in order
 
     def cancel_actor_call(self, task: TaskRecord) -> None:
         """cancel() of a call sent to the actor: one that has not started fails now with
@@ -206,6 +257,8 @@ class ActorFlow:
             return
         task.record_times(message.start, message.end)
         self.tasks.task_reported(task, message.results, message.error, worker.node.node_id)
+        if record is not None:
+            self._end_if_unused(record)
 
     def _fail_call(self, task: TaskRecord, record: Optional[ActorRecord]) -> None:
         error = ActorDiedError(
@@ -265,7 +318,7 @@ class ActorFlow:
         if record.kill_requested is not None:
             return header + f"The actor is dead because {record.kill_reason or 'it was killed by `ray.kill`'}."
         if node_death:
-            return header + f"The actor is dead because its node ({worker.node.name}) died: {node_death}."
+            return header + f"The actor died because its node has died: {worker.node.name}, {node_death}."
         return header + f"The actor is dead because its worker process has died ({reason})."
 
     def _restart_actor(self, record: ActorRecord) -> None:
@@ -292,7 +345,8 @@ class ActorFlow:
             return True
         cause = ("The actor died unexpectedly before finishing this task.\n"
                  f"\tclass_name: {record.meta['class_name']}\n\tactor_id: {record.actor_id.hex()}\n"
-                 + ("The actor is dead because it was killed by `ray.kill`." if record.kill_requested is not None
+                 + (f"The actor is dead because {record.kill_reason or 'it was killed by `ray.kill`'}."
+                    if record.kill_requested is not None
                     else f"The actor is dead because its worker process died while creating it ({reason})."))
         self.tasks.finish_with_error(task, ActorDiedError(record.actor_id.hex(), cause), "ACTOR_DIED", cause)
         self._actor_dead(record, cause)
@@ -308,31 +362,45 @@ class ActorFlow:
         for task in calls:
             if not task.finished:
                 self._fail_call(task, record)
-        for object_id in record.creation.spec.return_ids():
-            self.state.objects.unpin(object_id)
+        self._unpin_creation(record)
         worker = record.worker
         record.worker = None
         if worker is not None and not worker.dead:
             worker.actor = None
             self._kill_worker(worker, INTENDED_SYSTEM_EXIT, "the actor it ran is dead")
 
-    def kill_actor(self, actor_id: bytes, no_restart: bool, reason: str = "it was killed by `ray.kill`") -> None:
-        """`kill(handle)`: end the actor's process now; restart it only if no_restart=False."""
+    def kill_actor(self, actor_id: bytes, no_restart: bool, reason: str = "it was killed by `ray.kill`",
+                   graceful: bool = False) -> None:
+        """`kill(handle)`: end the actor's process now; restart it only if no_restart=False.
+        graceful: the worker is asked to exit (its actor's __ray_shutdown__ runs first), not killed."""
         record = self.state.actors.get(actor_id)
         if record is None or record.state == DEAD:
             return
         record.kill_requested = no_restart
         record.kill_reason = reason
-        if record.worker is not None:
+        if no_restart:
+            self._release_name(record)
+        if record.worker is not None and graceful:
+            record.worker.expect_exit(INTENDED_SYSTEM_EXIT, f"its actor ended because {reason}")
+            self.outbox.post(record.worker.peer, msg.Retire.new())
+        elif record.worker is not None:
             self._kill_actor_process(record)
         elif no_restart:
             task = record.creation
             cause = ("The actor died unexpectedly before finishing this task.\n"
                      f"\tclass_name: {record.meta['class_name']}\n\tactor_id: {actor_id.hex()}\n"
                      f"The actor is dead because {reason}.")
+            record.death_cause = cause  # what creation_failed reports when the cancel lands
             if not task.finished:
                 self.tasks.cancel_task(task.spec.task_id, force=True, recursive=False)
             self._actor_dead(record, cause)
+
+    def _release_name(self, record: ActorRecord) -> None:
+        """An actor that will not come back gives up its name at once (Ray's rule): the name
+        can be taken again before its process is gone."""
+        key = (record.meta.get("namespace"), record.name)
+        if record.name is not None and self.state.named_actors.get(key) == record.actor_id:
+            del self.state.named_actors[key]
 
     def _kill_actor_process(self, record: ActorRecord) -> None:
         if record.worker is not None:
@@ -351,13 +419,44 @@ class ActorFlow:
         for record in list(self.state.actors.values()):
             if record.owner == owner and record.state != DEAD and not record.meta["detached"]:
                 self.kill_actor(record.actor_id, no_restart=True,
-                                reason=f"its owner (worker {owner.hex()[:12]}...) died; actors die with their owner "
-                                       "unless created with lifetime=\"detached\"")
+                                reason=f"its owner has died (worker {owner.hex()[:12]}...); actors die with their "
+                                       "owner unless created with lifetime=\"detached\"")
+
+    def actor_exiting(self, worker: WorkerRecord, task_id: bytes) -> None:
+        """The actor's code called exit_actor() (or __ray_terminate__ ran), in a call or its
+        constructor: its worker exits on purpose and the actor is not restarted (Ray's rule
+        for an intended exit). The call that asked is never reported: it fails, with the
+        queued ones, when the worker is gone."""
+        record = worker.actor
+        if record is None:
+            task = self.state.tasks.get(task_id)  # the constructor called it
+            record = self.state.actors.get(task.spec.actor_id) if task is not None else None
+        if record is None or record.state == DEAD:
+            return
+        record.kill_requested = True
+        record.kill_reason = EXITED
+        self._release_name(record)
+        worker.expect_exit(INTENDED_USER_EXIT, "its actor called exit_actor()")
+
+    # ---- lifetime: the last handle is gone ------------------------------------------------
+
+    def handles_gone(self, actor_id: bytes) -> None:
+        """No process holds a handle of this non-detached actor any more (its creation
+        result was freed): as in Ray, it ends once the calls already submitted are done."""
+        record = self.state.actors.get(actor_id)
+        if record is None or record.state == DEAD:
+            return
+        record.out_of_scope = True
+        self._end_if_unused(record)
+
+    def _end_if_unused(self, record: ActorRecord) -> None:
+        if record.out_of_scope and not record.pending and not record.inflight and record.state != DEAD:
+            self.kill_actor(record.actor_id, no_restart=True, reason=OUT_OF_SCOPE, graceful=True)
 
     # ---- lookups ----------------------------------------------------------------
 
     def lookup_actor(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
-        actor_id = self.state.named_actors.get((namespace, name))
+        actor_id = self.state.named_actors.get((namespace, name))  # (killed ones have left it)
         record = self.state.actors.get(actor_id) if actor_id else None
         if record is None or record.state == DEAD:
             return None

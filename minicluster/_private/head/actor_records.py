@@ -8,7 +8,7 @@ and changes only through `set_state`, which checks states.ACTOR_TRANSITIONS.
 from __future__ import annotations
 
 import collections
-from typing import Any, Deque, Dict, Optional
+from typing import Any, Deque, Dict, Optional, Set
 
 from minicluster._private.common.ids import job_id
 from minicluster._private.head.states import (
@@ -46,10 +46,13 @@ class ActorRecord:
         self.num_restarts = 0
         self.pending: Deque[TaskRecord] = collections.deque()  #: calls not yet sent, in order
         self.inflight: Dict[bytes, TaskRecord] = {}  #: calls sent to the worker
+        self.callers: Set[bytes] = set()  #: every process (worker id) that called it: order is per caller
         self.death_cause = ""
         self.init_failed = False
         self.kill_requested: Optional[bool] = None  #: set by kill(): no_restart (cleared by a restart)
         self.kill_reason = ""  #: why it was killed: `ray.kill`, or its owner died
+        self.creation_pinned = False  #: the head pins its creation result (constructor running, or detached)
+        self.out_of_scope = False  #: no handle is left: it ends once its submitted calls are done
         self.held: Dict[str, float] = {}  #: resources it holds while alive
         self.node_id: Optional[bytes] = None  #: where it runs, or last ran (state API)
         self.pid: Optional[int] = None

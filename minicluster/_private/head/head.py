@@ -60,6 +60,7 @@ from minicluster._private.wire.hub import Hub, Peer
 from minicluster.exceptions import ObjectStoreFullError
 
 DRIVER = b"driver"  # owner id of objects the driver creates
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 # The folder that holds the minicluster package (this file is minicluster/_private/head/head.py).
 _PACKAGE_PARENT = str(pathlib.Path(__file__).resolve().parents[3])
@@ -77,7 +78,7 @@ class Head:
         timers = LockedTimers(self.hub, self.lock, outbox)
         # The flows, then their links to one another (cyclic: a task's path crosses them all).
         self.task_flow = TaskFlow(state, outbox, timers)
-        self.actor_flow = ActorFlow(state, outbox)
+        self.actor_flow = ActorFlow(state, outbox, timers)
         self.waiting = Waiting(state, outbox, timers)
         self.recovery = Recovery(state, timers)
         self.task_flow.connect(actors=self.actor_flow, recovery=self.recovery)
@@ -156,6 +157,8 @@ class Head:
         """Start a virtual node; `capacity`: its store's bytes (default: the session's)."""
         node_id = new_node_id()
         total = {"CPU": float(num_cpus), f"node:{node_id.hex()}": 1.0}
+        if not self.head_state.nodes:
+            total[HEAD_NODE_RESOURCE] = 1.0  # Ray's marker of the head node (the first one here)
         for key, qty in (resources or {}).items():
             total[key] = float(qty)
         layout = self.session.layout
@@ -512,15 +515,23 @@ class Head:
 
     def _on_create_actor(self, peer: Peer, worker: WorkerRecord, message: msg.CreateActor) -> None:
         try:
-            self.create_actor(message.spec, message.meta, worker.node.node_id, worker.worker_id)
-            problem = None
+            answer = self.create_actor(message.spec, message.meta, worker.node.node_id, worker.worker_id,
+                                       message.get_if_exists)
+            if answer is None:
+                # The creator's handle holds the creation result's ref from now on (worker_client.py).
+                handle_ref = message.spec.return_ids()[0]
+                self.objects.add_borrower(handle_ref, worker.worker_id)
+                worker.borrowed.add(handle_ref)
         except ValueError as exc:
-            problem = str(exc)
-        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=problem))
+            answer = str(exc)
+        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=answer))
 
     def _on_lookup_actor(self, peer: Peer, worker: WorkerRecord, message: msg.LookupActor) -> None:
         found = self.lookup_actor(message.name, message.namespace)
         self.post(peer, msg.Reply.new(request_id=message.request_id, payload=found))
+
+    def _on_actor_exiting(self, peer: Peer, worker: WorkerRecord, message: msg.ActorExiting) -> None:
+        self.actor_flow.actor_exiting(worker, message.task_id)
 
     def _on_kill_actor(self, peer: Peer, worker: WorkerRecord, message: msg.KillActor) -> None:
         self.kill_actor(message.actor_id, message.no_restart)
@@ -552,8 +563,9 @@ class Head:
     def check_copies(self, object_id: bytes) -> None:
         self.recovery.check_copies(object_id)
 
-    def create_actor(self, spec: Any, meta: Dict[str, Any], submitter_node: bytes, owner: bytes) -> None:
-        self.actor_flow.create_actor(spec, meta, submitter_node, owner)
+    def create_actor(self, spec: Any, meta: Dict[str, Any], submitter_node: bytes, owner: bytes,
+                     get_if_exists: bool = False) -> Optional[msg.ActorFound]:
+        return self.actor_flow.create_actor(spec, meta, submitter_node, owner, get_if_exists)
 
     def lookup_actor(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
         return self.actor_flow.lookup_actor(name, namespace)
@@ -598,5 +610,6 @@ _HANDLERS: Dict[type, Callable[[Head, Peer, Any, Any], None]] = {
     msg.CreateActor: Head._on_create_actor,
     msg.LookupActor: Head._on_lookup_actor,
     msg.KillActor: Head._on_kill_actor,
+    msg.ActorExiting: Head._on_actor_exiting,
     msg.FaultFired: fault_hooks.fault_message,
 }

@@ -61,7 +61,17 @@ class HeadState:
     children: Dict[bytes, Set[bytes]] = field(default_factory=lambda: collections.defaultdict(set))
     #: actor id -> ActorRecord, every actor of the session (never removed; DEAD ones stay)
     actors: Dict[bytes, ActorRecord] = field(default_factory=dict)
-    #: (namespace, name) -> actor id of a named actor in `actors` (the newest of that name)
+    #: creation result id -> actor id, for actors that live while a handle does (not detached):
+    #: handles hold a ref to that result; once it is freed the actor ends (actor_flow.py)
+    actor_handles: Dict[bytes, bytes] = field(default_factory=dict)
+    #: called (by the object directory's deletion hook) with an actor id whose handles are all
+    #: gone; set by the actor flow
+    on_handles_gone: Optional[Callable[[bytes], None]] = None
+    #: lifetime of actors created without `lifetime=` (JobConfig.default_actor_lifetime);
+    #: set by the driver before anything runs
+    default_actor_lifetime: str = "non_detached"
+    #: (namespace, name) -> actor id of a named actor in `actors` (the newest of that name); an
+    #: actor killed without restart, or that exited on purpose, leaves it at once (Ray's rule)
     named_actors: Dict[Tuple[Any, str], bytes] = field(default_factory=dict)
     #: function id -> pickled function or class, sent to a worker before its first task of it
     functions: Dict[bytes, bytes] = field(default_factory=dict)
@@ -163,6 +173,13 @@ def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
             if owner.retiring and not owner.owned and state.owner_free is not None:
                 state.owner_free(owner)
 
+    def entry_unheld(object_id: bytes) -> None:
+        # Nothing holds it now (lineage may keep the entry): if it is an actor's creation
+        # result, the last handle to that actor is gone.
+        actor_id = state.actor_handles.pop(object_id, None)
+        if actor_id is not None and state.on_handles_gone is not None:
+            state.on_handles_gone(actor_id)
+
     def release_lineage_args(task: TaskRecord) -> None:
         # A lineage record goes: the lineage refs it held on its arguments go with it.
         if task.lineage_held:
@@ -173,7 +190,7 @@ def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
     state = HeadState(
         session=session,
         scheduler=Scheduler(),
-        objects=ObjectDirectory(driver_counts, session.layout, entry_deleted),
+        objects=ObjectDirectory(driver_counts, session.layout, entry_deleted, entry_unheld),
         lineage=Lineage(config.max_lineage_bytes(), release_lineage_args),
     )
     return state

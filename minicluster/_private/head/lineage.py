@@ -26,6 +26,7 @@ from minicluster._private.common.ids import TASK_ID_SIZE, RecentIds, is_put_obje
 # this makes `max_lineage_bytes` bound what lineage really costs the driver.
 RECORD_OVERHEAD_BYTES = 1300
 EVICTED_MEMORY = 1_000_000  # evicted task ids remembered, for the error's reason (24 bytes each)
+NOT_KEPT_MEMORY = 100_000  # ids of finished actor calls kept out of lineage (no max_task_retries)
 
 
 class Lineage:
@@ -39,6 +40,9 @@ class Lineage:
         self._release_args = release_args  # drops the lineage refs a record holds on its arguments
         #: False: nothing is kept and nothing is rebuilt (Ray's enable_object_reconstruction=False)
         self.enabled = True
+        #: finished actor calls without max_task_retries (never kept), so their lost results
+        #: say RETRIES_DISABLED, as Ray's do
+        self.retries_disabled = RecentIds(TASK_ID_SIZE, NOT_KEPT_MEMORY)
 
     @staticmethod
     def size_of(task: Any) -> int:
@@ -87,6 +91,8 @@ class Lineage:
         if task is None:
             if task_id in self.evicted:
                 return "OBJECT_UNRECONSTRUCTABLE_LINEAGE_EVICTED"
+            if task_id in self.retries_disabled:
+                return "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED"
             return "OBJECT_UNRECONSTRUCTABLE_BORROWED"
         if task.spec.max_retries == 0:
             return "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED"

@@ -101,9 +101,10 @@ class ObjectEntry:
 
 class ObjectDirectory:
     def __init__(self, driver_counts: Dict[bytes, int], layout: object_store.Layout,
-                 on_deleted: Callable[[bytes, "ObjectEntry"], None]) -> None:
+                 on_deleted: Callable[[bytes, "ObjectEntry"], None], on_unheld: Callable[[bytes], None]) -> None:
         self.entries: Dict[bytes, ObjectEntry] = {}
         self.on_deleted = on_deleted  # the head drops lineage that only this entry needed, and owner links
+        self.on_unheld = on_unheld  # nothing holds it any more (freed or released): an actor's handles are gone
         self.driver_counts = driver_counts  # the driver's LocalRefCounter.counts (read-only here)
         self.layout = layout
         #: ids of recently freed objects, so a late use says "freed" rather than "lost" (compact ring)
@@ -314,8 +315,10 @@ class ObjectDirectory:
                 if not self._cacheable(entry):
                     self._release_value(object_id, entry)
                 entry.state = RELEASED
+                self.on_unheld(object_id)
             return
         self.free(object_id)
+        self.on_unheld(object_id)
 
     @staticmethod
     def _cacheable(entry: ObjectEntry) -> bool:

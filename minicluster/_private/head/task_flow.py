@@ -468,6 +468,8 @@ class TaskFlow:
             task.retries_left -= 1
         task.new_attempt()
         task.node = None
+        if task.spec.task_type == ACTOR_TASK:
+            self.actors.requeue_call(task)  # an actor call waits in its actor's queue, not a node's
         self.args_ready(task)
 
     def _finish(self, task: TaskRecord, results: list, node_id: bytes, state: str, error_type: Optional[str],
@@ -499,8 +501,13 @@ class TaskFlow:
         kind = task.spec.task_type
         if not live or not self.state.lineage.enabled:
             return
-        if not (kind == NORMAL_TASK or (kind == ACTOR_TASK and task.spec.max_retries != 0)):
-            return  # actor calls are rebuilt only with max_task_retries (SPEC section 3)
+        if kind == ACTOR_TASK and task.spec.max_retries == 0:
+            # Actor calls are rebuilt only with max_task_retries (SPEC section 3); a lost
+            # result says so (ObjectReconstructionFailedError, RETRIES_DISABLED)
+            self.state.lineage.retries_disabled.add(task.spec.task_id)
+            return
+        if not (kind == NORMAL_TASK or kind == ACTOR_TASK):
+            return
         if not task.lineage_held:
             task.lineage_held = True
             for object_id in arguments_of(task):

@@ -88,5 +88,7 @@ class AsyncCalls:
             os._exit(1)
         finally:
             self.running.pop(task_id, None)
+        if done.error is not None and done.error.error_type == "ACTOR_EXIT":
+            return  # the call ended the actor: never reported (the head fails it; worker.py)
         if self.worker.client.hold_reply(done, value):
             self.worker.flush_replies_soon()

@@ -28,6 +28,7 @@ task's result: a RayTaskError carrying the traceback, marked retryable when
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import faulthandler
 import inspect
@@ -52,7 +53,7 @@ from minicluster._private.store.serialization import FLAG_ERROR, deserialize, se
 from minicluster._private.wire import fault_hooks
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
-from minicluster.exceptions import RayError, RayTaskError, TaskCancelledError
+from minicluster.exceptions import AsyncioActorExit, RayError, RayTaskError, TaskCancelledError
 
 if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 ms to each node's start
     import asyncio
@@ -91,6 +92,8 @@ class Worker:
         self.idle_title = IDLE  #: `ray::<Class>` once this worker holds an actor
         self.title.set(IDLE)
         self.omp_ours = False  #: OMP_NUM_THREADS was set by us, not inherited from the user's environment
+        self.exiting = False  #: the actor called exit_actor(): take no more calls, then exit
+        client.actor_exit_hook = self.exit_requested
 
     # ---- reader thread -----------------------------------------------------------
 
@@ -172,7 +175,7 @@ class Worker:
                 except queue.Empty:
                     self.title.set(self.idle_title)
                     request = self.tasks.get()
-            if request is None:
+            if request is None or self.exiting:
                 break
             if request is FLUSH_REPLIES:
                 client.send()  # an async actor's finished calls (async_actor.py)
@@ -193,11 +196,15 @@ class Worker:
             # Sent before the next task starts, never held back: if that task kills
             # the process, the head must already know this one finished, so that
             # the crash is charged to the task that caused it.
-            client.send(done)
+            if not _ended_actor(done):
+                client.send(done)
             del value  # only now: refs inside the value must not be released before the reply
             if done.retire:  # max_calls reached: the head says when to go (see _wait_for_release)
                 self._wait_for_release()
+            if done.retire or self.exiting:  # (or the actor exits)
                 break
+        if self.actor is not None or self.exiting:  # (exiting: its constructor called exit_actor)
+            self._end_actor()
         client.send()
         log_files.flush_output()
         os._exit(0)
@@ -210,6 +217,31 @@ class Worker:
         while self.tasks.get() is not None:
             pass  # tasks the head had queued here and took back: they run elsewhere
 
+    def exit_requested(self, task_id: bytes) -> None:
+        """exit_actor() (or __ray_terminate__), from any thread, in a call or in a background
+        asyncio task: the head hears it first (no restart; the calls not done fail with
+        ActorDiedError), then the main loop stops taking calls and the worker exits."""
+        with self._cancel_lock:
+            if self.exiting:
+                return
+            self.exiting = True
+        self.client.send(msg.ActorExiting.new(task_id=task_id))
+        self.tasks.put(None)  # wakes the main loop if it waits for work
+
+    def _end_actor(self) -> None:
+        """The actor ends on purpose (its last handle is gone, or exit_actor): calls running
+        on its pool finish, queued ones never start (the head fails them); then, as in Ray,
+        its __ray_shutdown__ and the atexit handlers its code installed run."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        shutdown = getattr(self.actor, "__ray_shutdown__", None)
+        if callable(shutdown):
+            try:
+                shutdown()
+            except Exception:  # noqa: BLE001 - printed, as Ray logs it; the actor ends anyway
+                traceback.print_exc()
+        atexit._run_exitfuncs()
+
     def _function(self, function_id: bytes) -> Any:
         fn = self.functions.get(function_id)
         if fn is None:
@@ -220,7 +252,8 @@ class Worker:
     def _run_threaded(self, request: msg.Exec) -> None:
         """One call of a threaded actor, on its pool."""
         done, value = self.execute(request)
-        self.client.send(done)
+        if not _ended_actor(done):
+            self.client.send(done)
         del value  # as in run: refs inside it are released only once the reply is written
 
     def execute(self, request: msg.Exec) -> Tuple[msg.Done, Any]:
@@ -320,6 +353,10 @@ class Worker:
         if call.task_type == ACTOR_TASK:
             if self.actor is None:
                 raise RayError(f"this worker holds no actor (call {call.name})")
+            if call.method == "__ray_terminate__":
+                return _terminate  # queued like any call: the calls before it run first
+            if call.method == "__ray_ready__":
+                return _ready
             return getattr(self.actor, call.method)
         fn = self._function(call.function_id)
         if call.task_type == ACTOR_CREATION_TASK:
@@ -357,6 +394,8 @@ class Worker:
         if call.faults:
             fault_hooks.carry_out(client, call, fault_hooks.BEFORE_STORE)
             client.transfer_delay = None
+        if client.actor_exit_requested and not isinstance(exc, AsyncioActorExit):
+            exc = AsyncioActorExit("exit_actor() is called.")  # its code caught the exception
         try:
             if exc is not None:
                 raise exc
@@ -367,6 +406,10 @@ class Worker:
             # Not the task's fault: the head rebuilds the argument and runs the task again.
             results = [msg.Value.new(kind="i", data=b"", refs=[]) for _ in return_ids]
             error_info = msg.ErrorInfo.new(error_type="ARG_LOST", retryable=False, message=lost.object_hex)
+        except AsyncioActorExit:
+            self.exit_requested(call.task_id)  # (done already if exit_actor() was called)
+            results = [msg.Value.new(kind="i", data=b"", refs=[]) for _ in return_ids]
+            error_info = msg.ErrorInfo.new(error_type="ACTOR_EXIT", retryable=False, message="exit_actor()")
         except SystemExit as exit_:
             # As in Ray, sys.exit() in a task ends the worker: the head sees a crash and retries.
             client.send()  # but an async actor's other calls that finished are reported first
@@ -462,6 +505,22 @@ def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Optional[Dic
             else:
                 kwargs[position] = value
     return args, kwargs
+
+
+def _ended_actor(done: msg.Done) -> bool:
+    """The call ended its actor (exit_actor): its Done is not sent; the head fails the call
+    with ActorDiedError once the worker is gone, like the calls queued behind it."""
+    return done.error is not None and done.error.error_type == "ACTOR_EXIT"
+
+
+def _ready() -> bool:
+    """`handle.__ray_ready__.remote()` (Ray's): True once the actor is constructed."""
+    return True
+
+
+def _terminate() -> None:
+    """`handle.__ray_terminate__.remote()`: the actor exits as if it called exit_actor()."""
+    raise AsyncioActorExit("__ray_terminate__ was called")
 
 
 def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:

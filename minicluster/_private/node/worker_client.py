@@ -175,14 +175,21 @@ class WorkerClient(RuntimeClient):
     def state(self, what: str, about: Any = None) -> Any:
         return self.request(lambda request_id: msg.QueryState.new(request_id=request_id, what=what, about=about))
 
-    def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any]) -> None:
+    def create_actor(self, spec: Any, class_blob: bytes, meta: Dict[str, Any],
+                     get_if_exists: bool) -> Tuple[Optional[msg.ActorFound], Optional[ObjectRef]]:
+        """Create the actor; returns (the live actor of that name if get_if_exists found one,
+        else None; the ref the new actor's handle holds). ValueError if its name is taken."""
         if spec.function_id not in self.known_functions:
             self.send(msg.DefineFunction.new(function_id=spec.function_id, blob=class_blob))
             self.known_functions.add(spec.function_id)
-        problem = self.request(lambda request_id: msg.CreateActor.new(request_id=request_id, spec=spec,
-                                                                       meta=meta))
-        if problem:
-            raise ActorAlreadyExistsError(problem)
+        answer = self.request(lambda request_id: msg.CreateActor.new(request_id=request_id, spec=spec, meta=meta,
+                                                                      get_if_exists=get_if_exists))
+        if isinstance(answer, str):
+            raise ActorAlreadyExistsError(answer)
+        if answer is not None:
+            return answer, None
+        # The head counts this worker as holding the handle's ref from the creation on.
+        return None, ObjectRef(spec.return_ids()[0], _announce=False)
 
     def actor_lookup(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
         """The named actor's handle arguments (actor id, its metadata), or None."""

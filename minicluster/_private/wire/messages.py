@@ -204,6 +204,7 @@ class ErrorInfo(NamedTuple):
     """In Done, when the attempt failed: what the head needs to decide about retrying it."""
 
     error_type: str  #: TASK_EXECUTION_EXCEPTION, TASK_CANCELLED, or ARG_LOST (not the task's fault)
+    #: (ACTOR_EXIT marks the call that ended its actor; worker.py never sends that Done)
     retryable: bool  #: retry_exceptions covers the exception (the head checks the retries left)
     message: str  #: one line; for ARG_LOST the hex id of the argument found missing
 
@@ -298,12 +299,14 @@ class QueryState(NamedTuple):
 
 
 class CreateActor(NamedTuple):
-    """worker -> head: code in a task created an actor; replied with None, or the text of the
-    ActorAlreadyExistsError (its name is taken)."""
+    """worker -> head: code in a task created an actor; replied with None (created), the
+    ActorAlreadyExistsError's text (its name is taken), or with get_if_exists the live actor of
+    that name as an ActorFound (looked up and created in one step, so racing creators agree)."""
 
     request_id: int
     spec: "TaskSpec"
     meta: Dict[str, Any]
+    get_if_exists: bool
 
 
 class ActorFound(NamedTuple):
@@ -319,6 +322,13 @@ class LookupActor(NamedTuple):
     request_id: int
     name: str
     namespace: str
+
+
+class ActorExiting(NamedTuple):
+    """worker -> head: its actor's code called exit_actor() (or __ray_terminate__): the worker
+    exits on purpose once the call ends; no reply. The actor is not restarted."""
+
+    task_id: bytes  #: the call that asked
 
 
 class KillActor(NamedTuple):
@@ -347,7 +357,7 @@ RECORDS = (
     Spawn, NodeHello, WorkerExit,
     Payload, ActorConfig, FetchDelay, FaultRef, FaultOrder, Exec, DefineFunction, Reply, CancelTask, Steal, Retire,
     WorkerHello, Value, ErrorInfo, Done, Submit, Put, Refs, Located, Lost, Get, Wait, Forget, Cancel,
-    QueryState, CreateActor, ActorFound, LookupActor, KillActor, FaultFired,
+    QueryState, CreateActor, ActorFound, LookupActor, KillActor, FaultFired, ActorExiting,
 )
 
 
