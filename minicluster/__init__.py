@@ -17,6 +17,8 @@ Where things live (one concept per module). The public modules, Ray's names:
     actor.py            @remote classes, actor handles and their method calls
     object_ref.py       ObjectRef (defined in _private/client/object_ref.py)
     runtime_context.py  get_runtime_context(): job, node, worker, task and actor ids
+    job_config.py       JobConfig for init(job_config=...): namespace, default actor lifetime
+    types.py            ray.types' ObjectRef, for annotations
     exceptions.py       Ray's exception hierarchy
     cluster_utils.py    Ray's Cluster test helper on virtual nodes
     util/               scheduling strategies; util/state: list_tasks, get_task, ... (Ray's names)
@@ -28,7 +30,9 @@ The core, in _private/, by layer; a layer imports only from itself and the ones 
 in this list (tests/test_architecture.py checks it):
 
     common/     ids.py (Ray-shaped ids), config.py (tunables, MINICLUSTER_/RAY_ variables),
-                task_spec.py (what a task is), options.py (checks @remote options)
+                task_spec.py (what a task is), options.py (checks @remote options),
+                signatures.py (argument checks at .remote()), system_config.py (Ray's
+                _system_config table and the reconstruction switch)
     store/      serialization.py (pickle-5 blobs, zero-copy buffers), object_store.py (a node's
                 shared-memory folder of object files; spilling), store_spares.py (pre-allocated files)
     wire/       protocol.py (framing, authentication), hub.py (the head's I/O thread: sockets,
@@ -43,10 +47,12 @@ in this list (tests/test_architecture.py checks it):
                 recovery.py (where work goes when a worker, node or owner dies; rebuilding lost
                 objects); the records: scheduler.py, object_directory.py, lineage.py,
                 task_records.py, task_history.py, actor_records.py, virtual_nodes.py (nodes,
-                workers, starting and killing node processes), snapshot.py (testing.snapshot)
+                workers, starting and killing node processes), snapshot.py (testing.snapshot),
+                announcements.py (rate-limited retry/death lines, "Unhandled error" on the driver)
     observe/    state_recorder.py (records -> state rows, journaled), state_journal.py (the
                 session's state on disk), state_render.py (tables for the CLI), timeline.py
-                (Chrome trace), log_files.py (workers' output files)
+                (Chrome trace), log_files.py (workers' output files), log_dedup.py (folding
+                repeated lines across workers, as Ray's RAY_DEDUP_LOGS)
     client/     the runtime as this process's code sees it: runtime_client.py (shared part),
                 driver.py (the driver's: session + embedded head), context.py (which client,
                 auto-init), object_ref.py (refs and their per-process counter), clusters.py
@@ -54,7 +60,7 @@ in this list (tests/test_architecture.py checks it):
                 log_monitor.py (workers' output on the driver's terminal)
     node/       node_manager.py (a virtual node's process: forks and watches workers),
                 worker.py (runs tasks), worker_client.py (the runtime as a worker's code sees it),
-                async_actor.py (an async actor's event loop)
+                async_actor.py (an async actor's event loop), proc_title.py (`ray::<task>` in ps)
 """
 
 from minicluster import exceptions
