@@ -298,7 +298,7 @@ class ObjectFreedError(ObjectLostError):
 
 # Ray's names for why an object could not be rebuilt.
 RECONSTRUCTION_REASONS = (
-    "OBJECT_UNRECONSTRUCTABLE",
+    "OBJECT_UNRECONSTRUCTABLE_LINEAGE_DISABLED",
     "OBJECT_UNRECONSTRUCTABLE_PUT",
     "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED",
     "OBJECT_UNRECONSTRUCTABLE_MAX_ATTEMPTS_EXCEEDED",
@@ -349,7 +349,7 @@ class AsyncioActorExit(RayError, SystemExit):
 
 
 _REASON_TEXT = {
-    "OBJECT_UNRECONSTRUCTABLE": "lineage reconstruction is disabled for this cluster "
+    "OBJECT_UNRECONSTRUCTABLE_LINEAGE_DISABLED": "lineage reconstruction is disabled for this cluster "
     "(enable_object_reconstruction=False, or _system_config lineage_pinning_enabled=False).",
     "OBJECT_UNRECONSTRUCTABLE_PUT": "objects made by put() cannot be rebuilt from lineage.",
     "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED": "the task that made it has max_retries=0 "

@@ -312,7 +312,7 @@ def test_reconstruction_can_be_turned_off_for_the_cluster(make_cluster, head_arg
     cluster.remove_node(victim, allow_graceful=False)
     with pytest.raises(rex.ObjectReconstructionFailedError) as info:
         ray.get(ref, timeout=10)
-    assert info.value.reason == "OBJECT_UNRECONSTRUCTABLE"
+    assert info.value.reason == "OBJECT_UNRECONSTRUCTABLE_LINEAGE_DISABLED"
     assert "lineage reconstruction is disabled" in str(info.value)
 
 

@@ -125,5 +125,5 @@ def test_init_can_turn_lineage_reconstruction_off(cluster, switch):
     ref = big.options(scheduling_strategy=NodeAffinitySchedulingStrategy(victim, soft=False)).remote()
     ray.wait([ref], timeout=10, fetch_local=False)
     testing.kill_node(victim)
-    with pytest.raises(ray.exceptions.ObjectReconstructionFailedError, match="OBJECT_UNRECONSTRUCTABLE"):
+    with pytest.raises(ray.exceptions.ObjectReconstructionFailedError, match="UNRECONSTRUCTABLE_LINEAGE_DISABLED"):
         ray.get(ref, timeout=10)

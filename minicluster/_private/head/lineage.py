@@ -85,7 +85,7 @@ class Lineage:
         if is_put_object(object_id):
             return "OBJECT_UNRECONSTRUCTABLE_PUT"
         if not self.enabled:
-            return "OBJECT_UNRECONSTRUCTABLE"
+            return "OBJECT_UNRECONSTRUCTABLE_LINEAGE_DISABLED"
         task_id = task_of(object_id)
         task = self.records.get(task_id)
         if task is None:
