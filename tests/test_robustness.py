@@ -182,6 +182,32 @@ def test_a_node_paused_when_the_driver_dies_is_reaped_by_the_next_init(tmp_path,
     assert ray.get(ray.put(1)) == 1
 
 
+def test_a_dead_drivers_store_is_removed_whichever_session_folder_it_used(cluster, tmp_path):
+    # A driver that ran with another MINICLUSTER_TMPDIR left no session folder where this one
+    # looks, but its store is in the one shared-memory folder: its dead pid is in the name.
+    import subprocess
+    import sys
+
+    shm_root = os.environ.get("MINICLUSTER_SHM_DIR", "/dev/shm")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = os.path.join(shm_root, f"minicluster-{os.getuid()}-{dead.pid}-0rphan")
+    live = os.path.join(shm_root, f"minicluster-{os.getuid()}-1-1ive00")  # pid 1 is alive
+    try:
+        for folder in (orphan, live):
+            os.makedirs(os.path.join(folder, "node"))
+            with open(os.path.join(folder, "node", "object"), "wb") as f:
+                f.write(b"x" * 1000)
+        cluster(num_cpus=1)
+        assert not os.path.exists(orphan)
+        assert os.path.exists(live)
+    finally:
+        import shutil
+
+        for folder in (orphan, live):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 # ---- 6. the state journal is bounded -------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ class Session:
         root = config.session_root()
         make_private_root(root)
         reap_stale_sessions(root)
+        reap_orphan_stores(config.shm_root())
         prune_old_sessions(root, config.sessions_kept())
         now = time.time()
         # Microseconds, as Ray's names have: a process may start several sessions a second.
@@ -175,6 +176,27 @@ def reap_stale_sessions(root: str) -> None:
                 os.unlink(os.path.join(root, name, leftover))
             except OSError:
                 pass
+
+
+def reap_orphan_stores(shm_root: str) -> None:
+    """Remove this user's store folders whose driver is dead, whichever session folder it used.
+
+    reap_stale_sessions finds dead sessions through their folders, which live under the
+    session root of the driver's environment (MINICLUSTER_TMPDIR); a session started under
+    another root left its store in the shared-memory folder all the same. The driver's pid
+    is in the folder's name (Session's `suffix`); a folder whose pid is alive is kept.
+    """
+    prefix = f"minicluster-{os.getuid()}-"
+    try:
+        names = os.listdir(shm_root)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid_text = name[len(prefix):].split("-", 1)[0]
+        if pid_text.isdigit() and not pid_alive(int(pid_text)):
+            shutil.rmtree(os.path.join(shm_root, name), ignore_errors=True)
 
 
 def _kill_leftover_nodes(pids_path: str, session_start: Optional[float]) -> None:
