@@ -455,3 +455,33 @@ def test_a_taken_actor_name_is_actor_already_exists_error(cluster):
         return "created"
 
     assert ray.get(create_in_a_task.remote()) == "ActorAlreadyExistsError"
+
+
+def test_a_task_whose_argument_was_lost_for_good_says_so_in_rays_words(cluster):
+    # As for an upstream task error: the dependent's error carries Ray's sentence, then the loss;
+    # and it is both a RayTaskError and the loss (ObjectReconstructionFailedError).
+    import numpy as np
+
+    from minicluster import testing
+    from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    cluster(num_nodes=2, num_cpus=1)
+    _, victim = testing.live_nodes()
+
+    @ray.remote(max_retries=0)
+    def make():
+        return np.zeros(2**18)
+
+    @ray.remote
+    def use(array) -> int:
+        return len(array)
+
+    ref = make.options(scheduling_strategy=NodeAffinitySchedulingStrategy(victim, soft=False)).remote()
+    ray.wait([ref], timeout=10, fetch_local=False)
+    testing.kill_node(victim)
+    with pytest.raises(rex.RayTaskError) as info:
+        ray.get(use.remote(ref), timeout=10)
+    assert isinstance(info.value, rex.ObjectReconstructionFailedError)
+    text = str(info.value)
+    assert "At least one of the input arguments for this task could not be computed" in text
+    assert "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED" in text

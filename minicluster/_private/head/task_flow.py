@@ -274,11 +274,9 @@ class TaskFlow:
         cause (or, for a lost object, of the loss)."""
 
         error, _ = deserialize(blob)
-        if isinstance(error, RayTaskError):
-            text = f"  {ARGUMENT_FAILED}\n{RayTaskError.__module__}.{type(error).__name__}: {error}"
-            blob = error_blob(RayTaskError(task.spec.name, text, error.cause))
-        else:
-            blob = error_blob(RayTaskError(task.spec.name, f"{type(error).__name__}: {error}", error))
+        text = f"  {ARGUMENT_FAILED}\n{RayTaskError.__module__}.{type(error).__name__}: {error}"
+        cause = error.cause if isinstance(error, RayTaskError) else error
+        blob = error_blob(RayTaskError(task.spec.name, text, cause))
         self._finish_with_payload_error(task, blob, "TASK_EXECUTION_EXCEPTION", "an argument is an error")
 
     # ---- placement and workers ---------------------------------------------------------
