@@ -67,17 +67,19 @@ class RayContext(Mapping):
         shutdown()
 
 
-# Ray's init() arguments that change nothing here, taken so Ray code runs unchanged: there is
-# no dashboard, logging setup or metrics port, the node's address is always this machine's,
-# and a Ray-internal tuning table (_system_config) of timeouts, health checks and
-# batching only. Any other argument is refused (TypeError), and so are values of these
-# that would ask for something minicluster does not do (see _refuse_harmful).
+# Ray's init() arguments taken beyond the named ones. Most change nothing here: there is no
+# dashboard, logging setup or metrics port, and the node's address is always this machine's.
+# _memory (the nodes' "memory" resource), _enable_object_reconstruction and _system_config
+# (common/system_config.py) are honoured. Any other argument is refused (TypeError), and so
+# are values of these that would ask for something minicluster does not do (_refuse_harmful).
 _HARMLESS_ARGS = frozenset({
     "include_dashboard", "dashboard_host", "dashboard_port", "configure_logging", "logging_level",
     "logging_format", "logging_config", "local_mode", "enable_resource_isolation", "_system_config",
     "_metrics_export_port", "_node_ip_address", "_node_name", "_skip_env_hook", "_memory",
     "_tracing_startup_hook", "_enable_object_reconstruction", "_plasma_directory",
 })
+
+
 def _refuse_harmful(extra: Dict[str, Any], connecting: bool) -> None:
     """Refuse arguments that would be harmful to ignore, each with the reason."""
     unknown = sorted(set(extra) - _HARMLESS_ARGS)
@@ -93,8 +95,11 @@ def _refuse_harmful(extra: Dict[str, Any], connecting: bool) -> None:
     if extra.get("enable_resource_isolation"):
         raise ValueError("init(enable_resource_isolation=True): minicluster does not isolate resources "
                          "with cgroups")
-    if extra.get("_system_config") is not None and connecting:  # as Ray: fixed when the cluster starts
-        raise ValueError("When connecting to an existing cluster, _system_config must not be provided.")
+    for fixed in ("_system_config", "_enable_object_reconstruction", "_memory"):
+        if extra.get(fixed) is not None and connecting:  # as Ray: fixed when the cluster starts
+            raise ValueError(f"When connecting to an existing cluster, {fixed} must not be provided.")
+    if extra.get("_tracing_startup_hook") is not None:
+        raise ValueError("init(_tracing_startup_hook=...): minicluster has no tracing (OpenTelemetry) support")
     if extra.get("_plasma_directory") is not None:
         raise ValueError("init(_plasma_directory=...): minicluster's object store is always in /dev/shm "
                          "(MINICLUSTER_SHM_DIR moves it)")
@@ -173,6 +178,8 @@ def init(
         resources = dict(resources or {})
         if num_gpus:
             resources["GPU"] = float(num_gpus)
+        if kwargs.get("_memory"):
+            resources["memory"] = float(kwargs["_memory"])  # Ray's memory resource of each node
         if object_store_memory is not None:
             object_store_memory = _check_int("object_store_memory", object_store_memory, minimum=1)
         # Not at the top: `import minicluster` in a worker must not load the head (startup time).

@@ -127,3 +127,21 @@ def test_init_can_turn_lineage_reconstruction_off(cluster, switch):
     testing.kill_node(victim)
     with pytest.raises(ray.exceptions.ObjectReconstructionFailedError, match="UNRECONSTRUCTABLE_LINEAGE_DISABLED"):
         ray.get(ref, timeout=10)
+
+
+def test_init_memory_is_the_nodes_memory_resource_and_tracing_is_refused(cluster):
+    with pytest.raises(ValueError, match="no tracing"):
+        ray.init(_tracing_startup_hook="my.module:setup")
+    assert not ray.is_initialized()
+    cluster(num_nodes=2, _memory=2**30)
+    assert ray.cluster_resources()["memory"] == 2 * 2**30
+
+
+def test_cluster_wide_settings_are_refused_when_connecting():
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1}, shutdown_at_exit=False)
+    try:
+        for setting in ({"_enable_object_reconstruction": False}, {"_memory": 2**30}):
+            with pytest.raises(ValueError, match="When connecting to an existing cluster"):
+                ray.init(address=cluster.address, **setting)
+    finally:
+        cluster.shutdown()
