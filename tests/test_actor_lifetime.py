@@ -50,7 +50,14 @@ def wait_exit(pid: int, what: str = "the actor's process to exit") -> None:
 
 
 def still_running(pid: int, seconds: float = 0.5) -> bool:
-    """True if `pid` is still there after `seconds` (for checking that something does not end)."""
+    """True if `pid` is still there after `seconds` (for checking that something does not end).
+
+    The round trip first makes the head take in the driver's dropped refs (they travel with
+    the driver's next call): an actor that had to end is told so before the window opens,
+    and then exits within milliseconds, well inside it.
+    """
+    gc.collect()
+    ray.get(ray.put(None))
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if exited(pid):
