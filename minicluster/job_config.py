@@ -2,7 +2,8 @@
 
 Runs in the driver. minicluster honours the fields that mean something on one
 machine: `default_actor_lifetime` (the lifetime of actors created without
-`lifetime=`) and `ray_namespace` (the job's namespace, as `init(namespace=...)`).
+`lifetime=`), `ray_namespace` (the job's namespace, as `init(namespace=...)`) and
+`_disable_job_level_lineage_reconstruction` (lost objects are never rebuilt).
 Ray's other fields (JVM options, code search path, runtime_env, metadata, ...)
 raise ValueError when set, rather than being accepted and ignored.
 """
@@ -16,7 +17,7 @@ _LIFETIMES = ("detached", "non_detached")
 
 def _unsupported(field: str, value: Any) -> ValueError:
     return ValueError(f"JobConfig({field}={value!r}) is not supported by minicluster; it honours only "
-                      "default_actor_lifetime and ray_namespace")
+                      "default_actor_lifetime, ray_namespace and _disable_job_level_lineage_reconstruction")
 
 
 class JobConfig:
@@ -36,13 +37,12 @@ class JobConfig:
     ) -> None:
         unsupported: Dict[str, Any] = {
             "jvm_options": jvm_options, "code_search_path": code_search_path, "runtime_env": runtime_env,
-            "_client_job": _client_job, "metadata": metadata,
-            "_disable_job_level_lineage_reconstruction": _disable_job_level_lineage_reconstruction,
-            "_py_driver_sys_path": _py_driver_sys_path,
+            "_client_job": _client_job, "metadata": metadata, "_py_driver_sys_path": _py_driver_sys_path,
         }
         for field, value in unsupported.items():
             if value:  # None, False and empty are Ray's defaults: nothing to honour
                 raise _unsupported(field, value)
+        self._disable_job_level_lineage_reconstruction = bool(_disable_job_level_lineage_reconstruction)
         self.ray_namespace: Optional[str] = None
         self.default_actor_lifetime = "non_detached"
         self.set_ray_namespace(ray_namespace)

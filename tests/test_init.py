@@ -7,6 +7,7 @@ from driver_process import DriverProcess
 
 import minicluster as ray
 from minicluster.cluster_utils import Cluster
+from minicluster.job_config import JobConfig
 
 
 def test_init_returns_rays_context_object(cluster):
@@ -108,7 +109,8 @@ def test_auto_address_names_a_session_of_another_process(tmp_path):
 
 
 @pytest.mark.parametrize("switch", [{"_enable_object_reconstruction": False},
-                                    {"_system_config": {"lineage_pinning_enabled": False}}])
+                                    {"_system_config": {"lineage_pinning_enabled": False}},
+                                    {"job_config": JobConfig(_disable_job_level_lineage_reconstruction=True)}])
 def test_init_can_turn_lineage_reconstruction_off(cluster, switch):
     import numpy as np
 

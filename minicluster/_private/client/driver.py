@@ -253,6 +253,7 @@ class DriverClient(RuntimeClient):
         """What the head applies of a JobConfig (the job's namespace is set at start)."""
         with self.head.lock:
             self.head.head_state.default_actor_lifetime = job_config.default_actor_lifetime
+            self.head.set_job_reconstruction(not job_config._disable_job_level_lineage_reconstruction)
 
     def actor_lookup(self, name: str, namespace: str) -> Optional[tuple]:
         """The named actor's handle arguments (actor id, its metadata), or None."""

@@ -113,9 +113,14 @@ class Head:
         self.head_state.faults = hooks
 
     def disable_reconstruction(self) -> None:
-        """No lineage is kept from now on, and lost objects are never rebuilt."""
+        """The cluster's switch: no lineage is kept from now on, and lost objects are never rebuilt."""
         with self.lock:
-            self.head_state.lineage.enabled = False
+            self.head_state.lineage.cluster_enabled = False
+
+    def set_job_reconstruction(self, enabled: bool) -> None:
+        """The running job's switch (JobConfig._disable_job_level_lineage_reconstruction)."""
+        with self.lock:
+            self.head_state.lineage.job_enabled = enabled
 
     @property
     def closed(self) -> bool:

@@ -38,11 +38,17 @@ class Lineage:
         #: because a long job evicts one per task past the cap
         self.evicted = RecentIds(TASK_ID_SIZE, EVICTED_MEMORY)
         self._release_args = release_args  # drops the lineage refs a record holds on its arguments
-        #: False: nothing is kept and nothing is rebuilt (Ray's enable_object_reconstruction=False)
-        self.enabled = True
+        #: False: nothing is kept and nothing is rebuilt. The cluster's switch (Ray's
+        #: enable_object_reconstruction) and the running job's (JobConfig), set separately.
+        self.cluster_enabled = True
+        self.job_enabled = True
         #: finished actor calls without max_task_retries (never kept), so their lost results
         #: say RETRIES_DISABLED, as Ray's do
         self.retries_disabled = RecentIds(TASK_ID_SIZE, NOT_KEPT_MEMORY)
+
+    @property
+    def enabled(self) -> bool:
+        return self.cluster_enabled and self.job_enabled
 
     @staticmethod
     def size_of(task: Any) -> int:
