@@ -17,7 +17,8 @@ Where things live (one concept per module). The public modules, Ray's names:
     actor.py            @remote classes, actor handles and their method calls
     object_ref.py       ObjectRef (defined in _private/client/object_ref.py)
     runtime_context.py  get_runtime_context(): job, node, worker, task and actor ids
-    job_config.py       JobConfig for init(job_config=...): namespace, default actor lifetime
+    job_config.py       JobConfig for init(job_config=...): namespace, default actor lifetime, runtime_env
+    runtime_env.py      RuntimeEnv, RuntimeEnvConfig (Ray's ray.runtime_env)
     types.py            ray.types' ObjectRef, for annotations
     exceptions.py       Ray's exception hierarchy
     cluster_utils.py    Ray's Cluster test helper on virtual nodes
@@ -31,6 +32,8 @@ in this list (tests/test_architecture.py checks it):
 
     common/     ids.py (Ray-shaped ids), config.py (tunables, MINICLUSTER_/RAY_ variables),
                 task_spec.py (what a task is), options.py (checks @remote options),
+                runtime_envs.py (runtime_env: check, merge, package, apply), labels.py
+                (node labels and label_selector),
                 signatures.py (argument checks at .remote()), system_config.py (Ray's
                 _system_config table and the reconstruction switch)
     store/      serialization.py (pickle-5 blobs, zero-copy buffers), object_store.py (a node's
@@ -46,7 +49,8 @@ in this list (tests/test_architecture.py checks it):
                 actor_flow.py (creation, ordered calls, restart, kill), waiting.py (get, wait),
                 recovery.py (where work goes when a worker, node or owner dies; rebuilding lost
                 objects); the records: scheduler.py, object_directory.py, lineage.py,
-                task_records.py, task_history.py, actor_records.py, virtual_nodes.py (nodes,
+                task_records.py, task_history.py, actor_records.py, gpus.py (which GPU ids a
+                task gets), virtual_nodes.py (nodes,
                 workers, starting and killing node processes), snapshot.py (testing.snapshot),
                 announcements.py (rate-limited retry/death lines, "Unhandled error" on the driver)
     observe/    state_recorder.py (records -> state rows, journaled), state_journal.py (the
@@ -72,6 +76,7 @@ from minicluster.api import (
     cluster_resources,
     get,
     get_actor,
+    get_gpu_ids,
     get_runtime_context,
     init,
     is_initialized,
@@ -105,6 +110,7 @@ __all__ = [
     "exceptions",
     "get",
     "get_actor",
+    "get_gpu_ids",
     "get_runtime_context",
     "init",
     "is_initialized",

@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import ObjectRef
+from minicluster._private.common import labels, runtime_envs, signatures
 from minicluster._private.common import options as opts
-from minicluster._private.common import signatures
 from minicluster._private.common.ids import ActorID, new_actor_id, new_task_id
 from minicluster._private.common.task_spec import (
     ACTOR_CREATION_TASK,
@@ -150,6 +150,8 @@ class ActorClass:
             task_type=ACTOR_CREATION_TASK,
             actor_id=actor_id,
             args_size=len(args_blob),
+            runtime_env=client.env_for_child(runtime_envs.check(options.get("runtime_env"), at_job=False)),
+            label_selector=labels.parse_selector(options["label_selector"]) if options.get("label_selector") else None,
         )
         meta = {
             "class_name": self._meta.class_name,

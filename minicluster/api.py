@@ -130,7 +130,11 @@ def init(
     connecting = address not in (None, "local")
     _refuse_harmful(kwargs, connecting)
     if runtime_env:
-        raise ValueError("init(runtime_env=...): minicluster does not set up runtime environments yet")
+        # As Ray: the argument becomes the job's runtime_env (over the job_config's, if any).
+        job_config = job_config if job_config is not None else JobConfig()
+        if not isinstance(job_config, JobConfig):
+            raise TypeError(f"init(job_config=...) must be a minicluster.job_config.JobConfig, got {job_config!r}")
+        job_config.set_runtime_env(runtime_env)
     if job_config is not None:
         if not isinstance(job_config, JobConfig):
             raise TypeError(f"init(job_config=...) must be a minicluster.job_config.JobConfig, got {job_config!r}")
@@ -176,7 +180,9 @@ def init(
                 isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
             raise ValueError(f"init(labels={labels!r}): must be a dict of str -> str")
         resources = dict(resources or {})
-        if num_gpus:
+        if num_gpus is not None:  # (else each node detects the machine's GPUs)
+            if isinstance(num_gpus, bool) or not isinstance(num_gpus, (int, float)) or num_gpus < 0:
+                raise ValueError(f"init(num_gpus={num_gpus!r}): num_gpus must be a number >= 0")
             resources["GPU"] = float(num_gpus)
         if kwargs.get("_memory"):
             resources["memory"] = float(kwargs["_memory"])  # Ray's memory resource of each node
@@ -429,6 +435,14 @@ def nodes() -> List[Dict[str, Any]]:
     return context.client().state("nodes")
 
 
+def get_gpu_ids() -> List[Any]:
+    """The GPUs given to the running task or actor, as Ray numbers them (ints; strings when the
+    node's ids came from a CUDA_VISIBLE_DEVICES holding UUIDs); [] in the driver and in tasks
+    without GPUs."""
+    ids = context.client().gpu_ids
+    return [int(i) if i.isdigit() else i for i in ids]
+
+
 def cluster_resources() -> Dict[str, float]:
     return context.client().state("cluster_resources")
 
@@ -439,7 +453,7 @@ def available_resources() -> Dict[str, float]:
 
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "method", "get", "put", "wait", "cancel", "kill", "get_actor",
-    "nodes", "cluster_resources", "available_resources", "get_runtime_context", "RuntimeContext",
+    "nodes", "cluster_resources", "available_resources", "get_runtime_context", "RuntimeContext", "get_gpu_ids",
     "RayError",
 ]
 

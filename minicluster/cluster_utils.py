@@ -114,7 +114,7 @@ class Cluster:
         self._check_node_args(node_args)
         num_cpus = node_args.get("num_cpus", 1)
         resources = dict(node_args.get("resources") or {})
-        if node_args.get("num_gpus"):
+        if node_args.get("num_gpus") is not None:  # (else the node detects the machine's GPUs)
             resources["GPU"] = float(node_args["num_gpus"])
         if node_args.get("memory"):
             resources["memory"] = float(node_args["memory"])

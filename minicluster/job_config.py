@@ -2,9 +2,10 @@
 
 Runs in the driver. minicluster honours the fields that mean something on one
 machine: `default_actor_lifetime` (the lifetime of actors created without
-`lifetime=`), `ray_namespace` (the job's namespace, as `init(namespace=...)`) and
+`lifetime=`), `ray_namespace` (the job's namespace, as `init(namespace=...)`),
+`runtime_env` (the job's environment, as `init(runtime_env=...)`; runtime_env.py) and
 `_disable_job_level_lineage_reconstruction` (lost objects are never rebuilt).
-Ray's other fields (JVM options, code search path, runtime_env, metadata, ...)
+Ray's other fields (JVM options, code search path, metadata, ...)
 raise ValueError when set, rather than being accepted and ignored.
 """
 
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from minicluster._private.common import runtime_envs
+
 _LIFETIMES = ("detached", "non_detached")
 
 
 def _unsupported(field: str, value: Any) -> ValueError:
     return ValueError(f"JobConfig({field}={value!r}) is not supported by minicluster; it honours only "
-                      "default_actor_lifetime, ray_namespace and _disable_job_level_lineage_reconstruction")
+                      "default_actor_lifetime, ray_namespace, runtime_env and "
+                      "_disable_job_level_lineage_reconstruction")
 
 
 class JobConfig:
@@ -36,7 +40,7 @@ class JobConfig:
         _py_driver_sys_path: Optional[List[str]] = None,
     ) -> None:
         unsupported: Dict[str, Any] = {
-            "jvm_options": jvm_options, "code_search_path": code_search_path, "runtime_env": runtime_env,
+            "jvm_options": jvm_options, "code_search_path": code_search_path,
             "_client_job": _client_job, "metadata": metadata, "_py_driver_sys_path": _py_driver_sys_path,
         }
         for field, value in unsupported.items():
@@ -45,6 +49,8 @@ class JobConfig:
         self._disable_job_level_lineage_reconstruction = bool(_disable_job_level_lineage_reconstruction)
         self.ray_namespace: Optional[str] = None
         self.default_actor_lifetime = "non_detached"
+        self.runtime_env: Dict[str, Any] = {}
+        self.set_runtime_env(runtime_env)
         self.set_ray_namespace(ray_namespace)
         self.set_default_actor_lifetime(default_actor_lifetime)
 
@@ -61,8 +67,9 @@ class JobConfig:
         self.ray_namespace = ray_namespace
 
     def set_runtime_env(self, runtime_env: Optional[dict], validate: bool = False) -> None:
-        if runtime_env:
-            raise _unsupported("runtime_env", runtime_env)
+        """The job's environment: checked now (local working_dir / py_modules paths must exist);
+        init() copies those into the session folder."""
+        self.runtime_env = runtime_envs.check(runtime_env, at_job=True) or {}
 
     def set_metadata(self, key: str, value: str) -> None:
         raise _unsupported("metadata", {key: value})

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import ObjectRef
-from minicluster._private.common import config, signatures
+from minicluster._private.common import config, labels, runtime_envs, signatures
 from minicluster._private.common import options as opts
 from minicluster._private.common.ids import new_task_id
 from minicluster._private.common.task_spec import TaskSpec, resources_of, strategy_of
@@ -94,6 +94,8 @@ class RemoteFunction:
             parent_task_id=client.current_task_id,
             owner=client.worker_id,
             args_size=len(args_blob),
+            runtime_env=client.env_for_child(static.runtime_env),
+            label_selector=static.label_selector,
         )
         refs = client.submit(spec, blob)
         del keep_alive  # put() refs of large arguments: pinned by the head from submission on
@@ -107,7 +109,8 @@ class RemoteFunction:
 class _StaticOptions:
     """A task's options resolved once per options set, not once per call."""
 
-    __slots__ = ("num_returns", "name", "resources", "max_retries", "retry_exceptions", "max_calls", "strategy")
+    __slots__ = ("num_returns", "name", "resources", "max_retries", "retry_exceptions", "max_calls", "strategy",
+                 "runtime_env", "label_selector")
 
     def __init__(self, options: Dict[str, Any]) -> None:
         self.num_returns = options.get("num_returns", 1)
@@ -120,6 +123,9 @@ class _StaticOptions:
         self.retry_exceptions = retry_exceptions
         self.max_calls = options.get("max_calls", 0)
         self.strategy = strategy_of(options.get("scheduling_strategy"))
+        self.runtime_env = runtime_envs.check(options.get("runtime_env"), at_job=False)
+        selector = options.get("label_selector")
+        self.label_selector = labels.parse_selector(selector) if selector is not None else None
 
 
 class _BoundOptions:

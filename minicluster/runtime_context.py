@@ -11,11 +11,12 @@ and get_assigned_resources() / was_current_actor_reconstructed / current_actor f
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from minicluster._private.client import context
 from minicluster._private.common.ids import ActorID, JobID, NodeID, TaskID, WorkerID
 from minicluster.actor import ActorHandle
+from minicluster.runtime_env import RuntimeEnv
 
 _NOT_IN_WORKER = "This method is only available when the process is a worker. Current mode: driver"
 
@@ -181,12 +182,19 @@ class RuntimeContext:
         return None
 
     @property
-    def runtime_env(self) -> Dict[str, Any]:
-        """The job's runtime_env: empty (minicluster sets up none), as Ray's for a job without one."""
-        return {}
+    def runtime_env(self) -> RuntimeEnv:
+        """The runtime_env this code runs in: the job's in the driver, the task's or actor's
+        (merged over its parent's) in a worker. working_dir and py_modules show as the URIs of
+        their copies in the session folder, as Ray shows its uploaded packages."""
+        return RuntimeEnv.deserialize(self.get_runtime_env_string())
 
     def get_runtime_env_string(self) -> str:
-        return "{}"
+        return self._client.runtime_env or "{}"
+
+    def get_accelerator_ids(self) -> Dict[str, List[str]]:
+        """The accelerators given to the running task or actor, by resource: {"GPU": ["0"]}.
+        Empty lists in the driver and for tasks without any."""
+        return {"GPU": [str(i) for i in self._client.gpu_ids]}
 
 
 def get_runtime_context() -> RuntimeContext:

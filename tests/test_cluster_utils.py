@@ -328,9 +328,10 @@ def test_node_arguments_are_honoured_warned_about_or_refused(make_cluster, capsy
         cluster.add_node(num_cpus=1, _system_config={"max_lineage_bytes": 100})
     cluster.add_node(num_cpus=1, dashboard_port=8265, _system_config={"health_check_period_ms": 100})
     assert "dashboard_port=...) has no effect" in capsys.readouterr().err
-    cluster.add_node(num_cpus=1, memory=2**30)
+    node = cluster.add_node(num_cpus=1, memory=2**30)
     ray.init(address=cluster.address)
-    assert ray.cluster_resources()["memory"] == 2**30
+    memory = {n["NodeID"]: n["Resources"]["memory"] for n in ray.nodes()}
+    assert memory[node.node_id] == 2**30  # (the other node has the default: the machine's)
 
 
 # ---- shutting down -----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def test_rays_harmless_arguments_are_taken(cluster):
 @pytest.mark.parametrize("kwargs, error, text", [
     ({"local_mode": True}, ValueError, "local mode"),
     ({"_system_config": {"automatic_object_spilling_enabled": False}}, ValueError, "automatic_object_spilling"),
-    ({"runtime_env": {"pip": ["requests"]}}, ValueError, "runtime environments"),
+    ({"runtime_env": {"pip": ["requests"]}}, ValueError, r"runtime_env\[.pip.\] is not supported"),
     ({"_temp_dir": "/tmp/elsewhere"}, TypeError, "_temp_dir"),
     ({"not_an_argument": 1}, TypeError, "not_an_argument"),
     ({"_node_ip_address": "10.0.0.7"}, ValueError, "this machine"),

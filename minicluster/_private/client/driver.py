@@ -20,7 +20,7 @@ from minicluster._private.client.log_monitor import LogMonitor
 from minicluster._private.client.object_ref import LocalRefCounter, ObjectRef, set_counter
 from minicluster._private.client.runtime_client import RuntimeClient
 from minicluster._private.client.session import Session
-from minicluster._private.common import config
+from minicluster._private.common import config, runtime_envs
 from minicluster._private.common.ids import driver_task_id, job_of, new_worker_id, start_job
 from minicluster._private.head.head import DRIVER, Head
 from minicluster._private.observe.state_recorder import StateRecorder
@@ -53,6 +53,7 @@ class DriverClient(RuntimeClient):
         self.cluster_owned = False  #: made by a cluster_utils.Cluster, which alone may stop it
         self.refs = LocalRefCounter()
         self.session = Session(object_store_memory)
+        self.session_dir = self.session.dir
         self.session_name = os.path.basename(self.session.dir)
         self.address = clusters.address_of(self.session.dir)  #: what init(address=...) takes
         self.layout = self.session.layout
@@ -254,6 +255,9 @@ class DriverClient(RuntimeClient):
         with self.head.lock:
             self.head.head_state.default_actor_lifetime = job_config.default_actor_lifetime
             self.head.set_job_reconstruction(not job_config._disable_job_level_lineage_reconstruction)
+        # The job's runtime_env, its local folders copied into the session (as Ray uploads them):
+        # every task and actor of the job inherits it.
+        self.runtime_env = runtime_envs.encode(runtime_envs.package(job_config.runtime_env, self.session.dir))
 
     def actor_lookup(self, name: str, namespace: str) -> Optional[tuple]:
         """The named actor's handle arguments (actor id, its metadata), or None."""

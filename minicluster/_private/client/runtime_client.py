@@ -15,7 +15,7 @@ import threading
 from typing import Any, Callable, List, Optional, Sequence
 
 from minicluster._private.client.object_ref import LocalRefCounter
-from minicluster._private.common import config
+from minicluster._private.common import config, runtime_envs
 from minicluster._private.common.ids import job_id, object_id_for_put
 from minicluster._private.store import object_store
 from minicluster._private.store.serialization import FLAG_ERROR, deserialize
@@ -47,9 +47,16 @@ class RuntimeClient:
         self._put_lock = threading.Lock()
         self.idle_task_id: bytes = b""  #: the task id outside any task (the driver's own)
         self.current_actor_id: Optional[bytes] = None
+        self.session_dir = ""  #: the session folder (runtime_env packages live there)
         self.session_name = ""  #: the session folder's name (get_runtime_context().get_session_name())
         # Read once per process, like Ray reads RAY_TASK_MAX_RETRIES at start-up.
         self.default_max_retries = config.task_max_retries()
+        #: The runtime_env this process's code runs in (runtime_envs.encode): the job's in the
+        #: driver, the worker's own in a worker. Tasks and actors submitted from here inherit it.
+        self.runtime_env: Optional[str] = None
+        self._child_envs: dict = {}  #: (own env's encoding) -> merged encoding, for env_for_child
+        #: GPU ids of the running task or actor (get_gpu_ids()); a worker sets them per task
+        self.gpu_ids: tuple = ()
 
     @property
     def store_root(self) -> str:
@@ -83,6 +90,20 @@ class RuntimeClient:
     @staticmethod
     def leave_task(token: Any) -> None:
         _current_task.reset(token)
+
+    def env_for_child(self, own: Optional[dict]) -> Optional[str]:
+        """The encoded runtime_env of a task or actor submitted from here: its own environment
+        (checked options) merged over this process's, as Ray's children inherit."""
+        if not own:
+            return self.runtime_env
+        key = (self.runtime_env, runtime_envs.encode(own))
+        merged = self._child_envs.get(key)
+        if merged is None:
+            merged = runtime_envs.encode(runtime_envs.merge(runtime_envs.decode(self.runtime_env), own))
+            if len(self._child_envs) > 256:
+                self._child_envs.clear()
+            self._child_envs[key] = merged
+        return merged
 
     # ---- ids -----------------------------------------------------------------
 

@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Optional
 
-from minicluster._private.common import config
+from minicluster._private.common import config, runtime_envs
 from minicluster._private.store import object_store
 
 MAX_SOCKET_PATH = 107  # bytes in a Unix socket's path (sun_path, Linux; 103 on macOS)
@@ -110,6 +110,7 @@ class Session:
         """Remove everything but the logs folder."""
         shutil.rmtree(self.store_root, ignore_errors=True)
         shutil.rmtree(self.spill_root, ignore_errors=True)
+        runtime_envs.remove_packages(self.dir)  # the copies of working_dir / py_modules
         for name in ("head.sock", "session.json", "node_pids"):
             try:
                 os.unlink(os.path.join(self.dir, name))
@@ -171,6 +172,7 @@ def reap_stale_sessions(root: str) -> None:
         if isinstance(store_root, str) and "minicluster" in store_root:
             shutil.rmtree(store_root, ignore_errors=True)
         shutil.rmtree(os.path.join(root, name, "spill"), ignore_errors=True)
+        runtime_envs.remove_packages(os.path.join(root, name))
         for leftover in ("head.sock", "session.json", "node_pids"):
             try:
                 os.unlink(os.path.join(root, name, leftover))

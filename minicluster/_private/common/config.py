@@ -107,6 +107,21 @@ def default_store_capacity(in_shm: bool, num_nodes: int) -> int:
     return max(MIN_SHM_BYTES, int(free * DEFAULT_STORE_SHARE / num_nodes))
 
 
+#: Ray's share of a machine's memory that its memory resource offers (the rest: the system).
+NODE_MEMORY_SHARE = 0.7
+
+
+def default_node_memory(store_capacity: int) -> int:
+    """A node's `memory` resource when none is given, as Ray sizes it: a share of the machine's
+    memory, less the object store's. Every virtual node gets it, as every node of Ray's Cluster
+    on one machine does."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        physical = 8 * 1024**3
+    return max(0, int(physical * NODE_MEMORY_SHARE) - store_capacity)
+
+
 def session_root() -> str:
     """Where session folders live: MINICLUSTER_TMPDIR / RAY_TMPDIR, else /tmp/minicluster-<uid>."""
     base = env("TMPDIR", "", str)

@@ -8,14 +8,16 @@ is accepted, raised where the user wrote it, before anything is submitted.
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Callable, Dict
 
+from minicluster._private.common import labels, runtime_envs
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 # Options Ray accepts that have no effect here; taken so Ray code runs unchanged.
 _ACCEPTED_NO_EFFECT = {
-    "memory", "runtime_env", "accelerator_type", "label_selector", "enable_task_events", "_metadata", "_labels",
-    "object_store_memory", "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
+    "enable_task_events", "_metadata",
+    "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
     "concurrency_groups", "max_pending_calls", "allow_out_of_order_execution", "_generator_backpressure_num_objects",
 }
 
@@ -45,11 +47,15 @@ def _int_at_least(minimum: int) -> Callable[[str, Any], None]:
 
 
 def _non_negative_number(name: str, value: Any, resource: str = "") -> None:
-    """num_cpus, num_gpus, or (with `resource`: its name) a quantity in `resources`."""
+    """num_cpus, num_gpus, memory, or (with `resource`: its name) a quantity in `resources`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise _wrong_type(name, value, (int, float, type(None)))
     if value < 0:
         raise ValueError(f"The keyword '{name}' only accepts None or a non-negative number (got {value})")
+    if name == "num_gpus" and value > 1 and value != int(value):
+        # A GPU is shared only in fractions below one: 1.5 GPUs cannot be given out as devices.
+        raise ValueError(f"GPU resource quantities >1 must be whole numbers. The specified quantity {value} is "
+                         "invalid.")
     scaled = value / _RESOURCE_PRECISION
     if value < 1 and abs(scaled - round(scaled)) > 1e-6:
         raise ValueError(f"The precision of the fractional quantity of resource {resource or name} cannot go "
@@ -67,6 +73,33 @@ def _resources(name: str, value: Any) -> None:
         if key in ("CPU", "GPU"):
             raise ValueError(f"Use the 'num_cpus' and 'num_gpus' options instead of {key!r} in 'resources'")
         _non_negative_number(f"resources[{key!r}]", qty, resource=key)
+
+
+def _runtime_env(name: str, value: Any) -> None:
+    # Local working_dir / py_modules paths are refused here, as in Ray: only init() uploads them.
+    runtime_envs.check(value, at_job=False)
+
+
+def _label_selector(name: str, value: Any) -> None:
+    labels.parse_selector(value)
+
+
+def _task_object_store_memory(name: str, value: Any) -> None:
+    raise ValueError("Setting 'object_store_memory' is not implemented for tasks")
+
+
+def _actor_object_store_memory(name: str, value: Any) -> None:
+    _int_at_least(0)(name, value)
+    # Ray's own word: the option reserves nothing in the store (spilling handles a full store).
+    warnings.warn("Setting 'object_store_memory' for actors is deprecated since it doesn't actually reserve the "
+                  "required object store memory. Use object spilling that's enabled by default instead to bypass "
+                  "the object store memory size limitation.", DeprecationWarning, stacklevel=4)
+
+
+def _labels_option(name: str, value: Any) -> None:
+    raise ValueError("The option '_labels' (labels on a task or actor) is not supported by minicluster: nothing "
+                     "here reads a task's labels; node labels are set with init(labels=) or "
+                     "Cluster.add_node(labels=), and chosen with label_selector")
 
 
 def _bool(name: str, value: Any) -> None:
@@ -131,7 +164,12 @@ def _max_concurrency(name: str, value: Any) -> None:
 _COMMON: Dict[str, Callable[[str, Any], None]] = {
     "num_cpus": _non_negative_number,
     "num_gpus": _non_negative_number,
+    "memory": _non_negative_number,
     "resources": _resources,
+    "accelerator_type": _str,
+    "label_selector": _label_selector,
+    "_labels": _labels_option,
+    "runtime_env": _runtime_env,
     "scheduling_strategy": _strategy,
     "name": _str,
 }
@@ -142,6 +180,7 @@ TASK_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
     "max_retries": _int_at_least(-1),
     "retry_exceptions": _retry_exceptions,
     "max_calls": _int_at_least(0),
+    "object_store_memory": _task_object_store_memory,
 }
 
 ACTOR_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
@@ -153,6 +192,7 @@ ACTOR_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
     "namespace": _non_empty_str("Actor namespace"),
     "get_if_exists": _bool,
     "name": _non_empty_str("Actor name"),
+    "object_store_memory": _actor_object_store_memory,
 }
 
 METHOD_OPTIONS: Dict[str, Callable[[str, Any], None]] = {

@@ -15,6 +15,9 @@ ACTOR_CREATION_TASK = "ACTOR_CREATION_TASK"
 ACTOR_TASK = "ACTOR_TASK"
 DRIVER_TASK = "DRIVER_TASK"
 
+#: Ray's resource of a node whose accelerators are of a type: `accelerator_type:A100`.
+ACCELERATOR_TYPE_PREFIX = "accelerator_type:"
+
 # Strategy encodings: ("DEFAULT",), ("SPREAD",), ("NODE", node_id, soft)
 DEFAULT_STRATEGY: Tuple = ("DEFAULT",)
 
@@ -40,6 +43,9 @@ class TaskSpec:
     actor_id: Optional[bytes] = None
     args_size: int = field(default=0)
     method: Optional[str] = None  #: for ACTOR_TASK: the method to call on the actor
+    #: the environment it runs in, merged over its parent's (runtime_envs.encode); None: none
+    runtime_env: Optional[str] = None
+    label_selector: Optional[tuple] = None  #: labels.Selector: the nodes it may run on
 
     def return_ids(self) -> Tuple[bytes, ...]:
         tid = self.task_id
@@ -55,9 +61,16 @@ def resources_of(options: dict, default_cpus: float = 1.0) -> Dict[str, float]:
     gpus = options.get("num_gpus")
     if gpus:
         res["GPU"] = float(gpus)
+    memory = options.get("memory")
+    if memory:
+        res["memory"] = float(memory)  # bytes, as Ray's memory resource
     for key, qty in (options.get("resources") or {}).items():
         if qty:
             res[key] = float(qty)
+    accelerator = options.get("accelerator_type")
+    if accelerator:
+        # As Ray: a sliver of the resource every node with that accelerator type has.
+        res[f"{ACCELERATOR_TYPE_PREFIX}{accelerator}"] = 0.001
     return res
 
 

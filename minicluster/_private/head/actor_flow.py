@@ -40,7 +40,7 @@ from minicluster._private.head.states import (
     RUNNING,
 )
 from minicluster._private.head.task_records import TaskRecord
-from minicluster._private.head.virtual_nodes import INTENDED_SYSTEM_EXIT, INTENDED_USER_EXIT, WorkerRecord
+from minicluster._private.head.virtual_nodes import INTENDED_SYSTEM_EXIT, INTENDED_USER_EXIT, WorkerRecord, worker_kind
 from minicluster._private.store.serialization import deserialize
 from minicluster._private.wire import messages as msg
 from minicluster.exceptions import (
@@ -117,7 +117,10 @@ class ActorFlow:
         node_id = worker.node.node_id
         if error_info is not None or record is None:
             scheduler.release(node_id, task.spec.resources)
-            worker.kind = None  # it holds no actor: it may serve anything, as a fresh worker does
+            # It holds no actor: back to the pool, serving anything as a fresh worker does,
+            # unless it was set up for an environment or GPUs: then tasks of those only.
+            plain = task.spec.runtime_env is None and not task.spec.resources.get("GPU")
+            worker.kind = None if plain else worker_kind(task.spec, as_task=True)
             return False  # the constructor raised (creation_failed settled the actor): back to the pool
         if record.state == DEAD:
             # Killed while its constructor ran: the process holds an instance, so it goes too.

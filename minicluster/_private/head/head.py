@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from minicluster._private.common import config
 from minicluster._private.common.ids import job_id, new_node_id
+from minicluster._private.head import gpus
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
 from minicluster._private.head.announcements import Announcer
@@ -164,19 +165,26 @@ class Head:
         total = {"CPU": float(num_cpus), f"node:{node_id.hex()}": 1.0}
         if not self.head_state.nodes:
             total[HEAD_NODE_RESOURCE] = 1.0  # Ray's marker of the head node (the first one here)
-        for key, qty in (resources or {}).items():
-            total[key] = float(qty)
+        resources = dict(resources or {})
+        if "GPU" not in resources:  # not given: the machine's, as Ray's nodes detect them
+            resources["GPU"] = gpus.detect_gpus()
+        for key, qty in resources.items():
+            if qty or key != "GPU":  # (no GPU resource at all on a node without GPUs, as in Ray)
+                total[key] = float(qty)
         layout = self.session.layout
         state = self.head_state
+        capacity = capacity or state.default_capacity
+        if "memory" not in total:  # Ray's default memory resource: the machine's, less the store
+            total["memory"] = float(config.default_node_memory(capacity))
         with self.lock:
             node = NodeRecord(node_id, len(state.nodes), total, num_workers, layout.dir_of(node_id),
-                              layout.dir_of(object_store.spill_location(node_id)),
-                              capacity or state.default_capacity)
+                              layout.dir_of(object_store.spill_location(node_id)), capacity)
             # Ray's default label, then the caller's (get_runtime_context().get_node_labels()).
             node.labels = {"ray.io/node-id": node_id.hex(), **(labels or {})}
+            node.gpu_ids = gpus.device_ids(total.get("GPU", 0.0))
             state.objects.capacity[node_id] = node.capacity
             state.nodes[node_id] = node
-            state.scheduler.add_node(node_id, total)
+            state.scheduler.add_node(node_id, total, node.labels)
             node.pending_spawn = num_workers
             node.start_time = time.time()
         cfg = dict(

@@ -31,6 +31,7 @@ from minicluster._private.common.ids import is_put_object, task_of
 from minicluster._private.common.task_spec import ACTOR_TASK
 from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED
+from minicluster._private.head.scheduler import kept_when_blocked
 from minicluster._private.head.states import (
     ALIVE,
     DEAD,
@@ -213,8 +214,9 @@ def _check_resources(state: HeadState, problems: List[str]) -> None:
         for task in node.waiting:
             hold(node_id, task.spec.resources)  # closed ones too: released when met
         for worker in node.workers.values():
-            if worker.queue and not worker.blocked:
-                hold(node_id, worker.queue[0].spec.resources)  # one lease for the whole queue
+            if worker.queue:  # one lease for the whole queue; a blocked one lent its CPUs out
+                resources = worker.queue[0].spec.resources
+                hold(node_id, kept_when_blocked(resources) if worker.blocked else resources)
     for actor in state.actors.values():
         if actor.state == ALIVE and actor.worker is not None:
             hold(actor.worker.node.node_id, actor.held)

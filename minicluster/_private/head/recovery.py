@@ -32,6 +32,7 @@ from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.flow_interfaces import ActorsForRecovery, TasksForRecovery, Timers, WaitingForRecovery
 from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED
+from minicluster._private.head.scheduler import kept_when_blocked
 from minicluster._private.head.task_records import TaskRecord
 from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 from minicluster._private.store import object_store
@@ -93,8 +94,8 @@ class Recovery:
         worker.requests.clear()
         queued, worker.queue = list(worker.queue), collections.deque()
         if queued:
-            if not worker.blocked:
-                state.scheduler.release(node.node_id, queued[0].spec.resources)
+            resources = queued[0].spec.resources  # (a blocked task lent its CPUs out already)
+            state.scheduler.release(node.node_id, kept_when_blocked(resources) if worker.blocked else resources)
             for task in queued:
                 task.worker = None
             self._attempt_died(queued[0], worker, exitcode, node_death)

@@ -16,12 +16,17 @@ Strategies, as in Ray:
   NODE     NodeAffinitySchedulingStrategy: that node; if it is dead or can
            never fit the task, soft=True falls back to DEFAULT and soft=False
            makes the task unschedulable.
+
+A task's `label_selector` (common/labels.py) narrows every strategy to the nodes whose
+labels match; no live node matching is infeasible, like a resource no node has.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
+
+from minicluster._private.common.labels import Selector, matches
 
 INFEASIBLE = "INFEASIBLE"
 _EPS = 1e-9
@@ -38,6 +43,7 @@ class NodeResources:
     available: Dict[str, float] = field(default_factory=dict)
     alive: bool = True
     stopped: bool = False  #: SIGSTOPped: alive, but takes no new work
+    labels: Dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.available:
@@ -66,8 +72,8 @@ class Scheduler:
         self.nodes: Dict[bytes, NodeResources] = {}
         self._spread_next = 0
 
-    def add_node(self, node_id: bytes, total: Dict[str, float]) -> None:
-        self.nodes[node_id] = NodeResources(node_id, dict(total))
+    def add_node(self, node_id: bytes, total: Dict[str, float], labels: Optional[Dict[str, str]] = None) -> None:
+        self.nodes[node_id] = NodeResources(node_id, dict(total), labels=dict(labels or {}))
 
     def remove_node(self, node_id: bytes) -> None:
         node = self.nodes.get(node_id)
@@ -80,16 +86,17 @@ class Scheduler:
     def alive(self) -> List[NodeResources]:
         return [n for n in self.nodes.values() if n.alive]
 
-    def feasible(self, request: Dict[str, float]) -> bool:
-        return any(n.could_fit(request) for n in self.nodes.values() if n.alive)
+    def feasible(self, request: Dict[str, float], selector: Optional[Selector] = None) -> bool:
+        return any(n.could_fit(request) and matches(n.labels, selector) for n in self.nodes.values() if n.alive)
 
-    def place(self, request: Dict[str, float], strategy: Tuple, preferred: Optional[bytes]) -> Optional[bytes] | str:
+    def place(self, request: Dict[str, float], strategy: Tuple, preferred: Optional[bytes],
+              selector: Optional[Selector] = None) -> Optional[bytes] | str:
         """A node id that fits now; None to wait; INFEASIBLE; raises Unschedulable."""
         kind = strategy[0]
         if kind == "NODE":
             target = self.nodes.get(strategy[1])
             soft = strategy[2]
-            if target is not None and target.alive and target.could_fit(request):
+            if target is not None and target.alive and target.could_fit(request) and matches(target.labels, selector):
                 return target.node_id if target.fits(request) and not target.stopped else None
             if not soft:
                 if target is None or not target.alive:
@@ -99,9 +106,10 @@ class Scheduler:
                     )
                 return INFEASIBLE
             kind = "DEFAULT"
-        candidates = [n for n in self.nodes.values() if n.alive and not n.stopped and n.fits(request)]
+        candidates = [n for n in self.nodes.values()
+                      if n.alive and not n.stopped and n.fits(request) and matches(n.labels, selector)]
         if not candidates:
-            return None if self.feasible(request) else INFEASIBLE
+            return None if self.feasible(request, selector) else INFEASIBLE
         if kind == "SPREAD":
             # Round-robin over all nodes in order, skipping those that do not fit now.
             order = list(self.nodes)
@@ -137,6 +145,18 @@ class Scheduler:
 
     def availables(self) -> Dict[str, float]:
         return _sum(n.available for n in self.alive())
+
+
+def lent_when_blocked(request: Dict[str, float]) -> Dict[str, float]:
+    """What a task blocked in get/wait lends out while it waits: its CPUs only. As in Ray, its
+    GPUs (the devices it was given), memory and custom resources stay held."""
+    cpus = request.get("CPU")
+    return {"CPU": cpus} if cpus else {}
+
+
+def kept_when_blocked(request: Dict[str, float]) -> Dict[str, float]:
+    """The rest of a blocked task's request: still held while it waits."""
+    return {key: qty for key, qty in request.items() if key != "CPU"}
 
 
 def _sum(dicts: Iterable[Dict[str, float]]) -> Dict[str, float]:

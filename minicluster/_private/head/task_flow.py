@@ -24,15 +24,17 @@ import os
 import sys
 from typing import Any, Optional
 
+from minicluster._private.common import labels
 from minicluster._private.common.ids import task_of
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
+from minicluster._private.head import gpus
 from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.flow_interfaces import ActorCallsForTasks, RecoveryForTasks, Timers
 from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.lineage import arguments_of
 from minicluster._private.head.messaging import Outbox
 from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED
-from minicluster._private.head.scheduler import INFEASIBLE, Unschedulable
+from minicluster._private.head.scheduler import INFEASIBLE, Unschedulable, kept_when_blocked, lent_when_blocked
 from minicluster._private.head.states import (
     FAILED,
     FINISHED,
@@ -103,9 +105,10 @@ class TaskFlow:
             # An actor's creation task keeps it: creation_done decides what the actor holds.
             keeps_lease = bool(queue) or task.spec.task_type == ACTOR_CREATION_TASK
             if keeps_lease and was_blocked:
-                scheduler.acquire(worker.node.node_id, task.spec.resources)
-            elif not keeps_lease and not was_blocked:
-                scheduler.release(worker.node.node_id, task.spec.resources)
+                scheduler.acquire(worker.node.node_id, lent_when_blocked(task.spec.resources))
+            elif not keeps_lease:  # (a blocked one lent its CPUs out already)
+                scheduler.release(worker.node.node_id,
+                                  kept_when_blocked(task.spec.resources) if was_blocked else task.spec.resources)
             if queue and not retire and not queue[0].finished:  # (a cancelled one is skipped by the worker)
                 queue[0].set_state(RUNNING, worker_id=worker.worker_id)
             durations = self.state.durations
@@ -293,7 +296,8 @@ class TaskFlow:
                     queue.popleft()
                     continue
                 try:
-                    node_id = scheduler.place(task.spec.resources, task.spec.strategy, self._preferred_node(task))
+                    node_id = scheduler.place(task.spec.resources, task.spec.strategy, self._preferred_node(task),
+                                              task.spec.label_selector)
                 except Unschedulable as exc:
                     queue.popleft()
                     self.finish_with_error(task, TaskUnschedulableError(str(exc)), "TASK_UNSCHEDULABLE_ERROR", str(exc))
@@ -332,8 +336,10 @@ class TaskFlow:
         if shape in warned:
             return
         warned.add(shape)
+        selector = task.spec.label_selector
+        labelled = f" on a node with labels {labels.describe(selector)}" if selector else ""
         print(
-            f"minicluster: warning: task {task.spec.name} needs {task.spec.resources}, which no node has "
+            f"minicluster: warning: task {task.spec.name} needs {task.spec.resources}{labelled}, which no node has "
             f"(cluster: {self.state.scheduler.totals()}). It stays pending until a node that fits is added.",
             file=sys.stderr,
         )
@@ -427,9 +433,18 @@ class TaskFlow:
                                retry_exceptions=spec.retry_exceptions, max_calls=spec.max_calls,
                                task_type=spec.task_type, func_name=spec.func_name, method=spec.method,
                                actor_config=actor, faults=None if faults is None else faults.on_exec(task, worker),
-                               num_cpus=spec.resources.get("CPU", 0.0))
+                               num_cpus=spec.resources.get("CPU", 0.0), runtime_env=spec.runtime_env,
+                               gpu_ids=self._gpus_for(spec, worker))
         if faults is None or not faults.hold_exec(worker, message):
             self.outbox.post(peer, message)
+
+    def _gpus_for(self, spec: Any, worker: WorkerRecord) -> Optional[tuple]:
+        """The GPU ids of a task or actor about to start (an actor's calls keep its own)."""
+        amount = spec.resources.get("GPU")
+        if not amount or spec.task_type == ACTOR_TASK:
+            return None
+        node = worker.node
+        return gpus.assign(node.gpu_ids, node.workers, worker, amount)
 
     # ---- results -------------------------------------------------------------------
 

@@ -200,8 +200,13 @@ _shapes: Dict[tuple, tuple] = {}
 
 
 def _shape_of(spec: Any) -> tuple:
-    """(sorted resources, strategy): the key of the ready queue a task waits in (task_flow.py)."""
+    """(sorted resources, strategy[, label selector, runtime_env]): the key of the ready queue a task
+    waits in (task_flow.py)."""
     shape = (tuple(sorted(spec.resources.items())), spec.strategy)
+    if spec.label_selector is not None or spec.runtime_env is not None:
+        # FIFO per shape: a selector no node matches must not hold up other tasks, and a task
+        # pipelined behind another must need the same worker (its runtime_env).
+        shape += (spec.label_selector, spec.runtime_env)
     shared = _shapes.get(shape)
     if shared is None:
         if len(_shapes) >= SHAPES_KEPT:

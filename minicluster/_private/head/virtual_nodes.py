@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Optional, Set
+from typing import Any, Deque, Dict, List, Optional, Set
 
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK
 from minicluster._private.store import object_store, store_spares
@@ -36,16 +36,21 @@ INTENDED_USER_EXIT = "INTENDED_USER_EXIT"  #: the user ended it (cancel(force=Tr
 # What a worker serves, fixed by its first task. As in Ray, a worker that ran a GPU task
 # never runs a CPU-only one and the other way round, and an actor gets a worker that ran
 # no task before; tasks of different CPU counts or custom resources do share workers.
+# A worker runs in one runtime_env for life (it sets its variables, cwd and sys.path once),
+# so the environment is part of the kind: workers of different environments are never shared.
 CPU_TASKS = "cpu"
 GPU_TASKS = "gpu"
 ACTOR = "actor"
 
 
-def worker_kind(spec: Any) -> str:
-    """The kind of worker a task needs (see CPU_TASKS)."""
-    if spec.task_type == ACTOR_CREATION_TASK:
-        return ACTOR
-    return GPU_TASKS if spec.resources.get("GPU") else CPU_TASKS
+def worker_kind(spec: Any, as_task: bool = False) -> Any:
+    """The kind of worker a task needs (see CPU_TASKS): a string, or (string, runtime_env) for a
+    task with an environment. `as_task`: the kind of a failed actor's worker, back in the pool."""
+    if spec.task_type == ACTOR_CREATION_TASK and not as_task:
+        base = ACTOR
+    else:
+        base = GPU_TASKS if spec.resources.get("GPU") else CPU_TASKS
+    return base if spec.runtime_env is None else (base, spec.runtime_env)
 
 
 @dataclass(eq=False)
@@ -66,7 +71,7 @@ class WorkerRecord:
     """What the head knows about one worker process."""
 
     __slots__ = ("worker_id", "node", "pid", "peer", "queue", "functions", "blocked", "dead", "retiring",
-                 "borrowed", "owned", "requests", "tasks_done", "actor", "info", "kind")
+                 "borrowed", "owned", "requests", "tasks_done", "actor", "info", "kind", "gpus")
 
     def __init__(self, worker_id: bytes, node: "NodeRecord", pid: int, peer: Any) -> None:
         self.worker_id = worker_id
@@ -86,7 +91,8 @@ class WorkerRecord:
         self.requests: Dict[int, Any] = {}  #: its blocked get/wait requests (Waiters)
         self.tasks_done = 0
         self.actor: Any = None  #: the ActorRecord it is dedicated to, if any
-        self.kind: Optional[str] = None  #: what it serves (CPU_TASKS, ...); None until its first task
+        self.kind: Any = None  #: what it serves (worker_kind); None until its first task
+        self.gpus: tuple = ()  #: the node's GPU ids it was last given (gpus.py)
         self.info = WorkerInfo(worker_id, node.node_id, pid, time.time())
         node.worker_changes.add(self.info)
 
@@ -144,12 +150,13 @@ class NodeRecord:
         self.end_time = 0.0
         self.worker_changes: Set[WorkerInfo] = set()  #: infos changed since the state recorder looked
         self.labels: Dict[str, str] = {}  #: Ray's node labels ("ray.io/node-id" and the user's)
+        self.gpu_ids: List[str] = []  #: its GPUs' device ids (gpus.py)
 
     @property
     def name(self) -> str:
         return f"node-{self.index}"
 
-    def take_idle(self, kind: str) -> Optional[WorkerRecord]:
+    def take_idle(self, kind: Any) -> Optional[WorkerRecord]:
         """An idle worker that may run a task of this kind (worker_kind), taken out of the idle list.
 
         The most recently idle first, as in Ray: its caches are warm, the same worker serves a

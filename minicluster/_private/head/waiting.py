@@ -21,6 +21,7 @@ from minicluster._private.head.flow_interfaces import RecoveryForWaiting, TasksF
 from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.messaging import Outbox
 from minicluster._private.head.object_directory import LOST, PENDING, READY, RELEASED, Waiter
+from minicluster._private.head.scheduler import lent_when_blocked
 from minicluster._private.head.virtual_nodes import WorkerRecord
 from minicluster._private.wire import messages as msg
 
@@ -154,7 +155,7 @@ class Waiting:
                     task.worker = None
                     task.node = None
                     self.tasks.args_ready(task)
-            self.state.scheduler.release(worker.node.node_id, worker.task.spec.resources)
+            self.state.scheduler.release(worker.node.node_id, lent_when_blocked(worker.task.spec.resources))
             self.tasks.schedule()
 
     def unblock(self, worker: WorkerRecord) -> None:
@@ -162,4 +163,4 @@ class Waiting:
             return
         worker.blocked -= 1
         if worker.blocked == 0 and worker.task is not None and not worker.dead:
-            self.state.scheduler.acquire(worker.node.node_id, worker.task.spec.resources)
+            self.state.scheduler.acquire(worker.node.node_id, lent_when_blocked(worker.task.spec.resources))

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import set_counter
+from minicluster._private.common import runtime_envs
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
 from minicluster._private.node.proc_title import IDLE, ProcTitle, actor_title, task_title
 from minicluster._private.node.worker_client import WorkerClient, store_serialized, store_value
@@ -313,8 +314,9 @@ class Worker:
                 self.current = call.task_id  # cancel() interrupts the main thread's running task
             cancelled = call.task_id in self.cancelled_queued
             self.cancelled_queued.discard(call.task_id)
-        if call.task_type != ACTOR_TASK:  # (an actor's calls keep the actor's log marker)
+        if call.task_type != ACTOR_TASK:  # (an actor's calls keep the actor's log marker, env and GPUs)
             self._set_omp_threads(request.num_cpus)
+            self._set_gpus(request.gpu_ids)
             if call.task_type == ACTOR_CREATION_TASK:
                 # From here on this worker's output is the actor's: `(Counter pid=...)`.
                 log_files.mark_task(call.name.rsplit(".", 1)[0], log_files.ACTOR_MARKER)
@@ -323,6 +325,11 @@ class Worker:
         try:
             if cancelled:
                 raise KeyboardInterrupt
+            if request.runtime_env is not None and self.client.runtime_env is None:
+                # The first task of this worker's life decides its environment (the head sends
+                # it only tasks of that one); set before the function's module is imported.
+                runtime_envs.apply(runtime_envs.decode(request.runtime_env), self.client.session_dir)
+                self.client.runtime_env = request.runtime_env
             call.fn = self._callable(call)
             if call.faults:  # a test's fault plan: orders for this attempt (fault_hooks.py)
                 self.client.transfer_delay = fault_hooks.transfer_delay_of(self.client, call)
@@ -348,6 +355,16 @@ class Worker:
         if current != wanted:  # (also when the last task changed or removed it)
             environ["OMP_NUM_THREADS"] = wanted
             self.omp_ours = True
+
+    def _set_gpus(self, gpu_ids: Optional[Tuple[str, ...]]) -> None:
+        """As Ray: CUDA_VISIBLE_DEVICES names the GPUs the task or actor was given. A task without
+        GPUs leaves it as it is (a worker runs GPU tasks or CPU tasks, never both), or empties it
+        with RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 (Ray's switch for its older behaviour)."""
+        self.client.gpu_ids = gpu_ids or ()
+        if gpu_ids is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+        elif os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "").lower() in ("1", "true"):
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
     def _callable(self, call: "_Call") -> Any:
         if call.task_type == ACTOR_TASK:
@@ -636,7 +653,8 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
         conn = Connection.connect(socket_path, key)
         client = WorkerClient(conn, worker_id, node_id, layout, capacity)
         client.namespace = namespace
-        client.session_name = os.path.basename(os.path.dirname(socket_path))  # <session>/head.sock
+        client.session_dir = os.path.dirname(socket_path)  # <session>/head.sock
+        client.session_name = os.path.basename(client.session_dir)
         set_counter(client.refs)
         context.set_client(client, is_worker=True)
         conn.send(msg.WorkerHello.new(worker_id=worker_id, node_id=node_id, pid=os.getpid()))

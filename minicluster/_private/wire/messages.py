@@ -145,6 +145,8 @@ class Exec(NamedTuple):
     actor_config: Optional[ActorConfig]
     faults: Optional[Tuple[FaultOrder, ...]]  #: a test's fault plan's orders for this attempt
     num_cpus: float  #: the CPUs the task holds: the worker sets OMP_NUM_THREADS from it, as Ray does
+    runtime_env: Optional[str]  #: its environment (runtime_envs.encode); a worker serves one only
+    gpu_ids: Optional[Tuple[str, ...]]  #: the node's GPUs given to it (CUDA_VISIBLE_DEVICES); None: no GPU
 
 
 class DefineFunction(NamedTuple):
