@@ -38,10 +38,12 @@ def live_nodes() -> List[str]:
     return [n.node_id.hex() for n in _head().nodes.values() if n.alive]
 
 
-def add_node(num_cpus: float = 1, resources: Optional[Dict[str, float]] = None, wait: bool = True) -> str:
-    """Start a new virtual node; returns its id once it is up (unless wait=False)."""
+def add_node(num_cpus: float = 1, resources: Optional[Dict[str, float]] = None, wait: bool = True,
+             labels: Optional[Dict[str, str]] = None) -> str:
+    """Start a new virtual node (with `labels`, for label_selector); returns its id once it is up
+    (unless wait=False)."""
     head = _head()
-    node = head.add_node(num_cpus, resources, max(1, int(num_cpus)))
+    node = head.add_node(num_cpus, resources, max(1, int(num_cpus)), labels=labels)
     if wait:
         head.wait_for_nodes(30.0)
     return node.node_id.hex()

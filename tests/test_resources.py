@@ -1,0 +1,103 @@
+"""Resources beyond CPUs and GPUs, as Ray schedules them: the `memory` resource, `accelerator_type`,
+`label_selector` over node labels; `object_store_memory` and `_labels`, which reserve nothing."""
+
+import warnings
+
+import pytest
+
+import minicluster as ray
+from minicluster import testing
+
+pytestmark = pytest.mark.timeout(60)
+
+MiB = 2**20
+
+
+@ray.remote
+def where():
+    return ray.get_runtime_context().get_node_id()
+
+
+@ray.remote
+def assigned():
+    return ray.get_runtime_context().get_assigned_resources()
+
+
+@ray.remote
+class Reserver:
+    def ready(self):
+        return True
+
+
+def test_every_node_has_a_memory_resource_and_the_option_takes_from_it(cluster):
+    cluster(num_cpus=2, _memory=100 * MiB)
+    assert ray.cluster_resources()["memory"] == 100 * MiB
+    assert ray.get(assigned.options(memory=10 * MiB).remote()) == {"CPU": 1.0, "memory": 10 * MiB}
+    holder = Reserver.options(memory=60 * MiB).remote()
+    assert ray.get(holder.ready.remote())
+    assert ray.available_resources()["memory"] == 40 * MiB
+    # the rest of the node's memory cannot hold a second one: it waits until the first is gone
+    waiting = where.options(memory=60 * MiB).remote()
+    assert ray.wait([waiting], timeout=0.3)[0] == []
+    ray.kill(holder)
+    assert ray.get(waiting, timeout=10)
+
+
+def test_memory_is_there_by_default(cluster):
+    cluster(num_cpus=1)
+    assert ray.cluster_resources()["memory"] > 0
+
+
+def test_accelerator_type_needs_a_node_with_that_accelerator(cluster, capsys):
+    cluster(num_cpus=1)
+    ref = assigned.options(accelerator_type="A100").remote()
+    assert ray.wait([ref], timeout=0.3)[0] == []
+    assert "accelerator_type:A100" in capsys.readouterr().err  # the infeasible warning names it
+    testing.add_node(num_cpus=1, resources={"accelerator_type:A100": 1})
+    assert ray.get(ref, timeout=10) == {"CPU": 1.0, "accelerator_type:A100": 0.001}
+
+
+def test_label_selector_picks_the_nodes_whose_labels_match(cluster):
+    cluster(num_cpus=1, labels={"zone": "a"})
+    first = ray.get_runtime_context().get_node_id()
+    second = testing.add_node(num_cpus=1, labels={"zone": "b", "disk": "ssd"})
+    assert ray.get(where.options(label_selector={"zone": "b"}).remote()) == second
+    assert ray.get(where.options(label_selector={"zone": "!b"}).remote()) == first
+    assert ray.get(where.options(label_selector={"zone": "in(b, c)"}).remote()) == second
+    assert ray.get(where.options(label_selector={"disk": "!in(ssd)"}).remote()) == first  # (no label: matches)
+    assert ray.get(where.options(label_selector={"ray.io/node-id": first}).remote()) == first
+    actor = Reserver.options(label_selector={"disk": "ssd"}).remote()
+    assert ray.get(actor.ready.remote())
+
+
+def test_a_selector_no_node_matches_waits_without_holding_up_others(cluster):
+    cluster(num_cpus=1)
+    pending = where.options(label_selector={"zone": "c"}).remote()
+    assert ray.wait([pending], timeout=0.3)[0] == []
+    assert ray.get(where.remote())  # other tasks are not stuck behind it
+    added = testing.add_node(num_cpus=1, labels={"zone": "c"})
+    assert ray.get(pending, timeout=10) == added
+
+
+@pytest.mark.parametrize("selector, error", [
+    ("zone=a", TypeError),
+    ({"r!a!y.io/zone": "a"}, ValueError),
+    ({"zone": "??"}, ValueError),
+    ({"zone": "matches(a)"}, ValueError),
+    ({"zone": "in(a,, b)"}, ValueError),
+    ({"zone": "in(a, b"}, ValueError),
+])
+def test_bad_label_selectors_are_refused(selector, error):
+    with pytest.raises(error):
+        where.options(label_selector=selector)
+
+
+def test_object_store_memory_reserves_nothing_so_tasks_refuse_it_and_actors_warn():
+    with pytest.raises(ValueError, match="not implemented for tasks"):
+        where.options(object_store_memory=MiB)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Reserver.options(object_store_memory=MiB)
+    assert any("doesn't actually reserve" in str(w.message) for w in caught)
+    with pytest.raises(ValueError, match="'_labels'"):
+        where.options(_labels={"a": "b"})
