@@ -6,6 +6,7 @@ import os
 import pytest
 
 import minicluster as ray
+from minicluster import testing
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,3 +86,16 @@ def test_fractions_above_one_are_refused_and_zero_gpus_can_empty_the_variable(cl
     monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")  # Ray's switch, read by the workers
     cluster(num_cpus=1, num_gpus=1)
     assert ray.get(devices.options(num_gpus=0).remote())[1] == ""
+
+
+def test_work_without_gpus_stays_off_gpu_nodes_while_others_have_room(cluster):
+    cluster(num_cpus=2, num_gpus=1)  # the driver's node has the GPU
+    gpu_node = ray.get_runtime_context().get_node_id()
+    cpu_node = testing.add_node(num_cpus=2)
+
+    @ray.remote
+    def where():
+        return ray.get_runtime_context().get_node_id()
+
+    assert ray.get(where.remote()) == cpu_node  # (not the submitter's node, which has the GPU)
+    assert ray.get(where.options(num_gpus=1).remote()) == gpu_node

@@ -51,6 +51,12 @@ def dedup_logs() -> bool:
     return env("DEDUP_LOGS", True, _flag)
 
 
+def avoid_gpu_nodes() -> bool:
+    """RAY_scheduler_avoid_gpu_nodes (Ray's default: on): tasks and actors without GPUs go to nodes
+    without GPUs while one of those has room, keeping GPU nodes free for GPU work."""
+    return env("scheduler_avoid_gpu_nodes", True, _flag)
+
+
 def dedup_window_s() -> float:
     return env("DEDUP_LOGS_AGG_WINDOW_S", 5.0, float)
 

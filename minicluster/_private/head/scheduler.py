@@ -17,6 +17,9 @@ Strategies, as in Ray:
            never fit the task, soft=True falls back to DEFAULT and soft=False
            makes the task unschedulable.
 
+As in Ray (RAY_scheduler_avoid_gpu_nodes), DEFAULT places a task that needs no GPU on a node
+without GPUs while one of those fits it now; GPU nodes take it only otherwise.
+
 A task's `label_selector` (common/labels.py) narrows every strategy to the nodes whose
 labels match; no live node matching is infeasible, like a resource no node has.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from minicluster._private.common import config
 from minicluster._private.common.labels import Selector, matches
 
 INFEASIBLE = "INFEASIBLE"
@@ -71,6 +75,7 @@ class Scheduler:
     def __init__(self) -> None:
         self.nodes: Dict[bytes, NodeResources] = {}
         self._spread_next = 0
+        self.avoid_gpu_nodes = config.avoid_gpu_nodes()
 
     def add_node(self, node_id: bytes, total: Dict[str, float], labels: Optional[Dict[str, str]] = None) -> None:
         self.nodes[node_id] = NodeResources(node_id, dict(total), labels=dict(labels or {}))
@@ -110,6 +115,10 @@ class Scheduler:
                       if n.alive and not n.stopped and n.fits(request) and matches(n.labels, selector)]
         if not candidates:
             return None if self.feasible(request, selector) else INFEASIBLE
+        if kind == "DEFAULT" and self.avoid_gpu_nodes and not request.get("GPU"):
+            without_gpus = [n for n in candidates if not n.total.get("GPU")]
+            if without_gpus:
+                candidates = without_gpus
         if kind == "SPREAD":
             # Round-robin over all nodes in order, skipping those that do not fit now.
             order = list(self.nodes)
