@@ -101,3 +101,22 @@ def test_object_store_memory_reserves_nothing_so_tasks_refuse_it_and_actors_warn
     assert any("doesn't actually reserve" in str(w.message) for w in caught)
     with pytest.raises(ValueError, match="'_labels'"):
         where.options(_labels={"a": "b"})
+
+
+def test_rays_underscore_remote_spelling_takes_arguments_and_options(cluster):
+    cluster(num_cpus=2, num_gpus=1, resources={"Custom": 1})
+
+    @ray.remote
+    def upto(n):
+        return list(range(n))
+
+    @ray.remote
+    class Pair:
+        def both(self, a, b=0):
+            return a, b
+
+    assert upto._remote([0], num_returns=0) is None
+    assert ray.get(list(upto._remote(args=[2], num_returns=2))) == [0, 1]
+    assert ray.get(assigned._remote(num_gpus=1, resources={"Custom": 1})) == {"CPU": 1.0, "GPU": 1.0, "Custom": 1.0}
+    pair = Pair._remote(num_gpus=1)
+    assert ray.get(list(pair.both._remote(args=["x"], kwargs={"b": 2}, num_returns=2))) == ["x", 2]
