@@ -166,7 +166,7 @@ class ActorClass:
             "is_async": self._meta.is_async,
             # None: the job's default_actor_lifetime (JobConfig), which the head applies
             "detached": _LIFETIMES.get(options.get("lifetime")),
-            "holds_cpus": "num_cpus" in options,
+            "holds_cpus": _holds_cpus(options),
             "methods": self._meta.methods,
             "signatures": self._meta.signatures,
         }
@@ -180,6 +180,14 @@ class ActorClass:
 
 
 _LIFETIMES = {"detached": True, "non_detached": False, None: None}
+
+
+def _holds_cpus(options: Dict[str, Any]) -> bool:
+    """Ray's rule: an actor that asks for nothing (or only memory) is placed with 1 CPU and holds
+    none while it lives; one that asks for any CPUs, GPUs, accelerator type or custom resource
+    holds them all, with 1 CPU unless num_cpus says otherwise, until it dies."""
+    return any(options.get(key) is not None for key in ("num_cpus", "num_gpus", "accelerator_type")) or bool(
+        options.get("resources"))
 
 
 def make_actor_class(cls: type, options: Dict[str, Any]) -> ActorClass:

@@ -120,3 +120,21 @@ def test_rays_underscore_remote_spelling_takes_arguments_and_options(cluster):
     assert ray.get(assigned._remote(num_gpus=1, resources={"Custom": 1})) == {"CPU": 1.0, "GPU": 1.0, "Custom": 1.0}
     pair = Pair._remote(num_gpus=1)
     assert ray.get(list(pair.both._remote(args=["x"], kwargs={"b": 2}, num_returns=2))) == ["x", 2]
+
+
+def test_an_actor_asking_for_any_resource_also_holds_a_cpu_for_life(cluster):
+    cluster(num_cpus=2, num_gpus=1, resources={"slot": 1})
+    plain = Reserver.remote()
+    gpu_holder = Reserver.options(num_gpus=1).remote()
+    slot_holder = Reserver.options(resources={"slot": 1}).remote()
+    assert ray.get([a.ready.remote() for a in (plain, gpu_holder, slot_holder)]) == [True] * 3
+    # as Ray: the plain one holds nothing, the other two one CPU each beside what they asked for
+    assert ray.available_resources().get("CPU", 0.0) == 0.0
+
+    @ray.remote(num_gpus=1)
+    class Reports:
+        def held(self):
+            return ray.get_runtime_context().get_assigned_resources()
+
+    ray.kill(gpu_holder)
+    assert ray.get(Reports.remote().held.remote()) == {"CPU": 1.0, "GPU": 1.0}
