@@ -139,7 +139,7 @@ class Scheduler:
     def acquire(self, node_id: bytes, request: Dict[str, float]) -> None:
         available = self.nodes[node_id].available
         for key, qty in request.items():
-            available[key] = available.get(key, 0.0) - qty
+            available[key] = _exact(available.get(key, 0.0) - qty)
 
     def release(self, node_id: bytes, request: Dict[str, float]) -> None:
         node = self.nodes.get(node_id)
@@ -147,7 +147,7 @@ class Scheduler:
             return
         available = node.available
         for key, qty in request.items():
-            available[key] = min(node.total.get(key, 0.0), available.get(key, 0.0) + qty)
+            available[key] = min(node.total.get(key, 0.0), _exact(available.get(key, 0.0) + qty))
 
     def totals(self) -> Dict[str, float]:
         return _sum(n.total for n in self.alive())
@@ -168,9 +168,15 @@ def kept_when_blocked(request: Dict[str, float]) -> Dict[str, float]:
     return {key: qty for key, qty in request.items() if key != "CPU"}
 
 
+def _exact(quantity: float) -> float:
+    """A quantity on Ray's grid of 0.0001 (its fixed-point resources): taking and giving back
+    fractions such as 0.1234 leaves the count exactly where it was, not 1.9999999999999998."""
+    return round(quantity, 4)
+
+
 def _sum(dicts: Iterable[Dict[str, float]]) -> Dict[str, float]:
     out: Dict[str, float] = {}
     for d in dicts:
         for key, qty in d.items():
             out[key] = out.get(key, 0.0) + qty
-    return {k: max(0.0, v) for k, v in out.items()}
+    return {k: max(0.0, _exact(v)) for k, v in out.items()}
