@@ -211,3 +211,11 @@ def test_runtime_env_objects_check_their_fields():
         RuntimeEnv(pip=["requests"])
     with pytest.raises(ValueError, match="setup_timeout_seconds"):
         RuntimeEnvConfig(setup_timeout_seconds=0)
+
+
+def test_omp_num_threads_from_env_vars_wins_over_the_tasks_cpus(cluster):
+    cluster(num_cpus=2)
+    threads = {"env_vars": {"OMP_NUM_THREADS": "3"}}
+    assert ray.get(env_of.options(runtime_env=threads).remote("OMP_NUM_THREADS")) == ["3"]
+    assert ray.get(env_of.options(runtime_env=threads, num_cpus=1).remote("OMP_NUM_THREADS")) == ["3"]
+    assert ray.get(env_of.options(num_cpus=2).remote("OMP_NUM_THREADS")) == ["2"]  # (no env: the CPUs)

@@ -93,6 +93,8 @@ class Worker:
         self.idle_title = IDLE  #: `ray::<Class>` once this worker holds an actor
         self.title.set(IDLE)
         self.omp_ours = False  #: OMP_NUM_THREADS was set by us, not inherited from the user's environment
+        #: Ray's RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO: tasks without GPUs get an empty CUDA_VISIBLE_DEVICES
+        self.empty_devices_on_zero = os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "").lower() in ("1", "true")
         self.exiting = False  #: the actor called exit_actor(): take no more calls, then exit
         client.actor_exit_hook = self.exit_requested
 
@@ -314,6 +316,9 @@ class Worker:
                 self.current = call.task_id  # cancel() interrupts the main thread's running task
             cancelled = call.task_id in self.cancelled_queued
             self.cancelled_queued.discard(call.task_id)
+        env_error = None
+        if request.runtime_env is not None and self.client.runtime_env is None:
+            env_error = self._enter_env(request.runtime_env)
         if call.task_type != ACTOR_TASK:  # (an actor's calls keep the actor's log marker, env and GPUs)
             self._set_omp_threads(request.num_cpus)
             self._set_gpus(request.gpu_ids)
@@ -325,11 +330,8 @@ class Worker:
         try:
             if cancelled:
                 raise KeyboardInterrupt
-            if request.runtime_env is not None and self.client.runtime_env is None:
-                # The first task of this worker's life decides its environment (the head sends
-                # it only tasks of that one); set before the function's module is imported.
-                runtime_envs.apply(runtime_envs.decode(request.runtime_env), self.client.session_dir)
-                self.client.runtime_env = request.runtime_env
+            if env_error is not None:
+                raise env_error
             call.fn = self._callable(call)
             if call.faults:  # a test's fault plan: orders for this attempt (fault_hooks.py)
                 self.client.transfer_delay = fault_hooks.transfer_delay_of(self.client, call)
@@ -342,6 +344,20 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - reported as the task's result
             call.error = exc
         return call
+
+    def _enter_env(self, encoded: str) -> Optional[Exception]:
+        """The first task of this worker's life decides its runtime_env (the head sends it only
+        tasks of that one): set before the function's module is imported. Returns the error
+        that fails the task if it cannot be set up."""
+        env = runtime_envs.decode(encoded)
+        try:
+            runtime_envs.apply(env, self.client.session_dir)
+        except (OSError, ValueError) as exc:
+            return exc
+        self.client.runtime_env = encoded
+        if "OMP_NUM_THREADS" in (env.get("env_vars") or {}):
+            self.omp_ours = False  # the user's own setting: tasks' CPU counts leave it alone (Ray)
+        return None
 
     def _set_omp_threads(self, num_cpus: float) -> None:
         """As Ray does: OMP_NUM_THREADS is the task's whole CPUs (at least 1), unless the user's
@@ -363,7 +379,7 @@ class Worker:
         self.client.gpu_ids = gpu_ids or ()
         if gpu_ids is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
-        elif os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "").lower() in ("1", "true"):
+        elif self.empty_devices_on_zero:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
     def _callable(self, call: "_Call") -> Any:
