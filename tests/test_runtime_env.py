@@ -10,6 +10,7 @@ import pytest
 import minicluster as ray
 from minicluster.job_config import JobConfig
 from minicluster.runtime_env import RuntimeEnv, RuntimeEnvConfig
+from minicluster.util.state import list_tasks
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -219,3 +220,22 @@ def test_omp_num_threads_from_env_vars_wins_over_the_tasks_cpus(cluster):
     assert ray.get(env_of.options(runtime_env=threads).remote("OMP_NUM_THREADS")) == ["3"]
     assert ray.get(env_of.options(runtime_env=threads, num_cpus=1).remote("OMP_NUM_THREADS")) == ["3"]
     assert ray.get(env_of.options(num_cpus=2).remote("OMP_NUM_THREADS")) == ["2"]  # (no env: the CPUs)
+
+
+def test_env_vars_reach_what_a_worker_reads_at_its_start(cluster):
+    # RAY_TASK_MAX_RETRIES in the job's env_vars: tasks submitted by tasks get that many retries
+    cluster(num_cpus=2, runtime_env={"env_vars": {"RAY_TASK_MAX_RETRIES": "0"}})
+
+    @ray.remote
+    def crash():
+        os._exit(1)
+
+    @ray.remote
+    def nested():
+        return ray.get(crash.remote())
+
+    with pytest.raises(ray.exceptions.RayTaskError) as info:
+        ray.get(nested.remote())
+    assert isinstance(info.value.cause, ray.exceptions.WorkerCrashedError)
+    crashes = list_tasks(filters=[("name", "=", "crash")])
+    assert len(crashes) == 1  # no retry

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import set_counter
-from minicluster._private.common import runtime_envs
+from minicluster._private.common import config, runtime_envs
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
 from minicluster._private.node.proc_title import IDLE, ProcTitle, actor_title, task_title
 from minicluster._private.node.worker_client import WorkerClient, store_serialized, store_value
@@ -355,6 +355,9 @@ class Worker:
         except (OSError, ValueError) as exc:
             return exc
         self.client.runtime_env = encoded
+        # In Ray the variables are there when the worker starts: what it reads once at its
+        # start (RAY_TASK_MAX_RETRIES, for the tasks it submits) is read again now.
+        self.client.default_max_retries = config.task_max_retries()
         if "OMP_NUM_THREADS" in (env.get("env_vars") or {}):
             self.omp_ours = False  # the user's own setting: tasks' CPU counts leave it alone (Ray)
         return None
