@@ -99,3 +99,22 @@ def test_work_without_gpus_stays_off_gpu_nodes_while_others_have_room(cluster):
 
     assert ray.get(where.remote()) == cpu_node  # (not the submitter's node, which has the GPU)
     assert ray.get(where.options(num_gpus=1).remote()) == gpu_node
+
+
+def test_a_gpu_actor_restarted_on_another_node_gets_that_nodes_device(cluster):
+    cluster(num_cpus=1, num_gpus=1)
+    other = testing.add_node(num_cpus=1, resources={"GPU": 1})
+
+    @ray.remote(num_gpus=1, max_restarts=1)
+    class Placed:
+        def where(self):
+            return ray.get_runtime_context().get_node_id(), ray.get_gpu_ids(), os.environ["CUDA_VISIBLE_DEVICES"]
+
+    actor = Placed.remote()
+    first_node, ids, visible = ray.get(actor.where.remote())
+    assert (ids, visible) == ([0], "0")
+    survivor = other if first_node != other else ray.get_runtime_context().get_node_id()
+    testing.kill_node(first_node)
+    node, ids, visible = ray.get(actor.where.remote(), timeout=20)
+    assert (node, ids, visible) == (survivor, [0], "0")
+    assert ray.available_resources().get("GPU", 0.0) == 0.0  # the survivor's device is the actor's now
