@@ -151,7 +151,7 @@ class ActorClass:
             actor_id=actor_id,
             args_size=len(args_blob),
             runtime_env=client.env_for_child(runtime_envs.check(options.get("runtime_env"), at_job=False)),
-            label_selector=labels.parse_selector(options["label_selector"]) if options.get("label_selector") else None,
+            label_selector=labels.alternatives(options.get("label_selector"), options.get("fallback_strategy")),
         )
         meta = {
             "class_name": self._meta.class_name,

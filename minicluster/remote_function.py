@@ -128,8 +128,7 @@ class _StaticOptions:
         self.max_calls = options.get("max_calls", 0)
         self.strategy = strategy_of(options.get("scheduling_strategy"))
         self.runtime_env = runtime_envs.check(options.get("runtime_env"), at_job=False)
-        selector = options.get("label_selector")
-        self.label_selector = labels.parse_selector(selector) if selector is not None else None
+        self.label_selector = labels.alternatives(options.get("label_selector"), options.get("fallback_strategy"))
 
 
 class _BoundOptions:

@@ -153,3 +153,27 @@ def test_fractions_taken_and_given_back_leave_the_count_exact():
     for piece in pieces:  # (in the order they were taken, as tasks end)
         scheduler.release(b"n", piece)
     assert scheduler.nodes[b"n"].available == {"CPU": 4.0, "Custom": 4.0}
+
+
+def test_fallback_strategy_is_tried_when_the_label_selector_matches_no_node(cluster):
+    cluster(num_cpus=1, labels={"zone": "a"})
+    first = ray.get_runtime_context().get_node_id()
+    second = testing.add_node(num_cpus=1, labels={"zone": "b"})
+    fallback = [{"label_selector": {"zone": "c"}}, {"label_selector": {"zone": "b"}}]
+    assert ray.get(where.options(label_selector={"zone": "x"}, fallback_strategy=fallback).remote()) == second
+    # the selector itself wins when some node matches it
+    assert ray.get(where.options(label_selector={"zone": "a"}, fallback_strategy=fallback).remote()) == first
+    actor = Reserver.options(label_selector={"zone": "x"}, fallback_strategy=fallback).remote()
+    assert ray.get(actor.ready.remote())
+
+
+@pytest.mark.parametrize("fallback, error", [
+    ({"label_selector": {"zone": "a"}}, TypeError),
+    (["zone=a"], ValueError),
+    ([{}], ValueError),
+    ([{"num_cpus": 1}], ValueError),
+    ([{"label_selector": {"zone": "in(a"}}], ValueError),
+])
+def test_bad_fallback_strategies_are_refused(fallback, error):
+    with pytest.raises(error):
+        where.options(fallback_strategy=fallback)

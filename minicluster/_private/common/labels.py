@@ -9,12 +9,16 @@ A selector maps a label key to a condition, all of which must hold:
     "!v"         the node lacks the label or it differs from v
     "in(a, b)"   the label is one of a, b
     "!in(a, b)"  the node lacks the label or it is none of a, b
+
+Ray's `fallback_strategy` ([{"label_selector": {...}}, ...]) lists selectors to use, in order,
+when no live node could ever match the task's own: a task carries its selectors as a tuple of
+alternatives (`alternatives`), the first being its label_selector (None: any node).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 _NAME = r"[a-zA-Z0-9]([a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?"
 _PREFIX = re.compile(rf"^({_NAME})?(\.({_NAME})?)*$")
@@ -60,6 +64,34 @@ def parse_selector(selector: Any) -> Optional[Selector]:
     return tuple(sorted(parsed, key=lambda rule: rule[0])) or None
 
 
+def parse_fallback(fallback: Any) -> List[Optional[Selector]]:
+    """Ray's fallback_strategy checked as Ray checks it: its selectors, in order."""
+    if not isinstance(fallback, list):
+        raise TypeError(f"The type of keyword 'fallback_strategy' must be (<class 'list'>, <class 'NoneType'>), "
+                        f"but received type {type(fallback)}")
+    found = []
+    for option in fallback:
+        if not isinstance(option, dict):
+            raise ValueError("Each element in fallback_strategy must be a dictionary.")
+        if not option:
+            raise ValueError("Empty dictionary found in `fallback_strategy`.")
+        for key in option:
+            if key != "label_selector":
+                raise ValueError(f"Unsupported option found: '{key}'. Only ['label_selector'] is currently "
+                                 "supported.")
+        found.append(parse_selector(option["label_selector"]))
+    return found
+
+
+def alternatives(label_selector: Any, fallback: Any) -> Optional[Tuple[Optional[Selector], ...]]:
+    """A task's selectors in the order they are tried (None when it has none)."""
+    primary = parse_selector(label_selector) if label_selector is not None else None
+    others = parse_fallback(fallback) if fallback is not None else []
+    if primary is None and not others:
+        return None
+    return (primary, *others)
+
+
 def matches(labels: Dict[str, str], selector: Optional[Selector]) -> bool:
     """Whether a node with these labels satisfies every condition of the selector."""
     if not selector:
@@ -72,10 +104,10 @@ def matches(labels: Dict[str, str], selector: Optional[Selector]) -> bool:
     return True
 
 
-def describe(selector: Selector) -> str:
+def describe(selector: Optional[Selector]) -> str:
     """The selector as the user wrote it, for messages."""
     parts = []
-    for key, negated, values in selector:
+    for key, negated, values in selector or ():
         body = next(iter(values)) if len(values) == 1 else f"in({', '.join(sorted(values))})"
         parts.append(f"{key}: {'!' if negated else ''}{body}")
     return "{" + ", ".join(parts) + "}"

@@ -84,6 +84,10 @@ def _label_selector(name: str, value: Any) -> None:
     labels.parse_selector(value)
 
 
+def _fallback_strategy(name: str, value: Any) -> None:
+    labels.parse_fallback(value)
+
+
 def _task_object_store_memory(name: str, value: Any) -> None:
     raise ValueError("Setting 'object_store_memory' is not implemented for tasks")
 
@@ -168,6 +172,7 @@ _COMMON: Dict[str, Callable[[str, Any], None]] = {
     "resources": _resources,
     "accelerator_type": _str,
     "label_selector": _label_selector,
+    "fallback_strategy": _fallback_strategy,
     "_labels": _labels_option,
     "runtime_env": _runtime_env,
     "scheduling_strategy": _strategy,

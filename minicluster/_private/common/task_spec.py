@@ -45,7 +45,8 @@ class TaskSpec:
     method: Optional[str] = None  #: for ACTOR_TASK: the method to call on the actor
     #: the environment it runs in, merged over its parent's (runtime_envs.encode); None: none
     runtime_env: Optional[str] = None
-    label_selector: Optional[tuple] = None  #: labels.Selector: the nodes it may run on
+    #: the nodes it may run on: its label_selector, then its fallback_strategy's (labels.alternatives)
+    label_selector: Optional[tuple] = None
 
     def return_ids(self) -> Tuple[bytes, ...]:
         tid = self.task_id

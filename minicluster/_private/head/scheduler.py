@@ -21,7 +21,8 @@ As in Ray (RAY_scheduler_avoid_gpu_nodes), DEFAULT places a task that needs no G
 without GPUs while one of those fits it now; GPU nodes take it only otherwise.
 
 A task's `label_selector` (common/labels.py) narrows every strategy to the nodes whose
-labels match; no live node matching is infeasible, like a resource no node has.
+labels match; no live node matching is infeasible, like a resource no node has. Its
+`fallback_strategy` selectors are used, in order, while no live node could match the ones before.
 """
 
 from __future__ import annotations
@@ -95,8 +96,10 @@ class Scheduler:
         return any(n.could_fit(request) and matches(n.labels, selector) for n in self.nodes.values() if n.alive)
 
     def place(self, request: Dict[str, float], strategy: Tuple, preferred: Optional[bytes],
-              selector: Optional[Selector] = None) -> Optional[bytes] | str:
-        """A node id that fits now; None to wait; INFEASIBLE; raises Unschedulable."""
+              selectors: Optional[Tuple[Optional[Selector], ...]] = None) -> Optional[bytes] | str:
+        """A node id that fits now; None to wait; INFEASIBLE; raises Unschedulable.
+        `selectors`: the task's label selector and its fallbacks (labels.alternatives)."""
+        selector = self._selector_for(request, selectors)
         kind = strategy[0]
         if kind == "NODE":
             target = self.nodes.get(strategy[1])
@@ -135,6 +138,16 @@ class Scheduler:
                 return preferred
         best = min(candidates, key=lambda n: (n.cpu_load(), n.node_id != preferred))
         return best.node_id
+
+    def _selector_for(self, request: Dict[str, float],
+                      selectors: Optional[Tuple[Optional[Selector], ...]]) -> Optional[Selector]:
+        """The first of a task's selectors that some live node could satisfy (else its own)."""
+        if not selectors:
+            return None
+        for selector in selectors:
+            if self.feasible(request, selector):
+                return selector
+        return selectors[0]
 
     def acquire(self, node_id: bytes, request: Dict[str, float]) -> None:
         available = self.nodes[node_id].available

@@ -336,8 +336,8 @@ class TaskFlow:
         if shape in warned:
             return
         warned.add(shape)
-        selector = task.spec.label_selector
-        labelled = f" on a node with labels {labels.describe(selector)}" if selector else ""
+        selectors = task.spec.label_selector  # (its own, then its fallback_strategy's)
+        labelled = f" on a node with labels {' or '.join(map(labels.describe, selectors))}" if selectors else ""
         print(
             f"minicluster: warning: task {task.spec.name} needs {task.spec.resources}{labelled}, which no node has "
             f"(cluster: {self.state.scheduler.totals()}). It stays pending until a node that fits is added.",
