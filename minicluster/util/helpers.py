@@ -23,7 +23,8 @@ def _check(chunk_size: int, wait_kwargs: dict) -> None:
         raise ValueError("Use the `chunk_size` argument instead of `num_returns`.")
 
 
-def _next_chunk(refs: List[Any], chunk_size: int, yield_obj_refs: bool, wait_kwargs: dict) -> Tuple[List[Any], List[Any]]:
+def _next_chunk(refs: List[Any], chunk_size: int, yield_obj_refs: bool,
+                wait_kwargs: dict) -> Tuple[List[Any], List[Any]]:
     """(the values, or refs, of the next finished chunk; the refs still pending)."""
     done, pending = api.wait(refs, num_returns=min(chunk_size, len(refs)), **wait_kwargs)
     return (done if yield_obj_refs else api.get(done)), pending

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any, Dict, List, Optional
 
 from minicluster import api
-from minicluster.exceptions import RayTaskError
+from minicluster.exceptions import RayError, RayTaskError
 
 
 class Empty(_stdlib_queue.Empty):
@@ -127,9 +127,14 @@ class Queue:
             if force:
                 api.kill(self.actor, no_restart=True)
             else:
-                done, _ = api.wait([self.actor.__ray_terminate__.remote()], timeout=grace_period_s)
+                ending = self.actor.__ray_terminate__.remote()
+                done, _ = api.wait([ending], timeout=grace_period_s)
                 if not done:
                     api.kill(self.actor, no_restart=True)
+                try:  # the actor's exit is this call's expected error: taken, so not reported as unhandled
+                    api.get(ending, timeout=grace_period_s)
+                except RayError:
+                    pass
         self.actor = None
 
 
