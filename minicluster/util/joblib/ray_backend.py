@@ -23,7 +23,6 @@ from joblib._parallel_backends import (
 from minicluster import api
 from minicluster.util.multiprocessing.pool import Pool
 
-
 _JOBLIB_POOL_SETTINGS = {"context", "max_nbytes", "mmap_mode", "temp_folder", "verbose", "prewarm"}
 
 
