@@ -57,7 +57,7 @@ FUNCTION_IMPORTS: Dict[Tuple[str, str, str], str] = {
     ("minicluster.api", "timeline", "minicluster.util.state"):
         "startup time: the state API's readers cost every `import minicluster` ~20 ms",
     ("minicluster.util.joblib", "register_ray", "joblib"):
-        "an optional dependency: importing minicluster.util.joblib works without it; register_ray() says what to install",
+        "an optional dependency: minicluster.util.joblib imports without it; register_ray() names the extra",
     ("minicluster.util.joblib", "register_ray", "minicluster.util.joblib.ray_backend"):
         "an optional dependency: ray_backend imports joblib at its top",
 }

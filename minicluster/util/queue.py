@@ -41,7 +41,10 @@ class Queue:
 
     def __init__(self, maxsize: int = 0, actor_options: Optional[Dict[str, Any]] = None) -> None:
         self.maxsize = maxsize
-        self.actor: Any = api.remote(_QueueActor).options(**(actor_options or {})).remote(maxsize)
+        # num_cpus=0 unless actor_options say otherwise: the queue waits, it does not compute, and
+        # a CPU taken even while its constructor runs would show (Ray: available CPUs do not change)
+        options = {"num_cpus": 0, **(actor_options or {})}
+        self.actor: Any = api.remote(_QueueActor).options(**options).remote(maxsize)
 
     # ---- size -----------------------------------------------------------------------
 

@@ -93,7 +93,10 @@ class AsyncResult:
             failed = False
             pending = {ref: size for ref, size in self._chunks}
             while pending:
-                done, _ = api.wait(list(pending), num_returns=1)
+                try:
+                    done, _ = api.wait(list(pending), num_returns=1)
+                except RayError:  # the session ended first: nobody is left to call back
+                    return
                 values = _chunk_values(done[0], pending.pop(done[0]))
                 error = next((v for v in values if isinstance(v, BaseException)), None)
                 if error is not None and not failed:
