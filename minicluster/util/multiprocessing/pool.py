@@ -22,6 +22,7 @@ What follows Ray rather than the standard library, on purpose:
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 import warnings
@@ -29,6 +30,7 @@ from multiprocessing import TimeoutError
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from minicluster import api
+from minicluster._private.common.config import INLINE_THRESHOLD as _INLINE_BYTES
 from minicluster.exceptions import RayError
 
 
@@ -218,6 +220,19 @@ def _left(deadline: Optional[float]) -> Optional[float]:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+def _looks_large(chunk: List[Tuple[tuple, dict]]) -> bool:
+    """Whether a chunk's items are, by their shallow sizes, more than travels inside a message
+    (bytes, strings, numpy arrays report their data; nested containers are undercounted, and
+    just take the plain path)."""
+    total = 0
+    for args, kwargs in chunk:
+        for value in itertools.chain(args, kwargs.values()):
+            total += sys.getsizeof(value)
+            if total > _INLINE_BYTES:
+                return True
+    return False
+
+
 def _consume(terminations: List[Any]) -> None:
     """Take the results of finished __ray_terminate__ calls: each is the "actor exited on purpose"
     error, expected here, which would otherwise be reported as unhandled when its ref is dropped."""
@@ -287,7 +302,12 @@ class Pool:
         retired after it (it exits once its calls are done) and replaced."""
         entry = self._actors[self._round_robin]
         self._round_robin = (self._round_robin + 1) % len(self._actors)
-        ref = entry[0].run_chunk.remote(func, chunk)
+        payload: Any = chunk
+        if _looks_large(chunk):
+            # put() pickles the chunk once; as a plain argument of .remote() a large chunk is
+            # pickled three times (to size the arguments, to size it alone, to store it)
+            payload = api.put(chunk)
+        ref = entry[0].run_chunk.remote(func, payload)
         entry[1] += 1
         if self._maxtasksperchild is not None and entry[1] >= self._maxtasksperchild:
             self._retire(entry[0])
