@@ -25,6 +25,7 @@ def test_map_starmap_apply_and_the_original_exception_type(cluster):
         assert pool.map(lambda x: x * x, range(10)) == [x * x for x in range(10)]
         assert pool.map(lambda x: x, range(10), chunksize=3) == list(range(10))
         assert pool.map(abs, []) == []
+        assert pool.map(len, [bytes(300_000), b"ab"], chunksize=2) == [300_000, 2]  # a chunk sent by ref
         assert pool.starmap(lambda a, b: a - b, [(5, 1), (7, 2)]) == [4, 5]
         assert pool.apply(lambda a, b=0: a + b, (1,), {"b": 2}) == 3
 
