@@ -40,6 +40,8 @@ def test_map_starmap_apply_and_the_original_exception_type(cluster):
             pool.apply(fails_on_3, (3,))
         with pytest.raises(ZeroDivisionError):
             pool.starmap_async(lambda a, b: a / b, [(1, 0)]).get()
+        [returned] = pool.map(lambda x: Boom(x), [1])  # an exception returned, not raised: a value
+        assert isinstance(returned, Boom)
 
 
 def test_processes_are_spread_and_default_to_the_cluster_cpus(cluster):

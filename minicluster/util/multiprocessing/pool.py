@@ -62,13 +62,13 @@ class _PoolActor:
 
 
 def _chunk_values(ref: Any, size: int) -> List[Any]:
-    """A finished chunk's results, an exception standing for each item that failed; a chunk
-    whose call itself failed (its actor died) is that error for each of its items."""
+    """A finished chunk's results, a _Failed for each item that raised; a chunk whose call
+    itself failed (its actor died) is that error for each of its items. (An exception an item
+    returns, rather than raises, is a value like any other.)"""
     try:
-        values = api.get(ref)
+        return api.get(ref)
     except RayError as error:
-        return [error] * size
-    return [v.error if isinstance(v, _Failed) else v for v in values]
+        return [_Failed(error)] * size
 
 
 class AsyncResult:
@@ -78,7 +78,7 @@ class AsyncResult:
                  error_callback: Optional[Callable] = None) -> None:
         self._chunks = chunks  #: (ref, number of items) of each chunk, in submission order
         self._single = single
-        self._values: Optional[List[Any]] = None  #: every item's value or exception, once all are done
+        self._values: Optional[List[Any]] = None  #: every item's value or _Failed, once all are done
         self._handled: Optional[threading.Event] = None
         if callback is not None or error_callback is not None:
             # As in the standard library, callbacks run on a thread of this process, once all
@@ -100,7 +100,7 @@ class AsyncResult:
                 except RayError:  # the session ended first: nobody is left to call back
                     return
                 values = _chunk_values(done[0], pending.pop(done[0]))
-                error = next((v for v in values if isinstance(v, BaseException)), None)
+                error = next((v.error for v in values if isinstance(v, _Failed)), None)
                 if error is not None and not failed:
                     failed = True
                     if error_callback is not None:
@@ -136,7 +136,7 @@ class AsyncResult:
         """Whether no item raised; ValueError if the result is not ready yet."""
         if not self.ready():
             raise ValueError(f"{self!r} not ready")
-        return not any(isinstance(v, BaseException) for v in self._collect())
+        return not any(isinstance(v, _Failed) for v in self._collect())
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """The result (a list, or apply's single value); raises the first item's exception in
@@ -146,8 +146,8 @@ class AsyncResult:
             raise TimeoutError
         values = self._collect()
         for value in values:
-            if isinstance(value, BaseException):
-                raise value
+            if isinstance(value, _Failed):
+                raise value.error
         return values[0] if self._single else values
 
 
@@ -185,7 +185,9 @@ class _IMapIterator:
         if not done:
             raise TimeoutError
         index = self._in_flight.pop(done[0])
-        self._finished[index] = _chunk_values(done[0], self._chunks[index][1])
+        # as Ray's imap: an item that raised is handed out as its exception, not raised
+        self._finished[index] = [v.error if isinstance(v, _Failed) else v
+                                 for v in _chunk_values(done[0], self._chunks[index][1])]
         self._send_next()
 
     def __iter__(self) -> "_IMapIterator":
