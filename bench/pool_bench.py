@@ -6,7 +6,7 @@ slots): minicluster ``minicluster.util.multiprocessing.Pool(2)``, Ray
 mapped functions are in bench/tasks.py, so every pool gets them by reference; each pool picks
 its own default chunksize (all three: ceil(items / (4 x processes))).
 
-- [pool_tiny] ``map(identity, range(N))``, N = 10,000 (quick: 2,000), after a 500-item warm-up;
+- [pool_tiny] ``map(identity, range(N))``, N = 100,000 (quick: 20,000), after a 500-item warm-up;
   items/s, median of 3 runs (quick: 1).
 - [pool_1mb] ``map(size_of, items)`` over M distinct 1 MiB ``bytes`` objects, M = 100 (quick: 40),
   after a warm-up of 4; MB/s (MiB sent per second), median of 3 runs (quick: 1).

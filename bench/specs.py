@@ -196,7 +196,7 @@ class Reps(NamedTuple):
     actor_async_calls: int
     actor_async_runs: int
     actor_restart_runs: int
-    pool_tiny_items: int = 10_000
+    pool_tiny_items: int = 100_000
     pool_big_items: int = 100
     pool_runs: int = 3
 
@@ -214,7 +214,7 @@ QUICK = Reps(throughput_tasks=2_000, throughput_runs=1, throughput_warmup=300,
              bookkeeping_tasks=2_000, bookkeeping_runs=2, reconstruct_runs=1, chain_len=100,
              lineage_tasks=100_000, lineage_dep_tasks=50_000, lineage_batch=1_000, actor_create_runs=3,
              actor_calls=500, actor_warmup=50, actor_async_calls=2_000, actor_async_runs=1,
-             actor_restart_runs=2, pool_tiny_items=2_000, pool_big_items=40, pool_runs=1)
+             actor_restart_runs=2, pool_tiny_items=20_000, pool_big_items=40, pool_runs=1)
 
 
 def reps(quick: bool) -> Reps:

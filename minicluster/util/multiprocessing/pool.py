@@ -51,11 +51,18 @@ class _PoolActor:
     def ping(self) -> None:
         """Answered once the constructor (the initializer) has run."""
 
-    def run_chunk(self, func: Callable, chunk: List[Tuple[tuple, dict]]) -> List[Any]:
+    def run_chunk(self, func: Callable, mode: str, items: List[Any]) -> List[Any]:
+        """Each item's result (a _Failed for one that raised). `mode`: "map" calls func(item),
+        "star" func(*item), "call" func(*args, **kwargs) of an (args, kwargs) item."""
         results: List[Any] = []
-        for args, kwargs in chunk:
+        for item in items:
             try:
-                results.append(func(*args, **kwargs))
+                if mode == "map":
+                    results.append(func(item))
+                elif mode == "star":
+                    results.append(func(*item))
+                else:
+                    results.append(func(*item[0], **item[1]))
             except Exception as error:  # noqa: BLE001 - carried back to the caller, raised there
                 results.append(_Failed(error))
         return results
@@ -176,7 +183,7 @@ class _IMapIterator:
         if len(chunk) < self._chunksize:
             self._exhausted = True
         if chunk:
-            ref = self._pool._send(self._func, [((item,), {}) for item in chunk])
+            ref = self._pool._send(self._func, "map", chunk)
             self._in_flight[ref] = len(self._chunks)
             self._chunks.append((ref, len(chunk)))
 
@@ -222,16 +229,20 @@ def _left(deadline: Optional[float]) -> Optional[float]:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _looks_large(chunk: List[Tuple[tuple, dict]]) -> bool:
+def _looks_large(items: List[Any]) -> bool:
     """Whether a chunk's items are, by their shallow sizes, more than travels inside a message
-    (bytes, strings, numpy arrays report their data; nested containers are undercounted, and
-    just take the plain path)."""
+    (bytes, strings and numpy arrays report their data; an argument tuple or keyword dict is
+    looked into once; other containers are undercounted and just take the plain path)."""
     total = 0
-    for args, kwargs in chunk:
-        for value in itertools.chain(args, kwargs.values()):
-            total += sys.getsizeof(value)
-            if total > _INLINE_BYTES:
-                return True
+    for item in items:
+        total += sys.getsizeof(item)
+        if type(item) is tuple:
+            for part in item:
+                total += sys.getsizeof(part)
+                if type(part) is tuple or type(part) is dict:
+                    total += sum(sys.getsizeof(x) for x in (part.values() if type(part) is dict else part))
+        if total > _INLINE_BYTES:
+            return True
     return False
 
 
@@ -299,17 +310,17 @@ class Pool:
         if self._closed:
             raise ValueError("Pool not running")
 
-    def _send(self, func: Callable, chunk: List[Tuple[tuple, dict]]) -> Any:
-        """One chunk to the next actor in turn; an actor that reached maxtasksperchild chunks is
-        retired after it (it exits once its calls are done) and replaced."""
+    def _send(self, func: Callable, mode: str, items: List[Any]) -> Any:
+        """One chunk to the next actor in turn (see _PoolActor.run_chunk); an actor that reached
+        maxtasksperchild chunks is retired after it (it exits once its calls are done) and replaced."""
         entry = self._actors[self._round_robin]
         self._round_robin = (self._round_robin + 1) % len(self._actors)
-        payload: Any = chunk
-        if _looks_large(chunk):
+        payload: Any = items
+        if _looks_large(items):
             # put() pickles the chunk once; as a plain argument of .remote() a large chunk is
             # pickled three times (to size the arguments, to size it alone, to store it)
-            payload = api.put(chunk)
-        ref = entry[0].run_chunk.remote(func, payload)
+            payload = api.put(items)
+        ref = entry[0].run_chunk.remote(func, mode, payload)
         entry[1] += 1
         if self._maxtasksperchild is not None and entry[1] >= self._maxtasksperchild:
             self._retire(entry[0])
@@ -331,8 +342,7 @@ class Pool:
         chunks = []
         for start in range(0, len(items), chunksize):
             part = items[start:start + chunksize]
-            calls = [(tuple(item) if star else (item,), {}) for item in part]
-            chunks.append((self._send(func, calls), len(part)))
+            chunks.append((self._send(func, "star" if star else "map", part), len(part)))
         return chunks
 
     # ---- the standard library's methods ---------------------------------------------
@@ -348,7 +358,7 @@ class Pool:
                     kwargs: Optional[Dict[str, Any]] = None) -> AsyncResult:
         self._check_running()
         call = (tuple(args or ()), dict(kwds or kwargs or {}))
-        return AsyncResult([(self._send(func, [call]), 1)], True, callback, error_callback)
+        return AsyncResult([(self._send(func, "call", [call]), 1)], True, callback, error_callback)
 
     def map(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None) -> List[Any]:
         """[func(x) for x in iterable], in chunks spread over the processes; raises the first
