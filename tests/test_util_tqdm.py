@@ -80,3 +80,14 @@ def test_state_lines_round_trip_and_other_lines_are_not_taken():
     assert decode_state(encode_state(state)) == state
     assert decode_state("plain output") is None
     assert decode_state("__minicluster_tqdm__ {not json") is None
+
+
+def test_bars_of_one_process_are_drawn_together_in_position_order():
+    screen = _Tty()
+    bars = BarManager(stream=screen)
+    bars.update({"uuid": "x1", "x": 0, "desc": "x-second", "pos": 1}, 10, "")
+    bars.update({"uuid": "y0", "x": 0, "desc": "y-first", "pos": 0}, 20, "")
+    bars.update({"uuid": "x0", "x": 0, "desc": "x-first", "pos": 0}, 10, "")
+    last_draw = screen.getvalue().rsplit("\x1b[J", 1)[-1]
+    assert [line.split(":")[0] for line in last_draw.splitlines()] == ["x-first", "x-second", "y-first"]
+

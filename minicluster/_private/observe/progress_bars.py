@@ -8,7 +8,8 @@ calls `BarManager.update` directly. One manager then draws every bar of the sess
 so bars of many workers never write over each other.
 
 On a terminal (stderr is a tty) the open bars occupy the last lines of the screen and
-are redrawn in place; other output (workers' lines, the driver's print) is written
+are redrawn in place, each process's bars together in the order of their `position`;
+other output (workers' lines, the driver's print) is written
 above them by `write_lines`, which clears the bars, writes, and redraws them. A closed
 bar leaves its last state as an ordinary line. Anywhere else (a file, a pipe, CI) the
 bars are plain lines, without escape sequences: one when a bar appears, at most one
@@ -64,6 +65,7 @@ class BarManager:
         self._stream = stream
         self.lock = threading.RLock()
         self.bars: Dict[Tuple[Any, str], _Bar] = {}  #: (origin, bar uuid) -> bar, in the order they appeared
+        self.origins: Dict[Any, int] = {}  #: process (origin) -> its rank: its bars are drawn together
         self.drawn = 0  #: bar lines currently on the screen, below the cursor's line
 
     @property
@@ -86,6 +88,7 @@ class BarManager:
             label = prefix + str(state.get("desc") or "")
             if bar is None:
                 bar = self.bars[key] = _Bar(label, state)
+                self.origins.setdefault(origin, len(self.origins))
             bar.label, bar.state = label, state
             closed = bool(state.get("closed"))
             if closed:
@@ -133,7 +136,9 @@ class BarManager:
             self.drawn = 0
 
     def _draw(self) -> None:
-        text = "".join(self._fit(_render(bar)) + "\n" for bar in self.bars.values())
+        # Each process's bars together, in the order of their `position` (tqdm's, within the process).
+        order = sorted(self.bars.items(), key=lambda item: (self.origins.get(item[0][0], 0), _position(item[1])))
+        text = "".join(self._fit(_render(bar)) + "\n" for _, bar in order)
         if text:
             self._out(text)
         self.drawn = len(self.bars)
@@ -149,6 +154,11 @@ class BarManager:
             self.stream.flush()
         except (OSError, ValueError):
             pass
+
+
+def _position(bar: _Bar) -> int:
+    pos = bar.state.get("pos")
+    return pos if isinstance(pos, int) else 0
 
 
 def _render(bar: _Bar) -> str:
