@@ -114,12 +114,18 @@ def test_register_serializer_applies_in_this_process(cluster):
     def get_x(p):
         return p.x
 
+    @ray.remote
+    def make(x):
+        return Point(x)
+
     with pytest.raises(TypeError):
         ray.put(Point(1))
     register_serializer(Point, serializer=_to_plain, deserializer=_from_plain)
     try:
         assert ray.get(ray.put(Point(2))).x == 2
         assert ray.get(get_x.remote(Point(3))) == 3  # the worker rebuilds it without registering
+        with pytest.raises(TypeError):  # as in Ray: the worker did not register it, so cannot pickle one
+            ray.get(make.remote(4))
     finally:
         deregister_serializer(Point)
     with pytest.raises(TypeError):
