@@ -24,17 +24,25 @@ class Doubler:
         time.sleep(seconds)
         return 2 * v
 
+    def gated_double(self, v, gate):
+        while gate is not None and not os.path.exists(gate):
+            time.sleep(0.01)
+        return 2 * v
+
     def pid(self):
         return os.getpid()
 
 
-def test_map_keeps_order_and_map_unordered_yields_every_result(cluster):
+def test_map_keeps_order_and_map_unordered_yields_every_result(cluster, tmp_path):
     cluster(num_cpus=2)
     pool = ActorPool([Doubler.remote(), Doubler.remote()])
     assert list(pool.map(lambda a, v: a.double.remote(v), range(7))) == [0, 2, 4, 6, 8, 10, 12]
-    # value 0 is slow: map_unordered hands out the others first
-    out = list(pool.map_unordered(lambda a, v: a.slow_double.remote(v, 1.0 if v == 0 else 0.0), range(5)))
-    assert sorted(out) == [0, 2, 4, 6, 8] and out[0] != 0
+    # value 0 waits for a gate: map_unordered hands out the others first
+    gate = str(tmp_path / "gate")
+    results = pool.map_unordered(lambda a, v: a.gated_double.remote(v, gate if v == 0 else None), range(5))
+    first = [next(results) for _ in range(4)]
+    open(gate, "w").close()
+    assert sorted(first) == [2, 4, 6, 8] and list(results) == [0]
 
 
 def test_submit_beyond_the_actors_waits_in_a_backlog(cluster):
@@ -70,14 +78,17 @@ def test_get_next_timeout_and_ignore_if_timedout(cluster):
     assert not pool.has_next()
 
 
-def test_get_next_after_get_next_unordered_is_refused(cluster):
+def test_get_next_after_get_next_unordered_is_refused(cluster, tmp_path):
     cluster(num_cpus=2)
     pool = ActorPool([Doubler.remote(), Doubler.remote()])
-    pool.submit(lambda a, v: a.slow_double.remote(v, 1.0), 1)
+    gate = str(tmp_path / "gate")
+    pool.submit(lambda a, v: a.gated_double.remote(v, gate), 1)
     pool.submit(lambda a, v: a.double.remote(v), 2)
-    assert pool.get_next_unordered() == 4
+    assert pool.get_next_unordered() == 4  # the second one: the first waits for the gate
     with pytest.raises(ValueError, match="get_next_unordered"):
         pool.get_next()
+    open(gate, "w").close()
+    assert pool.get_next_unordered() == 2
 
 
 def test_push_takes_the_backlog_and_refuses_a_member(cluster):

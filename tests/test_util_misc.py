@@ -4,6 +4,7 @@ inspect_serializability, register_serializer / deregister_serializer."""
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 
@@ -19,6 +20,11 @@ from minicluster.util import (
     map_unordered,
     register_serializer,
 )
+
+
+@ray.remote
+def identity(x):
+    return x
 
 
 @ray.remote
@@ -49,25 +55,29 @@ def test_list_named_actors_in_this_namespace_or_all_of_them(cluster):
     wait_for(lambda: list_named_actors() == [], what="the killed actor's name to go")
 
 
-def test_as_completed_and_map_unordered_yield_every_result_as_it_finishes(cluster):
+def test_as_completed_and_map_unordered_yield_every_result_as_it_finishes(cluster, tmp_path):
     cluster(num_cpus=2)
+    gate = str(tmp_path / "gate")
 
     @ray.remote
-    def nap(x):
-        time.sleep(x)
+    def until(x, gate):
+        while gate is not None and not os.path.exists(gate):
+            time.sleep(0.01)
         return x
 
-    refs = [nap.remote(x) for x in (1.0, 0.0, 0.0)]
-    out = list(as_completed(refs, chunk_size=1))
-    assert sorted(out) == [0.0, 0.0, 1.0] and out[-1] == 1.0
+    refs = [until.remote("last", gate), until.remote("a", None), until.remote("b", None)]
+    results = as_completed(refs, chunk_size=1)
+    first = [next(results), next(results)]
+    open(gate, "w").close()
+    assert sorted(first) == ["a", "b"] and list(results) == ["last"]
     assert set(as_completed(refs, chunk_size=2, yield_obj_refs=True)) == set(refs)
-    assert sorted(map_unordered(nap, [0.0] * 7, backpressure_size=2, chunk_size=1)) == [0.0] * 7
+    assert sorted(map_unordered(identity, range(7), backpressure_size=2, chunk_size=1)) == list(range(7))
     with pytest.raises(ValueError):
         list(as_completed(refs, chunk_size=0))
     with pytest.raises(ValueError):
         list(as_completed(refs, num_returns=1))
     with pytest.raises(ValueError):
-        list(map_unordered(nap, [1], backpressure_size=0))
+        list(map_unordered(identity, [1], backpressure_size=0))
 
 
 def test_inspect_serializability_names_the_part_that_cannot_be_pickled():
