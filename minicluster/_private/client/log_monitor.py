@@ -36,7 +36,6 @@ from minicluster._private.common import config
 from minicluster._private.observe import progress_bars
 from minicluster._private.observe.log_dedup import LineFolder
 from minicluster._private.observe.log_files import WorkerLogFile, prefix
-from minicluster._private.observe.progress_bars import decode_state
 
 POLL_INTERVAL_S = 0.1
 
@@ -86,7 +85,7 @@ class LogMonitor:
                     target = out if log.stream == "out" else err
                     folder = folders[log.stream] if folders is not None else None
                     for task_name, text in lines:
-                        bar_state = decode_state(text) if log.stream == "out" else None
+                        bar_state = progress_bars.decode_state(text) if log.stream == "out" else None
                         if bar_state is not None:  # a tqdm_ray bar's state: drawn, not printed
                             progress_bars.manager().update(bar_state, log.pid, prefix(task_name, log.pid, node) + " ")
                             continue

@@ -208,7 +208,7 @@ def manager() -> BarManager:
     with _manager_lock:
         if _manager is None:
             _manager = BarManager()
-            if config.env("TQDM_PATCH_PRINT", True, config._flag):
+            if config.tqdm_patch_print():
                 builtins.print = safe_print
         return _manager
 
