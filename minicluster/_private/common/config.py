@@ -57,6 +57,11 @@ def avoid_gpu_nodes() -> bool:
     return env("scheduler_avoid_gpu_nodes", True, _flag)
 
 
+def tqdm_patch_print() -> bool:
+    """RAY_TQDM_PATCH_PRINT: once tqdm_ray bars are shown, the driver's print() writes above them."""
+    return env("TQDM_PATCH_PRINT", True, _flag)
+
+
 def dedup_window_s() -> float:
     return env("DEDUP_LOGS_AGG_WINDOW_S", 5.0, float)
 
