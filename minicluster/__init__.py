@@ -84,7 +84,7 @@ from minicluster.api import (
     timeline,
     wait,
 )
-from minicluster.object_ref import ObjectRef
+from minicluster.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 
 ObjectID = ObjectRef  # Ray's old name, still exported by Ray
 
@@ -96,6 +96,8 @@ __all__ = [
     "NodeID",
     "ObjectID",
     "ObjectRef",
+    "ObjectRefGenerator",
+    "DynamicObjectRefGenerator",
     "TaskID",
     "WorkerID",
     "RuntimeContext",

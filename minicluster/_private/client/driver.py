@@ -218,6 +218,18 @@ class DriverClient(RuntimeClient):
             return True
         return event.wait(max(0.0, timeout))
 
+    def stream_next(self, task_id: bytes, advance: bool) -> Tuple[str, Optional[ObjectRef]]:
+        """A generator's next item (object_ref_generator.py; the head's side: streams.py)."""
+        head = self.head
+        with head.lock:
+            head.apply_driver_refs()
+            status, object_id = head.stream_next(task_id, advance)
+            ref = ObjectRef(object_id) if object_id else None  # counted before the stream lets go of it
+            if ref is not None and advance and status == "item":
+                head.stream_taken(object_id)
+            head.flush()
+        return status, ref
+
     def check_session(self, object_ids: Sequence[bytes]) -> None:
         """Refuse refs of an ended session (ValueError, as Ray): their ids end in another job's id,
         and the head would otherwise take them for lost objects, or for this session's own."""

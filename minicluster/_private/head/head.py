@@ -550,7 +550,22 @@ class Head:
         if faults is not None:
             faults.after_done(worker)  # node triggers of a test's fault plan (fault_hooks.py)
 
+    def _on_stream_item(self, peer: Peer, worker: WorkerRecord, message: msg.StreamItem) -> None:
+        self.task_flow.streams.item(worker, message)
+
+    def _on_stream_next(self, peer: Peer, worker: WorkerRecord, message: msg.StreamNext) -> None:
+        answer = self.task_flow.streams.next(message.task_id, message.advance, worker)
+        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=answer))
+
     # ==== for the driver (driver.py), its lock held ======================================
+
+    def stream_next(self, task_id: bytes, advance: bool) -> tuple:
+        """next() on a generator in the driver: see Streams.next; an item taken must be passed
+        to stream_taken once the driver's ObjectRef to it exists."""
+        return self.task_flow.streams.next(task_id, advance, None)
+
+    def stream_taken(self, object_id: bytes) -> None:
+        self.task_flow.streams.taken(object_id)
 
     def register_wait(self, object_ids: List[bytes], needed_remaining: int,
                       on_ready: Callable[[Waiter], None], fail_fast: bool = False) -> Optional[Waiter]:
@@ -617,4 +632,6 @@ _HANDLERS: Dict[type, Callable[[Head, Peer, Any, Any], None]] = {
     msg.KillActor: Head._on_kill_actor,
     msg.ActorExiting: Head._on_actor_exiting,
     msg.FaultFired: fault_hooks.fault_message,
+    msg.StreamItem: Head._on_stream_item,
+    msg.StreamNext: Head._on_stream_next,
 }

@@ -43,8 +43,9 @@ import traceback
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from minicluster._private.client import context
-from minicluster._private.client.object_ref import set_counter
-from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
+from minicluster._private.client.object_ref import ObjectRef, set_counter
+from minicluster._private.client.object_ref_generator import DynamicObjectRefGenerator
+from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, DYNAMIC, stream_item_id
 from minicluster._private.node.proc_title import IDLE, ProcTitle, actor_title, task_title
 from minicluster._private.node.worker_client import WorkerClient, store_serialized, store_value
 from minicluster._private.observe import log_files
@@ -60,6 +61,8 @@ if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 m
     import concurrent.futures
 
     from minicluster._private.node.async_actor import AsyncCalls
+
+_NO_VALUE = object()
 
 #: An async actor's calls go to its loop once the queue is empty or this many are waiting.
 ASYNC_BATCH = 64
@@ -93,6 +96,9 @@ class Worker:
         self.title.set(IDLE)
         self.omp_ours = False  #: OMP_NUM_THREADS was set by us, not inherited from the user's environment
         self.exiting = False  #: the actor called exit_actor(): take no more calls, then exit
+        #: streaming tasks with a backpressure limit: task id -> (items consumed, limit) (StreamAck)
+        self.stream_acks: Dict[bytes, Tuple[int, int]] = {}
+        self._acks_changed = threading.Condition()
         client.actor_exit_hook = self.exit_requested
 
     # ---- reader thread -----------------------------------------------------------
@@ -127,6 +133,11 @@ class Worker:
     def _on_steal(self, message: msg.Steal) -> None:
         # The head took these back while our task was blocked; they have not started.
         self.stolen.update(message.task_ids)
+
+    def _on_stream_ack(self, message: msg.StreamAck) -> None:
+        with self._acks_changed:
+            self.stream_acks[message.task_id] = (message.consumed, message.limit)
+            self._acks_changed.notify_all()
 
     def _on_retire(self, message: msg.Retire) -> None:
         self.tasks.put(None)
@@ -272,11 +283,14 @@ class Worker:
             if self.in_user_code and self.cancel_target == call.task_id:
                 raise KeyboardInterrupt  # the cancel came while its arguments were loaded
             value = call.fn(*call.args, **call.kwargs)
+            if call.num_returns < 0:
+                value = self._stream(call, value)
         except BaseException as exc:  # noqa: BLE001 - every failure of user code is the task's result
             error = exc
         finally:
             self.in_user_code = False
-        return self._end(call, value, error), value
+        done = self._end(call, value, error)
+        return done, value if call.kept is None else call.kept
 
     async def execute_async(self, request: msg.Exec, slots: "asyncio.Semaphore") -> Tuple[msg.Done, Any]:
         """Run one call of an async actor on its event loop (async_actor.py); awaits coroutine
@@ -286,7 +300,10 @@ class Worker:
             return self._end(call, exc=call.error), None
         try:
             value = call.fn(*call.args, **call.kwargs)
-            if inspect.isawaitable(value):
+            if call.num_returns < 0:
+                async with slots:
+                    value = await self._stream_async(call, value)
+            elif inspect.isawaitable(value):
                 try:
                     async with slots:
                         value = await value
@@ -295,8 +312,99 @@ class Worker:
                         value.close()  # cancelled while waiting for a slot: it never started
                     raise
         except BaseException as exc:  # noqa: BLE001
-            return self._end(call, exc=exc), None
+            return self._end(call, exc=exc), call.kept
         return self._end(call, value), value
+
+    # ---- generator tasks: items go to the head as they come (head/streams.py) --------------
+
+    def _stream(self, call: "_Call", generator: Any) -> Any:
+        """Run a generator task's generator to its end, reporting each item as it comes;
+        returns the task's own return value."""
+        if inspect.isasyncgen(generator):
+            raise TypeError(f"{call.name} is an async generator: run it in an async actor")
+        items = _generator_items(call, generator)
+        count = 0
+        for count, item in enumerate(items, start=1):
+            self._report_item(call, count, item)
+            del item  # (its refs may go once it is stored)
+            self._wait_for_consumer(call, count)
+        return self._generator_result(call)
+
+    async def _stream_async(self, call: "_Call", generator: Any) -> Any:
+        """_stream for an async actor's method: an async generator runs on the actor's loop."""
+        if not inspect.isasyncgen(generator):
+            return self._stream(call, generator)
+        import asyncio  # (loaded already: this is an async actor)
+
+        count = 0
+        async for item in generator:
+            count += 1
+            self._report_item(call, count, item)
+            del item
+            if not self._consumer_caught_up(call.task_id, count):
+                await asyncio.get_running_loop().run_in_executor(None, self._wait_for_consumer, call, count)
+        return self._generator_result(call)
+
+    def _report_item(self, call: "_Call", index: int, item: Any) -> None:
+        # Not interruptible while it stores and sends (a half-written frame would break the
+        # connection); a cancel that came meanwhile lands right after.
+        interruptible, self.in_user_code = self.in_user_code, False
+        call.items = index
+        value = store_value(self.client, stream_item_id(call.task_id, index), item,
+                            what=f"item {index} of {call.name}")
+        self.client.send(msg.StreamItem.new(task_id=call.task_id, attempt=call.attempt, index=index, value=value,
+                                            is_error=False))
+        self.in_user_code = interruptible
+        if interruptible and self.cancel_target == call.task_id:
+            self.cancel_target = None
+            raise KeyboardInterrupt
+
+    def _consumer_caught_up(self, task_id: bytes, produced: int) -> bool:
+        consumed, limit = self.stream_acks.get(task_id, (0, -1))
+        return limit <= 0 or produced - consumed < limit
+
+    def _wait_for_consumer(self, call: "_Call", produced: int) -> None:
+        """Backpressure (_generator_backpressure_num_objects): pause the generator while
+        `limit` of its items wait for the consumer."""
+        with self._acks_changed:
+            while not self._consumer_caught_up(call.task_id, produced):
+                self._acks_changed.wait(0.1)  # (in slices: a cancel's SIGINT gets a chance to land)
+
+    @staticmethod
+    def _generator_result(call: "_Call", count: Optional[int] = None) -> Any:
+        """A streaming task returns nothing of its own; a dynamic one the refs of its items
+        (`count` of them: the items, and the exception after them if it raised)."""
+        if call.num_returns != DYNAMIC:
+            return None
+        return DynamicObjectRefGenerator([ObjectRef(stream_item_id(call.task_id, index))
+                                          for index in range(1, (count or call.items) + 1)])
+
+    def _static_generator_results(self, call: "_Call", generator: Any,
+                                  return_ids: List[bytes]) -> Tuple[List[msg.Value], Optional[msg.ErrorInfo]]:
+        """A generator with num_returns=N: its first N values are the results. As in Ray, if it
+        raises (or stops early, a ValueError) the values it yielded before are kept and the
+        error fills the rest; values past the N-th are left unread, with a warning."""
+        client, name = self.client, call.name
+        results: List[msg.Value] = []
+        try:
+            for object_id in return_ids:
+                try:
+                    item = next(generator)
+                except StopIteration:
+                    raise ValueError(f"Task {name} declared num_returns={call.num_returns} but its generator "
+                                     f"yielded only {len(results)} values") from None
+                results.append(store_value(client, object_id, item, what=f"return value of {name}"))
+                del item
+        except Exception as error:  # noqa: BLE001 - the task's error, after the values it yielded
+            wrapped, retryable = _task_error(error, name, call.retry_exceptions, None)
+            first = len(results)
+            results += _error_results(client, return_ids[first:], wrapped, name)
+            return results, msg.ErrorInfo.new(error_type="TASK_EXECUTION_EXCEPTION", retryable=retryable,
+                                               message=_one_line(error), first_error=first)
+        if next(generator, _NO_VALUE) is not _NO_VALUE:
+            print(f"minicluster: task {name} declared num_returns={call.num_returns} but its generator yields "
+                  "more values: the rest are ignored", file=sys.stderr)
+        return results, None
 
     def flush_replies_soon(self) -> None:
         """From the async actor's loop: have the main thread send the held replies. It is
@@ -357,7 +465,7 @@ class Worker:
                 return _terminate  # queued like any call: the calls before it run first
             if call.method == "__ray_ready__":
                 return _ready
-            return getattr(self.actor, call.method)
+            return _method_of(self.actor, call.method)
         fn = self._function(call.function_id)
         if call.task_type == ACTOR_CREATION_TASK:
             self.client.current_actor_id = call.actor_config.actor_id
@@ -399,9 +507,12 @@ class Worker:
         try:
             if exc is not None:
                 raise exc
-            outputs = _split_returns(value, call.num_returns, name)
-            results = [store_value(client, oid, out, what=f"return value of {name}")
-                       for oid, out in zip(return_ids, outputs)]
+            if call.num_returns > 0 and inspect.isgenerator(value):
+                results, error_info = self._static_generator_results(call, value, return_ids)
+            else:
+                outputs = _split_returns(value, call.num_returns, name)
+                results = [store_value(client, oid, out, what=f"return value of {name}")
+                           for oid, out in zip(return_ids, outputs)]
         except _ArgumentLost as lost:
             # Not the task's fault: the head rebuilds the argument and runs the task again.
             results = [msg.Value.new(kind="i", data=b"", refs=[]) for _ in return_ids]
@@ -423,10 +534,20 @@ class Worker:
                 asyncio is not None and isinstance(error, asyncio.CancelledError))
             wrapped, retryable = _task_error(error, name, call.retry_exceptions, call.task_id if cancelled else None)
             results = _error_results(client, return_ids, wrapped, name)
+            if call.num_returns < 0 and not cancelled:
+                # The head makes it the stream's next item if no retry follows (streams.py).
+                item = results[0] if results[0].kind == "i" else _inline_error(wrapped, name)
+                client.send(msg.StreamItem.new(task_id=call.task_id, attempt=call.attempt, index=0,
+                                               value=item, is_error=True))
+                if call.num_returns == DYNAMIC:  # its value lists the items, the exception last
+                    call.kept = self._generator_result(call, call.items + 1)
+                    results = [store_value(client, return_ids[0], call.kept, what=f"return value of {name}")]
             error_type = "TASK_CANCELLED" if cancelled else "TASK_EXECUTION_EXCEPTION"
             error_info = msg.ErrorInfo.new(error_type=error_type, retryable=retryable and not cancelled,
                                            message=_one_line(error))
         finally:
+            if call.num_returns < 0:
+                self.stream_acks.pop(call.task_id, None)
             client.cancel_requested.discard(call.task_id)
             self.cancelled_queued.discard(call.task_id)  # a cancel of a running actor call lands there
             if call.task_type != ACTOR_TASK:
@@ -449,7 +570,7 @@ class _Call:
 
     __slots__ = ("task_id", "attempt", "function_id", "name", "args_blob", "payloads", "num_returns",
                  "retry_exceptions", "max_calls", "task_type", "func_name", "method", "actor_config", "faults",
-                 "fn", "args", "kwargs", "error", "token", "start")
+                 "fn", "args", "kwargs", "error", "token", "start", "items", "kept")
 
     def __init__(self, request: msg.Exec) -> None:
         # Copied once: the worker reads them some 40 times a task, and CPython 3.11 reads
@@ -474,10 +595,13 @@ class _Call:
         self.error: Optional[BaseException] = None
         self.token: Any = None
         self.start = time.time()
+        self.items = 0  #: a generator task: the items it reported so far
+        self.kept: Any = None  #: a value the Done's results refer to, kept until it is sent
 
     def return_ids(self) -> List[bytes]:
         task_id = self.task_id
-        return [task_id + i.to_bytes(4, "little") for i in range(1, self.num_returns + 1)]
+        count = 1 if self.num_returns < 0 else self.num_returns  # (a generator task: its completion)
+        return [task_id + i.to_bytes(4, "little") for i in range(1, count + 1)]
 
 
 class _ArgumentLost(Exception):
@@ -513,6 +637,18 @@ def _ended_actor(done: msg.Done) -> bool:
     return done.error is not None and done.error.error_type == "ACTOR_EXIT"
 
 
+def _method_of(actor: Any, name: str) -> Any:
+    """The actor's method `name`, found on its class as Ray does: an instance attribute of the
+    same name (`self.ready = True` beside a `ready()` method) does not hide it."""
+    cls = type(actor)
+    try:
+        member = inspect.getattr_static(cls, name)
+    except AttributeError:
+        return getattr(actor, name)  # (a __getattr__ of the class's own)
+    getter = getattr(type(member), "__get__", None)
+    return getter(member, actor, cls) if getter is not None else member
+
+
 def _ready() -> bool:
     """`handle.__ray_ready__.remote()` (Ray's): True once the actor is constructed."""
     return True
@@ -523,7 +659,27 @@ def _terminate() -> None:
     raise AsyncioActorExit("__ray_terminate__ was called")
 
 
+def _generator_items(call: "_Call", generator: Any) -> Any:
+    """The items of a generator task's result: it must be iterable (a generator, as Ray requires)."""
+    try:
+        return iter(generator)
+    except TypeError:
+        raise TypeError(f"Task {call.name} has num_returns='streaming' or 'dynamic' but returned a "
+                        f"{type(generator).__name__}, not a generator") from None
+
+
+def _inline_error(error: BaseException, name: str) -> msg.Value:
+    """A large generator exception (stored as a file for the completion) as an inline item."""
+    try:
+        serialized = serialize(error, flags=FLAG_ERROR, what="task error")
+    except Exception as exc:  # noqa: BLE001 - as _error_results: the text instead
+        serialized = serialize(_stand_in(error, name, exc), flags=FLAG_ERROR, what="task error")
+    return msg.Value.new(kind="i", data=serialized.to_bytes(), refs=serialized.refs)
+
+
 def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:
+    if num_returns < 0:
+        return (result,)  # a generator task: its completion value
     if num_returns == 1:
         return (result,)
     if num_returns == 0:
@@ -594,18 +750,20 @@ def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseExc
         if first.kind == "i":
             deserialize(first.data)  # an exception that pickles but cannot be re-created fails here
     except Exception as exc:  # noqa: BLE001 - any failure means: send the text instead
-        cause = getattr(error, "cause", error)
-        stand_in = RayError(
-            f"{type(cause).__name__}: {cause} (the exception could not be re-created in the caller: "
-            f"{type(exc).__name__}: {exc})"
-        )
-        fallback = RayTaskError(name, getattr(error, "traceback_str", str(error)), stand_in)
-        serialized = serialize(fallback, flags=FLAG_ERROR, what=what)
+        serialized = serialize(_stand_in(error, name, exc), flags=FLAG_ERROR, what=what)
         first = store_serialized(client, return_ids[0], serialized, what)
     if first.kind == "i":
         return [first] * len(return_ids)
     # A large error is stored like a large value: one file per return.
     return [first] + [store_serialized(client, oid, serialized, what) for oid in return_ids[1:]]
+
+
+def _stand_in(error: BaseException, name: str, problem: Exception) -> RayTaskError:
+    """The task's error as text, for an exception that cannot travel (does not pickle or load)."""
+    cause = getattr(error, "cause", error)
+    stand_in = RayError(f"{type(cause).__name__}: {cause} (the exception could not be re-created in the caller: "
+                        f"{type(problem).__name__}: {problem})")
+    return RayTaskError(name, getattr(error, "traceback_str", str(error)), stand_in)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -655,4 +813,5 @@ _HANDLERS: Dict[type, Callable[[Worker, Any], None]] = {
     msg.CancelTask: Worker._on_cancel,
     msg.Steal: Worker._on_steal,
     msg.Retire: Worker._on_retire,
+    msg.StreamAck: Worker._on_stream_ack,
 }

@@ -166,6 +166,15 @@ class WorkerClient(RuntimeClient):
         return self.request(lambda request_id: msg.Wait.new(request_id=request_id, object_ids=ids,
                                                              num_returns=num_returns, timeout=timeout))
 
+    def stream_next(self, task_id: bytes, advance: bool) -> Tuple[str, Optional[ObjectRef]]:
+        """A generator's next item (object_ref_generator.py; the head's side: streams.py)."""
+        status, object_id = self.request(lambda request_id: msg.StreamNext.new(
+            request_id=request_id, task_id=task_id, advance=advance))
+        if not object_id:
+            return status, None
+        # An item taken: the head counts this worker as its holder already.
+        return status, ObjectRef(object_id, _announce=not (advance and status == "item"))
+
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
         problem = self.request(lambda request_id: msg.Cancel.new(request_id=request_id, object_id=object_id,
                                                                   force=force, recursive=recursive))  # answered at once
