@@ -178,19 +178,44 @@ def test_a_crash_mid_stream_is_retried_and_each_item_seen_once(cluster, crash_af
     assert ray.get(attempts.start.remote()) == 3  # two attempts ran, then this call
 
 
+@ray.remote(max_retries=2)
+def produce(n):
+    for i in range(n):
+        yield np.full(30_000, i)  # (through the shared-memory store)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_a_fault_plan_kill_after_the_last_item_does_not_repeat_items(cluster, seed):
-    cluster(num_cpus=2)
+@pytest.mark.parametrize("kill_after", [1, 3, 5])
+def test_a_fault_plan_kill_after_item_k_shows_every_item_once(cluster, seed, kill_after):
     from minicluster.testing import FaultPlan
 
-    @ray.remote(max_retries=2)
-    def produce(n):
-        for i in range(n):
-            yield i
+    cluster(num_cpus=2)
+    plan = FaultPlan(seed=seed).kill_worker("produce", attempt=0, at="after_item", item=kill_after)
+    with plan:
+        generator = produce.remote(6)
+        seen = [int(ray.get(next(generator))[0]) for _ in range(kill_after)]  # read before the crash
+        seen += [int(ray.get(ref)[0]) for ref in generator]
+    assert seen == list(range(6))
+    [event] = plan.journal.events()
+    assert (event.kind, event.point, event.attempt) == ("kill_worker", f"after_item:{kill_after}", 0)
 
-    with FaultPlan(seed=seed).kill_worker("produce", attempt=0, at="before_store") as plan:
-        assert [ray.get(ref) for ref in produce.remote(5)] == [0, 1, 2, 3, 4]
+
+def test_a_fault_plan_kill_after_the_last_item_does_not_repeat_items(cluster):
+    from minicluster.testing import FaultPlan
+
+    cluster(num_cpus=2)
+    with FaultPlan(seed=7).kill_worker("produce", attempt=0, at="before_store") as plan:
+        assert [int(ray.get(ref)[0]) for ref in produce.remote(5)] == [0, 1, 2, 3, 4]
     assert plan.journal.count("kill_worker") == 1
+
+
+def test_item_is_only_for_after_item(cluster):
+    from minicluster.testing import FaultPlan
+
+    with pytest.raises(ValueError, match="`item` goes with at='after_item'"):
+        FaultPlan(seed=1).kill_worker("produce", at="start", item=2)
+    with pytest.raises(ValueError, match="must be an int >= 1"):
+        FaultPlan(seed=1).kill_worker("produce", at="after_item")
 
 
 def test_backpressure_pauses_the_producer(cluster):
