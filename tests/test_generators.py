@@ -237,6 +237,20 @@ def test_backpressure_pauses_the_producer(cluster):
     assert [ray.get(ref) for ref in generator] == [1, 2, 3, 4, 5]
 
 
+def test_a_producer_paused_by_backpressure_goes_on_once_its_generator_is_dropped(cluster):
+    cluster(num_cpus=1)  # one CPU: the paused producer would block the next task for ever
+
+    @ray.remote(_generator_backpressure_num_objects=1)
+    def producer():
+        for i in range(5):
+            yield i
+
+    generator = producer.remote()
+    assert ray.get(next(generator)) == 0
+    del generator  # the producer is paused (one item waits); nobody will read it
+    assert ray.get(count_to.remote(2).completed(), timeout=20) is None  # the CPU came back
+
+
 def test_cancel_stops_a_generator_task(cluster):
     cluster(num_cpus=2)
 
@@ -353,7 +367,7 @@ def test_a_dropped_generator_releases_its_items(cluster):
 
     @ray.remote
     def big():
-        for i in range(4):
+        for _ in range(4):
             yield np.zeros(200_000)
 
     generator = big.remote()

@@ -230,6 +230,10 @@ class DriverClient(RuntimeClient):
             head.flush()
         return status, ref
 
+    def stream_abandoned(self, task_id: bytes) -> None:
+        """From ObjectRefGenerator.__del__ (any thread, any moment): lock-free, applied later."""
+        self.head.abandoned_streams.append(task_id)
+
     def check_session(self, object_ids: Sequence[bytes]) -> None:
         """Refuse refs of an ended session (ValueError, as Ray): their ids end in another job's id,
         and the head would otherwise take them for lost objects, or for this session's own."""

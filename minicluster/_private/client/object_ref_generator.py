@@ -40,6 +40,7 @@ class ObjectRefGenerator:
         self._generator_ref = completion
         self._task_id = completion.binary()[:24]
         self._raised = False  #: the completion's error was handed out: the stream is over
+        self._over = False  #: next() reached the end (StopIteration or the completion's error)
 
     # ---- the generator protocol ------------------------------------------------------
 
@@ -140,6 +141,7 @@ class ObjectRefGenerator:
             return None
 
     def _at_end(self, deadline: Optional[float]) -> ObjectRef:
+        self._over = True
         if self._raised:
             raise StopIteration
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -166,6 +168,13 @@ class ObjectRefGenerator:
         completion once the stream has no item left."""
         status, ref = context.client().stream_next(self._task_id, False)
         return self._generator_ref if status == END else ref
+
+    def __del__(self) -> None:
+        # Dropped before its end: a producer paused by backpressure must not wait for us.
+        if not self._over:
+            client = context.current()
+            if client is not None:
+                client.stream_abandoned(self._task_id)
 
     def __reduce__(self) -> tuple:
         raise TypeError("You cannot return or pass a generator to other task. "

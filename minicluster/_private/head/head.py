@@ -30,6 +30,7 @@ placement).
 
 from __future__ import annotations
 
+import collections
 import os
 import pathlib
 import signal
@@ -73,6 +74,9 @@ class Head:
         self.lock = threading.RLock()
         self.head_state = state = new_state(session, driver_counts)
         self._drain_driver_refs = drain_driver_refs
+        #: task ids of generators the driver dropped before their end (appended lock-free by
+        #: ObjectRefGenerator.__del__, applied with the driver's refs)
+        self.abandoned_streams: "collections.deque[bytes]" = collections.deque()
         self.hub = Hub(session.socket_path, session.key, self)
         self.outbox = outbox = Outbox()
         timers = LockedTimers(self.hub, self.lock, outbox)
@@ -553,6 +557,10 @@ class Head:
     def _on_stream_item(self, peer: Peer, worker: WorkerRecord, message: msg.StreamItem) -> None:
         self.task_flow.streams.item(worker, message)
 
+    def _on_stream_abandon(self, peer: Peer, worker: WorkerRecord, message: msg.StreamAbandon) -> None:
+        for task_id in message.task_ids:
+            self.task_flow.streams.abandon(task_id)
+
     def _on_stream_next(self, peer: Peer, worker: WorkerRecord, message: msg.StreamNext) -> None:
         answer = self.task_flow.streams.next(message.task_id, message.advance, worker)
         self.post(peer, msg.Reply.new(request_id=message.request_id, payload=answer))
@@ -600,6 +608,9 @@ class Head:
         objects = self.objects
         for object_id in self._drain_driver_refs():
             objects.maybe_free(object_id)
+        abandoned = self.abandoned_streams
+        while abandoned:
+            self.task_flow.streams.abandon(abandoned.popleft())
 
     def post(self, peer: Optional[Peer], message: Any) -> None:
         """Queue a message for a peer (lock held); sent by flush()."""
@@ -634,4 +645,5 @@ _HANDLERS: Dict[type, Callable[[Head, Peer, Any, Any], None]] = {
     msg.FaultFired: fault_hooks.fault_message,
     msg.StreamItem: Head._on_stream_item,
     msg.StreamNext: Head._on_stream_next,
+    msg.StreamAbandon: Head._on_stream_abandon,
 }

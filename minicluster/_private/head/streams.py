@@ -216,6 +216,18 @@ class Streams:
             self.outbox.post(worker.peer, msg.StreamAck.new(task_id=stream.task_id, consumed=stream.consumed,
                                                             limit=stream.limit))
 
+    def abandon(self, task_id: bytes) -> None:
+        """The consumer dropped its generator before the end: a producer paused by backpressure
+        goes on (to the end: Ray does not cancel it), its items freed once it ends."""
+        stream = self.records.get(task_id)
+        if stream is None or stream.finished or stream.limit <= 0:
+            return
+        stream.limit = -1
+        task = self.state.tasks.get(task_id)
+        worker = task.worker if task is not None else None
+        if worker is not None and worker.peer is not None:
+            self.outbox.post(worker.peer, msg.StreamAck.new(task_id=task_id, consumed=stream.consumed, limit=-1))
+
     def drop(self, task_id: bytes) -> None:
         """Nobody holds the completion any more (or a dynamic task ended): release the items
         the consumer never took."""

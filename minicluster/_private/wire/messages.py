@@ -15,7 +15,8 @@ Each class's docstring says who sends it, who receives it and when:
     head -> worker           Exec, DefineFunction, Reply, CancelTask, Steal, Retire, StreamAck
     worker -> head           WorkerHello, Done, DefineFunction, Submit, Put, Refs, Located,
                              Lost, Get, Wait, Forget, Cancel, QueryState, CreateActor,
-                             LookupActor, KillActor, FaultFired, StreamItem, StreamNext
+                             LookupActor, KillActor, FaultFired, StreamItem, StreamNext,
+                             StreamAbandon
     nested                   Payload, Value, ErrorInfo, ActorConfig, ActorFound, FaultOrder,
                              FaultRef, FetchDelay
 
@@ -253,6 +254,13 @@ class StreamNext(NamedTuple):
     advance: bool  #: False: only peek (wait() on a generator)
 
 
+class StreamAbandon(NamedTuple):
+    """worker -> head: ObjectRefGenerators of these tasks were dropped before their end: a
+    producer paused by backpressure must not wait for a consumer that is gone; no reply."""
+
+    task_ids: List[bytes]
+
+
 class Submit(NamedTuple):
     """worker -> head: code in a task submitted a task (or an actor call)."""
 
@@ -390,7 +398,7 @@ RECORDS = (
     Payload, ActorConfig, FetchDelay, FaultRef, FaultOrder, Exec, DefineFunction, Reply, CancelTask, Steal, Retire,
     WorkerHello, Value, ErrorInfo, Done, Submit, Put, Refs, Located, Lost, Get, Wait, Forget, Cancel,
     QueryState, CreateActor, ActorFound, LookupActor, KillActor, FaultFired, ActorExiting,
-    StreamAck, StreamItem, StreamNext,
+    StreamAck, StreamItem, StreamNext, StreamAbandon,
 )
 
 
