@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from minicluster._private.common import config
 from minicluster._private.common.ids import job_id, new_node_id
@@ -48,7 +48,7 @@ from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.head_state import new_state
 from minicluster._private.head.invariants import HeadStateError, violations
 from minicluster._private.head.messaging import LockedTimers, Outbox
-from minicluster._private.head.object_directory import Waiter
+from minicluster._private.head.object_directory import READY, Waiter
 from minicluster._private.head.recovery import Recovery
 from minicluster._private.head.task_flow import TaskFlow
 from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
@@ -584,6 +584,16 @@ class Head:
 
     def payload_of(self, object_id: bytes) -> msg.Payload:
         return self.head_state.payload_of(object_id)
+
+    def ready_payloads(self, object_ids: Sequence[bytes]) -> Optional[List[msg.Payload]]:
+        """Each object's payload if every one is READY and reachable now, else None."""
+        state = self.head_state
+        entries = state.objects.entries
+        for object_id in object_ids:
+            entry = entries.get(object_id)
+            if entry is None or entry.state != READY or not state.reachable(entry):
+                return None
+        return [state.payload_of(object_id) for object_id in object_ids]
 
     def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:
         return self.head_state.ready_ids(object_ids)

@@ -43,26 +43,25 @@ import traceback
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from minicluster._private.client import context
-from minicluster._private.client.object_ref import ObjectRef, set_counter
-from minicluster._private.client.object_ref_generator import DynamicObjectRefGenerator
-from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, DYNAMIC, stream_item_id
+from minicluster._private.client.object_ref import set_counter
+from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
+from minicluster._private.node.generator_tasks import GeneratorTasks
 from minicluster._private.node.proc_title import IDLE, ProcTitle, actor_title, task_title
-from minicluster._private.node.worker_client import WorkerClient, store_serialized, store_value
+from minicluster._private.node.task_errors import error_results, one_line, task_error
+from minicluster._private.node.worker_client import WorkerClient, store_value
 from minicluster._private.observe import log_files
 from minicluster._private.store import object_store
-from minicluster._private.store.serialization import FLAG_ERROR, deserialize, serialize
+from minicluster._private.store.serialization import deserialize
 from minicluster._private.wire import fault_hooks
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
-from minicluster.exceptions import AsyncioActorExit, RayError, RayTaskError, TaskCancelledError
+from minicluster.exceptions import AsyncioActorExit, RayError
 
 if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 ms to each node's start
     import asyncio
     import concurrent.futures
 
     from minicluster._private.node.async_actor import AsyncCalls
-
-_NO_VALUE = object()
 
 #: An async actor's calls go to its loop once the queue is empty or this many are waiting.
 ASYNC_BATCH = 64
@@ -96,9 +95,7 @@ class Worker:
         self.title.set(IDLE)
         self.omp_ours = False  #: OMP_NUM_THREADS was set by us, not inherited from the user's environment
         self.exiting = False  #: the actor called exit_actor(): take no more calls, then exit
-        #: streaming tasks with a backpressure limit: task id -> (items consumed, limit) (StreamAck)
-        self.stream_acks: Dict[bytes, Tuple[int, int]] = {}
-        self._acks_changed = threading.Condition()
+        self.generators = GeneratorTasks(self)  #: how generator tasks run (generator_tasks.py)
         client.actor_exit_hook = self.exit_requested
 
     # ---- reader thread -----------------------------------------------------------
@@ -135,9 +132,7 @@ class Worker:
         self.stolen.update(message.task_ids)
 
     def _on_stream_ack(self, message: msg.StreamAck) -> None:
-        with self._acks_changed:
-            self.stream_acks[message.task_id] = (message.consumed, message.limit)
-            self._acks_changed.notify_all()
+        self.generators.on_ack(message)
 
     def _on_retire(self, message: msg.Retire) -> None:
         self.tasks.put(None)
@@ -284,7 +279,7 @@ class Worker:
                 raise KeyboardInterrupt  # the cancel came while its arguments were loaded
             value = call.fn(*call.args, **call.kwargs)
             if call.num_returns < 0:
-                value = self._stream(call, value)
+                value = self.generators.run(call, value)
         except BaseException as exc:  # noqa: BLE001 - every failure of user code is the task's result
             error = exc
         finally:
@@ -302,7 +297,7 @@ class Worker:
             value = call.fn(*call.args, **call.kwargs)
             if call.num_returns < 0:
                 async with slots:
-                    value = await self._stream_async(call, value)
+                    value = await self.generators.run_async(call, value)
             elif inspect.isawaitable(value):
                 try:
                     async with slots:
@@ -314,99 +309,6 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001
             return self._end(call, exc=exc), call.kept
         return self._end(call, value), value
-
-    # ---- generator tasks: items go to the head as they come (head/streams.py) --------------
-
-    def _stream(self, call: "_Call", generator: Any) -> Any:
-        """Run a generator task's generator to its end, reporting each item as it comes;
-        returns the task's own return value."""
-        if inspect.isasyncgen(generator):
-            raise TypeError(f"{call.name} is an async generator: run it in an async actor")
-        items = _generator_items(call, generator)
-        count = 0
-        for count, item in enumerate(items, start=1):
-            self._report_item(call, count, item)
-            del item  # (its refs may go once it is stored)
-            self._wait_for_consumer(call, count)
-        return self._generator_result(call)
-
-    async def _stream_async(self, call: "_Call", generator: Any) -> Any:
-        """_stream for an async actor's method: an async generator runs on the actor's loop."""
-        if not inspect.isasyncgen(generator):
-            return self._stream(call, generator)
-        import asyncio  # (loaded already: this is an async actor)
-
-        count = 0
-        async for item in generator:
-            count += 1
-            self._report_item(call, count, item)
-            del item
-            if not self._consumer_caught_up(call.task_id, count):
-                await asyncio.get_running_loop().run_in_executor(None, self._wait_for_consumer, call, count)
-        return self._generator_result(call)
-
-    def _report_item(self, call: "_Call", index: int, item: Any) -> None:
-        # Not interruptible while it stores and sends (a half-written frame would break the
-        # connection); a cancel that came meanwhile lands right after.
-        interruptible, self.in_user_code = self.in_user_code, False
-        call.items = index
-        value = store_value(self.client, stream_item_id(call.task_id, index), item,
-                            what=f"item {index} of {call.name}")
-        self.client.send(msg.StreamItem.new(task_id=call.task_id, attempt=call.attempt, index=index, value=value,
-                                            is_error=False))
-        self.in_user_code = interruptible
-        if call.faults:  # a test's fault plan may kill this worker right after this item
-            fault_hooks.carry_out(self.client, call, fault_hooks.after_item(index))
-        if interruptible and self.cancel_target == call.task_id:
-            self.cancel_target = None
-            raise KeyboardInterrupt
-
-    def _consumer_caught_up(self, task_id: bytes, produced: int) -> bool:
-        consumed, limit = self.stream_acks.get(task_id, (0, -1))
-        return limit <= 0 or produced - consumed < limit
-
-    def _wait_for_consumer(self, call: "_Call", produced: int) -> None:
-        """Backpressure (_generator_backpressure_num_objects): pause the generator while
-        `limit` of its items wait for the consumer."""
-        with self._acks_changed:
-            while not self._consumer_caught_up(call.task_id, produced):
-                self._acks_changed.wait(0.1)  # (in slices: a cancel's SIGINT gets a chance to land)
-
-    @staticmethod
-    def _generator_result(call: "_Call", count: Optional[int] = None) -> Any:
-        """A streaming task returns nothing of its own; a dynamic one the refs of its items
-        (`count` of them: the items, and the exception after them if it raised)."""
-        if call.num_returns != DYNAMIC:
-            return None
-        return DynamicObjectRefGenerator([ObjectRef(stream_item_id(call.task_id, index))
-                                          for index in range(1, (count or call.items) + 1)])
-
-    def _static_generator_results(self, call: "_Call", generator: Any,
-                                  return_ids: List[bytes]) -> Tuple[List[msg.Value], Optional[msg.ErrorInfo]]:
-        """A generator with num_returns=N: its first N values are the results. As in Ray, if it
-        raises (or stops early, a ValueError) the values it yielded before are kept and the
-        error fills the rest; values past the N-th are left unread, with a warning."""
-        client, name = self.client, call.name
-        results: List[msg.Value] = []
-        try:
-            for object_id in return_ids:
-                try:
-                    item = next(generator)
-                except StopIteration:
-                    raise ValueError(f"Task {name} declared num_returns={call.num_returns} but its generator "
-                                     f"yielded only {len(results)} values") from None
-                results.append(store_value(client, object_id, item, what=f"return value of {name}"))
-                del item
-        except Exception as error:  # noqa: BLE001 - the task's error, after the values it yielded
-            wrapped, retryable = _task_error(error, name, call.retry_exceptions, None)
-            first = len(results)
-            results += _error_results(client, return_ids[first:], wrapped, name)
-            return results, msg.ErrorInfo.new(error_type="TASK_EXECUTION_EXCEPTION", retryable=retryable,
-                                               message=_one_line(error), first_error=first)
-        if next(generator, _NO_VALUE) is not _NO_VALUE:
-            print(f"minicluster: task {name} declared num_returns={call.num_returns} but its generator yields "
-                  "more values: the rest are ignored", file=sys.stderr)
-        return results, None
 
     def flush_replies_soon(self) -> None:
         """From the async actor's loop: have the main thread send the held replies. It is
@@ -510,7 +412,7 @@ class Worker:
             if exc is not None:
                 raise exc
             if call.num_returns > 0 and inspect.isgenerator(value):
-                results, error_info = self._static_generator_results(call, value, return_ids)
+                results, error_info = self.generators.static_results(call, value, return_ids)
             else:
                 outputs = _split_returns(value, call.num_returns, name)
                 results = [store_value(client, oid, out, what=f"return value of {name}")
@@ -534,22 +436,16 @@ class Worker:
             asyncio = sys.modules.get("asyncio")  # (loaded only by async actors)
             cancelled = isinstance(error, KeyboardInterrupt) or (
                 asyncio is not None and isinstance(error, asyncio.CancelledError))
-            wrapped, retryable = _task_error(error, name, call.retry_exceptions, call.task_id if cancelled else None)
-            results = _error_results(client, return_ids, wrapped, name)
+            wrapped, retryable = task_error(error, name, call.retry_exceptions, call.task_id if cancelled else None)
+            results = error_results(client, return_ids, wrapped, name)
             if call.num_returns < 0 and not cancelled:
-                # The head makes it the stream's next item if no retry follows (streams.py).
-                item = results[0] if results[0].kind == "i" else _inline_error(wrapped, name)
-                client.send(msg.StreamItem.new(task_id=call.task_id, attempt=call.attempt, index=0,
-                                               value=item, is_error=True))
-                if call.num_returns == DYNAMIC:  # its value lists the items, the exception last
-                    call.kept = self._generator_result(call, call.items + 1)
-                    results = [store_value(client, return_ids[0], call.kept, what=f"return value of {name}")]
+                results = self.generators.report_error(call, wrapped, results, return_ids)
             error_type = "TASK_CANCELLED" if cancelled else "TASK_EXECUTION_EXCEPTION"
             error_info = msg.ErrorInfo.new(error_type=error_type, retryable=retryable and not cancelled,
-                                           message=_one_line(error))
+                                           message=one_line(error))
         finally:
             if call.num_returns < 0:
-                self.stream_acks.pop(call.task_id, None)
+                self.generators.finish(call)
             client.cancel_requested.discard(call.task_id)
             self.cancelled_queued.discard(call.task_id)  # a cancel of a running actor call lands there
             if call.task_type != ACTOR_TASK:
@@ -661,24 +557,6 @@ def _terminate() -> None:
     raise AsyncioActorExit("__ray_terminate__ was called")
 
 
-def _generator_items(call: "_Call", generator: Any) -> Any:
-    """The items of a generator task's result: it must be iterable (a generator, as Ray requires)."""
-    try:
-        return iter(generator)
-    except TypeError:
-        raise TypeError(f"Task {call.name} has num_returns='streaming' or 'dynamic' but returned a "
-                        f"{type(generator).__name__}, not a generator") from None
-
-
-def _inline_error(error: BaseException, name: str) -> msg.Value:
-    """A large generator exception (stored as a file for the completion) as an inline item."""
-    try:
-        serialized = serialize(error, flags=FLAG_ERROR, what="task error")
-    except Exception as exc:  # noqa: BLE001 - as _error_results: the text instead
-        serialized = serialize(_stand_in(error, name, exc), flags=FLAG_ERROR, what="task error")
-    return msg.Value.new(kind="i", data=serialized.to_bytes(), refs=serialized.refs)
-
-
 def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:
     if num_returns < 0:
         return (result,)  # a generator task: its completion value
@@ -697,80 +575,6 @@ def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:
             f"Task {name} declared num_returns={num_returns} but returned {len(values)} values"
         )
     return values
-
-
-def _task_error(exc: BaseException, name: str, retry_exceptions: Any,
-                cancelled_id: Optional[bytes]) -> Tuple[BaseException, bool]:
-    """The task's error as `get` raises it, and whether a retry may run it again. A task that
-    cancel() interrupted (`cancelled_id`) fails, as in Ray, with its frames and then
-    TaskCancelledError (not the KeyboardInterrupt that carried the cancel)."""
-    if cancelled_id is not None:
-        cause: BaseException = TaskCancelledError(cancelled_id.hex())
-        ending = f"{TaskCancelledError.__module__}.TaskCancelledError: {cause}\n"
-        return RayTaskError(name, _user_traceback(exc, ending), cause), False
-    tb = _user_traceback(exc)
-    if retry_exceptions is True:
-        retryable = isinstance(exc, Exception)
-    elif retry_exceptions:
-        classes = pickle.loads(retry_exceptions)
-        retryable = isinstance(exc, classes)
-    else:
-        retryable = False
-    if isinstance(exc, RayTaskError):
-        # A child's error that this task's get() raised: this task's frames, then the child's
-        # whole error as the last line (as Ray shows it); still an instance of the child's cause.
-        return RayTaskError(name, tb, exc.cause), retryable
-    return RayTaskError(name, tb, exc), retryable
-
-
-# minicluster's own code (its frames are left out of task tracebacks); the demo's tasks are user code.
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
-_DEMO_FILE = os.path.join(_PACKAGE_DIR, "demo.py")
-
-
-def _user_traceback(exc: BaseException, ending: Optional[str] = None) -> str:
-    """The exception as Ray shows a task's error: the user's frames only (not the worker's, nor
-    those of get() and the rest of the runtime), without Python's "Traceback (most recent call
-    last):" line; `ending` replaces the exception's own last line(s)."""
-    formatted = traceback.TracebackException(type(exc), exc, exc.__traceback__)
-    formatted.stack = traceback.StackSummary.from_list([
-        frame for frame in formatted.stack
-        if not frame.filename.startswith(_PACKAGE_DIR) or frame.filename == _DEMO_FILE])
-    if ending is not None:
-        return "".join(formatted.stack.format()) + ending
-    return "".join(line for line in formatted.format() if line != "Traceback (most recent call last):\n")
-
-
-def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseException, name: str) -> List[msg.Value]:
-    """The error as every return value's payload, pickled once; always one the caller can load."""
-    if not return_ids:
-        return []
-    what = "task error"
-    try:
-        serialized = serialize(error, flags=FLAG_ERROR, what=what)
-        first = store_serialized(client, return_ids[0], serialized, what)
-        if first.kind == "i":
-            deserialize(first.data)  # an exception that pickles but cannot be re-created fails here
-    except Exception as exc:  # noqa: BLE001 - any failure means: send the text instead
-        serialized = serialize(_stand_in(error, name, exc), flags=FLAG_ERROR, what=what)
-        first = store_serialized(client, return_ids[0], serialized, what)
-    if first.kind == "i":
-        return [first] * len(return_ids)
-    # A large error is stored like a large value: one file per return.
-    return [first] + [store_serialized(client, oid, serialized, what) for oid in return_ids[1:]]
-
-
-def _stand_in(error: BaseException, name: str, problem: Exception) -> RayTaskError:
-    """The task's error as text, for an exception that cannot travel (does not pickle or load)."""
-    cause = getattr(error, "cause", error)
-    stand_in = RayError(f"{type(cause).__name__}: {cause} (the exception could not be re-created in the caller: "
-                        f"{type(problem).__name__}: {problem})")
-    return RayTaskError(name, getattr(error, "traceback_str", str(error)), stand_in)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) < 500 else text[:497] + "..."
 
 
 def _set_parent_death_signal() -> None:
