@@ -17,6 +17,7 @@ Measurement groups (each group of one system is one fresh subprocess):
 - ``actors``    [actor_create], [actor_call], [actor_async], [actor_restart]   (2 worker slots)
 - ``generators`` [gen_tiny], [gen_1mb]  (2 worker slots; Ray-like systems only)
 - ``chaos``     [chaos]               (2 worker slots, own process: it kills ~100 workers; minicluster only)
+- ``pool``      [pool_tiny], [pool_1mb] (2 worker slots; each system's multiprocessing.Pool(2); no PPE)
 - ``baseline``  [pipe], [memcpy]      system-independent, run once
 
 [bookkeeping] belongs to ``warm``. ProcessPoolExecutor / Pool have no nodes, object refs,
@@ -113,6 +114,9 @@ BENCHES: list[Bench] = [
     # (minicluster.testing chaos), time / time of the same tasks without faults. Target <= 3x.
     Bench("chaos", "chaos", "10k tiny tasks, worker killed every 100", "x", False, 3.0,
           "<= 3x fault-free", "-"),
+    # ---- multiprocessing.Pool's API: minicluster.util.multiprocessing.Pool vs Ray's vs the stdlib's
+    Bench("pool_tiny", "pool", "Pool(2).map of tiny items", "items/s", True, None, "-", "-"),
+    Bench("pool_1mb", "pool", "Pool(2).map of 1 MiB items", "MB/s", True, None, "-", "-"),
     # ---- system-independent baselines
     # Raw multiprocessing.Pipe ping-pong between two processes: about 52 us.
     Bench("pipe", "baseline", "mp.Pipe ping-pong (baseline)", "us", False, None, "-", "~52 us"),
@@ -123,7 +127,8 @@ BENCHES: list[Bench] = [
 BY_NAME: dict[str, Bench] = {b.name: b for b in BENCHES}
 SYSTEM_BENCHES: list[str] = [b.name for b in BENCHES if b.group != "baseline"]
 BASELINE_BENCHES: list[str] = [b.name for b in BENCHES if b.group == "baseline"]
-GROUPS: list[str] = ["start", "warm", "retry", "footprint", "cluster", "lineage", "actors", "generators", "chaos"]
+GROUPS: list[str] = ["start", "warm", "retry", "footprint", "cluster", "lineage", "actors", "generators", "chaos",
+                     "pool"]
 
 # Cells that are n/a by design: (system, benchmark) -> (short reason for the cell, detail).
 _NO_NODES = ("no nodes (one local pool)", "a process pool is one machine's workers: no nodes to "
@@ -150,6 +155,9 @@ NOT_APPLICABLE[("ray", "lineage_mem")] = (
 _NO_FAULTS = ("minicluster only (fault injection)", "only minicluster.testing can kill workers at "
               "the runtime's own event points; the peers have no fault injection")
 NOT_APPLICABLE.update({(_system, "chaos"): _NO_FAULTS for _system in ("ray", "ppe", "mp")})
+_NO_POOL_API = ("no Pool API (see mp)", "ProcessPoolExecutor is not multiprocessing.Pool; the standard "
+                "library's Pool is the mp column")
+NOT_APPLICABLE.update({("ppe", b): _NO_POOL_API for b in ("pool_tiny", "pool_1mb")})
 
 # A selected benchmark pulls in the baseline it is compared against.
 BASELINE_FOR: dict[str, str] = {"roundtrip": "pipe", "put": "memcpy"}
@@ -166,6 +174,7 @@ TIMEOUTS: dict[str, tuple[float, float]] = {
     "lineage": (150.0, 600.0),
     "actors": (180.0, 300.0),
     "generators": (180.0, 300.0),
+    "pool": (180.0, 300.0),
 }
 
 
@@ -200,6 +209,9 @@ class Reps(NamedTuple):
     gen_items: int
     gen_big_items: int
     gen_runs: int
+    pool_tiny_items: int = 100_000
+    pool_big_items: int = 100
+    pool_runs: int = 3
 
 
 FULL = Reps(throughput_tasks=10_000, throughput_runs=3, throughput_warmup=500,
@@ -215,7 +227,8 @@ QUICK = Reps(throughput_tasks=2_000, throughput_runs=1, throughput_warmup=300,
              bookkeeping_tasks=2_000, bookkeeping_runs=2, reconstruct_runs=1, chain_len=100,
              lineage_tasks=100_000, lineage_dep_tasks=50_000, lineage_batch=1_000, actor_create_runs=3,
              actor_calls=500, actor_warmup=50, actor_async_calls=2_000, actor_async_runs=1,
-             actor_restart_runs=2, gen_items=2_000, gen_big_items=50, gen_runs=1)
+             actor_restart_runs=2, gen_items=2_000, gen_big_items=50, gen_runs=1, pool_tiny_items=20_000,
+             pool_big_items=40, pool_runs=1)
 
 
 def reps(quick: bool) -> Reps:
