@@ -197,7 +197,7 @@ def test_a_task_can_be_given_the_jobs_package_uris_back(cluster, tmp_path):
     # as Ray: a task may name the uploaded package (what the runtime context shows)
     assert ray.get(read.options(runtime_env={"working_dir": shown["working_dir"],
                                              "env_vars": {"X": "1"}}).remote()) == "original\n"
-    with pytest.raises(ray.exceptions.RayTaskError, match="does not exist in this session"):
+    with pytest.raises(ray.exceptions.RuntimeEnvSetupError, match="does not exist in this session"):
         ray.get(read.options(runtime_env={"working_dir": "gcs://_ray_pkg_wd_0000000000000000.zip"}).remote())
 
 

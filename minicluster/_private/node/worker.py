@@ -56,7 +56,7 @@ from minicluster._private.store.serialization import deserialize
 from minicluster._private.wire import fault_hooks
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
-from minicluster.exceptions import AsyncioActorExit, RayError
+from minicluster.exceptions import AsyncioActorExit, RayError, RuntimeEnvSetupError
 
 if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 ms to each node's start
     import asyncio
@@ -365,7 +365,7 @@ class Worker:
         try:
             runtime_envs.apply(env, self.client.session_dir)
         except (OSError, ValueError) as exc:
-            return exc
+            return RuntimeEnvSetupError(f"{type(exc).__name__}: {exc}")  # (Ray's error for a failed setup)
         self.client.runtime_env = encoded
         # In Ray the variables are there when the worker starts: what it reads once at its
         # start (RAY_TASK_MAX_RETRIES, for the tasks it submits) is read again now.
