@@ -274,6 +274,10 @@ class ActorMethod:
             f"Actor methods cannot be called directly. Instead of '{self._name}()', try '{self._name}.remote()'."
         )
 
+    def _remote(self, args: Optional[tuple] = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
+        """Ray's spelling of `.options(**options).remote(*args, **kwargs)`."""
+        return self.options(**options).remote(*(args or ()), **(kwargs or {}))
+
     def options(self, **options: Any) -> "ActorMethod":
         validated = opts.validate(options, opts.METHOD_OPTIONS, "actor methods")
         return ActorMethod(self._handle, self._name, {**self._options, **validated})

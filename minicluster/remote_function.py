@@ -59,10 +59,14 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         if self._static is None:
             self._static = _StaticOptions(self._options)
-        return self._remote(args, kwargs, self._static)
+        return self._submit(args, kwargs, self._static)
 
     def options(self, **options: Any) -> "_BoundOptions":
         return _BoundOptions(self, {**self._options, **_validate_call_options(options, self._is_generator)})
+
+    def _remote(self, args: Optional[tuple] = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
+        """Ray's spelling of `.options(**options).remote(*args, **kwargs)`."""
+        return self.options(**options).remote(*(args or ()), **(kwargs or {}))
 
     def _pickled(self) -> Tuple[bytes, bytes]:
         if self._blob is None:
@@ -72,7 +76,7 @@ class RemoteFunction:
                         self._function, f"remote function {self._func_name}")
         return self._function_id, self._blob  # type: ignore[return-value]
 
-    def _remote(self, args: tuple, kwargs: dict, static: "_StaticOptions") -> Any:
+    def _submit(self, args: tuple, kwargs: dict, static: "_StaticOptions") -> Any:
         if not self._checked:
             self._check = signatures.check_for(signatures.params_of(self._function))
             self._checked = True
@@ -137,7 +141,7 @@ class _BoundOptions:
         self._static = _StaticOptions(options)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._function._remote(args, kwargs, self._static)
+        return self._function._submit(args, kwargs, self._static)
 
     def options(self, **options: Any) -> "_BoundOptions":
         return _BoundOptions(self._function, {**self._options,
