@@ -284,7 +284,7 @@ class ActorMethod:
             f"Actor methods cannot be called directly. Instead of '{self._name}()', try '{self._name}.remote()'."
         )
 
-    def _remote(self, args: Optional[Any] = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
+    def _remote(self, args: Optional[tuple] = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
         """Ray's spelling of `.options(**options).remote(*args, **kwargs)`."""
         return self.options(**options).remote(*(args or ()), **(kwargs or {}))
 

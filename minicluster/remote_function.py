@@ -61,12 +61,12 @@ class RemoteFunction:
             self._static = _StaticOptions(self._options)
         return self._submit(args, kwargs, self._static)
 
-    def _remote(self, args: Optional[Any] = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
-        """Ray's spelling of `.options(**options).remote(*args, **kwargs)`."""
-        return self.options(**options).remote(*(args or ()), **(kwargs or {}))
-
     def options(self, **options: Any) -> "_BoundOptions":
         return _BoundOptions(self, {**self._options, **_validate_call_options(options, self._is_generator)})
+
+    def _remote(self, args: Optional[tuple] = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
+        """Ray's spelling of `.options(**options).remote(*args, **kwargs)`."""
+        return self.options(**options).remote(*(args or ()), **(kwargs or {}))
 
     def _pickled(self) -> Tuple[bytes, bytes]:
         if self._blob is None:

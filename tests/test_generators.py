@@ -36,6 +36,11 @@ class Attempts:
         return self.count
 
 
+def wait_for_file(path):
+    while not path.exists():
+        time.sleep(0.01)
+
+
 def values(generator):
     out = []
     for ref in generator:
@@ -65,8 +70,7 @@ def test_items_arrive_while_the_task_still_runs(cluster, tmp_path):
     @ray.remote
     def waits_for_gate():
         yield "first"
-        while not gate.exists():
-            time.sleep(0.01)
+        wait_for_file(gate)
         yield "second"
 
     generator = waits_for_gate.remote()
@@ -85,8 +89,7 @@ def test_next_with_a_timeout_returns_a_nil_ref(cluster, tmp_path):
 
     @ray.remote
     def slow():
-        while not gate.exists():
-            time.sleep(0.01)
+        wait_for_file(gate)
         yield 1
 
     generator = slow.remote()
@@ -103,8 +106,7 @@ def test_wait_on_generators(cluster, tmp_path):
 
     @ray.remote
     def gated():
-        while not gate.exists():
-            time.sleep(0.01)
+        wait_for_file(gate)
         yield "late"
 
     fast, slow = count_to.remote(1), gated.remote()

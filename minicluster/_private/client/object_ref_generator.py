@@ -113,31 +113,18 @@ class ObjectRefGenerator:
             return self._at_end(deadline)
 
     async def _next_async(self, timeout_s: Optional[float] = None) -> ObjectRef:
-        """As _next_sync, for async code: the wait for an item runs off the event loop."""
+        """As _next_sync, for async code: the waiting runs off the event loop."""
         import asyncio  # (only async consumers load it)
 
-        client = context.client()
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout_s is None or timeout_s < 0 else time.monotonic() + timeout_s
-        while True:
-            status, ref = client.stream_next(self._task_id, True)
-            if status == ITEM:
-                return ref
-            if status == PENDING_ITEM:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                ready = await loop.run_in_executor(None, client.wait, [ref.binary()], 1, remaining, False)
-                if not ready:
-                    return ObjectRef.nil()
-                continue
-            end = await loop.run_in_executor(None, self._end_or_none, deadline)
-            if end is None:
-                raise StopAsyncIteration
-            return end
+        ref = await asyncio.get_running_loop().run_in_executor(None, self._next_or_none, timeout_s)
+        if ref is None:
+            raise StopAsyncIteration
+        return ref
 
-    def _end_or_none(self, deadline: Optional[float]) -> Optional[ObjectRef]:
+    def _next_or_none(self, timeout_s: Optional[float]) -> Optional[ObjectRef]:
         try:
-            return self._at_end(deadline)
-        except StopIteration:
+            return self._next_sync(timeout_s)
+        except StopIteration:  # (it cannot cross a Future: asyncio refuses it)
             return None
 
     def _at_end(self, deadline: Optional[float]) -> ObjectRef:
