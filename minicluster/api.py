@@ -132,9 +132,8 @@ def init(
     if runtime_env:
         # As Ray: the argument becomes the job's runtime_env (over the job_config's, if any).
         job_config = job_config if job_config is not None else JobConfig()
-        if not isinstance(job_config, JobConfig):
-            raise TypeError(f"init(job_config=...) must be a minicluster.job_config.JobConfig, got {job_config!r}")
-        job_config.set_runtime_env(runtime_env)
+        if isinstance(job_config, JobConfig):  # (anything else is refused just below)
+            job_config.set_runtime_env(runtime_env)
     if job_config is not None:
         if not isinstance(job_config, JobConfig):
             raise TypeError(f"init(job_config=...) must be a minicluster.job_config.JobConfig, got {job_config!r}")
