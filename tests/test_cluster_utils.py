@@ -378,3 +378,22 @@ def test_driver_can_disconnect_and_reconnect(make_cluster):
     ray.init(address=cluster.address)
     assert {n["NodeID"] for n in ray.nodes() if n["Alive"]} == {cluster.head_node.node_id, worker.node_id}
     assert ray.get(where_am_i.remote(), timeout=10)
+
+
+def test_a_cluster_without_nodes_has_no_address_and_init_starts_its_own_session():
+    cluster = Cluster()
+    try:
+        assert cluster.address is None  # as Ray's: the address is the head node's
+        ray.init(address=cluster.address, num_cpus=1)  # a session of its own, as in Ray
+
+        @ray.remote
+        def one():
+            return 1
+
+        assert ray.get(one.remote()) == 1
+        ray.shutdown()
+        cluster.add_node(num_cpus=1)
+        assert cluster.address is not None
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
