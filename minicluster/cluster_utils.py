@@ -156,9 +156,8 @@ class Cluster:
 
     def _apply_cluster_settings(self, head_args: Dict[str, Any]) -> None:
         """The first node's cluster-wide settings (Ray reads them from the head node)."""
-        if not system_config.reconstruction_enabled("Cluster.add_node", head_args.get("_system_config"),
-                                                     head_args.get("enable_object_reconstruction")):
-            self._client.head.disable_reconstruction()
+        self._client.head.apply_settings(system_config.cluster_settings(
+            "Cluster.add_node", head_args.get("_system_config"), head_args.get("enable_object_reconstruction")))
 
     def remove_node(self, node: ClusterNode, allow_graceful: bool = True) -> None:
         """Kill the node: its processes die and the objects stored only there are lost."""

@@ -42,6 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from minicluster._private.common import config
 from minicluster._private.common.ids import job_id, new_node_id
+from minicluster._private.common.system_config import ClusterSettings
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
 from minicluster._private.head.announcements import Announcer
@@ -116,10 +117,12 @@ class Head:
     def faults(self, hooks: Optional[fault_hooks.HeadHooks]) -> None:
         self.head_state.faults = hooks
 
-    def disable_reconstruction(self) -> None:
-        """The cluster's switch: no lineage is kept from now on, and lost objects are never rebuilt."""
+    def apply_settings(self, settings: ClusterSettings) -> None:
+        """The cluster-wide settings (init's, or the first Cluster node's). Reconstruction is the
+        cluster's switch: off, no lineage is kept and lost objects are never rebuilt."""
         with self.lock:
-            self.head_state.lineage.cluster_enabled = False
+            self.head_state.lineage.cluster_enabled = settings.reconstruction
+            self.head_state.actor_shutdown_timeout_s = settings.actor_shutdown_timeout_s
 
     def set_job_reconstruction(self, enabled: bool) -> None:
         """The running job's switch (JobConfig._disable_job_level_lineage_reconstruction)."""

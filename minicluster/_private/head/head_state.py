@@ -99,6 +99,9 @@ class HeadState:
     fetch_timeout_s: float = field(default_factory=config.fetch_fail_timeout_s)
     #: the job's namespace (init(namespace=...)), told to nodes; set by the driver before nodes start
     namespace: str = "default"
+    #: how long an actor ending on purpose may take to exit (its __ray_shutdown__) before it is
+    #: killed (Ray's actor_graceful_shutdown_timeout_ms); set by the driver (init, Cluster)
+    actor_shutdown_timeout_s: float = 30.0
     #: store bytes of a new node (object_store_memory); set by the driver before nodes start
     default_capacity: int = config.MIN_SHM_BYTES
     #: hooks of the fault plan a test installed (minicluster.testing), else None; set by the injector
