@@ -10,13 +10,16 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable, Dict
 
-from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from minicluster.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
 
 # Options Ray accepts that have no effect here; taken so Ray code runs unchanged.
 _ACCEPTED_NO_EFFECT = {
     "memory", "runtime_env", "accelerator_type", "label_selector", "enable_task_events", "_metadata", "_labels",
-    "object_store_memory", "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
-    "concurrency_groups", "max_pending_calls", "allow_out_of_order_execution", "_generator_backpressure_num_objects",
+    "object_store_memory", "concurrency_groups", "max_pending_calls", "allow_out_of_order_execution",
+    "_generator_backpressure_num_objects",
 }
 
 
@@ -102,12 +105,20 @@ def _retry_exceptions(name: str, value: Any) -> None:
 
 
 def _strategy(name: str, value: Any) -> None:
-    if value is None or value in ("DEFAULT", "SPREAD") or isinstance(value, NodeAffinitySchedulingStrategy):
+    if value is None or value in ("DEFAULT", "SPREAD") or isinstance(
+        value, (NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy)
+    ):
         return
     raise ValueError(
-        f"The option 'scheduling_strategy' must be None, 'DEFAULT', 'SPREAD' or a "
-        f"NodeAffinitySchedulingStrategy, got {value!r}"
+        f"The option 'scheduling_strategy' must be None, 'DEFAULT', 'SPREAD', a "
+        f"NodeAffinitySchedulingStrategy or a PlacementGroupSchedulingStrategy, got {value!r}"
     )
+
+
+def _placement_group(name: str, value: Any) -> None:
+    # (a PlacementGroup handle: util/placement_group.py; this layer knows it by its id)
+    if value != "default" and not hasattr(value, "bundle_specs"):
+        raise TypeError(f"The option 'placement_group' must be a PlacementGroup or 'default', got {value!r}")
 
 
 def _lifetime(name: str, value: Any) -> None:
@@ -134,6 +145,9 @@ _COMMON: Dict[str, Callable[[str, Any], None]] = {
     "resources": _resources,
     "scheduling_strategy": _strategy,
     "name": _str,
+    "placement_group": _placement_group,
+    "placement_group_bundle_index": _int_at_least(-1),
+    "placement_group_capture_child_tasks": _bool,
 }
 
 TASK_OPTIONS: Dict[str, Callable[[str, Any], None]] = {

@@ -15,7 +15,7 @@ ACTOR_CREATION_TASK = "ACTOR_CREATION_TASK"
 ACTOR_TASK = "ACTOR_TASK"
 DRIVER_TASK = "DRIVER_TASK"
 
-# Strategy encodings: ("DEFAULT",), ("SPREAD",), ("NODE", node_id, soft)
+# Strategy encodings: ("DEFAULT",), ("SPREAD",), ("NODE", node_id, soft), ("PG", ...) (placement.py)
 DEFAULT_STRATEGY: Tuple = ("DEFAULT",)
 
 
@@ -66,6 +66,8 @@ def strategy_of(value: object) -> Tuple:
         return DEFAULT_STRATEGY
     if value == "SPREAD":
         return ("SPREAD",)
+    if not hasattr(value, "node_id"):
+        return DEFAULT_STRATEGY  # a PlacementGroupSchedulingStrategy: placement.explicit_in_group's
     node_hex = value.node_id
     try:
         node_id = bytes.fromhex(node_hex)

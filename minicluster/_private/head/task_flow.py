@@ -25,6 +25,7 @@ import sys
 from typing import Any, Optional
 
 from minicluster._private.common.ids import task_of
+from minicluster._private.common.placement import plain_resources
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
 from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.flow_interfaces import ActorCallsForTasks, RecoveryForTasks, Timers
@@ -285,6 +286,8 @@ class TaskFlow:
         """Place queued tasks on nodes with free resources and hand them to workers."""
         state = self.state
         scheduler = state.scheduler
+        if state.groups.waiting:
+            state.groups.place_waiting()  # placement groups first: their bundles wait for no task
         ready = state.ready
         for shape, queue in list(ready.items()):
             while queue:
@@ -296,7 +299,8 @@ class TaskFlow:
                     node_id = scheduler.place(task.spec.resources, task.spec.strategy, self._preferred_node(task))
                 except Unschedulable as exc:
                     queue.popleft()
-                    self.finish_with_error(task, TaskUnschedulableError(str(exc)), "TASK_UNSCHEDULABLE_ERROR", str(exc))
+                    error = getattr(exc, "error", None) or TaskUnschedulableError(str(exc))
+                    self.finish_with_error(task, error, "TASK_UNSCHEDULABLE_ERROR", str(exc))
                     continue
                 if node_id is None:
                     break
@@ -428,6 +432,9 @@ class TaskFlow:
                                task_type=spec.task_type, func_name=spec.func_name, method=spec.method,
                                actor_config=actor, faults=None if faults is None else faults.on_exec(task, worker),
                                num_cpus=spec.resources.get("CPU", 0.0))
+        if spec.strategy[0] == "PG":  # in a placement group: the worker's code may ask which one
+            message = message._replace(placement=spec.strategy[1:],
+                                       num_cpus=plain_resources(spec.resources).get("CPU", 0.0))
         if faults is None or not faults.hold_exec(worker, message):
             self.outbox.post(peer, message)
 
