@@ -322,6 +322,25 @@ def table(groups: PlacementGroups, group_id: Optional[bytes]) -> Any:
     return {record.group_id.hex(): groups.table_row(record) for record in groups.records.values()}
 
 
+def state_rows(groups: PlacementGroups) -> List[Dict[str, Any]]:
+    """The groups as the state API lists them (list_placement_groups; journaled with the status)."""
+    rows = []
+    for record in groups.records.values():
+        row = groups.table_row(record)
+        nodes = row["bundles_to_node_id"]
+        rows.append({
+            "placement_group_id": row["placement_group_id"],
+            "name": record.name,
+            "creator_job_id": row["creator_job_id"],
+            "state": record.state,
+            "bundles": [{"bundle_id": f"{row['placement_group_id']}:{i}", "node_id": nodes[i] or None,
+                         "unit_resources": dict(bundle)} for i, bundle in enumerate(record.bundles)],
+            "is_detached": record.detached,
+            "stats": row["stats"],
+        })
+    return rows
+
+
 def end_group_work(record: GroupRecord, state: Any, tasks: Any, actors: Any) -> None:
     """After removal: tasks placed and waiting for a worker go back in line (where they fail as the
     group is gone), workers running the group's tasks are killed (their tasks retry, then fail the
