@@ -3,14 +3,17 @@ pending groups, removal, and a node death that moves a bundle and its actor."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import pytest
 from conftest import wait_for
+from driver_process import DriverProcess, minicluster_cmd
 
 import minicluster as ray
 from minicluster import exceptions, testing
+from minicluster.cluster_utils import Cluster
 from minicluster.util import state
 from minicluster.util.placement_group import (
     PlacementGroup,
@@ -106,11 +109,39 @@ def test_bad_groups_are_refused_with_rays_words(cluster):
         placement_group([{"CPU": 0}])
     with pytest.raises(ValueError, match="lifetime"):
         placement_group([{"CPU": 1}], lifetime="forever")
+    with pytest.raises(ValueError, match="Invalid label selector"):
+        placement_group([{"CPU": 1}], bundle_label_selector=[{"bad key!": "a"}])
     with pytest.raises(ValueError, match="not supported"):
-        placement_group([{"CPU": 1}], bundle_label_selector=[{"zone": "a"}])
+        placement_group([{"CPU": 1}], _soft_target_node_id="00" * 28)
     placement_group([{"CPU": 1}], name="taken")
     with pytest.raises(ValueError, match="already exists"):
         placement_group([{"CPU": 1}], name="taken")
+
+
+@ray.remote(num_cpus=0)
+def zone() -> str:
+    return ray.get_runtime_context().get_node_labels()["zone"]
+
+
+def test_bundle_label_selectors_choose_the_nodes():
+    ray_cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "labels": {"zone": "a"}})
+    try:
+        ray_cluster.add_node(num_cpus=1, labels={"zone": "b"})
+        ray_cluster.add_node(num_cpus=1, labels={"zone": "c"})
+        ray.init(address=ray_cluster.address)
+        pg = placement_group([{"CPU": 0.5}, {"CPU": 0.5}], strategy="PACK",
+                             bundle_label_selector=[{"zone": "!a"}, {"zone": "in(a,c)"}])
+        ray.get(pg.ready(), timeout=20)
+        zones = [ray.get(zone.options(scheduling_strategy=in_group(pg, i)).remote(), timeout=20) for i in (0, 1)]
+        assert zones[0] in ("b", "c") and zones[1] in ("a", "c")
+        exact = placement_group([{"CPU": 0.1}], bundle_label_selector=[{"zone": "b"}])
+        assert ray.get(zone.options(scheduling_strategy=in_group(exact)).remote(), timeout=20) == "b"
+        never = placement_group([{"CPU": 0.1}], bundle_label_selector=[{"zone": "d"}])
+        assert never.wait(0.3) is False
+        testing.validate_state()
+    finally:
+        ray.shutdown()
+        ray_cluster.shutdown()
 
 
 def test_a_group_that_does_not_fit_stays_pending_until_a_node_is_added(cluster):
@@ -242,3 +273,38 @@ def _try(fn):
         return fn()
     except (exceptions.RayActorError, exceptions.GetTimeoutError):
         return None
+
+
+CLI_SCRIPT = """
+    import minicluster as ray
+    from minicluster.util.placement_group import placement_group, remove_placement_group
+
+    info = ray.init(num_cpus=2)
+    kept = placement_group([{"CPU": 1}], name="kept")
+    ray.get(kept.ready())
+    gone = placement_group([{"CPU": 1}], name="gone")
+    remove_placement_group(gone)
+    print("SESSION", info.address_info["session_dir"], flush=True)
+    print("KEPT", kept.id.hex(), flush=True)
+    ray.shutdown()
+"""
+
+
+def test_the_cli_lists_placement_groups_of_an_ended_session(tmp_path):
+    driver = DriverProcess(CLI_SCRIPT, str(tmp_path / "driver.py"), [])
+    try:
+        session = driver.expect("SESSION")
+        kept = driver.expect("KEPT")
+        assert driver.finish() == 0
+    finally:
+        driver.kill()
+    listed = minicluster_cmd("list", "placement-groups", "--session", session, "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert rows["kept"]["placement_group_id"] == kept and rows["kept"]["state"] == "CREATED"
+    assert rows["gone"]["state"] == "REMOVED"
+    table = minicluster_cmd("list", "placement-groups", "--session", session)
+    assert "PLACEMENT_GROUP_ID" in table.stdout and kept in table.stdout
+    got = minicluster_cmd("get", "placement-group", kept[:10], "--session", session, "--format", "json")
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)[0]["bundles"][0]["unit_resources"] == {"CPU": 1.0}

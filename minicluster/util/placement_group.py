@@ -14,11 +14,12 @@ nodes' pools, and a node death moves its bundles (RESCHEDULING, then CREATED).
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Dict, List, Optional, Union
 
 from minicluster._private.client import context
 from minicluster._private.common.ids import PlacementGroupID, new_placement_group_id
-from minicluster._private.common.placement import STRATEGIES
+from minicluster._private.common.placement import STRATEGIES, check_label_selectors
 from minicluster.remote_function import RemoteFunction
 from minicluster.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -94,52 +95,87 @@ def _ready_check_fn(group: PlacementGroup) -> PlacementGroup:
 _ready_check = None  # the RemoteFunction of _ready_check_fn, made at first use
 
 
+VALID_PLACEMENT_GROUP_STRATEGIES = set(STRATEGIES)
+
+
 def placement_group(bundles: List[Dict[str, float]], strategy: str = "PACK", name: str = "",
                     lifetime: Optional[str] = None, _soft_target_node_id: Optional[str] = None,
                     bundle_label_selector: Optional[List[Dict[str, str]]] = None,
                     topology_strategy: Optional[Dict[str, str]] = None) -> PlacementGroup:
-    """Reserve `bundles` (a list of resource dicts) with `strategy`; returns at once (see ready())."""
-    checked = _check_bundles(bundles)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"Invalid placement group strategy {strategy}. Supported strategies are: "
-                         f"{set(STRATEGIES)}.")
-    if lifetime not in _VALID_LIFETIMES:
-        raise ValueError(f"Placement group `lifetime` argument must be either `None` or 'detached'. Got {lifetime}.")
+    """Reserve `bundles` (a list of resource dicts) with `strategy`; returns at once (see ready()).
+    bundle_label_selector: per bundle, the labels its node must have (`v`, `!v`, `in(a,b)`, `!in(a,b)`)."""
+    validate_placement_group(bundles, strategy, lifetime, _soft_target_node_id, bundle_label_selector,
+                             topology_strategy)
     if not isinstance(name, str):
         raise TypeError(f"Placement group name must be a string, got {name!r}")
-    for option, value in (("_soft_target_node_id", _soft_target_node_id),
-                          ("bundle_label_selector", bundle_label_selector), ("topology_strategy", topology_strategy)):
-        if value:
-            raise ValueError(f"placement_group({option}=...) is not supported by minicluster")
+    checked = _reservable(bundles)
+    selectors = list(bundle_label_selector or [])
+    if selectors and len(selectors) != len(checked):
+        raise ValueError(f"bundle_label_selector must have one selector per bundle ({len(checked)}), "
+                         f"got {len(selectors)}.")
     client = context.client()
     group_id = new_placement_group_id()
     namespace = getattr(client, "namespace", None) or "default"
     problem = client.change_placement_group(
-        "create", (group_id, checked, strategy, name, namespace, lifetime == "detached"))
+        "create", (group_id, checked, strategy, name, namespace, lifetime == "detached", selectors))
     if problem is not None:
         raise ValueError(problem)
     return PlacementGroup(PlacementGroupID(group_id), [dict(b) for b in checked])
 
 
-def _check_bundles(bundles: Any) -> List[Dict[str, float]]:
+def validate_placement_group(bundles: List[Dict[str, float]], strategy: str = "PACK",
+                             lifetime: Optional[str] = None, _soft_target_node_id: Optional[str] = None,
+                             bundle_label_selector: Optional[List[Dict[str, str]]] = None,
+                             topology_strategy: Optional[Dict[str, str]] = None) -> bool:
+    """The checks placement_group() makes before anything is created; ValueError in Ray's words."""
+    _validate_bundles(bundles)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Invalid placement group strategy {strategy}. Supported strategies are: "
+                         f"{VALID_PLACEMENT_GROUP_STRATEGIES}.")
+    if lifetime not in _VALID_LIFETIMES:
+        raise ValueError(f"Placement group `lifetime` argument must be either `None` or 'detached'. Got {lifetime}.")
+    for option, value in (("_soft_target_node_id", _soft_target_node_id), ("topology_strategy", topology_strategy)):
+        if value:
+            raise ValueError(f"placement_group({option}=...) is not supported by minicluster")
+    if bundle_label_selector is not None:
+        _validate_bundle_label_selector(bundle_label_selector)
+    return True
+
+
+def _validate_bundles(bundles: Any) -> None:
     if not isinstance(bundles, list):
         raise ValueError(f"Placement group bundles must be a list, got {type(bundles)}.")
     if not bundles:
         raise ValueError("Bundles must be a non-empty list of resource dictionaries. For example: "
                          '`[{"CPU": 1.0}, {"GPU": 1.0}]`. Got empty list instead.')
-    checked = []
     for bundle in bundles:
-        if not isinstance(bundle, dict) or not all(isinstance(k, str) for k in bundle):
-            raise ValueError(f"Bundles must be a list of resource dictionaries, got {bundles}.")
-        for key, qty in bundle.items():
-            if isinstance(qty, bool) or not isinstance(qty, (int, float)) or qty < 0:
-                raise ValueError(f"Bundle resource quantities must be non-negative numbers, got {key}={qty!r}.")
-        kept = {key: float(qty) for key, qty in bundle.items() if qty > 0}
-        if not kept:
+        if not isinstance(bundle, dict) or not all(
+                isinstance(k, str) and not isinstance(v, bool) and isinstance(v, (int, float)) and v >= 0
+                for k, v in bundle.items()):
+            raise ValueError("Bundles must be a non-empty list of resource dictionaries (resource name to a "
+                             f"non-negative number). For example: `[{{'CPU': 1.0}}, {{'GPU': 1.0}}]`. Got {bundles}.")
+        if not any(v > 0 for v in bundle.values()):
             raise ValueError(f"Bundles cannot be an empty dictionary or resources with only 0 values. "
                              f"Bundles: {bundles}")
-        checked.append(kept)
-    return checked
+
+
+def _validate_bundle_label_selector(bundle_label_selector: Any) -> None:
+    check_label_selectors(bundle_label_selector)
+
+
+def _reservable(bundles: List[Dict[str, float]]) -> List[Dict[str, float]]:
+    """The bundles as reserved: zero quantities dropped; the group's own marker name refused."""
+    out = []
+    for bundle in bundles:
+        if "bundle" in bundle:
+            raise ValueError("'bundle' is a resource name placement groups reserve for themselves; "
+                             f"it cannot be in a bundle: {bundle}")
+        if "object_store_memory" in bundle:
+            warnings.warn("Setting 'object_store_memory' for bundles is deprecated since it doesn't actually "
+                          "reserve the required object store memory; it is left out of the bundle.",
+                          DeprecationWarning, stacklevel=3)
+        out.append({k: float(v) for k, v in bundle.items() if v > 0 and k != "object_store_memory"})
+    return out
 
 
 def remove_placement_group(placement_group: PlacementGroup) -> None:
@@ -184,5 +220,5 @@ def _row(group_id: bytes) -> Optional[Dict[str, Any]]:
     return context.client().state("placement_groups", group_id)
 
 
-__all__ = ["PlacementGroup", "placement_group", "remove_placement_group", "get_placement_group",
-           "placement_group_table", "get_current_placement_group"]
+__all__ = ["PlacementGroup", "VALID_PLACEMENT_GROUP_STRATEGIES", "validate_placement_group", "placement_group",
+           "remove_placement_group", "get_placement_group", "placement_group_table", "get_current_placement_group"]

@@ -14,6 +14,8 @@ task_spec.py.
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 from minicluster.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -113,6 +115,10 @@ def explicit_group(options: Dict[str, Any]) -> Optional[Tuple[Any, int, bool]]:
     if strategy is not None:
         raise ValueError("Scheduling strategy and placement_group option cannot be both set: use "
                          "PlacementGroupSchedulingStrategy")
+    warnings.warn("placement_group parameter is deprecated. Use scheduling_strategy=PlacementGroupSchedulingStrategy"
+                  "(...) instead, see the usage at https://docs.ray.io/en/latest/ray-core/package-ref.html"
+                  "#ray-util-scheduling-strategies-placementgroupschedulingstrategy.", DeprecationWarning,
+                  stacklevel=4)
     return (group, options.get("placement_group_bundle_index", -1),
             bool(options.get("placement_group_capture_child_tasks", False)))
 
@@ -157,3 +163,65 @@ def explicit_in_group(task_name: str, options: Dict[str, Any],
     if group is None or (hasattr(group, "is_empty") and group.is_empty()):
         return None
     return in_group(task_name, resources, group.id.binary(), group.bundle_specs, index, capture)
+
+
+# ---- bundle_label_selector: which nodes' labels a bundle may be placed on -------------------------
+
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_IN = re.compile(r"^in\((.*)\)$")
+
+
+def check_label_selectors(selectors: Any) -> List[Dict[str, str]]:
+    """A list of {label key: selector} dicts, one per bundle; a selector is `value`, `!value`,
+    `in(a,b)` or `!in(a,b)` (Ray's syntax). ValueError in Ray's words otherwise."""
+    if not isinstance(selectors, list):
+        raise ValueError(f"bundle_label_selector must be a list, got {type(selectors)}.")
+    for selector in selectors:
+        if not isinstance(selector, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in selector.items()):
+            raise ValueError(f"bundle_label_selector must be a list of string dictionary, got {selectors}.")
+        for key, wanted in selector.items():
+            problem = _key_problem(key) or _selector_problem(wanted)
+            if problem:
+                raise ValueError(f"Invalid label selector provided in bundle_label_selector list. "
+                                 f"Detailed error: '{problem}'")
+    return [dict(s) for s in selectors]
+
+
+def _key_problem(key: str) -> Optional[str]:
+    prefix, _, name = key.rpartition("/")
+    if (prefix and not re.match(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", prefix)) or not _LABEL_NAME.match(name):
+        return (f"Invalid label key name `{key}`. Name must be 63 chars or less beginning and ending with an "
+                "alphanumeric character ([a-z0-9A-Z]) with dashes (-), underscores (_), dots (.), and "
+                "alphanumerics between.")
+    return None
+
+
+def _selector_problem(wanted: str) -> Optional[str]:
+    values = _selector_values(wanted)[1]
+    if values is None or not all(_LABEL_VALUE.match(v) for v in values):
+        return (f"Invalid label selector value `{wanted}`. The label selector value should contain optional "
+                "operators (!, in(...)) and a label value of 63 chars or less, beginning and ending with an "
+                "alphanumeric character.")
+    return None
+
+
+def _selector_values(wanted: str) -> Tuple[bool, Optional[List[str]]]:
+    """(negated, the values it names); None values for a malformed `in(...)`."""
+    negated = wanted.startswith("!")
+    body = wanted[1:] if negated else wanted
+    found = _IN.match(body)
+    if found is None:
+        return negated, [body]
+    values = [v.strip() for v in found.group(1).split(",")]
+    return negated, (values if all(values) else None)
+
+
+def labels_match(labels: Dict[str, str], selector: Dict[str, str]) -> bool:
+    """Whether a node with these labels satisfies a bundle's label selector."""
+    for key, wanted in selector.items():
+        negated, values = _selector_values(wanted)
+        if (labels.get(key) in (values or ())) == negated:
+            return False
+    return True

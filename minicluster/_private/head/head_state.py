@@ -200,4 +200,5 @@ def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
         objects=ObjectDirectory(driver_counts, session.layout, entry_deleted, entry_unheld),
         lineage=Lineage(config.max_lineage_bytes(), release_lineage_args),
     )
+    state.groups.labels_of = lambda node_id: state.nodes[node_id].labels  # (bundle_label_selector)
     return state

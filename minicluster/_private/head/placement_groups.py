@@ -27,10 +27,10 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Tuple
 
 from minicluster._private.common.ids import job_id
-from minicluster._private.common.placement import bundle_resources, group_of, is_group_resource
+from minicluster._private.common.placement import bundle_resources, group_of, is_group_resource, labels_match
 from minicluster._private.head.scheduler import NodeResources, Scheduler, Unschedulable
 from minicluster._private.head.virtual_nodes import INTENDED_SYSTEM_EXIT
 from minicluster.exceptions import TaskPlacementGroupRemoved
@@ -71,6 +71,8 @@ class GroupRecord:
     placed_at: float = 0.0
     attempts: int = 0
     infeasible: bool = False  #: no live node set could ever hold it (warned once)
+    #: per bundle, the node labels it needs (bundle_label_selector); empty: any node
+    selectors: List[Dict[str, str]] = field(default_factory=list)
     #: the nodes its bundles were last on, kept after removal for placement_group_table
     last_nodes: List[Optional[bytes]] = field(default_factory=list)
 
@@ -88,6 +90,8 @@ class PlacementGroups:
         self.records: Dict[bytes, GroupRecord] = {}
         self.named: Dict[Tuple[str, str], bytes] = {}  #: (namespace, name) -> id of a group not removed
         self.waiting: List[GroupRecord] = []  #: PENDING and RESCHEDULING groups, oldest first
+        #: a node's labels (set by head_state.new_state), for bundle_label_selector
+        self.labels_of: Callable[[bytes], Dict[str, str]] = lambda node_id: {}
         scheduler.groups = self
 
     # ---- asked by the scheduler ---------------------------------------------------------
@@ -106,12 +110,12 @@ class PlacementGroups:
     # ---- creation and placement ---------------------------------------------------------
 
     def create(self, group_id: bytes, bundles: List[Dict[str, float]], strategy: str, name: str, namespace: str,
-               detached: bool, creator_job: bytes) -> Optional[str]:
+               detached: bool, creator_job: bytes, selectors: List[Dict[str, str]]) -> Optional[str]:
         """A new group (PENDING until placed); returns an error text if its name is taken."""
         if name and (namespace, name) in self.named:
             return (f"Failed to create placement group '{group_id.hex()}' because name '{name}' already exists.")
         record = GroupRecord(group_id, name, strategy, [dict(b) for b in bundles], namespace, detached, creator_job,
-                             nodes=[None] * len(bundles))
+                             nodes=[None] * len(bundles), selectors=[dict(s) for s in selectors])
         self.records[group_id] = record
         if name:
             self.named[(namespace, name)] = group_id
@@ -151,11 +155,16 @@ class PlacementGroups:
         todo = [i for i, node_id in enumerate(record.nodes) if node_id is None]
         used = {node_id for node_id in record.nodes if node_id is not None}
         strategy = record.strategy
+        selectors, labels_of = record.selectors, self.labels_of
+
+        def allowed(node_id: bytes, index: int) -> bool:
+            return not selectors or not selectors[index] or labels_match(labels_of(node_id), selectors[index])
+
         if strategy in ("PACK", "STRICT_PACK"):
             candidates = [n.node_id for n in nodes if not used or n.node_id in used]
             together = _sum_bundles(record.bundles[i] for i in todo)
             for node_id in candidates:
-                if _fits(free[node_id], together):
+                if _fits(free[node_id], together) and all(allowed(node_id, i) for i in todo):
                     return {i: node_id for i in todo}
             if strategy == "STRICT_PACK":
                 return None
@@ -169,7 +178,8 @@ class PlacementGroups:
                 order = sorted(free, key=lambda node_id: node_id in taken)
                 if strategy == "STRICT_SPREAD":
                     order = [node_id for node_id in order if node_id not in taken]
-            target = next((node_id for node_id in order if _fits(free[node_id], bundle)), None)
+            target = next((node_id for node_id in order if _fits(free[node_id], bundle) and allowed(node_id, index)),
+                          None)
             if target is None:
                 return None
             _take(free[target], bundle)
@@ -279,6 +289,9 @@ class PlacementGroups:
                 if node is None or not node.alive:
                     problems.append(f"{what} has bundle {index} on a dead or unknown node")
                     continue
+                if record.selectors and record.selectors[index] and not labels_match(
+                        self.labels_of(node_id), record.selectors[index]):
+                    problems.append(f"{what} has bundle {index} on a node its label selector excludes")
                 mine = expected.setdefault(node_id, {})
                 for key, qty in bundle_resources(record.group_id, index, record.bundles[index]).items():
                     mine[key] = mine.get(key, 0.0) + qty
@@ -304,8 +317,8 @@ def change(state: Any, tasks: Any, actors: Any, op: str, args: Any) -> Optional[
     """A user's create or remove (Head.change_placement_group); an error's text, or None."""
     groups: PlacementGroups = state.groups
     if op == "create":
-        group_id, bundles, strategy, name, namespace, detached = args
-        return groups.create(group_id, bundles, strategy, name, namespace, detached, job_id())
+        group_id, bundles, strategy, name, namespace, detached, selectors = args
+        return groups.create(group_id, bundles, strategy, name, namespace, detached, job_id(), selectors)
     if op == "remove":
         record = groups.remove(args)
         if record is not None:
