@@ -156,6 +156,24 @@ def test_a_group_that_does_not_fit_stays_pending_until_a_node_is_added(cluster):
     assert placement_group_table(pg)["state"] == "CREATED"
 
 
+def test_an_actor_placed_on_a_node_before_it_said_hello_gets_its_own_worker(cluster):
+    cluster(num_nodes=1, num_cpus=0)
+    pg = placement_group([{"CPU": 1}])
+    ready = pg.ready()
+
+    @ray.remote(num_cpus=1)
+    class Member:
+        def ping(self) -> str:
+            return ray.get_runtime_context().get_placement_group_id()
+
+    member = Member.options(scheduling_strategy=in_group(pg)).remote()
+    # Both are placed on the new node as it is added, before its node manager is up; its first
+    # (and only) worker goes to the ready() task, so the actor needs one more.
+    testing.add_node(num_cpus=1)
+    assert ray.get(ready, timeout=20) == pg
+    assert ray.get(member.ping.remote(), timeout=20) == pg.id.hex()
+
+
 def test_removal_fails_queued_tasks_and_kills_the_groups_actors(cluster):
     cluster(num_nodes=1, num_cpus=2)
     pg = placement_group([{"CPU": 1}])

@@ -23,6 +23,9 @@ _ACCEPTED_NO_EFFECT = {
 }
 
 
+# Options where None is not "unset": placement_group=None keeps a task out of its parent's group.
+_NONE_IS_A_CHOICE = {"placement_group"}
+
 # Ray's words for a bad count, by the smallest value it takes (tests match them).
 _ACCEPTS = {
     -1: "None, 0, -1 or a positive integer, where -1 represents infinity.",
@@ -117,7 +120,7 @@ def _strategy(name: str, value: Any) -> None:
 
 def _placement_group(name: str, value: Any) -> None:
     # (a PlacementGroup handle: util/placement_group.py; this layer knows it by its id)
-    if value != "default" and not hasattr(value, "bundle_specs"):
+    if value is not None and value != "default" and not hasattr(value, "bundle_specs"):
         raise TypeError(f"The option 'placement_group' must be a PlacementGroup or 'default', got {value!r}")
 
 
@@ -191,7 +194,7 @@ def validate(options: Dict[str, Any], allowed: Dict[str, Callable[[str, Any], No
                 continue
             valid = ", ".join(sorted(set(allowed) | _ACCEPTED_NO_EFFECT))
             raise ValueError(f"Invalid option keyword {name!r} for {what}. Valid ones are: {valid}.")
-        if value is None and name not in ("scheduling_strategy",):
+        if value is None and name not in ("scheduling_strategy",) and name not in _NONE_IS_A_CHOICE:
             continue
         check(name, value)
-    return {k: v for k, v in options.items() if k in allowed and v is not None}
+    return {k: v for k, v in options.items() if k in allowed and (v is not None or k in _NONE_IS_A_CHOICE)}

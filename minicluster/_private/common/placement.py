@@ -45,9 +45,14 @@ def bundle_resources(group_id: bytes, index: int, bundle: Dict[str, float]) -> D
 
 def request_in_group(resources: Dict[str, float], group_id: bytes, index: int) -> Dict[str, float]:
     """A task's request renamed onto the group's bundle `index` (-1: any bundle)."""
-    suffix = group_id.hex() if index < 0 else f"{index}_{group_id.hex()}"
-    renamed = {f"{key}{_GROUP}{suffix}": qty for key, qty in resources.items()}
-    renamed[f"bundle{_GROUP}{suffix}"] = BUNDLE_MARKER_REQUEST
+    # A task on a given bundle asks for the group-wide names too, so they always count what
+    # is free in the whole group (the group-wide name is what a task on any bundle asks for).
+    suffixes = [group_id.hex()] if index < 0 else [group_id.hex(), f"{index}_{group_id.hex()}"]
+    renamed: Dict[str, float] = {}
+    for suffix in suffixes:
+        for key, qty in resources.items():
+            renamed[f"{key}{_GROUP}{suffix}"] = qty
+        renamed[f"bundle{_GROUP}{suffix}"] = BUNDLE_MARKER_REQUEST
     return renamed
 
 
@@ -108,9 +113,11 @@ def explicit_group(options: Dict[str, Any]) -> Optional[Tuple[Any, int, bool]]:
                              "The placement_group option is deprecated.")
         return (strategy.placement_group, strategy.placement_group_bundle_index,
                 bool(strategy.placement_group_capture_child_tasks))
-    if group == "default":
-        if options.get("placement_group_bundle_index", -1) != -1:
-            raise ValueError("placement_group_bundle_index is set, but placement_group is not")
+    if group in ("default", None):  # (None: explicitly in no group, nor in a capturing parent's)
+        index = options.get("placement_group_bundle_index", -1)
+        if index != -1:
+            raise ValueError(f"placement_group_bundle_index={index} without a placement group: the bundle index "
+                             "must be -1 when no placement group is given")
         return None
     if strategy is not None:
         raise ValueError("Scheduling strategy and placement_group option cannot be both set: use "

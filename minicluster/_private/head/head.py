@@ -345,6 +345,9 @@ class Head:
         node.peer = peer
         peer.state = node
         node.hello.set()
+        # Tasks placed here before it said hello (add_node schedules at once) could not ask it
+        # for workers then: ask now for those its first pool will not cover (an actor needs its own).
+        self.task_flow.replenish(node)
 
     def _on_worker_exit(self, peer: Peer, state: Any, message: msg.WorkerExit) -> None:
         worker = self.workers.get(message.worker_id)

@@ -89,7 +89,12 @@ class PlacementGroups:
         self.scheduler = scheduler
         self.records: Dict[bytes, GroupRecord] = {}
         self.named: Dict[Tuple[str, str], bytes] = {}  #: (namespace, name) -> id of a group not removed
-        self.waiting: List[GroupRecord] = []  #: PENDING and RESCHEDULING groups, oldest first
+        self.waiting: Dict[bytes, GroupRecord] = {}  #: PENDING and RESCHEDULING groups by id, oldest first
+        #: scheduler.changes when every waiting group was last tried (-1: try again): placing is
+        #: retried only once resources came back or nodes changed, not on every schedule() call
+        self._tried_at = -1
+        self._warned: set = set()  #: (strategy, bundles) shapes warned about as infeasible
+        self._fresh: List[GroupRecord] = []  #: waiting groups not tried yet (tried alone, at once)
         #: a node's labels (set by head_state.new_state), for bundle_label_selector
         self.labels_of: Callable[[bytes], Dict[str, str]] = lambda node_id: {}
         scheduler.groups = self
@@ -119,17 +124,28 @@ class PlacementGroups:
         self.records[group_id] = record
         if name:
             self.named[(namespace, name)] = group_id
-        self.waiting.append(record)
+        self.waiting[group_id] = record
+        self._fresh.append(record)
         return None
 
     def place_waiting(self) -> bool:
         """Place every waiting group that fits now, oldest first; True if one was placed."""
         placed = False
-        for record in list(self.waiting):
+        if self._tried_at == self.scheduler.changes:
+            tried, self._fresh = self._fresh, []
+        else:
+            tried, self._fresh = list(self.waiting.values()), []
+        for record in tried:
+            if record.state not in (PENDING, RESCHEDULING):
+                continue
             plan = self._plan(record, use_totals=False)
             if plan is None:
                 if not record.infeasible and self._plan(record, use_totals=True) is None:
                     record.infeasible = True
+                    shape = (record.strategy, repr(record.bundles))
+                    if shape in self._warned:
+                        continue
+                    self._warned.add(shape)
                     shown = record.name or record.group_id.hex()
                     print(f"minicluster: warning: placement group {shown} needs "
                           f"{record.bundles} ({record.strategy}), which the cluster's nodes cannot hold "
@@ -143,8 +159,11 @@ class PlacementGroups:
             record.set_state(CREATED)
             record.placed_at = time.time()
             record.infeasible = False
-            self.waiting.remove(record)
+            del self.waiting[record.group_id]
             placed = True
+        if placed:
+            self.scheduler.changes += 1  # the bundles' resources appeared: tasks waiting for them may go
+        self._tried_at = self.scheduler.changes
         return placed
 
     def _plan(self, record: GroupRecord, use_totals: bool) -> Optional[Dict[int, bytes]]:
@@ -218,7 +237,8 @@ class PlacementGroups:
                     self._unreserve(record, index, give_back=False)
             if record.state == CREATED:
                 record.set_state(RESCHEDULING)
-                self.waiting.append(record)
+                self.waiting[record.group_id] = record
+        self._tried_at = -1
 
     def remove(self, group_id: bytes) -> Optional[GroupRecord]:
         """Mark the group REMOVED and give its reservations back; None if unknown or already removed."""
@@ -227,8 +247,8 @@ class PlacementGroups:
             return None
         for index in range(len(record.nodes)):
             self._unreserve(record, index, give_back=True)
-        if record in self.waiting:
-            self.waiting.remove(record)
+        self.waiting.pop(group_id, None)
+        self.scheduler.changes += 1  # tasks waiting for the group's resources must now fail
         if record.name and self.named.get((record.namespace, record.name)) == group_id:
             del self.named[(record.namespace, record.name)]
         record.set_state(REMOVED)
@@ -251,7 +271,7 @@ class PlacementGroups:
 
     def table_row(self, record: GroupRecord) -> Dict[str, Any]:
         """One group as Ray's placement_group_table shows it."""
-        nodes = record.nodes if record.state != REMOVED else record.last_nodes
+        nodes = record.nodes if record.state != REMOVED else (record.last_nodes or record.nodes)
         latency = max(0.0, (record.placed_at - record.created_at) * 1000) if record.placed_at else 0.0
         scheduling = {PENDING: "INFEASIBLE" if record.infeasible else "PENDING", CREATED: "FINISHED",
                       RESCHEDULING: "RESCHEDULING", REMOVED: "REMOVED"}[record.state]
@@ -280,8 +300,9 @@ class PlacementGroups:
                 problems.append(f"{what} has unplaced bundles")
             if record.state in (PENDING, REMOVED) and placed:
                 problems.append(f"{what} holds bundles")
-            if (record in self.waiting) != (record.state in (PENDING, RESCHEDULING)):
-                problems.append(f"{what} is {'' if record in self.waiting else 'not '}in the waiting list")
+            waits = record.group_id in self.waiting
+            if waits != (record.state in (PENDING, RESCHEDULING)):
+                problems.append(f"{what} is {'' if waits else 'not '}in the waiting list")
             for index, node_id in enumerate(record.nodes):
                 if node_id is None:
                     continue

@@ -72,19 +72,25 @@ class Scheduler:
         #: the placement groups (placement_groups.PlacementGroups registers itself): asked about
         #: requests no node can hold, told about dead nodes
         self.groups: Any = None
+        #: counts what may let a waiting placement group fit: resources given back, nodes added,
+        #: removed or resumed (placement_groups.py retries only when it moved)
+        self.changes = 0
 
     def add_node(self, node_id: bytes, total: Dict[str, float]) -> None:
         self.nodes[node_id] = NodeResources(node_id, dict(total))
+        self.changes += 1
 
     def remove_node(self, node_id: bytes) -> None:
         node = self.nodes.get(node_id)
         if node is not None:
             node.alive = False
+            self.changes += 1
             if self.groups is not None:
                 self.groups.node_removed(node_id)
 
     def set_stopped(self, node_id: bytes, stopped: bool) -> None:
         self.nodes[node_id].stopped = stopped
+        self.changes += 1
 
     def alive(self) -> List[NodeResources]:
         return [n for n in self.nodes.values() if n.alive]
@@ -139,6 +145,7 @@ class Scheduler:
         node = self.nodes.get(node_id)
         if node is None:
             return
+        self.changes += 1
         available, total = node.available, node.total
         for key, qty in request.items():
             cap = total.get(key)

@@ -79,6 +79,9 @@ class TaskFlow:
         # Placement is tried once per submission burst: cleared when a task joins a queue
         # where others of its shape already wait (FIFO: nothing could be placed anyway).
         self._placement_pending = False
+        #: shape -> scheduler.changes when its queue's first task could not be placed: the queue is
+        #: skipped until resources come back or nodes change (many shapes: placement groups')
+        self._blocked: dict = {}
         state.owner_free = self._let_go
 
     def connect(self, actors: ActorCallsForTasks, recovery: RecoveryForTasks) -> None:
@@ -289,7 +292,10 @@ class TaskFlow:
         if state.groups.waiting:
             state.groups.place_waiting()  # placement groups first: their bundles wait for no task
         ready = state.ready
+        blocked = self._blocked
         for shape, queue in list(ready.items()):
+            if blocked.get(shape) == scheduler.changes:
+                continue  # its first task could not be placed, and nothing was freed or added since
             while queue:
                 task = queue[0]
                 if task.finished or task.state != PENDING_NODE_ASSIGNMENT:
@@ -303,9 +309,11 @@ class TaskFlow:
                     self.finish_with_error(task, error, "TASK_UNSCHEDULABLE_ERROR", str(exc))
                     continue
                 if node_id is None:
+                    blocked[shape] = scheduler.changes
                     break
                 if node_id == INFEASIBLE:
                     self._warn_infeasible(shape, task)
+                    blocked[shape] = scheduler.changes
                     break
                 queue.popleft()
                 scheduler.acquire(node_id, task.spec.resources)
@@ -320,6 +328,7 @@ class TaskFlow:
                     self.replenish(node)
             if not queue:
                 del ready[shape]
+                blocked.pop(shape, None)
 
     def _preferred_node(self, task: TaskRecord) -> Optional[bytes]:
         best, best_size = task.submitter_node, 0
