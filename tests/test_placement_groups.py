@@ -57,6 +57,9 @@ def test_a_group_reserves_its_bundles_from_the_nodes_pools(cluster):
     assert ray.cluster_resources()[f"CPU_group_0_{hex_id}"] == 1.0
     row = placement_group_table(pg)
     assert row["state"] == "CREATED" and row["strategy"] == "PACK" and row["name"] == "pair"
+    snap = testing.snapshot()
+    assert snap.placement_groups == {hex_id: "CREATED"}
+    assert list(snap.reserved.values()) == [{"CPU": 2.0}]
     assert len(set(row["bundles_to_node_id"].values())) == 1  # PACK: both on one node when they fit
     assert get_placement_group("pair") == pg
     assert hex_id in placement_group_table()
