@@ -492,6 +492,8 @@ class Head:
                 return placement_groups.table(self.head_state.groups, about)
             if what == "placement_group_named":  # about: (name, namespace)
                 return self.head_state.groups.lookup(*about)
+            if what == "named_actors":  # list_named_actors(): (namespace, name) of each live one
+                return self.actor_flow.named_actors()
         raise ValueError(f"unknown state query {what!r}")
 
     def _task_context(self, task_id: bytes) -> Dict[str, Any]:
