@@ -189,6 +189,7 @@ def test_removal_fails_queued_tasks_and_kills_the_groups_actors(cluster):
 
     actor = Holder.options(scheduling_strategy=in_group(pg, 0)).remote()
     ray.get(actor.ping.remote(), timeout=20)
+    assert state.list_actors(detail=True)[0].placement_group_id == pg.id.hex()
     queued = where.options(scheduling_strategy=in_group(pg, 0)).remote()  # the actor holds the bundle's CPU
     assert ray.wait([queued], timeout=0.3)[0] == []
     remove_placement_group(pg)
