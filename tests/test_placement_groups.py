@@ -330,3 +330,26 @@ def test_the_cli_lists_placement_groups_of_an_ended_session(tmp_path):
     got = minicluster_cmd("get", "placement-group", kept[:10], "--session", session, "--format", "json")
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)[0]["bundles"][0]["unit_resources"] == {"CPU": 1.0}
+
+
+def test_an_actors_groups_go_with_its_process_unless_detached(cluster):
+    cluster(num_nodes=1, num_cpus=3)
+
+    @ray.remote(num_cpus=0, max_restarts=1)
+    class Creator:
+        def make(self, detached: bool) -> PlacementGroup:
+            pg = placement_group([{"CPU": 1}], lifetime="detached" if detached else None)
+            ray.get(pg.ready())
+            return pg
+
+    creator = Creator.remote()
+    owned = ray.get(creator.make.remote(False), timeout=20)
+    kept = ray.get(creator.make.remote(True), timeout=20)
+    assert plain(ray.available_resources())["CPU"] == 1.0
+    ray.kill(creator, no_restart=False)  # its process goes (it restarts): Ray removes what it created
+    wait_for(lambda: placement_group_table(owned)["state"] == "REMOVED", timeout=20, what="the group to go")
+    assert placement_group_table(kept)["state"] == "CREATED"
+    assert plain(ray.available_resources())["CPU"] == 2.0
+    # A group the driver created lives as long as the session.
+    mine = placement_group([{"CPU": 1}])
+    assert mine.wait(20) is True

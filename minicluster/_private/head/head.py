@@ -589,15 +589,16 @@ class Head:
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         self.actor_flow.kill_actor(actor_id, no_restart)
 
-    def change_placement_group(self, op: str, args: Any) -> Optional[str]:
+    def change_placement_group(self, op: str, args: Any, creator_actor: Optional[bytes] = None) -> Optional[str]:
         """Create ("create", its fields) or remove ("remove", its id) a placement group (lock held);
         returns an error's text or None. Placing it, or failing its work, follows at once."""
-        answer = placement_groups.change(self.head_state, self.task_flow, self.actor_flow, op, args)
+        answer = placement_groups.change(self.head_state, self.task_flow, self.actor_flow, op, args, creator_actor)
         self.task_flow.schedule()
         return answer
 
     def _on_change_placement_group(self, peer: Peer, worker: WorkerRecord, message: msg.ChangePlacementGroup) -> None:
-        answer = self.change_placement_group(message.op, message.args)
+        creator = worker.actor.actor_id if worker.actor is not None else None
+        answer = self.change_placement_group(message.op, message.args, creator)
         self.post(peer, msg.Reply.new(request_id=message.request_id, payload=answer))
 
     # ==== plumbing ===================================================================

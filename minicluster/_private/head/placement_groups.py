@@ -73,6 +73,9 @@ class GroupRecord:
     infeasible: bool = False  #: no live node set could ever hold it (warned once)
     #: per bundle, the node labels it needs (bundle_label_selector); empty: any node
     selectors: List[Dict[str, str]] = field(default_factory=list)
+    #: the actor whose code created it, if any: a group not detached goes when that actor's process
+    #: does (Ray's rule; one created by the driver or a task lives as long as the job)
+    creator_actor: Optional[bytes] = None
     #: the nodes its bundles were last on, kept after removal for placement_group_table
     last_nodes: List[Optional[bytes]] = field(default_factory=list)
 
@@ -334,18 +337,30 @@ class PlacementGroups:
         return problems
 
 
-def change(state: Any, tasks: Any, actors: Any, op: str, args: Any) -> Optional[str]:
-    """A user's create or remove (Head.change_placement_group); an error's text, or None."""
+def change(state: Any, tasks: Any, actors: Any, op: str, args: Any, creator_actor: Optional[bytes]) -> Optional[str]:
+    """A user's create or remove (Head.change_placement_group); an error's text, or None.
+    creator_actor: the actor whose code asks, if any."""
     groups: PlacementGroups = state.groups
     if op == "create":
         group_id, bundles, strategy, name, namespace, detached, selectors = args
-        return groups.create(group_id, bundles, strategy, name, namespace, detached, job_id(), selectors)
+        problem = groups.create(group_id, bundles, strategy, name, namespace, detached, job_id(), selectors)
+        if problem is None:
+            groups.records[group_id].creator_actor = creator_actor
+        return problem
     if op == "remove":
         record = groups.remove(args)
         if record is not None:
             end_group_work(record, state, tasks, actors)
         return None
     raise ValueError(f"unknown placement group change {op!r}")
+
+
+def creator_died(state: Any, tasks: Any, actors: Any, actor_id: bytes) -> None:
+    """An actor's process is gone (dead or restarting): the groups it created, unless detached, go."""
+    for record in list(state.groups.records.values()):
+        if record.creator_actor == actor_id and not record.detached and record.state != REMOVED:
+            state.groups.remove(record.group_id)
+            end_group_work(record, state, tasks, actors)
 
 
 def table(groups: PlacementGroups, group_id: Optional[bytes]) -> Any:
