@@ -353,3 +353,18 @@ def test_an_actors_groups_go_with_its_process_unless_detached(cluster):
     # A group the driver created lives as long as the session.
     mine = placement_group([{"CPU": 1}])
     assert mine.wait(20) is True
+
+
+def test_a_gpu_task_in_a_group_keeps_its_worker_apart_from_cpu_tasks(cluster):
+    cluster(num_nodes=1, num_cpus=2, num_gpus=1)
+    pg = placement_group([{"CPU": 1, "GPU": 1}])
+    ray.get(pg.ready(), timeout=20)
+
+    @ray.remote
+    def pid() -> int:
+        return os.getpid()
+
+    gpu_pid = ray.get(pid.options(num_gpus=1, scheduling_strategy=in_group(pg)).remote(), timeout=20)
+    # As in Ray, a worker that ran a GPU task never runs a CPU-only one (its GPU is the bundle's here).
+    cpu_pids = {ray.get(pid.remote(), timeout=20) for _ in range(5)}
+    assert gpu_pid not in cpu_pids
