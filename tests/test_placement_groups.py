@@ -112,6 +112,10 @@ def test_bad_groups_are_refused_with_rays_words(cluster):
         placement_group([{"CPU": 0}])
     with pytest.raises(ValueError, match="lifetime"):
         placement_group([{"CPU": 1}], lifetime="forever")
+    with pytest.raises(TypeError):  # Ray 2.60 dropped it too
+        placement_group([{"CPU": 1}], _max_cpu_fraction_per_node=0.5)
+    with pytest.raises(ValueError, match="reserve for themselves"):
+        placement_group([{"bundle": 1}])
     with pytest.raises(ValueError, match="Invalid label selector"):
         placement_group([{"CPU": 1}], bundle_label_selector=[{"bad key!": "a"}])
     with pytest.raises(ValueError, match="not supported"):
