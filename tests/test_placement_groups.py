@@ -372,3 +372,10 @@ def test_a_gpu_task_in_a_group_keeps_its_worker_apart_from_cpu_tasks(cluster):
     # As in Ray, a worker that ran a GPU task never runs a CPU-only one (its GPU is the bundle's here).
     cpu_pids = {ray.get(pid.remote(), timeout=20) for _ in range(5)}
     assert gpu_pid not in cpu_pids
+
+
+def test_a_users_resource_named_like_a_group_is_left_alone(cluster):
+    cluster(num_nodes=1, num_cpus=1, resources={"disk_group_a": 2})
+    got = ray.get(where.options(resources={"disk_group_a": 1}).remote(), timeout=20)[1]
+    assert got == {"CPU": 1.0, "disk_group_a": 1.0}
+    testing.validate_state()

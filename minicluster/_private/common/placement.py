@@ -25,6 +25,9 @@ STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 BUNDLE_MARKER_TOTAL = 1000.0
 BUNDLE_MARKER_REQUEST = 0.001
 _GROUP = "_group_"
+#: a group's resource name: <resource>_group_[<bundle index>_]<group id hex (18 bytes)>; a user's
+#: own resource with "_group_" in its name does not look like this
+_GROUP_NAME = re.compile(r"^(.+)_group_(?:\d+_)?[0-9a-f]{36}$")
 
 
 def group_strategy(group_id: bytes, bundle_index: int, capture_child_tasks: bool) -> Tuple:
@@ -60,24 +63,24 @@ def plain_resources(resources: Dict[str, float]) -> Dict[str, float]:
     """A request with the group names taken off: what the task holds, as get_assigned_resources shows it."""
     plain: Dict[str, float] = {}
     for key, qty in resources.items():
-        name, sep, _ = key.partition(_GROUP)
-        if not sep:
+        named = _GROUP_NAME.match(key)
+        if named is None:
             plain[key] = qty
-        elif name != "bundle":
-            plain[name] = qty
+        elif named.group(1) != "bundle":
+            plain[named.group(1)] = qty
     return plain
 
 
 def group_of(resources: Dict[str, float]) -> Optional[bytes]:
     """The group a request names (its bundle marker), or None for a request outside groups."""
     for key in resources:
-        if key.startswith("bundle" + _GROUP):
+        if key.startswith("bundle" + _GROUP) and _GROUP_NAME.match(key):
             return bytes.fromhex(key.rpartition("_")[2])
     return None
 
 
 def is_group_resource(key: str) -> bool:
-    return _GROUP in key
+    return _GROUP_NAME.match(key) is not None
 
 
 def check_bundle_index(index: int, bundle_count: int) -> None:
