@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import ObjectRef
 from minicluster._private.common import options as opts
-from minicluster._private.common import signatures
+from minicluster._private.common import placement, signatures
 from minicluster._private.common.ids import ActorID, new_actor_id, new_task_id
 from minicluster._private.common.task_spec import (
     ACTOR_CREATION_TASK,
@@ -140,6 +140,12 @@ class ActorClass:
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self.__qualname__)
         # Ray's rule: an actor without num_cpus needs 1 CPU to be placed but holds none while it lives.
         resources = resources_of(options, default_cpus=1.0)
+        strategy = strategy_of(options.get("scheduling_strategy"))
+        grouped = placement.explicit_in_group(self._meta.short_name, options, resources)
+        if grouped is None and placement.may_capture(options) and client.current_placement_group is not None:
+            grouped = placement.captured(client, self._meta.short_name, resources)
+        if grouped is not None:
+            strategy, resources = grouped
         spec = TaskSpec(
             task_id=new_task_id(actor_id),
             name=f"{self._meta.short_name}.__init__",
@@ -153,7 +159,7 @@ class ActorClass:
             max_retries=0,
             retry_exceptions=False,
             max_calls=0,
-            strategy=strategy_of(options.get("scheduling_strategy")),
+            strategy=strategy,
             parent_task_id=client.current_task_id,
             owner=client.worker_id,
             task_type=ACTOR_CREATION_TASK,

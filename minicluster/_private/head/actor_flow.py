@@ -131,8 +131,9 @@ class ActorFlow:
         # Ray's rule: an actor placed with the implicit 1 CPU holds no CPU while it lives;
         # explicit num_cpus and custom resources stay held until it dies.
         record.held = dict(task.spec.resources)
-        if not record.meta["holds_cpus"]:
-            scheduler.release(node_id, {"CPU": record.held.pop("CPU", 0.0)})
+        if not record.meta["holds_cpus"]:  # (in a placement group the CPU is the bundle's: CPU_group_...)
+            for key in [k for k in record.held if k == "CPU" or k.startswith("CPU_group_")]:
+                scheduler.release(node_id, {key: record.held.pop(key)})
         self.tasks.replenish(worker.node)  # the node's pool lost a worker to the actor
         if not record.meta["detached"]:
             self._unpin_creation(record)  # from now on only its handles keep it alive
