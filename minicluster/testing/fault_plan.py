@@ -45,6 +45,7 @@ from minicluster.testing.faults import (
     KillWorker,
     NodeName,
     RaiseInTask,
+    SeenNames,
     StopNode,
     TaskName,
     TaskSelector,
@@ -79,6 +80,7 @@ class FaultPlan:
         self.seed: int = default_seed() if seed is None else seed
         self.faults: List[Fault] = []
         self.journal = FaultJournal()
+        self.seen = SeenNames()  #: names of the tasks and actors that ran while installed (for unfired faults' hints)
         self.chaos_enabled = True  #: False: chaos() schedules are ignored (the pytest plugin's --minicluster-chaos=off)
         self._injector: Any = None
 
@@ -241,7 +243,7 @@ class FaultPlan:
     def assert_all_fired(self) -> None:
         missing = self.unfired()
         if missing:
-            lines = "\n".join(f"  {f.describe()}" for f in missing)
+            lines = "\n".join(f"  {f.describe()}" + _indented(self.seen.hint(f)) for f in missing)
             raise UnfiredFaultsError(
                 f"{len(missing)} planned fault(s) never fired (seed {self.seed}); the test did not "
                 f"exercise what it planned. Mark a fault optional=True if it may legitimately not fire.\n"
@@ -259,6 +261,10 @@ class FaultPlan:
 
 
 # ==== validation helpers ==================================================================
+
+
+def _indented(hint: str) -> str:
+    return f"\n      {hint}" if hint else ""
 
 
 def _positive(method: str, name: str, value: Any) -> None:

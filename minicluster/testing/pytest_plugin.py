@@ -8,7 +8,9 @@ Fixtures
     minicluster_seed     the test's seed: --minicluster-seed, else MINICLUSTER_TEST_SEED,
                          else a random one per run (printed in the header and with failures)
     fault_plan           a FaultPlan with that seed (the chaos controller too: fault_plan.chaos(...));
-                         installed into minicluster_cluster; its planned faults must fire
+                         installed into minicluster_cluster (asked for alone: into the session this
+                         process runs, else into a minicluster_cluster started for it); its planned
+                         faults must fire (a report of unfired ones lists the task names that ran)
     fault_journal        fault_plan.journal: the faults that fired
     minicluster_cluster  a session started with the test's settings, shut down afterwards and
                          checked for leaked processes and shared-memory folders
@@ -167,8 +169,8 @@ def minicluster_seed(request: pytest.FixtureRequest) -> int:
 
 
 @pytest.fixture
-def fault_plan(request: pytest.FixtureRequest, minicluster_seed: int) -> Iterator[FaultPlan]:
-    """A FaultPlan seeded with the test's seed; every planned fault must fire by the end of the test."""
+def _minicluster_plan(request: pytest.FixtureRequest, minicluster_seed: int) -> Iterator[FaultPlan]:
+    """The test's FaultPlan, before anything installs it (fault_plan and minicluster_cluster share it)."""
     plan = FaultPlan(seed=minicluster_seed)
     chaos = request.config.stash[_CHAOS]
     opted_out = _marker_settings(request.node).get("chaos") is False
@@ -182,16 +184,32 @@ def fault_plan(request: pytest.FixtureRequest, minicluster_seed: int) -> Iterato
 
 
 @pytest.fixture
+def fault_plan(request: pytest.FixtureRequest, _minicluster_plan: FaultPlan) -> FaultPlan:
+    """A FaultPlan seeded with the test's seed; every planned fault must fire by the end of the test.
+
+    Installed into minicluster_cluster. A test that asks for fault_plan alone gets the plan installed
+    into the session this process already runs (one its own fixture started), else into a
+    minicluster_cluster started for it: a plan that no session fires would prove nothing.
+    """
+    if "minicluster_cluster" not in request.fixturenames:
+        if ray.is_initialized():
+            _minicluster_plan.install()  # uninstalled by _minicluster_plan's teardown
+        else:
+            request.getfixturevalue("minicluster_cluster")
+    return _minicluster_plan
+
+
+@pytest.fixture
 def fault_journal(fault_plan: FaultPlan) -> FaultJournal:
     """The journal of the faults fault_plan fired."""
     return fault_plan.journal
 
 
 @pytest.fixture
-def minicluster_cluster(request: pytest.FixtureRequest, fault_plan: FaultPlan,
+def minicluster_cluster(request: pytest.FixtureRequest, _minicluster_plan: FaultPlan,
                         minicluster_seed: int) -> Iterator[MiniclusterCluster]:
-    """A fresh session with fault_plan installed; afterwards shut down and checked for leaks."""
-
+    """A fresh session with the test's fault plan installed; afterwards shut down and checked for leaks."""
+    fault_plan = _minicluster_plan
     settings = dict(DEFAULT_SETTINGS)
     settings.update(_marker_settings(request.node))
     param = getattr(request, "param", None)
@@ -202,8 +220,11 @@ def minicluster_cluster(request: pytest.FixtureRequest, fault_plan: FaultPlan,
         settings.update(param)
     init_kwargs = {k: v for k, v in settings.items() if k not in ("seeds", "chaos")}
     if ray.is_initialized():
-        raise pytest.UsageError("minicluster_cluster: a session is already running in this process; "
-                                "the fixture starts its own")
+        raise pytest.UsageError(
+            "minicluster_cluster: a session is already running in this process, and the fixture starts its own. "
+            "It was started outside the plugin's fixtures (a module-scoped fixture, or an earlier test whose "
+            "init() -- or whose first remote call, which starts one -- was never shut down): shut it down "
+            "(ray.shutdown()) where it was started, or use the plugin's fixtures in that test too")
     ray.init(**init_kwargs)
     client = context.current()
     started = snapshot()
