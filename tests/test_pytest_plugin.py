@@ -269,3 +269,51 @@ def test_unfired_fault_lists_the_names_that_ran(pytester):
     ])
     result.stdout.fnmatch_lines(["*no actor (name or class) named 'Countr' ran; did you mean 'Counter'?*"])
     result.stdout.fnmatch_lines(["*1 attempt(s) of tasks named 'square' ran, none matching nth/attempt*nth=2*"])
+
+
+ALIASED = """
+    import importlib
+
+    import pytest
+    import ray
+    import ray.util.state
+    from ray.exceptions import RayTaskError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    import minicluster
+
+    @ray.remote
+    def nested(x):
+        return ray.get(ray.put(x)) + 1  # `ray` inside a worker is minicluster too
+
+    @ray.remote
+    def boom():
+        raise ValueError("no")
+
+    def test_ray_is_minicluster(minicluster_cluster):
+        assert ray.get is minicluster.get and ray.util.state is minicluster.util.state
+        assert ray.get(nested.remote(1)) == 2
+        with pytest.raises(RayTaskError):
+            ray.get(boom.remote())
+        node = ray.get_runtime_context().get_node_id()
+        assert ray.get(nested.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(0))
+
+    def test_missing_names_are_named():
+        with pytest.raises(AttributeError, match="minicluster does not provide ray.no_such_api"):
+            ray.no_such_api
+        with pytest.raises(ModuleNotFoundError, match="minicluster does not provide ray.workflow"):
+            importlib.import_module("ray.workflow")
+"""
+
+
+def test_alias_ray_option(pytester):
+    result = run(pytester, ALIASED, "--minicluster-alias-ray")
+    result.assert_outcomes(passed=2)
+    import sys
+    assert "ray" not in sys.modules or "minicluster" not in repr(sys.modules["ray"])  # undone after the run
+
+
+def test_alias_ray_ini_setting(pytester):
+    pytester.makeini("[pytest]\nminicluster_alias_ray = true\n")
+    result = run(pytester, ALIASED)
+    result.assert_outcomes(passed=2)

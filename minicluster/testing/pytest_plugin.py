@@ -52,6 +52,7 @@ import pytest
 # itself costs nothing more, since minicluster.testing is part of the package anyway.
 import minicluster as ray
 from minicluster._private.client import context
+from minicluster.testing import ray_alias
 from minicluster.testing.fault_plan import SEED_ENV, FaultPlan, UnfiredFaultsError, default_seed
 from minicluster.testing.journal import FaultJournal
 from minicluster.testing.session_snapshot import snapshot
@@ -107,6 +108,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--minicluster-chaos", choices=("on", "off"), default=None,
                     help=f"on: add chaos(kill_worker_every={DEFAULT_CHAOS_EVERY}) to every plan; off: ignore "
                          f"chaos schedules; default ${CHAOS_ENV}, else as each test says")
+    group.addoption("--minicluster-alias-ray", action="store_true", default=None,
+                    help="`import ray` gives minicluster for the session (application code keeps Ray's import); "
+                         "ini: minicluster_alias_ray = true")
+    parser.addini("minicluster_alias_ray", type="bool", default=False,
+                  help="`import ray` gives minicluster for the test session (as --minicluster-alias-ray)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -127,6 +133,9 @@ def pytest_configure(config: pytest.Config) -> None:
     seeds = config.getoption("minicluster_seeds", None)
     if seeds is not None and seeds < 1:
         raise pytest.UsageError(f"--minicluster-seeds={seeds}: must be >= 1")
+    if config.getoption("minicluster_alias_ray", None) or config.getini("minicluster_alias_ray"):
+        ray_alias.install(shim_folder=True)  # before collection imports the test modules
+        config.add_cleanup(ray_alias.uninstall)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
