@@ -56,6 +56,10 @@ FUNCTION_IMPORTS: Dict[Tuple[str, str, str], str] = {
         "startup time: workers import minicluster.api and never need the driver, head and hub",
     ("minicluster.api", "timeline", "minicluster.util.state"):
         "startup time: the state API's readers cost every `import minicluster` ~20 ms",
+    ("minicluster.testing.ray_backend", "import_ray", "ray"):
+        "an optional dependency: Ray, only for the pytest plugin's --minicluster-backend=ray",
+    ("minicluster.testing.ray_backend", "import_ray", "ray.cluster_utils"):
+        "an optional dependency: Ray, only for the pytest plugin's --minicluster-backend=ray",
 }
 
 

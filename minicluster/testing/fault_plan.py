@@ -34,6 +34,7 @@ import random
 from typing import Any, Iterable, List, Optional, Tuple, Union
 
 from minicluster._private.store.serialization import cloudpickle_dumps
+from minicluster.testing import backend
 from minicluster.testing.faults import (
     CHANNELS,
     TASK_POINTS,
@@ -215,6 +216,7 @@ class FaultPlan:
 
     def install(self) -> "FaultPlan":
         """Make the running session (started by init() in this process) fire this plan's faults."""
+        backend.refuse_on_ray("FaultPlan.install")
         if self._injector is not None:
             raise RuntimeError("this fault plan is installed already")
         self._injector = Injector.install(self)

@@ -52,7 +52,7 @@ import pytest
 # itself costs nothing more, since minicluster.testing is part of the package anyway.
 import minicluster as ray
 from minicluster._private.client import context
-from minicluster.testing import ray_alias
+from minicluster.testing import backend, ray_alias, ray_backend
 from minicluster.testing.fault_plan import SEED_ENV, FaultPlan, UnfiredFaultsError, default_seed
 from minicluster.testing.journal import FaultJournal
 from minicluster.testing.session_snapshot import snapshot
@@ -71,6 +71,7 @@ _SEED_EXPLICIT = pytest.StashKey[bool]()
 _CHAOS = pytest.StashKey[Optional[str]]()
 _SEED = pytest.StashKey[int]()
 _PLAN = pytest.StashKey[FaultPlan]()
+_ON_RAY = pytest.StashKey[bool]()
 
 
 @dataclass
@@ -81,6 +82,7 @@ class MiniclusterCluster:
     seed: int
     plan: FaultPlan
     settings: Dict[str, Any] = field(default_factory=dict)
+    backend: str = "minicluster"  #: "ray" with --minicluster-backend=ray
 
     @property
     def journal(self) -> FaultJournal:
@@ -111,6 +113,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--minicluster-alias-ray", action="store_true", default=None,
                     help="`import ray` gives minicluster for the session (application code keeps Ray's import); "
                          "ini: minicluster_alias_ray = true")
+    group.addoption("--minicluster-backend", choices=("minicluster", "ray"), default=None,
+                    help=f"ray: the fixtures start real Ray (installed separately) and `import minicluster` gives "
+                         f"Ray; faults only minicluster can fire skip their tests; default ${ray_backend.BACKEND_ENV}, "
+                         f"else minicluster")
     parser.addini("minicluster_alias_ray", type="bool", default=False,
                   help="`import ray` gives minicluster for the test session (as --minicluster-alias-ray)")
 
@@ -121,6 +127,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "minicluster(num_nodes=2, num_cpus=1, seeds=None, chaos=None, **init_kwargs): settings of the "
         "minicluster_cluster fixture; seeds=N runs the test under N seeds; chaos=False opts out of "
         "--minicluster-chaos=on",
+    )
+    config.addinivalue_line(
+        "markers",
+        "ray_compatible: the test also runs on real Ray (.ci/run runs these with --minicluster-backend=ray)",
     )
     seed = config.getoption("minicluster_seed", None)
     explicit = seed is not None or bool(os.environ.get(SEED_ENV, "").strip())
@@ -133,14 +143,34 @@ def pytest_configure(config: pytest.Config) -> None:
     seeds = config.getoption("minicluster_seeds", None)
     if seeds is not None and seeds < 1:
         raise pytest.UsageError(f"--minicluster-seeds={seeds}: must be >= 1")
-    if config.getoption("minicluster_alias_ray", None) or config.getini("minicluster_alias_ray"):
+    alias_ray = config.getoption("minicluster_alias_ray", None) or config.getini("minicluster_alias_ray")
+    config.stash[_ON_RAY] = on_ray = _backend_setting(config) == "ray"
+    if on_ray:
+        if alias_ray:
+            raise pytest.UsageError("--minicluster-alias-ray makes `import ray` give minicluster; with "
+                                    "--minicluster-backend=ray, `import ray` is Ray: use one or the other")
+        if chaos == "on":
+            raise pytest.UsageError("--minicluster-chaos=on: chaos is fired by minicluster's runtime; "
+                                    "Ray (--minicluster-backend=ray) cannot fire it")
+        ray_backend.alias_minicluster_to_ray()  # before collection imports the test modules
+        config.add_cleanup(ray_backend.unalias)
+    elif alias_ray:
         ray_alias.install(shim_folder=True)  # before collection imports the test modules
         config.add_cleanup(ray_alias.uninstall)
+
+
+def _backend_setting(config: pytest.Config) -> str:
+    value = config.getoption("minicluster_backend", None) or os.environ.get(ray_backend.BACKEND_ENV, "").strip()
+    if value not in ("", "minicluster", "ray"):
+        raise pytest.UsageError(f"{ray_backend.BACKEND_ENV}={value!r}: use 'minicluster' or 'ray'")
+    return value or "minicluster"
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     source = "explicit" if config.stash[_SEED_EXPLICIT] else "random"
     chaos = config.stash[_CHAOS] or "per test"
+    if config.stash[_ON_RAY]:
+        return f"minicluster: backend ray {ray_backend.import_ray().__version__} (faults only minicluster fires skip)"
     return (f"minicluster: seed {config.stash[_BASE_SEED]} ({source}; replay with --minicluster-seed), "
             f"chaos {chaos}")
 
@@ -150,6 +180,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "minicluster_seed" not in metafunc.fixturenames:
         return
     config = metafunc.config
+    if config.stash[_ON_RAY]:
+        return  # seeds choose faults, which Ray cannot fire: one run is all there is to see
     count = config.getoption("minicluster_seeds", None)
     if count is None:
         wanted = _marker_settings(metafunc.definition).get("seeds")
@@ -180,7 +212,7 @@ def minicluster_seed(request: pytest.FixtureRequest) -> int:
 @pytest.fixture
 def _minicluster_plan(request: pytest.FixtureRequest, minicluster_seed: int) -> Iterator[FaultPlan]:
     """The test's FaultPlan, before anything installs it (fault_plan and minicluster_cluster share it)."""
-    plan = FaultPlan(seed=minicluster_seed)
+    plan = (ray_backend.RayFaultPlan if request.config.stash[_ON_RAY] else FaultPlan)(seed=minicluster_seed)
     chaos = request.config.stash[_CHAOS]
     opted_out = _marker_settings(request.node).get("chaos") is False
     if chaos == "on" and not opted_out:
@@ -201,7 +233,8 @@ def fault_plan(request: pytest.FixtureRequest, _minicluster_plan: FaultPlan) -> 
     minicluster_cluster started for it: a plan that no session fires would prove nothing.
     """
     if "minicluster_cluster" not in request.fixturenames:
-        if ray.is_initialized():
+        running = ray_backend.import_ray() if request.config.stash[_ON_RAY] else ray
+        if running.is_initialized():
             _minicluster_plan.install()  # uninstalled by _minicluster_plan's teardown
         else:
             request.getfixturevalue("minicluster_cluster")
@@ -228,6 +261,9 @@ def minicluster_cluster(request: pytest.FixtureRequest, _minicluster_plan: Fault
                                     f"a dict of init() arguments, not {param!r}")
         settings.update(param)
     init_kwargs = {k: v for k, v in settings.items() if k not in ("seeds", "chaos")}
+    if request.config.stash[_ON_RAY]:
+        yield from _ray_cluster(init_kwargs, fault_plan, minicluster_seed)
+        return
     if ray.is_initialized():
         raise pytest.UsageError(
             "minicluster_cluster: a session is already running in this process, and the fixture starts its own. "
@@ -249,6 +285,23 @@ def minicluster_cluster(request: pytest.FixtureRequest, _minicluster_plan: Fault
             pids = list(snapshot().pids())
             ray.shutdown()
     _check_no_leaks(pids, store_root)
+
+
+def _ray_cluster(init_kwargs: Dict[str, Any], plan: FaultPlan, seed: int) -> Iterator[MiniclusterCluster]:
+    """minicluster_cluster on real Ray: a one-node ray.init or a Cluster, shut down and checked for leaks."""
+    if ray_backend.import_ray().is_initialized():
+        raise pytest.UsageError("minicluster_cluster: Ray is already initialized in this process, and the "
+                                "fixture starts its own cluster: shut it down (ray.shutdown()) where it was started")
+    cluster = ray_backend.RayCluster(init_kwargs)
+    backend.set_active(cluster)
+    try:
+        yield MiniclusterCluster(nodes=list(cluster.nodes), seed=seed, plan=plan, settings=init_kwargs,
+                                 backend="ray")
+    finally:
+        backend.set_active(None)
+        pids = cluster.pids()
+        cluster.shutdown()
+    _check_no_leaks(pids, None, ray_backend.EXIT_GRACE_S)
 
 
 def _marker_settings(node: Any) -> Dict[str, Any]:
@@ -295,7 +348,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 # ==== leak checks ========================================================================
 
 
-def _check_no_leaks(pids: List[int], store_root: str) -> None:
+def _check_no_leaks(pids: List[int], store_root: Optional[str], grace_s: float = EXIT_GRACE_S) -> None:
 
     def alive(pid: int) -> bool:
         try:
@@ -303,13 +356,13 @@ def _check_no_leaks(pids: List[int], store_root: str) -> None:
         except psutil.NoSuchProcess:
             return False
 
-    deadline = time.monotonic() + EXIT_GRACE_S
+    deadline = time.monotonic() + grace_s
     left = [p for p in pids if alive(p)]
     while left and time.monotonic() < deadline:
         time.sleep(0.02)
         left = [p for p in left if alive(p)]
     if left:
-        raise AssertionError(f"minicluster: session processes still running {EXIT_GRACE_S} s after shutdown: {left}")
-    if os.path.exists(store_root):
+        raise AssertionError(f"minicluster: session processes still running {grace_s} s after shutdown: {left}")
+    if store_root is not None and os.path.exists(store_root):
         raise AssertionError(f"minicluster: object store folder left behind after shutdown: {store_root} "
                              f"(contains {glob.glob(os.path.join(store_root, '*'))[:5]})")
