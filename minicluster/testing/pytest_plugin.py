@@ -32,6 +32,12 @@ Options
                             on: every plan also gets chaos(kill_worker_every=25);
                             off: chaos schedules are ignored (targeted faults still fire).
                             Also MINICLUSTER_TEST_CHAOS.
+    --minicluster-alias-ray `import ray` gives minicluster for the session, in workers too
+                            (ray_alias.py); ini: minicluster_alias_ray = true
+    --minicluster-backend=ray
+                            the same tests on real Ray (ray_backend.py): the fixtures start Ray,
+                            `import minicluster` gives Ray, a planned fault skips its test.
+                            Also MINICLUSTER_BACKEND.
 
 A failing test's report gets a section with its seed, the command that replays
 it, the plan and the journal of the faults that fired.
