@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
@@ -307,7 +308,7 @@ def _ray_cluster(init_kwargs: Dict[str, Any], plan: FaultPlan, seed: int) -> Ite
         backend.set_active(None)
         pids = cluster.pids()
         cluster.shutdown()
-    _check_no_leaks(pids, None, ray_backend.EXIT_GRACE_S)
+    _check_no_leaks(pids, None, ray_backend.EXIT_GRACE_S, kill_leftovers=True)
 
 
 def _marker_settings(node: Any) -> Dict[str, Any]:
@@ -342,7 +343,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     outcome = yield
     report = outcome.get_result()
     seed = item.stash.get(_SEED, None)
-    if report.failed and seed is not None:
+    if report.failed and seed is not None and not item.config.stash[_ON_RAY]:  # on Ray no seed is at work
         base_id = item.nodeid.split("[", 1)[0]
         text = [f"seed {seed}; replay with:  pytest '{base_id}' --minicluster-seed {seed}"]
         plan = item.stash.get(_PLAN, None)
@@ -354,7 +355,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 # ==== leak checks ========================================================================
 
 
-def _check_no_leaks(pids: List[int], store_root: Optional[str], grace_s: float = EXIT_GRACE_S) -> None:
+def _check_no_leaks(pids: List[int], store_root: Optional[str], grace_s: float = EXIT_GRACE_S,
+                    kill_leftovers: bool = False) -> None:
+    """Fail if a process of the session outlived its shutdown (killed first with kill_leftovers: Ray's
+    processes are no process group of ours that a later test's check would clean up) or its store did."""
 
     def alive(pid: int) -> bool:
         try:
@@ -368,7 +372,13 @@ def _check_no_leaks(pids: List[int], store_root: Optional[str], grace_s: float =
         time.sleep(0.02)
         left = [p for p in left if alive(p)]
     if left:
-        raise AssertionError(f"minicluster: session processes still running {grace_s} s after shutdown: {left}")
+        for pid in left if kill_leftovers else ():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        raise AssertionError(f"minicluster: session processes still running {grace_s} s after shutdown: {left}"
+                             + (" (killed now)" if kill_leftovers else ""))
     if store_root is not None and os.path.exists(store_root):
         raise AssertionError(f"minicluster: object store folder left behind after shutdown: {store_root} "
                              f"(contains {glob.glob(os.path.join(store_root, '*'))[:5]})")

@@ -132,19 +132,25 @@ class RayCluster:
         runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), SYS_PATH_ENV: json.dumps(sys.path)}
         self.cluster: Any = None
         self.node_objects: List[Any] = []  #: ray._private.node.Node of each node, in start order
-        if num_nodes == 1:
-            ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, **node_args, **settings)
-            self.node_objects.append(ray._private.worker.global_worker.node)
-        else:
-            self.node_args = node_args
-            head_args = {"include_dashboard": False, **node_args,
-                         "_system_config": {**FAST_NODE_DEATH, **node_args.get("_system_config", {})}}
-            self.cluster = ray.cluster_utils.Cluster(initialize_head=True, head_node_args=head_args)
-            self.node_objects.append(self.cluster.head_node)
-            for _ in range(num_nodes - 1):
-                self.node_objects.append(self.cluster.add_node(wait=False, **node_args))
-            self.cluster.wait_for_nodes()
-            ray.init(address=self.cluster.address, runtime_env=runtime_env, **settings)
+        try:
+            if num_nodes == 1:
+                ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, **node_args, **settings)
+                self.node_objects.append(ray._private.worker.global_worker.node)
+            else:
+                self.node_args = node_args
+                head_args = {"include_dashboard": False, **node_args,
+                             "_system_config": {**FAST_NODE_DEATH, **node_args.get("_system_config", {})}}
+                self.cluster = ray.cluster_utils.Cluster(initialize_head=True, head_node_args=head_args)
+                self.node_objects.append(self.cluster.head_node)
+                for _ in range(num_nodes - 1):
+                    self.node_objects.append(self.cluster.add_node(wait=False, **node_args))
+                self.cluster.wait_for_nodes()
+                ray.init(address=self.cluster.address, runtime_env=runtime_env, **settings)
+        except BaseException:
+            ray.shutdown()  # whatever started must not outlive the failed start
+            if self.cluster is not None:
+                self.cluster.shutdown()
+            raise
         self.nodes = [n.node_id for n in self.node_objects]
         self.address = self.node_objects[0].gcs_address
 
