@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.util
 import os
 import pkgutil
 import shutil
@@ -54,13 +55,37 @@ def _names() -> List[str]:
 
 
 class _MissingFinder(importlib.abc.MetaPathFinder):
-    """`import ray.<something minicluster lacks>`: an error naming it, not a bare 'No module named'."""
+    """`import ray.<sub>` not aliased yet: minicluster's module of that name if it has one (its own
+    ImportError if it needs an optional dependency), else an error naming what minicluster lacks."""
 
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
-        if fullname.startswith("ray.") and sys.modules.get("ray") is _alias:
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if not fullname.startswith("ray.") or sys.modules.get("ray") is not _alias:
+            return None
+        parts = fullname.split(".")[1:]
+        spec = None
+        if parts[0] not in NOT_RAY and not any(p.startswith("_") for p in parts):
+            try:
+                spec = importlib.util.find_spec(f"minicluster.{'.'.join(parts)}")
+            except ModuleNotFoundError:
+                spec = None
+        if spec is None:
             raise ModuleNotFoundError(f"No module named {fullname!r}: minicluster does not provide {fullname} "
                                       f"({WHY})", name=fullname)
-        return None
+        return importlib.util.spec_from_loader(fullname, _Existing(importlib.import_module(spec.name)))
+
+
+class _Existing(importlib.abc.Loader):
+    """Loads `ray.<sub>` as minicluster's module, already imported, left as it is."""
+
+    def __init__(self, module: types.ModuleType) -> None:
+        self.module = module
+        self.spec = module.__spec__
+
+    def create_module(self, spec: Any) -> types.ModuleType:
+        return self.module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__spec__ = self.spec  # the import system set it to the ray.<sub> one
 
 
 _alias: Optional[types.ModuleType] = None  # a plain module (cloudpickle pickles those by name)
@@ -93,7 +118,10 @@ def install(shim_folder: bool = False) -> types.ModuleType:
         alias.__getattr__ = _missing_attribute  # type: ignore[attr-defined]
         alias.__dir__ = _names  # type: ignore[attr-defined]
         for sub in public_modules():
-            module = importlib.import_module(f"minicluster.{sub}")
+            try:
+                module = importlib.import_module(f"minicluster.{sub}")
+            except ImportError:
+                continue  # needs an optional dependency (joblib, ...): `import ray.<sub>` tries again
             sys.modules[f"ray.{sub}"] = module
             if "." not in sub:
                 setattr(alias, sub, module)
