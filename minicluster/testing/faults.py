@@ -215,5 +215,4 @@ def _missing(what: str, name: str, seen: Any) -> str:
     return f"no {what} named {name!r} ran{suggestion} These ran: {listed}"
 
 
-
 # ==== the plan ============================================================================
