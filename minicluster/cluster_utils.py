@@ -151,6 +151,8 @@ class Cluster:
                               "enable_object_reconstruction", "_system_config"):
                 raise TypeError(f"Cluster.add_node() got an unexpected keyword argument {name!r}")
         capacity = node_args.get("object_store_memory")
+        if isinstance(capacity, float) and capacity.is_integer():
+            node_args["object_store_memory"] = capacity = int(capacity)  # Ray's tests write 1e9
         if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0):
             raise ValueError(f"Cluster.add_node(object_store_memory={capacity!r}): must be a positive int (bytes)")
 

@@ -284,8 +284,8 @@ def test_object_store_memory_is_per_node(make_cluster):
     cluster = make_cluster()
     cluster.add_node(num_cpus=0)
     small = cluster.add_node(num_cpus=1, resources={"small": 1}, object_store_memory=3 * 2**20)
-    large = cluster.add_node(num_cpus=1, resources={"large": 1}, object_store_memory=64 * 2**20)
-    ray.init(address=cluster.address)
+    large = cluster.add_node(num_cpus=1, resources={"large": 1}, object_store_memory=64.0 * 2**20)  # (a float, as
+    ray.init(address=cluster.address)                                                                # Ray's 1e9)
     held = [array_of.options(resources={where: 1}).remote(2, 1.0) for where in ("small", "large") for _ in range(3)]
     ready, _ = ray.wait(held, num_returns=len(held), timeout=20, fetch_local=False)
     assert len(ready) == len(held)
