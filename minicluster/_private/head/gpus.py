@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Tuple
 
+from minicluster._private.common.placement import plain_resources
+
 _EPS = 1e-9
 
 
@@ -51,9 +53,9 @@ def _holding(worker: Any) -> Tuple[Tuple[str, ...], float]:
     if not devices:
         return (), 0.0
     if worker.actor is not None:
-        held = worker.actor.held.get("GPU", 0.0)
+        held = plain_resources(worker.actor.held).get("GPU", 0.0)
     elif worker.queue:
-        held = worker.queue[0].spec.resources.get("GPU", 0.0)
+        held = plain_resources(worker.queue[0].spec.resources).get("GPU", 0.0)
     else:
         return (), 0.0
     return devices, (held if held < 1 else 1.0)

@@ -16,6 +16,10 @@ Strategies, as in Ray:
   NODE     NodeAffinitySchedulingStrategy: that node; if it is dead or can
            never fit the task, soft=True falls back to DEFAULT and soft=False
            makes the task unschedulable.
+  PG       a task in a placement group: its request names the group's resources
+           (common/placement.py), which only its bundles' nodes have; while the
+           group is being placed it waits instead of being infeasible, and once
+           the group is removed it is unschedulable (placement_groups.py).
 
 As in Ray (RAY_scheduler_avoid_gpu_nodes), DEFAULT places a task that needs no GPU on a node
 without GPUs while one of those fits it now; GPU nodes take it only otherwise.
@@ -28,10 +32,11 @@ labels match; no live node matching is infeasible, like a resource no node has. 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from minicluster._private.common import config
 from minicluster._private.common.labels import Selector, matches
+from minicluster._private.common.placement import is_group_resource
 
 INFEASIBLE = "INFEASIBLE"
 _EPS = 1e-9
@@ -77,17 +82,28 @@ class Scheduler:
         self.nodes: Dict[bytes, NodeResources] = {}
         self._spread_next = 0
         self.avoid_gpu_nodes = config.avoid_gpu_nodes()
+        #: the placement groups (placement_groups.PlacementGroups registers itself): asked about
+        #: requests no node can hold, told about dead nodes
+        self.groups: Any = None
+        #: counts what may let a waiting placement group fit: resources given back, nodes added,
+        #: removed or resumed (placement_groups.py retries only when it moved)
+        self.changes = 0
 
     def add_node(self, node_id: bytes, total: Dict[str, float], labels: Optional[Dict[str, str]] = None) -> None:
         self.nodes[node_id] = NodeResources(node_id, dict(total), labels=dict(labels or {}))
+        self.changes += 1
 
     def remove_node(self, node_id: bytes) -> None:
         node = self.nodes.get(node_id)
         if node is not None:
             node.alive = False
+            self.changes += 1
+            if self.groups is not None:
+                self.groups.node_removed(node_id)
 
     def set_stopped(self, node_id: bytes, stopped: bool) -> None:
         self.nodes[node_id].stopped = stopped
+        self.changes += 1
 
     def alive(self) -> List[NodeResources]:
         return [n for n in self.nodes.values() if n.alive]
@@ -117,7 +133,9 @@ class Scheduler:
         candidates = [n for n in self.nodes.values()
                       if n.alive and not n.stopped and n.fits(request) and matches(n.labels, selector)]
         if not candidates:
-            return None if self.feasible(request, selector) else INFEASIBLE
+            if self.feasible(request, selector) or (self.groups is not None and self.groups.claims(request)):
+                return None
+            return INFEASIBLE
         if kind == "DEFAULT" and self.avoid_gpu_nodes and not request.get("GPU"):
             without_gpus = [n for n in candidates if not n.total.get("GPU")]
             if without_gpus:
@@ -158,9 +176,12 @@ class Scheduler:
         node = self.nodes.get(node_id)
         if node is None:
             return
-        available = node.available
+        self.changes += 1
+        available, total = node.available, node.total
         for key, qty in request.items():
-            available[key] = min(node.total.get(key, 0.0), _exact(available.get(key, 0.0) + qty))
+            cap = total.get(key)
+            if cap is not None:  # (else a removed placement group's resource, gone with its group)
+                available[key] = min(cap, _exact(available.get(key, 0.0) + qty))
 
     def totals(self) -> Dict[str, float]:
         return _sum(n.total for n in self.alive())
@@ -169,16 +190,20 @@ class Scheduler:
         return _sum(n.available for n in self.alive())
 
 
+def _is_cpu(key: str) -> bool:
+    return key == "CPU" or (key.startswith("CPU_group_") and is_group_resource(key))
+
+
 def lent_when_blocked(request: Dict[str, float]) -> Dict[str, float]:
-    """What a task blocked in get/wait lends out while it waits: its CPUs only. As in Ray, its
-    GPUs (the devices it was given), memory and custom resources stay held."""
-    cpus = request.get("CPU")
-    return {"CPU": cpus} if cpus else {}
+    """What a task blocked in get/wait lends out while it waits: its CPUs only (in a placement
+    group, the bundle's). As in Ray, its GPUs (the devices it was given), memory and custom
+    resources stay held."""
+    return {key: qty for key, qty in request.items() if _is_cpu(key)}
 
 
 def kept_when_blocked(request: Dict[str, float]) -> Dict[str, float]:
     """The rest of a blocked task's request: still held while it waits."""
-    return {key: qty for key, qty in request.items() if key != "CPU"}
+    return {key: qty for key, qty in request.items() if not _is_cpu(key)}
 
 
 def _exact(quantity: float) -> float:

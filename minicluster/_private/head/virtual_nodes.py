@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, List, Optional, Set
 
+from minicluster._private.common.placement import plain_resources
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK
 from minicluster._private.store import object_store, store_spares
 
@@ -48,8 +49,8 @@ def worker_kind(spec: Any, as_task: bool = False) -> Any:
     task with an environment. `as_task`: the kind of a failed actor's worker, back in the pool."""
     if spec.task_type == ACTOR_CREATION_TASK and not as_task:
         base = ACTOR
-    else:
-        base = GPU_TASKS if spec.resources.get("GPU") else CPU_TASKS
+    else:  # (in a placement group a GPU is the bundle's: GPU_group_...)
+        base = GPU_TASKS if plain_resources(spec.resources).get("GPU") else CPU_TASKS
     return base if spec.runtime_env is None else (base, spec.runtime_env)
 
 

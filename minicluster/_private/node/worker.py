@@ -331,7 +331,8 @@ class Worker:
         env_error = None
         if request.runtime_env is not None and self.client.runtime_env is None:
             env_error = self._enter_env(request.runtime_env)
-        if call.task_type != ACTOR_TASK:  # (an actor's calls keep the actor's log marker, env and GPUs)
+        if call.task_type != ACTOR_TASK:  # (an actor's calls keep the actor's log marker, group, env and GPUs)
+            self.client.current_placement_group = request.placement
             self._set_omp_threads(request.num_cpus)
             self._set_gpus(request.gpu_ids)
             if call.task_type == ACTOR_CREATION_TASK:
