@@ -7,6 +7,8 @@ import pytest
 
 import minicluster as ray
 from minicluster import testing
+from minicluster.util.placement_group import placement_group
+from minicluster.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -118,3 +120,13 @@ def test_a_gpu_actor_restarted_on_another_node_gets_that_nodes_device(cluster):
     node, ids, visible = ray.get(actor.where.remote(), timeout=20)
     assert (node, ids, visible) == (survivor, [0], "0")
     assert ray.available_resources().get("GPU", 0.0) == 0.0  # the survivor's device is the actor's now
+
+
+def test_a_task_in_a_placement_group_gets_the_bundles_gpu(cluster):
+    cluster(num_cpus=2, num_gpus=1)
+    group = placement_group([{"CPU": 1, "GPU": 1}])
+    ray.get(group.ready(), timeout=10)
+    in_group = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0)
+    ids, visible, accelerators, held = ray.get(devices.options(num_gpus=1, scheduling_strategy=in_group).remote())
+    assert (ids, visible, accelerators) == ([0], "0", ["0"])
+    assert held == {"CPU": 1.0, "GPU": 1.0}
