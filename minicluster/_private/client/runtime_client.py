@@ -15,6 +15,7 @@ import threading
 from typing import Any, Callable, List, Optional, Sequence
 
 from minicluster._private.client.object_ref import LocalRefCounter
+from minicluster._private.client.pending_calls import PendingCalls
 from minicluster._private.common import config
 from minicluster._private.common.ids import job_id, object_id_for_put
 from minicluster._private.store import object_store
@@ -47,6 +48,7 @@ class RuntimeClient:
         self._put_lock = threading.Lock()
         self.idle_task_id: bytes = b""  #: the task id outside any task (the driver's own)
         self.current_actor_id: Optional[bytes] = None
+        self.pending_calls = PendingCalls()  #: calls to actors with max_pending_calls (pending_calls.py)
         self.session_name = ""  #: the session folder's name (get_runtime_context().get_session_name())
         # Read once per process, like Ray reads RAY_TASK_MAX_RETRIES at start-up.
         self.default_max_retries = config.task_max_retries()

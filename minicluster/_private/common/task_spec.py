@@ -40,6 +40,7 @@ class TaskSpec:
     actor_id: Optional[bytes] = None
     args_size: int = field(default=0)
     method: Optional[str] = None  #: for ACTOR_TASK: the method to call on the actor
+    concurrency_group: str = ""  #: for ACTOR_TASK: the actor's concurrency group it runs in ("": the default)
 
     def return_ids(self) -> Tuple[bytes, ...]:
         tid = self.task_id

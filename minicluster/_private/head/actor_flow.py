@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Any, Deque, Dict, Optional
+from typing import Any, Deque, Dict, List, Optional
 
 from minicluster._private.head.actor_records import ActorRecord
 from minicluster._private.head.flow_interfaces import TasksForActors, Timers
@@ -187,6 +187,12 @@ class ActorFlow:
             self._fail_call(task, record)
             return
         task.set_state(ORDERING)
+        if record.meta["allow_out_of_order"] and record.state == ALIVE:
+            # Out-of-order execution (Ray's default for async and threaded actors): a call
+            # goes as soon as its arguments are ready, ahead of earlier calls still waiting.
+            record.pending.remove(task)
+            self._send(record, task)
+            return
         self._dispatch(record)
 
     def requeue_call(self, task: TaskRecord) -> None:
@@ -200,11 +206,12 @@ class ActorFlow:
         """Send queued calls to the actor's worker, each caller's in its submission order.
 
         As in Ray, order is kept per caller (the process that submitted the call): a call
-        still waiting for its arguments holds back the later calls of its caller only.
+        still waiting for its arguments holds back the later calls of its caller only
+        (with allow_out_of_order_execution, nobody's).
         """
         if record.state != ALIVE or record.worker is None:
             return
-        worker = record.worker
+        in_order = not record.meta["allow_out_of_order"]
         pending = record.pending
         held: Optional[set] = None  # callers with an earlier call still waiting for its arguments
         kept: Optional[Deque[TaskRecord]] = None
@@ -217,19 +224,41 @@ class ActorFlow:
             if task.state != ORDERING or (held is not None and caller in held):
                 if held is None:
                     held, kept = set(), collections.deque()
-                held.add(caller)
-                if len(held) >= len(record.callers):
-                    break  # every caller is held back: nothing after this can go
+                if in_order:
+                    held.add(caller)
+                    if len(held) >= len(record.callers):
+                        break  # every caller is held back: nothing after this can go
                 kept.append(pending.popleft())  # type: ignore[union-attr]
                 continue
             pending.popleft()
-            record.inflight[task.spec.task_id] = task
-            task.worker = worker
-            task.node = worker.node
-            task.set_state(RUNNING, node_id=worker.node.node_id, worker_id=worker.worker_id)
-            self.tasks.send_exec(task, worker)
+            self._send(record, task)
         if kept:
             pending.extendleft(reversed(kept))  # the held-back calls keep their places, in order
+
+    def _send(self, record: ActorRecord, task: TaskRecord) -> None:
+        worker = record.worker
+        record.inflight[task.spec.task_id] = task
+        task.worker = worker
+        task.node = worker.node
+        task.set_state(RUNNING, node_id=worker.node.node_id, worker_id=worker.worker_id)
+        self.tasks.send_exec(task, worker)
+
+    @staticmethod
+    def _started(record: ActorRecord, calls: Any) -> List[TaskRecord]:
+        """Of the calls sent to the actor's worker, those it has begun as far as the head can
+        tell: in each concurrency group, the oldest ones up to the group's max concurrency
+        (calls begin in order within a group; the default group's limit is max_concurrency)."""
+        limits = record.meta["concurrency_groups"]
+        default = record.meta["max_concurrency"]
+        begun: Dict[str, int] = {}
+        started = []
+        for task in sorted(calls, key=lambda t: t.attempts[0].creation_time):
+            group = task.spec.concurrency_group
+            count = begun.get(group, 0)
+            if count < limits.get(group, default):
+                begun[group] = count + 1
+                started.append(task)
+        return started
 
     def cancel_actor_call(self, task: TaskRecord) -> None:
         """cancel() of a call sent to the actor: one that has not started fails now with
@@ -239,9 +268,7 @@ class ActorFlow:
         if record is None or worker is None:
             return
         self.outbox.post(worker.peer, msg.CancelTask.new(task_id=task.spec.task_id))
-        # Calls start in submission order, at most max_concurrency at a time.
-        by_age = sorted(record.inflight.values(), key=lambda t: t.attempts[0].creation_time)
-        if task in by_age[: record.meta["max_concurrency"]]:
+        if task in self._started(record, record.inflight.values()):
             return
         record.inflight.pop(task.spec.task_id, None)  # its late report is discarded
         task.worker = None
@@ -290,10 +317,11 @@ class ActorFlow:
         if not restart:
             self._actor_dead(record, cause, inflight)
             return
-        # Calls start in order, at most max_concurrency at a time: the oldest ones were
-        # running; the others never started and simply wait for the restart.
-        running = inflight[: record.meta["max_concurrency"]]
-        never_started = inflight[len(running):]
+        # The calls that had begun may have run (retried or failed); the others never
+        # started and simply wait for the restart.
+        running = self._started(record, inflight)
+        begun = {id(task) for task in running}
+        never_started = [task for task in inflight if id(task) not in begun]
         for task in never_started:
             task.set_state(ORDERING)
         retry_front = []

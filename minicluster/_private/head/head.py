@@ -480,6 +480,9 @@ class Head:
                 return self.scheduler.availables()
             if what == "task_context":
                 return self._task_context(about)
+            if what == "open_tasks":  # which of these tasks are not finished (max_pending_calls)
+                tasks = self.tasks
+                return [task_id for task_id in about if task_id in tasks]
             if what == "node_labels":
                 node = self.nodes.get(about)
                 return dict(node.labels) if node is not None else {}

@@ -420,12 +420,14 @@ class TaskFlow:
         if spec.task_type == ACTOR_CREATION_TASK:
             meta = state.actors[spec.actor_id].meta
             actor = msg.ActorConfig.new(actor_id=spec.actor_id, max_concurrency=meta["max_concurrency"],
-                                        is_async=meta["is_async"], class_name=meta["class_name"])
+                                        is_async=meta["is_async"], class_name=meta["class_name"],
+                                        concurrency_groups=meta["concurrency_groups"])
         faults = state.faults  # a test's fault plan, if one is installed: orders for the worker (fault_hooks.py)
         message = msg.Exec.new(task_id=spec.task_id, attempt=task.attempt, function_id=spec.function_id,
                                name=spec.name, args_blob=spec.args, payloads=payloads, num_returns=spec.num_returns,
                                retry_exceptions=spec.retry_exceptions, max_calls=spec.max_calls,
                                task_type=spec.task_type, func_name=spec.func_name, method=spec.method,
+                               concurrency_group=spec.concurrency_group,
                                actor_config=actor, faults=None if faults is None else faults.on_exec(task, worker),
                                num_cpus=spec.resources.get("CPU", 0.0))
         if faults is None or not faults.hold_exec(worker, message):
