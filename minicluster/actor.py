@@ -126,7 +126,7 @@ class ActorClass:
             check.check(args, kwargs, f"{self.__name__}.remote()")
         client = context.client()
         name = options.get("name")
-        namespace = options.get("namespace") or getattr(client, "namespace", "default")
+        namespace = options.get("namespace") or client.namespace  # (None in a worker: the head fills it in)
         get_if_exists = bool(name is not None and options.get("get_if_exists"))
         class_id, blob = self._pickled()
         actor_id = new_actor_id()

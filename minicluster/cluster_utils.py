@@ -169,7 +169,7 @@ class Cluster:
 
     def connect(self, namespace: Optional[str] = None, **kwargs: Any) -> Any:
         """Make this cluster the session that `get`, `remote` etc. use in this process."""
-        return api.init(address=self.address)
+        return api.init(address=self.address, namespace=namespace, **kwargs)
 
     def shutdown(self) -> None:
         if self._shut_down:

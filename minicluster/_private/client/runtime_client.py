@@ -34,6 +34,7 @@ class RuntimeClient:
     worker_id: bytes
     layout: object_store.Layout
     refs: LocalRefCounter
+    namespace: Optional[str]  #: the job's namespace; None in a worker (the head knows it)
     #: Set only by a test's fault plan (fault_hooks.py): called before an object is
     #: copied in from another node, to delay the transfer.
     transfer_delay: Optional[Callable[[bytes], None]] = None
@@ -117,7 +118,14 @@ class RuntimeClient:
             value, flags = deserialize(payload.data)
             flags |= FLAG_ERROR
         if flags & FLAG_ERROR:
-            raise as_raisable(value)
+            error = as_raisable(value)
+            del value
+            try:
+                raise error
+            finally:
+                # Not kept in this frame: the error's traceback holds the frame, and the cycle
+                # would keep the caller's locals (actor handles, refs) alive until a gc pass.
+                del error
         return value
 
     def add_location(self, object_id: bytes, size: int) -> None:

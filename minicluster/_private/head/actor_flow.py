@@ -79,10 +79,14 @@ class ActorFlow:
         the same name is returned instead (lookup and creation in one step under the lock).
         ValueError if the name is taken."""
         state = self.state
+        if meta.get("namespace") is None:
+            meta["namespace"] = state.namespace  # created in a worker: the job's namespace
         name, namespace = meta.get("name"), meta.get("namespace")
         if name is not None:
+            # Taken while its actor lives, and (Ray's rule) while a dead non-detached actor's
+            # handles do: its name is released by kill, exit_actor, or when its handles are gone.
             existing = state.named_actors.get((namespace, name))
-            if existing is not None and state.actors[existing].state != DEAD:
+            if existing is not None:
                 if get_if_exists:
                     return msg.ActorFound.new(actor_id=existing, meta=state.actors[existing].meta)
                 raise ActorAlreadyExistsError(
@@ -391,6 +395,8 @@ class ActorFlow:
             if not task.finished:
                 self._fail_call(task, record)
         self._unpin_creation(record)
+        if record.meta["detached"] or record.out_of_scope:
+            self._release_name(record)  # (a non-detached one keeps it while its handles live)
         worker = record.worker
         record.worker = None
         if worker is not None and not worker.dead:
@@ -445,7 +451,11 @@ class ActorFlow:
     def owner_died_actors(self, owner: bytes) -> None:
         """Actors whose owner died go too, unless detached."""
         for record in list(self.state.actors.values()):
-            if record.owner == owner and record.state != DEAD and not record.meta["detached"]:
+            if record.owner != owner or record.meta["detached"]:
+                continue
+            if record.state == DEAD:
+                self._release_name(record)
+            else:
                 self.kill_actor(record.actor_id, no_restart=True,
                                 reason=f"its owner has died (worker {owner.hex()[:12]}...); actors die with their "
                                        "owner unless created with lifetime=\"detached\"")
@@ -472,9 +482,12 @@ class ActorFlow:
         """No process holds a handle of this non-detached actor any more (its creation
         result was freed): as in Ray, it ends once the calls already submitted are done."""
         record = self.state.actors.get(actor_id)
-        if record is None or record.state == DEAD:
+        if record is None:
             return
         record.out_of_scope = True
+        if record.state == DEAD:
+            self._release_name(record)  # a dead actor's name was held for its handles
+            return
         self._end_if_unused(record)
 
     def _end_if_unused(self, record: ActorRecord) -> None:
@@ -483,9 +496,14 @@ class ActorFlow:
 
     # ---- lookups ----------------------------------------------------------------
 
-    def lookup_actor(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
-        actor_id = self.state.named_actors.get((namespace, name))  # (killed ones have left it)
+    def lookup_actor(self, name: str, namespace: Optional[str]) -> Optional[msg.ActorFound]:
+        """The actor named `name` in `namespace` (None: the job's)."""
+        if namespace is None:
+            namespace = self.state.namespace
+        # Killed ones have left it; a dead one whose handles live is found, as in Ray (its
+        # calls then fail with ActorDiedError).
+        actor_id = self.state.named_actors.get((namespace, name))
         record = self.state.actors.get(actor_id) if actor_id else None
-        if record is None or record.state == DEAD:
+        if record is None:
             return None
         return msg.ActorFound.new(actor_id=record.actor_id, meta=record.meta)

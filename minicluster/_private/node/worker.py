@@ -631,7 +631,7 @@ def _set_parent_death_signal() -> None:
 
 
 def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, layout: object_store.Layout,
-                capacity: int, namespace: str, parent_pid: int) -> None:
+                capacity: int, parent_pid: int) -> None:
     """Entry point of a freshly forked worker; never returns."""
     _set_parent_death_signal()
     if os.getppid() != parent_pid:
@@ -642,7 +642,6 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
     try:
         conn = Connection.connect(socket_path, key)
         client = WorkerClient(conn, worker_id, node_id, layout, capacity)
-        client.namespace = namespace
         client.session_name = os.path.basename(os.path.dirname(socket_path))  # <session>/head.sock
         set_counter(client.refs)
         context.set_client(client, is_worker=True)

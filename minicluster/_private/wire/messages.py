@@ -323,7 +323,7 @@ class LookupActor(NamedTuple):
 
     request_id: int
     name: str
-    namespace: str
+    namespace: Optional[str]  #: None: the job's namespace (the head knows it)
 
 
 class ActorExiting(NamedTuple):
