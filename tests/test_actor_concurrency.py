@@ -340,3 +340,60 @@ def test_async_and_threaded_actors_refuse_in_order_execution(cluster):
         Recorder.options(max_concurrency=2, allow_out_of_order_execution=False).remote()
     with pytest.raises(ValueError, match="async actors, Ray can't execute actor tasks in order"):
         AsyncGrouped.options(allow_out_of_order_execution=False).remote()
+
+
+# ---- ending an actor with groups --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["threaded", "async"])
+def test_exit_actor_from_a_group_ends_the_actor_while_another_group_holds_a_call(cluster, tmp_path, kind):
+    cluster(num_cpus=1)
+    marker = tmp_path / "atexit"
+
+    class Base:
+        def __init__(self, marker):
+            import atexit
+
+            atexit.register(lambda: marker.write_text("ran"))
+            self.gate = threading.Event()
+
+        def pid(self):
+            return os.getpid()
+
+    @ray.remote(concurrency_groups={"io": 1})
+    class Threaded(Base):
+        @ray.method(concurrency_group="io")
+        def hold(self):
+            self.gate.wait(30)
+
+        def exit(self):
+            self.gate.set()  # (the call held in "io" ends too: the worker waits for running calls)
+            ray.actor.exit_actor()
+
+    @ray.remote(concurrency_groups={"io": 1})
+    class Async(Base):
+        @ray.method(concurrency_group="io")
+        async def hold(self):
+            while True:  # never ends: an async actor's exit does not wait for it
+                await asyncio.sleep(1)
+
+        async def exit(self):
+            ray.actor.exit_actor()
+
+    actor = (Threaded if kind == "threaded" else Async).remote(marker)
+    pid = ray.get(actor.pid.remote())
+    actor.hold.remote()
+    with pytest.raises(rex.RayActorError):
+        ray.get(actor.exit.remote(), timeout=30)
+    wait_for(lambda: marker.exists(), what="the actor's atexit handler")
+    wait_for(lambda: not _alive(pid), what="the actor's process to exit")
+    with pytest.raises(rex.RayActorError):
+        ray.get(actor.pid.remote(), timeout=30)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
