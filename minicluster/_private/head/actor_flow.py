@@ -8,7 +8,10 @@ needs the task flow (an actor's tasks are placed and run like tasks).
     create ─► the ACTOR_CREATION_TASK is placed and run like any task (task_flow.py);
               its worker is then dedicated to the actor (it leaves the node's pool)
     call   ─► an ACTOR_TASK waits for its arguments, then joins the actor's queue;
-              calls are sent to the actor's worker strictly in submission order
+              calls are sent to the actor's worker in each caller's submission order
+              (async and threaded actors: as soon as their arguments are ready, as
+              Ray's allow_out_of_order_execution); the worker runs each concurrency
+              group's calls in its own threads, up to the group's limit
     dies   ─► (its process or node) restarts remain: the constructor runs again on a
               fresh worker; calls in flight are retried if max_task_retries allows,
               else fail with ActorUnavailableError; queued and new calls wait for the

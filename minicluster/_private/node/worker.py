@@ -15,8 +15,9 @@ its node or the driver dies. Two threads:
 (The messages are defined in wire/messages.py.)
 
 An actor's worker runs its calls on the main thread too, in order; a threaded
-actor (max_concurrency > 1) on a thread pool, an async actor on an event loop
-thread (async_actor.py) that the main thread hands the calls to in batches.
+actor (max_concurrency > 1, or concurrency groups) on a thread pool per group,
+an async actor on an event loop thread per group (async_actor.py) that the main
+thread hands the calls to in batches.
 
 Code running in the worker reaches the runtime through worker_client.py.
 
