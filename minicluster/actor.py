@@ -87,6 +87,11 @@ class ActorClass:
             self._meta_cache = ActorClassMeta(self._cls)
         return self._meta_cache
 
+    @property
+    def __ray_metadata__(self) -> ActorClassMeta:
+        """Ray's name for the class's metadata; its `class_name` is the one list_actors shows."""
+        return self._meta
+
     def __reduce__(self) -> tuple:
         # Rebuilt from the user's class: the derived type is made afresh where it is loaded.
         return (make_actor_class, (self._cls, self._options))

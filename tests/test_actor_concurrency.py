@@ -397,3 +397,24 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_exit_actor_of_many_grouped_actors_leaves_them_dead_in_the_state_api(cluster):
+    from minicluster.util.state import list_actors
+
+    cluster(num_cpus=1)
+
+    @ray.remote(concurrency_groups={"io": 1})
+    class Quitter:
+        def exit(self):
+            ray.actor.exit_actor()
+
+    name = Quitter.__ray_metadata__.class_name  # Ray's spelling of the class's name
+    actors = [Quitter.remote() for _ in range(5)]
+    ray.get([actor.__ray_ready__.remote() for actor in actors], timeout=30)
+    ray.wait([actor.exit.remote() for actor in actors], num_returns=5, timeout=30)
+
+    def states():
+        return sorted(row.state for row in list_actors(filters=[("class_name", "=", name)]))
+
+    wait_for(lambda: states() == ["DEAD"] * 5, what="every actor dead")
