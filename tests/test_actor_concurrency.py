@@ -44,25 +44,22 @@ class Grouped:
         self.counts = _Counts()
         self.order = []
 
+    def _hold(self, group, i):
+        self.counts.enter(group)
+        self.counts.gate.wait(30)
+        self.counts.leave(group)
+        return i
+
     @ray.method(concurrency_group="io")
     def io(self, i=None):
-        self.counts.enter("io")
-        self.counts.gate.wait(30)
-        self.counts.leave("io")
-        return i
+        return self._hold("io", i)
 
     @ray.method(concurrency_group="compute")
     def compute(self, i=None):
-        self.counts.enter("compute")
-        self.counts.gate.wait(30)
-        self.counts.leave("compute")
-        return i
+        return self._hold("compute", i)
 
     def hold(self, i=None):  # the default group (max_concurrency)
-        self.counts.enter("default")
-        self.counts.gate.wait(30)
-        self.counts.leave("default")
-        return i
+        return self._hold("default", i)
 
     @ray.method(concurrency_group="io")
     def record(self, i):
