@@ -116,7 +116,7 @@ class ActorClass:
         if "concurrency_groups" in options:
             raise ValueError("Setting 'concurrency_groups' is not supported in '.options()'.")
         validated = opts.validate(options, opts.ACTOR_OPTIONS, "actors")
-        return _ActorOptions(self, {**self._options, **validated})
+        return _ActorOptions(self, _check_name_given({**self._options, **validated}))
 
     def _pickled(self) -> Tuple[bytes, bytes]:
         if self._blob is None:
@@ -220,9 +220,15 @@ def _out_of_order(allowed: Optional[bool], is_async: bool, max_concurrency: int)
     return allowed
 
 
+def _check_name_given(options: Dict[str, Any]) -> Dict[str, Any]:
+    if options.get("get_if_exists") and options.get("name") is None:
+        raise ValueError("The actor name must be specified to use `get_if_exists`.")
+    return options
+
+
 def make_actor_class(cls: type, options: Dict[str, Any]) -> ActorClass:
     """`@remote` on a class: its ActorClass, whose type derives from both ActorClass and `cls`."""
-    validated = opts.validate(options, opts.ACTOR_OPTIONS, "actors")
+    validated = _check_name_given(opts.validate(options, opts.ACTOR_OPTIONS, "actors"))
     try:
         derived = type(f"ActorClass({cls.__name__})", (ActorClass, cls),
                        {"__module__": cls.__module__, "__doc__": cls.__doc__})

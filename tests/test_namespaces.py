@@ -104,3 +104,17 @@ def test_a_dead_detached_actor_or_a_killed_one_gives_up_its_name_at_once(cluster
     killed = Named.options(name="killed").remote()
     ray.kill(killed)
     assert ray.get(Named.options(name="killed").remote().pid.remote())
+
+
+def test_get_if_exists_needs_a_name_as_in_ray(cluster):
+    cluster(num_cpus=1)
+    with pytest.raises(ValueError, match="The actor name must be specified to use `get_if_exists`"):
+        Named.options(get_if_exists=True)
+
+    class Plain:
+        pass
+
+    with pytest.raises(ValueError, match="The actor name must be specified"):
+        ray.remote(get_if_exists=True)(Plain)
+    first = Named.options(name="once", get_if_exists=True).remote()
+    assert Named.options(name="once", get_if_exists=True).remote() == first
