@@ -31,8 +31,9 @@ from minicluster.demo import run as run_demo
 from minicluster.util import state
 from minicluster.util.state import trace_events
 
-RESOURCES = ("tasks", "objects", "nodes", "workers", "actors")
-_SINGULAR = {"task": "tasks", "object": "objects", "node": "nodes", "worker": "workers", "actor": "actors"}
+RESOURCES = ("tasks", "objects", "nodes", "workers", "actors", "placement-groups")
+_SINGULAR = {"task": "tasks", "object": "objects", "node": "nodes", "worker": "workers", "actor": "actors",
+             "placement-group": "placement-groups"}
 
 
 class CommandError(Exception):
@@ -88,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
 
     get = commands.add_parser("get", parents=[session], help="one task (all its attempts), node, worker, actor "
                               "or object, in detail")
-    get.add_argument("resource", choices=RESOURCES + tuple(_SINGULAR), metavar="{task,object,node,worker,actor}")
+    get.add_argument("resource", choices=RESOURCES + tuple(_SINGULAR),
+                     metavar="{task,object,node,worker,actor,placement-group}")
     get.add_argument("id", help="its id (hex); a unique prefix is enough")
     get.add_argument("--format", choices=("yaml", "json"), default="yaml")
 
@@ -131,7 +133,7 @@ def _filters(specs: Sequence[str]) -> List[Tuple[str, str, str]]:
 
 def _cmd_list(args: argparse.Namespace) -> int:
 
-    resource = _SINGULAR.get(args.resource, args.resource)
+    resource = _SINGULAR.get(args.resource, args.resource).replace("-", "_")
     if args.limit < 0:
         raise CommandError(f"--limit must be >= 0, got {args.limit}")
     filters = _filters(args.filter)
@@ -158,7 +160,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_get(args: argparse.Namespace) -> int:
 
-    resource = _SINGULAR.get(args.resource, args.resource)
+    resource = _SINGULAR.get(args.resource, args.resource).replace("-", "_")
     source = _session_source(args.session)
     key = state.ID_KEYS[resource]
     records, _ = state.query(resource, source, None, None, True)

@@ -407,3 +407,22 @@ def test_each_job_joining_a_cluster_has_its_namespace(make_cluster):
     ray.init(address=cluster.address, namespace="first")  # the workers started earlier follow
     assert ray.get(namespace_in_a_task.remote(), timeout=10) == "first"
     assert ray.get(ray.get_actor("kept").ping.remote(), timeout=10) == "pong"
+
+
+def test_a_cluster_without_nodes_has_no_address_and_init_starts_its_own_session():
+    cluster = Cluster()
+    try:
+        assert cluster.address is None  # as Ray's: the address is the head node's
+        ray.init(address=cluster.address, num_cpus=1)  # a session of its own, as in Ray
+
+        @ray.remote
+        def one():
+            return 1
+
+        assert ray.get(one.remote()) == 1
+        ray.shutdown()
+        cluster.add_node(num_cpus=1)
+        assert cluster.address is not None
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
