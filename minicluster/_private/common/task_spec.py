@@ -45,6 +45,7 @@ class TaskSpec:
     actor_id: Optional[bytes] = None
     args_size: int = field(default=0)
     method: Optional[str] = None  #: for ACTOR_TASK: the method to call on the actor
+    concurrency_group: str = ""  #: for ACTOR_TASK: the actor's concurrency group it runs in ("": the default)
 
     backpressure: int = -1  #: streaming: items produced ahead of the consumer before the task pauses; -1: no limit
 
