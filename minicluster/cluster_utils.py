@@ -178,7 +178,7 @@ class Cluster:
 
     def connect(self, namespace: Optional[str] = None, **kwargs: Any) -> Any:
         """Make this cluster the session that `get`, `remote` etc. use in this process."""
-        return api.init(address=self._address)
+        return api.init(address=self._address, namespace=namespace, **kwargs)
 
     def shutdown(self) -> None:
         if self._shut_down:
