@@ -150,6 +150,7 @@ class ActorClass:
             task_type=ACTOR_CREATION_TASK,
             actor_id=actor_id,
             args_size=len(args_blob),
+            task_events=options.get("enable_task_events", True),
         )
         meta = {
             "class_name": self._meta.class_name,
@@ -165,6 +166,7 @@ class ActorClass:
             # None: the job's default_actor_lifetime (JobConfig), which the head applies
             "detached": _LIFETIMES.get(options.get("lifetime")),
             "holds_cpus": "num_cpus" in options,
+            "task_events": options.get("enable_task_events", True),  # its methods' default, as Ray's
             "methods": self._meta.methods,
             "signatures": self._meta.signatures,
         }
@@ -305,6 +307,7 @@ class ActorMethod:
             actor_id=handle._actor_id,
             args_size=len(args_blob),
             method=self._name,
+            task_events=self._options.get("enable_task_events", meta.get("task_events", True)),
         )
         refs = client.submit(spec, None)
         del keep_alive

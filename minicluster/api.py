@@ -71,13 +71,41 @@ class RayContext(Mapping):
 # dashboard, logging setup or metrics port, and the node's address is always this machine's.
 # _memory (the nodes' "memory" resource), _enable_object_reconstruction and _system_config
 # (common/system_config.py) are honoured. Any other argument is refused (TypeError), and so
-# are values of these that would ask for something minicluster does not do (_refuse_harmful).
+# are values of these that would ask for something minicluster does not do (_refuse_harmful);
+# one of _NO_EFFECT given a value other than Ray's default warns once, saying why (_warn_no_effect).
 _HARMLESS_ARGS = frozenset({
     "include_dashboard", "dashboard_host", "dashboard_port", "configure_logging", "logging_level",
     "logging_format", "logging_config", "local_mode", "enable_resource_isolation", "_system_config",
     "_metrics_export_port", "_node_ip_address", "_node_name", "_skip_env_hook", "_memory",
     "_tracing_startup_hook", "_enable_object_reconstruction", "_plasma_directory",
 })
+
+
+# init() arguments with no effect here -> (Ray's default, which says nothing; why the argument does nothing).
+_NO_EFFECT: Dict[str, Tuple[Any, str]] = {
+    "include_dashboard": (None, "there is no dashboard (`minicluster status`, `minicluster top` and the state API "
+                                "show the session)"),
+    "dashboard_host": ("127.0.0.1", "there is no dashboard"),
+    "dashboard_port": (None, "there is no dashboard"),
+    "_metrics_export_port": (None, "minicluster exports no metrics"),
+    "configure_logging": (True, "minicluster sets up no loggers: its few messages go to stderr"),
+    "logging_level": (20, "minicluster sets up no loggers: its few messages go to stderr"),
+    "logging_format": (None, "minicluster sets up no loggers: its few messages go to stderr"),
+    "logging_config": (None, "minicluster sets up no loggers: its few messages go to stderr"),
+    "_node_name": (None, "virtual nodes are named node-0, node-1, ... (list_nodes' node_name)"),
+    "_skip_env_hook": (False, "minicluster runs no RAY_RUNTIME_ENV_HOOK"),
+}
+_warned_args: set = set()
+
+
+def _warn_no_effect(extra: Dict[str, Any]) -> None:
+    """Warn once per argument given a value that asks for something minicluster does not do."""
+    for name, value in extra.items():
+        default, why = _NO_EFFECT.get(name, (value, ""))
+        if value is None or value == default or name in _warned_args:
+            continue
+        _warned_args.add(name)
+        warnings.warn(f"init({name}={value!r}) has no effect in minicluster: {why}", UserWarning, stacklevel=3)
 
 
 def _refuse_harmful(extra: Dict[str, Any], connecting: bool) -> None:
@@ -129,6 +157,7 @@ def init(
     """
     connecting = address not in (None, "local")
     _refuse_harmful(kwargs, connecting)
+    _warn_no_effect(kwargs)
     if runtime_env:
         raise ValueError("init(runtime_env=...): minicluster does not set up runtime environments yet")
     if job_config is not None:
@@ -146,7 +175,10 @@ def init(
             if current is not None and getattr(current, "address", None) == address:
                 return _already_running(ignore_reinit_error)
             clusters.attach(address)
-            context.current().set_job_config(job_config or JobConfig())  # each job its own settings
+            client = context.current()
+            client.set_job_config(job_config or JobConfig())  # each job its own settings
+            if namespace is not None:  # each connection is a job, with the namespace it asks for
+                client.namespace = client.head.namespace = namespace
             atexit.register(_atexit_shutdown)
             return _context_info()
     if connecting:

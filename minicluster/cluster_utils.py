@@ -168,8 +168,9 @@ class Cluster:
         return nodes + sorted(self.worker_nodes, key=lambda n: n.node_id)
 
     def connect(self, namespace: Optional[str] = None, **kwargs: Any) -> Any:
-        """Make this cluster the session that `get`, `remote` etc. use in this process."""
-        return api.init(address=self.address)
+        """Make this cluster the session that `get`, `remote` etc. use in this process (as
+        `init(address=cluster.address, namespace=..., **kwargs)`, which checks the arguments)."""
+        return api.init(address=self.address, namespace=namespace, **kwargs)
 
     def shutdown(self) -> None:
         if self._shut_down:

@@ -94,6 +94,7 @@ class RemoteFunction:
             parent_task_id=client.current_task_id,
             owner=client.worker_id,
             args_size=len(args_blob),
+            task_events=static.task_events,
         )
         refs = client.submit(spec, blob)
         del keep_alive  # put() refs of large arguments: pinned by the head from submission on
@@ -107,7 +108,8 @@ class RemoteFunction:
 class _StaticOptions:
     """A task's options resolved once per options set, not once per call."""
 
-    __slots__ = ("num_returns", "name", "resources", "max_retries", "retry_exceptions", "max_calls", "strategy")
+    __slots__ = ("num_returns", "name", "resources", "max_retries", "retry_exceptions", "max_calls", "strategy",
+                 "task_events")
 
     def __init__(self, options: Dict[str, Any]) -> None:
         self.num_returns = options.get("num_returns", 1)
@@ -120,6 +122,7 @@ class _StaticOptions:
         self.retry_exceptions = retry_exceptions
         self.max_calls = options.get("max_calls", 0)
         self.strategy = strategy_of(options.get("scheduling_strategy"))
+        self.task_events = options.get("enable_task_events", True)
 
 
 class _BoundOptions:

@@ -14,7 +14,7 @@ from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrateg
 
 # Options Ray accepts that have no effect here; taken so Ray code runs unchanged.
 _ACCEPTED_NO_EFFECT = {
-    "memory", "runtime_env", "accelerator_type", "label_selector", "enable_task_events", "_metadata", "_labels",
+    "memory", "runtime_env", "accelerator_type", "label_selector", "_labels",
     "object_store_memory", "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
     "concurrency_groups", "max_pending_calls", "allow_out_of_order_execution", "_generator_backpressure_num_objects",
 }
@@ -89,6 +89,15 @@ def _num_returns(name: str, value: Any) -> None:
                          f"generators), or 'dynamic' (got {value!r})")
 
 
+def _metadata(name: str, value: Any) -> None:
+    """Ray's `_metadata`: a dict that Ray libraries (workflows, serve) read back from the options.
+
+    Ray Core itself does nothing with it, and neither do we: it is kept with the other options.
+    """
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"The option '_metadata' must be a dict with string keys, got {value!r}")
+
+
 def _retry_exceptions(name: str, value: Any) -> None:
     if isinstance(value, bool):
         return
@@ -134,6 +143,10 @@ _COMMON: Dict[str, Callable[[str, Any], None]] = {
     "resources": _resources,
     "scheduling_strategy": _strategy,
     "name": _str,
+    # False: the task (an actor's: its creation and its calls) is left out of the state API,
+    # the journal and the timeline, as Ray leaves it out of its task events.
+    "enable_task_events": _bool,
+    "_metadata": _metadata,
 }
 
 TASK_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
@@ -161,6 +174,7 @@ METHOD_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
     "retry_exceptions": _retry_exceptions,
     "name": _str,
     "concurrency_group": _str,
+    "enable_task_events": _bool,
 }
 
 

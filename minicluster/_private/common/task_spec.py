@@ -40,6 +40,7 @@ class TaskSpec:
     actor_id: Optional[bytes] = None
     args_size: int = field(default=0)
     method: Optional[str] = None  #: for ACTOR_TASK: the method to call on the actor
+    task_events: bool = True  #: False: left out of the state API and timeline (enable_task_events)
 
     def return_ids(self) -> Tuple[bytes, ...]:
         tid = self.task_id
