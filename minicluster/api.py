@@ -81,15 +81,15 @@ _HARMLESS_ARGS = frozenset({
 })
 
 
-# init() arguments with no effect here -> (Ray's default, which says nothing; why the argument does nothing).
+# init() arguments with no effect here -> (Ray's default values, which say nothing; why the argument does nothing).
 _NO_EFFECT: Dict[str, Tuple[Any, str]] = {
     "include_dashboard": (None, "there is no dashboard (`minicluster status`, `minicluster top` and the state API "
                                 "show the session)"),
-    "dashboard_host": ("127.0.0.1", "there is no dashboard"),
+    "dashboard_host": (("127.0.0.1", "localhost"), "there is no dashboard"),
     "dashboard_port": (None, "there is no dashboard"),
     "_metrics_export_port": (None, "minicluster exports no metrics"),
     "configure_logging": (True, "minicluster sets up no loggers: its few messages go to stderr"),
-    "logging_level": (20, "minicluster sets up no loggers: its few messages go to stderr"),
+    "logging_level": ((20, "info", "INFO"), "minicluster sets up no loggers: its few messages go to stderr"),
     "logging_format": (None, "minicluster sets up no loggers: its few messages go to stderr"),
     "logging_config": (None, "minicluster sets up no loggers: its few messages go to stderr"),
     "_node_name": (None, "virtual nodes are named node-0, node-1, ... (list_nodes' node_name)"),
@@ -101,9 +101,10 @@ _warned_args: set = set()
 def _warn_no_effect(extra: Dict[str, Any]) -> None:
     """Warn once per argument given a value that asks for something minicluster does not do."""
     for name, value in extra.items():
-        default, why = _NO_EFFECT.get(name, (value, ""))
-        if value is None or value == default or name in _warned_args:
-            continue
+        quiet, why = _NO_EFFECT.get(name, ((value,), ""))
+        if value is None or value is False or value in (quiet if isinstance(quiet, tuple) else (quiet,)) \
+                or name in _warned_args:
+            continue  # (False asks for nothing: no dashboard, no logging setup, as here)
         _warned_args.add(name)
         warnings.warn(f"init({name}={value!r}) has no effect in minicluster: {why}", UserWarning, stacklevel=3)
 
