@@ -89,15 +89,6 @@ def _num_returns(name: str, value: Any) -> None:
                          f"generators), or 'dynamic' (got {value!r})")
 
 
-def _metadata(name: str, value: Any) -> None:
-    """Ray's `_metadata`: a dict that Ray libraries (workflows, serve) read back from the options.
-
-    Ray Core itself does nothing with it, and neither do we: it is kept with the other options.
-    """
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise TypeError(f"The option '_metadata' must be a dict with string keys, got {value!r}")
-
-
 def _retry_exceptions(name: str, value: Any) -> None:
     if isinstance(value, bool):
         return
@@ -146,7 +137,6 @@ _COMMON: Dict[str, Callable[[str, Any], None]] = {
     # False: the task (an actor's: its creation and its calls) is left out of the state API,
     # the journal and the timeline, as Ray leaves it out of its task events.
     "enable_task_events": _bool,
-    "_metadata": _metadata,
 }
 
 TASK_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
