@@ -88,6 +88,35 @@ from minicluster.object_ref import ObjectRef
 
 ObjectID = ObjectRef  # Ray's old name, still exported by Ray
 
+# Ray's top-level names that minicluster lacks -> why: asking for one says so, instead of
+# Python's bare "has no attribute" (docs/support.md lists Ray's whole API with what we do).
+_NOT_IN_MINICLUSTER = {
+    "get_gpu_ids": "GPUs are a counted resource here; no GPU ids are assigned to workers",
+    "ObjectRefGenerator": "generator tasks (num_returns='streaming') are not supported",
+    "DynamicObjectRefGenerator": "generator tasks (num_returns='dynamic') are not supported",
+    "LoggingConfig": "minicluster sets up no loggers (its few messages go to stderr)",
+    "client": "Ray Client (ray://) joins a remote cluster; minicluster runs on this machine only",
+    "ClientBuilder": "Ray Client (ray://) joins a remote cluster; minicluster runs on this machine only",
+    "java_function": "there are no cross-language (Java, C++) tasks",
+    "java_actor_class": "there are no cross-language (Java, C++) actors",
+    "cross_language": "there are no cross-language (Java, C++) tasks",
+    "Language": "there are no cross-language (Java, C++) tasks",
+    "UniqueID": "only the ids a Ray program sees are exported (ObjectRef, TaskID, ActorID, JobID, NodeID, WorkerID)",
+    "FunctionID": "only the ids a Ray program sees are exported (ObjectRef, TaskID, ActorID, JobID, NodeID, WorkerID)",
+    "ActorClassID": "only the ids a Ray program sees are exported (ObjectRef, TaskID, ActorID, JobID, NodeID, "
+                    "WorkerID)",
+    "ClusterID": "only the ids a Ray program sees are exported (ObjectRef, TaskID, ActorID, JobID, NodeID, WorkerID)",
+}
+
+
+def __getattr__(name: str) -> object:
+    why = _NOT_IN_MINICLUSTER.get(name)
+    if why is None:
+        raise AttributeError(f"module 'minicluster' has no attribute {name!r}")
+    raise AttributeError(f"minicluster does not support ray.{name}: {why} (docs/support.md lists Ray's API "
+                         "and what minicluster does with each)")
+
+
 __version__ = "0.1.0"
 
 __all__ = [
