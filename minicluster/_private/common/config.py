@@ -8,6 +8,7 @@ Module constants are the knobs tests may monkeypatch.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
@@ -21,6 +22,22 @@ INLINE_THRESHOLD = 100 * 1024
 # right after the socket closes; this bounds how long the head waits for that
 # report before handling the death without a reason.
 DEATH_REPORT_GRACE_S = 1.0
+
+# Where a session can start. Linux alone has what the runtime is built on: /dev/shm (tmpfs) for
+# the stores, /proc (reaping a dead driver's nodes, process titles), prctl(PR_SET_PDEATHSIG) so
+# workers die with their node, fork() without exec for the warm zygote (unsafe on macOS, whose
+# system frameworks abort in a forked child), posix_fallocate for spare store files.
+SUPPORTED_PLATFORMS = ("linux",)
+
+
+def check_platform() -> None:
+    """Refuse to start a session where the runtime cannot work, saying why (at init, before anything runs)."""
+    if not sys.platform.startswith(SUPPORTED_PLATFORMS):
+        raise RuntimeError(
+            f"minicluster runs on Linux only, and this is {sys.platform!r}: its virtual nodes need /dev/shm, "
+            "/proc, prctl(PR_SET_PDEATHSIG) and fork() without exec (unsafe on macOS). Run it in a Linux "
+            "container or VM (Docker Desktop, WSL 2), or switch the import back to ray, which runs here.")
+
 
 # Below this many bytes free in /dev/shm the store falls back to a disk folder.
 MIN_SHM_BYTES = 64 * 1024 * 1024
