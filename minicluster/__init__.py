@@ -52,7 +52,9 @@ in this list (tests/test_architecture.py checks it):
     observe/    state_recorder.py (records -> state rows, journaled), state_journal.py (the
                 session's state on disk), state_render.py (tables for the CLI), timeline.py
                 (Chrome trace), log_files.py (workers' output files), log_dedup.py (folding
-                repeated lines across workers, as Ray's RAY_DEDUP_LOGS)
+                repeated lines across workers, as Ray's RAY_DEDUP_LOGS), sessions.py (which
+                session folders there are, which one a reader means), top_view.py
+                (`minicluster top`'s frame), arrow_export.py (state lists as Parquet/Arrow)
     client/     the runtime as this process's code sees it: runtime_client.py (shared part),
                 driver.py (the driver's: session + embedded head), context.py (which client,
                 auto-init), object_ref.py (refs and their per-process counter), clusters.py

@@ -107,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--format", choices=("table", "json", "yaml") + arrow_export.FORMATS, default=None,
                          help="parquet and arrow (Arrow IPC) write every field to the file -o names")
     listing.add_argument("-o", "--output", metavar="FILE", help="the file for --format parquet or arrow")
-    listing.add_argument("--limit", type=int, default=100, help="rows to show, the most recent (default 100)")
+    listing.add_argument("--limit", type=int, default=None, help="rows to show, the most recent (default 100; "
+                         "a parquet or arrow file gets them all)")
 
     get = commands.add_parser("get", parents=[session], help="one task (all its attempts), node, worker, actor "
                               "or object, in detail")
@@ -163,13 +164,14 @@ def _filters(specs: Sequence[str]) -> List[Tuple[str, str, str]]:
 def _cmd_list(args: argparse.Namespace) -> int:
 
     resource = _SINGULAR.get(args.resource, args.resource)
-    if args.limit < 0:
-        raise CommandError(f"--limit must be >= 0, got {args.limit}")
+    exporting = args.format in arrow_export.FORMATS
+    limit = args.limit if args.limit is not None else (None if exporting else 100)
+    if limit is not None and limit < 0:
+        raise CommandError(f"--limit must be >= 0, got {limit}")
     filters = _filters(args.filter)
     source = _session_source(args.session)
-    detail = args.detail or args.format in arrow_export.FORMATS  # a file gets every field
     try:
-        records, total = state.query(resource, source, filters, args.limit, detail)
+        records, total = state.query(resource, source, filters, limit, args.detail or exporting)  # a file: every field
     except state.RayStateApiException as exc:
         raise CommandError(str(exc)) from None
     rows = [r.asdict() for r in records]

@@ -123,8 +123,7 @@ def test_list_tasks_fits_120_columns_with_short_ids_that_get_takes(session):
 @pytest.mark.parametrize("fmt", ["parquet", "arrow"])
 def test_list_exports_every_field_to_parquet_and_arrow(session, tmp_path, fmt):
     path = str(tmp_path / f"tasks.{fmt}")
-    result = minicluster_cmd("list", "tasks", "--session", session["dir"], "--limit", "1000",
-                             "--format", fmt, "-o", path)
+    result = minicluster_cmd("list", "tasks", "--session", session["dir"], "--format", fmt, "-o", path)
     assert result.returncode == 0, result.stderr
     table = pq.read_table(path) if fmt == "parquet" else feather.read_table(path)
     as_json = json.loads(minicluster_cmd("list", "tasks", "--session", session["dir"], "--limit", "1000",

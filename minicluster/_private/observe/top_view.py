@@ -59,7 +59,7 @@ def _task_counts(tasks: List[Dict[str, Any]]) -> str:
     parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
     parts += [f"{n} {s}" for s, n in sorted(counts.items()) if s not in order]
     retried = sum(1 for t in tasks if t["attempt_number"] > 0)
-    return f"Tasks: {', '.join(parts) or 'none yet'}" + (f"  ({retried} retried attempts)" if retried else "")
+    return f"Tasks: {', '.join(parts) or 'none yet'}" + (f"  (retries: {retried})" if retried else "")
 
 
 def _workers(status: Dict[str, Any], tasks: List[Dict[str, Any]], now: float) -> List[str]:
