@@ -170,6 +170,8 @@ def test_a_supported_row_works(row):
             assert not ignored, f"{row.name}: taken with no effect, so it is 'differs', not 'yes'"
         elif ignored:
             assert "no effect" in row.notes, f"{row.name}: the note must say it has no effect"
+        else:
+            assert "no effect" not in row.notes, f"{row.name}: it has an effect now; say what (or 'yes')"
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r.status == "no"], ids=_ids)
