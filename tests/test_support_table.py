@@ -197,12 +197,18 @@ def _rows_of(what: str) -> Dict[str, List[Row]]:
     return by_name
 
 
+def _defined_here(module: Any) -> Set[str]:
+    """The public names of one of our modules that are its own (not modules, not imported helpers)."""
+    return {n for n, v in vars(module).items() if not n.startswith("_") and not inspect.ismodule(v)
+            and (getattr(v, "__module__", None) or "").startswith("minicluster")}
+
+
 def _public_names() -> Set[str]:
-    names = {f"ray.{n}" for n in minicluster.__all__}
+    names = {f"ray.{n}" for n in set(minicluster.__all__) | _defined_here(minicluster) if n != "exceptions"}
     names |= {f"ray.exceptions.{n}" for n, v in vars(exceptions).items()
               if isinstance(v, type) and issubclass(v, BaseException) and v.__module__ == exceptions.__name__
               and not n.startswith("_")}
-    names |= {f"ray.util.{n}" for n in getattr(minicluster.util, "__all__", ())}
+    names |= {f"ray.util.{n}" for n in set(getattr(minicluster.util, "__all__", ())) | _defined_here(minicluster.util)}
     names |= {f"ray.util.state.{n}" for n in state_api.__all__ if callable(getattr(state_api, n))
               and not isinstance(getattr(state_api, n), type)}
     names |= {f"ray.util.scheduling_strategies.{n}" for n in vars(scheduling_strategies)
