@@ -70,11 +70,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CommandError as exc:
         print(f"minicluster: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`| head`, a closed `top`): done. Before ConnectionError, its base
+        # class; stdout is pointed at /dev/null so the interpreter's last flush does not fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ConnectionError as exc:  # no session to read
         print(f"minicluster: {exc}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        return 0
 
 
 def _parser() -> argparse.ArgumentParser:

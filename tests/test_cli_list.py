@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
@@ -157,3 +159,17 @@ def test_top_once_shows_nodes_workers_and_the_running_task(session):
     bad = minicluster_cmd("top", "--once", "--interval", "0", "--session", session["dir"])
     assert bad.returncode == 1 and "--interval" in bad.stderr
     assert os.path.isdir(session["dir"])
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(session):
+    # `minicluster top | head -3`: the live view stops when its reader does, with no error.
+    top = subprocess.Popen([sys.executable, "-m", "minicluster", "top", "--interval", "0.05", "--session",
+                            session["dir"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "minicluster top" in top.stdout.readline()
+        top.stdout.close()
+        assert top.wait(timeout=20) == 0
+        assert top.stderr.read() == ""
+    finally:
+        top.kill()
+        top.wait(timeout=10)
