@@ -344,16 +344,18 @@ def _cmd_logs(args: argparse.Namespace) -> int:
         for log in files:
             row = by_worker.setdefault(log.worker_id, {"worker_id": log.worker_id, "pid": log.pid,
                                                        "node": node_of(log.worker_id), "alive": None,
-                                                       "out_bytes": 0, "err_bytes": 0, "file": None})
+                                                       "out_bytes": 0, "err_bytes": 0})
             row[f"{log.stream}_bytes"] = _size_of(log.path)
-            row["file"] = log.path[: -len(".out")] + ".{out,err}"
             worker = workers.get(log.worker_id)
             row["alive"] = worker["is_alive"] if worker else None
         if not by_worker:
             raise CommandError(f"no worker log files in {source.logs_dir}")
-        columns = ("worker_id", "pid", "node", "alive", "out_bytes", "err_bytes", "file")
-        print(state_render.table([c.upper() for c in columns], [[r[c] for c in columns] for r in by_worker.values()]))
-        print("\n`minicluster logs <worker id or pid>` prints one worker's output; --all prints everyone's.")
+        columns = ("worker_id", "pid", "node", "alive", "out_bytes", "err_bytes")
+        short = state_render.short_ids(list(by_worker))  # whole ids made a 300-column table; a prefix is taken
+        rows = [[short[r["worker_id"]]] + [r[c] for c in columns[1:]] for r in by_worker.values()]
+        print(state_render.table([c.upper() for c in columns], rows))
+        print(f"\nThe files: {source.logs_dir}/worker-<worker id>-<job id>-<pid>.{{out,err}}\n"
+              "`minicluster logs <worker id or pid>` prints one worker's output; --all prints everyone's.")
         return 0
     if args.worker is not None:
         wanted = args.worker.strip().lower()
