@@ -108,6 +108,9 @@ _NOT_IN_MINICLUSTER = {
     "ActorClassID": "only the ids a Ray program sees are exported (ObjectRef, TaskID, ActorID, JobID, NodeID, "
                     "WorkerID)",
     "ClusterID": "only the ids a Ray program sees are exported (ObjectRef, TaskID, ActorID, JobID, NodeID, WorkerID)",
+    **{library: "minicluster is Ray Core only; Ray's libraries (Data, Train, Tune, Serve, RLlib, Workflows, "
+                "compiled graphs) need Ray itself" for library in
+       ("data", "train", "tune", "serve", "rllib", "workflow", "dag", "experimental", "air")},
 }
 
 

@@ -21,6 +21,8 @@ import pytest
 import minicluster
 from minicluster import api, exceptions
 from minicluster._private.common import options
+from minicluster.actor import ActorClass
+from minicluster.remote_function import RemoteFunction
 from minicluster.runtime_context import RuntimeContext
 from minicluster.util import scheduling_strategies
 from minicluster.util import state as state_api
@@ -214,6 +216,10 @@ def _public_names() -> Set[str]:
     names |= {f"ray.util.scheduling_strategies.{n}" for n in vars(scheduling_strategies)
               if n.endswith("SchedulingStrategy")}
     names |= {f"ray.runtime_context.RuntimeContext.{n}" for n in vars(RuntimeContext) if not n.startswith("_")}
+    classes = {"ray.ObjectRef": minicluster.ObjectRef, "ray.remote_function.RemoteFunction": RemoteFunction,
+               "ray.actor.ActorClass": ActorClass}
+    for dotted, cls in classes.items():
+        names |= {f"{dotted}.{n}" for n in dir(cls) if not n.startswith("_")}
     return names
 
 
