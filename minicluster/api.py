@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from minicluster._private.client import clusters, context
+from minicluster._private.common import config, system_config
 from minicluster._private.common import options as opts
-from minicluster._private.common import system_config
 from minicluster._private.observe.timeline import write_trace
 from minicluster.actor import ActorHandle, make_actor_class
 from minicluster.exceptions import RayError
@@ -156,6 +156,7 @@ def init(
     `num_cpus` defaults to this machine's cores divided among the nodes (at least 1 each).
     `job_config` (minicluster.job_config.JobConfig): the job's namespace and default actor lifetime.
     """
+    config.check_platform()  # first: elsewhere the imports below fail on their own, less clearly
     connecting = address not in (None, "local")
     _refuse_harmful(kwargs, connecting)
     _warn_no_effect(kwargs)

@@ -12,11 +12,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import pytest
+from conftest import wait_for
 
 import minicluster as ray
 from minicluster._private.client import session as session_files
+from minicluster._private.common import config
+from minicluster._private.store import store_spares
 from minicluster.cluster_utils import Cluster
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -68,18 +72,44 @@ def test_the_licence_and_typing_marker_ship():
     assert "Operating System :: POSIX :: Linux" in pyproject and "Typing :: Typed" in pyproject
 
 
-@pytest.mark.parametrize("platform", ["darwin", "win32", "freebsd14"])
-def test_init_on_another_platform_says_why_it_cannot_run(monkeypatch, tmp_path, platform):
+@pytest.mark.parametrize("platform", ["win32", "freebsd14", "cygwin"])
+def test_init_on_an_unsupported_platform_says_why_it_cannot_run(monkeypatch, tmp_path, platform):
     root = tmp_path / "sessions"
     monkeypatch.setenv("MINICLUSTER_TMPDIR", str(root))
     monkeypatch.setattr(sys, "platform", platform)
-    with pytest.raises(RuntimeError, match=f"minicluster runs on Linux only, and this is '{platform}'") as raised:
+    with pytest.raises(RuntimeError, match=rf"minicluster runs on Linux \(and, untested, macOS\), and this is "
+                                           f"'{platform}'") as raised:
         ray.init(num_cpus=1)
-    assert "/dev/shm" in str(raised.value) and "switch the import back to ray" in str(raised.value)
+    assert "fork() without exec" in str(raised.value) and "switch the import back to ray" in str(raised.value)
     assert not ray.is_initialized()
     assert not root.exists()  # refused before anything was made
-    with pytest.raises(RuntimeError, match="Linux only"):
+    with pytest.raises(RuntimeError, match="minicluster runs on Linux"):
         Cluster(initialize_head=True)
+
+
+def test_macos_is_not_refused_but_told_once_what_it_does_without(monkeypatch, cluster):
+    monkeypatch.setattr(config, "_warned_platform", False)
+    monkeypatch.setattr(sys, "platform", "darwin")  # (the node processes are real Linux ones)
+    with pytest.warns(UserWarning, match="minicluster on macOS is untested") as caught:
+        cluster(num_cpus=1)
+    assert "no /dev/shm" in str(caught[0].message) and "PR_SET_PDEATHSIG" in str(caught[0].message)
+    assert ray.get(ray.put(3)) == 3
+    ray.shutdown()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second session says nothing more
+        cluster(num_cpus=1)
+
+
+def test_spare_store_files_do_without_posix_fallocate(monkeypatch, tmp_path):
+    """macOS has no posix_fallocate: the spare keeper makes no spare, and a writer is not held up."""
+    monkeypatch.setattr(store_spares, "_fallocate", store_spares._no_fallocate)
+    keeper = store_spares.SpareKeeper()
+    folder = str(tmp_path)
+    keeper.ask(folder, store_spares.MIN_BYTES, 1 << 30)
+    wait_for(lambda: keeper._want_dir is None and keeper._spare is None, 10, "the keeper to give up the spare")
+    assert keeper.take(folder, str(tmp_path / "tmp-object"), store_spares.MIN_BYTES, 1 << 30) is None
+    assert keeper._thread.is_alive()
+    assert not [n for n in os.listdir(folder) if n.startswith(".spare-") and not n.startswith(".spare-slot")]
 
 
 def test_drivers_take_turns_in_the_session_root(monkeypatch):
