@@ -145,9 +145,12 @@ def test_list_exports_every_field_to_parquet_and_arrow(session, tmp_path, fmt):
 
 
 def test_top_once_shows_nodes_workers_and_the_running_task(session):
-    result = minicluster_cmd("top", "--once", "--session", session["dir"])
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    def frame():
+        result = minicluster_cmd("top", "--once", "--session", session["dir"])
+        assert result.returncode == 0, result.stderr
+        return result.stdout if "waits_for_the_test" in result.stdout else None
+
+    out = wait_for(frame, 20, "the waiting task to show as running")
     assert "\x1b" not in out  # one plain frame
     assert re.search(r"session session_\S+ \(running, driver pid \d+\)", out)
     assert "node-0" in out and "node-1" in out and "ALIVE" in out

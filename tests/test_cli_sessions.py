@@ -8,6 +8,7 @@ import shutil
 import tempfile
 
 import pytest
+from conftest import wait_for
 from driver_process import DriverProcess, minicluster_cmd
 
 # A driver that runs one task named after its argument, then obeys lines on stdin:
@@ -58,12 +59,17 @@ def test_two_drivers_at_once_neither_takes_over_the_default(tmp_path, root):
         session_b = second.expect("SESSION")
         pid_a, pid_b = first.proc.pid, second.proc.pid
 
-        listed = minicluster_cmd("sessions", env=env)
-        assert listed.returncode == 0, listed.stderr
-        for session, pid in ((session_a, pid_a), (session_b, pid_b)):
-            row = next(line for line in listed.stdout.splitlines() if session.rsplit("/", 1)[1] in line)
-            assert str(pid) in row.split() and "running" in row.split() and "1/1" in row.split()
-        assert "*" not in listed.stdout.split("\n\n")[0]  # no default while two run
+        def both_listed_running():
+            listed = minicluster_cmd("sessions", env=env)
+            assert listed.returncode == 0, listed.stderr
+            rows = [next((line.split() for line in listed.stdout.splitlines() if session.rsplit("/", 1)[1] in line),
+                         []) for session in (session_a, session_b)]
+            if all(str(pid) in row and "running" in row and "1/1" in row for pid, row in zip((pid_a, pid_b), rows)):
+                return listed.stdout
+            return None
+
+        listed = wait_for(both_listed_running, 10, "both sessions listed as running with their node")
+        assert "*" not in listed.split("\n\n")[0]  # no default while two run
 
         # Two running, none named: the command asks instead of guessing.
         ambiguous = minicluster_cmd("list", "tasks", env=env)
