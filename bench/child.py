@@ -168,6 +168,11 @@ def main(argv: list[str]) -> int:
             for n in workloads.ACTOR_BENCHES:
                 if n in names:
                     res.guarded((n,), _bind_actor(n, h, r))
+        elif group == "pool":
+            from bench import pool_bench
+
+            res.guarded(("pool_tiny", "pool_1mb"),
+                        lambda: pool_bench.pool_map(h, r.pool_tiny_items, r.pool_big_items, r.pool_runs))
         elif group == "chaos":
             rt = h.rt
             res.guarded(("chaos",), lambda: {"chaos": workloads.rl_chaos(rt, r)})

@@ -139,8 +139,10 @@ def cell(bench: str, rec: Record | None) -> str:
     unit = BY_NAME[bench].unit
     if bench in ("roundtrip", "pipe", "actor_call"):
         return f"{_num(v)} us (p90 {_num(float(x['p90']))})"
-    if bench in ("throughput", "actor_async"):
+    if bench in ("throughput", "actor_async", "pool_tiny"):
         return f"{v:,.0f}/s"
+    if bench == "pool_1mb":
+        return f"{_num(v)} MB/s"
     if bench == "bookkeeping":
         med = x.get("median_rates", {})
         return (f"{v:+.0f}% ({med.get('ref_arg_kept', 0):,.0f}/s vs plain "

@@ -16,6 +16,7 @@ Measurement groups (each group of one system is one fresh subprocess):
 - ``lineage``   [lineage_mem]         (2 worker slots, own process, lineage capped at 20 MiB)
 - ``actors``    [actor_create], [actor_call], [actor_async], [actor_restart]   (2 worker slots)
 - ``chaos``     [chaos]               (2 worker slots, own process: it kills ~100 workers; minicluster only)
+- ``pool``      [pool_tiny], [pool_1mb] (2 worker slots; each system's multiprocessing.Pool(2); no PPE)
 - ``baseline``  [pipe], [memcpy]      system-independent, run once
 
 [bookkeeping] belongs to ``warm``. ProcessPoolExecutor / Pool have no nodes, object refs,
@@ -108,6 +109,9 @@ BENCHES: list[Bench] = [
     # (minicluster.testing chaos), time / time of the same tasks without faults. Target <= 3x.
     Bench("chaos", "chaos", "10k tiny tasks, worker killed every 100", "x", False, 3.0,
           "<= 3x fault-free", "-"),
+    # ---- multiprocessing.Pool's API: minicluster.util.multiprocessing.Pool vs Ray's vs the stdlib's
+    Bench("pool_tiny", "pool", "Pool(2).map of tiny items", "items/s", True, None, "-", "-"),
+    Bench("pool_1mb", "pool", "Pool(2).map of 1 MiB items", "MB/s", True, None, "-", "-"),
     # ---- system-independent baselines
     # Raw multiprocessing.Pipe ping-pong between two processes: about 52 us.
     Bench("pipe", "baseline", "mp.Pipe ping-pong (baseline)", "us", False, None, "-", "~52 us"),
@@ -118,7 +122,7 @@ BENCHES: list[Bench] = [
 BY_NAME: dict[str, Bench] = {b.name: b for b in BENCHES}
 SYSTEM_BENCHES: list[str] = [b.name for b in BENCHES if b.group != "baseline"]
 BASELINE_BENCHES: list[str] = [b.name for b in BENCHES if b.group == "baseline"]
-GROUPS: list[str] = ["start", "warm", "retry", "footprint", "cluster", "lineage", "actors", "chaos"]
+GROUPS: list[str] = ["start", "warm", "retry", "footprint", "cluster", "lineage", "actors", "chaos", "pool"]
 
 # Cells that are n/a by design: (system, benchmark) -> (short reason for the cell, detail).
 _NO_NODES = ("no nodes (one local pool)", "a process pool is one machine's workers: no nodes to "
@@ -142,6 +146,9 @@ NOT_APPLICABLE[("ray", "lineage_mem")] = (
 _NO_FAULTS = ("minicluster only (fault injection)", "only minicluster.testing can kill workers at "
               "the runtime's own event points; the peers have no fault injection")
 NOT_APPLICABLE.update({(_system, "chaos"): _NO_FAULTS for _system in ("ray", "ppe", "mp")})
+_NO_POOL_API = ("no Pool API (see mp)", "ProcessPoolExecutor is not multiprocessing.Pool; the standard "
+                "library's Pool is the mp column")
+NOT_APPLICABLE.update({("ppe", b): _NO_POOL_API for b in ("pool_tiny", "pool_1mb")})
 
 # A selected benchmark pulls in the baseline it is compared against.
 BASELINE_FOR: dict[str, str] = {"roundtrip": "pipe", "put": "memcpy"}
@@ -157,6 +164,7 @@ TIMEOUTS: dict[str, tuple[float, float]] = {
     "cluster": (180.0, 300.0),
     "lineage": (150.0, 600.0),
     "actors": (180.0, 300.0),
+    "pool": (180.0, 300.0),
 }
 
 
@@ -188,6 +196,9 @@ class Reps(NamedTuple):
     actor_async_calls: int
     actor_async_runs: int
     actor_restart_runs: int
+    pool_tiny_items: int = 100_000
+    pool_big_items: int = 100
+    pool_runs: int = 3
 
 
 FULL = Reps(throughput_tasks=10_000, throughput_runs=3, throughput_warmup=500,
@@ -203,7 +214,7 @@ QUICK = Reps(throughput_tasks=2_000, throughput_runs=1, throughput_warmup=300,
              bookkeeping_tasks=2_000, bookkeeping_runs=2, reconstruct_runs=1, chain_len=100,
              lineage_tasks=100_000, lineage_dep_tasks=50_000, lineage_batch=1_000, actor_create_runs=3,
              actor_calls=500, actor_warmup=50, actor_async_calls=2_000, actor_async_runs=1,
-             actor_restart_runs=2)
+             actor_restart_runs=2, pool_tiny_items=20_000, pool_big_items=40, pool_runs=1)
 
 
 def reps(quick: bool) -> Reps:

@@ -21,7 +21,10 @@ Where things live (one concept per module). The public modules, Ray's names:
     types.py            ray.types' ObjectRef, for annotations
     exceptions.py       Ray's exception hierarchy
     cluster_utils.py    Ray's Cluster test helper on virtual nodes
-    util/               scheduling strategies; util/state: list_tasks, get_task, ... (Ray's names)
+    util/               scheduling strategies; util/state: list_tasks, get_task, ... (Ray's names);
+                        Ray's toolbox: ActorPool, queue, multiprocessing (Pool), joblib,
+                        as_completed / map_unordered, list_named_actors, serializers
+    experimental/       tqdm_ray: progress bars from tasks and actors, drawn by the driver
     testing/            fault injection for tests: node/worker controls, seeded fault plans fired
                         at the runtime's own event points, the journal, snapshot(), the pytest plugin
     cli.py, demo.py     the `minicluster` command; `minicluster demo`
@@ -52,9 +55,10 @@ in this list (tests/test_architecture.py checks it):
     observe/    state_recorder.py (records -> state rows, journaled), state_journal.py (the
                 session's state on disk), state_render.py (tables for the CLI), timeline.py
                 (Chrome trace), log_files.py (workers' output files), log_dedup.py (folding
-                repeated lines across workers, as Ray's RAY_DEDUP_LOGS), sessions.py (which
-                session folders there are, which one a reader means), top_view.py
-                (`minicluster top`'s frame), arrow_export.py (state lists as Parquet/Arrow)
+                repeated lines across workers, as Ray's RAY_DEDUP_LOGS), progress_bars.py
+                (tqdm_ray's bars, drawn on the driver), sessions.py (which session folders
+                there are, which one a reader means), top_view.py (`minicluster top`'s frame),
+                arrow_export.py (state lists as Parquet/Arrow)
     client/     the runtime as this process's code sees it: runtime_client.py (shared part),
                 driver.py (the driver's: session + embedded head), context.py (which client,
                 auto-init), object_ref.py (refs and their per-process counter), clusters.py
@@ -110,7 +114,7 @@ _NOT_IN_MINICLUSTER = {
     "ClusterID": "only the ids a Ray program sees are exported (ObjectRef, TaskID, ActorID, JobID, NodeID, WorkerID)",
     **{library: "minicluster is Ray Core only; Ray's libraries (Data, Train, Tune, Serve, RLlib, Workflows, "
                 "compiled graphs) need Ray itself" for library in
-       ("data", "train", "tune", "serve", "rllib", "workflow", "dag", "experimental", "air")},
+       ("data", "train", "tune", "serve", "rllib", "workflow", "dag", "air")},
 }
 
 

@@ -199,6 +199,17 @@ def _rows_of(what: str) -> Dict[str, List[Row]]:
     return by_name
 
 
+# Ray's public modules below ray.util and ray.experimental that minicluster has, whose names must
+# all have rows (ray.util, ray.util.state and scheduling_strategies are read above). Add one here
+# when minicluster gains another.
+RAY_MODULES = {
+    "ray.util.queue": "minicluster.util.queue",
+    "ray.util.multiprocessing": "minicluster.util.multiprocessing",
+    "ray.util.joblib": "minicluster.util.joblib",
+    "ray.experimental.tqdm_ray": "minicluster.experimental.tqdm_ray",
+}
+
+
 def _defined_here(module: Any) -> Set[str]:
     """The public names of one of our modules that are its own (not modules, not imported helpers)."""
     return {n for n, v in vars(module).items() if not n.startswith("_") and not inspect.ismodule(v)
@@ -216,6 +227,9 @@ def _public_names() -> Set[str]:
     names |= {f"ray.util.scheduling_strategies.{n}" for n in vars(scheduling_strategies)
               if n.endswith("SchedulingStrategy")}
     names |= {f"ray.runtime_context.RuntimeContext.{n}" for n in vars(RuntimeContext) if not n.startswith("_")}
+    for ray_name, module_name in RAY_MODULES.items():
+        module = importlib.import_module(module_name)
+        names |= {f"{ray_name}.{n}" for n in getattr(module, "__all__", None) or _defined_here(module)}
     classes = {"ray.ObjectRef": minicluster.ObjectRef, "ray.remote_function.RemoteFunction": RemoteFunction,
                "ray.actor.ActorClass": ActorClass}
     for dotted, cls in classes.items():

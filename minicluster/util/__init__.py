@@ -1,6 +1,18 @@
-"""Ray's `ray.util`: helpers beside the core API (its submodules: scheduling_strategies, state)."""
+"""Ray's `ray.util`: helpers beside the core API.
+
+Submodules, Ray's names: actor_pool (ActorPool), queue (Queue, Empty, Full),
+multiprocessing (Pool), joblib (register_ray), helpers (as_completed, map_unordered),
+check_serialize (inspect_serializability), serialization (register_serializer),
+named_actors (list_named_actors), scheduling_strategies, state.
+"""
 
 from __future__ import annotations
+
+from minicluster.util.actor_pool import ActorPool
+from minicluster.util.check_serialize import inspect_serializability
+from minicluster.util.helpers import as_completed, map_unordered
+from minicluster.util.named_actors import list_named_actors
+from minicluster.util.serialization import deregister_serializer, register_serializer
 
 
 def get_node_ip_address(address: str = "8.8.8.8:53") -> str:
@@ -9,4 +21,13 @@ def get_node_ip_address(address: str = "8.8.8.8:53") -> str:
     return "127.0.0.1"
 
 
-__all__ = ["get_node_ip_address"]
+__all__ = [
+    "ActorPool",
+    "as_completed",
+    "deregister_serializer",
+    "get_node_ip_address",
+    "inspect_serializability",
+    "list_named_actors",
+    "map_unordered",
+    "register_serializer",
+]

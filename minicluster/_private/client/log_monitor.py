@@ -18,6 +18,9 @@ worker printed just before a crash or before shutdown is lost.
 
 The same line printed by many workers is folded into one summary line, as
 Ray's driver does (observe/log_dedup.py; RAY_DEDUP_LOGS=0 turns it off).
+Lines carrying a tqdm_ray progress bar's state are not printed: they go to the
+driver's bar manager (observe/progress_bars.py), which draws the bars and keeps
+other output above them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Callable, Dict, List, Optional, TextIO
 
 from minicluster._private.client.session import pid_alive
 from minicluster._private.common import config
+from minicluster._private.observe import progress_bars
 from minicluster._private.observe.log_dedup import LineFolder
 from minicluster._private.observe.log_files import WorkerLogFile, prefix
 
@@ -81,6 +85,10 @@ class LogMonitor:
                     target = out if log.stream == "out" else err
                     folder = folders[log.stream] if folders is not None else None
                     for task_name, text in lines:
+                        bar_state = progress_bars.decode_state(text) if log.stream == "out" else None
+                        if bar_state is not None:  # a tqdm_ray bar's state: drawn, not printed
+                            progress_bars.manager().update(bar_state, log.pid, prefix(task_name, log.pid, node) + " ")
+                            continue
                         if folder is None:
                             target.append(f"{prefix(task_name, log.pid, node)} {text}")
                         else:
@@ -120,6 +128,9 @@ class LogMonitor:
             return
         self.closed = True
         self.poll(final=True)
+        bars = progress_bars.active()
+        if bars is not None:
+            bars.finish()
 
 
 def _folders() -> Dict[str, LineFolder]:
@@ -131,6 +142,10 @@ def _folders() -> Dict[str, LineFolder]:
 
 def _write(stream: Optional[TextIO], lines: List[str]) -> None:
     if not lines or stream is None:
+        return
+    bars = progress_bars.active()
+    if bars is not None:  # progress bars on the screen: the lines go above them
+        bars.write_lines(stream, lines)
         return
     try:
         stream.write("\n".join(lines) + "\n")

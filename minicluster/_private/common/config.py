@@ -85,6 +85,11 @@ def dedup_logs() -> bool:
     return env("DEDUP_LOGS", True, _flag)
 
 
+def tqdm_patch_print() -> bool:
+    """RAY_TQDM_PATCH_PRINT: once tqdm_ray bars are shown, the driver's print() writes above them."""
+    return env("TQDM_PATCH_PRINT", True, _flag)
+
+
 def dedup_window_s() -> float:
     return env("DEDUP_LOGS_AGG_WINDOW_S", 5.0, float)
 

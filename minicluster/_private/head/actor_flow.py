@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Any, Deque, Dict, Optional
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from minicluster._private.head.actor_records import ActorRecord
 from minicluster._private.head.flow_interfaces import TasksForActors, Timers
@@ -454,6 +454,12 @@ class ActorFlow:
             self.kill_actor(record.actor_id, no_restart=True, reason=OUT_OF_SCOPE, graceful=True)
 
     # ---- lookups ----------------------------------------------------------------
+
+    def named_actors(self) -> List[Tuple[Any, str]]:
+        """(namespace, name) of every named actor not dead (restarting ones included, as Ray)."""
+        actors = self.state.actors
+        return [key for key, actor_id in self.state.named_actors.items()
+                if actor_id in actors and actors[actor_id].state != DEAD]
 
     def lookup_actor(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
         actor_id = self.state.named_actors.get((namespace, name))  # (killed ones have left it)

@@ -483,6 +483,8 @@ class Head:
             if what == "node_labels":
                 node = self.nodes.get(about)
                 return dict(node.labels) if node is not None else {}
+            if what == "named_actors":  # list_named_actors(): (namespace, name) of each live one
+                return self.actor_flow.named_actors()
         raise ValueError(f"unknown state query {what!r}")
 
     def _task_context(self, task_id: bytes) -> Dict[str, Any]:

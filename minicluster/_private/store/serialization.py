@@ -56,8 +56,22 @@ def _reduce_code(code: types.CodeType) -> Tuple[Any, Tuple[bytes]]:
     return marshal.loads, (marshal.dumps(code),)
 
 
+#: class -> reducer registered by ray.util.register_serializer in this process (util/serialization.py)
+_user_reducers: dict = {}
+
+
 class _Pickler(cloudpickle.Pickler):
-    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+    dispatch_table = ChainMap(_user_reducers, {types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+
+
+def register_reducer(cls: type, reducer: Any) -> None:
+    """Pickle instances of exactly `cls` with `reducer` in this process (register_serializer)."""
+    _user_reducers[cls] = reducer
+    _FAST_TYPES.discard(cls)  # the C pickler's fast path would not consult the reducer
+
+
+def unregister_reducer(cls: type) -> None:
+    _user_reducers.pop(cls, None)
 
 
 def cloudpickle_dumps(value: Any, buffer_callback: Any = None) -> bytes:
