@@ -82,6 +82,10 @@ def _bind_actor(name: str, h: systems.Handle, r: Reps) -> Callable[[], dict[str,
     return lambda: {name: workloads.ACTOR_BENCHES[name](h.rt, r)}
 
 
+def _bind_generator(name: str, h: systems.Handle, r: Reps) -> Callable[[], dict[str, Record]]:
+    return lambda: {name: workloads.GENERATOR_BENCHES[name](h.rt, r)}
+
+
 def run_cluster_group(res: Results, system: str, names: list[str], r: Reps) -> None:
     """The ``cluster`` group: one Cluster, the benchmarks in order, each saved when done."""
 
@@ -168,6 +172,12 @@ def main(argv: list[str]) -> int:
             for n in workloads.ACTOR_BENCHES:
                 if n in names:
                     res.guarded((n,), _bind_actor(n, h, r))
+        elif group == "generators":
+            if h.rt is None:
+                raise SystemExit("the generator benchmarks need a Ray-like system")
+            for n in workloads.GENERATOR_BENCHES:
+                if n in names:
+                    res.guarded((n,), _bind_generator(n, h, r))
         elif group == "pool":
             from bench import pool_bench
 

@@ -199,6 +199,10 @@ def target(report: Report, bench: Bench) -> str:
     if bench.name == "lineage_mem" and mc and mc["ok"] and "cap_mb" in mc["extra"]:
         limit = float(mc["extra"]["cap_mb"])
         text = f"<= cap ({_num(limit)} MB)"
+    ray = report.record(bench.name, "ray")
+    if bench.name == "gen_tiny" and ray and ray["ok"]:
+        limit = 10 * float(ray["value"])
+        text = f">= 10x Ray = {_num(limit)} items/s"
     if "minicluster" not in report.systems or limit is None or not mc or not mc["ok"]:
         return text
     v = float(mc["value"])

@@ -15,6 +15,7 @@ Measurement groups (each group of one system is one fresh subprocess):
                 (the Cluster helper: a 1-CPU head plus 1-CPU worker nodes, added and removed)
 - ``lineage``   [lineage_mem]         (2 worker slots, own process, lineage capped at 20 MiB)
 - ``actors``    [actor_create], [actor_call], [actor_async], [actor_restart]   (2 worker slots)
+- ``generators`` [gen_tiny], [gen_1mb]  (2 worker slots; Ray-like systems only)
 - ``chaos``     [chaos]               (2 worker slots, own process: it kills ~100 workers; minicluster only)
 - ``pool``      [pool_tiny], [pool_1mb] (2 worker slots; each system's multiprocessing.Pool(2); no PPE)
 - ``baseline``  [pipe], [memcpy]      system-independent, run once
@@ -105,6 +106,10 @@ BENCHES: list[Bench] = [
     # Ray: not given. Target <= 100 ms from the crash to an answered call.
     Bench("actor_restart", "actors", "os._exit in a method -> restarted, answers", "ms", False,
           100.0, "<= 100 ms", "-"),
+    # Ray: not given in the issue. Target >= 10x Ray's items/s (issue 12), computed in the report.
+    Bench("gen_tiny", "generators", "streaming generator, tiny items (for ref in gen: get)", "items/s", True,
+          None, ">= 10x Ray", "-"),
+    Bench("gen_1mb", "generators", "streaming generator, 1 MB numpy items", "items/s", True, None, "-", "-"),
     # minicluster only (fault injection): 10,000 tiny tasks with a worker killed every 100 tasks
     # (minicluster.testing chaos), time / time of the same tasks without faults. Target <= 3x.
     Bench("chaos", "chaos", "10k tiny tasks, worker killed every 100", "x", False, 3.0,
@@ -122,7 +127,8 @@ BENCHES: list[Bench] = [
 BY_NAME: dict[str, Bench] = {b.name: b for b in BENCHES}
 SYSTEM_BENCHES: list[str] = [b.name for b in BENCHES if b.group != "baseline"]
 BASELINE_BENCHES: list[str] = [b.name for b in BENCHES if b.group == "baseline"]
-GROUPS: list[str] = ["start", "warm", "retry", "footprint", "cluster", "lineage", "actors", "chaos", "pool"]
+GROUPS: list[str] = ["start", "warm", "retry", "footprint", "cluster", "lineage", "actors", "generators", "chaos",
+                     "pool"]
 
 # Cells that are n/a by design: (system, benchmark) -> (short reason for the cell, detail).
 _NO_NODES = ("no nodes (one local pool)", "a process pool is one machine's workers: no nodes to "
@@ -132,6 +138,8 @@ _NO_LINEAGE = ("no nodes, no lineage", "a pool has no object store and keeps no 
 _NO_REFS = ("no object refs / lineage", "pool tasks take values, not refs; nothing is kept to "
             "rebuild results")
 _NO_ACTORS = ("no actors (stateless pool)", "a pool has no stateful workers addressable by handle")
+_NO_GENERATORS = ("no streaming results", "a pool task returns one result when it ends; nothing "
+                  "streams items while it runs (imap streams per task, not within one)")
 NOT_APPLICABLE: dict[tuple[str, str], tuple[str, str]] = {}
 for _pool in ("ppe", "mp"):
     NOT_APPLICABLE.update({(_pool, b): _NO_NODES for b in ("cluster_start", "add_node", "footprint2")})
@@ -139,6 +147,7 @@ for _pool in ("ppe", "mp"):
     NOT_APPLICABLE[(_pool, "bookkeeping")] = _NO_REFS
     NOT_APPLICABLE.update({(_pool, b): _NO_ACTORS
                            for b in ("actor_create", "actor_call", "actor_async", "actor_restart")})
+    NOT_APPLICABLE.update({(_pool, b): _NO_GENERATORS for b in ("gen_tiny", "gen_1mb")})
 NOT_APPLICABLE[("ray", "lineage_mem")] = (
     "skipped: too slow for Ray",
     "skipped on purpose: 1,060,000 tiny tasks at Ray's ~1,000-1,500 tasks/s would take 12-18 "
@@ -164,6 +173,7 @@ TIMEOUTS: dict[str, tuple[float, float]] = {
     "cluster": (180.0, 300.0),
     "lineage": (150.0, 600.0),
     "actors": (180.0, 300.0),
+    "generators": (180.0, 300.0),
     "pool": (180.0, 300.0),
 }
 
@@ -196,6 +206,9 @@ class Reps(NamedTuple):
     actor_async_calls: int
     actor_async_runs: int
     actor_restart_runs: int
+    gen_items: int
+    gen_big_items: int
+    gen_runs: int
     pool_tiny_items: int = 100_000
     pool_big_items: int = 100
     pool_runs: int = 3
@@ -207,14 +220,15 @@ FULL = Reps(throughput_tasks=10_000, throughput_runs=3, throughput_warmup=500,
             bookkeeping_tasks=3_000, bookkeeping_runs=5, reconstruct_runs=5, chain_len=100,
             lineage_tasks=1_000_000, lineage_dep_tasks=60_000, lineage_batch=1_000, actor_create_runs=5,
             actor_calls=2_000, actor_warmup=200, actor_async_calls=10_000, actor_async_runs=3,
-            actor_restart_runs=3)
+            actor_restart_runs=3, gen_items=10_000, gen_big_items=200, gen_runs=3)
 QUICK = Reps(throughput_tasks=2_000, throughput_runs=1, throughput_warmup=300,
              roundtrip_calls=500, roundtrip_warmup=50, put_runs=5, arg_calls=3,
              retry_runs=2, chaos_tasks=2_000, chaos_runs=1, pipe_calls=1_000, memcpy_runs=5,
              bookkeeping_tasks=2_000, bookkeeping_runs=2, reconstruct_runs=1, chain_len=100,
              lineage_tasks=100_000, lineage_dep_tasks=50_000, lineage_batch=1_000, actor_create_runs=3,
              actor_calls=500, actor_warmup=50, actor_async_calls=2_000, actor_async_runs=1,
-             actor_restart_runs=2, pool_tiny_items=20_000, pool_big_items=40, pool_runs=1)
+             actor_restart_runs=2, gen_items=2_000, gen_big_items=50, gen_runs=1, pool_tiny_items=20_000,
+             pool_big_items=40, pool_runs=1)
 
 
 def reps(quick: bool) -> Reps:

@@ -924,6 +924,44 @@ ACTOR_BENCHES: dict[str, Any] = {"actor_create": rl_actor_create, "actor_call": 
                                  "actor_async": rl_actor_async, "actor_restart": rl_actor_restart}
 
 
+def _items_per_second(rt: ModuleType, gen_fn: Any, n: int, runs: int) -> Record:
+    rt.get(list(gen_fn.remote(10)))  # warm: a worker and the function are ready
+    rates: list[float] = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        count = 0
+        for ref in gen_fn.remote(n):
+            rt.get(ref)
+            count += 1
+        rates.append(count / (time.perf_counter() - t0))
+        if count != n:
+            raise AssertionError(f"{count} items, expected {n}")
+    return ok(median(rates), runs=rates, items=n)
+
+
+def rl_gen_tiny(rt: ModuleType, r: Reps) -> Record:
+    @rt.remote(num_returns="streaming")
+    def tiny(n: int) -> Any:
+        for i in range(n):
+            yield i
+
+    return _items_per_second(rt, tiny, r.gen_items, r.gen_runs)
+
+
+def rl_gen_1mb(rt: ModuleType, r: Reps) -> Record:
+    @rt.remote(num_returns="streaming")
+    def big(n: int) -> Any:
+        import numpy as np
+
+        for i in range(n):
+            yield np.full(1_000_000 // 8, i, dtype=np.int64)
+
+    return _items_per_second(rt, big, r.gen_big_items, r.gen_runs)
+
+
+GENERATOR_BENCHES: dict[str, Any] = {"gen_tiny": rl_gen_tiny, "gen_1mb": rl_gen_1mb}
+
+
 # ------------------------------------------------------------------------- baselines
 
 

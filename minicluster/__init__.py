@@ -45,7 +45,8 @@ in this list (tests/test_architecture.py checks it):
                 head_state.py every record of the session with its invariant, invariants.py their
                 check (validate_state), states.py task and actor states and legal transitions,
                 flow_interfaces.py what each flow calls on another, messaging.py outgoing batches;
-                the flows: task_flow.py (a task from submission to result; cancellation),
+                the flows: task_flow.py (a task from submission to result; cancellation;
+                streams.py, a generator task's items from worker to consumer),
                 actor_flow.py (creation, ordered calls, restart, kill), waiting.py (get, wait),
                 recovery.py (where work goes when a worker, node or owner dies; rebuilding lost
                 objects); the records: scheduler.py, object_directory.py, lineage.py,
@@ -61,11 +62,14 @@ in this list (tests/test_architecture.py checks it):
                 arrow_export.py (state lists as Parquet/Arrow)
     client/     the runtime as this process's code sees it: runtime_client.py (shared part),
                 driver.py (the driver's: session + embedded head), context.py (which client,
-                auto-init), object_ref.py (refs and their per-process counter), clusters.py
+                auto-init), object_ref.py (refs and their per-process counter),
+                object_ref_generator.py (what a generator task's .remote() returns), clusters.py
                 (Cluster registry), session.py (session folder, key, stale cleanup),
                 log_monitor.py (workers' output on the driver's terminal)
     node/       node_manager.py (a virtual node's process: forks and watches workers),
                 worker.py (runs tasks), worker_client.py (the runtime as a worker's code sees it),
+                generator_tasks.py (a generator's items reported as yielded; backpressure),
+                task_errors.py (a failed task's error as its caller gets it),
                 async_actor.py (an async actor's event loop), proc_title.py (`ray::<task>` in ps)
 """
 
@@ -90,7 +94,7 @@ from minicluster.api import (
     timeline,
     wait,
 )
-from minicluster.object_ref import ObjectRef
+from minicluster.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 
 ObjectID = ObjectRef  # Ray's old name, still exported by Ray
 
@@ -98,8 +102,6 @@ ObjectID = ObjectRef  # Ray's old name, still exported by Ray
 # Python's bare "has no attribute" (docs/support.md lists Ray's whole API with what we do).
 _NOT_IN_MINICLUSTER = {
     "get_gpu_ids": "GPUs are a counted resource here; no GPU ids are assigned to workers",
-    "ObjectRefGenerator": "generator tasks (num_returns='streaming') are not supported",
-    "DynamicObjectRefGenerator": "generator tasks (num_returns='dynamic') are not supported",
     "LoggingConfig": "minicluster sets up no loggers (its few messages go to stderr)",
     "client": "Ray Client (ray://) joins a remote cluster; minicluster runs on this machine only",
     "ClientBuilder": "Ray Client (ray://) joins a remote cluster; minicluster runs on this machine only",
@@ -134,6 +136,8 @@ __all__ = [
     "NodeID",
     "ObjectID",
     "ObjectRef",
+    "ObjectRefGenerator",
+    "DynamicObjectRefGenerator",
     "TaskID",
     "WorkerID",
     "RuntimeContext",

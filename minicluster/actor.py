@@ -30,7 +30,7 @@ from minicluster._private.common.task_spec import (
 )
 from minicluster._private.store.serialization import dumps_function, pickle_definition
 from minicluster.exceptions import AsyncioActorExit
-from minicluster.remote_function import _serialize_args
+from minicluster.remote_function import _serialize_args, num_returns_code, returned_refs
 
 
 class ActorClassMeta:
@@ -48,7 +48,11 @@ class ActorClassMeta:
         for name, member in inspect.getmembers(cls, predicate=callable):
             if name.startswith("__") and name != "__call__":
                 continue
-            self.methods[name] = dict(getattr(member, "__minicluster_method_options__", {}))
+            self.methods[name] = method_options = dict(getattr(member, "__minicluster_method_options__", {}))
+            is_generator = inspect.isgeneratorfunction(member) or inspect.isasyncgenfunction(member)
+            opts.check_num_returns(method_options.get("num_returns"), is_generator)
+            if is_generator and "num_returns" not in method_options:
+                method_options["num_returns"] = "streaming"  # Ray's default for a method that yields
             bound_by_class = isinstance(inspect.getattr_static(cls, name, None), (staticmethod, classmethod))
             self.signatures[name] = signatures.params_of(member, drop_first=not bound_by_class)
             if inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member):
@@ -272,6 +276,10 @@ class ActorMethod:
             f"Actor methods cannot be called directly. Instead of '{self._name}()', try '{self._name}.remote()'."
         )
 
+    def _remote(self, args: Optional[tuple] = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
+        """Ray's spelling of `.options(**options).remote(*args, **kwargs)`."""
+        return self.options(**options).remote(*(args or ()), **(kwargs or {}))
+
     def options(self, **options: Any) -> "ActorMethod":
         validated = opts.validate(options, opts.METHOD_OPTIONS, "actor methods")
         return ActorMethod(self._handle, self._name, {**self._options, **validated})
@@ -282,7 +290,7 @@ class ActorMethod:
         handle._check_call(self._name, args, kwargs)
         meta = handle._meta
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self._name)
-        num_returns = self._options.get("num_returns", 1)
+        num_returns = num_returns_code(self._options.get("num_returns", 1))
         max_task_retries = self._options.get("max_task_retries", meta["max_task_retries"])
         retry_exceptions = self._options.get("retry_exceptions", False)
         if isinstance(retry_exceptions, (list, tuple)):
@@ -308,14 +316,11 @@ class ActorMethod:
             args_size=len(args_blob),
             method=self._name,
             task_events=self._options.get("enable_task_events", meta.get("task_events", True)),
+            backpressure=self._options.get("_generator_backpressure_num_objects", -1),
         )
         refs = client.submit(spec, None)
         del keep_alive
-        if num_returns == 1:
-            return refs[0]
-        if num_returns == 0:
-            return None
-        return refs
+        return returned_refs(refs, num_returns)
 
 
 def exit_actor() -> None:

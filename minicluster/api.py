@@ -21,7 +21,7 @@ from minicluster._private.observe.timeline import write_trace
 from minicluster.actor import ActorHandle, make_actor_class
 from minicluster.exceptions import RayError
 from minicluster.job_config import JobConfig
-from minicluster.object_ref import ObjectRef
+from minicluster.object_ref import ObjectRef, ObjectRefGenerator
 from minicluster.remote_function import RemoteFunction
 from minicluster.runtime_context import RuntimeContext, get_runtime_context  # noqa: F401 - re-exported
 
@@ -382,6 +382,8 @@ def _check_timeout(timeout: Any) -> Optional[float]:
 
 def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None) -> Any:
     """The value(s) of one ref or a list of refs; raises the task's error, or GetTimeoutError."""
+    if isinstance(object_refs, ObjectRefGenerator):
+        return object_refs  # as Ray's get: a streaming task's generator is its own value
     ids, single = _as_ids(object_refs, "get")
     timeout = _check_timeout(timeout)
     values = context.client().get(ids, timeout)
@@ -408,7 +410,9 @@ def wait(
     """Split refs into (ready, not ready) once `num_returns` are ready or `timeout` passes."""
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() expected a list of ObjectRefs, got {type(object_refs).__name__}")
-    ids, _ = _as_ids(list(object_refs), "wait")
+    # A generator is ready when next() would not block: wait() watches its next item.
+    watched = [r._watched() if isinstance(r, ObjectRefGenerator) else r for r in object_refs]
+    ids, _ = _as_ids(watched, "wait")
     if not ids:
         return [], []  # as in Ray, whatever num_returns says
     if len(set(ids)) != len(ids):
@@ -419,13 +423,15 @@ def wait(
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait.")
     timeout = _check_timeout(timeout)
     ready_ids = set(context.client().wait(ids, num_returns, timeout, fetch_local))
-    ready = [r for r in object_refs if r._id in ready_ids]
-    not_ready = [r for r in object_refs if r._id not in ready_ids]
+    ready = [r for r, i in zip(object_refs, ids) if i in ready_ids]
+    not_ready = [r for r, i in zip(object_refs, ids) if i not in ready_ids]
     return ready, not_ready
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that makes `object_ref` (see SPEC: pending, running, force)."""
+    if isinstance(object_ref, ObjectRefGenerator):
+        object_ref = object_ref.completed()  # a generator task is cancelled through its completion
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expected an ObjectRef, got {type(object_ref).__name__}")
     context.client().cancel(object_ref._id, bool(force), bool(recursive))

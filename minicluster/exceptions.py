@@ -425,6 +425,10 @@ class PendingCallsLimitExceeded(RayError):
     """An actor's max_pending_calls was reached."""
 
 
+class ObjectRefStreamEndOfStreamError(RayError):
+    """A generator task's stream has no more items (the ref of a position past its last item)."""
+
+
 class CrossLanguageError(RayError):
     """An error raised by code in another language (Java, C++)."""
 
@@ -461,4 +465,5 @@ __all__ = [
     "ActorUnschedulableError",
     "PendingCallsLimitExceeded",
     "CrossLanguageError",
+    "ObjectRefStreamEndOfStreamError",
 ]

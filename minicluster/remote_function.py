@@ -7,15 +7,17 @@ to the head once; each call then only pickles its arguments.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import ObjectRef
+from minicluster._private.client.object_ref_generator import ObjectRefGenerator
 from minicluster._private.common import config, signatures
 from minicluster._private.common import options as opts
 from minicluster._private.common.ids import new_task_id
-from minicluster._private.common.task_spec import TaskSpec, resources_of, strategy_of
+from minicluster._private.common.task_spec import DYNAMIC, STREAMING, TaskSpec, resources_of, strategy_of
 from minicluster._private.store.serialization import dumps_function, pickle_definition, serialize
 
 
@@ -25,6 +27,9 @@ class RemoteFunction:
     def __init__(self, function: Any, options: Dict[str, Any]) -> None:
         self._function = function
         self._options = opts.validate(options, opts.TASK_OPTIONS, "remote functions")
+        #: Ray's default for a generator function is a streaming generator task
+        self._is_generator = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
+        opts.check_num_returns(self._options.get("num_returns"), self._is_generator)
         # Ray's function descriptor: module and __name__, without the `<locals>` path of a
         # function defined inside another (get_task_function_name(), the state API).
         self._func_name = f"{function.__module__}.{getattr(function, '__name__', 'remote_function')}"
@@ -54,10 +59,14 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         if self._static is None:
             self._static = _StaticOptions(self._options)
-        return self._remote(args, kwargs, self._static)
+        return self._submit(args, kwargs, self._static)
 
     def options(self, **options: Any) -> "_BoundOptions":
-        return _BoundOptions(self, {**self._options, **_validate_call_options(options)})
+        return _BoundOptions(self, {**self._options, **_validate_call_options(options, self._is_generator)})
+
+    def _remote(self, args: Optional[tuple] = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
+        """Ray's spelling of `.options(**options).remote(*args, **kwargs)`."""
+        return self.options(**options).remote(*(args or ()), **(kwargs or {}))
 
     def _pickled(self) -> Tuple[bytes, bytes]:
         if self._blob is None:
@@ -67,7 +76,7 @@ class RemoteFunction:
                         self._function, f"remote function {self._func_name}")
         return self._function_id, self._blob  # type: ignore[return-value]
 
-    def _remote(self, args: tuple, kwargs: dict, static: "_StaticOptions") -> Any:
+    def _submit(self, args: tuple, kwargs: dict, static: "_StaticOptions") -> Any:
         if not self._checked:
             self._check = signatures.check_for(signatures.params_of(self._function))
             self._checked = True
@@ -77,6 +86,8 @@ class RemoteFunction:
         function_id, blob = self._pickled()
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self._func_name)
         num_returns = static.num_returns
+        if num_returns is None:
+            num_returns = STREAMING if self._is_generator else 1
         spec = TaskSpec(
             task_id=new_task_id(),
             name=static.name or self.__name__,
@@ -95,24 +106,22 @@ class RemoteFunction:
             owner=client.worker_id,
             args_size=len(args_blob),
             task_events=static.task_events,
+            backpressure=static.backpressure,
         )
         refs = client.submit(spec, blob)
         del keep_alive  # put() refs of large arguments: pinned by the head from submission on
-        if num_returns == 1:
-            return refs[0]
-        if num_returns == 0:
-            return None
-        return refs
+        return returned_refs(refs, num_returns)
 
 
 class _StaticOptions:
     """A task's options resolved once per options set, not once per call."""
 
     __slots__ = ("num_returns", "name", "resources", "max_retries", "retry_exceptions", "max_calls", "strategy",
-                 "task_events")
+                 "backpressure", "task_events")
 
     def __init__(self, options: Dict[str, Any]) -> None:
-        self.num_returns = options.get("num_returns", 1)
+        self.num_returns = num_returns_code(options.get("num_returns"))  #: None: by the function's kind
+        self.backpressure = options.get("_generator_backpressure_num_objects", -1)
         self.name = options.get("name")
         self.resources = resources_of(options)
         self.max_retries = options.get("max_retries")
@@ -134,20 +143,43 @@ class _BoundOptions:
         self._static = _StaticOptions(options)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._function._remote(args, kwargs, self._static)
+        return self._function._submit(args, kwargs, self._static)
 
     def options(self, **options: Any) -> "_BoundOptions":
-        return _BoundOptions(self._function, {**self._options, **_validate_call_options(options)})
+        return _BoundOptions(self._function, {**self._options,
+                                              **_validate_call_options(options, self._function._is_generator)})
 
 
-def _validate_call_options(options: Dict[str, Any]) -> Dict[str, Any]:
+def _validate_call_options(options: Dict[str, Any], is_generator: bool) -> Dict[str, Any]:
     fixed = sorted(opts.DECLARATION_ONLY & set(options))
     if fixed:
         raise ValueError(
             f"The option {fixed[0]!r} can only be set in @remote(...), not in .options(): "
             "it applies to the workers that run the function, not to one call"
         )
-    return opts.validate(options, opts.TASK_OPTIONS, "remote functions")
+    validated = opts.validate(options, opts.TASK_OPTIONS, "remote functions")
+    opts.check_num_returns(validated.get("num_returns"), is_generator)
+    return validated
+
+
+def num_returns_code(num_returns: Any) -> Optional[int]:
+    """num_returns as a TaskSpec holds it: generator modes as task_spec's codes."""
+    if num_returns == "streaming":
+        return STREAMING
+    if num_returns == "dynamic":
+        return DYNAMIC
+    return num_returns
+
+
+def returned_refs(refs: List[ObjectRef], num_returns: int) -> Any:
+    """What `.remote()` returns: one ref, None, a list, or a streaming task's ObjectRefGenerator."""
+    if num_returns == 1 or num_returns == DYNAMIC:
+        return refs[0]
+    if num_returns == 0:
+        return None
+    if num_returns == STREAMING:
+        return ObjectRefGenerator(refs[0])
+    return refs
 
 
 def _serialize_args(client: Any, args: tuple, kwargs: dict, func_name: str) -> Tuple[bytes, tuple, tuple, list]:

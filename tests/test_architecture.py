@@ -39,6 +39,10 @@ FUNCTION_IMPORTS: Dict[Tuple[str, str, str], str] = {
         "startup time: asyncio (~30 ms) only for code that awaits refs",
     ("minicluster._private.client.object_ref", "ObjectRef.future", "concurrent.futures"):
         "startup time: only callers of ObjectRef.future() need it",
+    ("minicluster._private.client.object_ref_generator", "ObjectRefGenerator._next_async", "asyncio"):
+        "startup time: asyncio (~30 ms) only for code that iterates a generator with async for",
+    ("minicluster._private.node.generator_tasks", "GeneratorTasks.run_async", "asyncio"):
+        "startup time: asyncio is loaded only by async actors (this runs in one)",
     ("minicluster._private.common.config", "default_store_capacity", "shutil"):
         "startup time: config is read by every node and worker; only the driver sizes the store",
     ("minicluster._private.common.config", "session_root", "tempfile"):

@@ -620,3 +620,24 @@ def test_await_ref_in_asyncio(cluster):
         return one, many
 
     assert asyncio.run(main()) == (3, ["a", "b"])
+
+
+def test_ray_underscore_remote_takes_args_kwargs_and_options(cluster):
+    cluster(num_nodes=1, num_cpus=2, resources={"Custom": 1})
+
+    @ray.remote
+    def upto(n, start=0):
+        return list(range(start, n))
+
+    @ray.remote
+    class Pair:
+        def __init__(self, x, y=0):
+            self.pair = (x, y)
+
+        def with_(self, a, b=0):
+            return [*self.pair, a, b]
+
+    assert upto._remote([0], num_returns=0) is None
+    assert ray.get(list(upto._remote(args=[3], kwargs={"start": 1}, num_returns=2))) == [1, 2]
+    pair = Pair._remote(args=[0], kwargs={"y": 1}, resources={"Custom": 1})
+    assert ray.get(list(pair.with_._remote(args=["t"], kwargs={"b": 2}, num_returns=4))) == [0, 1, "t", 2]

@@ -21,7 +21,8 @@ marked `optional=True`; chaos is a rate and is always optional.
 
 Worker-side points (`at=`): "load_args" (while the task's arguments are being
 loaded), "start" (arguments ready, before the task's code), "before_store"
-(the code returned, its result not yet stored). Nodes are named by hex id (as
+(the code returned, its result not yet stored); for generator tasks also
+"after_item" with `item=k` (its k-th item was just reported to the caller). Nodes are named by hex id (as
 `nodes()` gives them), by start index (0 is the first node, where the driver's
 objects live), or "random" (a seeded pick among the nodes other than the
 driver's); names are resolved when the plan is installed.
@@ -34,6 +35,7 @@ import random
 from typing import Any, Iterable, List, Optional, Tuple, Union
 
 from minicluster._private.store.serialization import cloudpickle_dumps
+from minicluster._private.wire import fault_hooks
 from minicluster.testing.faults import (
     CHANNELS,
     TASK_POINTS,
@@ -85,13 +87,19 @@ class FaultPlan:
     # ---- building -----------------------------------------------------------------
 
     def kill_worker(self, task: TaskName, *, attempt: Optional[int] = 0, at: str = "start",
-                    nth: Optional[int] = 1, optional: bool = False) -> "FaultPlan":
+                    nth: Optional[int] = 1, optional: bool = False, item: Optional[int] = None) -> "FaultPlan":
         """SIGKILL the worker running attempt `attempt` of the `nth` task named `task`, at point `at`.
 
-        `at`: "load_args", "start" or "before_store". `attempt=None`: every attempt;
-        `nth=None`: every task so named.
+        `at`: "load_args", "start", "before_store", or for a generator task "after_item"
+        with `item=k` (right after its k-th item reached the caller's stream).
+        `attempt=None`: every attempt; `nth=None`: every task so named.
         """
         target = _selector("kill_worker", task, None if attempt is None else [attempt], nth)
+        if at == fault_hooks.AFTER_ITEM or item is not None:
+            if at != fault_hooks.AFTER_ITEM:
+                raise ValueError(f"kill_worker(item={item!r}): `item` goes with at='after_item', not at={at!r}")
+            _positive("kill_worker", "item", item)
+            return self._add(KillWorker(target=target, at=fault_hooks.after_item(item), optional=optional))
         return self._add(KillWorker(target=target, at=_point("kill_worker", at), optional=optional))
 
     def raise_in_task(self, task: TaskName, exception: Union[BaseException, type], *,
@@ -268,7 +276,8 @@ def _positive(method: str, name: str, value: Any) -> None:
 
 def _point(method: str, at: str) -> str:
     if at not in TASK_POINTS:
-        raise ValueError(f"{method}(at={at!r}): unknown point; points are: {', '.join(TASK_POINTS)}")
+        raise ValueError(f"{method}(at={at!r}): unknown point; points are: {', '.join(TASK_POINTS)} "
+                         "(and, for kill_worker of a generator task, 'after_item' with item=k)")
     return at
 
 

@@ -143,6 +143,9 @@ class DriverClient(RuntimeClient):
     # ---- values ----------------------------------------------------------------------
 
     def get(self, object_ids: Sequence[bytes], timeout: Optional[float]) -> List[Any]:
+        values = self._get_ready(object_ids)
+        if values is not None:
+            return values
         deadline = None if timeout is None else time.monotonic() + timeout
         failed = self._wait_all(object_ids, len(object_ids), timeout, fail_fast=True)
         head = self.head
@@ -170,6 +173,23 @@ class DriverClient(RuntimeClient):
                 # Every copy it was pointed at vanished while being read, again and again.
                 raise ObjectLostError(object_id.hex())
         return values
+
+    def _get_ready(self, object_ids: Sequence[bytes]) -> Optional[List[Any]]:
+        """The values at once when every object is ready already (a result that came in while
+        the caller did something else, a stream's item): one turn of the lock and no waiter.
+        None: some object is not ready or a copy vanished; the caller takes the long way."""
+        self.check_session(object_ids)
+        head = self.head
+        with head.lock:
+            head.apply_driver_refs()
+            payloads = head.ready_payloads(object_ids)
+            head.flush()
+        if payloads is None:
+            return None
+        try:
+            return [self.load(object_id, payload) for object_id, payload in zip(object_ids, payloads)]
+        except FileNotFoundError:
+            return None  # (its node died meanwhile: the long way lets the head sort it out)
 
     def wait(self, object_ids: Sequence[bytes], num_returns: int, timeout: Optional[float],
              fetch_local: bool) -> List[bytes]:
@@ -218,6 +238,22 @@ class DriverClient(RuntimeClient):
                 pass
             return True
         return event.wait(max(0.0, timeout))
+
+    def stream_next(self, task_id: bytes, advance: bool) -> Tuple[str, Optional[ObjectRef]]:
+        """A generator's next item (object_ref_generator.py; the head's side: streams.py)."""
+        head = self.head
+        with head.lock:
+            head.apply_driver_refs()
+            status, object_id = head.stream_next(task_id, advance)
+            ref = ObjectRef(object_id) if object_id else None  # counted before the stream lets go of it
+            if ref is not None and advance and status == "item":
+                head.stream_taken(object_id)
+            head.flush()
+        return status, ref
+
+    def stream_abandoned(self, task_id: bytes) -> None:
+        """From ObjectRefGenerator.__del__ (any thread, any moment): lock-free, applied later."""
+        self.head.abandoned_streams.append(task_id)
 
     def check_session(self, object_ids: Sequence[bytes]) -> None:
         """Refuse refs of an ended session (ValueError, as Ray): their ids end in another job's id,

@@ -64,6 +64,8 @@ class LocalRefCounter:
         return gone
 
 
+_NIL_ID = b"\xff" * 28
+
 # The counter of the current process's runtime; set by init() or the worker.
 _counter: Optional[LocalRefCounter] = None
 
@@ -96,6 +98,15 @@ class ObjectRef:
         if refs is not None:
             refs.append(self._id)
         return (ObjectRef, (self._id,))
+
+    @classmethod
+    def nil(cls) -> "ObjectRef":
+        """The nil ref (all 0xff), as Ray's: what a generator's next with a timeout returns
+        when no item came in time."""
+        return cls(_NIL_ID, _announce=False)
+
+    def is_nil(self) -> bool:
+        return self._id == _NIL_ID
 
     def binary(self) -> bytes:
         return self._id

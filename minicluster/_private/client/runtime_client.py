@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from minicluster._private.client.object_ref import LocalRefCounter
 from minicluster._private.common import config
@@ -128,6 +128,14 @@ class RuntimeClient:
         raise NotImplementedError
 
     def put(self, value: Any) -> bytes:
+        raise NotImplementedError
+
+    def stream_next(self, task_id: bytes, advance: bool) -> Tuple[str, Any]:
+        """A generator task's next item: ("item" | "pending" | "end", its ObjectRef or None)."""
+        raise NotImplementedError
+
+    def stream_abandoned(self, task_id: bytes) -> None:
+        """A generator was dropped before its end (called from __del__: must not block)."""
         raise NotImplementedError
 
 

@@ -8,6 +8,7 @@ is accepted, raised where the user wrote it, before anything is submitted.
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Callable, Dict
 
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -16,7 +17,7 @@ from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrateg
 _ACCEPTED_NO_EFFECT = {
     "memory", "runtime_env", "accelerator_type", "label_selector", "_labels",
     "object_store_memory", "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
-    "concurrency_groups", "max_pending_calls", "allow_out_of_order_execution", "_generator_backpressure_num_objects",
+    "concurrency_groups", "max_pending_calls", "allow_out_of_order_execution",
 }
 
 
@@ -80,13 +81,38 @@ def _str(name: str, value: Any) -> None:
 
 
 def _num_returns(name: str, value: Any) -> None:
+    """Whether the callable is a generator is checked where it is known (check_num_returns)."""
     if value in ("dynamic", "streaming"):
-        raise ValueError(f"num_returns={value!r} (generator tasks) is not supported by minicluster; use an int")
+        return
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise _wrong_type(name, value, (int, str, type(None)))
     if isinstance(value, str) or value < 0:
         raise ValueError(f"The keyword '{name}' only accepts None, a non-negative integer, 'streaming' (for "
                          f"generators), or 'dynamic' (got {value!r})")
+
+
+#: Ray's words (a RayDeprecationWarning there, a DeprecationWarning here).
+DYNAMIC_NUM_RETURNS_WARNING = ("num_returns='dynamic' is deprecated and will be removed in a future "
+                               "Ray release. Use num_returns='streaming' instead.")
+
+
+def check_num_returns(num_returns: Any, is_generator: bool) -> None:
+    """Ray's checks of num_returns against the callable: generator modes need a generator
+    function; 'dynamic' warns that it is deprecated."""
+    if num_returns == "dynamic":
+        warnings.warn(DYNAMIC_NUM_RETURNS_WARNING, DeprecationWarning, stacklevel=4)
+    if num_returns in ("streaming", "dynamic") and not is_generator:
+        raise ValueError(f"num_returns='{num_returns}' can only be used with generator functions (functions "
+                         "that use 'yield'). The decorated function is not a generator function.")
+
+
+def _backpressure(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _wrong_type(name, value, (int, type(None)))
+    if value == 0 or value < -1:
+        raise ValueError(f"{name}={value} is not allowed. Use a value > 0. If the value is equal to 1, the "
+                         "behavior is identical to Python generator (generator 1 object whenever `next` is "
+                         "called). Use -1 to disable this feature.")
 
 
 def _retry_exceptions(name: str, value: Any) -> None:
@@ -142,6 +168,7 @@ _COMMON: Dict[str, Callable[[str, Any], None]] = {
 TASK_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
     **_COMMON,
     "num_returns": _num_returns,
+    "_generator_backpressure_num_objects": _backpressure,
     "max_retries": _int_at_least(-1),
     "retry_exceptions": _retry_exceptions,
     "max_calls": _int_at_least(0),
@@ -160,6 +187,7 @@ ACTOR_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
 
 METHOD_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
     "num_returns": _num_returns,
+    "_generator_backpressure_num_objects": _backpressure,
     "max_task_retries": _int_at_least(-1),
     "retry_exceptions": _retry_exceptions,
     "name": _str,

@@ -15,6 +15,11 @@ ACTOR_CREATION_TASK = "ACTOR_CREATION_TASK"
 ACTOR_TASK = "ACTOR_TASK"
 DRIVER_TASK = "DRIVER_TASK"
 
+# num_returns of generator tasks (as Ray encodes them). Either has one return value, the
+# task's completion; a streaming task's items are objects of their own, reported one by one.
+STREAMING = -2  #: num_returns="streaming": items reach the caller while the task runs
+DYNAMIC = -1  #: num_returns="dynamic": the return value is a DynamicObjectRefGenerator of the items
+
 # Strategy encodings: ("DEFAULT",), ("SPREAD",), ("NODE", node_id, soft)
 DEFAULT_STRATEGY: Tuple = ("DEFAULT",)
 
@@ -28,7 +33,7 @@ class TaskSpec:
     args: bytes  #: serialized (args, kwargs)
     arg_refs: Tuple[bytes, ...]  #: top-level ObjectRef arguments: resolved to values before the task runs
     borrowed: Tuple[bytes, ...]  #: refs nested inside the arguments: kept alive while the task runs
-    num_returns: int
+    num_returns: int  #: >= 0, or STREAMING / DYNAMIC for generator tasks
     resources: Dict[str, float]
     max_retries: int  #: -1 means forever
     retry_exceptions: object  #: False, True, or pickled tuple of exception classes
@@ -41,10 +46,18 @@ class TaskSpec:
     args_size: int = field(default=0)
     method: Optional[str] = None  #: for ACTOR_TASK: the method to call on the actor
     task_events: bool = True  #: False: left out of the state API and timeline (enable_task_events)
+    backpressure: int = -1  #: streaming: items produced ahead of the consumer before the task pauses; -1: no limit
 
     def return_ids(self) -> Tuple[bytes, ...]:
         tid = self.task_id
-        return tuple(tid + i.to_bytes(4, "little") for i in range(1, self.num_returns + 1))
+        count = 1 if self.num_returns < 0 else self.num_returns
+        return tuple(tid + i.to_bytes(4, "little") for i in range(1, count + 1))
+
+
+def stream_item_id(task_id: bytes, index: int) -> bytes:
+    """The object id of a generator task's `index`-th item (1-based); the task's completion
+    (its one return value) is return index 1, so items follow it."""
+    return task_id + (index + 1).to_bytes(4, "little")
 
 
 def resources_of(options: dict, default_cpus: float = 1.0) -> Dict[str, float]:

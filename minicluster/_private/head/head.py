@@ -30,6 +30,7 @@ placement).
 
 from __future__ import annotations
 
+import collections
 import os
 import pathlib
 import signal
@@ -37,7 +38,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from minicluster._private.common import config
 from minicluster._private.common.ids import job_id, new_node_id
@@ -47,7 +48,7 @@ from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.head_state import new_state
 from minicluster._private.head.invariants import HeadStateError, violations
 from minicluster._private.head.messaging import LockedTimers, Outbox
-from minicluster._private.head.object_directory import Waiter
+from minicluster._private.head.object_directory import READY, Waiter
 from minicluster._private.head.recovery import Recovery
 from minicluster._private.head.task_flow import TaskFlow
 from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
@@ -73,6 +74,9 @@ class Head:
         self.lock = threading.RLock()
         self.head_state = state = new_state(session, driver_counts)
         self._drain_driver_refs = drain_driver_refs
+        #: task ids of generators the driver dropped before their end (appended lock-free by
+        #: ObjectRefGenerator.__del__, applied with the driver's refs)
+        self.abandoned_streams: "collections.deque[bytes]" = collections.deque()
         self.hub = Hub(session.socket_path, session.key, self)
         self.outbox = outbox = Outbox()
         timers = LockedTimers(self.hub, self.lock, outbox)
@@ -552,7 +556,26 @@ class Head:
         if faults is not None:
             faults.after_done(worker)  # node triggers of a test's fault plan (fault_hooks.py)
 
+    def _on_stream_item(self, peer: Peer, worker: WorkerRecord, message: msg.StreamItem) -> None:
+        self.task_flow.streams.item(worker, message)
+
+    def _on_stream_abandon(self, peer: Peer, worker: WorkerRecord, message: msg.StreamAbandon) -> None:
+        for task_id in message.task_ids:
+            self.task_flow.streams.abandon(task_id)
+
+    def _on_stream_next(self, peer: Peer, worker: WorkerRecord, message: msg.StreamNext) -> None:
+        answer = self.task_flow.streams.next(message.task_id, message.advance, worker)
+        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=answer))
+
     # ==== for the driver (driver.py), its lock held ======================================
+
+    def stream_next(self, task_id: bytes, advance: bool) -> tuple:
+        """next() on a generator in the driver: see Streams.next; an item taken must be passed
+        to stream_taken once the driver's ObjectRef to it exists."""
+        return self.task_flow.streams.next(task_id, advance, None)
+
+    def stream_taken(self, object_id: bytes) -> None:
+        self.task_flow.streams.taken(object_id)
 
     def register_wait(self, object_ids: List[bytes], needed_remaining: int,
                       on_ready: Callable[[Waiter], None], fail_fast: bool = False) -> Optional[Waiter]:
@@ -563,6 +586,16 @@ class Head:
 
     def payload_of(self, object_id: bytes) -> msg.Payload:
         return self.head_state.payload_of(object_id)
+
+    def ready_payloads(self, object_ids: Sequence[bytes]) -> Optional[List[msg.Payload]]:
+        """Each object's payload if every one is READY and reachable now, else None."""
+        state = self.head_state
+        entries = state.objects.entries
+        for object_id in object_ids:
+            entry = entries.get(object_id)
+            if entry is None or entry.state != READY or not state.reachable(entry):
+                return None
+        return [state.payload_of(object_id) for object_id in object_ids]
 
     def ready_ids(self, object_ids: List[bytes]) -> List[bytes]:
         return self.head_state.ready_ids(object_ids)
@@ -587,6 +620,9 @@ class Head:
         objects = self.objects
         for object_id in self._drain_driver_refs():
             objects.maybe_free(object_id)
+        abandoned = self.abandoned_streams
+        while abandoned:
+            self.task_flow.streams.abandon(abandoned.popleft())
 
     def post(self, peer: Optional[Peer], message: Any) -> None:
         """Queue a message for a peer (lock held); sent by flush()."""
@@ -619,4 +655,7 @@ _HANDLERS: Dict[type, Callable[[Head, Peer, Any, Any], None]] = {
     msg.KillActor: Head._on_kill_actor,
     msg.ActorExiting: Head._on_actor_exiting,
     msg.FaultFired: fault_hooks.fault_message,
+    msg.StreamItem: Head._on_stream_item,
+    msg.StreamNext: Head._on_stream_next,
+    msg.StreamAbandon: Head._on_stream_abandon,
 }

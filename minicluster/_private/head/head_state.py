@@ -67,6 +67,9 @@ class HeadState:
     #: called (by the object directory's deletion hook) with an actor id whose handles are all
     #: gone; set by the actor flow
     on_handles_gone: Optional[Callable[[bytes], None]] = None
+    #: called (by the object directory's hook) with a task id when nothing holds that task's
+    #: first return value any more: a generator's consumer is gone (streams.py); set by Streams
+    on_stream_unheld: Optional[Callable[[bytes], None]] = None
     #: lifetime of actors created without `lifetime=` (JobConfig.default_actor_lifetime);
     #: set by the driver before anything runs
     default_actor_lifetime: str = "non_detached"
@@ -160,6 +163,9 @@ class HeadState:
         return error_blob(ObjectLostError(object_id.hex()))
 
 
+_FIRST_RETURN = (1).to_bytes(4, "little")
+
+
 def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
     """A fresh state; the object directory and lineage call back into it to keep links tidy."""
     state: Optional[HeadState] = None
@@ -179,6 +185,8 @@ def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
         actor_id = state.actor_handles.pop(object_id, None)
         if actor_id is not None and state.on_handles_gone is not None:
             state.on_handles_gone(actor_id)
+        if object_id[24:28] == _FIRST_RETURN and state.on_stream_unheld is not None:
+            state.on_stream_unheld(object_id[:24])  # (a no-op unless that task is a generator)
 
     def release_lineage_args(task: TaskRecord) -> None:
         # A lineage record goes: the lineage refs it held on its arguments go with it.

@@ -328,7 +328,7 @@ def _check_lineage(state: HeadState, problems: List[str]) -> None:
             problems.append(f"{name} is kept as lineage and open at once")
         if not task.lineage_held:
             problems.append(f"{name} is kept as lineage without lineage refs on its arguments")
-        live = sum(1 for object_id in task.spec.return_ids() if object_id in entries)
+        live = sum(1 for object_id in task.output_ids() if object_id in entries)
         if live != task.live_returns or live <= 0:
             problems.append(f"{name} is kept for {task.live_returns} live results; {live} exist")
     if total != lineage.bytes:

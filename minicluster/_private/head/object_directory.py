@@ -129,8 +129,11 @@ class ObjectDirectory:
         """Record a produced value; returns the entry (None if the object was freed meanwhile)."""
         entry = self.entries.get(object_id)
         if entry is None or entry.state == READY:
-            # Freed meanwhile, or a rebuild produced a value we still have: drop the new copy.
-            if kind == "s" and node is not None:
+            # Freed meanwhile, or a rebuild produced a value we still have: drop the new copy,
+            # unless it replaced (renamed over) the very file of the copy we keep on that node.
+            kept = entry is not None and entry.payload is not None and entry.payload.kind == "s" \
+                and node in entry.payload.data
+            if kind == "s" and node is not None and not kept:
                 object_store.delete(self._dir(node), object_id)
             return None
         if kind == "s":

@@ -240,7 +240,7 @@ class Recovery:
             task.retries_left -= 1
         task.new_attempt()
         task.node = None
-        for return_id in task.spec.return_ids():
+        for return_id in task.output_ids():
             other = objects.entries.get(return_id)
             if other is not None and other.state in (LOST, RELEASED):
                 other.state = PENDING

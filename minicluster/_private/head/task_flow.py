@@ -41,6 +41,7 @@ from minicluster._private.head.states import (
     RUNNING,
     SUBMITTED_TO_WORKER,
 )
+from minicluster._private.head.streams import Streams
 from minicluster._private.head.task_records import TaskRecord
 from minicluster._private.head.virtual_nodes import INTENDED_USER_EXIT, NodeRecord, WorkerRecord, worker_kind
 from minicluster._private.store import object_store
@@ -79,6 +80,7 @@ class TaskFlow:
         # where others of its shape already wait (FIFO: nothing could be placed anyway).
         self._placement_pending = False
         state.owner_free = self._let_go
+        self.streams = Streams(state, outbox, self)  #: generator tasks' items (streams.py)
 
     def connect(self, actors: ActorCallsForTasks, recovery: RecoveryForTasks) -> None:
         self.actors = actors
@@ -181,6 +183,8 @@ class TaskFlow:
         state = self.state
         task = TaskRecord(spec, spec.max_retries, submitter_node, state.task_changes)
         state.tasks[spec.task_id] = task
+        if spec.num_returns < 0:
+            self.streams.open(task)
         if spec.parent_task_id in state.tasks:
             state.children[spec.parent_task_id].add(spec.task_id)
         if spec.task_type == ACTOR_TASK:
@@ -421,6 +425,10 @@ class TaskFlow:
             meta = state.actors[spec.actor_id].meta
             actor = msg.ActorConfig.new(actor_id=spec.actor_id, max_concurrency=meta["max_concurrency"],
                                         is_async=meta["is_async"], class_name=meta["class_name"])
+        if spec.backpressure > 0:
+            ack = self.streams.ack_for(task)  # a retry resumes where the consumer is
+            if ack is not None:
+                self.outbox.post(peer, ack)
         faults = state.faults  # a test's fault plan, if one is installed: orders for the worker (fault_hooks.py)
         message = msg.Exec.new(task_id=spec.task_id, attempt=task.attempt, function_id=spec.function_id,
                                name=spec.name, args_blob=spec.args, payloads=payloads, num_returns=spec.num_returns,
@@ -458,7 +466,7 @@ class TaskFlow:
             task.fail_attempt(error_type, message)
             self.retry(task)
         else:
-            self._finish(task, results, node_id, FAILED, error_type, message)
+            self._finish(task, results, node_id, FAILED, error_type, message, error_info.first_error)
 
     def retry(self, task: TaskRecord) -> None:
         """Run a failed attempt's task again (the caller ended the attempt with fail_attempt)."""
@@ -471,7 +479,7 @@ class TaskFlow:
         self.args_ready(task)
 
     def _finish(self, task: TaskRecord, results: list, node_id: bytes, state: str, error_type: Optional[str],
-                message: Optional[str]) -> None:
+                message: Optional[str], first_error: int = 0) -> None:
         is_error = state == FAILED
         if task.owner_dead:
             self.discard_results(task.spec.task_id, results, node_id)
@@ -484,9 +492,13 @@ class TaskFlow:
             problem = f"the results of {task.spec.name} ({stored} bytes) were not kept: {problem}"
             self.finish_with_error(task, ObjectStoreFullError(problem), "OUT_OF_DISK_ERROR", problem)
             return
-        unhandled = is_error and _unhandled_if_unread(task, error_type)
-        for object_id, value in zip(task.spec.return_ids(), results):
-            self.store(object_id, value.kind, value.data, value.refs, node_id, is_error, unhandled)
+        stored_error = is_error
+        if task.spec.num_returns < 0:
+            results, stored_error = self.streams.final_results(task, results, error_type, is_error)
+        unhandled = stored_error and _unhandled_if_unread(task, error_type)
+        for index, (object_id, value) in enumerate(zip(task.spec.return_ids(), results)):
+            failed = stored_error and index >= first_error  # (values a generator yielded before it raised)
+            self.store(object_id, value.kind, value.data, value.refs, node_id, failed, unhandled and failed)
         if not is_error:
             self._keep_lineage(task)
         self._close_task(task, state, error_type, message)
@@ -495,7 +507,7 @@ class TaskFlow:
         """Keep a finished task while its results exist, so they can be rebuilt if lost."""
         objects = self.state.objects
         entries = objects.entries
-        live = sum(1 for object_id in task.spec.return_ids() if object_id in entries)
+        live = sum(1 for object_id in task.output_ids() if object_id in entries)
         kind = task.spec.task_type
         if not live or not self.state.lineage.enabled:
             return
@@ -539,10 +551,11 @@ class TaskFlow:
     def _finish_with_payload_error(self, task: TaskRecord, blob: bytes, error_type: str, message: str) -> None:
         objects = self.state.objects
         if not task.owner_dead:
-            for object_id in task.spec.return_ids():
+            returns = len(task.spec.return_ids())
+            for index, object_id in enumerate(task.output_ids()):
                 entry = objects.entries.get(object_id)
-                if entry is None:
-                    continue
+                if entry is None or (index >= returns and entry.state == READY):
+                    continue  # (a generator's items it did report keep their values)
                 entry.payload = msg.Payload.new(kind="e", data=blob)
                 entry.size = len(blob)
                 entry.is_error = True
@@ -555,6 +568,8 @@ class TaskFlow:
     def _close_task(self, task: TaskRecord, state: str, error_type: Optional[str], message: Optional[str]) -> None:
         head = self.state
         task.close(state, error_type, message)
+        if task.spec.num_returns < 0:
+            self.streams.closed(task)
         if task.spec.task_type == ACTOR_CREATION_TASK and state == FAILED:
             self.actors.creation_failed(task, error_type, message)
         head.tasks.pop(task.spec.task_id, None)

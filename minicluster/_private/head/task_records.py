@@ -18,8 +18,9 @@ costs one set insertion here.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
+from minicluster._private.common.task_spec import stream_item_id
 from minicluster._private.head.states import (
     FAILED,
     NEW_ATTEMPT_FROM,
@@ -111,7 +112,7 @@ class TaskRecord:
 
     __slots__ = ("spec", "attempt", "retries_left", "submitter_node", "node", "worker", "deps_waiting",
                  "attempts", "cancelled", "cancel_children", "owner_dead", "finished", "pinned", "shape",
-                 "live_returns", "lineage_held", "history_entry", "changes")
+                 "live_returns", "lineage_held", "history_entry", "changes", "items")
 
     def __init__(self, spec: Any, max_retries: int, submitter_node: bytes, changes: Optional[Set[Any]] = None) -> None:
         self.spec = spec
@@ -131,8 +132,17 @@ class TaskRecord:
         self.live_returns = 0  #: while kept as lineage: how many of its results still exist
         self.lineage_held = False  #: holds lineage refs on its arguments
         self.history_entry = -1  #: its entry number in the TaskHistory once it finished, else -1
+        self.items = 0  #: a generator task: how many items it reported (streams.py)
         #: the head's set of tasks whose attempts ended since the state recorder last looked
         self.changes: Set[Any] = changes if changes is not None else set()
+
+    def output_ids(self) -> Tuple[bytes, ...]:
+        """Every object the task makes: its return values, then a generator's items."""
+        returns = self.spec.return_ids()
+        if not self.items:
+            return returns
+        task_id = self.spec.task_id
+        return returns + tuple(stream_item_id(task_id, index) for index in range(1, self.items + 1))
 
     @property
     def state(self) -> TaskState:

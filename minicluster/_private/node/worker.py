@@ -45,15 +45,17 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import set_counter
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
+from minicluster._private.node.generator_tasks import GeneratorTasks
 from minicluster._private.node.proc_title import IDLE, ProcTitle, actor_title, task_title
-from minicluster._private.node.worker_client import WorkerClient, store_serialized, store_value
+from minicluster._private.node.task_errors import error_results, one_line, task_error
+from minicluster._private.node.worker_client import WorkerClient, store_value
 from minicluster._private.observe import log_files
 from minicluster._private.store import object_store
-from minicluster._private.store.serialization import FLAG_ERROR, deserialize, serialize
+from minicluster._private.store.serialization import deserialize
 from minicluster._private.wire import fault_hooks
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
-from minicluster.exceptions import AsyncioActorExit, RayError, RayTaskError, TaskCancelledError
+from minicluster.exceptions import AsyncioActorExit, RayError
 
 if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 ms to each node's start
     import asyncio
@@ -93,6 +95,7 @@ class Worker:
         self.title.set(IDLE)
         self.omp_ours = False  #: OMP_NUM_THREADS was set by us, not inherited from the user's environment
         self.exiting = False  #: the actor called exit_actor(): take no more calls, then exit
+        self.generators = GeneratorTasks(self)  #: how generator tasks run (generator_tasks.py)
         client.actor_exit_hook = self.exit_requested
 
     # ---- reader thread -----------------------------------------------------------
@@ -127,6 +130,9 @@ class Worker:
     def _on_steal(self, message: msg.Steal) -> None:
         # The head took these back while our task was blocked; they have not started.
         self.stolen.update(message.task_ids)
+
+    def _on_stream_ack(self, message: msg.StreamAck) -> None:
+        self.generators.on_ack(message)
 
     def _on_retire(self, message: msg.Retire) -> None:
         self.tasks.put(None)
@@ -272,11 +278,14 @@ class Worker:
             if self.in_user_code and self.cancel_target == call.task_id:
                 raise KeyboardInterrupt  # the cancel came while its arguments were loaded
             value = call.fn(*call.args, **call.kwargs)
+            if call.num_returns < 0:
+                value = self.generators.run(call, value)
         except BaseException as exc:  # noqa: BLE001 - every failure of user code is the task's result
             error = exc
         finally:
             self.in_user_code = False
-        return self._end(call, value, error), value
+        done = self._end(call, value, error)
+        return done, value if call.kept is None else call.kept
 
     async def execute_async(self, request: msg.Exec, slots: "asyncio.Semaphore") -> Tuple[msg.Done, Any]:
         """Run one call of an async actor on its event loop (async_actor.py); awaits coroutine
@@ -286,7 +295,10 @@ class Worker:
             return self._end(call, exc=call.error), None
         try:
             value = call.fn(*call.args, **call.kwargs)
-            if inspect.isawaitable(value):
+            if call.num_returns < 0:
+                async with slots:
+                    value = await self.generators.run_async(call, value)
+            elif inspect.isawaitable(value):
                 try:
                     async with slots:
                         value = await value
@@ -295,7 +307,7 @@ class Worker:
                         value.close()  # cancelled while waiting for a slot: it never started
                     raise
         except BaseException as exc:  # noqa: BLE001
-            return self._end(call, exc=exc), None
+            return self._end(call, exc=exc), call.kept
         return self._end(call, value), value
 
     def flush_replies_soon(self) -> None:
@@ -357,7 +369,7 @@ class Worker:
                 return _terminate  # queued like any call: the calls before it run first
             if call.method == "__ray_ready__":
                 return _ready
-            return getattr(self.actor, call.method)
+            return _method_of(self.actor, call.method)
         fn = self._function(call.function_id)
         if call.task_type == ACTOR_CREATION_TASK:
             self.client.current_actor_id = call.actor_config.actor_id
@@ -399,9 +411,12 @@ class Worker:
         try:
             if exc is not None:
                 raise exc
-            outputs = _split_returns(value, call.num_returns, name)
-            results = [store_value(client, oid, out, what=f"return value of {name}")
-                       for oid, out in zip(return_ids, outputs)]
+            if call.num_returns > 0 and inspect.isgenerator(value):
+                results, error_info = self.generators.static_results(call, value, return_ids)
+            else:
+                outputs = _split_returns(value, call.num_returns, name)
+                results = [store_value(client, oid, out, what=f"return value of {name}")
+                           for oid, out in zip(return_ids, outputs)]
         except _ArgumentLost as lost:
             # Not the task's fault: the head rebuilds the argument and runs the task again.
             results = [msg.Value.new(kind="i", data=b"", refs=[]) for _ in return_ids]
@@ -421,12 +436,16 @@ class Worker:
             asyncio = sys.modules.get("asyncio")  # (loaded only by async actors)
             cancelled = isinstance(error, KeyboardInterrupt) or (
                 asyncio is not None and isinstance(error, asyncio.CancelledError))
-            wrapped, retryable = _task_error(error, name, call.retry_exceptions, call.task_id if cancelled else None)
-            results = _error_results(client, return_ids, wrapped, name)
+            wrapped, retryable = task_error(error, name, call.retry_exceptions, call.task_id if cancelled else None)
+            results = error_results(client, return_ids, wrapped, name)
+            if call.num_returns < 0 and not cancelled:
+                results = self.generators.report_error(call, wrapped, results, return_ids)
             error_type = "TASK_CANCELLED" if cancelled else "TASK_EXECUTION_EXCEPTION"
             error_info = msg.ErrorInfo.new(error_type=error_type, retryable=retryable and not cancelled,
-                                           message=_one_line(error))
+                                           message=one_line(error))
         finally:
+            if call.num_returns < 0:
+                self.generators.finish(call)
             client.cancel_requested.discard(call.task_id)
             self.cancelled_queued.discard(call.task_id)  # a cancel of a running actor call lands there
             if call.task_type != ACTOR_TASK:
@@ -449,7 +468,7 @@ class _Call:
 
     __slots__ = ("task_id", "attempt", "function_id", "name", "args_blob", "payloads", "num_returns",
                  "retry_exceptions", "max_calls", "task_type", "func_name", "method", "actor_config", "faults",
-                 "fn", "args", "kwargs", "error", "token", "start")
+                 "fn", "args", "kwargs", "error", "token", "start", "items", "kept")
 
     def __init__(self, request: msg.Exec) -> None:
         # Copied once: the worker reads them some 40 times a task, and CPython 3.11 reads
@@ -474,10 +493,13 @@ class _Call:
         self.error: Optional[BaseException] = None
         self.token: Any = None
         self.start = time.time()
+        self.items = 0  #: a generator task: the items it reported so far
+        self.kept: Any = None  #: a value the Done's results refer to, kept until it is sent
 
     def return_ids(self) -> List[bytes]:
         task_id = self.task_id
-        return [task_id + i.to_bytes(4, "little") for i in range(1, self.num_returns + 1)]
+        count = 1 if self.num_returns < 0 else self.num_returns  # (a generator task: its completion)
+        return [task_id + i.to_bytes(4, "little") for i in range(1, count + 1)]
 
 
 class _ArgumentLost(Exception):
@@ -513,6 +535,18 @@ def _ended_actor(done: msg.Done) -> bool:
     return done.error is not None and done.error.error_type == "ACTOR_EXIT"
 
 
+def _method_of(actor: Any, name: str) -> Any:
+    """The actor's method `name`, found on its class as Ray does: an instance attribute of the
+    same name (`self.ready = True` beside a `ready()` method) does not hide it."""
+    cls = type(actor)
+    try:
+        member = inspect.getattr_static(cls, name)
+    except AttributeError:
+        return getattr(actor, name)  # (a __getattr__ of the class's own)
+    getter = getattr(type(member), "__get__", None)
+    return getter(member, actor, cls) if getter is not None else member
+
+
 def _ready() -> bool:
     """`handle.__ray_ready__.remote()` (Ray's): True once the actor is constructed."""
     return True
@@ -524,6 +558,8 @@ def _terminate() -> None:
 
 
 def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:
+    if num_returns < 0:
+        return (result,)  # a generator task: its completion value
     if num_returns == 1:
         return (result,)
     if num_returns == 0:
@@ -539,78 +575,6 @@ def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:
             f"Task {name} declared num_returns={num_returns} but returned {len(values)} values"
         )
     return values
-
-
-def _task_error(exc: BaseException, name: str, retry_exceptions: Any,
-                cancelled_id: Optional[bytes]) -> Tuple[BaseException, bool]:
-    """The task's error as `get` raises it, and whether a retry may run it again. A task that
-    cancel() interrupted (`cancelled_id`) fails, as in Ray, with its frames and then
-    TaskCancelledError (not the KeyboardInterrupt that carried the cancel)."""
-    if cancelled_id is not None:
-        cause: BaseException = TaskCancelledError(cancelled_id.hex())
-        ending = f"{TaskCancelledError.__module__}.TaskCancelledError: {cause}\n"
-        return RayTaskError(name, _user_traceback(exc, ending), cause), False
-    tb = _user_traceback(exc)
-    if retry_exceptions is True:
-        retryable = isinstance(exc, Exception)
-    elif retry_exceptions:
-        classes = pickle.loads(retry_exceptions)
-        retryable = isinstance(exc, classes)
-    else:
-        retryable = False
-    if isinstance(exc, RayTaskError):
-        # A child's error that this task's get() raised: this task's frames, then the child's
-        # whole error as the last line (as Ray shows it); still an instance of the child's cause.
-        return RayTaskError(name, tb, exc.cause), retryable
-    return RayTaskError(name, tb, exc), retryable
-
-
-# minicluster's own code (its frames are left out of task tracebacks); the demo's tasks are user code.
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
-_DEMO_FILE = os.path.join(_PACKAGE_DIR, "demo.py")
-
-
-def _user_traceback(exc: BaseException, ending: Optional[str] = None) -> str:
-    """The exception as Ray shows a task's error: the user's frames only (not the worker's, nor
-    those of get() and the rest of the runtime), without Python's "Traceback (most recent call
-    last):" line; `ending` replaces the exception's own last line(s)."""
-    formatted = traceback.TracebackException(type(exc), exc, exc.__traceback__)
-    formatted.stack = traceback.StackSummary.from_list([
-        frame for frame in formatted.stack
-        if not frame.filename.startswith(_PACKAGE_DIR) or frame.filename == _DEMO_FILE])
-    if ending is not None:
-        return "".join(formatted.stack.format()) + ending
-    return "".join(line for line in formatted.format() if line != "Traceback (most recent call last):\n")
-
-
-def _error_results(client: WorkerClient, return_ids: List[bytes], error: BaseException, name: str) -> List[msg.Value]:
-    """The error as every return value's payload, pickled once; always one the caller can load."""
-    if not return_ids:
-        return []
-    what = "task error"
-    try:
-        serialized = serialize(error, flags=FLAG_ERROR, what=what)
-        first = store_serialized(client, return_ids[0], serialized, what)
-        if first.kind == "i":
-            deserialize(first.data)  # an exception that pickles but cannot be re-created fails here
-    except Exception as exc:  # noqa: BLE001 - any failure means: send the text instead
-        cause = getattr(error, "cause", error)
-        stand_in = RayError(
-            f"{type(cause).__name__}: {cause} (the exception could not be re-created in the caller: "
-            f"{type(exc).__name__}: {exc})"
-        )
-        fallback = RayTaskError(name, getattr(error, "traceback_str", str(error)), stand_in)
-        serialized = serialize(fallback, flags=FLAG_ERROR, what=what)
-        first = store_serialized(client, return_ids[0], serialized, what)
-    if first.kind == "i":
-        return [first] * len(return_ids)
-    # A large error is stored like a large value: one file per return.
-    return [first] + [store_serialized(client, oid, serialized, what) for oid in return_ids[1:]]
-
-
-def _one_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) < 500 else text[:497] + "..."
 
 
 def _set_parent_death_signal() -> None:
@@ -655,4 +619,5 @@ _HANDLERS: Dict[type, Callable[[Worker, Any], None]] = {
     msg.CancelTask: Worker._on_cancel,
     msg.Steal: Worker._on_steal,
     msg.Retire: Worker._on_retire,
+    msg.StreamAck: Worker._on_stream_ack,
 }

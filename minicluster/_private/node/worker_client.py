@@ -12,6 +12,7 @@ this node's store.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import time
@@ -50,6 +51,8 @@ class WorkerClient(RuntimeClient):
         #: tasks running or queued here whose cancel() arrived, until they end: is_canceled()
         self.cancel_requested: set = set()
         self.in_async_actor = False  #: is_canceled() is refused there, as in Ray (the coroutine is cancelled)
+        #: generators dropped before their end (ObjectRefGenerator.__del__), told with the next send
+        self._abandoned: collections.deque = collections.deque()
 
     def is_canceled(self) -> bool:
         """Whether cancel() was called on the task running in this thread."""
@@ -85,6 +88,11 @@ class WorkerClient(RuntimeClient):
         batch: List[Any] = [msg.Refs.new(added=added, removed=[])] if added else []
         batch.extend(done for done, _ in held)
         batch.extend(messages)
+        if self._abandoned:
+            abandoned = []
+            while self._abandoned:
+                abandoned.append(self._abandoned.popleft())
+            batch.append(msg.StreamAbandon.new(task_ids=abandoned))
         if removed:
             batch.append(msg.Refs.new(added=[], removed=removed))
         if batch:
@@ -165,6 +173,19 @@ class WorkerClient(RuntimeClient):
         ids = list(object_ids)
         return self.request(lambda request_id: msg.Wait.new(request_id=request_id, object_ids=ids,
                                                              num_returns=num_returns, timeout=timeout))
+
+    def stream_next(self, task_id: bytes, advance: bool) -> Tuple[str, Optional[ObjectRef]]:
+        """A generator's next item (object_ref_generator.py; the head's side: streams.py)."""
+        status, object_id = self.request(lambda request_id: msg.StreamNext.new(
+            request_id=request_id, task_id=task_id, advance=advance))
+        if not object_id:
+            return status, None
+        # An item taken: the head counts this worker as its holder already.
+        return status, ObjectRef(object_id, _announce=not (advance and status == "item"))
+
+    def stream_abandoned(self, task_id: bytes) -> None:
+        """From ObjectRefGenerator.__del__ (any thread, any moment): lock-free, sent with the next frame."""
+        self._abandoned.append(task_id)
 
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
         problem = self.request(lambda request_id: msg.Cancel.new(request_id=request_id, object_id=object_id,

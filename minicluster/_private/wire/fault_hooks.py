@@ -11,6 +11,7 @@ worker's own code, so a fault never races the work it is aimed at:
     _send_exec ─► faults.on_exec(task, worker) ───► Exec(..., faults=orders)
                   faults.hold_exec(...)               LOAD_ARGS    argument tuple unpickled, refs not loaded
                   (dispatch delay: sent later)        START        arguments ready, user code not started
+                                                      AFTER_ITEM   a generator's k-th item reported (k: after_item(k))
                                                       BEFORE_STORE user code returned, results not stored
                                                       BEFORE_REPLY results stored, Done not sent
                                                       FETCH        before copying an object from another node
@@ -47,7 +48,13 @@ START = "start"
 BEFORE_STORE = "before_store"
 BEFORE_REPLY = "before_reply"
 FETCH = "fetch"
-POINTS = (LOAD_ARGS, START, BEFORE_STORE, BEFORE_REPLY, FETCH)
+AFTER_ITEM = "after_item"
+POINTS = (LOAD_ARGS, START, AFTER_ITEM, BEFORE_STORE, BEFORE_REPLY, FETCH)
+
+
+def after_item(index: int) -> str:
+    """The point right after a generator task reported its `index`-th item (1-based)."""
+    return f"{AFTER_ITEM}:{index}"
 
 KILL_WORKER = "kill_worker"
 KILL_NODE = "kill_node"

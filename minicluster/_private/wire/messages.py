@@ -12,10 +12,11 @@ Each class's docstring says who sends it, who receives it and when:
 
     head -> node manager     Spawn
     node manager -> head     NodeHello, WorkerExit
-    head -> worker           Exec, DefineFunction, Reply, CancelTask, Steal, Retire
+    head -> worker           Exec, DefineFunction, Reply, CancelTask, Steal, Retire, StreamAck
     worker -> head           WorkerHello, Done, DefineFunction, Submit, Put, Refs, Located,
                              Lost, Get, Wait, Forget, Cancel, QueryState, CreateActor,
-                             LookupActor, KillActor, FaultFired
+                             LookupActor, KillActor, FaultFired, StreamItem, StreamNext,
+                             StreamAbandon
     nested                   Payload, Value, ErrorInfo, ActorConfig, ActorFound, FaultOrder,
                              FaultRef, FetchDelay
 
@@ -176,6 +177,15 @@ class Steal(NamedTuple):
     task_ids: List[bytes]
 
 
+class StreamAck(NamedTuple):
+    """head -> worker: the consumer of a streaming generator task running there has taken
+    `consumed` items; a task paused by its backpressure limit may go on (streams.py)."""
+
+    task_id: bytes
+    consumed: int
+    limit: int  #: the task's _generator_backpressure_num_objects
+
+
 class Retire(NamedTuple):
     """head -> worker: exit after the current task (an idle surplus worker; a worker past max_calls
     once nothing it owns is referenced)."""
@@ -207,6 +217,9 @@ class ErrorInfo(NamedTuple):
     #: (ACTOR_EXIT marks the call that ended its actor; worker.py never sends that Done)
     retryable: bool  #: retry_exceptions covers the exception (the head checks the retries left)
     message: str  #: one line; for ARG_LOST the hex id of the argument found missing
+    #: the first result that is the error: a generator with num_returns=N that raised after
+    #: yielding some values keeps those (Ray's rule); 0 otherwise
+    first_error: int = 0
 
 
 class Done(NamedTuple):
@@ -219,6 +232,33 @@ class Done(NamedTuple):
     start: float  #: time.time() when the worker began the attempt
     end: float
     retire: bool  #: the worker reached max_calls: it runs nothing more and exits on Retire
+
+
+class StreamItem(NamedTuple):
+    """worker -> head: a generator task yielded its `index`-th item (1-based), stored like a result.
+    `is_error`: the generator raised; the error is the item after the last one if no retry follows."""
+
+    task_id: bytes
+    attempt: int
+    index: int
+    value: Value
+    is_error: bool
+
+
+class StreamNext(NamedTuple):
+    """worker -> head: next() on an ObjectRefGenerator in a task; replied at once with
+    (status, object id): "item" (taken), "pending" (wait for that id, then ask again) or "end"."""
+
+    request_id: int
+    task_id: bytes
+    advance: bool  #: False: only peek (wait() on a generator)
+
+
+class StreamAbandon(NamedTuple):
+    """worker -> head: ObjectRefGenerators of these tasks were dropped before their end: a
+    producer paused by backpressure must not wait for a consumer that is gone; no reply."""
+
+    task_ids: List[bytes]
 
 
 class Submit(NamedTuple):
@@ -358,6 +398,7 @@ RECORDS = (
     Payload, ActorConfig, FetchDelay, FaultRef, FaultOrder, Exec, DefineFunction, Reply, CancelTask, Steal, Retire,
     WorkerHello, Value, ErrorInfo, Done, Submit, Put, Refs, Located, Lost, Get, Wait, Forget, Cancel,
     QueryState, CreateActor, ActorFound, LookupActor, KillActor, FaultFired, ActorExiting,
+    StreamAck, StreamItem, StreamNext, StreamAbandon,
 )
 
 
