@@ -23,7 +23,8 @@ Where things live (one concept per module). The public modules, Ray's names:
     cluster_utils.py    Ray's Cluster test helper on virtual nodes
     util/               scheduling strategies; util/state: list_tasks, get_task, ... (Ray's names);
                         Ray's toolbox: ActorPool, queue, multiprocessing (Pool), joblib,
-                        as_completed / map_unordered, list_named_actors, serializers
+                        as_completed / map_unordered, list_named_actors, serializers;
+                        util/placement_group: placement groups
     experimental/       tqdm_ray: progress bars from tasks and actors, drawn by the driver
     testing/            fault injection for tests: node/worker controls, seeded fault plans fired
                         at the runtime's own event points, the journal, snapshot(), the pytest plugin
@@ -35,7 +36,8 @@ in this list (tests/test_architecture.py checks it):
     common/     ids.py (Ray-shaped ids), config.py (tunables, MINICLUSTER_/RAY_ variables),
                 task_spec.py (what a task is), options.py (checks @remote options),
                 signatures.py (argument checks at .remote()), system_config.py (Ray's
-                _system_config table and the reconstruction switch)
+                _system_config table and the reconstruction switch), placement.py (placement
+                group resource names: what a bundle adds to its node, a task's request in a group)
     store/      serialization.py (pickle-5 blobs, zero-copy buffers), object_store.py (a node's
                 shared-memory folder of object files; spilling), store_spares.py (pre-allocated files)
     wire/       protocol.py (framing, authentication), hub.py (the head's I/O thread: sockets,
@@ -51,7 +53,8 @@ in this list (tests/test_architecture.py checks it):
                 recovery.py (where work goes when a worker, node or owner dies; rebuilding lost
                 objects); the records: scheduler.py, object_directory.py, lineage.py,
                 task_records.py, task_history.py, actor_records.py, virtual_nodes.py (nodes,
-                workers, starting and killing node processes), snapshot.py (testing.snapshot),
+                workers, starting and killing node processes), placement_groups.py (groups,
+                where their bundles go, removal), snapshot.py (testing.snapshot),
                 announcements.py (rate-limited retry/death lines, "Unhandled error" on the driver)
     observe/    state_recorder.py (records -> state rows, journaled), state_journal.py (the
                 session's state on disk), state_render.py (tables for the CLI), timeline.py

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import ObjectRef
 from minicluster._private.common import options as opts
-from minicluster._private.common import signatures
+from minicluster._private.common import placement, signatures
 from minicluster._private.common.ids import ActorID, new_actor_id, new_task_id
 from minicluster._private.common.task_spec import (
     ACTOR_CREATION_TASK,
@@ -45,6 +45,8 @@ class ActorClassMeta:
         self.signatures: Dict[str, Optional[signatures.Params]] = {}
         self.constructor = signatures.params_of(cls)
         self.is_async = False
+        #: method -> its `__ray_invocation_decorator__` (Ray's hook around `.remote()`)
+        self.invocation_decorators: Dict[str, Any] = {}
         for name, member in inspect.getmembers(cls, predicate=callable):
             if name.startswith("__") and name != "__call__":
                 continue
@@ -55,6 +57,9 @@ class ActorClassMeta:
                 method_options["num_returns"] = "streaming"  # Ray's default for a method that yields
             bound_by_class = isinstance(inspect.getattr_static(cls, name, None), (staticmethod, classmethod))
             self.signatures[name] = signatures.params_of(member, drop_first=not bound_by_class)
+            decorator = getattr(member, "__ray_invocation_decorator__", None)
+            if decorator is not None:
+                self.invocation_decorators[name] = decorator
             if inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member):
                 self.is_async = True
         # get_task_function_name() as Ray gives it: module.Class.method, but an async
@@ -135,6 +140,12 @@ class ActorClass:
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self.__qualname__)
         # Ray's rule: an actor without num_cpus needs 1 CPU to be placed but holds none while it lives.
         resources = resources_of(options, default_cpus=1.0)
+        strategy = strategy_of(options.get("scheduling_strategy"))
+        grouped = placement.explicit_in_group(self._meta.short_name, options, resources)
+        if grouped is None and placement.may_capture(options) and client.current_placement_group is not None:
+            grouped = placement.captured(client, self._meta.short_name, resources)
+        if grouped is not None:
+            strategy, resources = grouped
         spec = TaskSpec(
             task_id=new_task_id(actor_id),
             name=f"{self._meta.short_name}.__init__",
@@ -148,7 +159,7 @@ class ActorClass:
             max_retries=0,
             retry_exceptions=False,
             max_calls=0,
-            strategy=strategy_of(options.get("scheduling_strategy")),
+            strategy=strategy,
             parent_task_id=client.current_task_id,
             owner=client.worker_id,
             task_type=ACTOR_CREATION_TASK,
@@ -173,6 +184,7 @@ class ActorClass:
             "task_events": options.get("enable_task_events", True),  # its methods' default, as Ray's
             "methods": self._meta.methods,
             "signatures": self._meta.signatures,
+            "invocation_decorators": self._meta.invocation_decorators,
         }
         # The handle holds a ref to the creation task's result: the actor lives while some
         # process holds one (Ray's reference counting of actor handles; head actor_flow.py).
@@ -285,6 +297,14 @@ class ActorMethod:
         return ActorMethod(self._handle, self._name, {**self._options, **validated})
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
+        decorator = self._handle._meta.get("invocation_decorators", {}).get(self._name)
+        if decorator is not None:
+            # Ray's hook: the method's __ray_invocation_decorator__ wraps the call itself
+            # (it may change the arguments, and return more than the call's refs).
+            return decorator(self._invoke)(list(args), kwargs)
+        return self._invoke(args, kwargs)
+
+    def _invoke(self, args: Any, kwargs: Dict[str, Any]) -> Any:
         client = context.client()
         handle = self._handle
         handle._check_call(self._name, args, kwargs)

@@ -219,12 +219,11 @@ def init(
         # Not at the top: `import minicluster` in a worker must not load the head (startup time).
         from minicluster._private.client.driver import DriverClient
 
-        reconstruction = system_config.reconstruction_enabled(
+        settings = system_config.cluster_settings(
             "init", kwargs.get("_system_config"), kwargs.get("_enable_object_reconstruction"))
         client = DriverClient(num_nodes, num_cpus, resources, object_store_memory, namespace,
                               log_to_driver=bool(log_to_driver), labels=labels)
-        if not reconstruction:
-            client.head.disable_reconstruction()
+        client.head.apply_settings(settings)
         if job_config is not None:
             client.set_job_config(job_config)
         context.set_client(client)

@@ -47,8 +47,9 @@ from minicluster.demo import run as run_demo
 from minicluster.util import state
 from minicluster.util.state import trace_events
 
-RESOURCES = ("tasks", "objects", "nodes", "workers", "actors")
-_SINGULAR = {"task": "tasks", "object": "objects", "node": "nodes", "worker": "workers", "actor": "actors"}
+RESOURCES = ("tasks", "objects", "nodes", "workers", "actors", "placement-groups")
+_SINGULAR = {"task": "tasks", "object": "objects", "node": "nodes", "worker": "workers", "actor": "actors",
+             "placement-group": "placement-groups"}
 
 
 class CommandError(Exception):
@@ -115,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
 
     get = commands.add_parser("get", parents=[session], help="one task (all its attempts), node, worker, actor "
                               "or object, in detail")
-    get.add_argument("resource", choices=RESOURCES + tuple(_SINGULAR), metavar="{task,object,node,worker,actor}")
+    get.add_argument("resource", choices=RESOURCES + tuple(_SINGULAR),
+                     metavar="{task,object,node,worker,actor,placement-group}")
     get.add_argument("id", help="its id (hex); a unique prefix is enough")
     get.add_argument("--format", choices=("yaml", "json"), default="yaml")
 
@@ -166,7 +168,7 @@ def _filters(specs: Sequence[str]) -> List[Tuple[str, str, str]]:
 
 def _cmd_list(args: argparse.Namespace) -> int:
 
-    resource = _SINGULAR.get(args.resource, args.resource)
+    resource = _SINGULAR.get(args.resource, args.resource).replace("-", "_")
     exporting = args.format in arrow_export.FORMATS
     limit = args.limit if args.limit is not None else (None if exporting else 100)
     if limit is not None and limit < 0:
@@ -223,7 +225,7 @@ def _width() -> int:
 
 def _cmd_get(args: argparse.Namespace) -> int:
 
-    resource = _SINGULAR.get(args.resource, args.resource)
+    resource = _SINGULAR.get(args.resource, args.resource).replace("-", "_")
     source = _session_source(args.session)
     key = state.ID_KEYS[resource]
     records, _ = state.query(resource, source, None, None, True)

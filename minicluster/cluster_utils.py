@@ -94,8 +94,9 @@ class Cluster:
                                "call shutdown() first")
         self._client = DriverClient(0, 1, None, None, None)
         self._client.cluster_owned = True  # shutdown() in the driver only disconnects from it
-        self.address = self._client.address
-        clusters.register(self.address, self._client)
+        self._address = self._client.address
+        clusters.register(self._address, self._client)
+        self._nodes_added = False
         self.head_node: Optional[ClusterNode] = None
         self.worker_nodes: set = set()
         self._shut_down = False
@@ -105,6 +106,12 @@ class Cluster:
             self.connect()
         if shutdown_at_exit:
             atexit.register(self.shutdown)
+
+    @property
+    def address(self) -> Optional[str]:
+        """What `init(address=...)` joins; None until a node is added, as in Ray (whose address is
+        the head node's): `init(address=None)` then starts a session of its own."""
+        return self._address if self._nodes_added else None
 
     def add_node(self, wait: bool = True, **node_args: Any) -> ClusterNode:
         """Start a virtual node. Takes Ray's node arguments: num_cpus, num_gpus, memory, resources,
@@ -123,6 +130,7 @@ class Cluster:
             self._apply_cluster_settings(node_args)
         record = head.add_node(num_cpus, resources, max(1, int(num_cpus)), node_args.get("object_store_memory"),
                                node_args.get("labels"))
+        self._nodes_added = True
         node = ClusterNode(self, record.node_id, dict(node_args))
         if self.head_node is None:
             self.head_node = node
@@ -143,14 +151,15 @@ class Cluster:
                               "enable_object_reconstruction", "_system_config"):
                 raise TypeError(f"Cluster.add_node() got an unexpected keyword argument {name!r}")
         capacity = node_args.get("object_store_memory")
+        if isinstance(capacity, float) and capacity.is_integer():
+            node_args["object_store_memory"] = capacity = int(capacity)  # Ray's tests write 1e9
         if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0):
             raise ValueError(f"Cluster.add_node(object_store_memory={capacity!r}): must be a positive int (bytes)")
 
     def _apply_cluster_settings(self, head_args: Dict[str, Any]) -> None:
         """The first node's cluster-wide settings (Ray reads them from the head node)."""
-        if not system_config.reconstruction_enabled("Cluster.add_node", head_args.get("_system_config"),
-                                                     head_args.get("enable_object_reconstruction")):
-            self._client.head.disable_reconstruction()
+        self._client.head.apply_settings(system_config.cluster_settings(
+            "Cluster.add_node", head_args.get("_system_config"), head_args.get("enable_object_reconstruction")))
 
     def remove_node(self, node: ClusterNode, allow_graceful: bool = True) -> None:
         """Kill the node: its processes die and the objects stored only there are lost."""
@@ -170,13 +179,13 @@ class Cluster:
     def connect(self, namespace: Optional[str] = None, **kwargs: Any) -> Any:
         """Make this cluster the session that `get`, `remote` etc. use in this process (as
         `init(address=cluster.address, namespace=..., **kwargs)`, which checks the arguments)."""
-        return api.init(address=self.address, namespace=namespace, **kwargs)
+        return api.init(address=self._address, namespace=namespace, **kwargs)
 
     def shutdown(self) -> None:
         if self._shut_down:
             return
         self._shut_down = True
-        clusters.unregister(self.address)
+        clusters.unregister(self._address)
         if context.current() is self._client:
             context.set_client(None)
         self._client.shutdown()

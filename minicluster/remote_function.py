@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import ObjectRef
 from minicluster._private.client.object_ref_generator import ObjectRefGenerator
-from minicluster._private.common import config, signatures
+from minicluster._private.common import config, placement, signatures
 from minicluster._private.common import options as opts
 from minicluster._private.common.ids import new_task_id
 from minicluster._private.common.task_spec import DYNAMIC, STREAMING, TaskSpec, resources_of, strategy_of
@@ -58,7 +58,7 @@ class RemoteFunction:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         if self._static is None:
-            self._static = _StaticOptions(self._options)
+            self._static = _StaticOptions(self._options, self.__name__)
         return self._submit(args, kwargs, self._static)
 
     def options(self, **options: Any) -> "_BoundOptions":
@@ -88,6 +88,11 @@ class RemoteFunction:
         num_returns = static.num_returns
         if num_returns is None:
             num_returns = STREAMING if self._is_generator else 1
+        strategy, resources = static.strategy, static.resources
+        if static.capture and client.current_placement_group is not None:
+            grouped = placement.captured(client, static.name or self.__name__, resources)
+            if grouped is not None:
+                strategy, resources = grouped
         spec = TaskSpec(
             task_id=new_task_id(),
             name=static.name or self.__name__,
@@ -97,11 +102,11 @@ class RemoteFunction:
             arg_refs=arg_refs,
             borrowed=borrowed,
             num_returns=num_returns,
-            resources=static.resources,
+            resources=resources,
             max_retries=client.default_max_retries if static.max_retries is None else static.max_retries,
             retry_exceptions=static.retry_exceptions,
             max_calls=static.max_calls,
-            strategy=static.strategy,
+            strategy=strategy,
             parent_task_id=client.current_task_id,
             owner=client.worker_id,
             args_size=len(args_blob),
@@ -117,9 +122,9 @@ class _StaticOptions:
     """A task's options resolved once per options set, not once per call."""
 
     __slots__ = ("num_returns", "name", "resources", "max_retries", "retry_exceptions", "max_calls", "strategy",
-                 "backpressure", "task_events")
+                 "backpressure", "capture", "task_events")
 
-    def __init__(self, options: Dict[str, Any]) -> None:
+    def __init__(self, options: Dict[str, Any], function_name: str) -> None:
         self.num_returns = num_returns_code(options.get("num_returns"))  #: None: by the function's kind
         self.backpressure = options.get("_generator_backpressure_num_objects", -1)
         self.name = options.get("name")
@@ -132,6 +137,11 @@ class _StaticOptions:
         self.max_calls = options.get("max_calls", 0)
         self.strategy = strategy_of(options.get("scheduling_strategy"))
         self.task_events = options.get("enable_task_events", True)
+        #: whether a call joins the calling task's placement group when that task captures its children
+        self.capture = placement.may_capture(options)
+        grouped = placement.explicit_in_group(self.name or function_name, options, self.resources)
+        if grouped is not None:
+            self.strategy, self.resources = grouped
 
 
 class _BoundOptions:
@@ -140,7 +150,7 @@ class _BoundOptions:
     def __init__(self, function: RemoteFunction, options: Dict[str, Any]) -> None:
         self._function = function
         self._options = options
-        self._static = _StaticOptions(options)
+        self._static = _StaticOptions(options, function.__name__)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._function._submit(args, kwargs, self._static)

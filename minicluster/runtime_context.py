@@ -14,7 +14,7 @@ import warnings
 from typing import Any, Dict, Optional
 
 from minicluster._private.client import context
-from minicluster._private.common.ids import ActorID, JobID, NodeID, TaskID, WorkerID
+from minicluster._private.common.ids import ActorID, JobID, NodeID, PlacementGroupID, TaskID, WorkerID
 from minicluster.actor import ActorHandle
 
 _NOT_IN_WORKER = "This method is only available when the process is a worker. Current mode: driver"
@@ -177,8 +177,16 @@ class RuntimeContext:
         return self._client.state("node_labels", self._client.node_id)
 
     def get_placement_group_id(self) -> Optional[str]:
-        """None: minicluster has no placement groups, so no task runs in one."""
-        return None
+        """The hex id of the placement group the running task or actor is in; None outside one."""
+        current = self._client.current_placement_group if context.in_worker() else None
+        return current[0].hex() if current is not None else None
+
+    @property
+    def current_placement_group_id(self) -> Any:
+        """Deprecated: the PlacementGroupID of get_placement_group_id() (nil outside a group)."""
+        _deprecated("get_placement_group_id")
+        current = self._client.current_placement_group if context.in_worker() else None
+        return PlacementGroupID(current[0] if current is not None else b"\xff" * 18)
 
     @property
     def runtime_env(self) -> Dict[str, Any]:

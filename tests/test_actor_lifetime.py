@@ -235,3 +235,32 @@ def test_job_config_rejects_what_it_cannot_honour():
 def test_job_config_namespace_is_the_jobs_namespace(cluster):
     cluster(job_config=JobConfig(ray_namespace="from-config"))
     assert ray.get_runtime_context().namespace == "from-config"
+
+
+def test_a_hanging_shutdown_hook_is_cut_short_by_the_grace_period(tmp_path):
+    """Ray's actor_graceful_shutdown_timeout_ms: an actor ending on purpose whose
+    __ray_shutdown__ hangs is killed once the grace period has passed."""
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    ray.init(num_cpus=1, _system_config={"actor_graceful_shutdown_timeout_ms": 300})
+    try:
+        @ray.remote
+        class Hangs:
+            def __ray_shutdown__(self):
+                started.touch()
+                time.sleep(30)
+                finished.touch()
+
+            def pid(self):
+                return os.getpid()
+
+        actor = Hangs.remote()
+        pid = ray.get(actor.pid.remote())
+        del actor  # out of scope: it ends on purpose, its hook runs
+        wait_for(started.exists, what="__ray_shutdown__ started")
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                 timeout=10, what="the process killed after the grace period")
+        assert not finished.exists()
+    finally:
+        ray.shutdown()
+    with pytest.raises(ValueError, match="actor_graceful_shutdown_timeout_ms must be"):
+        ray.init(_system_config={"actor_graceful_shutdown_timeout_ms": -1})

@@ -955,3 +955,39 @@ def test_creating_an_actor_and_getting_a_call_back_is_quick(cluster):
     assert ray.get(a.incr.remote()) == 42
     took = time.monotonic() - start
     assert took < 1.0, f"actor creation plus one call took {took:.3f} s"
+
+
+def test_a_method_invocation_decorator_wraps_the_call(cluster):
+    """Ray's `__ray_invocation_decorator__`: it rewrites a call's arguments before submission
+    and may return more than the ref, in the caller's process and in tasks holding the handle."""
+    cluster(num_cpus=1)
+
+    def invocation(submit):
+        def call(args, kwargs):
+            return submit([args[0], args[0]], {}), kwargs
+
+        return call
+
+    def doubled(method):
+        def execute(self, b, c):
+            return method(self, b + c)
+
+        execute.__ray_invocation_decorator__ = invocation
+        return execute
+
+    @ray.remote
+    class Adder:
+        @doubled
+        def add_one(self, x):
+            return x + 1
+
+    @ray.remote
+    def through_a_task(adder):
+        ref, _ = adder.add_one.remote(5)
+        return ray.get(ref)
+
+    adder = Adder.remote()
+    ref, extra = adder.add_one.remote(3, note="kept by the caller")
+    assert extra == {"note": "kept by the caller"}
+    assert ray.get(ref) == 7
+    assert ray.get(through_a_task.remote(adder)) == 11

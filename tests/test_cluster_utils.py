@@ -284,8 +284,8 @@ def test_object_store_memory_is_per_node(make_cluster):
     cluster = make_cluster()
     cluster.add_node(num_cpus=0)
     small = cluster.add_node(num_cpus=1, resources={"small": 1}, object_store_memory=3 * 2**20)
-    large = cluster.add_node(num_cpus=1, resources={"large": 1}, object_store_memory=64 * 2**20)
-    ray.init(address=cluster.address)
+    large = cluster.add_node(num_cpus=1, resources={"large": 1}, object_store_memory=64.0 * 2**20)  # (a float, as
+    ray.init(address=cluster.address)                                                                # Ray's 1e9)
     held = [array_of.options(resources={where: 1}).remote(2, 1.0) for where in ("small", "large") for _ in range(3)]
     ready, _ = ray.wait(held, num_returns=len(held), timeout=20, fetch_local=False)
     assert len(ready) == len(held)
@@ -378,3 +378,22 @@ def test_driver_can_disconnect_and_reconnect(make_cluster):
     ray.init(address=cluster.address)
     assert {n["NodeID"] for n in ray.nodes() if n["Alive"]} == {cluster.head_node.node_id, worker.node_id}
     assert ray.get(where_am_i.remote(), timeout=10)
+
+
+def test_a_cluster_without_nodes_has_no_address_and_init_starts_its_own_session():
+    cluster = Cluster()
+    try:
+        assert cluster.address is None  # as Ray's: the address is the head node's
+        ray.init(address=cluster.address, num_cpus=1)  # a session of its own, as in Ray
+
+        @ray.remote
+        def one():
+            return 1
+
+        assert ray.get(one.remote()) == 1
+        ray.shutdown()
+        cluster.add_node(num_cpus=1)
+        assert cluster.address is not None
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

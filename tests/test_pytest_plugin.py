@@ -169,3 +169,151 @@ def test_markers_merge_module_then_test(pytester):
             assert not fault_plan.faults  # chaos=False from the module beat --minicluster-chaos=on
     """, "--minicluster-chaos", "on")
     result.assert_outcomes(passed=1)
+
+
+def test_fault_plan_alone_starts_a_session_with_the_plan(pytester):
+    # Asking for fault_plan without minicluster_cluster used to leave the plan uninstalled while the
+    # first remote call auto-started a session that leaked into every later test.
+    result = run(pytester, """
+        import pytest
+        import minicluster as ray
+
+        @ray.remote(max_retries=1)
+        def f(x):
+            return x + 1
+
+        @pytest.mark.minicluster(num_nodes=1)
+        def test_plan_only(fault_plan, fault_journal):
+            fault_plan.kill_worker("f")
+            assert ray.get(f.remote(1)) == 2
+            assert fault_journal.count("kill_worker") == 1 and len(ray.nodes()) == 1
+
+        def test_later(minicluster_cluster):
+            assert ray.get(f.remote(2)) == 3
+    """)
+    result.assert_outcomes(passed=2)
+
+
+def test_fault_plan_joins_a_session_the_test_started(pytester):
+    result = run(pytester, """
+        import pytest
+        import minicluster as ray
+
+        @ray.remote(max_retries=1)
+        def f(x):
+            return x + 1
+
+        @pytest.fixture(scope="module")
+        def own_session():
+            ray.init(num_nodes=1, num_cpus=1)
+            yield
+            ray.shutdown()
+
+        def test_plan_in_own_session(own_session, fault_plan, fault_journal):
+            fault_plan.kill_worker("f")
+            assert ray.get(f.remote(1)) == 2
+            assert fault_journal.count("kill_worker") == 1
+
+        def test_plan_uninstalled_after(own_session):
+            assert ray.get(f.remote(1)) == 2
+    """)
+    result.assert_outcomes(passed=2)
+
+
+def test_leaked_session_error_names_the_fix(pytester):
+    result = run(pytester, """
+        import minicluster as ray
+
+        def test_leaks():
+            ray.init(num_nodes=1, num_cpus=1)
+
+        def test_cluster(minicluster_cluster):
+            pass
+
+        def test_cleanup():
+            ray.shutdown()
+    """)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*a session is already running in this process*ray.shutdown()*"])
+
+
+def test_unfired_fault_lists_the_names_that_ran(pytester):
+    result = run(pytester, """
+        import minicluster as ray
+
+        @ray.remote
+        def square(x):
+            return x * x
+
+        @ray.remote
+        class Counter:
+            def incr(self):
+                return 1
+
+        def test_task_typo(minicluster_cluster, fault_plan):
+            fault_plan.kill_worker("sqaure")
+            assert ray.get(square.remote(3)) == 9
+
+        def test_actor_typo(minicluster_cluster, fault_plan):
+            fault_plan.kill_actor("Countr", call=1)
+            assert ray.get(Counter.remote().incr.remote()) == 1
+
+        def test_name_right_nth_wrong(minicluster_cluster, fault_plan):
+            fault_plan.kill_worker("square", nth=2)
+            assert ray.get(square.remote(3)) == 9
+    """)
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines([
+        "*#1 kill_worker(task='sqaure'*",
+        "*no task named 'sqaure' ran; did you mean 'square'? These ran: square",
+    ])
+    result.stdout.fnmatch_lines(["*no actor (name or class) named 'Countr' ran; did you mean 'Counter'?*"])
+    result.stdout.fnmatch_lines(["*1 attempt(s) of tasks named 'square' ran, none matching nth/attempt*nth=2*"])
+
+
+ALIASED = """
+    import importlib
+
+    import pytest
+    import ray
+    import ray.util.state
+    from ray.exceptions import RayTaskError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    import minicluster
+
+    @ray.remote
+    def nested(x):
+        return ray.get(ray.put(x)) + 1  # `ray` inside a worker is minicluster too
+
+    @ray.remote
+    def boom():
+        raise ValueError("no")
+
+    def test_ray_is_minicluster(minicluster_cluster):
+        assert ray.get is minicluster.get and ray.util.state is minicluster.util.state
+        assert ray.get(nested.remote(1)) == 2
+        with pytest.raises(RayTaskError):
+            ray.get(boom.remote())
+        node = ray.get_runtime_context().get_node_id()
+        assert ray.get(nested.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(0))
+
+    def test_missing_names_are_named():
+        with pytest.raises(AttributeError, match="minicluster does not provide ray.no_such_api"):
+            ray.no_such_api
+        with pytest.raises(ModuleNotFoundError, match="minicluster does not provide ray.workflow"):
+            importlib.import_module("ray.workflow")
+"""
+
+
+def test_alias_ray_option(pytester):
+    result = run(pytester, ALIASED, "--minicluster-alias-ray")
+    result.assert_outcomes(passed=2)
+    import sys
+    assert "ray" not in sys.modules or "minicluster" not in repr(sys.modules["ray"])  # undone after the run
+
+
+def test_alias_ray_ini_setting(pytester):
+    pytester.makeini("[pytest]\nminicluster_alias_ray = true\n")
+    result = run(pytester, ALIASED)
+    result.assert_outcomes(passed=2)

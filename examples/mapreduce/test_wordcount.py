@@ -5,16 +5,25 @@ plugin's fixtures); wordcount.py is plain Ray code. CI runs the chaos test under
 20 seeds (the marker); replay a failing one with the seed its report prints:
 
     pytest examples/mapreduce/test_wordcount.py --minicluster-seed 1234
+
+The tests marked ray_compatible also run on real Ray (.ci/run does):
+
+    pytest examples --minicluster-backend=ray -m ray_compatible
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import os
 import random
+import time
 from typing import Dict, List, Tuple
 
 import pytest
 from wordcount import PUNCTUATION, count_words
+
+from minicluster import testing
 
 SYLLABLES = ["ka", "to", "ri", "ne", "su", "lo", "mi", "da", "pe", "vu", "sha", "qi"]
 
@@ -51,6 +60,7 @@ def test_word_count_survives_chaos(minicluster_cluster, fault_plan, fault_journa
     assert fault_journal.count("raise") == 1 and fault_journal.count("kill_actor") == 1
 
 
+@pytest.mark.ray_compatible
 @pytest.mark.minicluster(num_nodes=2, num_cpus=2, chaos=False)
 def test_word_count_without_faults(minicluster_cluster, fault_journal, corpus, tmp_path):
     paths, expected = corpus
@@ -67,3 +77,22 @@ def test_word_count_resumes_from_its_checkpoint(minicluster_cluster, fault_plan,
     assert count_words(paths, checkpoint) == expected  # only the third batch's maps ran
     assert len(fault_plan.journal) == 4  # its four map_file tasks, killed once each
     assert sum(first.values()) == 8 * 30_000
+
+
+@pytest.mark.ray_compatible
+@pytest.mark.timeout(180)
+@pytest.mark.minicluster(num_nodes=3, num_cpus=2, chaos=False)
+def test_word_count_survives_losing_a_node(minicluster_cluster, corpus, tmp_path):
+    """An on-demand power cut (a control real Ray honours too) while the count runs."""
+    paths, expected = corpus
+    checkpoint = str(tmp_path / "checkpoint.json")
+    victim = minicluster_cluster.nodes[-1]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        counting = pool.submit(count_words, paths, checkpoint)
+        deadline = time.monotonic() + 120
+        while not os.path.exists(checkpoint) and not counting.done():  # the first batch is committed
+            assert time.monotonic() < deadline, "the first batch was never committed"
+            time.sleep(0.01)
+        testing.kill_node(victim)
+        assert counting.result(timeout=150) == expected
+    assert victim not in testing.live_nodes()

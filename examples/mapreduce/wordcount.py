@@ -120,7 +120,7 @@ def main(argv: List[str]) -> int:
     folder = argv[0]
     checkpoint = argv[1] if len(argv) == 2 else os.path.join(folder, ".wordcount-checkpoint.json")
     paths = sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".txt"))
-    ray.init(num_nodes=2)
+    ray.init()  # the same call starts a local Ray, or minicluster with one virtual node
     try:
         counts = count_words(paths, checkpoint)
     finally:

@@ -26,13 +26,18 @@ waiters and actors. Tests read it instead of the runtime's internals.
 
 With pytest, the plugin (pytest_plugin.py, registered by the package) gives
 fixtures `minicluster_cluster`, `fault_plan` and `fault_journal`, a seed per
-test and options `--minicluster-seed`, `--minicluster-seeds`, `--minicluster-chaos`.
+test and options `--minicluster-seed`, `--minicluster-seeds`, `--minicluster-chaos`,
+`--minicluster-alias-ray` (`import ray` gives minicluster) and
+`--minicluster-backend=ray` (the same tests on real Ray).
 
+    backend.py          which runtime the controls drive (minicluster, or the Ray backend's cluster)
     cluster_control.py  on-demand node and worker controls
     fault_plan.py       FaultPlan: planned faults, seed, checks that they fired
     injector.py         the plan at work inside the head (decides at its event points)
     journal.py          FaultJournal: the faults that fired
     pytest_plugin.py    fixtures, options, seeds, reports
+    ray_alias.py        `import ray` -> minicluster, for the plugin's --minicluster-alias-ray
+    ray_backend.py      the plugin's --minicluster-backend=ray: Ray clusters, controls, alias
     session_snapshot.py snapshot(): the head's state, frozen; validate_state()
 """
 

@@ -36,6 +36,7 @@ from typing import Any, Iterable, List, Optional, Tuple, Union
 
 from minicluster._private.store.serialization import cloudpickle_dumps
 from minicluster._private.wire import fault_hooks
+from minicluster.testing import backend
 from minicluster.testing.faults import (
     CHANNELS,
     TASK_POINTS,
@@ -47,6 +48,7 @@ from minicluster.testing.faults import (
     KillWorker,
     NodeName,
     RaiseInTask,
+    SeenNames,
     StopNode,
     TaskName,
     TaskSelector,
@@ -81,6 +83,7 @@ class FaultPlan:
         self.seed: int = default_seed() if seed is None else seed
         self.faults: List[Fault] = []
         self.journal = FaultJournal()
+        self.seen = SeenNames()  #: names of the tasks and actors that ran while installed (for unfired faults' hints)
         self.chaos_enabled = True  #: False: chaos() schedules are ignored (the pytest plugin's --minicluster-chaos=off)
         self._injector: Any = None
 
@@ -221,6 +224,7 @@ class FaultPlan:
 
     def install(self) -> "FaultPlan":
         """Make the running session (started by init() in this process) fire this plan's faults."""
+        backend.refuse_on_ray("FaultPlan.install")
         if self._injector is not None:
             raise RuntimeError("this fault plan is installed already")
         self._injector = Injector.install(self)
@@ -249,7 +253,7 @@ class FaultPlan:
     def assert_all_fired(self) -> None:
         missing = self.unfired()
         if missing:
-            lines = "\n".join(f"  {f.describe()}" for f in missing)
+            lines = "\n".join(f"  {f.describe()}" + _indented(self.seen.hint(f)) for f in missing)
             raise UnfiredFaultsError(
                 f"{len(missing)} planned fault(s) never fired (seed {self.seed}); the test did not "
                 f"exercise what it planned. Mark a fault optional=True if it may legitimately not fire.\n"
@@ -267,6 +271,10 @@ class FaultPlan:
 
 
 # ==== validation helpers ==================================================================
+
+
+def _indented(hint: str) -> str:
+    return f"\n      {hint}" if hint else ""
 
 
 def _positive(method: str, name: str, value: Any) -> None:

@@ -7,8 +7,10 @@ Runs in the driver.
 
 from __future__ import annotations
 
+import collections
+import difflib
 from dataclasses import dataclass, field
-from typing import Any, FrozenSet, Optional, Tuple, Union
+from typing import Any, Counter, FrozenSet, Optional, Set, Tuple, Union
 
 from minicluster._private.wire import fault_hooks
 
@@ -163,6 +165,54 @@ class Chaos(Fault):
         if self.actors:
             parts.append("actors=True")
         return ", ".join(parts)
+
+
+# ==== what ran: the hints of an unfired fault ==============================================
+
+#: At most this many names are listed in an unfired fault's hint.
+NAMES_LISTED = 20
+
+
+@dataclass
+class SeenNames:
+    """The names of what ran while a plan was installed (the injector notes each dispatch), so that
+    a fault that never fired can say why: a typo in a name is the usual reason."""
+
+    tasks: Counter[str] = field(default_factory=collections.Counter)  #: task name -> attempts dispatched
+    functions: Set[str] = field(default_factory=set)  #: module-qualified function names
+    actors: Set[str] = field(default_factory=set)  #: actor names and class names that got calls
+
+    def task(self, name: str, func_name: str) -> None:
+        self.tasks[name] += 1
+        self.functions.add(func_name)
+
+    def actor(self, name: Optional[str], class_name: Optional[str]) -> None:
+        self.actors.update(n for n in (name, class_name) if n)
+
+    def hint(self, fault: Fault) -> str:
+        """Why `fault` may not have fired, from the names that ran; "" if the names say nothing."""
+        selector = getattr(fault, "target", None) or getattr(fault, "when_task_starts", None) \
+            or getattr(fault, "task", None)
+        if isinstance(selector, TaskSelector):
+            if selector.by_function:
+                return _missing("function", selector.name, self.functions)
+            if selector.name not in self.tasks:
+                return _missing("task", selector.name, self.tasks)
+            return (f"{self.tasks[selector.name]} attempt(s) of tasks named {selector.name!r} ran, "
+                    f"none matching nth/attempt ({selector.text()})")
+        if isinstance(fault, KillActor) and isinstance(fault.actor, str) and fault.actor not in self.actors:
+            return _missing("actor (name or class)", fault.actor, self.actors)
+        return ""
+
+
+def _missing(what: str, name: str, seen: Any) -> str:
+    names = sorted(seen)
+    if not names:
+        return f"no {what} named {name!r} ran: none at all ran while the plan was installed"
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    listed = ", ".join(names[:NAMES_LISTED]) + (f", ... ({len(names)} in all)" if len(names) > NAMES_LISTED else "")
+    suggestion = f"; did you mean {close[0]!r}?" if close else "."
+    return f"no {what} named {name!r} ran{suggestion} These ran: {listed}"
 
 
 # ==== the plan ============================================================================

@@ -215,6 +215,7 @@ class Injector:
     def on_exec(self, task: Any, worker: Any) -> Optional[Tuple[FaultOrder, ...]]:
         spec = task.spec
         attempt = task.attempt
+        self.plan.seen.task(spec.name, spec.func_name)  # an unfired fault's report lists what ran
         orders: List[FaultOrder] = []
         for fault in self.task_faults:
             if isinstance(fault, NodeFault):
@@ -232,6 +233,9 @@ class Injector:
                 orders.append(FaultOrder.new(point=fault_hooks.START, action=fault_hooks.RAISE, argument=fault.blob,
                                              ref=self._ref(fault)))
         if self.actor_faults and spec.task_type == ACTOR_TASK:
+            record = self.head.actors.get(spec.actor_id)
+            if record is not None:
+                self.plan.seen.actor(record.meta.get("name"), record.meta.get("class_name"))
             for fault in self.actor_faults:
                 if not fault.fired and self._actor_call_aimed(fault, spec):
                     orders.append(FaultOrder.new(point=fault.at, action=fault_hooks.KILL_WORKER, argument=None,

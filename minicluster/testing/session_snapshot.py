@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional
 
 from minicluster._private.head.invariants import HeadStateError
 from minicluster._private.head.snapshot import AttemptSnapshot, ClusterSnapshot, NodeSnapshot, TaskSnapshot, take
+from minicluster.testing import backend
 from minicluster.testing.cluster_control import _head
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ def snapshot(cluster: Optional[Cluster] = None, finished_tasks: bool = False) ->
     tasks the head keeps for the state API (up to 100,000), not only the unfinished ones.
     Raises RuntimeError in a worker, or when no session runs.
     """
+    backend.refuse_on_ray("snapshot")
     # A Cluster's session exists from its creation, before (and after) init(address=...).
     head = _head() if cluster is None else cluster._client.head
     # Taken here, not by a Head method: the snapshot records load only where tests use them.
@@ -40,6 +42,7 @@ def validate_state(cluster: Optional[Cluster] = None) -> None:
     each one broken. Walks everything under the head's lock: for tests, not hot loops.
     `cluster` as for snapshot(). Raises RuntimeError in a worker, or when no session runs.
     """
+    backend.refuse_on_ray("validate_state")
     head = _head() if cluster is None else cluster._client.head
     head.validate_state()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 
 class NodeAffinitySchedulingStrategy:
@@ -27,10 +27,20 @@ class NodeAffinitySchedulingStrategy:
 
 
 class PlacementGroupSchedulingStrategy:
-    """Accepted for import compatibility; placement groups are not supported by minicluster."""
+    """Run in a placement group (util/placement_group.py): on bundle `placement_group_bundle_index`
+    (-1: any bundle), on what the bundle reserved. With placement_group_capture_child_tasks=True,
+    the tasks and actors it submits without a strategy run in the group too."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError("minicluster does not support placement groups")
+    def __init__(self, placement_group: Any, placement_group_bundle_index: int = -1,
+                 placement_group_capture_child_tasks: Optional[bool] = None) -> None:
+        self.placement_group = placement_group
+        self.placement_group_bundle_index = placement_group_bundle_index
+        self.placement_group_capture_child_tasks = placement_group_capture_child_tasks
+
+    def __repr__(self) -> str:
+        return (f"PlacementGroupSchedulingStrategy(placement_group={self.placement_group!r}, "
+                f"placement_group_bundle_index={self.placement_group_bundle_index}, "
+                f"placement_group_capture_child_tasks={self.placement_group_capture_child_tasks})")
 
 
-SchedulingStrategyT = Union[None, str, NodeAffinitySchedulingStrategy]
+SchedulingStrategyT = Union[None, str, NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy]

@@ -306,6 +306,14 @@ class DriverClient(RuntimeClient):
     def state(self, what: str, about: Any = None) -> Any:
         return self.head.state(what, about)
 
+    def change_placement_group(self, op: str, args: Any) -> Optional[str]:
+        """Create or remove a placement group (util/placement_group.py); an error's text, or None."""
+        head = self.head
+        with head.lock:
+            answer = head.change_placement_group(op, args)
+            head.flush()
+        return answer
+
     def cancel(self, object_id: bytes, force: bool, recursive: bool) -> None:
         self.check_session([object_id])
         self.head.cancel(object_id, force, recursive)

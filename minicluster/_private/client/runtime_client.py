@@ -40,6 +40,9 @@ class RuntimeClient:
     actor_exit_requested = False
     #: An actor's worker: what exit_actor() calls (with the current task id) to end the actor
     actor_exit_hook: Optional[Callable[[bytes], None]] = None
+    #: In a worker: (group id, bundle index, capture child tasks) of the running task's or actor's
+    #: placement group, else None (get_current_placement_group; child tasks it captures)
+    current_placement_group: Optional[tuple] = None
 
     def __init__(self) -> None:
         self.known_functions: set = set()

@@ -9,6 +9,7 @@ Layout follows Ray so the hex strings look familiar:
     TaskID    8 unique + 12 actor part + job  (24 bytes; actor part is ff.. for normal tasks)
     ObjectID  TaskID + 4-byte return index  (28 bytes; puts use indexes with the top bit set)
     NodeID, WorkerID  28 random bytes
+    PlacementGroupID  14 unique + job       (18 bytes)
 
 Any process may make ids: uniqueness comes from a random per-process prefix
 plus a counter, so no coordination is needed.
@@ -83,6 +84,11 @@ def new_task_id(actor_id: bytes | None = None) -> bytes:
 
 def new_actor_id() -> bytes:
     return os.urandom(4) + _unique8() + _job_id
+
+
+def new_placement_group_id() -> bytes:
+    """A placement group id: 14 bytes, the last 4 the job's (18 bytes, as Ray's)."""
+    return os.urandom(6) + _unique8() + _job_id
 
 
 def object_id_for_return(task_id: bytes, index: int) -> bytes:
@@ -166,6 +172,10 @@ class WorkerID(BaseID):
 
 
 class ActorID(BaseID):
+    pass
+
+
+class PlacementGroupID(BaseID):
     pass
 
 

@@ -11,15 +11,20 @@ import numbers
 import warnings
 from typing import Any, Callable, Dict
 
-from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from minicluster.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
 
 # Options Ray accepts that have no effect here; taken so Ray code runs unchanged.
 _ACCEPTED_NO_EFFECT = {
     "memory", "runtime_env", "accelerator_type", "label_selector", "_labels",
-    "object_store_memory", "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
-    "concurrency_groups", "max_pending_calls", "allow_out_of_order_execution",
+    "object_store_memory", "concurrency_groups", "max_pending_calls", "allow_out_of_order_execution",
 }
 
+
+# Options where None is not "unset": placement_group=None keeps a task out of its parent's group.
+_NONE_IS_A_CHOICE = {"placement_group"}
 
 # Ray's words for a bad count, by the smallest value it takes (tests match them).
 _ACCEPTS = {
@@ -128,12 +133,20 @@ def _retry_exceptions(name: str, value: Any) -> None:
 
 
 def _strategy(name: str, value: Any) -> None:
-    if value is None or value in ("DEFAULT", "SPREAD") or isinstance(value, NodeAffinitySchedulingStrategy):
+    if value is None or value in ("DEFAULT", "SPREAD") or isinstance(
+        value, (NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy)
+    ):
         return
     raise ValueError(
-        f"The option 'scheduling_strategy' must be None, 'DEFAULT', 'SPREAD' or a "
-        f"NodeAffinitySchedulingStrategy, got {value!r}"
+        f"The option 'scheduling_strategy' must be None, 'DEFAULT', 'SPREAD', a "
+        f"NodeAffinitySchedulingStrategy or a PlacementGroupSchedulingStrategy, got {value!r}"
     )
+
+
+def _placement_group(name: str, value: Any) -> None:
+    # (a PlacementGroup handle: util/placement_group.py; this layer knows it by its id)
+    if value is not None and value != "default" and not hasattr(value, "bundle_specs"):
+        raise TypeError(f"The option 'placement_group' must be a PlacementGroup or 'default', got {value!r}")
 
 
 def _lifetime(name: str, value: Any) -> None:
@@ -163,6 +176,9 @@ _COMMON: Dict[str, Callable[[str, Any], None]] = {
     # False: the task (an actor's: its creation and its calls) is left out of the state API,
     # the journal and the timeline, as Ray leaves it out of its task events.
     "enable_task_events": _bool,
+    "placement_group": _placement_group,
+    "placement_group_bundle_index": _int_at_least(-1),
+    "placement_group_capture_child_tasks": _bool,
 }
 
 TASK_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
@@ -209,7 +225,7 @@ def validate(options: Dict[str, Any], allowed: Dict[str, Callable[[str, Any], No
                 continue
             valid = ", ".join(sorted(set(allowed) | _ACCEPTED_NO_EFFECT))
             raise ValueError(f"Invalid option keyword {name!r} for {what}. Valid ones are: {valid}.")
-        if value is None and name not in ("scheduling_strategy",):
+        if value is None and name not in ("scheduling_strategy",) and name not in _NONE_IS_A_CHOICE:
             continue
         check(name, value)
-    return {k: v for k, v in options.items() if k in allowed and v is not None}
+    return {k: v for k, v in options.items() if k in allowed and (v is not None or k in _NONE_IS_A_CHOICE)}

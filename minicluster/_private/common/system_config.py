@@ -1,12 +1,14 @@
 """Ray's `_system_config` table and reconstruction switch, as `init()` and `Cluster.add_node()` take them.
 
 Runs in the driver. Ray's `_system_config` is an internal tuning table; here a key is
-either honoured (lineage_pinning_enabled), harmless (it tunes timing, health checks,
-batching or logging, none of which exist here), or refused with the list of what is taken.
+either honoured (lineage_pinning_enabled, actor_graceful_shutdown_timeout_ms), harmless
+(it tunes timing, health checks, batching or logging, none of which exist here), or
+refused with the list of what is taken.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 # _system_config keys that only tune timing, health checks, batching or logging in Ray.
@@ -21,14 +23,35 @@ HARMLESS_KEYS = frozenset({
     "raylet_heartbeat_period_milliseconds", "enable_autoscaler_v2", "kill_idle_workers_interval_ms",
     "idle_worker_killing_time_threshold_ms", "record_ref_creation_sites", "free_objects_period_milliseconds",
 })
-#: keys honoured here: lineage_pinning_enabled=False turns lineage reconstruction off
-HONOURED_KEYS = frozenset({"lineage_pinning_enabled"})
+#: keys honoured here: lineage_pinning_enabled=False turns lineage reconstruction off;
+#: actor_graceful_shutdown_timeout_ms bounds an ending actor's __ray_shutdown__
+HONOURED_KEYS = frozenset({"lineage_pinning_enabled", "actor_graceful_shutdown_timeout_ms"})
+#: Ray's default: an actor ending on purpose is killed if it has not exited after this long
+ACTOR_SHUTDOWN_TIMEOUT_MS = 30_000
 
 
-def reconstruction_enabled(where: str, system_config: Optional[Dict[str, Any]],
-                           enable_object_reconstruction: Optional[bool]) -> bool:
+@dataclass(frozen=True)
+class ClusterSettings:
+    """What the cluster-wide settings of init() / the first Cluster node change here."""
+
+    reconstruction: bool = True
+    actor_shutdown_timeout_s: float = ACTOR_SHUTDOWN_TIMEOUT_MS / 1000
+
+
+def cluster_settings(where: str, system_config: Optional[Dict[str, Any]],
+                     enable_object_reconstruction: Optional[bool]) -> ClusterSettings:
     """Check a `_system_config` table (ValueError/TypeError naming the first bad key) and
-    say whether lineage reconstruction stays on."""
+    return the settings it makes."""
+    timeout_ms = (system_config or {}).get("actor_graceful_shutdown_timeout_ms", ACTOR_SHUTDOWN_TIMEOUT_MS)
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) or timeout_ms < 0:
+        raise ValueError(f"{where}(_system_config): actor_graceful_shutdown_timeout_ms must be a number of "
+                         f"milliseconds >= 0, got {timeout_ms!r}")
+    return ClusterSettings(reconstruction=_reconstruction_enabled(where, system_config, enable_object_reconstruction),
+                           actor_shutdown_timeout_s=timeout_ms / 1000)
+
+
+def _reconstruction_enabled(where: str, system_config: Optional[Dict[str, Any]],
+                            enable_object_reconstruction: Optional[bool]) -> bool:
     enabled = True if enable_object_reconstruction is None else bool(enable_object_reconstruction)
     if system_config is None:
         return enabled

@@ -20,7 +20,7 @@ DRIVER_TASK = "DRIVER_TASK"
 STREAMING = -2  #: num_returns="streaming": items reach the caller while the task runs
 DYNAMIC = -1  #: num_returns="dynamic": the return value is a DynamicObjectRefGenerator of the items
 
-# Strategy encodings: ("DEFAULT",), ("SPREAD",), ("NODE", node_id, soft)
+# Strategy encodings: ("DEFAULT",), ("SPREAD",), ("NODE", node_id, soft), ("PG", ...) (placement.py)
 DEFAULT_STRATEGY: Tuple = ("DEFAULT",)
 
 
@@ -80,6 +80,8 @@ def strategy_of(value: object) -> Tuple:
         return DEFAULT_STRATEGY
     if value == "SPREAD":
         return ("SPREAD",)
+    if not hasattr(value, "node_id"):
+        return DEFAULT_STRATEGY  # a PlacementGroupSchedulingStrategy: placement.explicit_in_group's
     node_hex = value.node_id
     try:
         node_id = bytes.fromhex(node_hex)

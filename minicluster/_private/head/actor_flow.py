@@ -131,8 +131,9 @@ class ActorFlow:
         # Ray's rule: an actor placed with the implicit 1 CPU holds no CPU while it lives;
         # explicit num_cpus and custom resources stay held until it dies.
         record.held = dict(task.spec.resources)
-        if not record.meta["holds_cpus"]:
-            scheduler.release(node_id, {"CPU": record.held.pop("CPU", 0.0)})
+        if not record.meta["holds_cpus"]:  # (in a placement group the CPU is the bundle's: CPU_group_...)
+            for key in [k for k in record.held if k == "CPU" or k.startswith("CPU_group_")]:
+                scheduler.release(node_id, {key: record.held.pop(key)})
         self.tasks.replenish(worker.node)  # the node's pool lost a worker to the actor
         if not record.meta["detached"]:
             self._unpin_creation(record)  # from now on only its handles keep it alive
@@ -381,8 +382,11 @@ class ActorFlow:
         if no_restart:
             self._release_name(record)
         if record.worker is not None and graceful:
-            record.worker.expect_exit(INTENDED_SYSTEM_EXIT, f"its actor ended because {reason}")
-            self.outbox.post(record.worker.peer, msg.Retire.new())
+            worker = record.worker
+            worker.expect_exit(INTENDED_SYSTEM_EXIT, f"its actor ended because {reason}")
+            self.outbox.post(worker.peer, msg.Retire.new())
+            # Its __ray_shutdown__ may hang: past the grace period the process is killed (Ray's rule).
+            self.timers.call_later(self.state.actor_shutdown_timeout_s, lambda: self._end_overdue(worker))
         elif record.worker is not None:
             self._kill_actor_process(record)
         elif no_restart:
@@ -406,6 +410,11 @@ class ActorFlow:
         if record.worker is not None:
             why = f"its actor ended because {record.kill_reason or 'it was killed'}"
             self._kill_worker(record.worker, INTENDED_USER_EXIT, why)
+
+    def _end_overdue(self, worker: WorkerRecord) -> None:
+        if not worker.dead:
+            self._kill_worker(worker, INTENDED_SYSTEM_EXIT, "its actor's __ray_shutdown__ ran past "
+                              "actor_graceful_shutdown_timeout_ms")
 
     def _kill_worker(self, worker: WorkerRecord, exit_type: str, why: str) -> None:
         worker.expect_exit(exit_type, why)  # for the state API: not a crash

@@ -71,6 +71,7 @@ class ActorRecord:
     def state_row(self) -> Dict[str, Any]:
         """Its `list_actors` row, with Ray's ActorState fields."""
         meta = self.meta
+        strategy = self.creation.spec.strategy
         return {
             "actor_id": self.actor_id.hex(),
             "class_name": meta["class_name"],
@@ -84,6 +85,7 @@ class ActorRecord:
             "death_cause": self.death_cause or None,
             "is_detached": meta["detached"],
             "required_resources": dict(self.creation.spec.resources),
+            "placement_group_id": strategy[1].hex() if strategy[0] == "PG" else None,
             "repr_name": "",
         }
 

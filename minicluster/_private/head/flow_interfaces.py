@@ -115,6 +115,9 @@ class ActorsForRecovery(Protocol):
 
     def owner_died_actors(self, owner: bytes) -> None: ...
 
+    def kill_actor(self, actor_id: bytes, no_restart: bool, reason: str = ..., graceful: bool = ...) -> None:
+        ...  # (placement_groups.end_group_work: the actors of a group removed with its creator)
+
 
 # ---- on recovery and waiting ----------------------------------------------------------
 

@@ -42,6 +42,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from minicluster._private.common import config
 from minicluster._private.common.ids import job_id, new_node_id
+from minicluster._private.common.placement import plain_resources
+from minicluster._private.common.system_config import ClusterSettings
+from minicluster._private.head import placement_groups
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
 from minicluster._private.head.announcements import Announcer
@@ -116,10 +119,12 @@ class Head:
     def faults(self, hooks: Optional[fault_hooks.HeadHooks]) -> None:
         self.head_state.faults = hooks
 
-    def disable_reconstruction(self) -> None:
-        """The cluster's switch: no lineage is kept from now on, and lost objects are never rebuilt."""
+    def apply_settings(self, settings: ClusterSettings) -> None:
+        """The cluster-wide settings (init's, or the first Cluster node's). Reconstruction is the
+        cluster's switch: off, no lineage is kept and lost objects are never rebuilt."""
         with self.lock:
-            self.head_state.lineage.cluster_enabled = False
+            self.head_state.lineage.cluster_enabled = settings.reconstruction
+            self.head_state.actor_shutdown_timeout_s = settings.actor_shutdown_timeout_s
 
     def set_job_reconstruction(self, enabled: bool) -> None:
         """The running job's switch (JobConfig._disable_job_level_lineage_reconstruction)."""
@@ -347,6 +352,9 @@ class Head:
         node.peer = peer
         peer.state = node
         node.hello.set()
+        # Tasks placed here before it said hello (add_node schedules at once) could not ask it
+        # for workers then: ask now for those its first pool will not cover (an actor needs its own).
+        self.task_flow.replenish(node)
 
     def _on_worker_exit(self, peer: Peer, state: Any, message: msg.WorkerExit) -> None:
         worker = self.workers.get(message.worker_id)
@@ -487,6 +495,10 @@ class Head:
             if what == "node_labels":
                 node = self.nodes.get(about)
                 return dict(node.labels) if node is not None else {}
+            if what == "placement_groups":  # about: a group id, or None for all
+                return placement_groups.table(self.head_state.groups, about)
+            if what == "placement_group_named":  # about: (name, namespace)
+                return self.head_state.groups.lookup(*about)
             if what == "named_actors":  # list_named_actors(): (namespace, name) of each live one
                 return self.actor_flow.named_actors()
         raise ValueError(f"unknown state query {what!r}")
@@ -498,8 +510,8 @@ class Head:
         spec = task.spec if task is not None else None
         actor = self.actors.get(spec.actor_id) if spec is not None and spec.actor_id else None
         if actor is None:
-            return {"resources": dict(spec.resources) if spec is not None else {}, "actor": None}
-        resources = dict(actor.creation.spec.resources)
+            return {"resources": plain_resources(spec.resources) if spec is not None else {}, "actor": None}
+        resources = plain_resources(actor.creation.spec.resources)
         if not actor.meta["holds_cpus"]:
             resources.pop("CPU", None)  # the implicit CPU an actor is placed with is not held (Ray)
         return {"resources": resources, "actor": (actor.actor_id, actor.meta, actor.num_restarts)}
@@ -613,6 +625,18 @@ class Head:
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         self.actor_flow.kill_actor(actor_id, no_restart)
 
+    def change_placement_group(self, op: str, args: Any, creator_actor: Optional[bytes] = None) -> Optional[str]:
+        """Create ("create", its fields) or remove ("remove", its id) a placement group (lock held);
+        returns an error's text or None. Placing it, or failing its work, follows at once."""
+        answer = placement_groups.change(self.head_state, self.task_flow, self.actor_flow, op, args, creator_actor)
+        self.task_flow.schedule()
+        return answer
+
+    def _on_change_placement_group(self, peer: Peer, worker: WorkerRecord, message: msg.ChangePlacementGroup) -> None:
+        creator = worker.actor.actor_id if worker.actor is not None else None
+        answer = self.change_placement_group(message.op, message.args, creator)
+        self.post(peer, msg.Reply.new(request_id=message.request_id, payload=answer))
+
     # ==== plumbing ===================================================================
 
     def apply_driver_refs(self) -> None:
@@ -654,6 +678,7 @@ _HANDLERS: Dict[type, Callable[[Head, Peer, Any, Any], None]] = {
     msg.LookupActor: Head._on_lookup_actor,
     msg.KillActor: Head._on_kill_actor,
     msg.ActorExiting: Head._on_actor_exiting,
+    msg.ChangePlacementGroup: Head._on_change_placement_group,
     msg.FaultFired: fault_hooks.fault_message,
     msg.StreamItem: Head._on_stream_item,
     msg.StreamNext: Head._on_stream_next,

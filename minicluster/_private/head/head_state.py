@@ -20,6 +20,7 @@ from minicluster._private.common import config
 from minicluster._private.head.actor_records import ActorRecord
 from minicluster._private.head.lineage import Lineage, arguments_of
 from minicluster._private.head.object_directory import READY, ObjectDirectory, ObjectEntry
+from minicluster._private.head.placement_groups import PlacementGroups
 from minicluster._private.head.scheduler import Scheduler
 from minicluster._private.head.task_history import TaskHistory
 from minicluster._private.head.task_records import TaskRecord
@@ -41,6 +42,10 @@ class HeadState:
     #: exactly what its node.waiting tasks, its unblocked busy workers' leases (one per
     #: worker.queue) and its ALIVE actors' `held` add up to
     scheduler: Scheduler
+    #: placement groups and their bundles' reservations (placement_groups.py), on the scheduler's
+    #: nodes: a placed bundle's resources are taken from its node's pool and its group's named
+    #: resources added there. Written by Head (create, remove) and the task flow (placing)
+    groups: PlacementGroups
     #: every live object (object_directory.py). Borrowers are live workers whose `borrowed`
     #: lists the object; a READY object's store copies are on live nodes; a PENDING task
     #: result's task is open (in `tasks`) or is being rebuilt
@@ -99,6 +104,9 @@ class HeadState:
     fetch_timeout_s: float = field(default_factory=config.fetch_fail_timeout_s)
     #: the job's namespace (init(namespace=...)), told to nodes; set by the driver before nodes start
     namespace: str = "default"
+    #: how long an actor ending on purpose may take to exit (its __ray_shutdown__) before it is
+    #: killed (Ray's actor_graceful_shutdown_timeout_ms); set by the driver (init, Cluster)
+    actor_shutdown_timeout_s: float = 30.0
     #: store bytes of a new node (object_store_memory); set by the driver before nodes start
     default_capacity: int = config.MIN_SHM_BYTES
     #: hooks of the fault plan a test installed (minicluster.testing), else None; set by the injector
@@ -195,10 +203,13 @@ def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
             for object_id in arguments_of(task):
                 state.objects.release_lineage_ref(object_id)
 
+    scheduler = Scheduler()
     state = HeadState(
         session=session,
-        scheduler=Scheduler(),
+        scheduler=scheduler,
+        groups=PlacementGroups(scheduler),
         objects=ObjectDirectory(driver_counts, session.layout, entry_deleted, entry_unheld),
         lineage=Lineage(config.max_lineage_bytes(), release_lineage_args),
     )
+    state.groups.labels_of = lambda node_id: state.nodes[node_id].labels  # (bundle_label_selector)
     return state

@@ -13,7 +13,12 @@ What must hold whenever the lock is released:
            counts match outstanding requests
   nodes    a dead node has no workers, idle workers or waiting tasks; the scheduler
            knows every node with the same flags, and on a live node exactly the
-           resources held by its waiting tasks, busy workers and alive actors are in use
+           resources held by its waiting tasks, busy workers, alive actors and placed
+           placement group bundles are in use
+  groups   a CREATED group has every bundle on a live node, a PENDING or REMOVED one none;
+           the waiting list holds exactly the PENDING and RESCHEDULING ones; each node's
+           group resources are exactly those of the bundles placed there; strict
+           strategies hold (placement_groups.py)
   actors   ALIVE has a live worker pointing back at it; PENDING_CREATION/RESTARTING
            have an open creation task; DEAD holds nothing; queued calls are its own
   objects  holders are live: borrowers are live workers that list the object; owners'
@@ -62,6 +67,7 @@ def violations(state: HeadState) -> List[str]:
     _check_actors(state, problems)
     _check_objects(state, problems)
     _check_lineage(state, problems)
+    problems.extend(state.groups.violations())
     return problems
 
 
@@ -218,6 +224,8 @@ def _check_resources(state: HeadState, problems: List[str]) -> None:
     for actor in state.actors.values():
         if actor.state == ALIVE and actor.worker is not None:
             hold(actor.worker.node.node_id, actor.held)
+    for node_id, bundle in state.groups.reservations():
+        hold(node_id, bundle)  # a placed bundle takes its resources from its node's pool
     for node_id, node in state.nodes.items():
         resources = scheduler.nodes.get(node_id)
         if resources is None:

@@ -27,6 +27,7 @@ from typing import Optional
 
 from minicluster._private.common.ids import task_of
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
+from minicluster._private.head import placement_groups
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.flow_interfaces import ActorsForRecovery, TasksForRecovery, Timers, WaitingForRecovery
@@ -103,7 +104,9 @@ class Recovery:
                     task.node = None
                     self.tasks.args_ready(task)
         if worker.actor is not None:
+            actor_id = worker.actor.actor_id
             self.actors.actor_worker_died(worker, node_procs.exit_reason(exitcode), node_death)
+            placement_groups.creator_died(state, self.tasks, self.actors, actor_id)  # its groups go with it
         for object_id in list(worker.borrowed):
             state.objects.remove_borrower(object_id, worker.worker_id)
         worker.borrowed.clear()

@@ -16,12 +16,16 @@ Strategies, as in Ray:
   NODE     NodeAffinitySchedulingStrategy: that node; if it is dead or can
            never fit the task, soft=True falls back to DEFAULT and soft=False
            makes the task unschedulable.
+  PG       a task in a placement group: its request names the group's resources
+           (common/placement.py), which only its bundles' nodes have; while the
+           group is being placed it waits instead of being infeasible, and once
+           the group is removed it is unschedulable (placement_groups.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 INFEASIBLE = "INFEASIBLE"
 _EPS = 1e-9
@@ -65,17 +69,28 @@ class Scheduler:
     def __init__(self) -> None:
         self.nodes: Dict[bytes, NodeResources] = {}
         self._spread_next = 0
+        #: the placement groups (placement_groups.PlacementGroups registers itself): asked about
+        #: requests no node can hold, told about dead nodes
+        self.groups: Any = None
+        #: counts what may let a waiting placement group fit: resources given back, nodes added,
+        #: removed or resumed (placement_groups.py retries only when it moved)
+        self.changes = 0
 
     def add_node(self, node_id: bytes, total: Dict[str, float]) -> None:
         self.nodes[node_id] = NodeResources(node_id, dict(total))
+        self.changes += 1
 
     def remove_node(self, node_id: bytes) -> None:
         node = self.nodes.get(node_id)
         if node is not None:
             node.alive = False
+            self.changes += 1
+            if self.groups is not None:
+                self.groups.node_removed(node_id)
 
     def set_stopped(self, node_id: bytes, stopped: bool) -> None:
         self.nodes[node_id].stopped = stopped
+        self.changes += 1
 
     def alive(self) -> List[NodeResources]:
         return [n for n in self.nodes.values() if n.alive]
@@ -101,7 +116,9 @@ class Scheduler:
             kind = "DEFAULT"
         candidates = [n for n in self.nodes.values() if n.alive and not n.stopped and n.fits(request)]
         if not candidates:
-            return None if self.feasible(request) else INFEASIBLE
+            if self.feasible(request) or (self.groups is not None and self.groups.claims(request)):
+                return None
+            return INFEASIBLE
         if kind == "SPREAD":
             # Round-robin over all nodes in order, skipping those that do not fit now.
             order = list(self.nodes)
@@ -128,9 +145,12 @@ class Scheduler:
         node = self.nodes.get(node_id)
         if node is None:
             return
-        available = node.available
+        self.changes += 1
+        available, total = node.available, node.total
         for key, qty in request.items():
-            available[key] = min(node.total.get(key, 0.0), available.get(key, 0.0) + qty)
+            cap = total.get(key)
+            if cap is not None:  # (else a removed placement group's resource, gone with its group)
+                available[key] = min(cap, available.get(key, 0.0) + qty)
 
     def totals(self) -> Dict[str, float]:
         return _sum(n.total for n in self.alive())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple, Union
 
 
@@ -72,6 +72,10 @@ class ClusterSnapshot:
     lineage_bytes: int  #: their accounted size
     lineage_evicted_remembered: int  #: ids of tasks dropped from lineage, kept to word errors
     fault_plan_installed: bool  #: a FaultPlan's hooks are in the head
+    #: placement group id (hex) -> its state (PENDING, CREATED, RESCHEDULING, REMOVED)
+    placement_groups: Mapping[str, str] = field(default_factory=dict)
+    #: node id (hex) -> what placed placement group bundles reserve there (taken from its pool)
+    reserved: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def node(self, node_id: str) -> NodeSnapshot:
         """The node with this hex id; ValueError if the session never had it."""
@@ -110,6 +114,12 @@ def take(head: Any, finished_tasks: bool) -> ClusterSnapshot:
               for task in head.tasks.values()]
     waiters = {id(w) for entry in objects.entries.values() for w in entry.waiters or () if not w.fired}
     actors = collections.Counter(actor.state for actor in head.actors.values())
+    groups = head.head_state.groups
+    reserved: dict = {}
+    for node_id, bundle in groups.reservations():
+        mine = reserved.setdefault(node_id.hex(), {})
+        for key, qty in bundle.items():
+            mine[key] = mine.get(key, 0.0) + qty
     return ClusterSnapshot(
         session_dir=session.dir,
         logs_dir=session.logs_dir,
@@ -127,6 +137,8 @@ def take(head: Any, finished_tasks: bool) -> ClusterSnapshot:
         lineage_bytes=head.lineage.bytes,
         lineage_evicted_remembered=len(head.lineage.evicted),
         fault_plan_installed=head.faults is not None,
+        placement_groups=types.MappingProxyType({r.group_id.hex(): r.state for r in groups.records.values()}),
+        reserved=types.MappingProxyType({k: types.MappingProxyType(v) for k, v in reserved.items()}),
     )
 
 

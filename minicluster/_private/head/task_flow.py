@@ -25,6 +25,7 @@ import sys
 from typing import Any, Optional
 
 from minicluster._private.common.ids import task_of
+from minicluster._private.common.placement import plain_resources
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
 from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.flow_interfaces import ActorCallsForTasks, RecoveryForTasks, Timers
@@ -79,6 +80,9 @@ class TaskFlow:
         # Placement is tried once per submission burst: cleared when a task joins a queue
         # where others of its shape already wait (FIFO: nothing could be placed anyway).
         self._placement_pending = False
+        #: shape -> scheduler.changes when its queue's first task could not be placed: the queue is
+        #: skipped until resources come back or nodes change (many shapes: placement groups')
+        self._blocked: dict = {}
         state.owner_free = self._let_go
         self.streams = Streams(state, outbox, self)  #: generator tasks' items (streams.py)
 
@@ -289,8 +293,13 @@ class TaskFlow:
         """Place queued tasks on nodes with free resources and hand them to workers."""
         state = self.state
         scheduler = state.scheduler
+        if state.groups.waiting:
+            state.groups.place_waiting()  # placement groups first: their bundles wait for no task
         ready = state.ready
+        blocked = self._blocked
         for shape, queue in list(ready.items()):
+            if blocked.get(shape) == scheduler.changes:
+                continue  # its first task could not be placed, and nothing was freed or added since
             while queue:
                 task = queue[0]
                 if task.finished or task.state != PENDING_NODE_ASSIGNMENT:
@@ -300,12 +309,15 @@ class TaskFlow:
                     node_id = scheduler.place(task.spec.resources, task.spec.strategy, self._preferred_node(task))
                 except Unschedulable as exc:
                     queue.popleft()
-                    self.finish_with_error(task, TaskUnschedulableError(str(exc)), "TASK_UNSCHEDULABLE_ERROR", str(exc))
+                    error = getattr(exc, "error", None) or TaskUnschedulableError(str(exc))
+                    self.finish_with_error(task, error, "TASK_UNSCHEDULABLE_ERROR", str(exc))
                     continue
                 if node_id is None:
+                    blocked[shape] = scheduler.changes
                     break
                 if node_id == INFEASIBLE:
                     self._warn_infeasible(shape, task)
+                    blocked[shape] = scheduler.changes
                     break
                 queue.popleft()
                 scheduler.acquire(node_id, task.spec.resources)
@@ -320,6 +332,7 @@ class TaskFlow:
                     self.replenish(node)
             if not queue:
                 del ready[shape]
+                blocked.pop(shape, None)
 
     def _preferred_node(self, task: TaskRecord) -> Optional[bytes]:
         best, best_size = task.submitter_node, 0
@@ -436,6 +449,9 @@ class TaskFlow:
                                task_type=spec.task_type, func_name=spec.func_name, method=spec.method,
                                actor_config=actor, faults=None if faults is None else faults.on_exec(task, worker),
                                num_cpus=spec.resources.get("CPU", 0.0))
+        if spec.strategy[0] == "PG":  # in a placement group: the worker's code may ask which one
+            message = message._replace(placement=spec.strategy[1:],
+                                       num_cpus=plain_resources(spec.resources).get("CPU", 0.0))
         if faults is None or not faults.hold_exec(worker, message):
             self.outbox.post(peer, message)
 

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Optional, Set
 
+from minicluster._private.common.placement import plain_resources
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK
 from minicluster._private.store import object_store, store_spares
 
@@ -45,6 +46,8 @@ def worker_kind(spec: Any) -> str:
     """The kind of worker a task needs (see CPU_TASKS)."""
     if spec.task_type == ACTOR_CREATION_TASK:
         return ACTOR
+    if spec.strategy[0] == "PG":  # (in a placement group a GPU is the bundle's: GPU_group_...)
+        return GPU_TASKS if plain_resources(spec.resources).get("GPU") else CPU_TASKS
     return GPU_TASKS if spec.resources.get("GPU") else CPU_TASKS
 
 

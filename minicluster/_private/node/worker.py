@@ -325,7 +325,8 @@ class Worker:
                 self.current = call.task_id  # cancel() interrupts the main thread's running task
             cancelled = call.task_id in self.cancelled_queued
             self.cancelled_queued.discard(call.task_id)
-        if call.task_type != ACTOR_TASK:  # (an actor's calls keep the actor's log marker)
+        if call.task_type != ACTOR_TASK:  # (an actor's calls keep the actor's log marker and group)
+            self.client.current_placement_group = request.placement
             self._set_omp_threads(request.num_cpus)
             if call.task_type == ACTOR_CREATION_TASK:
                 # From here on this worker's output is the actor's: `(Counter pid=...)`.

@@ -221,6 +221,10 @@ class WorkerClient(RuntimeClient):
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         self.send(msg.KillActor.new(actor_id=actor_id, no_restart=no_restart))
 
+    def change_placement_group(self, op: str, args: Any) -> Optional[str]:
+        """Create or remove a placement group (util/placement_group.py); an error's text, or None."""
+        return self.request(lambda request_id: msg.ChangePlacementGroup.new(request_id=request_id, op=op, args=args))
+
 
 def store_value(client: RuntimeClient, object_id: bytes, value: Any, what: str, flags: int = 0) -> msg.Value:
     """Serialize a value into a payload: inline bytes, or a file in this node's store."""

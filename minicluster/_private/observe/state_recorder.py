@@ -38,6 +38,7 @@ import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from minicluster._private.common import ids
+from minicluster._private.head import placement_groups
 from minicluster._private.head.object_directory import READY
 from minicluster._private.head.task_history import FinishedTask
 from minicluster._private.head.virtual_nodes import INTENDED_SYSTEM_EXIT, WorkerInfo
@@ -295,6 +296,7 @@ class StateRecorder:
             "live_tasks": dict(counts),
             "num_objects": len(head.objects.entries),
             "actors": self._actors(),
+            "placement_groups": placement_groups.state_rows(head.head_state.groups),
         }
 
     def _write_status(self, status: Dict[str, Any], force: bool) -> None:

@@ -25,6 +25,7 @@ TABLE_COLUMNS: Dict[str, Sequence[str]] = {
     "nodes": ("node_id", "node_ip", "is_head_node", "state", "state_message", "node_name", "resources_total",
               "labels"),
     "actors": ("actor_id", "class_name", "state", "job_id", "name", "node_id", "pid", "ray_namespace"),
+    "placement_groups": ("placement_group_id", "name", "creator_job_id", "state"),
     "objects": ("object_id", "object_size", "task_status", "attempt_number", "reference_type", "call_site", "type",
                 "pid", "ip"),
 }

@@ -16,7 +16,7 @@ Each class's docstring says who sends it, who receives it and when:
     worker -> head           WorkerHello, Done, DefineFunction, Submit, Put, Refs, Located,
                              Lost, Get, Wait, Forget, Cancel, QueryState, CreateActor,
                              LookupActor, KillActor, FaultFired, StreamItem, StreamNext,
-                             StreamAbandon
+                             StreamAbandon, ChangePlacementGroup
     nested                   Payload, Value, ErrorInfo, ActorConfig, ActorFound, FaultOrder,
                              FaultRef, FetchDelay
 
@@ -146,6 +146,8 @@ class Exec(NamedTuple):
     actor_config: Optional[ActorConfig]
     faults: Optional[Tuple[FaultOrder, ...]]  #: a test's fault plan's orders for this attempt
     num_cpus: float  #: the CPUs the task holds: the worker sets OMP_NUM_THREADS from it, as Ray does
+    #: (group id, bundle index, capture child tasks) of a task or actor creation in a placement group
+    placement: Optional[Tuple[bytes, int, bool]] = None
 
 
 class DefineFunction(NamedTuple):
@@ -349,6 +351,15 @@ class CreateActor(NamedTuple):
     get_if_exists: bool
 
 
+class ChangePlacementGroup(NamedTuple):
+    """worker -> head: code in a task created ("create") or removed ("remove") a placement group;
+    replied with None, or the error's text (its name is taken)."""
+
+    request_id: int
+    op: str
+    args: Any
+
+
 class ActorFound(NamedTuple):
     """A named actor, as the head's lookup returns it (the Reply to LookupActor, and the driver's)."""
 
@@ -398,7 +409,7 @@ RECORDS = (
     Payload, ActorConfig, FetchDelay, FaultRef, FaultOrder, Exec, DefineFunction, Reply, CancelTask, Steal, Retire,
     WorkerHello, Value, ErrorInfo, Done, Submit, Put, Refs, Located, Lost, Get, Wait, Forget, Cancel,
     QueryState, CreateActor, ActorFound, LookupActor, KillActor, FaultFired, ActorExiting,
-    StreamAck, StreamItem, StreamNext, StreamAbandon,
+    StreamAck, StreamItem, StreamNext, StreamAbandon, ChangePlacementGroup,
 )
 
 

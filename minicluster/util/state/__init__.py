@@ -32,6 +32,7 @@ from minicluster.util.state.common import (
     ActorState,
     NodeState,
     ObjectState,
+    PlacementGroupState,
     StateSchema,
     TaskState,
     WorkerState,
@@ -41,7 +42,7 @@ from minicluster.util.state.exception import RayStateApiException
 DEFAULT_LIMIT = 100
 DEFAULT_TIMEOUT = 30
 PREDICATES = ("=", "!=")
-RESOURCES = ("tasks", "objects", "nodes", "workers", "actors")
+RESOURCES = ("tasks", "objects", "nodes", "workers", "actors", "placement_groups")
 
 Filter = Tuple[str, str, Any]
 S = TypeVar("S", bound=StateSchema)
@@ -262,6 +263,10 @@ def actor_records(source: SessionSource) -> List[Dict[str, Any]]:
     return [dict(actor) for actor in source.status().get("actors", [])]
 
 
+def placement_group_records(source: SessionSource) -> List[Dict[str, Any]]:
+    return [dict(group) for group in source.status().get("placement_groups", [])]
+
+
 def object_records(source: SessionSource) -> List[Dict[str, Any]]:
     return [dict(obj) for obj in source.objects()]
 
@@ -272,6 +277,7 @@ _RESOURCES: Dict[str, Tuple[Type[StateSchema], Callable[[SessionSource], List[Di
     "nodes": (NodeState, node_records),
     "actors": (ActorState, actor_records),
     "objects": (ObjectState, object_records),
+    "placement_groups": (PlacementGroupState, placement_group_records),
 }
 
 
@@ -338,6 +344,19 @@ def list_objects(address: Optional[str] = None, filters: Optional[List[Filter]] 
     return _list("objects", address, filters, limit, detail)
 
 
+def list_placement_groups(address: Optional[str] = None, filters: Optional[List[Filter]] = None,
+                          limit: int = DEFAULT_LIMIT, timeout: int = DEFAULT_TIMEOUT, detail: bool = False,
+                          raise_on_missing_output: bool = True, _explain: bool = False) -> List[PlacementGroupState]:
+    """Every placement group of the session, removed ones included."""
+    return _list("placement_groups", address, filters, limit, detail)
+
+
+def get_placement_group(id: str, address: Optional[str] = None, timeout: int = DEFAULT_TIMEOUT,
+                        _explain: bool = False) -> Optional[PlacementGroupState]:
+    found = _get("placement_groups", id, address)
+    return found[0] if found else None
+
+
 def get_task(id: Union[str, Any], address: Optional[str] = None, timeout: int = DEFAULT_TIMEOUT,
              _explain: bool = False) -> Optional[List[TaskState]]:
     """Every attempt of one task, in detail; None if there is no such task.
@@ -371,7 +390,7 @@ def get_objects(id: str, address: Optional[str] = None, timeout: int = DEFAULT_T
 
 
 ID_KEYS = {"tasks": "task_id", "nodes": "node_id", "workers": "worker_id", "actors": "actor_id",
-            "objects": "object_id"}
+            "objects": "object_id", "placement_groups": "placement_group_id"}
 
 
 def _get(resource: str, id: Any, address: Optional[str]) -> Optional[List[Any]]:
@@ -425,7 +444,8 @@ def session_status(address: Optional[str] = None) -> Dict[str, Any]:
 
 
 __all__ = [
-    "ActorState", "NodeState", "ObjectState", "RayStateApiException", "TaskState", "WorkerState",
-    "get_actor", "get_node", "get_objects", "get_task", "get_worker", "list_actors", "list_nodes",
-    "list_objects", "list_tasks", "list_workers", "summarize_tasks",
+    "ActorState", "NodeState", "ObjectState", "PlacementGroupState", "RayStateApiException", "TaskState",
+    "WorkerState", "get_actor", "get_node", "get_objects", "get_placement_group", "get_task", "get_worker",
+    "list_actors", "list_nodes", "list_objects", "list_placement_groups", "list_tasks", "list_workers",
+    "summarize_tasks",
 ]

@@ -166,6 +166,21 @@ class ActorState(StateSchema):
 
 
 @dataclass
+class PlacementGroupState(StateSchema):
+    """One placement group (removed ones included)."""
+
+    DETAIL_FROM = "bundles"
+
+    placement_group_id: str
+    name: str
+    creator_job_id: str
+    state: str  #: PENDING, CREATED, RESCHEDULING, REMOVED
+    bundles: Optional[List[dict]] = None  #: {"bundle_id", "node_id", "unit_resources"} per bundle
+    is_detached: Optional[bool] = None
+    stats: Optional[dict] = None
+
+
+@dataclass
 class ObjectState(StateSchema):
     """One live object (one row per object, with who holds it)."""
 
