@@ -96,6 +96,11 @@ class ActorClass:
             self._meta_cache = ActorClassMeta(self._cls)
         return self._meta_cache
 
+    @property
+    def __ray_metadata__(self) -> ActorClassMeta:
+        """Ray's name for the class's metadata; its `class_name` is the one list_actors shows."""
+        return self._meta
+
     def __reduce__(self) -> tuple:
         # Rebuilt from the user's class: the derived type is made afresh where it is loaded.
         return (make_actor_class, (self._cls, self._options))
@@ -117,8 +122,10 @@ class ActorClass:
         return self.options(**options).remote(*(args or ()), **(kwargs or {}))
 
     def options(self, **options: Any) -> "_ActorOptions":
+        if "concurrency_groups" in options:
+            raise ValueError("Setting 'concurrency_groups' is not supported in '.options()'.")
         validated = opts.validate(options, opts.ACTOR_OPTIONS, "actors")
-        return _ActorOptions(self, {**self._options, **validated})
+        return _ActorOptions(self, _check_name_given({**self._options, **validated}))
 
     def _pickled(self) -> Tuple[bytes, bytes]:
         if self._blob is None:
@@ -133,7 +140,7 @@ class ActorClass:
             check.check(args, kwargs, f"{self.__name__}.remote()")
         client = context.client()
         name = options.get("name")
-        namespace = options.get("namespace") or getattr(client, "namespace", "default")
+        namespace = options.get("namespace") or client.namespace  # (None in a worker: the head fills it in)
         get_if_exists = bool(name is not None and options.get("get_if_exists"))
         class_id, blob = self._pickled()
         actor_id = new_actor_id()
@@ -167,6 +174,8 @@ class ActorClass:
             args_size=len(args_blob),
             task_events=options.get("enable_task_events", True),
         )
+        max_concurrency = options.get("max_concurrency", 1000 if self._meta.is_async else 1)
+        groups = dict(options.get("concurrency_groups") or {})
         meta = {
             "class_name": self._meta.class_name,
             "short_name": self._meta.short_name,
@@ -176,7 +185,11 @@ class ActorClass:
             "namespace": namespace,
             "max_restarts": options.get("max_restarts", 0),
             "max_task_retries": options.get("max_task_retries", 0),
-            "max_concurrency": options.get("max_concurrency", 1000 if self._meta.is_async else 1),
+            "max_concurrency": max_concurrency,
+            "concurrency_groups": _check_groups(self._meta, groups),
+            "max_pending_calls": options.get("max_pending_calls", -1),
+            "allow_out_of_order": _out_of_order(options.get("allow_out_of_order_execution"),
+                                                self._meta.is_async, max_concurrency),
             "is_async": self._meta.is_async,
             # None: the job's default_actor_lifetime (JobConfig), which the head applies
             "detached": _LIFETIMES.get(options.get("lifetime")),
@@ -198,9 +211,42 @@ class ActorClass:
 _LIFETIMES = {"detached": True, "non_detached": False, None: None}
 
 
+def _check_groups(meta: ActorClassMeta, groups: Dict[str, int]) -> Dict[str, int]:
+    """The actor's concurrency groups; every `@method(concurrency_group=...)` must name one."""
+    for method, method_options in meta.methods.items():
+        group = method_options.get("concurrency_group")
+        if group is not None and group not in groups:
+            raise ValueError(
+                f"The method {meta.class_name}.{method} is in concurrency group {group!r}, which the actor "
+                f"does not define: declare it in @remote(concurrency_groups={{{group!r}: <max concurrency>, ...}}) "
+                f"(defined: {sorted(groups)})")
+    return groups
+
+
+def _out_of_order(allowed: Optional[bool], is_async: bool, max_concurrency: int) -> bool:
+    """Ray's allow_out_of_order_execution: by default an async or threaded actor's calls may
+    start out of submission order (each as soon as its arguments are ready), and such an
+    actor cannot promise order; a plain actor keeps each caller's order unless allowed."""
+    if allowed is None:
+        return is_async or max_concurrency > 1
+    if is_async and not allowed:
+        raise ValueError("If you're using async actors, Ray can't execute actor tasks in order. Set "
+                         "`allow_out_of_order_execution=True` to allow out-of-order execution.")
+    if max_concurrency > 1 and not allowed:
+        raise ValueError("If you're using multi-threaded actors, Ray can't execute actor tasks in order. Set "
+                         "`allow_out_of_order_execution=True` to allow out-of-order execution.")
+    return allowed
+
+
+def _check_name_given(options: Dict[str, Any]) -> Dict[str, Any]:
+    if options.get("get_if_exists") and options.get("name") is None:
+        raise ValueError("The actor name must be specified to use `get_if_exists`.")
+    return options
+
+
 def make_actor_class(cls: type, options: Dict[str, Any]) -> ActorClass:
     """`@remote` on a class: its ActorClass, whose type derives from both ActorClass and `cls`."""
-    validated = opts.validate(options, opts.ACTOR_OPTIONS, "actors")
+    validated = _check_name_given(opts.validate(options, opts.ACTOR_OPTIONS, "actors"))
     try:
         derived = type(f"ActorClass({cls.__name__})", (ActorClass, cls),
                        {"__module__": cls.__module__, "__doc__": cls.__doc__})
@@ -309,6 +355,14 @@ class ActorMethod:
         handle = self._handle
         handle._check_call(self._name, args, kwargs)
         meta = handle._meta
+        group = self._options.get("concurrency_group") or ""
+        if group and group not in meta["concurrency_groups"]:
+            # (Ray's actor crashes on such a call: "Failed to look up the executor of the given
+            # concurrency group"; refused here, before anything is submitted)
+            raise ValueError(
+                f"Failed to look up the executor of the given concurrency group {group!r} for "
+                f"{meta['class_name']}.{self._name}: the actor does not define it (its groups: "
+                f"{sorted(meta['concurrency_groups'])}); declare it in @remote(concurrency_groups=...)")
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self._name)
         num_returns = num_returns_code(self._options.get("num_returns", 1))
         max_task_retries = self._options.get("max_task_retries", meta["max_task_retries"])
@@ -336,8 +390,16 @@ class ActorMethod:
             args_size=len(args_blob),
             method=self._name,
             task_events=self._options.get("enable_task_events", meta.get("task_events", True)),
+            concurrency_group=group,
             backpressure=self._options.get("_generator_backpressure_num_objects", -1),
         )
+        limit = meta["max_pending_calls"]
+        if limit > 0:
+            client.pending_calls.admit(
+                handle._actor_id, spec.task_id, limit, lambda ids: client.state("open_tasks", ids),
+                lambda: f"The task {self._name} could not be submitted to {handle!r} because more than {limit} "
+                        "tasks are queued on the actor. This limit can be adjusted with the `max_pending_calls` "
+                        "actor option.")
         refs = client.submit(spec, None)
         del keep_alive
         return returned_refs(refs, num_returns)

@@ -177,10 +177,8 @@ def init(
             if current is not None and getattr(current, "address", None) == address:
                 return _already_running(ignore_reinit_error)
             clusters.attach(address)
-            client = context.current()
-            client.set_job_config(job_config or JobConfig())  # each job its own settings
-            if namespace is not None:  # each connection is a job, with the namespace it asks for
-                client.namespace = client.head.namespace = namespace
+            context.current().set_namespace(namespace)  # each job its own settings
+            context.current().set_job_config(job_config or JobConfig())
             atexit.register(_atexit_shutdown)
             return _context_info()
     if connecting:
@@ -444,11 +442,14 @@ def get_actor(name: str, namespace: Optional[str] = None) -> Any:
     if not isinstance(name, str) or not name:
         raise ValueError(f"get_actor() needs an actor name (a non-empty string), got {name!r}")
     client = context.client()
-    found = client.actor_lookup(name, namespace or getattr(client, "namespace", "default"))
+    namespace = namespace or client.namespace  # (None in a worker: the head knows the job's)
+    found = client.actor_lookup(name, namespace)
     if found is None:
+        where = f"namespace {namespace!r}" if namespace is not None else "the job's namespace"
         raise ValueError(
-            f"Failed to look up actor with name {name!r}: no live actor has that name in namespace "
-            f"{namespace or getattr(client, 'namespace', 'default')!r} (it was never created, or it died)."
+            f"Failed to look up actor with name {name!r}: no live actor has that name in {where} (it was "
+            "never created, or it was killed; a named actor is in its creator's namespace unless "
+            "`namespace=` says otherwise)."
         )
     return ActorHandle(*found)
 

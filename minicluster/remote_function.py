@@ -25,6 +25,9 @@ class RemoteFunction:
     """A function declared with `@remote`; call `.remote(...)` to run it as a task."""
 
     def __init__(self, function: Any, options: Dict[str, Any]) -> None:
+        if inspect.iscoroutinefunction(function):
+            raise ValueError("'async def' should not be used for remote tasks. You can wrap the async function "
+                             "with `asyncio.run(f())`, or make it a method of an async actor.")
         self._function = function
         self._options = opts.validate(options, opts.TASK_OPTIONS, "remote functions")
         #: Ray's default for a generator function is a streaming generator task

@@ -120,7 +120,9 @@ class RuntimeContext:
 
     @property
     def namespace(self) -> str:
-        return getattr(self._client, "namespace", "default")
+        """The job's namespace: `init(namespace=...)`, else its own anonymous one (a UUID), as in Ray."""
+        namespace = self._client.namespace
+        return namespace if namespace is not None else self._client.state("namespace")
 
     @property
     def gcs_address(self) -> str:

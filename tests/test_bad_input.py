@@ -33,6 +33,14 @@ def test_calling_a_remote_function_directly():
     assert not ray.is_initialized()  # nothing was started
 
 
+def test_an_async_function_cannot_be_a_task_as_in_ray():
+    async def later():
+        return 1
+
+    with pytest.raises(ValueError, match="'async def' should not be used for remote tasks"):
+        ray.remote(later)
+
+
 def test_arguments_that_do_not_fit_the_signature_fail_at_remote(cluster):
     cluster()
 

@@ -380,6 +380,35 @@ def test_driver_can_disconnect_and_reconnect(make_cluster):
     assert ray.get(where_am_i.remote(), timeout=10)
 
 
+def test_each_job_joining_a_cluster_has_its_namespace(make_cluster):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.connect(namespace="first")
+
+    @ray.remote
+    class Named:
+        def ping(self):
+            return "pong"
+
+    @ray.remote
+    def namespace_in_a_task():
+        return ray.get_runtime_context().namespace
+
+    assert ray.get(namespace_in_a_task.remote(), timeout=10) == "first"
+    Named.options(name="kept", lifetime="detached").remote()
+    ray.shutdown()
+    # A job that names no namespace has its own: the first job's names are not in it.
+    ray.init(address=cluster.address)
+    anonymous = ray.get_runtime_context().namespace
+    assert anonymous != "first" and ray.get(namespace_in_a_task.remote(), timeout=10) == anonymous
+    with pytest.raises(ValueError):
+        ray.get_actor("kept")
+    assert ray.get(ray.get_actor("kept", namespace="first").ping.remote(), timeout=10) == "pong"
+    ray.shutdown()
+    ray.init(address=cluster.address, namespace="first")  # the workers started earlier follow
+    assert ray.get(namespace_in_a_task.remote(), timeout=10) == "first"
+    assert ray.get(ray.get_actor("kept").ping.remote(), timeout=10) == "pong"
+
+
 def test_a_cluster_without_nodes_has_no_address_and_init_starts_its_own_session():
     cluster = Cluster()
     try:

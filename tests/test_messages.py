@@ -49,8 +49,9 @@ def test_records_nested_in_declared_fields_travel_as_plain_tuples_and_come_back_
     exec_ = messages.Exec(task_id=b"t", attempt=1, function_id=b"f", name="n", args_blob=b"a",
                           payloads={b"o": messages.Payload(kind="s", data=[b"node"], size=3)}, num_returns=1,
                           retry_exceptions=False, max_calls=0, task_type="NORMAL_TASK", func_name="m.f", method=None,
+                          concurrency_group="", faults=(order,), num_cpus=1.0,
                           actor_config=messages.ActorConfig(actor_id=b"a", max_concurrency=1, is_async=False,
-                                                            class_name="C"), faults=(order,), num_cpus=1.0)
+                                                            class_name="C", concurrency_groups={"io": 2}))
     done = messages.Done(task_id=b"t", attempt=1, results=[messages.Value(kind="i", data=b"x", refs=[b"r"])],
                          error=messages.ErrorInfo(error_type="E", retryable=True, message="m"), start=1.0, end=2.0,
                          retire=False)

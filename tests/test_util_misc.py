@@ -42,7 +42,7 @@ def test_list_named_actors_in_this_namespace_or_all_of_them(cluster):
     ray.get(a.ping.remote())
     assert list_named_actors() == ["a"]
     assert sorted(list_named_actors(all_namespaces=True), key=lambda d: d["name"]) == [
-        {"name": "a", "namespace": "default"}, {"name": "b", "namespace": "other"}]
+        {"name": "a", "namespace": ray.get_runtime_context().namespace}, {"name": "b", "namespace": "other"}]
 
     @ray.remote
     def from_a_task():

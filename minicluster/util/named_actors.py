@@ -19,5 +19,7 @@ def list_named_actors(all_namespaces: bool = False) -> Union[List[str], List[Dic
     named = client.state("named_actors")
     if all_namespaces:
         return [{"name": name, "namespace": namespace} for namespace, name in named]
-    mine = getattr(client, "namespace", "default")
+    mine = client.namespace
+    if mine is None:  # a worker: the job's namespace is the head's to say
+        mine = client.state("namespace")
     return [name for namespace, name in named if namespace == mine]

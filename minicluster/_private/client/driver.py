@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from minicluster._private.client import clusters
@@ -50,7 +51,7 @@ class DriverClient(RuntimeClient):
         self.worker_id = new_worker_id()
         self.job = start_job()  # before any id is made: every id of this session carries it
         self.idle_task_id = driver_task_id()
-        self.namespace = namespace or "default"
+        self.namespace = namespace or anonymous_namespace()
         self.cluster_owned = False  #: made by a cluster_utils.Cluster, which alone may stop it
         self.refs = LocalRefCounter()
         self.session = Session(object_store_memory)
@@ -286,6 +287,13 @@ class DriverClient(RuntimeClient):
             head.flush()
         return (existing, None) if existing is not None else (None, ref)
 
+    def set_namespace(self, namespace: Optional[str]) -> None:
+        """A job joining this Cluster's session: its namespace, or (as Ray gives each job) a fresh
+        anonymous one. Workers ask the head for it, so the ones already started follow."""
+        self.namespace = namespace or anonymous_namespace()
+        with self.head.lock:
+            self.head.namespace = self.namespace
+
     def set_job_config(self, job_config: Any) -> None:
         """What the head applies of a JobConfig (the job's namespace is set at start)."""
         with self.head.lock:
@@ -330,3 +338,9 @@ class DriverClient(RuntimeClient):
             self.recorder.close()
         finally:
             self.session.cleanup()
+
+
+def anonymous_namespace() -> str:
+    """A job's namespace when it names none: as in Ray, its own, a random UUID (named actors
+    another job creates without a namespace are not found from it)."""
+    return str(uuid.uuid4())

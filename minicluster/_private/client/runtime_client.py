@@ -15,6 +15,7 @@ import threading
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from minicluster._private.client.object_ref import LocalRefCounter
+from minicluster._private.client.pending_calls import PendingCalls
 from minicluster._private.common import config
 from minicluster._private.common.ids import job_id, object_id_for_put
 from minicluster._private.store import object_store
@@ -33,6 +34,7 @@ class RuntimeClient:
     worker_id: bytes
     layout: object_store.Layout
     refs: LocalRefCounter
+    namespace: Optional[str]  #: the job's namespace; None in a worker (the head knows it)
     #: Set only by a test's fault plan (fault_hooks.py): called before an object is
     #: copied in from another node, to delay the transfer.
     transfer_delay: Optional[Callable[[bytes], None]] = None
@@ -50,6 +52,7 @@ class RuntimeClient:
         self._put_lock = threading.Lock()
         self.idle_task_id: bytes = b""  #: the task id outside any task (the driver's own)
         self.current_actor_id: Optional[bytes] = None
+        self.pending_calls = PendingCalls()  #: calls to actors with max_pending_calls (pending_calls.py)
         self.session_name = ""  #: the session folder's name (get_runtime_context().get_session_name())
         # Read once per process, like Ray reads RAY_TASK_MAX_RETRIES at start-up.
         self.default_max_retries = config.task_max_retries()
@@ -118,7 +121,14 @@ class RuntimeClient:
             value, flags = deserialize(payload.data)
             flags |= FLAG_ERROR
         if flags & FLAG_ERROR:
-            raise as_raisable(value)
+            error = as_raisable(value)
+            del value
+            try:
+                raise error
+            finally:
+                # Not kept in this frame: the error's traceback holds the frame, and the cycle
+                # would keep the caller's locals (actor handles, refs) alive until a gc pass.
+                del error
         return value
 
     def add_location(self, object_id: bytes, size: int) -> None:

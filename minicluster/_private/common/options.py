@@ -19,7 +19,7 @@ from minicluster.util.scheduling_strategies import (
 # Options Ray accepts that have no effect here; taken so Ray code runs unchanged.
 _ACCEPTED_NO_EFFECT = {
     "memory", "runtime_env", "accelerator_type", "label_selector", "_labels",
-    "object_store_memory", "concurrency_groups", "max_pending_calls", "allow_out_of_order_execution",
+    "object_store_memory",
 }
 
 
@@ -167,6 +167,20 @@ def _max_concurrency(name: str, value: Any) -> None:
     _int_at_least(1)(name, value)
 
 
+def _concurrency_groups(name: str, value: Any) -> None:
+    """Ray's `concurrency_groups={"io": 2, ...}`: each group's name and its max concurrency."""
+    if isinstance(value, (list, tuple)) and not value:
+        return  # Ray's "no groups" spelled as an empty list
+    if not isinstance(value, dict):
+        raise _wrong_type(name, value, (list, dict, type(None)))
+    for group, limit in value.items():
+        if not isinstance(group, str) or not group:
+            raise TypeError(f"The names in 'concurrency_groups' must be non-empty strings, got {group!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"The max concurrency of concurrency group {group!r} must be a positive integer, "
+                             f"got {limit!r}")
+
+
 _COMMON: Dict[str, Callable[[str, Any], None]] = {
     "num_cpus": _non_negative_number,
     "num_gpus": _non_negative_number,
@@ -195,6 +209,9 @@ ACTOR_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
     "max_restarts": _int_at_least(-1),
     "max_task_retries": _int_at_least(-1),
     "max_concurrency": _max_concurrency,
+    "concurrency_groups": _concurrency_groups,
+    "max_pending_calls": _int_at_least(-1),
+    "allow_out_of_order_execution": _bool,
     "lifetime": _lifetime,
     "namespace": _non_empty_str("Actor namespace"),
     "get_if_exists": _bool,

@@ -46,6 +46,7 @@ class TaskSpec:
     args_size: int = field(default=0)
     method: Optional[str] = None  #: for ACTOR_TASK: the method to call on the actor
     task_events: bool = True  #: False: left out of the state API and timeline (enable_task_events)
+    concurrency_group: str = ""  #: for ACTOR_TASK: the actor's concurrency group it runs in ("": the default)
     backpressure: int = -1  #: streaming: items produced ahead of the consumer before the task pauses; -1: no limit
 
     def return_ids(self) -> Tuple[bytes, ...]:

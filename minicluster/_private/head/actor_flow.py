@@ -8,7 +8,10 @@ needs the task flow (an actor's tasks are placed and run like tasks).
     create ─► the ACTOR_CREATION_TASK is placed and run like any task (task_flow.py);
               its worker is then dedicated to the actor (it leaves the node's pool)
     call   ─► an ACTOR_TASK waits for its arguments, then joins the actor's queue;
-              calls are sent to the actor's worker strictly in submission order
+              calls are sent to the actor's worker in each caller's submission order
+              (async and threaded actors: as soon as their arguments are ready, as
+              Ray's allow_out_of_order_execution); the worker runs each concurrency
+              group's calls in its own threads, up to the group's limit
     dies   ─► (its process or node) restarts remain: the constructor runs again on a
               fresh worker; calls in flight are retried if max_task_retries allows,
               else fail with ActorUnavailableError; queued and new calls wait for the
@@ -79,10 +82,14 @@ class ActorFlow:
         the same name is returned instead (lookup and creation in one step under the lock).
         ValueError if the name is taken."""
         state = self.state
+        if meta.get("namespace") is None:
+            meta["namespace"] = state.namespace  # created in a worker: the job's namespace
         name, namespace = meta.get("name"), meta.get("namespace")
         if name is not None:
+            # Taken while its actor lives, and (Ray's rule) while a dead non-detached actor's
+            # handles do: its name is released by kill, exit_actor, or when its handles are gone.
             existing = state.named_actors.get((namespace, name))
-            if existing is not None and state.actors[existing].state != DEAD:
+            if existing is not None:
                 if get_if_exists:
                     return msg.ActorFound.new(actor_id=existing, meta=state.actors[existing].meta)
                 raise ActorAlreadyExistsError(
@@ -188,6 +195,12 @@ class ActorFlow:
             self._fail_call(task, record)
             return
         task.set_state(ORDERING)
+        if record.meta["allow_out_of_order"] and record.state == ALIVE:
+            # Out-of-order execution (Ray's default for async and threaded actors): a call
+            # goes as soon as its arguments are ready, ahead of earlier calls still waiting.
+            record.pending.remove(task)
+            self._send(record, task)
+            return
         self._dispatch(record)
 
     def requeue_call(self, task: TaskRecord) -> None:
@@ -201,11 +214,12 @@ class ActorFlow:
         """Send queued calls to the actor's worker, each caller's in its submission order.
 
         As in Ray, order is kept per caller (the process that submitted the call): a call
-        still waiting for its arguments holds back the later calls of its caller only.
+        still waiting for its arguments holds back the later calls of its caller only
+        (with allow_out_of_order_execution, nobody's).
         """
         if record.state != ALIVE or record.worker is None:
             return
-        worker = record.worker
+        in_order = not record.meta["allow_out_of_order"]
         pending = record.pending
         held: Optional[set] = None  # callers with an earlier call still waiting for its arguments
         kept: Optional[Deque[TaskRecord]] = None
@@ -218,19 +232,41 @@ class ActorFlow:
             if task.state != ORDERING or (held is not None and caller in held):
                 if held is None:
                     held, kept = set(), collections.deque()
-                held.add(caller)
-                if len(held) >= len(record.callers):
-                    break  # every caller is held back: nothing after this can go
+                if in_order:
+                    held.add(caller)
+                    if len(held) >= len(record.callers):
+                        break  # every caller is held back: nothing after this can go
                 kept.append(pending.popleft())  # type: ignore[union-attr]
                 continue
             pending.popleft()
-            record.inflight[task.spec.task_id] = task
-            task.worker = worker
-            task.node = worker.node
-            task.set_state(RUNNING, node_id=worker.node.node_id, worker_id=worker.worker_id)
-            self.tasks.send_exec(task, worker)
+            self._send(record, task)
         if kept:
             pending.extendleft(reversed(kept))  # the held-back calls keep their places, in order
+
+    def _send(self, record: ActorRecord, task: TaskRecord) -> None:
+        worker = record.worker
+        record.inflight[task.spec.task_id] = task
+        task.worker = worker
+        task.node = worker.node
+        task.set_state(RUNNING, node_id=worker.node.node_id, worker_id=worker.worker_id)
+        self.tasks.send_exec(task, worker)
+
+    @staticmethod
+    def _started(record: ActorRecord, calls: Any) -> List[TaskRecord]:
+        """Of the calls sent to the actor's worker, those it has begun as far as the head can
+        tell: in each concurrency group, the oldest ones up to the group's max concurrency
+        (calls begin in order within a group; the default group's limit is max_concurrency)."""
+        limits = record.meta["concurrency_groups"]
+        default = record.meta["max_concurrency"]
+        begun: Dict[str, int] = {}
+        started = []
+        for task in sorted(calls, key=lambda t: t.attempts[0].creation_time):
+            group = task.spec.concurrency_group
+            count = begun.get(group, 0)
+            if count < limits.get(group, default):
+                begun[group] = count + 1
+                started.append(task)
+        return started
 
     def cancel_actor_call(self, task: TaskRecord) -> None:
         """cancel() of a call sent to the actor: one that has not started fails now with
@@ -240,9 +276,7 @@ class ActorFlow:
         if record is None or worker is None:
             return
         self.outbox.post(worker.peer, msg.CancelTask.new(task_id=task.spec.task_id))
-        # Calls start in submission order, at most max_concurrency at a time.
-        by_age = sorted(record.inflight.values(), key=lambda t: t.attempts[0].creation_time)
-        if task in by_age[: record.meta["max_concurrency"]]:
+        if task in self._started(record, record.inflight.values()):
             return
         record.inflight.pop(task.spec.task_id, None)  # its late report is discarded
         task.worker = None
@@ -291,10 +325,11 @@ class ActorFlow:
         if not restart:
             self._actor_dead(record, cause, inflight)
             return
-        # Calls start in order, at most max_concurrency at a time: the oldest ones were
-        # running; the others never started and simply wait for the restart.
-        running = inflight[: record.meta["max_concurrency"]]
-        never_started = inflight[len(running):]
+        # The calls that had begun may have run (retried or failed); the others never
+        # started and simply wait for the restart.
+        running = self._started(record, inflight)
+        begun = {id(task) for task in running}
+        never_started = [task for task in inflight if id(task) not in begun]
         for task in never_started:
             task.set_state(ORDERING)
         retry_front = []
@@ -364,6 +399,8 @@ class ActorFlow:
             if not task.finished:
                 self._fail_call(task, record)
         self._unpin_creation(record)
+        if record.meta["detached"] or record.out_of_scope:
+            self._release_name(record)  # (a non-detached one keeps it while its handles live)
         worker = record.worker
         record.worker = None
         if worker is not None and not worker.dead:
@@ -426,7 +463,11 @@ class ActorFlow:
     def owner_died_actors(self, owner: bytes) -> None:
         """Actors whose owner died go too, unless detached."""
         for record in list(self.state.actors.values()):
-            if record.owner == owner and record.state != DEAD and not record.meta["detached"]:
+            if record.owner != owner or record.meta["detached"]:
+                continue
+            if record.state == DEAD:
+                self._release_name(record)
+            else:
                 self.kill_actor(record.actor_id, no_restart=True,
                                 reason=f"its owner has died (worker {owner.hex()[:12]}...); actors die with their "
                                        "owner unless created with lifetime=\"detached\"")
@@ -453,9 +494,12 @@ class ActorFlow:
         """No process holds a handle of this non-detached actor any more (its creation
         result was freed): as in Ray, it ends once the calls already submitted are done."""
         record = self.state.actors.get(actor_id)
-        if record is None or record.state == DEAD:
+        if record is None:
             return
         record.out_of_scope = True
+        if record.state == DEAD:
+            self._release_name(record)  # a dead actor's name was held for its handles
+            return
         self._end_if_unused(record)
 
     def _end_if_unused(self, record: ActorRecord) -> None:
@@ -470,9 +514,14 @@ class ActorFlow:
         return [key for key, actor_id in self.state.named_actors.items()
                 if actor_id in actors and actors[actor_id].state != DEAD]
 
-    def lookup_actor(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
-        actor_id = self.state.named_actors.get((namespace, name))  # (killed ones have left it)
+    def lookup_actor(self, name: str, namespace: Optional[str]) -> Optional[msg.ActorFound]:
+        """The actor named `name` in `namespace` (None: the job's)."""
+        if namespace is None:
+            namespace = self.state.namespace
+        # Killed ones have left it; a dead one whose handles live is found, as in Ray (its
+        # calls then fail with ActorDiedError).
+        actor_id = self.state.named_actors.get((namespace, name))
         record = self.state.actors.get(actor_id) if actor_id else None
-        if record is None or record.state == DEAD:
+        if record is None:
             return None
         return msg.ActorFound.new(actor_id=record.actor_id, meta=record.meta)

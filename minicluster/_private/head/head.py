@@ -195,7 +195,6 @@ class Head:
             store_root=layout.store_root,
             spill_root=layout.spill_root,
             capacity=node.capacity,
-            namespace=state.namespace,
             job_id=job_id(),  # the node's workers make ids of this session's job
             num_workers=num_workers,
             logs_dir=self.session.logs_dir,  # workers' stdout/stderr files (log_files.py)
@@ -492,6 +491,11 @@ class Head:
                 return self.scheduler.availables()
             if what == "task_context":
                 return self._task_context(about)
+            if what == "namespace":  # the job's (a worker's get_runtime_context().namespace)
+                return self.head_state.namespace
+            if what == "open_tasks":  # which of these tasks are not finished (max_pending_calls)
+                tasks = self.tasks
+                return [task_id for task_id in about if task_id in tasks]
             if what == "node_labels":
                 node = self.nodes.get(about)
                 return dict(node.labels) if node is not None else {}
@@ -619,7 +623,7 @@ class Head:
                      get_if_exists: bool = False) -> Optional[msg.ActorFound]:
         return self.actor_flow.create_actor(spec, meta, submitter_node, owner, get_if_exists)
 
-    def lookup_actor(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
+    def lookup_actor(self, name: str, namespace: Optional[str]) -> Optional[msg.ActorFound]:
         return self.actor_flow.lookup_actor(name, namespace)
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:

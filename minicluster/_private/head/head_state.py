@@ -102,7 +102,8 @@ class HeadState:
     fetch_timers: Dict[bytes, Any] = field(default_factory=dict)
     #: how long readers wait for a stopped node's copy before giving up on it (constant)
     fetch_timeout_s: float = field(default_factory=config.fetch_fail_timeout_s)
-    #: the job's namespace (init(namespace=...)), told to nodes; set by the driver before nodes start
+    #: the job's namespace (init(namespace=...), else anonymous); set by the driver, changed by a job
+    #: joining a Cluster; workers ask for it (get_actor, named actors they create)
     namespace: str = "default"
     #: how long an actor ending on purpose may take to exit (its __ray_shutdown__) before it is
     #: killed (Ray's actor_graceful_shutdown_timeout_ms); set by the driver (init, Cluster)

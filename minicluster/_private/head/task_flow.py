@@ -437,7 +437,8 @@ class TaskFlow:
         if spec.task_type == ACTOR_CREATION_TASK:
             meta = state.actors[spec.actor_id].meta
             actor = msg.ActorConfig.new(actor_id=spec.actor_id, max_concurrency=meta["max_concurrency"],
-                                        is_async=meta["is_async"], class_name=meta["class_name"])
+                                        is_async=meta["is_async"], class_name=meta["class_name"],
+                                        concurrency_groups=meta["concurrency_groups"])
         if spec.backpressure > 0:
             ack = self.streams.ack_for(task)  # a retry resumes where the consumer is
             if ack is not None:
@@ -447,6 +448,7 @@ class TaskFlow:
                                name=spec.name, args_blob=spec.args, payloads=payloads, num_returns=spec.num_returns,
                                retry_exceptions=spec.retry_exceptions, max_calls=spec.max_calls,
                                task_type=spec.task_type, func_name=spec.func_name, method=spec.method,
+                               concurrency_group=spec.concurrency_group,
                                actor_config=actor, faults=None if faults is None else faults.on_exec(task, worker),
                                num_cpus=spec.resources.get("CPU", 0.0))
         if spec.strategy[0] == "PG":  # in a placement group: the worker's code may ask which one

@@ -1,8 +1,10 @@
-"""An async actor's calls: its event loop thread, fed in batches.
+"""An async actor's calls: its event loop threads, fed in batches.
 
 Runs in a worker process whose actor has `async def` methods (worker.py makes
-one when the actor is created). The loop runs on its own thread
-("actor-event-loop"):
+one when the actor is created). Each concurrency group has its own event loop
+on its own thread ("AsyncIO Thread: default", "AsyncIO Thread: <group>", as in
+Ray), with its own limit: a coroutine that blocks one group's loop does not
+hold back another group's calls. For each loop:
 
     main thread ── start(batch) ──► one wake-up of the loop ──► a task per call
     reader thread ── cancel(id) ──► decided on the loop thread
@@ -37,57 +39,93 @@ if TYPE_CHECKING:
     from minicluster._private.wire.messages import Exec
 
 
-class AsyncCalls:
-    """The event loop of one async actor and the calls running on it."""
+class _GroupLoop:
+    """One concurrency group's event loop, on its own thread, and the calls running on it."""
 
-    def __init__(self, worker: "Worker", max_concurrency: int) -> None:
-        self.worker = worker
-        self.running: Dict[bytes, asyncio.Task] = {}  #: loop thread only
+    def __init__(self, group: str, limit: int) -> None:
+        self.running: Dict[bytes, asyncio.Task] = {}  #: its loop thread only
         ready = threading.Event()
 
         def run() -> None:
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
-            self.slots = asyncio.Semaphore(max_concurrency)  # at most max_concurrency awaiting at once
+            self.slots = asyncio.Semaphore(limit)  # at most `limit` of the group's calls awaiting at once
             ready.set()
             self.loop.run_forever()
 
-        threading.Thread(target=run, name="actor-event-loop", daemon=True).start()
+        # Ray's thread names: "AsyncIO Thread: default", "AsyncIO Thread: <group>"
+        threading.Thread(target=run, name=f"AsyncIO Thread: {group or 'default'}", daemon=True).start()
         ready.wait()
+
+
+class AsyncCalls:
+    """The event loops of one async actor (one per concurrency group) and the calls running on them."""
+
+    def __init__(self, worker: "Worker", groups: Dict[str, int]) -> None:
+        """`groups`: each concurrency group's max concurrency, "" the default group's."""
+        self.worker = worker
+        self.loops = {group: _GroupLoop(group, limit) for group, limit in groups.items()}
+        # With several loops, the reader thread must know which one a call was handed to
+        # (to cancel it there); a call not handed to any yet is cancelled when it begins.
+        self._lock = threading.Lock()
+        self._where: Dict[bytes, _GroupLoop] = {}
+        self._single = self.loops[""] if len(self.loops) == 1 else None
 
     # ---- other threads ---------------------------------------------------------------
 
     def start(self, requests: List["Exec"]) -> None:
-        """Begin these calls, in this order (the worker's main thread)."""
-        self.loop.call_soon_threadsafe(self._start, requests)
+        """Begin these calls, in this order within each group (the worker's main thread)."""
+        if self._single is not None:
+            self._single.loop.call_soon_threadsafe(self._start, self._single, requests)
+            return
+        by_group: Dict[str, List["Exec"]] = {}
+        for request in requests:
+            by_group.setdefault(request.concurrency_group, []).append(request)
+        with self._lock:
+            for group, batch in by_group.items():
+                where = self.loops[group]
+                for request in batch:
+                    self._where[request.task_id] = where
+                where.loop.call_soon_threadsafe(self._start, where, batch)
 
     def cancel(self, task_id: bytes) -> None:
         """cancel() of one call (the worker's reader thread)."""
-        self.loop.call_soon_threadsafe(self._cancel, task_id)
+        if self._single is not None:
+            self._single.loop.call_soon_threadsafe(self._cancel, self._single, task_id)
+            return
+        with self._lock:
+            where = self._where.get(task_id)
+            if where is None:
+                self.worker.cancelled_queued.add(task_id)  # not handed to a loop yet: skipped when it begins
+                return
+            where.loop.call_soon_threadsafe(self._cancel, where, task_id)
 
-    # ---- the loop thread ---------------------------------------------------------------
+    # ---- a loop thread ---------------------------------------------------------------
 
-    def _start(self, requests: List["Exec"]) -> None:
+    def _start(self, where: _GroupLoop, requests: List["Exec"]) -> None:
         for request in requests:
-            self.loop.create_task(self._run(request))
+            where.loop.create_task(self._run(where, request))
 
-    def _cancel(self, task_id: bytes) -> None:
-        task = self.running.get(task_id)
+    def _cancel(self, where: _GroupLoop, task_id: bytes) -> None:
+        task = where.running.get(task_id)
         if task is not None:
             task.cancel()
         else:
             self.worker.cancelled_queued.add(task_id)
 
-    async def _run(self, request: "Exec") -> None:
+    async def _run(self, where: _GroupLoop, request: "Exec") -> None:
         task_id = request.task_id
-        self.running[task_id] = asyncio.current_task()  # type: ignore[assignment]
+        where.running[task_id] = asyncio.current_task()  # type: ignore[assignment]
         try:
-            done, value = await self.worker.execute_async(request, self.slots)
+            done, value = await self.worker.execute_async(request, where.slots)
         except BaseException:  # noqa: BLE001 - a bug of ours, not the call's: fail loudly, never hang
             traceback.print_exc()
             os._exit(1)
         finally:
-            self.running.pop(task_id, None)
+            where.running.pop(task_id, None)
+            if self._single is None:
+                with self._lock:
+                    self._where.pop(task_id, None)
         if done.error is not None and done.error.error_type == "ACTOR_EXIT":
             return  # the call ended the actor: never reported (the head fails it; worker.py)
         if self.worker.client.hold_reply(done, value):

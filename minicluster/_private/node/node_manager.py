@@ -117,7 +117,7 @@ class NodeManager:
                       file=sys.stderr)
         layout = object_store.Layout(cfg["store_root"], cfg["spill_root"])
         worker.worker_main(cfg["socket_path"], cfg["key"], worker_id, self.node_id, layout, cfg["capacity"],
-                           cfg["namespace"], parent)
+                           parent)
 
     def reap(self) -> None:
         exits = []

@@ -15,8 +15,9 @@ its node or the driver dies. Two threads:
 (The messages are defined in wire/messages.py.)
 
 An actor's worker runs its calls on the main thread too, in order; a threaded
-actor (max_concurrency > 1) on a thread pool, an async actor on an event loop
-thread (async_actor.py) that the main thread hands the calls to in batches.
+actor (max_concurrency > 1, or concurrency groups) on a thread pool per group,
+an async actor on an event loop thread per group (async_actor.py) that the main
+thread hands the calls to in batches.
 
 Code running in the worker reaches the runtime through worker_client.py.
 
@@ -87,7 +88,9 @@ class Worker:
         self._cancel_lock = threading.Lock()
         self.stolen: set = set()  # queued tasks the head re-assigned; skipped when reached
         self.actor: Any = None  # the actor instance, once this worker is dedicated to one
-        self.pool: Optional[concurrent.futures.ThreadPoolExecutor] = None  # threaded actors
+        #: a threaded actor's (max_concurrency > 1, or concurrency groups): a thread pool per
+        #: concurrency group, "" the default group's
+        self.pools: Optional[Dict[str, concurrent.futures.ThreadPoolExecutor]] = None
         self.async_calls: Optional[AsyncCalls] = None  # async actors: their event loop
         self.main_ident = threading.get_ident()
         self.title = ProcTitle()  #: `ray::IDLE`, `ray::<task>`: what ps shows (proc_title.py)
@@ -195,8 +198,8 @@ class Worker:
                     self.async_calls.start(async_batch)
                     async_batch = []
                 continue
-            if request.task_type == ACTOR_TASK and self.pool is not None:
-                self.pool.submit(self._run_threaded, request)
+            if request.task_type == ACTOR_TASK and self.pools is not None:
+                self.pools[request.concurrency_group].submit(self._run_threaded, request)
                 continue
             done, value = self.execute(request)
             # Sent before the next task starts, never held back: if that task kills
@@ -238,8 +241,10 @@ class Worker:
         """The actor ends on purpose (its last handle is gone, or exit_actor): calls running
         on its pool finish, queued ones never start (the head fails them); then, as in Ray,
         its __ray_shutdown__ and the atexit handlers its code installed run."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self.pools or {}).values():
+            pool.shutdown(wait=False, cancel_futures=True)  # every group's queued calls first
+        for pool in (self.pools or {}).values():
+            pool.shutdown(wait=True)
         shutdown = getattr(self.actor, "__ray_shutdown__", None)
         if callable(shutdown):
             try:
@@ -272,7 +277,7 @@ class Worker:
         # cancel() interrupts the main thread's task, and only inside its own code: raised
         # anywhere else (while its result is sent, say) it would escape and kill the worker.
         self.in_user_code = call.task_type != ACTOR_TASK
-        if self.pool is None:  # (a threaded actor runs calls at once: its title stays its class's name)
+        if self.pools is None:  # (a threaded actor runs calls at once: its title stays its class's name)
             self.title.set(task_title(call.name))
         try:
             if self.in_user_code and self.cancel_target == call.task_id:
@@ -378,7 +383,9 @@ class Worker:
         return fn
 
     def _create_actor(self, cls: type, config: msg.ActorConfig, args: tuple, kwargs: dict) -> None:
-        max_concurrency = config.max_concurrency
+        # Each concurrency group has its own limit and threads (event loop, for an async actor):
+        # a group's blocked calls never hold back another's. "" is the default group.
+        groups = {"": config.max_concurrency, **config.concurrency_groups}
         self.idle_title = actor_title(config.class_name)
         try:
             self.actor = cls(*args, **kwargs)
@@ -390,12 +397,13 @@ class Worker:
         if config.is_async:
             from minicluster._private.node.async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
 
-            self.async_calls = AsyncCalls(self, max_concurrency)
+            self.async_calls = AsyncCalls(self, groups)
             self.client.in_async_actor = True
-        elif max_concurrency > 1:
+        elif len(groups) > 1 or config.max_concurrency > 1:
             import concurrent.futures
 
-            self.pool = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor")
+            self.pools = {group: concurrent.futures.ThreadPoolExecutor(limit, f"actor-{group or 'default'}")
+                          for group, limit in groups.items()}
         return None
 
     def _end(self, call: "_Call", value: Any = None, exc: Optional[BaseException] = None) -> msg.Done:
@@ -589,7 +597,7 @@ def _set_parent_death_signal() -> None:
 
 
 def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, layout: object_store.Layout,
-                capacity: int, namespace: str, parent_pid: int) -> None:
+                capacity: int, parent_pid: int) -> None:
     """Entry point of a freshly forked worker; never returns."""
     _set_parent_death_signal()
     if os.getppid() != parent_pid:
@@ -600,7 +608,6 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
     try:
         conn = Connection.connect(socket_path, key)
         client = WorkerClient(conn, worker_id, node_id, layout, capacity)
-        client.namespace = namespace
         client.session_name = os.path.basename(os.path.dirname(socket_path))  # <session>/head.sock
         set_counter(client.refs)
         context.set_client(client, is_worker=True)

@@ -39,7 +39,9 @@ class WorkerClient(RuntimeClient):
         self.node_id = node_id
         self.layout = layout
         self.capacity = capacity  #: this node's store size; a larger value cannot be stored
-        self.namespace = "default"  #: the job's namespace (for named actors)
+        #: None: the job's namespace, which only the head knows for sure (a job joining a
+        #: Cluster sets it after this worker started); the head fills it in where it is needed
+        self.namespace: Optional[str] = None
         self.refs = LocalRefCounter(on_first=self._on_first_ref)
         self._adds: List[bytes] = []
         #: async actors' finished calls: (Done message, return value) not sent yet. The value
@@ -212,7 +214,7 @@ class WorkerClient(RuntimeClient):
         # The head counts this worker as holding the handle's ref from the creation on.
         return None, ObjectRef(spec.return_ids()[0], _announce=False)
 
-    def actor_lookup(self, name: str, namespace: str) -> Optional[msg.ActorFound]:
+    def actor_lookup(self, name: str, namespace: Optional[str]) -> Optional[msg.ActorFound]:
         """The named actor's handle arguments (actor id, its metadata), or None."""
         found = self.request(lambda request_id: msg.LookupActor.new(request_id=request_id, name=name,
                                                                      namespace=namespace))

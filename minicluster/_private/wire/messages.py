@@ -90,9 +90,10 @@ class ActorConfig(NamedTuple):
     """In Exec, for an actor's creation task only: the actor, and how the worker runs its calls."""
 
     actor_id: bytes
-    max_concurrency: int
+    max_concurrency: int  #: of its default concurrency group
     is_async: bool
     class_name: str
+    concurrency_groups: Dict[str, int]  #: its other concurrency groups, each with its max concurrency
 
 
 class Payload(NamedTuple):
@@ -143,6 +144,7 @@ class Exec(NamedTuple):
     task_type: str
     func_name: str
     method: Optional[str]  #: the method of an actor call
+    concurrency_group: str  #: an actor call's concurrency group ("": the default)
     actor_config: Optional[ActorConfig]
     faults: Optional[Tuple[FaultOrder, ...]]  #: a test's fault plan's orders for this attempt
     num_cpus: float  #: the CPUs the task holds: the worker sets OMP_NUM_THREADS from it, as Ray does
@@ -372,7 +374,7 @@ class LookupActor(NamedTuple):
 
     request_id: int
     name: str
-    namespace: str
+    namespace: Optional[str]  #: None: the job's namespace (the head knows it)
 
 
 class ActorExiting(NamedTuple):
