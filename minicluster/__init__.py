@@ -64,7 +64,9 @@ in this list (tests/test_architecture.py checks it):
                 session's state on disk), state_render.py (tables for the CLI), timeline.py
                 (Chrome trace), log_files.py (workers' output files), log_dedup.py (folding
                 repeated lines across workers, as Ray's RAY_DEDUP_LOGS), progress_bars.py
-                (tqdm_ray's bars, drawn on the driver)
+                (tqdm_ray's bars, drawn on the driver), sessions.py (which session folders
+                there are, which one a reader means), top_view.py (`minicluster top`'s frame),
+                arrow_export.py (state lists as Parquet/Arrow)
     client/     the runtime as this process's code sees it: runtime_client.py (shared part),
                 driver.py (the driver's: session + embedded head), context.py (which client,
                 auto-init), object_ref.py (refs and their per-process counter),
@@ -103,6 +105,36 @@ from minicluster.api import (
 from minicluster.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 
 ObjectID = ObjectRef  # Ray's old name, still exported by Ray
+
+# Ray's top-level names that minicluster lacks -> why: asking for one says so, instead of
+# Python's bare "has no attribute" (docs/support.md lists Ray's whole API with what we do).
+_NOT_IN_MINICLUSTER = {
+    "get_gpu_ids": "GPUs are a counted resource here; no GPU ids are assigned to workers",
+    "LoggingConfig": "minicluster sets up no loggers (its few messages go to stderr)",
+    "client": "Ray Client (ray://) joins a remote cluster; minicluster runs on this machine only",
+    "ClientBuilder": "Ray Client (ray://) joins a remote cluster; minicluster runs on this machine only",
+    "java_function": "there are no cross-language (Java, C++) tasks",
+    "java_actor_class": "there are no cross-language (Java, C++) actors",
+    "cross_language": "there are no cross-language (Java, C++) tasks",
+    "Language": "there are no cross-language (Java, C++) tasks",
+    "UniqueID": "only the ids a Ray program sees are exported (ObjectRef, TaskID, ActorID, JobID, NodeID, WorkerID)",
+    "FunctionID": "only the ids a Ray program sees are exported (ObjectRef, TaskID, ActorID, JobID, NodeID, WorkerID)",
+    "ActorClassID": "only the ids a Ray program sees are exported (ObjectRef, TaskID, ActorID, JobID, NodeID, "
+                    "WorkerID)",
+    "ClusterID": "only the ids a Ray program sees are exported (ObjectRef, TaskID, ActorID, JobID, NodeID, WorkerID)",
+    **{library: "minicluster is Ray Core only; Ray's libraries (Data, Train, Tune, Serve, RLlib, Workflows, "
+                "compiled graphs) need Ray itself" for library in
+       ("data", "train", "tune", "serve", "rllib", "workflow", "dag", "air")},
+}
+
+
+def __getattr__(name: str) -> object:
+    why = _NOT_IN_MINICLUSTER.get(name)
+    if why is None:
+        raise AttributeError(f"module 'minicluster' has no attribute {name!r}")
+    raise AttributeError(f"minicluster does not support ray.{name}: {why} (docs/support.md lists Ray's API "
+                         "and what minicluster does with each)")
+
 
 __version__ = "0.1.0"
 

@@ -174,6 +174,7 @@ class ActorClass:
             args_size=len(args_blob),
             runtime_env=client.env_for_child(runtime_envs.check(options.get("runtime_env"), at_job=False)),
             label_selector=labels.alternatives(options.get("label_selector"), options.get("fallback_strategy")),
+            task_events=options.get("enable_task_events", True),
         )
         max_concurrency = options.get("max_concurrency", 1000 if self._meta.is_async else 1)
         groups = dict(options.get("concurrency_groups") or {})
@@ -195,6 +196,7 @@ class ActorClass:
             # None: the job's default_actor_lifetime (JobConfig), which the head applies
             "detached": _LIFETIMES.get(options.get("lifetime")),
             "holds_cpus": _holds_cpus(options),
+            "task_events": options.get("enable_task_events", True),  # its methods' default, as Ray's
             "methods": self._meta.methods,
             "signatures": self._meta.signatures,
             "invocation_decorators": self._meta.invocation_decorators,
@@ -397,6 +399,7 @@ class ActorMethod:
             actor_id=handle._actor_id,
             args_size=len(args_blob),
             method=self._name,
+            task_events=self._options.get("enable_task_events", meta.get("task_events", True)),
             concurrency_group=group,
             backpressure=self._options.get("_generator_backpressure_num_objects", -1),
         )

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from minicluster._private.client import clusters, context
+from minicluster._private.common import config, system_config
 from minicluster._private.common import options as opts
-from minicluster._private.common import system_config
 from minicluster._private.observe.timeline import write_trace
 from minicluster.actor import ActorHandle, make_actor_class
 from minicluster.exceptions import RayError
@@ -71,13 +71,42 @@ class RayContext(Mapping):
 # dashboard, logging setup or metrics port, and the node's address is always this machine's.
 # _memory (the nodes' "memory" resource), _enable_object_reconstruction and _system_config
 # (common/system_config.py) are honoured. Any other argument is refused (TypeError), and so
-# are values of these that would ask for something minicluster does not do (_refuse_harmful).
+# are values of these that would ask for something minicluster does not do (_refuse_harmful);
+# one of _NO_EFFECT given a value other than Ray's default warns once, saying why (_warn_no_effect).
 _HARMLESS_ARGS = frozenset({
     "include_dashboard", "dashboard_host", "dashboard_port", "configure_logging", "logging_level",
     "logging_format", "logging_config", "local_mode", "enable_resource_isolation", "_system_config",
     "_metrics_export_port", "_node_ip_address", "_node_name", "_skip_env_hook", "_memory",
     "_tracing_startup_hook", "_enable_object_reconstruction", "_plasma_directory",
 })
+
+
+# init() arguments with no effect here -> (Ray's default values, which say nothing; why the argument does nothing).
+_NO_EFFECT: Dict[str, Tuple[Any, str]] = {
+    "include_dashboard": (None, "there is no dashboard (`minicluster status`, `minicluster top` and the state API "
+                                "show the session)"),
+    "dashboard_host": (("127.0.0.1", "localhost"), "there is no dashboard"),
+    "dashboard_port": (None, "there is no dashboard"),
+    "_metrics_export_port": (None, "minicluster exports no metrics"),
+    "configure_logging": (True, "minicluster sets up no loggers: its few messages go to stderr"),
+    "logging_level": ((20, "info", "INFO"), "minicluster sets up no loggers: its few messages go to stderr"),
+    "logging_format": (None, "minicluster sets up no loggers: its few messages go to stderr"),
+    "logging_config": (None, "minicluster sets up no loggers: its few messages go to stderr"),
+    "_node_name": (None, "virtual nodes are named node-0, node-1, ... (list_nodes' node_name)"),
+    "_skip_env_hook": (False, "minicluster runs no RAY_RUNTIME_ENV_HOOK"),
+}
+_warned_args: set = set()
+
+
+def _warn_no_effect(extra: Dict[str, Any]) -> None:
+    """Warn once per argument given a value that asks for something minicluster does not do."""
+    for name, value in extra.items():
+        quiet, why = _NO_EFFECT.get(name, ((value,), ""))
+        if value is None or value is False or value in (quiet if isinstance(quiet, tuple) else (quiet,)) \
+                or name in _warned_args:
+            continue  # (False asks for nothing: no dashboard, no logging setup, as here)
+        _warned_args.add(name)
+        warnings.warn(f"init({name}={value!r}) has no effect in minicluster: {why}", UserWarning, stacklevel=3)
 
 
 def _refuse_harmful(extra: Dict[str, Any], connecting: bool) -> None:
@@ -127,8 +156,10 @@ def init(
     `num_cpus` defaults to this machine's cores divided among the nodes (at least 1 each).
     `job_config` (minicluster.job_config.JobConfig): the job's namespace and default actor lifetime.
     """
+    config.check_platform()  # first: elsewhere the imports below fail on their own, less clearly
     connecting = address not in (None, "local")
     _refuse_harmful(kwargs, connecting)
+    _warn_no_effect(kwargs)
     if runtime_env:
         # As Ray: the argument becomes the job's runtime_env (over the job_config's, if any).
         job_config = job_config if job_config is not None else JobConfig()

@@ -177,7 +177,8 @@ class Cluster:
         return nodes + sorted(self.worker_nodes, key=lambda n: n.node_id)
 
     def connect(self, namespace: Optional[str] = None, **kwargs: Any) -> Any:
-        """Make this cluster the session that `get`, `remote` etc. use in this process."""
+        """Make this cluster the session that `get`, `remote` etc. use in this process (as
+        `init(address=cluster.address, namespace=..., **kwargs)`, which checks the arguments)."""
         return api.init(address=self._address, namespace=namespace, **kwargs)
 
     def shutdown(self) -> None:

@@ -115,6 +115,7 @@ class RemoteFunction:
             args_size=len(args_blob),
             runtime_env=client.env_for_child(static.runtime_env),
             label_selector=static.label_selector,
+            task_events=static.task_events,
             backpressure=static.backpressure,
         )
         refs = client.submit(spec, blob)
@@ -126,7 +127,7 @@ class _StaticOptions:
     """A task's options resolved once per options set, not once per call."""
 
     __slots__ = ("num_returns", "name", "resources", "max_retries", "retry_exceptions", "max_calls", "strategy",
-                 "runtime_env", "label_selector", "backpressure", "capture")
+                 "runtime_env", "label_selector", "backpressure", "capture", "task_events")
 
     def __init__(self, options: Dict[str, Any], function_name: str) -> None:
         self.num_returns = num_returns_code(options.get("num_returns"))  #: None: by the function's kind
@@ -142,6 +143,7 @@ class _StaticOptions:
         self.strategy = strategy_of(options.get("scheduling_strategy"))
         self.runtime_env = runtime_envs.check(options.get("runtime_env"), at_job=False)
         self.label_selector = labels.alternatives(options.get("label_selector"), options.get("fallback_strategy"))
+        self.task_events = options.get("enable_task_events", True)
         #: whether a call joins the calling task's placement group when that task captures its children
         self.capture = placement.may_capture(options)
         grouped = placement.explicit_in_group(self.name or function_name, options, self.resources)

@@ -51,6 +51,12 @@ FUNCTION_IMPORTS: Dict[Tuple[str, str, str], str] = {
         "startup time: asyncio is loaded only by async actors",
     ("minicluster._private.node.worker", "Worker._create_actor", "concurrent.futures"):
         "startup time: a thread pool only for threaded actors",
+    ("minicluster._private.observe.arrow_export", "write", "pyarrow"):
+        "startup time: pyarrow (~100 ms) only when the command exports a Parquet or Arrow file",
+    ("minicluster._private.observe.arrow_export", "write", "pyarrow.parquet"):
+        "startup time: pyarrow.parquet only for --format parquet",
+    ("minicluster._private.observe.arrow_export", "write", "pyarrow.feather"):
+        "startup time: pyarrow.feather only for --format arrow",
     ("minicluster._private.observe.state_journal", "_same_process_alive", "psutil"):
         "startup time: psutil only to tell whether a session's driver still runs",
     ("minicluster._private.store.serialization", "pickle_definition", "hashlib"):

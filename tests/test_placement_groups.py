@@ -330,7 +330,9 @@ def test_the_cli_lists_placement_groups_of_an_ended_session(tmp_path):
     assert rows["kept"]["placement_group_id"] == kept and rows["kept"]["state"] == "CREATED"
     assert rows["gone"]["state"] == "REMOVED"
     table = minicluster_cmd("list", "placement-groups", "--session", session)
-    assert "PLACEMENT_GROUP_ID" in table.stdout and kept in table.stdout
+    assert "PLACEMENT_GROUP_ID" in table.stdout and kept[:8] in table.stdout  # ids shortened to fit the terminal
+    wide = minicluster_cmd("list", "placement-groups", "--session", session, "--wide")
+    assert kept in wide.stdout
     got = minicluster_cmd("get", "placement-group", kept[:10], "--session", session, "--format", "json")
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)[0]["bundles"][0]["unit_resources"] == {"CPU": 1.0}

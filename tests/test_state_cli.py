@@ -72,7 +72,8 @@ def test_list_tasks_while_the_driver_runs_and_after_it_ended(tmp_path):
         task_id = driver.expect("TASK")
         wait_for(lambda: len(_list_json(session, "tasks")) == 3, 10, "the journal to hold the three attempts")
 
-        result = minicluster_cmd("list", "tasks", "-f", f"task_id={task_id}", "--session", session)
+        # --wide: Ray's own table, every column and whole ids (test_cli_list.py: the table fitted to a terminal).
+        result = minicluster_cmd("list", "tasks", "-f", f"task_id={task_id}", "--session", session, "--wide")
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         assert lines[0] == ""

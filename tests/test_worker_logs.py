@@ -92,6 +92,10 @@ def test_log_files_are_kept_and_the_logs_command_reads_them(tmp_path):
     listing = minicluster_cmd("logs", "--session", session)
     assert listing.returncode == 0, listing.stderr
     assert str(pids[0]) in listing.stdout and "OUT_BYTES" in listing.stdout
+    assert max(len(line) for line in listing.stdout.splitlines()[:-2]) <= 120  # short worker ids
+    short_id = next(line.split()[1] for line in listing.stdout.splitlines() if str(pids[0]) in line.split())
+    by_short_id = minicluster_cmd("logs", short_id, "--session", session)
+    assert f"(greet pid={pids[0]}, node=node-0) hello a" in by_short_id.stdout
 
     one = minicluster_cmd("logs", str(pids[0]), "--session", session)
     assert one.returncode == 0, one.stderr

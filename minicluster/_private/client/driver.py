@@ -46,6 +46,7 @@ class DriverClient(RuntimeClient):
         Workers' output is printed here with a `(task pid=.., node=..)` prefix unless
         `log_to_driver` is False; it is kept in the session's logs/ folder either way.
         """
+        config.check_platform()
         super().__init__()
         self.worker_id = new_worker_id()
         self.job = start_job()  # before any id is made: every id of this session carries it

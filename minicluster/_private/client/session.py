@@ -13,6 +13,13 @@ Created by the driver at `init()`. Layout:
                                              (log_files.py) and the state journal (state_journal.py)
     /dev/shm/minicluster-<uid>-<pid>-<rand>/<node id hex>/   the nodes' object stores
 
+The session root is shared by every driver of the user (a pytest-xdist run starts
+several at once), so what init() does there -- reaping, pruning, creating its folder,
+repointing `session_latest` -- happens under one lock file, `<session root>/.init.lock`
+(filelock: an flock the kernel releases if the holder dies): a driver never prunes or
+reaps while another is half-way through creating its session, and `session_latest`
+names the session that started last.
+
 At `init()`, sessions whose driver is dead and whose nodes could not all clean
 up (the driver was SIGKILLed while a node was SIGSTOPped, say) are reaped: their
 node managers' process groups are SIGKILLed (a stopped process dies of it too),
@@ -33,16 +40,38 @@ import sys
 import time
 from typing import Optional
 
+import filelock
+
 from minicluster._private.common import config, runtime_envs
 from minicluster._private.store import object_store
 
 MAX_SOCKET_PATH = 107  # bytes in a Unix socket's path (sun_path, Linux; 103 on macOS)
+INIT_LOCK = ".init.lock"  #: in the session root: held while a driver reaps, prunes and creates its session
+INIT_LOCK_TIMEOUT_S = 60.0  #: cleanup of many dead sessions takes a while; a minute means the holder is stuck
+
+
+def init_lock(root: str, timeout: float = INIT_LOCK_TIMEOUT_S) -> filelock.FileLock:
+    """The lock a driver holds while it works in the shared session root (see the module docstring)."""
+    return filelock.FileLock(os.path.join(root, INIT_LOCK), timeout=timeout, mode=0o600)
 
 
 class Session:
-    def __init__(self, store_bytes: Optional[int]) -> None:
+    def __init__(self, store_bytes: Optional[int], lock_timeout: float = INIT_LOCK_TIMEOUT_S) -> None:
         root = config.session_root()
         make_private_root(root)
+        lock = init_lock(root, lock_timeout)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise TimeoutError(f"minicluster: another driver has held {lock.lock_file} for over {lock_timeout:g} s "
+                               "while starting its session; is a minicluster process stuck? (the lock goes when "
+                               "it exits)") from None
+        try:
+            self._create(root, store_bytes)
+        finally:
+            lock.release()
+
+    def _create(self, root: str, store_bytes: Optional[int]) -> None:
         reap_stale_sessions(root)
         reap_orphan_stores(config.shm_root())
         prune_old_sessions(root, config.sessions_kept())
@@ -79,10 +108,12 @@ class Session:
         self.start_time = time.time()
         self._write_info()
         latest = os.path.join(root, "session_latest")
-        try:
-            if os.path.islink(latest):
-                os.unlink(latest)
-            os.symlink(os.path.basename(self.dir), latest)
+        fresh = os.path.join(root, ".session_latest.new")
+        try:  # replaced in one step: a reader never finds it missing
+            if os.path.lexists(fresh):
+                os.unlink(fresh)  # left by a driver killed right here
+            os.symlink(os.path.basename(self.dir), fresh)
+            os.replace(fresh, latest)
         except OSError:
             pass
 

@@ -8,6 +8,8 @@ Module constants are the knobs tests may monkeypatch.
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from typing import Callable, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
@@ -21,6 +23,38 @@ INLINE_THRESHOLD = 100 * 1024
 # right after the socket closes; this bounds how long the head waits for that
 # report before handling the death without a reason.
 DEATH_REPORT_GRACE_S = 1.0
+
+# Where a session can start. Linux has all the runtime is built on: /dev/shm (tmpfs) for the
+# stores, /proc (reaping a dead driver's nodes), prctl(PR_SET_PDEATHSIG) so workers die with their
+# node, fork() without exec for the warm zygote, posix_fallocate for spare store files. macOS is
+# not broken by design (SPEC): each of these has a fallback there, but it is not tested, so a
+# session there says what it does without. Anything else (Windows: no fork) is refused.
+SUPPORTED_PLATFORMS = ("linux",)
+UNTESTED_PLATFORMS = ("darwin",)
+_MACOS_WITHOUT = (
+    "minicluster on macOS is untested (Linux is the supported platform): the object stores are folders on "
+    "disk (no /dev/shm), workers outlive a SIGKILLed node manager (no PR_SET_PDEATHSIG), the nodes of a "
+    "SIGKILLed driver are not reaped (no /proc), and fork() without exec can abort in libraries built on "
+    "Apple's frameworks")
+_warned_platform = False
+
+
+def check_platform() -> None:
+    """Refuse to start a session where the runtime cannot work, saying why (at init, before anything runs);
+    on macOS, say once what the session does without."""
+    global _warned_platform
+    if sys.platform.startswith(SUPPORTED_PLATFORMS):
+        return
+    if sys.platform.startswith(UNTESTED_PLATFORMS):
+        if not _warned_platform:
+            _warned_platform = True
+            warnings.warn(_MACOS_WITHOUT, UserWarning, stacklevel=3)
+        return
+    raise RuntimeError(
+        f"minicluster runs on Linux (and, untested, macOS), and this is {sys.platform!r}: its virtual nodes "
+        "need fork() without exec, Unix sockets, /dev/shm and /proc. Run it in a Linux container or VM "
+        "(Docker Desktop, WSL 2), or switch the import back to ray, which runs here.")
+
 
 # Below this many bytes free in /dev/shm the store falls back to a disk folder.
 MIN_SHM_BYTES = 64 * 1024 * 1024

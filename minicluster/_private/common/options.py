@@ -17,10 +17,10 @@ from minicluster.util.scheduling_strategies import (
     PlacementGroupSchedulingStrategy,
 )
 
-# Options Ray accepts that have no effect here; taken so Ray code runs unchanged.
-_ACCEPTED_NO_EFFECT = {
-    "enable_task_events", "_metadata",
-}
+# Options Ray accepts that would have no effect here. Empty on purpose: every option either
+# works or is refused (an entry here needs its "no effect" row in docs/support.md, which
+# tests/test_support_table.py checks).
+_ACCEPTED_NO_EFFECT: frozenset = frozenset()
 
 
 # Options where None is not "unset": placement_group=None keeps a task out of its parent's group.
@@ -228,6 +228,9 @@ _COMMON: Dict[str, Callable[[str, Any], None]] = {
     "runtime_env": _runtime_env,
     "scheduling_strategy": _strategy,
     "name": _str,
+    # False: the task (an actor's: its creation and its calls) is left out of the state API,
+    # the journal and the timeline, as Ray leaves it out of its task events.
+    "enable_task_events": _bool,
     "placement_group": _placement_group,
     "placement_group_bundle_index": _int_at_least(-1),
     "placement_group_capture_child_tasks": _bool,
@@ -265,6 +268,7 @@ METHOD_OPTIONS: Dict[str, Callable[[str, Any], None]] = {
     "retry_exceptions": _retry_exceptions,
     "name": _str,
     "concurrency_group": _str,
+    "enable_task_events": _bool,
 }
 
 

@@ -52,8 +52,8 @@ class TaskSpec:
     runtime_env: Optional[str] = None
     #: the nodes it may run on: its label_selector, then its fallback_strategy's (labels.alternatives)
     label_selector: Optional[tuple] = None
+    task_events: bool = True  #: False: left out of the state API and timeline (enable_task_events)
     concurrency_group: str = ""  #: for ACTOR_TASK: the actor's concurrency group it runs in ("": the default)
-
     backpressure: int = -1  #: streaming: items produced ahead of the consumer before the task pauses; -1: no limit
 
     def return_ids(self) -> Tuple[bytes, ...]:

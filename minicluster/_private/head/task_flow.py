@@ -609,7 +609,8 @@ class TaskFlow:
         # A compact copy for the state API; the record itself lives on only as lineage.
         # A rebuilt task finishing again replaces its old entry: the new one has all its attempts.
         head.history.drop(task.history_entry, task.spec.task_id)
-        task.history_entry = head.history.add(task)
+        if task.spec.task_events:  # enable_task_events=False: the state API never shows it
+            task.history_entry = head.history.add(task)
         kids = head.children.pop(task.spec.task_id, None)
         if kids and task.cancel_children:
             for child in kids:

@@ -326,6 +326,6 @@ def find_session(path: Optional[str] = None) -> str:
         if not candidates:
             raise NoSessionError(
                 f"no running or previous minicluster session under {root}: start one with "
-                "minicluster.init() (or `minicluster demo`), or name one with --session PATH")
+                "minicluster.init() (or `minicluster demo`), or name one with --session ID or PATH")
         target = max(candidates)[1]
     return target

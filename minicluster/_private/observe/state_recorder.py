@@ -230,6 +230,8 @@ class StateRecorder:
         append = rows.append
         for task in tasks:
             spec = task.spec
+            if not spec.task_events:
+                continue  # enable_task_events=False, as Ray: no task events, so no row
             name = names.get(spec.func_name)
             if name is None:
                 name = names[spec.func_name] = _without_module(spec.func_name)

@@ -86,13 +86,84 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numalign: str =
     return "\n".join(lines)
 
 
-def list_report(resource: str, records: List[Dict[str, Any]], stamp: Optional[str] = None) -> str:
-    """`ray list <resource>`'s output: a dated header, the total, the table."""
-    columns = TABLE_COLUMNS[resource]
-    body = table([c.upper() for c in columns], [[r.get(c) for c in columns] for r in records])
+def list_report(resource: str, records: List[Dict[str, Any]], stamp: Optional[str] = None,
+                width: Optional[int] = None, hidden: Optional[List[str]] = None) -> str:
+    """`ray list <resource>`'s output: a dated header, the total, the table.
+
+    With `width`, the table is made to fit it (fit_table): ids shortened, then the
+    columns of HIDE_FIRST left out (their names are appended to `hidden`), then long
+    cells cut. Without, it is Ray's table: every column, whole ids.
+    """
+    columns = list(TABLE_COLUMNS[resource])
+    rows = [[r.get(c) for c in columns] for r in records]
+    if width is not None:
+        columns, rows, dropped = fit_table(resource, columns, rows, width)
+        if hidden is not None:
+            hidden.extend(dropped)
+    body = table([c.upper() for c in columns], rows)
     return (f"\n======== List: {stamp or now_stamp()} ========\n"
             f"Stats:\n{RULE}\nTotal: {len(records)}\n\n"
             f"Table:\n{RULE}\n{body}\n")
+
+
+# Columns left out, in this order, until a table fits the terminal (the first ones repeat others,
+# or matter least when reading a list).
+HIDE_FIRST: Dict[str, Sequence[str]] = {
+    "tasks": ("job_id", "func_or_class_name", "parent_task_id", "actor_id", "worker_id", "type"),
+    "workers": ("ip", "exit_detail", "exit_type"),
+    "nodes": ("labels", "node_ip", "state_message", "resources_total"),
+    "actors": ("ray_namespace", "job_id", "pid"),
+    "objects": ("call_site", "ip", "type", "attempt_number"),
+}
+MIN_ID = 8  #: a shortened id keeps at least this many hex digits
+_ELLIPSIS = "..."
+
+
+def short_ids(values: Sequence[Any]) -> Dict[str, str]:
+    """Each id -> its shortest prefix (at least MIN_ID digits) that no other id of `values` shares."""
+    ids = sorted({v for v in values if isinstance(v, str) and v})
+    length = MIN_ID
+    while length < max((len(i) for i in ids), default=0) and len({i[:length] for i in ids}) < len(ids):
+        length += 2
+    return {i: i[:length] for i in ids}
+
+
+def fit_table(resource: str, columns: List[str], rows: List[List[Any]],
+              width: int) -> "tuple[List[str], List[List[Any]], List[str]]":
+    """The columns and rows of a table that fits `width`, and the columns left out."""
+    for c, name in enumerate(columns):
+        if name.endswith("_id") and name != "job_id":
+            short = short_ids([row[c] for row in rows])
+            for row in rows:
+                row[c] = short.get(row[c], row[c])
+    dropped: List[str] = []
+    for name in HIDE_FIRST.get(resource, ()):
+        if _table_width(columns, rows) <= width:
+            break
+        c = columns.index(name)
+        columns = columns[:c] + columns[c + 1:]
+        rows = [row[:c] + row[c + 1:] for row in rows]
+        dropped.append(name)
+    while _table_width(columns, rows) > width:
+        widths = _column_widths(columns, rows)
+        c = max(range(len(columns)), key=lambda i: widths[i])
+        limit = max(len(columns[c]) + 2, widths[c] - (_table_width(columns, rows) - width), len(_ELLIPSIS) + 4)
+        if limit >= widths[c]:
+            break  # nothing left to cut
+        for row in rows:
+            row[c] = "\n".join(line if len(line) <= limit else line[:limit - len(_ELLIPSIS)] + _ELLIPSIS
+                               for line in _cell_lines(row[c]))
+    return columns, rows, dropped
+
+
+def _column_widths(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[int]:
+    return [max([len(name) + 2] + [len(line) for row in rows for line in _cell_lines(row[c])])
+            for c, name in enumerate(columns)]
+
+
+def _table_width(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
+    index = max(2, len(str(max(len(rows) - 1, 0))))
+    return index + sum(w + 2 for w in _column_widths(columns, rows))
 
 
 # ==== YAML and JSON ===========================================================================

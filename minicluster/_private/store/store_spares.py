@@ -44,6 +44,13 @@ LIMIT_SHARE = 8  #: a spare is at most capacity // LIMIT_SHARE (so all of them <
 _PAGE = 4096
 
 
+def _no_fallocate(fd: int, offset: int, length: int) -> None:
+    raise OSError("posix_fallocate is not available on this platform (macOS)")
+
+
+_fallocate = getattr(os, "posix_fallocate", _no_fallocate)
+
+
 def spare_path(store_dir: str, pid: int) -> str:
     return os.path.join(store_dir, f".spare-{pid}")
 
@@ -166,9 +173,9 @@ class SpareKeeper:
             with self._cond:
                 spare, step = self._next_chunk()
             try:
-                os.posix_fallocate(spare.fd, spare.allocated, step)
+                _fallocate(spare.fd, spare.allocated, step)
                 failed = False
-            except OSError:  # store full, or a file system without it: no spare until asked again
+            except OSError:  # store full, or a file system (or macOS) without it: no spare until asked again
                 failed = True
             with self._cond:
                 spare.busy = False

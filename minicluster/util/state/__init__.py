@@ -26,7 +26,8 @@ from minicluster._private.client import context
 from minicluster._private.head.task_records import attempt_events
 from minicluster._private.observe import timeline
 from minicluster._private.observe.log_files import log_paths
-from minicluster._private.observe.state_journal import NoSessionError, SessionFiles, find_session
+from minicluster._private.observe.sessions import find_session
+from minicluster._private.observe.state_journal import NoSessionError, SessionFiles
 from minicluster.util.state.common import (
     ActorState,
     NodeState,
@@ -278,6 +279,9 @@ _RESOURCES: Dict[str, Tuple[Type[StateSchema], Callable[[SessionSource], List[Di
     "objects": (ObjectState, object_records),
     "placement_groups": (PlacementGroupState, placement_group_records),
 }
+
+
+SCHEMAS: Dict[str, Type[StateSchema]] = {resource: schema for resource, (schema, _) in _RESOURCES.items()}
 
 
 def query(resource: str, source: SessionSource, filters: Optional[Sequence[Filter]], limit: Optional[int],
