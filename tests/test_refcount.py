@@ -26,6 +26,7 @@ import minicluster as ray
 from minicluster import exceptions as rex
 from minicluster import testing
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from minicluster.util.state import list_objects
 
 N = 200_000  # float64 elements: 1.6 MB, stored in a node's store (not inline)
 
@@ -471,3 +472,31 @@ def test_get_of_a_freed_object_raises_reference_counting_assertion_error(cluster
     assert isinstance(info.value, rex.ObjectLostError)
     assert isinstance(info.value, AssertionError)
     assert object_hex in str(info.value)
+
+
+def test_a_task_that_sends_nothing_still_releases_what_it_dropped(cluster, tmp_path):
+    """Releases ride on a worker's frames; a task computing (or reading the state API's files)
+    for a long time must not hold what it dropped until it ends."""
+    cluster(num_cpus=2)
+    gate = tmp_path / "drop"
+
+    @ray.remote
+    def drops_then_computes():
+        ref = ray.put(np.zeros(200_000))  # (in the store: freed once released)
+        while not gate.exists():  # no message goes out while it waits and computes
+            time.sleep(0.01)
+        del ref
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pass
+
+    running = drops_then_computes.remote()
+    task_hex = running.hex()[:48]
+
+    def its_put_alive():
+        return any(o.object_id.startswith(task_hex) and o.object_id != running.hex() for o in list_objects())
+
+    wait_for(its_put_alive, what="the task's put")
+    gate.touch()
+    wait_for(lambda: not its_put_alive(), timeout=10, what="the dropped put freed while the task still runs")
+    ray.cancel(running, force=True)

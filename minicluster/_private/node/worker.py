@@ -12,7 +12,8 @@ its node or the driver dies. Two threads:
                    CancelTask ► KeyboardInterrupt in the main thread (SIGINT)
                    EOF ───────► the driver is gone: exit at once
 
-(The messages are defined in wire/messages.py.)
+(The messages are defined in wire/messages.py.) A third thread sends the refs a task
+dropped when nothing else has gone out for RELEASE_FLUSH_S (_send_releases).
 
 An actor's worker runs its calls on the main thread too, in order; a threaded
 actor (max_concurrency > 1, or concurrency groups) on a thread pool per group,
@@ -71,6 +72,8 @@ ASYNC_BATCH = 64
 FLUSH_REPLIES = object()
 #: How long a worker is idle before its process title says so (proc_title.py).
 IDLE_TITLE_AFTER_S = 0.05
+#: Refs a task dropped reach the head within this long even if it sends nothing meanwhile.
+RELEASE_FLUSH_S = 0.1
 
 
 class Worker:
@@ -632,6 +635,20 @@ def _set_parent_death_signal() -> None:
             pass
 
 
+def _send_releases(client: WorkerClient) -> None:
+    """(releases thread) Releases ride on the frames a worker sends anyway; a task that sends
+    nothing for a while (a long computation, a loop reading the state API's files) would hold
+    the objects it dropped until it ends. Safe to send alone: a ref dropped here is in no
+    message still to be sent (each message's refs are held until it is out)."""
+    while True:
+        time.sleep(RELEASE_FLUSH_S)
+        if client.refs.has_released():
+            try:
+                client.send()
+            except OSError:
+                return
+
+
 def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, layout: object_store.Layout,
                 capacity: int, parent_pid: int) -> None:
     """Entry point of a freshly forked worker; never returns."""
@@ -651,6 +668,7 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
         conn.send(msg.WorkerHello.new(worker_id=worker_id, node_id=node_id, pid=os.getpid()))
         worker = Worker(client)
         threading.Thread(target=worker.read_loop, name="minicluster-reader", daemon=True).start()
+        threading.Thread(target=_send_releases, args=(client,), name="minicluster-releases", daemon=True).start()
         worker.run()
     except BaseException:  # noqa: BLE001 - a worker must never fall back into the zygote's code
         traceback.print_exc()
