@@ -52,8 +52,9 @@ def test_two_drivers_at_once_neither_takes_over_the_default(tmp_path, root):
     second = None
     try:
         session_a = first.expect("SESSION")
-        # One driver running: it is the default.
-        assert _names(minicluster_cmd("list", "tasks", "--format", "json", env=env)) == {"task_of_a"}
+        # One driver running: it is the default (the journal is written a moment after the task ends).
+        wait_for(lambda: _names(minicluster_cmd("list", "tasks", "--format", "json", env=env)) == {"task_of_a"},
+                 10, "the first driver's task in the default session's journal")
 
         second = DriverProcess(SCRIPT, str(tmp_path / "b.py"), ["task_of_b"], env=env)
         session_b = second.expect("SESSION")
@@ -81,8 +82,8 @@ def test_two_drivers_at_once_neither_takes_over_the_default(tmp_path, root):
         by_id = session_a.rsplit("/", 1)[1]
         assert _names(minicluster_cmd("list", "tasks", "--format", "json", "--session", by_id, env=env)) == \
             {"task_of_a"}
-        assert _names(minicluster_cmd("list", "tasks", "--format", "json", "--session", str(pid_b), env=env)) == \
-            {"task_of_b"}
+        wait_for(lambda: _names(minicluster_cmd("list", "tasks", "--format", "json", "--session", str(pid_b),
+                                                env=env)) == {"task_of_b"}, 10, "the second driver's task journaled")
         assert _names(minicluster_cmd("list", "tasks", "--format", "json", "--session", session_b, env=env)) == \
             {"task_of_b"}
         for command in (["status"], ["summary", "tasks"], ["top", "--once"], ["logs"]):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Iterator, List, Optional, Set, TextIO, Tuple
 
-from minicluster._private.store.serialization import cloudpickle_dumps
+from minicluster._private.store.serialization import cloudpickle_dumps, short_repr
 
 
 class FailureTuple:
@@ -62,7 +62,7 @@ def _search(obj: Any, path: Tuple[str, ...], parent: Any, depth: int, failures: 
     if depth > 0:
         with out.indented():
             for child_name, child in _parts(obj, out):
-                out.line(f"Serializing '{child_name}' {_short(child)}...")
+                out.line(f"Serializing '{child_name}' {short_repr(child)}...")
                 error = _pickle_error(child)
                 if error is None:
                     continue
@@ -105,14 +105,6 @@ def _pickle_error(obj: Any) -> Optional[BaseException]:
     except Exception as exc:  # noqa: BLE001 - whatever pickling raises is the answer
         return exc
     return None
-
-
-def _short(obj: Any) -> str:
-    try:
-        text = repr(obj)
-    except Exception:  # noqa: BLE001
-        text = f"<{type(obj).__name__}>"
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class _Report:

@@ -230,7 +230,7 @@ def dumps_function(fn: Any, what: str) -> bytes:
 def _explain(value: Any, what: str, exc: BaseException) -> str:
     culprit = _find_culprit(value)
     where = f"; the part that cannot be pickled is {culprit}" if culprit else ""
-    return f"Could not serialize {what} {_short_repr(value)}: {type(exc).__name__}: {exc}{where}"
+    return f"Could not serialize {what} {short_repr(value)}: {type(exc).__name__}: {exc}{where}"
 
 
 def _find_culprit(value: Any, depth: int = 0) -> Optional[str]:
@@ -252,11 +252,12 @@ def _find_culprit(value: Any, depth: int = 0) -> Optional[str]:
             cloudpickle_dumps(child)
         except Exception:  # noqa: BLE001
             inner = _find_culprit(child, depth + 1)
-            return inner or f"{_short_repr(child)} at {label.strip()}"
+            return inner or f"{short_repr(child)} at {label.strip()}"
     return None
 
 
-def _short_repr(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """repr() cut to 80 characters, or the type's name if repr fails (for error messages)."""
     try:
         text = repr(value)
     except Exception:  # noqa: BLE001
