@@ -73,10 +73,6 @@ class Streams:
         self.records: Dict[bytes, StreamRecord] = {}
         state.on_stream_unheld = self.drop
 
-    @staticmethod
-    def is_generator(spec: Any) -> bool:
-        return spec.num_returns < 0
-
     # ---- the producer -------------------------------------------------------------
 
     def open(self, task: TaskRecord) -> None:
@@ -120,7 +116,11 @@ class Streams:
         return object_id
 
     def _discard(self, value: msg.Value, object_id: bytes, node_id: bytes) -> None:
-        if value.kind == "s":
+        """A stale attempt's item: delete its file, unless it is (renamed over) the live copy."""
+        entry = self.state.objects.entries.get(object_id)
+        live = entry is not None and entry.payload is not None and entry.payload.kind == "s" \
+            and node_id in entry.payload.data
+        if value.kind == "s" and not live:
             object_store.delete(self.state.session.layout.dir_of(node_id), object_id)
 
     def final_results(self, task: TaskRecord, results: list, error_type: Optional[str],
