@@ -23,6 +23,7 @@ from minicluster._private.client.runtime_client import RuntimeClient
 from minicluster._private.client.session import Session
 from minicluster._private.common import config, runtime_envs
 from minicluster._private.common.ids import driver_task_id, job_of, new_worker_id, start_job
+from minicluster._private.common.task_spec import ITEM
 from minicluster._private.head.head import DRIVER, Head
 from minicluster._private.observe.state_recorder import StateRecorder
 from minicluster._private.store import object_store, store_spares
@@ -248,7 +249,7 @@ class DriverClient(RuntimeClient):
             head.apply_driver_refs()
             status, object_id = head.stream_next(task_id, advance)
             ref = ObjectRef(object_id) if object_id else None  # counted before the stream lets go of it
-            if ref is not None and advance and status == "item":
+            if ref is not None and advance and status == ITEM:
                 head.stream_taken(object_id)
             head.flush()
         return status, ref

@@ -22,11 +22,8 @@ from typing import Any, Deque, Iterator, List, Optional
 
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import ObjectRef
+from minicluster._private.common.task_spec import END, ITEM, PENDING_ITEM
 from minicluster.exceptions import GetTimeoutError
-
-ITEM = "item"  # (the head's words: streams.py)
-PENDING_ITEM = "pending"
-END = "end"
 
 
 class ObjectRefGenerator:

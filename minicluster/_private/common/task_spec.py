@@ -23,6 +23,11 @@ ACCELERATOR_TYPE_PREFIX = "accelerator_type:"
 STREAMING = -2  #: num_returns="streaming": items reach the caller while the task runs
 DYNAMIC = -1  #: num_returns="dynamic": the return value is a DynamicObjectRefGenerator of the items
 
+# What the head answers a generator's next() (head/streams.py; the consumer: client/object_ref_generator.py).
+ITEM = "item"  #: the item is taken (the consumer holds it now)
+PENDING_ITEM = "pending"  #: wait for this object id, then ask again
+END = "end"  #: no item left; the completion object says how the task ended
+
 # Strategy encodings: ("DEFAULT",), ("SPREAD",), ("NODE", node_id, soft), ("PG", ...) (placement.py)
 DEFAULT_STRATEGY: Tuple = ("DEFAULT",)
 

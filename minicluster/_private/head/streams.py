@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-from minicluster._private.common.task_spec import DYNAMIC, STREAMING, stream_item_id
+from minicluster._private.common.task_spec import DYNAMIC, END, ITEM, PENDING_ITEM, STREAMING, stream_item_id
 from minicluster._private.head.head_state import HeadState
 from minicluster._private.head.messaging import Outbox
 from minicluster._private.head.object_directory import READY
@@ -41,10 +41,6 @@ from minicluster._private.store import object_store
 from minicluster._private.store.serialization import error_blob, serialize
 from minicluster._private.wire import messages as msg
 from minicluster.exceptions import ObjectRefStreamEndOfStreamError
-
-ITEM = "item"  #: next(): the item is taken (the consumer holds it now)
-PENDING_ITEM = "pending"  #: next(): wait for this object id, then ask again
-END = "end"  #: next(): no item left; the completion object says how the task ended
 
 
 class StreamRecord:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from minicluster._private.client.object_ref import LocalRefCounter, ObjectRef
 from minicluster._private.client.runtime_client import RuntimeClient
 from minicluster._private.common import config
+from minicluster._private.common.task_spec import ITEM
 from minicluster._private.store import object_store, store_spares
 from minicluster._private.store.serialization import serialize
 from minicluster._private.wire import messages as msg
@@ -183,7 +184,7 @@ class WorkerClient(RuntimeClient):
         if not object_id:
             return status, None
         # An item taken: the head counts this worker as its holder already.
-        return status, ObjectRef(object_id, _announce=not (advance and status == "item"))
+        return status, ObjectRef(object_id, _announce=not (advance and status == ITEM))
 
     def stream_abandoned(self, task_id: bytes) -> None:
         """From ObjectRefGenerator.__del__ (any thread, any moment): lock-free, sent with the next frame."""
