@@ -149,37 +149,60 @@ sys.stdin.readline()
 """
 
 
-def test_a_node_paused_when_the_driver_dies_is_reaped_by_the_next_init(tmp_path, cluster):
+def test_a_node_paused_when_the_driver_dies_is_reaped_by_the_next_init(tmp_path, cluster, monkeypatch):
+    import shutil
     import signal
+    import tempfile
 
     import psutil
     from conftest import wait_for
     from driver_process import DriverProcess
 
-    driver = DriverProcess(PAUSED_NODE_DRIVER, str(tmp_path / "driver.py"))
+    # A session folder and a store folder of their own: any other driver's init() (another
+    # test run on this host, say) reaps a dead driver's session too, and the point here is
+    # that the node stays paused until *our* next init reaps it.
+    shm = tempfile.mkdtemp(prefix="mc-test-paused-", dir=os.environ.get("MINICLUSTER_SHM_DIR", "/dev/shm"))
+    sessions = tempfile.mkdtemp(prefix="mc-test-")  # (short: the head's socket path is bounded)
+    private = {"MINICLUSTER_TMPDIR": sessions, "MINICLUSTER_SHM_DIR": shm}
     try:
-        store = driver.expect("STORE")
-        pids = [int(p) for p in driver.expect("PIDS").split()]
-        other = int(driver.expect("OTHER"))
-        driver.expect("STOPPED")
-        os.kill(driver.proc.pid, signal.SIGKILL)
-        driver.proc.wait(timeout=10)  # (not finish(): the paused processes still hold its output pipes)
-    finally:
-        driver.kill()
-
-    def gone(pid):
+        driver = DriverProcess(PAUSED_NODE_DRIVER, str(tmp_path / "driver.py"), env=private)
         try:
-            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
+            store = driver.expect("STORE")
+            pids = [int(p) for p in driver.expect("PIDS").split()]
+            other = int(driver.expect("OTHER"))
+            driver.expect("STOPPED")
+            os.kill(driver.proc.pid, signal.SIGKILL)
+            driver.proc.wait(timeout=10)  # (not finish(): the paused processes still hold its output pipes)
+        finally:
+            driver.kill()
 
-    wait_for(lambda: gone(other), timeout=10, what="the running node to clean up after its driver")
-    assert not any(gone(p) for p in pids), "the paused node cannot have noticed anything yet"
-    assert os.path.isdir(store)
-    cluster(num_nodes=1, num_cpus=1)  # the next session reaps what the dead one left
-    wait_for(lambda: all(gone(p) for p in pids), timeout=10, what="the paused node's processes to be reaped")
-    assert not os.path.exists(store)
-    assert ray.get(ray.put(1)) == 1
+        def gone(pid):
+            try:
+                return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        def described(pid):
+            try:
+                proc = psutil.Process(pid)
+                return f"{pid} {proc.status()} {proc.cmdline()}"
+            except psutil.NoSuchProcess:
+                return f"{pid} gone"
+
+        wait_for(lambda: gone(other), timeout=10, what="the running node to clean up after its driver")
+        assert not any(gone(p) for p in pids), (
+            f"the paused node cannot have noticed anything yet: {[described(p) for p in pids]}")
+        assert os.path.isdir(store)
+        for name, value in private.items():
+            monkeypatch.setenv(name, value)
+        cluster(num_nodes=1, num_cpus=1)  # the next session reaps what the dead one left
+        wait_for(lambda: all(gone(p) for p in pids), timeout=10, what="the paused node's processes to be reaped")
+        assert not os.path.exists(store)
+        assert ray.get(ray.put(1)) == 1
+    finally:
+        ray.shutdown()  # before its store folder's parent goes
+        shutil.rmtree(shm, ignore_errors=True)
+        shutil.rmtree(sessions, ignore_errors=True)
 
 
 def test_a_dead_drivers_store_is_removed_whichever_session_folder_it_used(cluster, tmp_path):
