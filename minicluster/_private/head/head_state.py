@@ -213,4 +213,5 @@ def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
         lineage=Lineage(config.max_lineage_bytes(), release_lineage_args),
     )
     state.groups.labels_of = lambda node_id: state.nodes[node_id].labels  # (bundle_label_selector)
+    state.groups.gpu_ids_of = lambda node_id: state.nodes[node_id].gpu_ids  # (a bundle's own devices)
     return state

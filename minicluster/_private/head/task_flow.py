@@ -470,7 +470,8 @@ class TaskFlow:
         if not amount or spec.task_type == ACTOR_TASK:
             return None
         node = worker.node
-        return gpus.assign(node.gpu_ids, node.workers, worker, amount)
+        devices = self.state.groups.devices.pool(spec.strategy, node.node_id, node.gpu_ids)
+        return gpus.assign(devices, node.workers, worker, amount)
 
     # ---- results -------------------------------------------------------------------
 
