@@ -41,8 +41,9 @@ NODE_START_TIMEOUT_S = 30.0
 class DriverClient(RuntimeClient):
     def __init__(self, num_nodes: int, num_cpus: float, resources: Optional[Dict[str, float]],
                  object_store_memory: Optional[int], namespace: Optional[str], log_to_driver: bool = True,
-                 labels: Optional[Dict[str, str]] = None) -> None:
-        """Start a session of `num_nodes` nodes; `object_store_memory` is each node's store capacity.
+                 labels: Optional[Dict[str, str]] = None, settings: Optional[Any] = None) -> None:
+        """Start a session of `num_nodes` nodes; `object_store_memory` is each node's store capacity;
+        `settings` (system_config.ClusterSettings) apply from the first node on.
 
         Workers' output is printed here with a `(task pid=.., node=..)` prefix unless
         `log_to_driver` is False; it is kept in the session's logs/ folder either way.
@@ -69,6 +70,8 @@ class DriverClient(RuntimeClient):
             self.session.cleanup()
             raise
         self.head.namespace = self.namespace
+        if settings is not None:
+            self.head.apply_settings(settings)  # before the nodes start: some are theirs (preloaded modules)
         try:
             self.head.start()
             self.head.default_capacity = object_store_memory or config.default_store_capacity(
