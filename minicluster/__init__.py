@@ -59,7 +59,8 @@ in this list (tests/test_architecture.py checks it):
                 task gets), virtual_nodes.py (nodes, workers, starting and killing node
                 processes), placement_groups.py (groups, where their bundles go, removal),
                 snapshot.py (testing.snapshot),
-                announcements.py (rate-limited retry/death lines, "Unhandled error" on the driver)
+                announcements.py (rate-limited retry/death lines, "Unhandled error" on the driver),
+                global_gc.py (a store filling up: every process collects reference cycles)
     observe/    state_recorder.py (records -> state rows, journaled), state_journal.py (the
                 session's state on disk), state_render.py (tables for the CLI), timeline.py
                 (Chrome trace), log_files.py (workers' output files), log_dedup.py (folding

@@ -44,10 +44,11 @@ from minicluster._private.common import config
 from minicluster._private.common.ids import job_id, new_node_id
 from minicluster._private.common.placement import plain_resources
 from minicluster._private.common.system_config import ClusterSettings
-from minicluster._private.head import gpus, placement_groups
+from minicluster._private.head import global_gc, gpus, placement_groups
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
 from minicluster._private.head.announcements import Announcer
+from minicluster._private.head.global_gc import GlobalGC
 from minicluster._private.head.head_state import new_state
 from minicluster._private.head.invariants import HeadStateError, violations
 from minicluster._private.head.messaging import LockedTimers, Outbox
@@ -97,6 +98,8 @@ class Head:
         self.announcer = Announcer(timers, state.error_blob_of)
         self.task_flow.announce = self.recovery.announce = self.announcer
         state.objects.on_unhandled = self.announcer.unhandled_error
+        self.global_gc = GlobalGC(state, outbox)  # a store filling up: every process collects garbage
+        state.objects.on_filling, state.objects.pressure = self.global_gc.store_filling, global_gc.PRESSURE
         # Read-only views for the driver, the state recorder and the fault injector: the
         # state's containers themselves (never rebound), so reading them costs nothing.
         self.scheduler = state.scheduler

@@ -33,6 +33,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import faulthandler
+import gc
 import inspect
 import os
 import pickle
@@ -142,6 +143,9 @@ class Worker:
 
     def _on_stream_ack(self, message: msg.StreamAck) -> None:
         self.generators.on_ack(message)
+
+    def _on_collect_garbage(self, message: msg.CollectGarbage) -> None:
+        gc.collect()  # (here on the reader thread: a running task goes on meanwhile)
 
     def _on_retire(self, message: msg.Retire) -> None:
         self.tasks.put(None)
@@ -683,4 +687,5 @@ _HANDLERS: Dict[type, Callable[[Worker, Any], None]] = {
     msg.Steal: Worker._on_steal,
     msg.Retire: Worker._on_retire,
     msg.StreamAck: Worker._on_stream_ack,
+    msg.CollectGarbage: Worker._on_collect_garbage,
 }
