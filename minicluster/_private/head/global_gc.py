@@ -23,9 +23,9 @@ from minicluster._private.wire import messages as msg
 #: the share of a node's store capacity in use that makes the session collect garbage
 #: (Ray starts spilling at 80% too: the collection frees what cycles held before that)
 PRESSURE = 0.8
-#: the least time between two collections (Ray's global_gc_min_interval_s is 30 s; a session
-#: here is one machine's processes, and a test wants to see it happen)
-MIN_INTERVAL_S = 5.0
+#: the least time between two collections, Ray's global_gc_min_interval_s: a store that stays
+#: full of live objects must not make every process walk its heap again and again
+MIN_INTERVAL_S = 30.0
 
 
 class GlobalGC:
