@@ -27,7 +27,7 @@ from minicluster._private.common.task_spec import ITEM
 from minicluster._private.head.head import DRIVER, Head
 from minicluster._private.observe.state_recorder import StateRecorder
 from minicluster._private.store import object_store, store_spares
-from minicluster._private.store.serialization import serialize
+from minicluster._private.store.serialization import Serialized, serialize
 from minicluster._private.wire import messages as msg
 from minicluster.exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, RayError
 
@@ -116,9 +116,11 @@ class DriverClient(RuntimeClient):
         return refs
 
     def put(self, value: Any) -> ObjectRef:
+        return self.put_serialized(serialize(value, what="put() value"))
+
+    def put_serialized(self, serialized: Serialized) -> ObjectRef:
         object_id = self.next_put_id()
         ref = ObjectRef(object_id)
-        serialized = serialize(value, what="put() value")
         self.check_session(serialized.refs)
         if serialized.size <= config.INLINE_THRESHOLD:
             self.head.put_from_driver(object_id, "i", serialized.to_bytes(), serialized.refs, self.node_id)

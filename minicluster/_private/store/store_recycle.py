@@ -1,0 +1,189 @@
+"""Recycled object files: a freed large object's pages reused by the next large write.
+
+Writing 100 MB into fresh tmpfs pages costs about twice a memcpy: the kernel
+allocates and zeroes every page first, and freeing them again (unlink) costs
+~15 ms more. Ray's plasma avoids both with one arena whose memory is reused. We
+keep one file per object instead, and reuse a freed object's *file* when no
+process can still see it:
+
+* the head's deleter thread (object_store.delete; head process) offers every
+  freed file of at least MIN_BYTES here. The file was already renamed away
+  from its object name, so nothing can open it any more; the kernel tells
+  whether anything still has it open or mapped: a write lease
+  (fcntl F_SETLEASE) is refused while any other open file description of the
+  file exists, and a zero-copy reader's mapping holds one even after its fd
+  was closed. Refused: the file is unlinked as before (its readers keep their
+  view; POSIX). Granted: the file moves to the node's free folder,
+  `<store>/.free/<size>-<n>`, a name no reader ever opens;
+* a writer (object_store.write, any process of the node) claims a free file
+  by renaming it to its own `<id>.tmp-<pid>` (rename is atomic: one claimer
+  wins), overwrites it from offset 0 and trims it to its size, so no byte of
+  the old object survives; then renames it to the object's name as usual. A
+  writer that dies midway leaves only its tmp file, which the node manager
+  deletes (remove_partial_writes), as for any write.
+
+So a file visible under an object name is never written while anything maps
+it. Bounds: free files are not objects and are not counted in the node's
+usage; instead their total size is at most the node's spare limit (a share of
+its capacity, store_spares.spare_limit), each is deleted after IDLE_SECONDS
+unused, and only nodes the head registered (`allow`) get any: `forbid` (node
+killed, session ending) stops it before the folder is deleted, and the free
+folder goes with the node's folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import os
+import threading
+import time
+from typing import Dict, List, Optional, Tuple
+
+MIN_BYTES = 8 << 20  #: smaller freed files are unlinked; smaller writes do not look here
+IDLE_SECONDS = 2.0  #: a free file unused this long is deleted (its memory goes back)
+FREE_DIR = ".free"
+
+_lock = threading.Lock()
+_limits: Dict[str, int] = {}  #: store folder -> most bytes its free files may hold (head process)
+_kept: List[Tuple[float, str]] = []  #: (when, path) of the free files this process made, oldest first
+_names = itertools.count()
+_leases_work = hasattr(fcntl, "F_SETLEASE")  #: Linux; set False when the file system refuses leases
+
+
+def free_dir(store_dir: str) -> str:
+    return os.path.join(store_dir, FREE_DIR)
+
+
+def allow(store_dir: str, limit: int) -> None:
+    """(head) Freed files of this node folder may be kept for reuse, up to `limit` bytes in all."""
+    if limit >= MIN_BYTES:
+        with _lock:
+            _limits[store_dir] = limit
+
+
+def forbid(store_dir: Optional[str] = None) -> None:
+    """(head) The folder (None: every folder) is about to be deleted: keep no more files there.
+    Once this returns no file is moved into it (moves happen under the same lock)."""
+    with _lock:
+        if store_dir is None:
+            _limits.clear()
+        else:
+            _limits.pop(store_dir, None)
+
+
+# ---- the deleter's side (head process) ------------------------------------------------------
+
+
+def offer(path: str, store_dir: str) -> bool:
+    """A freed object's file (already renamed away from its object name): keep it for reuse if
+    nothing maps it and the folder has room. True if kept; otherwise the caller unlinks it."""
+    global _leases_work
+    limit = _limits.get(store_dir)
+    if limit is None or not _leases_work:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if size < MIN_BYTES or size > limit:
+            return False
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EBUSY):  # leases off here (EINVAL, ENOLCK...)
+                _leases_work = False
+            return False  # still open or mapped somewhere
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    finally:
+        os.close(fd)
+    with _lock:
+        if _limits.get(store_dir) != limit or _free_bytes(store_dir) + size > limit:
+            return False
+        folder = free_dir(store_dir)
+        target = os.path.join(folder, f"{size}-{os.getpid()}-{next(_names)}")
+        try:
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:
+                os.mkdir(folder, 0o700)  # (never makedirs: a deleted node folder stays deleted)
+                os.rename(path, target)
+        except OSError:
+            return False
+        _kept.append((time.monotonic(), target))
+    return True
+
+
+def expire(now: float) -> Optional[float]:
+    """Delete the free files this process kept that went unused for IDLE_SECONDS (a claimed one
+    is gone already). Returns the seconds until the next one is due, or None if none is kept."""
+    while True:
+        with _lock:
+            if not _kept:
+                return None
+            when, path = _kept[0]
+            due = when + IDLE_SECONDS - now
+            if due > 0:
+                return due
+            _kept.pop(0)
+        try:
+            os.unlink(path)  # outside the lock: freeing 100 MB takes ~15 ms
+        except FileNotFoundError:
+            pass  # claimed by a writer, or its folder went with its node
+
+
+def _free_bytes(store_dir: str) -> int:
+    return sum(size for size, _ in _listing(store_dir))
+
+
+def _listing(store_dir: str) -> List[Tuple[int, str]]:
+    """(size, name) of the node's free files; a writer may claim any of them meanwhile."""
+    try:
+        names = os.listdir(free_dir(store_dir))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        head, _, _ = name.partition("-")
+        if head.isdigit():
+            out.append((int(head), name))
+    return out
+
+
+# ---- the writer's side (any process of the node) --------------------------------------------
+
+
+def claim(store_dir: str, tmp_path: str, size: int) -> Optional[int]:
+    """For a write of `size` bytes: a free file renamed to `tmp_path`, opened for writing, or None.
+
+    The smallest free file that holds `size` bytes, else the largest one (the rest of the value
+    extends it). The caller overwrites it from offset 0 and must ftruncate it to `size`."""
+    if size < MIN_BYTES:
+        return None
+    candidates = _listing(store_dir)
+    if not candidates:
+        return None
+    big_enough = sorted(c for c in candidates if c[0] >= size)
+    order = big_enough + sorted((c for c in candidates if c[0] < size), reverse=True)
+    folder = free_dir(store_dir)
+    for _, name in order:
+        try:
+            os.rename(os.path.join(folder, name), tmp_path)
+        except OSError:
+            continue  # another writer claimed it first (or its expiry deleted it)
+        try:
+            return os.open(tmp_path, os.O_WRONLY)
+        except OSError:
+            _unlink(tmp_path)
+            return None
+    return None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
