@@ -9,7 +9,9 @@ their node.
 
 from __future__ import annotations
 
+import mmap
 import os
+import time
 
 import numpy as np
 from conftest import wait_for
@@ -164,3 +166,58 @@ def test_small_objects_are_not_kept(cluster):
     del big
     wait_for(lambda: free_files(folder), timeout=SETTLE, what="the large freed file to be kept")
     assert len(free_files(folder)) == 1
+
+
+def test_a_by_value_arguments_file_serves_the_next_call(cluster):
+    """The worker drops its map of an argument just after its reply, which frees the argument:
+    the file is tried again until it is unmapped, then kept for the next call's argument."""
+    cluster(num_nodes=1, num_cpus=1)
+    folder = store_dir()
+    arr = np.full(BIG // 8, 1.0)
+    assert ray.get(total.remote(arr)) == BIG // 8
+    wait_for(lambda: free_files(folder), timeout=SETTLE, what="the argument's file to be kept")
+    first = free_files(folder)
+    arr[-1] = 2.0
+    assert ray.get(total.remote(arr)) == BIG // 8 + 1  # written into the kept file
+    wait_for(lambda: free_files(folder) and free_files(folder) != first, timeout=SETTLE,
+             what="the second argument's file to be kept in turn")
+    assert not set(first) & set(free_files(folder))
+
+
+def _mapped_file(folder: str, name: str) -> mmap.mmap:
+    path = os.path.join(folder, name)
+    with open(path, "wb") as f:
+        f.truncate(store_recycle.MIN_BYTES)
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # stays mapped after the close
+
+
+def test_a_freed_file_still_mapped_is_tried_again_and_kept_once_unmapped_or_else_unlinked():
+    """store_recycle alone, in this process: its own map counts like any reader's."""
+    folder = f"/dev/shm/minicluster-test-recycle-{os.getpid()}"
+    os.mkdir(folder)
+    try:
+        store_recycle.allow(folder, 4 * store_recycle.MIN_BYTES)
+        view = _mapped_file(folder, "a.del-1")
+        assert store_recycle.offer(os.path.join(folder, "a.del-1"), folder)  # taken: to be tried again
+        assert free_files(folder) == [] and os.path.exists(os.path.join(folder, "a.del-1"))
+        view.close()
+        wait_for(lambda: store_recycle.expire(time.monotonic()) is not None and free_files(folder),
+                 timeout=1, what="the unmapped file to be kept")
+        assert not os.path.exists(os.path.join(folder, "a.del-1"))
+
+        view = _mapped_file(folder, "b.del-2")  # mapped through every try: unlinked in the end
+        assert store_recycle.offer(os.path.join(folder, "b.del-2"), folder)
+        wait_for(lambda: store_recycle.expire(time.monotonic()) is None or
+                 not os.path.exists(os.path.join(folder, "b.del-2")), timeout=1, what="the tries to end")
+        assert not os.path.exists(os.path.join(folder, "b.del-2")) and len(free_files(folder)) == 1
+        assert view[:1] == b"\0"  # (its reader's view is intact)
+        view.close()
+    finally:
+        store_recycle.forbid(folder)
+        for name in free_files(folder):
+            os.unlink(os.path.join(store_recycle.free_dir(folder), name))
+        store_recycle.expire(time.monotonic() + store_recycle.IDLE_SECONDS)
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)

@@ -44,10 +44,13 @@ from typing import Dict, List, Optional, Tuple
 MIN_BYTES = 8 << 20  #: smaller freed files are unlinked; smaller writes do not look here
 IDLE_SECONDS = 2.0  #: a free file unused this long is deleted (its memory goes back)
 FREE_DIR = ".free"
+#: Seconds between the tries of a freed file that is still mapped (about 60 ms in all).
+RETRY_DELAYS = (0.002, 0.004, 0.008, 0.016, 0.032)
 
 _lock = threading.Lock()
 _limits: Dict[str, int] = {}  #: store folder -> most bytes its free files may hold (head process)
 _kept: List[Tuple[float, str]] = []  #: (when, path) of the free files this process made, oldest first
+_retries: List[Tuple[float, int, str, str]] = []  #: (when, tries so far, path, store folder): still mapped
 _names = itertools.count()
 _leases_work = hasattr(fcntl, "F_SETLEASE")  #: Linux; set False when the file system refuses leases
 
@@ -78,28 +81,25 @@ def forbid(store_dir: Optional[str] = None) -> None:
 
 def offer(path: str, store_dir: str) -> bool:
     """A freed object's file (already renamed away from its object name): keep it for reuse if
-    nothing maps it and the folder has room. True if kept; otherwise the caller unlinks it."""
-    global _leases_work
+    nothing maps it and the folder has room. False: the caller unlinks it now. True: kept, or
+    still mapped and tried again a few times over the next RETRY_DELAYS (a worker drops its
+    arguments' maps just after its reply, which is what freed them), then unlinked here."""
+    return _try(path, store_dir, 0)
+
+
+def _try(path: str, store_dir: str, tries: int) -> bool:
     limit = _limits.get(store_dir)
     if limit is None or not _leases_work:
         return False
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    size = _unmapped_size(path, limit)
+    if size is None:
         return False
-    try:
-        size = os.fstat(fd).st_size
-        if size < MIN_BYTES or size > limit:
+    if size < 0:
+        if tries >= len(RETRY_DELAYS):
             return False
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EBUSY):  # leases off here (EINVAL, ENOLCK...)
-                _leases_work = False
-            return False  # still open or mapped somewhere
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-    finally:
-        os.close(fd)
+        with _lock:
+            _retries.append((time.monotonic() + RETRY_DELAYS[tries], tries + 1, path, store_dir))
+        return True
     with _lock:
         if _limits.get(store_dir) != limit or _free_bytes(store_dir) + size > limit:
             return False
@@ -117,22 +117,52 @@ def offer(path: str, store_dir: str) -> bool:
     return True
 
 
+def _unmapped_size(path: str, limit: int) -> Optional[int]:
+    """The file's size if it may be kept (large enough, within `limit`, nothing else has it open
+    or mapped); -1 if it is still open or mapped somewhere; None if it may not be kept."""
+    global _leases_work
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if size < MIN_BYTES or size > limit:
+            return None
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EBUSY):
+                return -1
+            _leases_work = False  # leases are off on this file system (EINVAL, ENOLCK...)
+            return None
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return size
+    finally:
+        os.close(fd)
+
+
 def expire(now: float) -> Optional[float]:
-    """Delete the free files this process kept that went unused for IDLE_SECONDS (a claimed one
-    is gone already). Returns the seconds until the next one is due, or None if none is kept."""
+    """Try again the freed files that were still mapped, and delete the free files this process
+    kept that went unused for IDLE_SECONDS (a claimed one is gone already). Returns the seconds
+    until the next of these is due, or None if there is none."""
     while True:
         with _lock:
-            if not _kept:
-                return None
-            when, path = _kept[0]
-            due = when + IDLE_SECONDS - now
-            if due > 0:
-                return due
-            _kept.pop(0)
-        try:
-            os.unlink(path)  # outside the lock: freeing 100 MB takes ~15 ms
-        except FileNotFoundError:
-            pass  # claimed by a writer, or its folder went with its node
+            due = [entry for entry in _retries if entry[0] <= now]
+            _retries[:] = [entry for entry in _retries if entry[0] > now]
+        for _, tries, path, store_dir in due:
+            if not _try(path, store_dir, tries):
+                _unlink(path)
+        with _lock:
+            if _kept and _kept[0][0] + IDLE_SECONDS <= now:
+                path = _kept.pop(0)[1]
+            else:
+                waits = [when - now for when, _, _, _ in _retries]
+                if _kept:
+                    waits.append(_kept[0][0] + IDLE_SECONDS - now)
+                return max(0.0, min(waits)) if waits else None
+        _unlink(path)  # outside the lock: freeing 100 MB takes ~15 ms (a claimed one is gone already)
+        now = time.monotonic()
 
 
 def _free_bytes(store_dir: str) -> int:
