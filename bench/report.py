@@ -275,22 +275,17 @@ def details(report: Report) -> list[str]:
             out.append(f"retry {s}: crashing call {', '.join(_num(v) for v in x['crash_ms'])} ms; "
                        f"same call without crash {', '.join(_num(v) for v in x['base_ms'])} ms")
     for s in report.systems:
-        pt = report.record("put", s)
-        if pt and pt["ok"]:
-            x = pt["extra"]
-            b2b = f"; back-to-back {', '.join(_num(v) for v in x['b2b_runs'])} ms" if "b2b_runs" in x else ""
-            out.append(f"put {s}: runs {', '.join(_num(v) for v in x['runs'])} ms{b2b}")
-        gt = report.record("get", s)
-        if gt and gt["ok"]:
-            x = gt["extra"]
-            b2b = f"; back-to-back {', '.join(_num(v) for v in x['b2b_runs'])} ms" if "b2b_runs" in x else ""
-            out.append(f"get {s}: runs {', '.join(_num(v) for v in x['runs'])} ms{b2b}")
+        for name in ("put", "get"):
+            rec = report.record(name, s)
+            if rec and rec["ok"]:
+                x = rec["extra"]
+                b2b = f"; back-to-back {_ms(x['b2b_runs'])} ms" if "b2b_runs" in x else ""
+                out.append(f"{name} {s}: runs {_ms(x['runs'])} ms{b2b}")
     for s in report.systems:
         av = report.record("arg_value", s)
         if av and av["ok"]:
             x = av["extra"]
-            out.append(f"arg_value {s}: first call {_num(float(x['first_ms']))} ms, then "
-                       f"{', '.join(_num(v) for v in x['later_runs'])} ms")
+            out.append(f"arg_value {s}: first call {_num(float(x['first_ms']))} ms, then {_ms(x['later_runs'])} ms")
     for s in report.systems:
         ag = report.record("arg", s)
         if ag and ag["ok"] and "by_value_ms" in ag["extra"]:
