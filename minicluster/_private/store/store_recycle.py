@@ -14,7 +14,7 @@ process can still see it:
   file exists, and a zero-copy reader's mapping holds one even after its fd
   was closed. Refused: the file is unlinked as before (its readers keep their
   view; POSIX). Granted: the file moves to the node's free folder,
-  `<store>/.free/<size>-<n>`, a name no reader ever opens;
+  `<store>/.free/<size>-<pid>-<n>`, a name no reader ever opens;
 * a writer (object_store.write, any process of the node) claims a free file
   by renaming it to its own `<id>.tmp-<pid>` (rename is atomic: one claimer
   wins), overwrites it from offset 0 and trims it to its size, so no byte of
