@@ -14,6 +14,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 from conftest import wait_for
 
 import minicluster as ray
@@ -24,6 +25,12 @@ from minicluster._private.store.serialization import serialize
 MB = 2**20
 BIG = 16 * MB  # above store_recycle.MIN_BYTES
 SETTLE = 10.0  # seconds to wait for the head's deleter thread, on a busy machine
+
+
+@pytest.fixture
+def kept_long(monkeypatch):
+    """Kept files stay until used (a busy machine may pause a test longer than IDLE_SECONDS)."""
+    monkeypatch.setattr(store_recycle, "IDLE_SECONDS", 120.0)
 
 
 def store_dir() -> str:
@@ -66,7 +73,7 @@ class Keeper:
         return float(self.x.min()), float(self.x.max())
 
 
-def test_a_freed_objects_file_takes_the_next_large_put_and_holds_only_the_new_value(cluster):
+def test_a_freed_objects_file_takes_the_next_large_put_and_holds_only_the_new_value(cluster, kept_long):
     cluster(num_nodes=1)
     folder = store_dir()
     first = ray.put(np.full(BIG // 8, 1.0))
@@ -140,7 +147,7 @@ def test_kept_files_are_a_bounded_share_of_the_capacity_and_go_when_unused(clust
              what="the unused kept files to go")
 
 
-def test_a_killed_nodes_kept_files_go_with_its_folder(cluster):
+def test_a_killed_nodes_kept_files_go_with_its_folder(cluster, kept_long):
     cluster(num_nodes=2)
     old = store_dir()
     ref = ray.put(np.ones(BIG // 8))
@@ -155,7 +162,7 @@ def test_a_killed_nodes_kept_files_go_with_its_folder(cluster):
     assert not os.path.exists(old)
 
 
-def test_small_objects_are_not_kept(cluster):
+def test_small_objects_are_not_kept(cluster, kept_long):
     cluster(num_nodes=1)
     folder = store_dir()
     ref = ray.put(np.ones((store_recycle.MIN_BYTES - MB) // 8))
@@ -168,7 +175,7 @@ def test_small_objects_are_not_kept(cluster):
     assert len(free_files(folder)) == 1
 
 
-def test_a_by_value_arguments_file_serves_the_next_call(cluster):
+def test_a_by_value_arguments_file_serves_the_next_call(cluster, kept_long):
     """The worker drops its map of an argument just after its reply, which frees the argument:
     the file is tried again until it is unmapped, then kept for the next call's argument."""
     cluster(num_nodes=1, num_cpus=1)
@@ -192,8 +199,10 @@ def _mapped_file(folder: str, name: str) -> mmap.mmap:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # stays mapped after the close
 
 
-def test_a_freed_file_still_mapped_is_tried_again_and_kept_once_unmapped_or_else_unlinked():
+def test_a_freed_file_still_mapped_is_tried_again_and_kept_once_unmapped_or_else_unlinked(monkeypatch):
     """store_recycle alone, in this process: its own map counts like any reader's."""
+    monkeypatch.setattr(store_recycle, "RETRY_DELAYS", (0.3,) * 5)  # no try is over before the unmap
+    monkeypatch.setattr(store_recycle, "IDLE_SECONDS", 120.0)
     folder = f"/dev/shm/minicluster-test-recycle-{os.getpid()}"
     os.mkdir(folder)
     try:
@@ -203,13 +212,13 @@ def test_a_freed_file_still_mapped_is_tried_again_and_kept_once_unmapped_or_else
         assert free_files(folder) == [] and os.path.exists(os.path.join(folder, "a.del-1"))
         view.close()
         wait_for(lambda: store_recycle.expire(time.monotonic()) is not None and free_files(folder),
-                 timeout=1, what="the unmapped file to be kept")
+                 timeout=10, what="the unmapped file to be kept")
         assert not os.path.exists(os.path.join(folder, "a.del-1"))
 
         view = _mapped_file(folder, "b.del-2")  # mapped through every try: unlinked in the end
         assert store_recycle.offer(os.path.join(folder, "b.del-2"), folder)
         wait_for(lambda: store_recycle.expire(time.monotonic()) is None or
-                 not os.path.exists(os.path.join(folder, "b.del-2")), timeout=1, what="the tries to end")
+                 not os.path.exists(os.path.join(folder, "b.del-2")), timeout=10, what="the tries to end")
         assert not os.path.exists(os.path.join(folder, "b.del-2")) and len(free_files(folder)) == 1
         assert view[:1] == b"\0"  # (its reader's view is intact)
         view.close()
