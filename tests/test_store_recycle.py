@@ -89,6 +89,17 @@ def test_a_freed_objects_file_takes_the_next_large_put_and_holds_only_the_new_va
     assert got.shape == value.shape and np.all(got == 2.0)
 
 
+def test_a_put_right_after_a_dropped_ref_takes_the_dropped_objects_file(cluster, kept_long):
+    cluster(num_nodes=1)
+    dropped = None
+    for i in range(4):
+        ref = ray.put(np.full(BIG // 8, float(i)))
+        assert dropped is None or inode(ref) == dropped, f"put {i} did not reuse the dropped object's file"
+        dropped = inode(ref)
+        assert np.all(ray.get(ref) == float(i))
+        del ref  # nothing waits: the next put frees it first and finds its file
+
+
 def test_a_freed_object_the_driver_still_maps_is_never_reused(cluster):
     cluster(num_nodes=1)
     folder = store_dir()

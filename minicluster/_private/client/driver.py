@@ -140,6 +140,9 @@ class DriverClient(RuntimeClient):
                 f"({capacity} bytes, object_store_memory); nothing was stored"
             )
         with head.lock:
+            # The refs the caller dropped first: their objects' room (and, for a large one,
+            # its file, reused by this write: store_recycle.py) is free before this put.
+            head.apply_driver_refs()
             problem = head.objects.no_room_for(self.node_id, size)
         if problem is not None:
             raise ObjectStoreFullError(f"put() of an object of {size} bytes: {problem}; nothing was stored")

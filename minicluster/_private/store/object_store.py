@@ -173,16 +173,18 @@ def _raise_if_full(exc: BaseException, folder: str, size: int) -> None:
 
 def delete(store_dir: str, object_id: bytes) -> None:
     """Remove an object file. The name goes at once (a rename: a new copy under the same id,
-    from a rebuild or a restore, is never touched); freeing the pages, which takes ~15 ms
-    per 100 MB on tmpfs, or keeping them for reuse (store_recycle.py), happens on a
-    background thread, off the caller's path."""
+    from a rebuild or a restore, is never touched). A large file nothing maps any more is
+    kept for reuse at once (store_recycle.py: a few system calls), so that a write right
+    after this one finds it; freeing the pages otherwise, which takes ~15 ms per 100 MB on
+    tmpfs, happens on a background thread, off the caller's path."""
     path = object_path(store_dir, object_id)
     trash = f"{path}.del-{next(_trash_ids)}"
     try:
         os.rename(path, trash)
     except FileNotFoundError:
         return
-    _deleter().put(trash)
+    # Kept (or to be tried again): the thread only needs to look at its timers again.
+    _deleter().put("" if store_recycle.offer(trash, store_dir) else trash)
 
 
 _trash_ids = itertools.count()
@@ -202,15 +204,15 @@ def _deleter() -> "queue.SimpleQueue[str]":
 
 
 def _delete_loop(pending: "queue.SimpleQueue[str]") -> None:
-    """Unlink freed files, or keep a large one whose pages the next large write can reuse
-    (store_recycle.py); and delete the kept ones nobody reused in time."""
+    """Unlink freed files; try again the large ones still mapped when they were freed, and
+    delete the kept ones nobody reused in time (store_recycle.expire)."""
     wait: Optional[float] = None
     while True:
         try:
             trash = pending.get(timeout=wait)
         except queue.Empty:
-            trash = None
-        if trash is not None and not store_recycle.offer(trash, os.path.dirname(trash)):
+            trash = ""
+        if trash:
             _unlink(trash)
         wait = store_recycle.expire(time.monotonic())
 
