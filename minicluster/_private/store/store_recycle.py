@@ -6,8 +6,9 @@ allocates and zeroes every page first, and freeing them again (unlink) costs
 keep one file per object instead, and reuse a freed object's *file* when no
 process can still see it:
 
-* the head's deleter thread (object_store.delete; head process) offers every
-  freed file of at least MIN_BYTES here. The file was already renamed away
+* the head (object_store.delete, in the head process) offers every freed
+  file of at least MIN_BYTES here as it frees it; its deleter thread tries
+  again the ones still mapped (`expire`). The file was already renamed away
   from its object name, so nothing can open it any more; the kernel tells
   whether anything still has it open or mapped: a write lease
   (fcntl F_SETLEASE) is refused while any other open file description of the
