@@ -225,8 +225,7 @@ def init(
         settings = system_config.cluster_settings(
             "init", kwargs.get("_system_config"), kwargs.get("_enable_object_reconstruction"))
         client = DriverClient(num_nodes, num_cpus, resources, object_store_memory, namespace,
-                              log_to_driver=bool(log_to_driver), labels=labels)
-        client.head.apply_settings(settings)
+                              log_to_driver=bool(log_to_driver), labels=labels, settings=settings)
         if job_config is not None:
             client.set_job_config(job_config)
         context.set_client(client)

@@ -23,7 +23,6 @@ import minicluster as ray
 from minicluster import testing
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-
 # The suite's sessions live in a folder of their own: another test run on the same host (CI
 # runners share /tmp) must neither reap a dead driver's session a test left on purpose nor
 # prune the logs of one that just ended. Set here, before any session starts, so the drivers
