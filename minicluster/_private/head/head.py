@@ -57,7 +57,7 @@ from minicluster._private.head.recovery import Recovery
 from minicluster._private.head.task_flow import TaskFlow
 from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 from minicluster._private.head.waiting import Waiting
-from minicluster._private.store import object_store
+from minicluster._private.store import object_store, store_recycle, store_spares
 from minicluster._private.store.serialization import error_blob
 from minicluster._private.wire import fault_hooks
 from minicluster._private.wire import messages as msg
@@ -196,6 +196,7 @@ class Head:
             node.labels = {"ray.io/node-id": node_id.hex(), **(labels or {})}
             node.gpu_ids = gpus.device_ids(total.get("GPU", 0.0))
             state.objects.capacity[node_id] = node.capacity
+            store_recycle.allow(node.store_dir, store_spares.spare_limit(node.capacity))
             state.nodes[node_id] = node
             state.scheduler.add_node(node_id, total, node.labels)
             node.pending_spawn = num_workers
