@@ -207,6 +207,11 @@ def target(report: Report, bench: Bench) -> str:
         if mem and mem["ok"]:
             limit = PUT_TARGET_X_MEMCPY * float(mem["value"])
             text = f"<= {PUT_TARGET_X_MEMCPY}x memcpy = {_num(limit)} ms"
+    if bench.name == "roundtrip":
+        ppe = report.record("roundtrip", "ppe")
+        if ppe and ppe["ok"]:  # first goal: no slower than ProcessPoolExecutor in the same run
+            limit = float(ppe["value"])
+            text = f"<= PPE in this run = {_num(limit)} us (then <= 150 us)"
     if bench.name == "reconstruct" and mc and mc["ok"]:
         limit = RECONSTRUCT_SLACK_MS + float(mc["extra"]["normal_ms"])
         text = f"<= 50 ms + task run = {_num(limit)} ms"
