@@ -141,9 +141,19 @@ ray.init(num_nodes=2, num_cpus=1)
 snap = testing.snapshot()
 paused = snap.nodes[1]
 print("STORE", paused.store_dir, flush=True)
-print("PIDS", " ".join(str(p) for p in (paused.pid, *paused.worker_pids)), flush=True)
 print("OTHER", snap.nodes[0].pid, flush=True)
 testing.stop_node(paused.node_id)
+# The processes the stop froze: its process group as the OS has it now. (Not the head's list of
+# its workers: one of those may have exited, and been reaped, between that list and the stop.)
+import psutil
+frozen = []
+for proc in psutil.process_iter():
+    try:
+        if os.getpgid(proc.pid) == paused.pid and proc.status() != psutil.STATUS_ZOMBIE:
+            frozen.append(proc.pid)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        pass
+print("PIDS", " ".join(str(p) for p in frozen), flush=True)
 print("STOPPED", flush=True)
 sys.stdin.readline()
 """
@@ -168,8 +178,9 @@ def test_a_node_paused_when_the_driver_dies_is_reaped_by_the_next_init(tmp_path,
         driver = DriverProcess(PAUSED_NODE_DRIVER, str(tmp_path / "driver.py"), env=private)
         try:
             store = driver.expect("STORE")
-            pids = [int(p) for p in driver.expect("PIDS").split()]
             other = int(driver.expect("OTHER"))
+            pids = [int(p) for p in driver.expect("PIDS").split()]
+            assert pids, "the stop froze no process (not even the node manager)"
             driver.expect("STOPPED")
             os.kill(driver.proc.pid, signal.SIGKILL)
             driver.proc.wait(timeout=10)  # (not finish(): the paused processes still hold its output pipes)
