@@ -48,13 +48,13 @@ from minicluster._private.client import context
 from minicluster._private.client.object_ref import set_counter
 from minicluster._private.common import config, runtime_envs
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
+from minicluster._private.node.call_args import ArgumentLost, resolve_args
 from minicluster._private.node.generator_tasks import GeneratorTasks
 from minicluster._private.node.proc_title import IDLE, ProcTitle, actor_title, task_title
 from minicluster._private.node.task_errors import error_results, one_line, task_error
 from minicluster._private.node.worker_client import WorkerClient, store_value
 from minicluster._private.observe import log_files
 from minicluster._private.store import object_store
-from minicluster._private.store.serialization import deserialize
 from minicluster._private.wire import fault_hooks
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
@@ -356,10 +356,7 @@ class Worker:
             call.fn = self._callable(call)
             if call.faults:  # a test's fault plan: orders for this attempt (fault_hooks.py)
                 self.client.transfer_delay = fault_hooks.transfer_delay_of(self.client, call)
-            try:
-                call.args, call.kwargs = _resolve_args(self.client, call.args_blob, call.payloads, call)
-            except FileNotFoundError as exc:
-                raise _ArgumentLost(str(exc.args[0])) from None
+            call.args, call.kwargs = resolve_args(self.client, call.args_blob, call.payloads, call)
             if call.faults:
                 fault_hooks.carry_out(self.client, call, fault_hooks.START)
         except BaseException as exc:  # noqa: BLE001 - reported as the task's result
@@ -465,7 +462,7 @@ class Worker:
                 outputs = _split_returns(value, call.num_returns, name)
                 results = [store_value(client, oid, out, what=f"return value of {name}")
                            for oid, out in zip(return_ids, outputs)]
-        except _ArgumentLost as lost:
+        except ArgumentLost as lost:
             # Not the task's fault: the head rebuilds the argument and runs the task again.
             results = [msg.Value.new(kind="i", data=b"", refs=[]) for _ in return_ids]
             error_info = msg.ErrorInfo.new(error_type="ARG_LOST", retryable=False, message=lost.object_hex)
@@ -548,33 +545,6 @@ class _Call:
         task_id = self.task_id
         count = 1 if self.num_returns < 0 else self.num_returns  # (a generator task: its completion)
         return [task_id + i.to_bytes(4, "little") for i in range(1, count + 1)]
-
-
-class _ArgumentLost(Exception):
-    """An argument's stored copy vanished (its node died) before this worker read it."""
-
-    def __init__(self, object_hex: str) -> None:
-        super().__init__(object_hex)
-        self.object_hex = object_hex
-
-
-def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Optional[Dict[bytes, msg.Payload]],
-                  call: "_Call") -> Tuple[list, dict]:
-    """The call's arguments, with the value of each top-level ref put in its slot
-    (remote_function._serialize_args)."""
-    (args, kwargs, slots), _ = deserialize(args_blob)
-    if call.faults:
-        fault_hooks.carry_out(client, call, fault_hooks.LOAD_ARGS)
-    if slots:
-        args = list(args)
-        for i in range(0, len(slots), 2):
-            position, object_id = slots[i], slots[i + 1]
-            value = client.load(object_id, payloads[object_id])
-            if type(position) is int:
-                args[position] = value
-            else:
-                kwargs[position] = value
-    return args, kwargs
 
 
 def _ended_actor(done: msg.Done) -> bool:
