@@ -571,6 +571,23 @@ def test_each_task_in_the_chain_counts_its_own_retries(cluster, tmp_path):
     assert len(runs(la)) == 2
 
 
+def test_cancelled_finished_task_keeps_its_value_but_is_never_rebuilt(cluster, tmp_path):
+    """Ray: cancel() of a task that already finished leaves its result, but a cancelled task
+    never runs again, so once that result is lost it cannot be rebuilt."""
+    cluster(num_nodes=2)
+    _, victim = testing.live_nodes()
+    log = str(tmp_path / "big")
+    ref = big.options(scheduling_strategy=on(victim, soft=True)).remote(log)
+    wait_ready([ref])
+    ray.cancel(ref)
+    assert ray.get(total.options(scheduling_strategy=on(victim)).remote(ref), timeout=10) == N
+    testing.kill_node(victim)
+    with pytest.raises(rex.ObjectReconstructionFailedError) as info:
+        ray.get(ref, timeout=10)
+    assert info.value.reason == "OBJECT_UNRECONSTRUCTABLE_TASK_CANCELLED"
+    assert runs(log) == [victim]
+
+
 def test_task_placed_after_its_argument_was_lost_for_good_names_the_argument(cluster, tmp_path):
     """The argument is lost while the task waits for a node that can run it: once placed, the
     task fails with Ray's argument sentence and the loss, as when it fails before placement."""

@@ -650,7 +650,12 @@ class TaskFlow:
     def cancel_task(self, task_id: bytes, force: bool, recursive: bool) -> None:
         task = self.state.tasks.get(task_id)
         if task is None or task.finished:
-            return  # finished (or unknown): cancelling changes nothing
+            # Finished (or unknown): its results stay, but as in Ray a cancelled task is never
+            # run again, so they can no longer be rebuilt (lineage.why_not_rebuildable).
+            done = self.state.lineage.get(task_id)
+            if done is not None:
+                done.cancelled = True
+            return
         task.cancelled = True
         if recursive:
             task.cancel_children = True
