@@ -488,6 +488,9 @@ class ActorFlow:
             os.kill(worker.pid, 9)
         except ProcessLookupError:
             pass
+        # Its death is certain now: the actors it owns go at once, as its death would end them
+        # (recovery.py), so a call made after `kill(owner)` returns fails as in Ray.
+        self.owner_died_actors(worker.worker_id)
 
     def owner_died_actors(self, owner: bytes) -> None:
         """Actors whose owner died go too, unless detached."""
