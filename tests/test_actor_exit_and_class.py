@@ -195,6 +195,39 @@ def test_exit_actor_from_a_background_asyncio_task_ends_the_actor(cluster, tmp_p
         ray.get(actor.ping.remote(), timeout=10)
 
 
+def test_async_actor_constructor_runs_on_the_actors_event_loop(cluster, tmp_path):
+    """Ray runs an async actor's __init__ on its event loop: it may start asyncio tasks, and one
+    of them calling exit_actor() ends the actor (its atexit handlers run, nothing after it)."""
+    cluster(num_cpus=2)
+    marker, after = str(tmp_path / "atexit-ran"), str(tmp_path / "after-exit")
+
+    @ray.remote
+    class StartsTasks:
+        def __init__(self, leave: bool):
+            import asyncio
+
+            atexit.register(lambda: open(marker, "w").close())
+            self.greeting = asyncio.get_running_loop().create_future()
+            asyncio.create_task(self.leave() if leave else self.greet())
+
+        async def greet(self):
+            self.greeting.set_result("hello from a task of __init__")
+
+        async def leave(self):
+            exit_actor()
+            open(after, "w").close()
+
+        async def hello(self):
+            return await self.greeting
+
+    assert ray.get(StartsTasks.remote(False).hello.remote(), timeout=10) == "hello from a task of __init__"
+    leaving = StartsTasks.remote(True)
+    wait_for(lambda: os.path.exists(marker), what="the actor's atexit handler")
+    with pytest.raises(rex.ActorDiedError):
+        ray.get(leaving.hello.remote(), timeout=10)
+    assert not os.path.exists(after)
+
+
 def test_kill_before_the_constructor_ran_says_it_was_killed(cluster):
     cluster(num_cpus=1)
     actor = Quitter.remote()

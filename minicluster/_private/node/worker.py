@@ -423,17 +423,23 @@ class Worker:
         # a group's blocked calls never hold back another's. "" is the default group.
         groups = {"": config.max_concurrency, **config.concurrency_groups}
         self.idle_title = actor_title(config.class_name)
+        async_calls = None
+        if config.is_async:
+            from minicluster._private.node.async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
+
+            async_calls = AsyncCalls(self, groups)
         try:
-            self.actor = cls(*args, **kwargs)
+            # As in Ray, an async actor's constructor runs on its event loop (it may create tasks).
+            self.actor = cls(*args, **kwargs) if async_calls is None else async_calls.construct(cls, args, kwargs)
         except BaseException:
             # The worker goes back to the pool for plain tasks.
             self.client.current_actor_id = None
             self.idle_title = IDLE
+            if async_calls is not None:
+                async_calls.stop()
             raise
-        if config.is_async:
-            from minicluster._private.node.async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
-
-            self.async_calls = AsyncCalls(self, groups)
+        if async_calls is not None:
+            self.async_calls = async_calls
             self.client.in_async_actor = True
         elif len(groups) > 1 or config.max_concurrency > 1:
             import concurrent.futures
