@@ -87,9 +87,12 @@ def error_results(client: WorkerClient, return_ids: List[bytes], error: BaseExce
 def stand_in(error: BaseException, name: str, problem: Exception) -> RayTaskError:
     """The task's error as text, for an exception that cannot travel (does not pickle or load)."""
     cause = getattr(error, "cause", error)
-    stand_in = RayError(f"{type(cause).__name__}: {cause} (the exception could not be re-created in the caller: "
-                        f"{type(problem).__name__}: {problem})")
-    return RayTaskError(name, getattr(error, "traceback_str", str(error)), stand_in)
+    traceback_str = getattr(error, "traceback_str", str(error))
+    # Ray's words, then ours (the exception may pickle yet fail to be re-created in the caller)
+    stand_in = RayError(f"Exception {type(cause).__module__}.{type(cause).__name__} isn't serializable: {problem}.\n"
+                        f"{type(cause).__name__}: {cause} (the exception could not be re-created in the caller: "
+                        f"{type(problem).__name__}: {problem})\nOriginal exception details:\n{traceback_str}")
+    return RayTaskError(name, traceback_str, stand_in)
 
 
 def one_line(exc: BaseException) -> str:
