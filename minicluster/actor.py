@@ -131,7 +131,7 @@ class ActorClass:
         if self._blob is None:
             with self._lock:
                 if self._blob is None:
-                    self._class_id, self._blob = pickle_definition(self._cls, f"actor {self.__qualname__}")
+                    self._class_id, self._blob = pickle_definition(self._cls, f"actor {self._cls.__name__}")
         return self._class_id, self._blob  # type: ignore[return-value]
 
     def _create(self, args: tuple, kwargs: dict, options: Dict[str, Any]) -> "ActorHandle":
