@@ -67,6 +67,10 @@ class ActorClassMeta:
         self.function_prefix = f"{self.module}.{self.class_name if self.is_async else self.short_name}"
 
 
+class ActorClassInheritanceException(TypeError):
+    """A class statement tried to subclass an actor class (Ray's exception)."""
+
+
 class ActorClass:
     """A class declared with `@remote`; `.remote(...)` creates an actor and returns its handle.
 
@@ -75,6 +79,19 @@ class ActorClass:
     there; and it has no __init__ of its own, so a class method calling `cls(...)` builds
     a plain local instance, as in Ray.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # `class Derived(SomeActorClass)` calls the actor class's type with (name, bases,
+        # namespace): refused as in Ray. Any other call (a class method's `cls(...)`) makes
+        # a plain instance, through the user's own __new__ if it has one.
+        if len(args) == 3 and isinstance(args[1], tuple) and any(isinstance(b, ActorClass) for b in args[1]):
+            base = next(b for b in args[1] if isinstance(b, ActorClass))
+            raise ActorClassInheritanceException(
+                f"Attempted to define subclass '{args[0]}' of actor class '{base.__name__}'. Inheriting from "
+                "actor classes is not currently supported. You can instead inherit from a non-actor base "
+                "class and make the derived class an actor class (with @ray.remote).")
+        base_new = super().__new__
+        return base_new(cls) if base_new is object.__new__ else base_new(cls, *args, **kwargs)
 
     def _setup(self, cls: type, options: Dict[str, Any]) -> None:
         self._cls = cls

@@ -14,7 +14,7 @@ from conftest import wait_for
 
 import minicluster as ray
 from minicluster import exceptions as rex
-from minicluster.actor import exit_actor
+from minicluster.actor import ActorClassInheritanceException, exit_actor
 
 
 @ray.remote(max_restarts=3)
@@ -159,6 +159,36 @@ def test_the_actor_class_exposes_attributes_static_and_class_methods_and_mro():
     assert Parent in type(Child).__mro__ and isinstance(Child, Grandparent)
     with pytest.raises(TypeError, match="remote"):
         Child()
+
+
+def test_an_actor_class_cannot_be_subclassed_and_remote_needs_no_empty_parentheses():
+    """Ray refuses `class D(SomeActorClass)` (ActorClassInheritanceException, a TypeError) and
+    `@remote()` with empty parentheses; a user class with its own __new__ still builds local
+    instances through it."""
+    with pytest.raises(ActorClassInheritanceException, match="Inheriting from actor classes is not currently"):
+
+        class Derived(Child):  # noqa: F841
+            pass
+
+    with pytest.raises(TypeError, match="no parentheses"):
+        ray.remote()
+
+    @ray.remote
+    class OwnNew:
+        def __new__(cls, *args):
+            made = super().__new__(cls)
+            made.via_new = True
+            return made
+
+        def __init__(self, value=1):
+            self.value = value
+
+        @classmethod
+        def build(cls, value):
+            return cls(value)
+
+    local = OwnNew.build(5)
+    assert (local.via_new, local.value) == (True, 5)
 
 
 def test_methods_reach_the_class_attributes_through_the_actor_class(cluster):
