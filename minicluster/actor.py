@@ -344,8 +344,9 @@ class ActorHandle:
 
 
 #: Methods every actor has (Ray's): __ray_ready__ returns True once it is constructed;
-#: __ray_terminate__, queued behind the calls before it, ends the actor as exit_actor() does.
-_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
+#: __ray_terminate__, queued behind the calls before it, ends the actor as exit_actor() does;
+#: __ray_call__(fn, *args, **kwargs) returns fn(the actor's instance, *args, **kwargs).
+_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__", "__ray_call__")
 
 
 class ActorMethod:

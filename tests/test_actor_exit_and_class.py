@@ -191,6 +191,31 @@ def test_an_actor_class_cannot_be_subclassed_and_remote_needs_no_empty_parenthes
     assert (local.via_new, local.value) == (True, 5)
 
 
+def test_ray_call_runs_the_given_function_on_the_actors_instance(cluster):
+    """Ray's built-in `handle.__ray_call__.remote(fn, *args, **kwargs)`: fn(instance, ...), in
+    the actor's process and in its call order; sync and async actors alike."""
+    cluster(num_cpus=1)
+
+    @ray.remote
+    class Plain:
+        def __init__(self):
+            self.value = 3
+
+    @ray.remote
+    class Async:
+        def __init__(self):
+            self.value = 4
+
+        async def ping(self):
+            return "pong"
+
+    for actor, value in ((Plain.remote(), 3), (Async.remote(), 4)):
+        assert ray.get(actor.__ray_call__.remote(lambda self: (self.value, os.getpid())), timeout=10)[1] != os.getpid()
+        assert ray.get(actor.__ray_call__.remote(lambda self, x: self.value * x, x=2), timeout=10) == value * 2
+        with pytest.raises(TypeError):
+            actor.__ray_call__()
+
+
 def test_methods_reach_the_class_attributes_through_the_actor_class(cluster):
     cluster(num_cpus=1)
     assert ray.get(Child.remote(10).sums.remote(), timeout=10) == 3 + 6 + 1 + 2 + 10

@@ -411,6 +411,8 @@ class Worker:
                 return _terminate  # queued like any call: the calls before it run first
             if call.method == "__ray_ready__":
                 return _ready
+            if call.method == "__ray_call__":  # Ray's: run the function given on the actor
+                return lambda fn, *args, **kwargs: fn(self.actor, *args, **kwargs)
             return _method_of(self.actor, call.method)
         fn = self._function(call.function_id)
         if call.task_type == ACTOR_CREATION_TASK:
