@@ -8,8 +8,11 @@ shared-memory folder is removed.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Callable, Iterator, List
 
@@ -19,6 +22,14 @@ import pytest
 import minicluster as ray
 from minicluster import testing
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+# The suite's sessions live in a folder of their own: another test run on the same host (CI
+# runners share /tmp) must neither reap a dead driver's session a test left on purpose nor
+# prune the logs of one that just ended. Set here, before any session starts, so the drivers
+# tests start in subprocesses inherit it. Short: the head's socket path is bounded.
+if not os.environ.get("MINICLUSTER_TMPDIR"):
+    os.environ["MINICLUSTER_TMPDIR"] = tempfile.mkdtemp(prefix="mc-suite-")
+    atexit.register(shutil.rmtree, os.environ["MINICLUSTER_TMPDIR"], True)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
