@@ -157,6 +157,10 @@ def init(
     `job_config` (minicluster.job_config.JobConfig): the job's namespace and default actor lifetime.
     """
     config.check_platform()  # first: elsewhere the imports below fail on their own, less clearly
+    if address is None and not context.in_worker():
+        # As Ray: without an address, init() joins the cluster started last, if one runs (here:
+        # the Cluster of this process that has nodes), else starts one. "local" always starts one.
+        address = clusters.only_address()
     connecting = address not in (None, "local")
     _refuse_harmful(kwargs, connecting)
     _warn_no_effect(kwargs)
@@ -175,6 +179,8 @@ def init(
     if address == "auto":
         address = _auto_address()
     if clusters.is_cluster_address(address):
+        _refuse_node_arguments(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, labels=labels,
+                               object_store_memory=object_store_memory, num_nodes=None if num_nodes == 1 else num_nodes)
         with _init_lock:
             current = context.current()
             if current is not None and getattr(current, "address", None) == address:
@@ -225,13 +231,21 @@ def init(
         settings = system_config.cluster_settings(
             "init", kwargs.get("_system_config"), kwargs.get("_enable_object_reconstruction"))
         client = DriverClient(num_nodes, num_cpus, resources, object_store_memory, namespace,
-                              log_to_driver=bool(log_to_driver), labels=labels)
-        client.head.apply_settings(settings)
+                              log_to_driver=bool(log_to_driver), labels=labels, settings=settings)
         if job_config is not None:
             client.set_job_config(job_config)
         context.set_client(client)
         atexit.register(_atexit_shutdown)
         return _context_info()
+
+
+def _refuse_node_arguments(**given: Any) -> None:
+    """As Ray: a session that is joined has its nodes already; init() may not describe them."""
+    if given["num_cpus"] is not None or given["num_gpus"] is not None:
+        raise ValueError("When connecting to an existing cluster, num_cpus and num_gpus must not be provided.")
+    for name in ("resources", "labels", "object_store_memory", "num_nodes"):
+        if given[name] is not None:
+            raise ValueError(f"When connecting to an existing cluster, {name} must not be provided.")
 
 
 def _auto_address() -> str:

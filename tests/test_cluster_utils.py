@@ -119,6 +119,36 @@ def test_init_with_address_auto_finds_the_cluster(make_cluster):
     assert [n["NodeID"] for n in ray.nodes()] == [cluster.head_node.node_id]
 
 
+def test_init_and_the_first_remote_call_without_an_address_join_the_cluster(make_cluster):
+    # As Ray: no address means the cluster started last, if one runs; "local" starts a new one.
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"mine": 1}})
+
+    @ray.remote(resources={"mine": 1})
+    def on_the_cluster():
+        return ray.get_runtime_context().get_node_id()
+
+    assert ray.get(on_the_cluster.remote()) == cluster.head_node.node_id  # auto-init joined it
+    ray.shutdown()
+    ray.init()
+    assert [n["NodeID"] for n in ray.nodes()] == [cluster.head_node.node_id]
+    ray.shutdown()
+    ray.init(address="local", num_cpus=1)
+    assert cluster.head_node.node_id not in [n["NodeID"] for n in ray.nodes()]
+
+
+@pytest.mark.parametrize("arguments, named", [
+    ({"num_cpus": 2}, "num_cpus and num_gpus"), ({"num_gpus": 1}, "num_cpus and num_gpus"),
+    ({"resources": {"x": 1}}, "resources"), ({"labels": {"a": "b"}}, "labels"),
+    ({"object_store_memory": 10**8}, "object_store_memory"), ({"num_nodes": 2}, "num_nodes"),
+])
+def test_joining_a_cluster_with_node_arguments_is_refused(make_cluster, arguments, named):
+    cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for address in (cluster.address, None):
+        with pytest.raises(ValueError, match=f"When connecting to an existing cluster, {named} must not be provided"):
+            ray.init(address=address, **arguments)
+        assert not ray.is_initialized()
+
+
 def test_first_added_node_is_the_head_like_rays_fixture(make_cluster):
     """Ray's `ray_start_cluster` fixture makes Cluster() and adds the head with add_node."""
     cluster = make_cluster()

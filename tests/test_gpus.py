@@ -130,3 +130,25 @@ def test_a_task_in_a_placement_group_gets_the_bundles_gpu(cluster):
     ids, visible, accelerators, held = ray.get(devices.options(num_gpus=1, scheduling_strategy=in_group).remote())
     assert (ids, visible, accelerators) == ([0], "0", ["0"])
     assert held == {"CPU": 1.0, "GPU": 1.0}
+
+
+def test_each_placement_group_bundle_owns_its_devices(cluster):
+    # As in Ray, a bundle reserves device instances: tasks of two one-GPU groups run one after
+    # the other yet see different devices, and a task outside the groups never gets theirs.
+    from minicluster.util.placement_group import remove_placement_group
+
+    cluster(num_cpus=2, num_gpus=3)
+    first, second = placement_group([{"GPU": 1}]), placement_group([{"GPU": 1}])
+    assert first.wait(10) and second.wait(10)
+
+    def in_group(group, **options):
+        strategy = PlacementGroupSchedulingStrategy(group)
+        return ray.get(devices.options(num_gpus=1, num_cpus=0, scheduling_strategy=strategy, **options).remote())[1]
+
+    a, b = in_group(first), in_group(second)
+    assert a != b
+    assert in_group(first) == a and in_group(second) == b  # the same device every time
+    outside = ray.get(devices.options(num_gpus=1).remote())[1]
+    assert outside not in (a, b)
+    remove_placement_group(first)
+    assert ray.get(devices.options(num_gpus=2).remote())[1].split(",") == sorted({"0", "1", "2"} - {b})

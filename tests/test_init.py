@@ -147,3 +147,39 @@ def test_cluster_wide_settings_are_refused_when_connecting():
                 ray.init(address=cluster.address, **setting)
     finally:
         cluster.shutdown()
+
+
+@pytest.mark.parametrize("preload", [True, False])
+def test_preload_python_modules_are_imported_in_the_workers_before_their_first_task(cluster, capfd, preload):
+    from conftest import wait_for
+
+    modules = ["webbrowser", "no_such_module_for_minicluster"]
+    cluster(num_cpus=1, _system_config={"preload_python_modules": modules} if preload else None)
+
+    @ray.remote
+    def loaded():
+        import sys
+
+        return [name in sys.modules for name in modules]
+
+    assert ray.get(loaded.remote()) == [preload, False]
+    if preload:  # as in Ray, a module that cannot be imported is reported, and the workers start anyway
+        seen = []
+        wait_for(lambda: seen.append(capfd.readouterr().err) or "no_such_module_for_minicluster" in "".join(seen),
+                 10, "the failed preload to be reported")
+
+
+@pytest.mark.parametrize("system_config, error, text", [
+    ({"preload_python_modules": "webbrowser"}, TypeError, "list of module names"),
+    ({"worker_cap_enabled": False}, ValueError, "worker_cap_enabled=False"),
+])
+def test_system_config_switches_that_cannot_be_had_are_refused(system_config, error, text):
+    with pytest.raises(error, match=text):
+        ray.init(num_cpus=1, _system_config=system_config)
+    assert not ray.is_initialized()
+
+
+def test_system_config_switches_minicluster_always_has_are_taken(cluster):
+    cluster(num_cpus=1, _system_config={"worker_cap_enabled": True, "support_fork": True,
+                                        "max_pending_lease_requests_per_scheduling_category": 1})
+    assert ray.get(ray.put(1)) == 1

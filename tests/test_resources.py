@@ -177,3 +177,23 @@ def test_fallback_strategy_is_tried_when_the_label_selector_matches_no_node(clus
 def test_bad_fallback_strategies_are_refused(fallback, error):
     with pytest.raises(error):
         where.options(fallback_strategy=fallback)
+
+
+def test_available_resources_leaves_out_what_is_all_taken_as_ray_does(cluster):
+    from conftest import wait_for
+
+    cluster(num_cpus=1, resources={"slot": 1})
+
+    @ray.remote(num_cpus=1, resources={"slot": 1})
+    class Holder:
+        def ready(self):
+            return True
+
+    holder = Holder.remote()
+    assert ray.get(holder.ready.remote())
+    available = ray.available_resources()
+    assert "CPU" not in available and "slot" not in available, available
+    assert ray.cluster_resources()["CPU"] == 1.0 and ray.cluster_resources()["slot"] == 1.0
+    ray.kill(holder)
+    wait_for(lambda: ray.available_resources().get("slot") == 1.0, 10, "the slot to be free again")
+    assert ray.available_resources()["CPU"] == 1.0

@@ -463,7 +463,7 @@ def test_num_cpus_two_holds_both_cpus_of_a_node(cluster, tmp_path):
     cluster(num_nodes=1, num_cpus=2)
     release = tmp_path / "release"
     ref = wait_for_file.options(num_cpus=2).remote(str(release), "wide")
-    wait_for(lambda: ray.available_resources().get("CPU") == 0, timeout=5, what="both CPUs in use")
+    wait_for(lambda: ray.available_resources().get("CPU", 0) == 0, timeout=5, what="both CPUs in use")
     release.touch()
     assert ray.get(ref, timeout=10) == "wide"
 

@@ -209,3 +209,37 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_nested_calls_of_different_functions_take_turns_instead_of_starting_a_worker_each(cluster):
+    # f gets g, g gets h. A task blocked in get() lends its CPU out; if the next f took it every
+    # time (plain FIFO), each of the 300 f's would run, block and need a new worker before any g
+    # ran. Scheduling classes take turns (Ray's fair queueing): a few workers do it all.
+    from minicluster import testing
+
+    cluster(num_cpus=1)
+
+    @ray.remote
+    def h():
+        return 1
+
+    @ray.remote
+    def g():
+        return ray.get(h.remote()) + 1
+
+    @ray.remote
+    def f():
+        return ray.get(g.remote()) + 1
+
+    most = 0
+
+    def all_done(refs):
+        nonlocal most
+        most = max(most, len(testing.worker_pids()))
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0.05)
+        return len(ready) == len(refs)
+
+    refs = [f.remote() for _ in range(300)]
+    wait_for(lambda: all_done(refs), timeout=60, what="300 nested calls to finish")
+    assert ray.get(refs) == [3] * 300
+    assert most <= 6, f"{most} workers were started for a chain three calls deep"

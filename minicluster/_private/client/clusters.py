@@ -23,7 +23,7 @@ from minicluster._private.common import config
 
 ADDRESS_PREFIX = "minicluster://"
 
-_clients: Dict[str, Any] = {}  # address -> the DriverClient of a live Cluster
+_clients: Dict[str, Any] = {}  # address -> the DriverClient of a live Cluster that has nodes
 
 
 def register(address: str, client: Any) -> None:
@@ -39,7 +39,8 @@ def is_cluster_address(address: Optional[str]) -> bool:
 
 
 def only_address() -> Optional[str]:
-    """The address of the one live Cluster (for `init(address="auto")`), or None."""
+    """The address of the one live Cluster with nodes (what `init()` and `init(address="auto")` join),
+    or None."""
     return next(iter(_clients)) if len(_clients) == 1 else None
 
 

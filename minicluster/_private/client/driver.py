@@ -10,8 +10,8 @@ go to that node's store, and values it reads from other nodes are copied there.
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
 import time
 import uuid
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -41,8 +41,9 @@ NODE_START_TIMEOUT_S = 30.0
 class DriverClient(RuntimeClient):
     def __init__(self, num_nodes: int, num_cpus: float, resources: Optional[Dict[str, float]],
                  object_store_memory: Optional[int], namespace: Optional[str], log_to_driver: bool = True,
-                 labels: Optional[Dict[str, str]] = None) -> None:
-        """Start a session of `num_nodes` nodes; `object_store_memory` is each node's store capacity.
+                 labels: Optional[Dict[str, str]] = None, settings: Optional[Any] = None) -> None:
+        """Start a session of `num_nodes` nodes; `object_store_memory` is each node's store capacity;
+        `settings` (system_config.ClusterSettings) apply from the first node on.
 
         Workers' output is printed here with a `(task pid=.., node=..)` prefix unless
         `log_to_driver` is False; it is kept in the session's logs/ folder either way.
@@ -69,6 +70,8 @@ class DriverClient(RuntimeClient):
             self.session.cleanup()
             raise
         self.head.namespace = self.namespace
+        if settings is not None:
+            self.head.apply_settings(settings)  # before the nodes start: some are theirs (preloaded modules)
         try:
             self.head.start()
             self.head.default_capacity = object_store_memory or config.default_store_capacity(
@@ -146,11 +149,11 @@ class DriverClient(RuntimeClient):
     # ---- values ----------------------------------------------------------------------
 
     def get(self, object_ids: Sequence[bytes], timeout: Optional[float]) -> List[Any]:
-        values = self._get_ready(object_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values, waiter, wakeup = self._get_ready_or_wait(object_ids)
         if values is not None:
             return values
-        deadline = None if timeout is None else time.monotonic() + timeout
-        failed = self._wait_all(object_ids, len(object_ids), timeout, fail_fast=True)
+        failed = self._await(waiter, wakeup, timeout)
         head = self.head
         if failed is not None:  # one failed: raise its error now, as Ray does, without waiting for the rest
             with head.lock:
@@ -177,22 +180,28 @@ class DriverClient(RuntimeClient):
                 raise ObjectLostError(object_id.hex())
         return values
 
-    def _get_ready(self, object_ids: Sequence[bytes]) -> Optional[List[Any]]:
-        """The values at once when every object is ready already (a result that came in while
-        the caller did something else, a stream's item): one turn of the lock and no waiter.
-        None: some object is not ready or a copy vanished; the caller takes the long way."""
+    def _get_ready_or_wait(self, object_ids: Sequence[bytes]) -> Tuple[Optional[List[Any]], Any, "_Wakeup"]:
+        """One turn of the head's lock: the values when every object is ready already (a result
+        that came in while the caller did something else, a stream's item); else a waiter,
+        registered in that same turn (a round trip's get takes the lock once before it blocks).
+        No values and no waiter: every object is ready after all, or one failed already
+        (`waiter.failed`), or a copy vanished while read; the caller reads them the long way."""
         self.check_session(object_ids)
         head = self.head
+        wakeup = _Wakeup()
+        waiter = None
         with head.lock:
             head.apply_driver_refs()
             payloads = head.ready_payloads(object_ids)
-            head.flush()
-        if payloads is None:
-            return None
-        try:
-            return [self.load(object_id, payload) for object_id, payload in zip(object_ids, payloads)]
-        except FileNotFoundError:
-            return None  # (its node died meanwhile: the long way lets the head sort it out)
+            if payloads is None:
+                waiter = head.register_wait(list(object_ids), 0, wakeup.fire, True)
+            head.flush()  # waiting may have started a rebuild of a lost object: send its task now
+        if payloads is not None:
+            try:
+                return [self.load(object_id, payload) for object_id, payload in zip(object_ids, payloads)], None, wakeup
+            except FileNotFoundError:
+                pass  # (its node died meanwhile: the long way lets the head sort it out)
+        return None, waiter, wakeup
 
     def wait(self, object_ids: Sequence[bytes], num_returns: int, timeout: Optional[float],
              fetch_local: bool) -> List[bytes]:
@@ -203,23 +212,24 @@ class DriverClient(RuntimeClient):
         with self.head.lock:
             return self.head.ready_ids(list(object_ids))[:num_returns]
 
-    def _wait_all(self, object_ids: Sequence[bytes], num_ready: int, timeout: Optional[float],
-                  fail_fast: bool = False) -> Optional[bytes]:
-        """Block until `num_ready` of the objects are ready; GetTimeoutError after `timeout`.
-
-        fail_fast (get): return early with the id of an object that is an error, else None.
-        """
+    def _wait_all(self, object_ids: Sequence[bytes], num_ready: int, timeout: Optional[float]) -> None:
+        """Block until `num_ready` of the objects are ready; GetTimeoutError after `timeout`."""
         self.check_session(object_ids)
         head = self.head
-        event = threading.Event()
+        wakeup = _Wakeup()
         with head.lock:
             head.apply_driver_refs()
-            waiter = head.register_wait(list(object_ids), len(object_ids) - num_ready, lambda w: event.set(),
-                                        fail_fast)
+            waiter = head.register_wait(list(object_ids), len(object_ids) - num_ready, wakeup.fire)
             head.flush()  # waiting may have started a rebuild of a lost object: send its task now
+        self._await(waiter, wakeup, timeout)
+
+    def _await(self, waiter: Any, wakeup: "_Wakeup", timeout: Optional[float]) -> Optional[bytes]:
+        """Block until the registered `waiter` fires; GetTimeoutError after `timeout`. Returns the id
+        of an object that is an error when the waiter is a get's (fail fast), else None."""
         if waiter is None:
             return None
-        if waiter.fired or self._wait_event(event, timeout):
+        head = self.head
+        if waiter.fired or wakeup.wait(timeout):
             if head.closed:
                 raise RayError("minicluster was shut down while get() was waiting")
             if waiter.failed is None:
@@ -232,15 +242,6 @@ class DriverClient(RuntimeClient):
             if waiter.failed is not None:
                 head.unregister_waiter(waiter)  # the others it waited on are not wanted now
         return waiter.failed
-
-    @staticmethod
-    def _wait_event(event: threading.Event, timeout: Optional[float]) -> bool:
-        # Wait in slices so Ctrl-C reaches the main thread promptly on every platform.
-        if timeout is None:
-            while not event.wait(0.5):
-                pass
-            return True
-        return event.wait(max(0.0, timeout))
 
     def stream_next(self, task_id: bytes, advance: bool) -> Tuple[str, Optional[ObjectRef]]:
         """A generator's next item (object_ref_generator.py; the head's side: streams.py)."""
@@ -352,3 +353,29 @@ def anonymous_namespace() -> str:
     """A job's namespace when it names none: as in Ray, its own, a random UUID (named actors
     another job creates without a namespace are not found from it)."""
     return str(uuid.uuid4())
+
+
+class _Wakeup:
+    """A one-shot signal from the hub thread (a waiter's callback) to the thread blocked in
+    get or wait. A bare lock, held until fired: threading.Event builds a Condition per wait
+    and notifies through it, which costs both threads more on every round trip."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def fire(self, _waiter: Any = None) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:
+            pass  # fired already
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        if timeout is None:
+            # In slices, so that Ctrl-C reaches the main thread promptly on every platform.
+            while not self._lock.acquire(timeout=0.5):
+                pass
+            return True
+        return self._lock.acquire(timeout=max(0.0, timeout))

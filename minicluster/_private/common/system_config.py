@@ -1,15 +1,16 @@
 """Ray's `_system_config` table and reconstruction switch, as `init()` and `Cluster.add_node()` take them.
 
 Runs in the driver. Ray's `_system_config` is an internal tuning table; here a key is
-either honoured (lineage_pinning_enabled, actor_graceful_shutdown_timeout_ms), harmless
-(it tunes timing, health checks, batching or logging, none of which exist here), or
-refused with the list of what is taken.
+either honoured (lineage_pinning_enabled, actor_graceful_shutdown_timeout_ms,
+preload_python_modules), harmless (it tunes timing, health checks, batching or logging,
+none of which exist here, or turns on what minicluster always does), or refused with the
+list of what is taken.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 # _system_config keys that only tune timing, health checks, batching or logging in Ray.
 HARMLESS_KEYS = frozenset({
@@ -22,10 +23,21 @@ HARMLESS_KEYS = frozenset({
     "max_io_workers", "min_spilling_size", "max_direct_call_object_size", "num_heartbeats_timeout",
     "raylet_heartbeat_period_milliseconds", "enable_autoscaler_v2", "kill_idle_workers_interval_ms",
     "idle_worker_killing_time_threshold_ms", "record_ref_creation_sites", "free_objects_period_milliseconds",
+    "debug_dump_period_milliseconds", "worker_cap_initial_backoff_delay_ms", "worker_cap_max_backoff_delay_ms",
+    # no worker leases here (a task goes straight to a worker), so nothing to batch or limit
+    "max_pending_lease_requests_per_scheduling_category",
+    # fork() in a task works in any worker here (no gRPC threads to break)
+    "support_fork",
+})
+#: Ray switches for what minicluster always does: taken when on, refused when asked to turn them off
+ALWAYS_ON_KEYS = frozenset({
+    "worker_cap_enabled",  # scheduling classes take turns (task_flow.schedule), so blocked calls start few workers
 })
 #: keys honoured here: lineage_pinning_enabled=False turns lineage reconstruction off;
 #: actor_graceful_shutdown_timeout_ms bounds an ending actor's __ray_shutdown__
-HONOURED_KEYS = frozenset({"lineage_pinning_enabled", "actor_graceful_shutdown_timeout_ms"})
+#: preload_python_modules is imported by each node manager before it forks workers
+HONOURED_KEYS = frozenset({"lineage_pinning_enabled", "actor_graceful_shutdown_timeout_ms",
+                           "preload_python_modules"})
 #: Ray's default: an actor ending on purpose is killed if it has not exited after this long
 ACTOR_SHUTDOWN_TIMEOUT_MS = 30_000
 
@@ -36,6 +48,8 @@ class ClusterSettings:
 
     reconstruction: bool = True
     actor_shutdown_timeout_s: float = ACTOR_SHUTDOWN_TIMEOUT_MS / 1000
+    #: modules every worker has imported before its first task (node managers import them before forking)
+    preload_modules: Tuple[str, ...] = ()
 
 
 def cluster_settings(where: str, system_config: Optional[Dict[str, Any]],
@@ -46,8 +60,16 @@ def cluster_settings(where: str, system_config: Optional[Dict[str, Any]],
     if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) or timeout_ms < 0:
         raise ValueError(f"{where}(_system_config): actor_graceful_shutdown_timeout_ms must be a number of "
                          f"milliseconds >= 0, got {timeout_ms!r}")
+    preload = (system_config or {}).get("preload_python_modules", [])
+    if not isinstance(preload, (list, tuple)) or not all(isinstance(name, str) and name for name in preload):
+        raise TypeError(f"{where}(_system_config): preload_python_modules must be a list of module names, "
+                        f"got {preload!r}")
+    for key in ALWAYS_ON_KEYS & set(system_config or {}):
+        if not system_config[key]:  # type: ignore[index]
+            raise ValueError(f"{where}(_system_config): {key}=False cannot be had here: minicluster always "
+                             "works that way")
     return ClusterSettings(reconstruction=_reconstruction_enabled(where, system_config, enable_object_reconstruction),
-                           actor_shutdown_timeout_s=timeout_ms / 1000)
+                           actor_shutdown_timeout_s=timeout_ms / 1000, preload_modules=tuple(preload))
 
 
 def _reconstruction_enabled(where: str, system_config: Optional[Dict[str, Any]],
@@ -57,9 +79,9 @@ def _reconstruction_enabled(where: str, system_config: Optional[Dict[str, Any]],
         return enabled
     if not isinstance(system_config, dict):
         raise TypeError(f"{where}(_system_config={system_config!r}): must be a dict")
-    refused = sorted(set(system_config) - HARMLESS_KEYS - HONOURED_KEYS)
+    refused = sorted(set(system_config) - HARMLESS_KEYS - HONOURED_KEYS - ALWAYS_ON_KEYS)
     if refused:
-        taken = ", ".join(sorted(HONOURED_KEYS | HARMLESS_KEYS))
+        taken = ", ".join(sorted(HONOURED_KEYS | HARMLESS_KEYS | ALWAYS_ON_KEYS))
         raise ValueError(f"{where}(_system_config): {refused[0]!r} is a Ray setting minicluster does not have; "
                          f"it takes lineage_pinning_enabled and timing and health-check settings, which change "
                          f"nothing here: {taken}")

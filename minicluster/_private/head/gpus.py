@@ -12,6 +12,10 @@ A worker holds its devices while it runs a GPU task (blocked in get() or not: on
 lent out then) and an actor for its whole life. A node's device ids are 0..N-1, or, if the
 driver was started with CUDA_VISIBLE_DEVICES, the first N of those (as Ray's ids are a subset
 of what the node may see).
+
+A placement group's bundle with GPUs owns devices of its node from when it is placed until it
+is removed or its node dies (GroupDevices): its tasks and actors get those devices, and no one
+else gets a device a bundle owns whole, as in Ray, where a bundle reserves resource instances.
 """
 
 from __future__ import annotations
@@ -86,3 +90,50 @@ def assign(node_devices: List[str], workers: Dict[bytes, Any], worker: Any, amou
         chosen = tuple(free[:need])
     worker.gpus = chosen
     return chosen
+
+
+class GroupDevices:
+    """The devices each placement-group bundle owns (placed by placement_groups.py)."""
+
+    def __init__(self) -> None:
+        #: (group id, bundle index) -> (node id, its devices, the bundle's GPU amount)
+        self.owned: Dict[Tuple[bytes, int], Tuple[bytes, Tuple[str, ...], float]] = {}
+
+    def reserve(self, group_id: bytes, index: int, node_id: bytes, node_devices: List[str], amount: float) -> None:
+        """Bundle `index` of the group was placed on the node: it takes `amount` GPUs' devices."""
+        if not amount or not node_devices:
+            return
+        owned = self._owned_on(node_id)
+        if amount < 1:
+            fitting = [d for d in node_devices if owned.get(d, 0.0) + amount <= 1 + _EPS]
+            chosen: Tuple[str, ...] = (fitting[0] if fitting else min(node_devices, key=lambda d: owned.get(d, 0.0)),)
+        else:
+            # The scheduler counted the node's GPUs: whole devices no other bundle owns are there.
+            free = [d for d in node_devices if owned.get(d, 0.0) <= _EPS]
+            chosen = tuple(free[:int(amount)])
+        self.owned[(group_id, index)] = (node_id, chosen, amount)
+
+    def release(self, group_id: bytes, index: int) -> None:
+        self.owned.pop((group_id, index), None)
+
+    def pool(self, strategy: Tuple, node_id: bytes, node_devices: List[str]) -> List[str]:
+        """The devices a task or actor with this scheduling strategy may be given on the node: its
+        bundle's (any of its group's bundles there, for bundle index -1), else those no bundle
+        owns whole."""
+        if strategy[0] == "PG":
+            group_id, index = strategy[1], strategy[2]
+            mine = {d for (group, i), (node, devices, _) in self.owned.items()
+                    if group == group_id and node == node_id and (index < 0 or i == index) for d in devices}
+            return [d for d in node_devices if d in mine] or node_devices
+        owned = self._owned_on(node_id)
+        return [d for d in node_devices if owned.get(d, 0.0) < 1 - _EPS] or node_devices
+
+    def _owned_on(self, node_id: bytes) -> Dict[str, float]:
+        """device -> how much of it the bundles on the node own."""
+        owned: Dict[str, float] = {}
+        for node, devices, amount in self.owned.values():
+            if node == node_id:
+                share = amount if amount < 1 else 1.0
+                for device in devices:
+                    owned[device] = owned.get(device, 0.0) + share
+        return owned

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from minicluster._private.common import config
 from minicluster._private.common.ids import job_id, new_node_id
@@ -80,6 +80,7 @@ class Head:
         #: task ids of generators the driver dropped before their end (appended lock-free by
         #: ObjectRefGenerator.__del__, applied with the driver's refs)
         self.abandoned_streams: "collections.deque[bytes]" = collections.deque()
+        self.preload_modules: Tuple[str, ...] = ()  #: imported by each node before it forks workers
         self.hub = Hub(session.socket_path, session.key, self)
         self.outbox = outbox = Outbox()
         timers = LockedTimers(self.hub, self.lock, outbox)
@@ -125,6 +126,7 @@ class Head:
         with self.lock:
             self.head_state.lineage.cluster_enabled = settings.reconstruction
             self.head_state.actor_shutdown_timeout_s = settings.actor_shutdown_timeout_s
+            self.preload_modules = settings.preload_modules  # for the nodes added from now on
 
     def set_job_reconstruction(self, enabled: bool) -> None:
         """The running job's switch (JobConfig._disable_job_level_lineage_reconstruction)."""
@@ -208,6 +210,7 @@ class Head:
             # The package's own folder first: editable installs are found by a
             # site hook that the node's `python -S` does not run.
             sys_path=[_PACKAGE_PARENT] + sys.path,
+            preload_modules=self.preload_modules,
         )
         node.process = node_procs.launch(cfg, None)
         node.pid = node.process.pid

@@ -90,10 +90,11 @@ class HeadState:
     #: and in its node's `workers`; a node's `idle` workers are among them, each at most once,
     #: with an empty queue and no actor. Written by Head (hello) and recovery (death)
     workers: Dict[bytes, WorkerRecord] = field(default_factory=dict)
-    #: resource shape -> FIFO of tasks waiting for placement (task flow). Every open task in
-    #: PENDING_NODE_ASSIGNMENT is in ready[task.shape] exactly once; other entries are stale
-    #: (closed, or placed meanwhile) and are dropped when met
-    ready: Dict[tuple, Deque[TaskRecord]] = field(default_factory=dict)
+    #: scheduling class (resource shape and function) -> FIFO of tasks waiting for placement (task
+    #: flow), the least recently served class first. Every open task in PENDING_NODE_ASSIGNMENT is
+    #: in ready[task.shape] exactly once; other entries are stale (closed, or placed meanwhile) and
+    #: are dropped when met
+    ready: "collections.OrderedDict[tuple, Deque[TaskRecord]]" = field(default_factory=collections.OrderedDict)
     #: shapes already warned about as infeasible (warn once each)
     infeasible_warned: Set[tuple] = field(default_factory=set)
     #: function id -> moving average run time (s), to decide what is tiny enough to pipeline
@@ -213,4 +214,5 @@ def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
         lineage=Lineage(config.max_lineage_bytes(), release_lineage_args),
     )
     state.groups.labels_of = lambda node_id: state.nodes[node_id].labels  # (bundle_label_selector)
+    state.groups.gpu_ids_of = lambda node_id: state.nodes[node_id].gpu_ids  # (a bundle's own devices)
     return state

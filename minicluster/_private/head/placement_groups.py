@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Tuple
 
 from minicluster._private.common.ids import job_id
 from minicluster._private.common.placement import bundle_resources, group_of, is_group_resource, labels_match
+from minicluster._private.head.gpus import GroupDevices
 from minicluster._private.head.scheduler import NodeResources, Scheduler, Unschedulable
 from minicluster._private.head.virtual_nodes import INTENDED_SYSTEM_EXIT
 from minicluster.exceptions import TaskPlacementGroupRemoved
@@ -100,6 +101,9 @@ class PlacementGroups:
         self._fresh: List[GroupRecord] = []  #: waiting groups not tried yet (tried alone, at once)
         #: a node's labels (set by head_state.new_state), for bundle_label_selector
         self.labels_of: Callable[[bytes], Dict[str, str]] = lambda node_id: {}
+        #: a node's GPU device ids (set with labels_of), and the devices bundles own (gpus.py)
+        self.gpu_ids_of: Callable[[bytes], List[str]] = lambda node_id: []
+        self.devices = GroupDevices()
         scheduler.groups = self
 
     # ---- asked by the scheduler ---------------------------------------------------------
@@ -216,10 +220,13 @@ class PlacementGroups:
             node.available[key] = node.available.get(key, 0.0) + qty
         record.nodes[index] = node_id
         record.last_nodes = list(record.nodes)
+        self.devices.reserve(record.group_id, index, node_id, self.gpu_ids_of(node_id),
+                             record.bundles[index].get("GPU", 0.0))
 
     def _unreserve(self, record: GroupRecord, index: int, give_back: bool) -> None:
         node_id = record.nodes[index]
         record.nodes[index] = None
+        self.devices.release(record.group_id, index)
         node = self.scheduler.nodes.get(node_id) if node_id is not None else None
         if node is None:
             return

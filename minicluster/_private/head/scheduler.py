@@ -187,7 +187,8 @@ class Scheduler:
         return _sum(n.total for n in self.alive())
 
     def availables(self) -> Dict[str, float]:
-        return _sum(n.available for n in self.alive())
+        """What is free now; as in Ray, a resource with nothing free is left out, not 0.0."""
+        return {key: qty for key, qty in _sum(n.available for n in self.alive()).items() if qty > 0}
 
 
 def _is_cpu(key: str) -> bool:

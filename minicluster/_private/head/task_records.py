@@ -210,9 +210,9 @@ _shapes: Dict[tuple, tuple] = {}
 
 
 def _shape_of(spec: Any) -> tuple:
-    """(sorted resources, strategy[, label selector, runtime_env]): the key of the ready queue a task
-    waits in (task_flow.py)."""
-    shape = (tuple(sorted(spec.resources.items())), spec.strategy)
+    """(sorted resources, strategy, function[, label selector, runtime_env]): the key of the ready
+    queue a task waits in (task_flow.py), its scheduling class as Ray calls it."""
+    shape = (tuple(sorted(spec.resources.items())), spec.strategy, spec.function_id)
     if spec.label_selector is not None or spec.runtime_env is not None:
         # FIFO per shape: a selector no node matches must not hold up other tasks, and a task
         # pipelined behind another must need the same worker (its runtime_env).

@@ -26,6 +26,7 @@ cannot clean up), session.json stays, so the next `init()` reaps that node
 
 from __future__ import annotations
 
+import importlib
 import os
 import select
 import signal
@@ -59,6 +60,7 @@ class NodeManager:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self.wake_w)
         self.conn.send(msg.NodeHello.new(node_id=self.node_id, pid=os.getpid()))
+        _preload(self.cfg.get("preload_modules", ()))
         self.spawn(self.cfg["num_workers"])
         sock = self.conn.sock
         sock.setblocking(False)
@@ -169,6 +171,17 @@ class NodeManager:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+
+
+def _preload(names: "tuple[str, ...]") -> None:
+    """_system_config's preload_python_modules: imported once here, so that every worker forked
+    afterwards has them. As in Ray, a module that fails to import is reported, not fatal."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any failure of a user's module is reported the same way
+            print(f"minicluster: preload_python_modules: cannot import {name!r} ({type(exc).__name__}: {exc}); "
+                  "the workers start without it", file=sys.stderr)
 
 
 def main(cfg: dict) -> None:
