@@ -43,6 +43,7 @@ def argument_failed(task_name: str, error: BaseException) -> RayTaskError:
     cause = error.cause if isinstance(error, RayTaskError) else error
     return RayTaskError(task_name, text, cause)
 
+
 _FIRST_RETURN = (1).to_bytes(4, "little")
 
 # Strategy encodings: ("DEFAULT",), ("SPREAD",), ("NODE", node_id, soft), ("PG", ...) (placement.py)
