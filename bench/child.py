@@ -152,6 +152,11 @@ def main(argv: list[str]) -> int:
             for step in workloads.WARM_STEPS:
                 if any(n in names for n in step):
                     res.guarded(step, _bind_step(h, step, r))
+        elif group == "bigarg":
+            from bench import bigarg
+
+            res.guarded(("arg_value",), lambda: {"arg_value": bigarg.rl_arg_value(h.rt, r) if h.rt is not None
+                                                 else bigarg.pool_arg_value(h.pool, r)})
         elif group == "retry":
             rt = h.rt
             if rt is not None:

@@ -26,6 +26,15 @@ def first_elem(arr: Any) -> float:
     return float(arr[0])
 
 
+def array_sum(arr: Any, wait: float = 0.0) -> float:
+    """[arg_value]: the array's sum (after ``wait`` seconds: the warm-up keeps both workers busy)."""
+    if wait:
+        import time
+
+        time.sleep(wait)
+    return float(arr.sum())
+
+
 def crash_once(marker: str) -> int:
     """Kill the worker process on the first call for ``marker``; return 1 afterwards."""
     if not os.path.exists(marker):

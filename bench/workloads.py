@@ -15,9 +15,11 @@ What is timed (all wall-clock, ``time.perf_counter``):
              all; N / elapsed, median over runs.
 [roundtrip]  ``get(f.remote(i))`` one at a time (PPE ``submit().result()``, mp ``apply``);
              median and p90 per call, in microseconds.
-[put]        ``put(np.ones(100 MiB / 8))``, median over runs.
+[put]        ``put(np.ones(100 MiB / 8))``, median over runs (each ref dropped after its get);
+             then back-to-back: several puts in a row, every ref kept, median and worst.
 [get]        the first ``get`` of each freshly put object, median; also whether the result
-             is a read-only view (``not a.flags.writeable``), as expected for zero-copy.
+             is a read-only view (``not a.flags.writeable``), as expected for zero-copy; then
+             the first gets of the back-to-back puts' objects, in a row, median and worst.
 [arg]        a task taking the 100 MB object ref and returning ``arr[0]``, median per call
              after warm-up (PPE/mp: the array itself is the argument, pickled and copied).
 [retry]      a ``max_retries=1`` task that ``os._exit(1)``s its worker on the first attempt
@@ -29,7 +31,8 @@ What is timed (all wall-clock, ``time.perf_counter``):
 [footprint]  after init and one task and 1 s of idling: the sum of PSS
              (``memory_full_info().pss``) of the driver and all its descendants.
 [pipe]       ``multiprocessing.Pipe`` ping-pong with a child process: median / p90 per trip.
-[memcpy]     ``np.copyto`` of 100 MiB into an already-touched buffer (and ``arr.copy()``).
+[memcpy]     ``np.copyto`` of 100 MiB into an already-touched buffer (and ``arr.copy()``, and
+             ``arr.sum()``, the work of [arg_value]'s task).
 
 [bookkeeping]   tiny-task throughput, in the warm group, three ways in rotation: plain
                 ``noop(i)`` (refs dropped after each run); ``with_arg(i, dep)`` whose ``dep`` is
@@ -297,9 +300,32 @@ def rl_put_get(rt: ModuleType, r: Reps) -> tuple[Record, Record]:
         del a, ref
     put_ms = [t * 1e3 for t in put_s]
     get_ms = [t * 1e3 for t in get_s]
-    return (ok(median(put_ms), runs=put_ms, mb=ARRAY_BYTES / 2**20),
+    b2b_put, b2b_get = _put_get_burst(rt, arr, r.put_burst)
+    return (ok(median(put_ms), runs=put_ms, mb=ARRAY_BYTES / 2**20, b2b_runs=b2b_put,
+               b2b_median=median(b2b_put), b2b_worst=max(b2b_put)),
             ok(median(get_ms), runs=get_ms, readonly=all(readonly),
-               readonly_runs=readonly))
+               readonly_runs=readonly, b2b_runs=b2b_get, b2b_median=median(b2b_get), b2b_worst=max(b2b_get)))
+
+
+def _put_get_burst(rt: ModuleType, arr: Any, n: int) -> tuple[list[float], list[float]]:
+    """Back-to-back: ``n`` puts in a row, every ref kept (n distinct live objects, no pause for
+    any background work between them), then the first get of each, in a row. Times in ms."""
+    refs = []
+    put_ms: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        refs.append(rt.put(arr))
+        put_ms.append((time.perf_counter() - t0) * 1e3)
+    get_ms: list[float] = []
+    for ref in refs:
+        t0 = time.perf_counter()
+        a = rt.get(ref)
+        get_ms.append((time.perf_counter() - t0) * 1e3)
+        if a.shape != arr.shape or a[-1] != 1.0:
+            raise AssertionError("get returned the wrong array")
+        del a
+    del refs
+    return put_ms, get_ms
 
 
 # ------------------------------------------------------------------------------- arg
@@ -1006,7 +1032,13 @@ def memcpy(r: Reps) -> Record:
         c = src.copy()
         copy.append((time.perf_counter() - t0) * 1e3)
         del c
-    return ok(median(copyto), runs=copyto, arr_copy_ms=median(copy), arr_copy_runs=copy)
+    sums: list[float] = []
+    for _ in range(r.memcpy_runs):  # [arg_value]'s floor is a copy into the store plus this
+        t0 = time.perf_counter()
+        src.sum()
+        sums.append((time.perf_counter() - t0) * 1e3)
+    return ok(median(copyto), runs=copyto, arr_copy_ms=median(copy), arr_copy_runs=copy,
+              sum_ms=median(sums), sum_runs=sums)
 
 
 # -------------------------------------------------------------------------- dispatch

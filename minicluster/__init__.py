@@ -42,7 +42,8 @@ in this list (tests/test_architecture.py checks it):
                 _system_config table and the reconstruction switch), placement.py (placement
                 group resource names: what a bundle adds to its node, a task's request in a group)
     store/      serialization.py (pickle-5 blobs, zero-copy buffers), object_store.py (a node's
-                shared-memory folder of object files; spilling), store_spares.py (pre-allocated files)
+                shared-memory folder of object files; spilling), store_spares.py (pre-allocated files),
+                store_recycle.py (freed files nothing maps any more, reused by large writes)
     wire/       protocol.py (framing, authentication), hub.py (the head's I/O thread: sockets,
                 timers), messages.py (every message, defined once), fault_hooks.py (where a
                 test's fault plan reaches into both ends: the head's hooks, the workers' orders)
@@ -59,7 +60,8 @@ in this list (tests/test_architecture.py checks it):
                 task gets), virtual_nodes.py (nodes, workers, starting and killing node
                 processes), placement_groups.py (groups, where their bundles go, removal),
                 snapshot.py (testing.snapshot),
-                announcements.py (rate-limited retry/death lines, "Unhandled error" on the driver)
+                announcements.py (rate-limited retry/death lines, "Unhandled error" on the driver),
+                global_gc.py (a store filling up: every process collects reference cycles)
     observe/    state_recorder.py (records -> state rows, journaled), state_journal.py (the
                 session's state on disk), state_render.py (tables for the CLI), timeline.py
                 (Chrome trace), log_files.py (workers' output files), log_dedup.py (folding

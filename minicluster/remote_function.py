@@ -240,8 +240,9 @@ def _lift_refs(args: tuple, kwargs: dict, slots: List[Any]) -> Tuple[tuple, dict
 
 
 def _maybe_put(client: Any, value: Any, keep_alive: List[ObjectRef], func_name: str) -> Any:
-    if serialize(value, what=f"an argument of {func_name}").size <= config.INLINE_THRESHOLD:
+    serialized = serialize(value, what=f"an argument of {func_name}")
+    if serialized.size <= config.INLINE_THRESHOLD:
         return value
-    ref = client.put(value)
+    ref = client.put_serialized(serialized)  # (pickled once: its buffers are the caller's, not copies)
     keep_alive.append(ref)
     return ref

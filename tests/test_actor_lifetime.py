@@ -264,3 +264,31 @@ def test_a_hanging_shutdown_hook_is_cut_short_by_the_grace_period(tmp_path):
         ray.shutdown()
     with pytest.raises(ValueError, match="actor_graceful_shutdown_timeout_ms must be"):
         ray.init(_system_config={"actor_graceful_shutdown_timeout_ms": -1})
+
+
+def test_dead_actor_records_are_capped_and_a_forgotten_ones_handle_still_fails(cluster, monkeypatch):
+    # As Ray's GCS (RAY_maximum_gcs_destroyed_actor_cached_count): a driver that makes actors by
+    # the million keeps only the records of the ones that died last.
+    from minicluster.util.state import list_actors
+
+    monkeypatch.setenv("RAY_maximum_gcs_destroyed_actor_cached_count", "3")
+    cluster(num_cpus=1)
+
+    @ray.remote(num_cpus=0)
+    class Brief:
+        def ping(self):
+            return ray.get_runtime_context().get_actor_id()
+
+    actors = [Brief.remote() for _ in range(6)]
+    ids = ray.get([a.ping.remote() for a in actors])
+    for actor in actors:
+        ray.kill(actor)
+    wait_for(lambda: [a["state"] for a in list_actors()] == ["DEAD"] * 3, 10,
+             "only three dead actors to be listed")
+    kept = {a["actor_id"] for a in list_actors()}
+    assert kept < set(ids)
+    for actor, actor_id in zip(actors, ids):
+        # a forgotten one's handle still fails, saying why it may; a kept one says why it died
+        reason = "ray.kill" if actor_id in kept else "RAY_maximum_gcs_destroyed_actor_cached_count=3"
+        with pytest.raises(ray.exceptions.ActorDiedError, match=reason):
+            ray.get(actor.ping.remote())

@@ -500,3 +500,48 @@ def test_a_task_that_sends_nothing_still_releases_what_it_dropped(cluster, tmp_p
     gate.touch()
     wait_for(lambda: not its_put_alive(), timeout=10, what="the dropped put freed while the task still runs")
     ray.cancel(running, force=True)
+
+
+def test_a_store_filling_up_makes_every_process_collect_reference_cycles(cluster):
+    # As Ray's automatic global GC: refs that only a reference cycle holds (in an actor that
+    # turned the cycle collector off) keep their objects until the store fills; then every
+    # process runs gc.collect() and the objects go.
+    from conftest import wait_for
+
+    MiB = 1 << 20
+    cluster(num_cpus=1, object_store_memory=100 * MiB)
+
+    @ray.remote
+    class Hoarder:
+        def __init__(self):
+            import gc
+
+            gc.disable()
+            self.collections = 0
+            gc.callbacks.append(self._collected)
+
+        def _collected(self, phase, info):
+            if phase == "stop":
+                self.collections += 1
+
+        def cycle(self):
+            ref = ray.put(b"x" * (20 * MiB))
+            loop = [ref]
+            loop.append(loop)  # only the cycle holds the ref now
+            return True
+
+        def collections_seen(self):
+            return self.collections
+
+    hoarder = Hoarder.remote()
+    for _ in range(3):  # 60% of the store: nothing happens yet
+        assert ray.get(hoarder.cycle.remote())
+    assert ray.get(hoarder.collections_seen.remote()) == 0
+    assert ray.get(hoarder.cycle.remote())  # 80%
+    wait_for(lambda: ray.get(hoarder.collections_seen.remote()) > 0, 10, "the actor to collect garbage")
+    store = testing.snapshot().nodes[0].store_dir
+
+    def stored() -> int:  # the object files (spares and recycled files have a dot in their names)
+        return sum(e.stat().st_size for e in os.scandir(store) if e.is_file() and "." not in e.name)
+
+    wait_for(lambda: stored() < 20 * MiB, 10, "the cycles' objects to be freed")

@@ -336,9 +336,11 @@ def test_a_full_shared_memory_file_system_gives_object_store_full_error(cluster,
     cluster(num_nodes=1, num_cpus=1, object_store_memory=6 * MiB)
     with open(os.path.join(shm, "ballast"), "wb") as f:  # someone else fills the file system
         f.write(b"\0" * (6 * MiB))
+    kept = []  # (a dropped ref's object is freed before the next put: each one is kept)
     with pytest.raises(ray.exceptions.ObjectStoreFullError, match=r"file system is full \(\d+ of \d+ bytes free"):
         for _ in range(3):
-            ray.put(b"p" * MiB)
+            kept.append(ray.put(b"p" * MiB))
+    del kept
 
     @ray.remote(max_retries=0)
     def big_result():

@@ -27,7 +27,7 @@ from minicluster._private.common.task_spec import ITEM
 from minicluster._private.head.head import DRIVER, Head
 from minicluster._private.observe.state_recorder import StateRecorder
 from minicluster._private.store import object_store, store_spares
-from minicluster._private.store.serialization import serialize
+from minicluster._private.store.serialization import Serialized, serialize
 from minicluster._private.wire import messages as msg
 from minicluster.exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, RayError
 
@@ -119,9 +119,11 @@ class DriverClient(RuntimeClient):
         return refs
 
     def put(self, value: Any) -> ObjectRef:
+        return self.put_serialized(serialize(value, what="put() value"))
+
+    def put_serialized(self, serialized: Serialized) -> ObjectRef:
         object_id = self.next_put_id()
         ref = ObjectRef(object_id)
-        serialized = serialize(value, what="put() value")
         self.check_session(serialized.refs)
         if serialized.size <= config.INLINE_THRESHOLD:
             self.head.put_from_driver(object_id, "i", serialized.to_bytes(), serialized.refs, self.node_id)
@@ -141,6 +143,9 @@ class DriverClient(RuntimeClient):
                 f"({capacity} bytes, object_store_memory); nothing was stored"
             )
         with head.lock:
+            # The refs the caller dropped first: their objects' room (and, for a large one,
+            # its file, reused by this write: store_recycle.py) is free before this put.
+            head.apply_driver_refs()
             problem = head.objects.no_room_for(self.node_id, size)
         if problem is not None:
             raise ObjectStoreFullError(f"put() of an object of {size} bytes: {problem}; nothing was stored")

@@ -19,7 +19,7 @@ from minicluster._private.client.pending_calls import PendingCalls
 from minicluster._private.common import config, runtime_envs
 from minicluster._private.common.ids import job_id, object_id_for_put
 from minicluster._private.store import object_store
-from minicluster._private.store.serialization import FLAG_ERROR, deserialize
+from minicluster._private.store.serialization import FLAG_ERROR, Serialized, deserialize
 from minicluster._private.wire.messages import Payload
 from minicluster.exceptions import RayTaskError
 
@@ -162,6 +162,10 @@ class RuntimeClient:
         raise NotImplementedError
 
     def put(self, value: Any) -> bytes:
+        raise NotImplementedError
+
+    def put_serialized(self, serialized: Serialized) -> Any:
+        """put() of a value serialized already (a large task argument: pickled once, not twice)."""
         raise NotImplementedError
 
     def stream_next(self, task_id: bytes, advance: bool) -> Tuple[str, Any]:

@@ -43,7 +43,7 @@ from typing import Optional
 import filelock
 
 from minicluster._private.common import config, runtime_envs
-from minicluster._private.store import object_store
+from minicluster._private.store import object_store, store_recycle
 
 MAX_SOCKET_PATH = 107  # bytes in a Unix socket's path (sun_path, Linux; 103 on macOS)
 INIT_LOCK = ".init.lock"  #: in the session root: held while a driver reaps, prunes and creates its session
@@ -139,6 +139,7 @@ class Session:
 
     def cleanup(self) -> None:
         """Remove everything but the logs folder."""
+        store_recycle.forbid()  # first: the deleter thread moves no freed file into a folder going away
         shutil.rmtree(self.store_root, ignore_errors=True)
         shutil.rmtree(self.spill_root, ignore_errors=True)
         runtime_envs.remove_packages(self.dir)  # the copies of working_dir / py_modules

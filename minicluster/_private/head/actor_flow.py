@@ -326,7 +326,10 @@ class ActorFlow:
     def _fail_call(self, task: TaskRecord, record: Optional[ActorRecord]) -> None:
         error = ActorDiedError(
             task.spec.actor_id.hex() if task.spec.actor_id else None,
-            record.death_cause if record is not None else "The actor does not exist.",
+            record.death_cause if record is not None else (
+                "The actor is dead, or never was in this session (dead actors' records are kept up to "
+                f"RAY_maximum_gcs_destroyed_actor_cached_count={self.state.max_dead_actors}; older ones are "
+                "dropped)."),
             actor_init_failed=bool(record and record.init_failed),
         )
         self.tasks.finish_with_error(task, error, "ACTOR_DIED", str(error))
@@ -421,6 +424,8 @@ class ActorFlow:
             return
         record.set_state(DEAD)
         record.death_cause = cause
+        self.state.dead_actors.append(record.actor_id)
+        self._forget_old_dead()
         calls = list(inflight) + list(record.pending)
         record.pending.clear()
         record.failed_args.clear()
@@ -464,6 +469,16 @@ class ActorFlow:
             if not task.finished:
                 self.tasks.cancel_task(task.spec.task_id, force=True, recursive=False)
             self._actor_dead(record, cause)
+
+    def _forget_old_dead(self) -> None:
+        """Keep at most `max_dead_actors` dead actors' records, as Ray's GCS does: a long-running
+        driver that makes actors by the million must not grow without bound. A call on a handle
+        of a forgotten actor fails with ActorDiedError, as for any dead actor."""
+        state = self.state
+        while len(state.dead_actors) > state.max_dead_actors:
+            record = state.actors.pop(state.dead_actors.popleft(), None)
+            if record is not None:
+                self._release_name(record)  # (a non-detached one's name, still held for its handles)
 
     def _release_name(self, record: ActorRecord) -> None:
         """An actor that will not come back gives up its name at once (Ray's rule): the name

@@ -44,10 +44,11 @@ from minicluster._private.common import config
 from minicluster._private.common.ids import job_id, new_node_id
 from minicluster._private.common.placement import plain_resources
 from minicluster._private.common.system_config import ClusterSettings
-from minicluster._private.head import gpus, placement_groups
+from minicluster._private.head import global_gc, gpus, placement_groups
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
 from minicluster._private.head.announcements import Announcer
+from minicluster._private.head.global_gc import GlobalGC
 from minicluster._private.head.head_state import new_state
 from minicluster._private.head.invariants import HeadStateError, violations
 from minicluster._private.head.messaging import LockedTimers, Outbox
@@ -56,7 +57,7 @@ from minicluster._private.head.recovery import Recovery
 from minicluster._private.head.task_flow import TaskFlow
 from minicluster._private.head.virtual_nodes import NodeRecord, WorkerRecord
 from minicluster._private.head.waiting import Waiting
-from minicluster._private.store import object_store
+from minicluster._private.store import object_store, store_recycle, store_spares
 from minicluster._private.store.serialization import error_blob
 from minicluster._private.wire import fault_hooks
 from minicluster._private.wire import messages as msg
@@ -97,6 +98,8 @@ class Head:
         self.announcer = Announcer(timers, state.error_blob_of)
         self.task_flow.announce = self.recovery.announce = self.announcer
         state.objects.on_unhandled = self.announcer.unhandled_error
+        self.global_gc = GlobalGC(state, outbox)  # a store filling up: every process collects garbage
+        state.objects.on_filling, state.objects.pressure = self.global_gc.store_filling, global_gc.PRESSURE
         # Read-only views for the driver, the state recorder and the fault injector: the
         # state's containers themselves (never rebound), so reading them costs nothing.
         self.scheduler = state.scheduler
@@ -193,6 +196,7 @@ class Head:
             node.labels = {"ray.io/node-id": node_id.hex(), **(labels or {})}
             node.gpu_ids = gpus.device_ids(total.get("GPU", 0.0))
             state.objects.capacity[node_id] = node.capacity
+            store_recycle.allow(node.store_dir, store_spares.spare_limit(node.capacity))
             state.nodes[node_id] = node
             state.scheduler.add_node(node_id, total, node.labels)
             node.pending_spawn = num_workers

@@ -64,8 +64,14 @@ class HeadState:
     #: parent task id -> ids of tasks it submitted, for recursive cancel. Keys are open tasks
     #: (added only while the parent is open, popped when it closes); children may have closed
     children: Dict[bytes, Set[bytes]] = field(default_factory=lambda: collections.defaultdict(set))
-    #: actor id -> ActorRecord, every actor of the session (never removed; DEAD ones stay)
+    #: actor id -> ActorRecord, every actor of the session; DEAD ones stay (for list_actors and the
+    #: errors of calls on their handles) until more than `max_dead_actors` are dead, oldest first
     actors: Dict[bytes, ActorRecord] = field(default_factory=dict)
+    #: ids of the DEAD actors in `actors`, in the order they died (actor_flow._forget_old_dead)
+    dead_actors: Deque[bytes] = field(default_factory=collections.deque)
+    #: Ray's RAY_maximum_gcs_destroyed_actor_cached_count: dead actor records kept
+    max_dead_actors: int = field(default_factory=lambda: config.env(
+        "maximum_gcs_destroyed_actor_cached_count", 100_000, int))
     #: creation result id -> actor id, for actors that live while a handle does (not detached):
     #: handles hold a ref to that result; once it is freed the actor ends (actor_flow.py)
     actor_handles: Dict[bytes, bytes] = field(default_factory=dict)

@@ -260,6 +260,11 @@ def _check_actors(state: HeadState, problems: List[str]) -> None:
                 problems.append(f"{name} has no open creation task")
         if actor.state == DEAD and (actor.pending or actor.inflight):
             problems.append(f"{name} still has queued or in-flight calls")
+    dead = [actor_id for actor_id, actor in state.actors.items() if actor.state == DEAD]
+    if sorted(dead) != sorted(state.dead_actors):
+        problems.append(f"{len(dead)} actors are DEAD but the list of dead ones has {len(state.dead_actors)}")
+    if len(state.dead_actors) > state.max_dead_actors:
+        problems.append(f"{len(state.dead_actors)} dead actors are kept, over the cap of {state.max_dead_actors}")
         if actor.state != ALIVE and actor.held:
             problems.append(f"{name} holds resources")
         for task in list(actor.pending) + list(actor.inflight.values()):

@@ -115,6 +115,9 @@ class ObjectDirectory:
         self.spill_failed: Dict[bytes, str] = {}  #: node -> why its last spill failed (cleared by a success)
         #: called when an `unhandled` error is freed, before its value goes (set by the head)
         self.on_unhandled: Optional[Callable[[bytes, ObjectEntry], None]] = None
+        #: called when a node's store passes `pressure` of its capacity (global_gc.py, set by the head)
+        self.on_filling: Callable[[], None] = lambda: None
+        self.pressure = 1.0
 
     # ---- creation and values ---------------------------------------------------------
 
@@ -199,7 +202,11 @@ class ObjectDirectory:
         of released objects, then copies that exist elsewhere (on another node or spilled), then
         spill the oldest objects to disk."""
         capacity = self.capacity.get(node)
-        if capacity is None or self.node_usage[node] + need <= capacity:
+        if capacity is None:
+            return
+        if self.node_usage[node] + need >= self.pressure * capacity:
+            self.on_filling()  # cycles holding refs may be what fills it: collect them (global_gc.py)
+        if self.node_usage[node] + need <= capacity:
             return
         capacity -= need
         for object_id, entry in list(self.entries.items()):  # cached copies of released objects go first

@@ -27,7 +27,7 @@ from typing import Any, Deque, Dict, List, Optional, Set
 
 from minicluster._private.common.placement import plain_resources
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK
-from minicluster._private.store import object_store, store_spares
+from minicluster._private.store import object_store, store_recycle, store_spares
 
 # Ray's worker exit types (WorkerState.exit_type).
 SYSTEM_ERROR = "SYSTEM_ERROR"  #: crashed, was killed, or its node died
@@ -218,6 +218,7 @@ def kill(node: NodeRecord) -> None:
         except (ProcessLookupError, PermissionError):
             pass
     store_spares.keeper().retire(node.store_dir)  # this process's spare there, and no new one
+    store_recycle.forbid(node.store_dir)  # no freed file kept there either
     if node.process is not None:
         # Reaped first, so no call of its in flight can put a file back after the folder
         # is gone. SIGKILL makes this quick; the bound only guards against a kernel stall.

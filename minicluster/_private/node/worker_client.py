@@ -23,7 +23,7 @@ from minicluster._private.client.runtime_client import RuntimeClient
 from minicluster._private.common import config
 from minicluster._private.common.task_spec import ITEM
 from minicluster._private.store import object_store, store_spares
-from minicluster._private.store.serialization import serialize
+from minicluster._private.store.serialization import Serialized, serialize
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
 from minicluster.exceptions import ActorAlreadyExistsError, GetTimeoutError, ObjectStoreFullError
@@ -167,8 +167,12 @@ class WorkerClient(RuntimeClient):
         raise RuntimeError("object kept vanishing while being fetched")
 
     def put(self, value: Any) -> ObjectRef:
+        return self.put_serialized(serialize(value, what="put() value"))
+
+    def put_serialized(self, serialized: Serialized) -> ObjectRef:
         object_id = self.next_put_id()
-        self.send(msg.Put.new(object_id=object_id, value=store_value(self, object_id, value, what="put() value")))
+        value = store_serialized(self, object_id, serialized, what="put() value")
+        self.send(msg.Put.new(object_id=object_id, value=value))
         return ObjectRef(object_id, _announce=False)
 
     def wait(self, object_ids: Sequence[bytes], num_returns: int, timeout: Optional[float],

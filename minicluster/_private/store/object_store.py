@@ -7,14 +7,16 @@ it goes; this module only moves bytes:
 
 * write: the writer fills `<id>.tmp-<pid>` and renames it to `<id>`, so a
   reader never sees a partial object (rename is atomic). A large value
-  (>= 8 MiB) is written into the process's *spare* when it has one: a fresh
-  file, `.spare-<pid>`, whose pages a background thread allocated ahead
-  (store_spares.py), so the write is only a copy. The invariant that keeps
-  zero-copy readers safe: a file that was ever visible under an object name
-  is never written again, and a spare is always a new file, never a reused
-  one. Spares are not counted in the node's usage; they are bounded instead
-  (at most two per node, each at most 1/8 of its capacity) and removed when
-  idle, when their process exits and with the folder;
+  (>= 8 MiB) reuses the pages of a freed object's file that nothing maps any
+  more (store_recycle.py), else goes into the process's *spare* when it has
+  one: a fresh file, `.spare-<pid>`, whose pages a background thread
+  allocated ahead (store_spares.py); either way the write is only a copy. The
+  invariant that keeps zero-copy readers safe: a file that was ever visible
+  under an object name is never written again while any process has it open
+  or mapped (the kernel's lease check, store_recycle.offer). Spares and free
+  files are not counted in the node's usage; they are bounded instead (each
+  kind to a share of its capacity) and removed when idle and with the folder
+  (spares also when their process exits);
 * read: `mmap` read-only, so values are zero-copy, read-only views;
 * copy: a reader on another node copies the file into its own node's folder
   (the single-host stand-in for a network transfer), which makes the copy a
@@ -41,10 +43,11 @@ import os
 import queue
 import shutil
 import threading
+import time
 from typing import Optional
 
 from minicluster._private.common.ids import NODE_ID_SIZE
-from minicluster._private.store import store_spares
+from minicluster._private.store import store_recycle, store_spares
 from minicluster._private.store.serialization import Serialized
 from minicluster.exceptions import ObjectStoreFullError
 
@@ -94,7 +97,9 @@ def write(store_dir: str, object_id: bytes, value: Serialized, spare_limit: int 
     """
     final = object_path(store_dir, object_id)
     tmp = f"{final}{_TMP_SUFFIX}{os.getpid()}"
-    fd = store_spares.keeper().take(store_dir, tmp, value.size, spare_limit) if spare_limit else None
+    fd = store_recycle.claim(store_dir, tmp, value.size) if spare_limit else None
+    if fd is None and spare_limit:
+        fd = store_spares.keeper().take(store_dir, tmp, value.size, spare_limit)
     spare = fd is not None
     if fd is None:
         fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
@@ -105,7 +110,9 @@ def write(store_dir: str, object_id: bytes, value: Serialized, spare_limit: int 
             while written < len(view):
                 written += os.write(fd, view[written:])
         if spare:
-            os.ftruncate(fd, value.size)  # a spare may be larger than the value
+            # A spare or a recycled file may be larger than the value: cut it to size (every
+            # byte before that was just written, so nothing of a recycled file's old object stays).
+            os.ftruncate(fd, value.size)
     except BaseException as exc:
         os.close(fd)
         _unlink(tmp)
@@ -114,7 +121,7 @@ def write(store_dir: str, object_id: bytes, value: Serialized, spare_limit: int 
     os.close(fd)
     os.rename(tmp, final)
     if spare_limit and not spare:
-        store_spares.keeper().ask(store_dir, value.size, spare_limit)
+        store_spares.keeper().ask(store_dir, value.size, spare_limit)  # (none asked while files recycle)
     return value.size
 
 
@@ -166,15 +173,18 @@ def _raise_if_full(exc: BaseException, folder: str, size: int) -> None:
 
 def delete(store_dir: str, object_id: bytes) -> None:
     """Remove an object file. The name goes at once (a rename: a new copy under the same id,
-    from a rebuild or a restore, is never touched); freeing the pages, which takes ~15 ms
-    per 100 MB on tmpfs, happens on a background thread, off the caller's path."""
+    from a rebuild or a restore, is never touched). A large file nothing maps any more is
+    kept for reuse at once (store_recycle.py: a few system calls), so that a write right
+    after this one finds it; freeing the pages otherwise, which takes ~15 ms per 100 MB on
+    tmpfs, happens on a background thread, off the caller's path."""
     path = object_path(store_dir, object_id)
     trash = f"{path}.del-{next(_trash_ids)}"
     try:
         os.rename(path, trash)
     except FileNotFoundError:
         return
-    _deleter().put(trash)
+    # Kept (or to be tried again): the thread only needs to look at its timers again.
+    _deleter().put("" if store_recycle.offer(trash, store_dir) else trash)
 
 
 _trash_ids = itertools.count()
@@ -194,8 +204,17 @@ def _deleter() -> "queue.SimpleQueue[str]":
 
 
 def _delete_loop(pending: "queue.SimpleQueue[str]") -> None:
+    """Unlink freed files; try again the large ones still mapped when they were freed, and
+    delete the kept ones nobody reused in time (store_recycle.expire)."""
+    wait: Optional[float] = None
     while True:
-        _unlink(pending.get())
+        try:
+            trash = pending.get(timeout=wait)
+        except queue.Empty:
+            trash = ""
+        if trash:
+            _unlink(trash)
+        wait = store_recycle.expire(time.monotonic())
 
 
 def remove_partial_writes(store_dir: str, pid: int) -> None:

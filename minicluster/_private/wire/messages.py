@@ -12,7 +12,8 @@ Each class's docstring says who sends it, who receives it and when:
 
     head -> node manager     Spawn
     node manager -> head     NodeHello, WorkerExit
-    head -> worker           Exec, DefineFunction, Reply, CancelTask, Steal, Retire, StreamAck
+    head -> worker           Exec, DefineFunction, Reply, CancelTask, Steal, Retire, StreamAck,
+                             CollectGarbage
     worker -> head           WorkerHello, Done, DefineFunction, Submit, Put, Refs, Located,
                              Lost, Get, Wait, Forget, Cancel, QueryState, CreateActor,
                              LookupActor, KillActor, FaultFired, StreamItem, StreamNext,
@@ -190,6 +191,11 @@ class StreamAck(NamedTuple):
     task_id: bytes
     consumed: int
     limit: int  #: the task's _generator_backpressure_num_objects
+
+
+class CollectGarbage(NamedTuple):
+    """head -> worker: run gc.collect() now: a node's store is filling up, and reference cycles may
+    hold ObjectRefs that keep objects in it (head/global_gc.py)."""
 
 
 class Retire(NamedTuple):
@@ -413,7 +419,7 @@ RECORDS = (
     Payload, ActorConfig, FetchDelay, FaultRef, FaultOrder, Exec, DefineFunction, Reply, CancelTask, Steal, Retire,
     WorkerHello, Value, ErrorInfo, Done, Submit, Put, Refs, Located, Lost, Get, Wait, Forget, Cancel,
     QueryState, CreateActor, ActorFound, LookupActor, KillActor, FaultFired, ActorExiting,
-    StreamAck, StreamItem, StreamNext, StreamAbandon, ChangePlacementGroup,
+    StreamAck, StreamItem, StreamNext, StreamAbandon, ChangePlacementGroup, CollectGarbage,
 )
 
 
