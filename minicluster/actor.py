@@ -67,6 +67,10 @@ class ActorClassMeta:
         self.function_prefix = f"{self.module}.{self.class_name if self.is_async else self.short_name}"
 
 
+class ActorClassInheritanceException(TypeError):
+    """A class statement tried to subclass an actor class (Ray's exception)."""
+
+
 class ActorClass:
     """A class declared with `@remote`; `.remote(...)` creates an actor and returns its handle.
 
@@ -75,6 +79,19 @@ class ActorClass:
     there; and it has no __init__ of its own, so a class method calling `cls(...)` builds
     a plain local instance, as in Ray.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # `class Derived(SomeActorClass)` calls the actor class's type with (name, bases,
+        # namespace): refused as in Ray. Any other call (a class method's `cls(...)`) makes
+        # a plain instance, through the user's own __new__ if it has one.
+        if len(args) == 3 and isinstance(args[1], tuple) and any(isinstance(b, ActorClass) for b in args[1]):
+            base = next(b for b in args[1] if isinstance(b, ActorClass))
+            raise ActorClassInheritanceException(
+                f"Attempted to define subclass '{args[0]}' of actor class '{base.__name__}'. Inheriting from "
+                "actor classes is not currently supported. You can instead inherit from a non-actor base "
+                "class and make the derived class an actor class (with @ray.remote).")
+        base_new = super().__new__
+        return base_new(cls) if base_new is object.__new__ else base_new(cls, *args, **kwargs)
 
     def _setup(self, cls: type, options: Dict[str, Any]) -> None:
         self._cls = cls
@@ -131,7 +148,7 @@ class ActorClass:
         if self._blob is None:
             with self._lock:
                 if self._blob is None:
-                    self._class_id, self._blob = pickle_definition(self._cls, f"actor {self.__qualname__}")
+                    self._class_id, self._blob = pickle_definition(self._cls, f"actor {self._cls.__name__}")
         return self._class_id, self._blob  # type: ignore[return-value]
 
     def _create(self, args: tuple, kwargs: dict, options: Dict[str, Any]) -> "ActorHandle":
@@ -327,8 +344,9 @@ class ActorHandle:
 
 
 #: Methods every actor has (Ray's): __ray_ready__ returns True once it is constructed;
-#: __ray_terminate__, queued behind the calls before it, ends the actor as exit_actor() does.
-_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
+#: __ray_terminate__, queued behind the calls before it, ends the actor as exit_actor() does;
+#: __ray_call__(fn, *args, **kwargs) returns fn(the actor's instance, *args, **kwargs).
+_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__", "__ray_call__")
 
 
 class ActorMethod:

@@ -331,10 +331,10 @@ def remote(*args: Any, **kwargs: Any) -> Any:
     """Declare a remote function or actor class: `@remote` or `@remote(num_cpus=..., ...)`."""
     if len(args) == 1 and not kwargs and callable(args[0]):
         return _make_remote(args[0], {})
-    if args:
+    if args or not kwargs:  # (`@remote()`, empty parentheses, is refused as in Ray)
         raise TypeError(
-            "The @remote decorator takes either a function or class alone, or only keyword options: "
-            "@remote or @remote(num_cpus=1, ...)"
+            "The @remote decorator takes either a function or class alone, with no parentheses, or "
+            "keyword options: @remote or @remote(num_cpus=1, ...)"
         )
 
     def decorator(target: Any) -> Any:

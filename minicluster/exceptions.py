@@ -30,8 +30,11 @@ Every process imports this module; errors cross process boundaries pickled.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Optional
+
+_logger = logging.getLogger(__name__)
 
 
 class RayError(Exception):
@@ -80,8 +83,9 @@ class RayTaskError(RayError):
         return self._message()
 
     def __reduce__(self) -> tuple:
+        # The dual class (as_instanceof_cause) is made anew where it is loaded: from the cause.
         return (
-            RayTaskError,
+            RayTaskError if type(self) is RayTaskError else _dual_of,
             (
                 self.function_name,
                 self.traceback_str,
@@ -97,36 +101,56 @@ class RayTaskError(RayError):
     def as_instanceof_cause(self) -> "RayTaskError":
         """Return an error that is both a RayTaskError and an instance of the cause's class.
 
-        Falls back to this plain RayTaskError when the cause's class cannot be
-        subclassed or a subclass instance cannot be made.
+        Falls back to this plain RayTaskError, with a warning on the `minicluster.exceptions`
+        logger (Ray's words), when the cause's class cannot be subclassed or a subclass
+        instance cannot be made.
         """
         cause_cls = type(self.cause) if self.cause is not None else None
         if cause_cls is None or issubclass(cause_cls, RayTaskError):
             return self
         try:
-            cls = _dual_class(cause_cls)
-            err = cls.__new__(cls)
-            RayTaskError.__init__(
-                err,
-                self.function_name,
-                self.traceback_str,
-                self.cause,
-                self.proctitle,
-                self.pid,
-                self.ip,
-                self.actor_repr,
-                self.actor_id,
-            )
-            # Copy the cause's attributes so `e.errno`, `e.args` etc. read like the original.
-            for key, value in getattr(self.cause, "__dict__", {}).items():
-                err.__dict__.setdefault(key, value)
-            err.args = (str(self),)
-            return err
-        except Exception:  # noqa: BLE001 - any failure means "not subclassable"
-            return self
+            return self.make_dual_exception_instance()
+        except TypeError as exc:
+            _logger.warning(
+                f"User exception type {cause_cls} in RayTaskError can't be subclassed! This exception is "
+                "raised as RayTaskError only. You can use `ray_task_error.cause` to access the user "
+                f"exception. Failure in subclassing: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any failure means "not subclassable"
+            _logger.warning(
+                f"Failed to combine RayTaskError with user exception type {cause_cls}; raising "
+                f"RayTaskError only. Failure in subclassing: {exc}")
+        return self
+
+    def make_dual_exception_instance(self) -> "RayTaskError":
+        """An error of a class that inherits from both RayTaskError and the cause's class, with
+        the cause's attributes (Ray's method). Raises TypeError if that class cannot be made."""
+        cause_cls = type(self.cause)
+        cls = _dual_class(cause_cls)  # (TypeError if the class refuses to be subclassed)
+        err = cls.__new__(cls)
+        RayTaskError.__init__(
+            err,
+            self.function_name,
+            self.traceback_str,
+            self.cause,
+            self.proctitle,
+            self.pid,
+            self.ip,
+            self.actor_repr,
+            self.actor_id,
+        )
+        # Copy the cause's attributes so `e.errno`, `e.args` etc. read like the original.
+        for key, value in getattr(self.cause, "__dict__", {}).items():
+            err.__dict__.setdefault(key, value)
+        err.args = (str(self),)
+        return err
 
 
 _DUAL_CLASSES: dict[type, type] = {}
+
+
+def _dual_of(*args: Any) -> RayTaskError:
+    """Unpickle a dual-class RayTaskError (its class is made from the cause's)."""
+    return RayTaskError(*args).make_dual_exception_instance()
 
 
 def _dual_class(cause_cls: type) -> type:

@@ -4,13 +4,15 @@ Runs in the driver. minicluster honours the fields that mean something on one
 machine: `default_actor_lifetime` (the lifetime of actors created without
 `lifetime=`), `ray_namespace` (the job's namespace, as `init(namespace=...)`),
 `runtime_env` (the job's environment, as `init(runtime_env=...)`; runtime_env.py) and
-`_disable_job_level_lineage_reconstruction` (lost objects are never rebuilt).
-Ray's other fields (JVM options, code search path, metadata, ...)
+`_disable_job_level_lineage_reconstruction` (lost objects are never rebuilt) and
+`code_search_path` (folders put first on the workers' sys.path, as Ray does for Python;
+a file's folder is used). Ray's other fields (JVM options, metadata, ...)
 raise ValueError when set, rather than being accepted and ignored.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Optional
 
 from minicluster._private.common import runtime_envs
@@ -20,8 +22,17 @@ _LIFETIMES = ("detached", "non_detached")
 
 def _unsupported(field: str, value: Any) -> ValueError:
     return ValueError(f"JobConfig({field}={value!r}) is not supported by minicluster; it honours only "
-                      "default_actor_lifetime, ray_namespace, runtime_env and "
+                      "default_actor_lifetime, ray_namespace, runtime_env, code_search_path and "
                       "_disable_job_level_lineage_reconstruction")
+
+
+def _search_path(paths: Optional[List[str]]) -> List[str]:
+    """Ray's code_search_path for Python: each entry a folder, or a file standing for its folder."""
+    if paths is None:
+        return []
+    if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+        raise TypeError(f"code_search_path must be a list of paths, got {paths!r}")
+    return [os.path.abspath(os.path.dirname(p) if os.path.isfile(p) else p) for p in paths]
 
 
 class JobConfig:
@@ -40,13 +51,14 @@ class JobConfig:
         _py_driver_sys_path: Optional[List[str]] = None,
     ) -> None:
         unsupported: Dict[str, Any] = {
-            "jvm_options": jvm_options, "code_search_path": code_search_path,
+            "jvm_options": jvm_options,
             "_client_job": _client_job, "metadata": metadata, "_py_driver_sys_path": _py_driver_sys_path,
         }
         for field, value in unsupported.items():
             if value:  # None, False and empty are Ray's defaults: nothing to honour
                 raise _unsupported(field, value)
         self._disable_job_level_lineage_reconstruction = bool(_disable_job_level_lineage_reconstruction)
+        self.code_search_path: List[str] = _search_path(code_search_path)
         self.ray_namespace: Optional[str] = None
         self.default_actor_lifetime = "non_detached"
         self.runtime_env: Dict[str, Any] = {}

@@ -14,6 +14,7 @@ import warnings
 from typing import Any, Dict, List, Optional
 
 from minicluster._private.client import context
+from minicluster._private.common import runtime_envs
 from minicluster._private.common.ids import ActorID, JobID, NodeID, PlacementGroupID, TaskID, WorkerID
 from minicluster.actor import ActorHandle
 from minicluster.runtime_env import RuntimeEnv
@@ -199,7 +200,7 @@ class RuntimeContext:
         return RuntimeEnv.deserialize(self.get_runtime_env_string())
 
     def get_runtime_env_string(self) -> str:
-        return self._client.runtime_env or "{}"
+        return runtime_envs.user_visible(self._client.runtime_env)
 
     def get_accelerator_ids(self) -> Dict[str, List[str]]:
         """The accelerators given to the running task or actor, by resource: {"GPU": ["0"]}.

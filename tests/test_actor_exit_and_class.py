@@ -14,7 +14,7 @@ from conftest import wait_for
 
 import minicluster as ray
 from minicluster import exceptions as rex
-from minicluster.actor import exit_actor
+from minicluster.actor import ActorClassInheritanceException, exit_actor
 
 
 @ray.remote(max_restarts=3)
@@ -161,6 +161,61 @@ def test_the_actor_class_exposes_attributes_static_and_class_methods_and_mro():
         Child()
 
 
+def test_an_actor_class_cannot_be_subclassed_and_remote_needs_no_empty_parentheses():
+    """Ray refuses `class D(SomeActorClass)` (ActorClassInheritanceException, a TypeError) and
+    `@remote()` with empty parentheses; a user class with its own __new__ still builds local
+    instances through it."""
+    with pytest.raises(ActorClassInheritanceException, match="Inheriting from actor classes is not currently"):
+
+        class Derived(Child):  # noqa: F841
+            pass
+
+    with pytest.raises(TypeError, match="no parentheses"):
+        ray.remote()
+
+    @ray.remote
+    class OwnNew:
+        def __new__(cls, *args):
+            made = super().__new__(cls)
+            made.via_new = True
+            return made
+
+        def __init__(self, value=1):
+            self.value = value
+
+        @classmethod
+        def build(cls, value):
+            return cls(value)
+
+    local = OwnNew.build(5)
+    assert (local.via_new, local.value) == (True, 5)
+
+
+def test_ray_call_runs_the_given_function_on_the_actors_instance(cluster):
+    """Ray's built-in `handle.__ray_call__.remote(fn, *args, **kwargs)`: fn(instance, ...), in
+    the actor's process and in its call order; sync and async actors alike."""
+    cluster(num_cpus=1)
+
+    @ray.remote
+    class Plain:
+        def __init__(self):
+            self.value = 3
+
+    @ray.remote
+    class Async:
+        def __init__(self):
+            self.value = 4
+
+        async def ping(self):
+            return "pong"
+
+    for actor, value in ((Plain.remote(), 3), (Async.remote(), 4)):
+        assert ray.get(actor.__ray_call__.remote(lambda self: (self.value, os.getpid())), timeout=10)[1] != os.getpid()
+        assert ray.get(actor.__ray_call__.remote(lambda self, x: self.value * x, x=2), timeout=10) == value * 2
+        with pytest.raises(TypeError):
+            actor.__ray_call__()
+
+
 def test_methods_reach_the_class_attributes_through_the_actor_class(cluster):
     cluster(num_cpus=1)
     assert ray.get(Child.remote(10).sums.remote(), timeout=10) == 3 + 6 + 1 + 2 + 10
@@ -193,6 +248,39 @@ def test_exit_actor_from_a_background_asyncio_task_ends_the_actor(cluster, tmp_p
     wait_for(lambda: os.path.exists(marker), what="the actor's atexit handler")
     with pytest.raises(rex.ActorDiedError):
         ray.get(actor.ping.remote(), timeout=10)
+
+
+def test_async_actor_constructor_runs_on_the_actors_event_loop(cluster, tmp_path):
+    """Ray runs an async actor's __init__ on its event loop: it may start asyncio tasks, and one
+    of them calling exit_actor() ends the actor (its atexit handlers run, nothing after it)."""
+    cluster(num_cpus=2)
+    marker, after = str(tmp_path / "atexit-ran"), str(tmp_path / "after-exit")
+
+    @ray.remote
+    class StartsTasks:
+        def __init__(self, leave: bool):
+            import asyncio
+
+            atexit.register(lambda: open(marker, "w").close())
+            self.greeting = asyncio.get_running_loop().create_future()
+            asyncio.create_task(self.leave() if leave else self.greet())
+
+        async def greet(self):
+            self.greeting.set_result("hello from a task of __init__")
+
+        async def leave(self):
+            exit_actor()
+            open(after, "w").close()
+
+        async def hello(self):
+            return await self.greeting
+
+    assert ray.get(StartsTasks.remote(False).hello.remote(), timeout=10) == "hello from a task of __init__"
+    leaving = StartsTasks.remote(True)
+    wait_for(lambda: os.path.exists(marker), what="the actor's atexit handler")
+    with pytest.raises(rex.ActorDiedError):
+        ray.get(leaving.hello.remote(), timeout=10)
+    assert not os.path.exists(after)
 
 
 def test_kill_before_the_constructor_ran_says_it_was_killed(cluster):

@@ -623,6 +623,25 @@ def test_owner_death_is_the_reason_given(cluster, tmp_path):
     assert "ray.kill" not in str(err)
 
 
+@ray.remote
+class Maker:
+    def make(self, log):
+        self.made = Phoenix.remote(log)  # owned by this actor's worker
+        return self.made
+
+
+def test_call_made_after_kill_of_the_owner_returns_fails_with_the_owner_death(cluster, tmp_path):
+    """Ray: once `kill(owner)` returned, the actors it owns are dead: no call reaches them."""
+    cluster(num_nodes=1, num_cpus=2)
+    for _ in range(3):  # (a race before: a call could still reach the owned actor)
+        owner = Maker.remote()
+        made = ray.get(owner.make.remote(str(tmp_path / "log")), timeout=10)
+        assert ray.get(made.ping.remote(1), timeout=10) == 1
+        ray.kill(owner)
+        err = dead_error(made.ping.remote(2))
+        assert "The actor is dead because its owner has died" in str(err)
+
+
 def test_detached_actor_survives_its_owner(cluster, tmp_path):
     cluster(num_nodes=2, num_cpus=1)
     handle, owner_pid = ray.get(make_actor.remote(str(tmp_path / "log"), True))

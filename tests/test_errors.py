@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import threading
 import time
 
@@ -163,6 +165,30 @@ def test_exception_that_cannot_be_pickled_gives_plain_ray_task_error(cluster):
     err = info.value
     assert not isinstance(err, HoldsLock)
     assert "HoldsLock: locked" in str(err)
+    # Ray's words: the cause is a RayError saying the exception "isn't serializable"
+    assert isinstance(err.cause, rex.RayError)
+    assert f"Exception {__name__}.HoldsLock isn't serializable" in str(err.cause)
+
+
+def test_cause_that_cannot_be_subclassed_is_raised_as_ray_task_error_with_a_warning(cluster, caplog):
+    cluster(num_nodes=1, num_cpus=1)
+    with caplog.at_level(logging.WARNING, logger="minicluster.exceptions"):
+        with pytest.raises(rex.RayTaskError):
+            ray.get(raise_it.remote("no_subclass"))
+    assert "This exception is raised as RayTaskError only. You can use `ray_task_error.cause` to access " \
+        "the user exception." in caplog.text
+
+
+def test_dual_exception_instance_survives_pickling():
+    """Ray's make_dual_exception_instance(): both a RayTaskError and the cause's class, also
+    once pickled and loaded again (its class is made anew from the cause's)."""
+    dual = rex.RayTaskError("f", "Traceback ...", MyError("kept", code=3)).make_dual_exception_instance()
+    loaded = pickle.loads(pickle.dumps(dual))
+    for err in (dual, loaded):
+        assert isinstance(err, rex.RayTaskError) and isinstance(err, MyError)
+        assert err.code == 3 and err.cause.code == 3
+    with pytest.raises(TypeError):
+        rex.RayTaskError("f", "tb", NoSubclass("x")).make_dual_exception_instance()
 
 
 def test_error_with_a_large_message(cluster):

@@ -571,6 +571,69 @@ def test_each_task_in_the_chain_counts_its_own_retries(cluster, tmp_path):
     assert len(runs(la)) == 2
 
 
+def test_cancelled_finished_task_keeps_its_value_but_is_never_rebuilt(cluster, tmp_path):
+    """Ray: cancel() of a task that already finished leaves its result, but a cancelled task
+    never runs again, so once that result is lost it cannot be rebuilt."""
+    cluster(num_nodes=2)
+    _, victim = testing.live_nodes()
+    log = str(tmp_path / "big")
+    ref = big.options(scheduling_strategy=on(victim, soft=True)).remote(log)
+    wait_ready([ref])
+    ray.cancel(ref)
+    assert ray.get(total.options(scheduling_strategy=on(victim)).remote(ref), timeout=10) == N
+    testing.kill_node(victim)
+    with pytest.raises(rex.ObjectReconstructionFailedError) as info:
+        ray.get(ref, timeout=10)
+    assert info.value.reason == "OBJECT_UNRECONSTRUCTABLE_TASK_CANCELLED"
+    assert runs(log) == [victim]
+
+
+def test_task_placed_after_its_argument_was_lost_for_good_names_the_argument(cluster, tmp_path):
+    """The argument is lost while the task waits for a node that can run it: once placed, the
+    task fails with Ray's argument sentence and the loss, as when it fails before placement."""
+    cluster(num_nodes=2)
+    _, victim = testing.live_nodes()
+    array = big.options(scheduling_strategy=on(victim, soft=True), max_retries=0).remote(str(tmp_path / "big"))
+    wait_ready([array])
+    waiting = total.options(resources={"later": 1}).remote(array)
+    testing.kill_node(victim)
+    with pytest.raises(rex.ObjectReconstructionFailedError):
+        ray.get(array, timeout=10)  # the loss is known before the task can be placed
+    testing.add_node(num_cpus=1, resources={"later": 1})
+    with pytest.raises(rex.RayTaskError) as info:
+        ray.get(waiting, timeout=10)
+    assert isinstance(info.value, rex.ObjectReconstructionFailedError)
+    assert "At least one of the input arguments for this task could not be computed" in str(info.value)
+    assert "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED" in str(info.value)
+
+
+@ray.remote(max_restarts=-1)
+class KeepsItsArgument:
+    def __init__(self, array):
+        self.first = float(array[0])
+
+    def uses(self, array) -> float:
+        return self.first + float(array[0])
+
+
+def test_restart_whose_constructor_argument_is_lost_for_good_ends_the_actor(cluster, tmp_path):
+    """Ray: the restart's constructor fails on its lost argument, so the actor dies of it;
+    calls made meanwhile, even ones passing the same lost object, fail with ActorDiedError
+    (not with the argument's loss), and the death names the loss."""
+    cluster(num_nodes=2)
+    _, victim = testing.live_nodes()
+    array = big.options(scheduling_strategy=on(victim, soft=True), max_retries=0).remote(str(tmp_path / "big"))
+    actor = KeepsItsArgument.options(scheduling_strategy=on(victim, soft=True)).remote(array)
+    assert ray.get(actor.uses.remote(array), timeout=10) == 2.0
+    testing.kill_node(victim)
+    for call in (actor.uses.remote(array), actor.uses.remote(array)):
+        with pytest.raises(rex.ActorDiedError) as info:
+            ray.get(call, timeout=10)
+        assert info.value.actor_init_failed
+        assert "At least one of the input arguments" in str(info.value)
+        assert "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED" in str(info.value)
+
+
 # ---- lineage is bounded ---------------------------------------------------------------------
 
 

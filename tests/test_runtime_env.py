@@ -239,3 +239,25 @@ def test_env_vars_reach_what_a_worker_reads_at_its_start(cluster):
     assert isinstance(info.value.cause, ray.exceptions.WorkerCrashedError)
     crashes = list_tasks(filters=[("name", "=", "crash")])
     assert len(crashes) == 1  # no retry
+
+
+def test_job_code_search_path_puts_the_jobs_folders_on_the_workers_sys_path(cluster, tmp_path):
+    """Ray: JobConfig(code_search_path=[...]) is the Python workers' import path; the folder is
+    used where it is (not copied), and the runtime context shows the job's own environment."""
+    folder = tmp_path / "job code"  # (a space, as Ray's test has)
+    folder.mkdir()
+    (folder / "fidelity_helper_mod.py").write_text("def answer():\n    return 42\n")
+    assert "fidelity_helper_mod" not in sys.modules
+    cluster(num_cpus=1, job_config=JobConfig(code_search_path=[str(folder)]))
+
+    @ray.remote
+    def uses_the_module():
+        import fidelity_helper_mod
+
+        return fidelity_helper_mod.answer()
+
+    assert ray.get(uses_the_module.remote(), timeout=20) == 42
+    env, _ = ray.get(context_env.remote(), timeout=20)
+    assert env == {}
+    with pytest.raises(TypeError):
+        JobConfig(code_search_path=str(folder))  # a list, as Ray's

@@ -309,7 +309,10 @@ class DriverClient(RuntimeClient):
             self.head.set_job_reconstruction(not job_config._disable_job_level_lineage_reconstruction)
         # The job's runtime_env, its local folders copied into the session (as Ray uploads them):
         # every task and actor of the job inherits it.
-        self.runtime_env = runtime_envs.encode(runtime_envs.package(job_config.runtime_env, self.session.dir))
+        env = runtime_envs.package(job_config.runtime_env, self.session.dir)
+        if job_config.code_search_path:
+            env = {**(env or {}), runtime_envs.CODE_SEARCH_PATH: job_config.code_search_path}
+        self.runtime_env = runtime_envs.encode(env)
 
     def actor_lookup(self, name: str, namespace: str) -> Optional[tuple]:
         """The named actor's handle arguments (actor id, its metadata), or None."""

@@ -44,6 +44,10 @@ REFUSED = {
     "_nsight": "workers are not run under a profiler",
     "_rocprof_sys": "workers are not run under a profiler",
 }
+#: Not a runtime_env field of Ray's: the job's JobConfig(code_search_path=...), carried with the
+#: job's environment (set by the driver, never accepted from users): folders put first on the
+#: workers' sys.path, as Ray does for Python workers.
+CODE_SEARCH_PATH = "_code_search_path"
 #: Ray's package URI scheme for uploaded folders; here, a copy in the session's runtime_resources/.
 PACKAGE_PREFIX = "gcs://_ray_pkg_"
 #: Ray's limit on one package (its gRPC message size).
@@ -151,6 +155,12 @@ def merge(parent: Optional[Dict[str, Any]], child: Optional[Dict[str, Any]]) -> 
 def encode(env: Optional[Dict[str, Any]]) -> Optional[str]:
     """Canonical JSON: equal environments, equal strings (a worker-pool key); None when empty."""
     return json.dumps(env, sort_keys=True, separators=(",", ":")) if env else None
+
+
+def user_visible(encoded: Optional[str]) -> str:
+    """The environment as the runtime context shows it (Ray's fields only), as JSON."""
+    env = {k: v for k, v in decode(encoded).items() if k != CODE_SEARCH_PATH}
+    return encode(env) or "{}"
 
 
 _decoded: Dict[str, Dict[str, Any]] = {}
@@ -268,6 +278,7 @@ def apply(env: Dict[str, Any], session_dir: str) -> None:
             raise ValueError(f"runtime_env package {os.path.basename(path)!r} does not exist in this session "
                              "(packages are made from the local paths given to init(runtime_env=...))")
     os.environ.update(env.get("env_vars") or {})
+    paths = list(env.get(CODE_SEARCH_PATH) or ()) + paths  # (the job's own folders, used in place)
     for path in reversed(paths):
         if path not in sys.path:
             sys.path.insert(0, path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+from minicluster.exceptions import RayTaskError
+
 NORMAL_TASK = "NORMAL_TASK"
 ACTOR_CREATION_TASK = "ACTOR_CREATION_TASK"
 ACTOR_TASK = "ACTOR_TASK"
@@ -27,6 +29,20 @@ DYNAMIC = -1  #: num_returns="dynamic": the return value is a DynamicObjectRefGe
 ITEM = "item"  #: the item is taken (the consumer holds it now)
 PENDING_ITEM = "pending"  #: wait for this object id, then ask again
 END = "end"  #: no item left; the completion object says how the task ended
+
+#: Ray's sentence for a task that fails because an argument is an error (or lost for good)
+ARGUMENT_FAILED = "At least one of the input arguments for this task could not be computed:"
+
+
+def argument_failed(task_name: str, error: BaseException) -> RayTaskError:
+    """The error of a task whose argument is the failed object `error`, as Ray words it: the
+    task's header, Ray's sentence, then the upstream error; still an instance of the upstream
+    cause (or, for a lost object, of the loss). The head builds it when it sees the failed
+    argument first, the worker when the argument failed after the task was sent."""
+    text = f"  {ARGUMENT_FAILED}\n{RayTaskError.__module__}.{type(error).__name__}: {error}"
+    cause = error.cause if isinstance(error, RayTaskError) else error
+    return RayTaskError(task_name, text, cause)
+
 
 _FIRST_RETURN = (1).to_bytes(4, "little")
 

@@ -153,14 +153,17 @@ class ActorFlow:
         self._end_if_unused(record)
         return True
 
-    def creation_failed(self, task: TaskRecord, error_type: Optional[str], message: Optional[str]) -> None:
-        """The creation task failed for good: the constructor raised, or it can never be placed."""
+    def creation_failed(self, task: TaskRecord, error_type: Optional[str], message: Optional[str],
+                        error_text: Optional[str] = None) -> None:
+        """The creation task failed for good: the constructor raised, or it can never be placed.
+        `error_text`: the constructor's error as the worker reported it, if known."""
         record = self.state.actors.get(task.spec.actor_id)
         if record is None or record.state == DEAD:
             return
         if error_type == "TASK_EXECUTION_EXCEPTION":
             record.init_failed = True  # never restarted (as in Ray)
-            cause = "The actor died because of an error raised in its creation task, " + self._stored_error_text(task)
+            cause = ("The actor died because of an error raised in its creation task, "
+                     + (error_text or self._stored_error_text(task)))
         else:
             cause = record.death_cause or f"The actor could not be (re)created: {message}"
         self._actor_dead(record, cause)
@@ -206,6 +209,22 @@ class ActorFlow:
             return
         self._dispatch(record)
 
+    def hold_call_with_failed_argument(self, task: TaskRecord) -> bool:
+        """A call's argument is an error. As in Ray, where the caller hands such an argument on
+        to the actor as is: if the actor is alive the call fails with the argument's error
+        (False: the task flow does it now); if the actor is dead, with ActorDiedError; while
+        it is being (re)created the call keeps its place and is settled when the actor is
+        alive (the argument's error) or dead (ActorDiedError)."""
+        record = self.state.actors.get(task.spec.actor_id)
+        if record is not None and record.state == ALIVE:
+            return False
+        if record is None or record.state == DEAD:
+            self._fail_call(task, record)
+            return True
+        record.failed_args.add(task.spec.task_id)
+        task.set_state(ORDERING)
+        return True
+
     def requeue_call(self, task: TaskRecord) -> None:
         """A sent call came back unstarted (an argument was lost): first in line again, it
         was the oldest not finished; it goes once its argument is rebuilt."""
@@ -230,6 +249,12 @@ class ActorFlow:
             task = pending[0]
             if task.finished:
                 pending.popleft()
+                record.failed_args.discard(task.spec.task_id)
+                continue
+            if record.failed_args and task.spec.task_id in record.failed_args:
+                record.failed_args.discard(task.spec.task_id)
+                pending.popleft()
+                self.tasks.args_ready(task)  # the actor is alive now: the argument's error
                 continue
             caller = task.spec.owner
             if task.state != ORDERING or (held is not None and caller in held):
@@ -403,6 +428,7 @@ class ActorFlow:
         self._forget_old_dead()
         calls = list(inflight) + list(record.pending)
         record.pending.clear()
+        record.failed_args.clear()
         for task in calls:
             if not task.finished:
                 self._fail_call(task, record)
@@ -477,6 +503,9 @@ class ActorFlow:
             os.kill(worker.pid, 9)
         except ProcessLookupError:
             pass
+        # Its death is certain now: the actors it owns go at once, as its death would end them
+        # (recovery.py), so a call made after `kill(owner)` returns fails as in Ray.
+        self.owner_died_actors(worker.worker_id)
 
     def owner_died_actors(self, owner: bytes) -> None:
         """Actors whose owner died go too, unless detached."""

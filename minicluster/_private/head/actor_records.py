@@ -47,6 +47,8 @@ class ActorRecord:
         self.pending: Deque[TaskRecord] = collections.deque()  #: calls not yet sent, in order
         self.inflight: Dict[bytes, TaskRecord] = {}  #: calls sent to the worker
         self.callers: Set[bytes] = set()  #: every process (worker id) that called it: order is per caller
+        #: queued calls with a failed argument, held while the actor (re)starts (see actor_flow.py)
+        self.failed_args: Set[bytes] = set()
         self.death_cause = ""
         self.init_failed = False
         self.kill_requested: Optional[bool] = None  #: set by kill(): no_restart (cleared by a restart)

@@ -270,6 +270,8 @@ def _check_actors(state: HeadState, problems: List[str]) -> None:
         for task in list(actor.pending) + list(actor.inflight.values()):
             if task.spec.actor_id != actor_id:
                 problems.append(f"{_name(task)} is queued at another actor, {name}")
+        if actor.failed_args - {task.spec.task_id for task in actor.pending}:
+            problems.append(f"{name} holds calls with a failed argument that are not in its queue")
         for _task_id, task in actor.inflight.items():
             if task.finished or task.state != RUNNING:
                 problems.append(f"{_name(task)} is in flight at {name} but not running")

@@ -100,6 +100,8 @@ class Lineage:
             if task_id in self.retries_disabled:
                 return "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED"
             return "OBJECT_UNRECONSTRUCTABLE_BORROWED"
+        if task.cancelled:
+            return "OBJECT_UNRECONSTRUCTABLE_TASK_CANCELLED"
         if task.spec.max_retries == 0:
             return "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED"
         if task.retries_left == 0:

@@ -27,7 +27,7 @@ from typing import Any, Optional
 from minicluster._private.common import labels
 from minicluster._private.common.ids import task_of
 from minicluster._private.common.placement import plain_resources
-from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK
+from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK, argument_failed
 from minicluster._private.head import gpus
 from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.flow_interfaces import ActorCallsForTasks, RecoveryForTasks, Timers
@@ -50,7 +50,7 @@ from minicluster._private.head.virtual_nodes import INTENDED_USER_EXIT, NodeReco
 from minicluster._private.store import object_store
 from minicluster._private.store.serialization import deserialize, error_blob
 from minicluster._private.wire import messages as msg
-from minicluster.exceptions import ObjectStoreFullError, RayTaskError, TaskCancelledError, TaskUnschedulableError
+from minicluster.exceptions import ObjectStoreFullError, TaskCancelledError, TaskUnschedulableError
 
 # Tiny tasks are pipelined: up to PIPELINE_DEPTH queued at a busy worker, so one
 # message carries many. Deeper amortizes more but lets a worker hoard work other
@@ -62,9 +62,6 @@ PIPELINE_QUICK_S = 0.001
 # blocked in get) exit after being idle this long. Shorter frees memory sooner;
 # longer avoids forking again in bursty nested workloads.
 IDLE_RETIRE_S = 2.0
-
-#: Ray's words for a task that never ran because an argument is an upstream task's error.
-ARGUMENT_FAILED = "At least one of the input arguments for this task could not be computed:"
 
 
 class TaskFlow:
@@ -259,6 +256,8 @@ class TaskFlow:
                 return
             if entry.is_error:
                 entry.unhandled = False  # carried on by this task's own error
+                if task.spec.task_type == ACTOR_TASK and self.actors.hold_call_with_failed_argument(task):
+                    return  # its actor is (re)starting: the call fails once it is alive, or dies
                 self._fail_on_argument_error(task, state.error_blob_of(object_id, entry))
                 return
         if task.spec.task_type == ACTOR_TASK:
@@ -286,9 +285,7 @@ class TaskFlow:
         cause (or, for a lost object, of the loss)."""
 
         error, _ = deserialize(blob)
-        text = f"  {ARGUMENT_FAILED}\n{RayTaskError.__module__}.{type(error).__name__}: {error}"
-        cause = error.cause if isinstance(error, RayTaskError) else error
-        blob = error_blob(RayTaskError(task.spec.name, text, cause))
+        blob = error_blob(argument_failed(task.spec.name, error))
         self._finish_with_payload_error(task, blob, "TASK_EXECUTION_EXCEPTION", "an argument is an error")
 
     # ---- placement and workers ---------------------------------------------------------
@@ -544,7 +541,12 @@ class TaskFlow:
             self.store(object_id, value.kind, value.data, value.refs, node_id, failed, unhandled and failed)
         if not is_error:
             self._keep_lineage(task)
-        self._close_task(task, state, error_type, message)
+        error_text = None
+        if is_error and task.spec.task_type == ACTOR_CREATION_TASK and results and results[0].kind == "i":
+            # (a restart's constructor failed: its result keeps the first run's value, so the
+            # actor's cause of death is read here)
+            error_text = str(deserialize(results[0].data)[0])
+        self._close_task(task, state, error_type, message, error_text)
 
     def _keep_lineage(self, task: TaskRecord) -> None:
         """Keep a finished task while its results exist, so they can be rebuilt if lost."""
@@ -608,13 +610,14 @@ class TaskFlow:
                 objects.maybe_free(object_id)
         self._close_task(task, FAILED, error_type, message)
 
-    def _close_task(self, task: TaskRecord, state: str, error_type: Optional[str], message: Optional[str]) -> None:
+    def _close_task(self, task: TaskRecord, state: str, error_type: Optional[str], message: Optional[str],
+                    error_text: Optional[str] = None) -> None:
         head = self.state
         task.close(state, error_type, message)
         if task.spec.num_returns < 0:
             self.streams.closed(task)
         if task.spec.task_type == ACTOR_CREATION_TASK and state == FAILED:
-            self.actors.creation_failed(task, error_type, message)
+            self.actors.creation_failed(task, error_type, message, error_text)
         head.tasks.pop(task.spec.task_id, None)
         # A compact copy for the state API; the record itself lives on only as lineage.
         # A rebuilt task finishing again replaces its old entry: the new one has all its attempts.
@@ -657,7 +660,12 @@ class TaskFlow:
     def cancel_task(self, task_id: bytes, force: bool, recursive: bool) -> None:
         task = self.state.tasks.get(task_id)
         if task is None or task.finished:
-            return  # finished (or unknown): cancelling changes nothing
+            # Finished (or unknown): its results stay, but as in Ray a cancelled task is never
+            # run again, so they can no longer be rebuilt (lineage.why_not_rebuildable).
+            done = self.state.lineage.get(task_id)
+            if done is not None:
+                done.cancelled = True
+            return
         task.cancelled = True
         if recursive:
             task.cancel_children = True

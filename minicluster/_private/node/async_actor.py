@@ -32,7 +32,9 @@ import asyncio
 import os
 import threading
 import traceback
-from typing import TYPE_CHECKING, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
+
+from minicluster.exceptions import AsyncioActorExit
 
 if TYPE_CHECKING:
     from minicluster._private.node.worker import Worker
@@ -51,7 +53,14 @@ class _GroupLoop:
             asyncio.set_event_loop(self.loop)
             self.slots = asyncio.Semaphore(limit)  # at most `limit` of the group's calls awaiting at once
             ready.set()
-            self.loop.run_forever()
+            while True:
+                try:
+                    self.loop.run_forever()
+                    return
+                except AsyncioActorExit:
+                    # exit_actor() in an asyncio task of the actor's own (not a call): the worker
+                    # is exiting already (Worker.exit_requested); the loop serves on until then.
+                    continue
 
         # Ray's thread names: "AsyncIO Thread: default", "AsyncIO Thread: <group>"
         threading.Thread(target=run, name=f"AsyncIO Thread: {group or 'default'}", daemon=True).start()
@@ -70,6 +79,33 @@ class AsyncCalls:
         self._lock = threading.Lock()
         self._where: Dict[bytes, _GroupLoop] = {}
         self._single = self.loops[""] if len(self.loops) == 1 else None
+
+    def construct(self, cls: type, args: tuple, kwargs: dict) -> Any:
+        """Run the actor's constructor on the default group's loop and wait for it (the
+        worker's main thread), as Ray does: `asyncio.create_task` works in `__init__`."""
+
+        client = self.worker.client
+        running = (client.current_task_id, client.current_task_name, client.current_function_name)
+
+        async def construct() -> Any:
+            # The creation task is what runs (asyncio tasks it creates inherit it: exit_actor()).
+            token = client.enter_task(*running)
+            try:
+                return cls(*args, **kwargs), None
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                return None, exc
+            finally:
+                client.leave_task(token)
+
+        instance, error = asyncio.run_coroutine_threadsafe(construct(), self.loops[""].loop).result()
+        if error is not None:
+            raise error  # (its traceback: the constructor's frames, not the future's)
+        return instance
+
+    def stop(self) -> None:
+        """The constructor failed: the loops end (the worker serves plain tasks again)."""
+        for where in self.loops.values():
+            where.loop.call_soon_threadsafe(where.loop.stop)
 
     # ---- other threads ---------------------------------------------------------------
 

@@ -13,6 +13,8 @@ import pickle
 import traceback
 from typing import Any, List, Optional, Tuple
 
+from minicluster._private.common.task_spec import argument_failed
+from minicluster._private.node.call_args import ArgumentFailed
 from minicluster._private.node.worker_client import WorkerClient, store_serialized
 from minicluster._private.store.serialization import FLAG_ERROR, deserialize, serialize
 from minicluster._private.wire import messages as msg
@@ -24,6 +26,8 @@ def task_error(exc: BaseException, name: str, retry_exceptions: Any,
     """The task's error as `get` raises it, and whether a retry may run it again. A task that
     cancel() interrupted (`cancelled_id`) fails, as in Ray, with its frames and then
     TaskCancelledError (not the KeyboardInterrupt that carried the cancel)."""
+    if isinstance(exc, ArgumentFailed):  # (never retried: the argument stays failed)
+        return argument_failed(name, exc.error), False
     if cancelled_id is not None:
         cause: BaseException = TaskCancelledError(cancelled_id.hex())
         ending = f"{TaskCancelledError.__module__}.TaskCancelledError: {cause}\n"
@@ -83,9 +87,12 @@ def error_results(client: WorkerClient, return_ids: List[bytes], error: BaseExce
 def stand_in(error: BaseException, name: str, problem: Exception) -> RayTaskError:
     """The task's error as text, for an exception that cannot travel (does not pickle or load)."""
     cause = getattr(error, "cause", error)
-    stand_in = RayError(f"{type(cause).__name__}: {cause} (the exception could not be re-created in the caller: "
-                        f"{type(problem).__name__}: {problem})")
-    return RayTaskError(name, getattr(error, "traceback_str", str(error)), stand_in)
+    traceback_str = getattr(error, "traceback_str", str(error))
+    # Ray's words, then ours (the exception may pickle yet fail to be re-created in the caller)
+    stand_in = RayError(f"Exception {type(cause).__module__}.{type(cause).__name__} isn't serializable: {problem}.\n"
+                        f"{type(cause).__name__}: {cause} (the exception could not be re-created in the caller: "
+                        f"{type(problem).__name__}: {problem})\nOriginal exception details:\n{traceback_str}")
+    return RayTaskError(name, traceback_str, stand_in)
 
 
 def one_line(exc: BaseException) -> str:

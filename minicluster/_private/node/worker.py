@@ -49,13 +49,13 @@ from minicluster._private.client import context
 from minicluster._private.client.object_ref import set_counter
 from minicluster._private.common import config, runtime_envs
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
+from minicluster._private.node.call_args import ArgumentLost, resolve_args
 from minicluster._private.node.generator_tasks import GeneratorTasks
 from minicluster._private.node.proc_title import IDLE, ProcTitle, actor_title, task_title
 from minicluster._private.node.task_errors import error_results, one_line, task_error
 from minicluster._private.node.worker_client import WorkerClient, store_value
 from minicluster._private.observe import log_files
 from minicluster._private.store import object_store
-from minicluster._private.store.serialization import deserialize
 from minicluster._private.wire import fault_hooks
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
@@ -362,10 +362,7 @@ class Worker:
             call.fn = self._callable(call)
             if call.faults:  # a test's fault plan: orders for this attempt (fault_hooks.py)
                 self.client.transfer_delay = fault_hooks.transfer_delay_of(self.client, call)
-            try:
-                call.args, call.kwargs = _resolve_args(self.client, call.args_blob, call.payloads, call)
-            except FileNotFoundError as exc:
-                raise _ArgumentLost(str(exc.args[0])) from None
+            call.args, call.kwargs = resolve_args(self.client, call.args_blob, call.payloads, call)
             if call.faults:
                 fault_hooks.carry_out(self.client, call, fault_hooks.START)
         except BaseException as exc:  # noqa: BLE001 - reported as the task's result
@@ -420,6 +417,8 @@ class Worker:
                 return _terminate  # queued like any call: the calls before it run first
             if call.method == "__ray_ready__":
                 return _ready
+            if call.method == "__ray_call__":  # Ray's: run the function given on the actor
+                return lambda fn, *args, **kwargs: fn(self.actor, *args, **kwargs)
             return _method_of(self.actor, call.method)
         fn = self._function(call.function_id)
         if call.task_type == ACTOR_CREATION_TASK:
@@ -432,17 +431,23 @@ class Worker:
         # a group's blocked calls never hold back another's. "" is the default group.
         groups = {"": config.max_concurrency, **config.concurrency_groups}
         self.idle_title = actor_title(config.class_name)
+        async_calls = None
+        if config.is_async:
+            from minicluster._private.node.async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
+
+            async_calls = AsyncCalls(self, groups)
         try:
-            self.actor = cls(*args, **kwargs)
+            # As in Ray, an async actor's constructor runs on its event loop (it may create tasks).
+            self.actor = cls(*args, **kwargs) if async_calls is None else async_calls.construct(cls, args, kwargs)
         except BaseException:
             # The worker goes back to the pool for plain tasks.
             self.client.current_actor_id = None
             self.idle_title = IDLE
+            if async_calls is not None:
+                async_calls.stop()
             raise
-        if config.is_async:
-            from minicluster._private.node.async_actor import AsyncCalls  # (asyncio is loaded only by async actors)
-
-            self.async_calls = AsyncCalls(self, groups)
+        if async_calls is not None:
+            self.async_calls = async_calls
             self.client.in_async_actor = True
         elif len(groups) > 1 or config.max_concurrency > 1:
             import concurrent.futures
@@ -471,7 +476,7 @@ class Worker:
                 outputs = _split_returns(value, call.num_returns, name)
                 results = [store_value(client, oid, out, what=f"return value of {name}")
                            for oid, out in zip(return_ids, outputs)]
-        except _ArgumentLost as lost:
+        except ArgumentLost as lost:
             # Not the task's fault: the head rebuilds the argument and runs the task again.
             results = [msg.Value.new(kind="i", data=b"", refs=[]) for _ in return_ids]
             error_info = msg.ErrorInfo.new(error_type="ARG_LOST", retryable=False, message=lost.object_hex)
@@ -554,33 +559,6 @@ class _Call:
         task_id = self.task_id
         count = 1 if self.num_returns < 0 else self.num_returns  # (a generator task: its completion)
         return [task_id + i.to_bytes(4, "little") for i in range(1, count + 1)]
-
-
-class _ArgumentLost(Exception):
-    """An argument's stored copy vanished (its node died) before this worker read it."""
-
-    def __init__(self, object_hex: str) -> None:
-        super().__init__(object_hex)
-        self.object_hex = object_hex
-
-
-def _resolve_args(client: WorkerClient, args_blob: bytes, payloads: Optional[Dict[bytes, msg.Payload]],
-                  call: "_Call") -> Tuple[list, dict]:
-    """The call's arguments, with the value of each top-level ref put in its slot
-    (remote_function._serialize_args)."""
-    (args, kwargs, slots), _ = deserialize(args_blob)
-    if call.faults:
-        fault_hooks.carry_out(client, call, fault_hooks.LOAD_ARGS)
-    if slots:
-        args = list(args)
-        for i in range(0, len(slots), 2):
-            position, object_id = slots[i], slots[i + 1]
-            value = client.load(object_id, payloads[object_id])
-            if type(position) is int:
-                args[position] = value
-            else:
-                kwargs[position] = value
-    return args, kwargs
 
 
 def _ended_actor(done: msg.Done) -> bool:
