@@ -26,9 +26,10 @@ from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrateg
 # The suite's sessions live in a folder of their own: another test run on the same host (CI
 # runners share /tmp) must neither reap a dead driver's session a test left on purpose nor
 # prune the logs of one that just ended. Set here, before any session starts, so the drivers
-# tests start in subprocesses inherit it. Short: the head's socket path is bounded.
+# tests start in subprocesses inherit it. Under /tmp whatever TMPDIR says: the head's socket
+# path is bounded (107 bytes), and a long TMPDIR would leave no room for the session's name.
 if not os.environ.get("MINICLUSTER_TMPDIR"):
-    os.environ["MINICLUSTER_TMPDIR"] = tempfile.mkdtemp(prefix="mc-suite-")
+    os.environ["MINICLUSTER_TMPDIR"] = tempfile.mkdtemp(prefix="mc-", dir="/tmp" if os.path.isdir("/tmp") else None)
     atexit.register(shutil.rmtree, os.environ["MINICLUSTER_TMPDIR"], True)
 
 
