@@ -52,6 +52,7 @@ in this list (tests/test_architecture.py checks it):
                 check (validate_state), states.py task and actor states and legal transitions,
                 flow_interfaces.py what each flow calls on another, messaging.py outgoing batches;
                 the flows: task_flow.py (a task from submission to result; cancellation;
+                task_placement.py, where a ready task is placed and which worker runs it;
                 streams.py, a generator task's items from worker to consumer),
                 actor_flow.py (creation, ordered calls, restart, kill), waiting.py (get, wait),
                 recovery.py (where work goes when a worker, node or owner dies; rebuilding lost

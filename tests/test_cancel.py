@@ -253,9 +253,9 @@ def test_cancelling_a_finished_task_changes_nothing(cluster):
 
 def test_cancelling_a_task_queued_behind_another_on_a_worker_is_immediate(cluster, monkeypatch):
     """Tiny tasks are pipelined to a busy worker; cancelling one that has not started drops it at once."""
-    from minicluster._private.head import task_flow
+    from minicluster._private.head import task_placement
 
-    monkeypatch.setattr(task_flow, "PIPELINE_QUICK_S", 0.1)  # "quick" even on a loaded machine
+    monkeypatch.setattr(task_placement, "PIPELINE_QUICK_S", 0.1)  # "quick" even on a loaded machine
     cluster(num_cpus=1)
 
     @ray.remote

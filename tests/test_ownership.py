@@ -324,16 +324,9 @@ def test_idle_worker_that_owns_objects_is_not_retired(cluster, monkeypatch):
     Surplus workers retire when idle; Ray never lets an idle worker that owns objects in
     scope exit (CoreWorker refuses the raylet's exit request), since that loses them.
     """
-    import importlib
+    from minicluster._private.head import task_placement
 
-    # retire surplus workers quickly
-    for name in ("minicluster._private.head.head", "minicluster._private.head.task_flow"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "IDLE_RETIRE_S"):
-            monkeypatch.setattr(module, "IDLE_RETIRE_S", 0.1)
+    monkeypatch.setattr(task_placement, "IDLE_RETIRE_S", 0.1)  # retire surplus workers quickly
     cluster(num_nodes=2)
     _, node = testing.live_nodes()
     [inner], owner_pid, parent_pid = ray.get(

@@ -2,7 +2,7 @@
 
 Runs in the head (driver process, under the head's lock). The scheduler counts a node's
 "GPU" resource; this module picks the devices, when a task or an actor's creation is sent
-to a worker (task_flow.send_exec), as Ray's raylet assigns resource instances:
+to a worker (task_placement.send_exec), as Ray's raylet assigns resource instances:
 
   - a whole number of GPUs: that many devices no one uses;
   - a fraction (below 1): one device with that much left, the first that fits, so fractional

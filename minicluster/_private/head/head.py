@@ -16,6 +16,7 @@ calls through the small interfaces of flow_interfaces.py:
     invariants.py   the check of those invariants (Head.validate_state)
     messaging.py    Outbox (post/flush) and timers that run under the lock
     task_flow.py    TaskFlow: a task's path from submission to stored result; cancel
+    task_placement.py  the part of TaskFlow that places ready tasks on nodes and workers
     actor_flow.py   ActorFlow: actors: creation, ordered calls, death, restart, kill
     waiting.py      Waiting: get and wait, from the driver and from tasks
     recovery.py     Recovery: dead workers, nodes and owners; lost objects and their rebuild

@@ -52,7 +52,7 @@ TASK_TRANSITIONS: Dict[str, FrozenSet[str]] = {
         FAILED,  # an argument is an error or freed; cancelled; its actor is dead
     }),
     PENDING_NODE_ASSIGNMENT: frozenset({
-        SUBMITTED_TO_WORKER,  # placed on a node (task_flow.schedule / pipeline)
+        SUBMITTED_TO_WORKER,  # placed on a node (task_placement.schedule / pipeline)
         FAILED,  # cancelled, or unschedulable (hard affinity to a dead node)
     }),
     SUBMITTED_TO_WORKER: frozenset({
