@@ -79,8 +79,10 @@ in this list (tests/test_architecture.py checks it):
     node/       node_manager.py (a virtual node's process: forks and watches workers),
                 worker.py (runs tasks), worker_client.py (the runtime as a worker's code sees it),
                 generator_tasks.py (a generator's items reported as yielded; backpressure),
-                task_errors.py (a failed task's error as its caller gets it),
-                async_actor.py (an async actor's event loop), proc_title.py (`ray::<task>` in ps)
+                task_errors.py (a failed task's error as its caller gets it), call_args.py
+                (a task's arguments loaded), task_environment.py (runtime_env, OMP threads and
+                GPUs as a task begins), async_actor.py (an async actor's event loop),
+                proc_title.py (`ray::<task>` in ps)
 """
 
 from minicluster import exceptions

@@ -47,11 +47,11 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import set_counter
-from minicluster._private.common import config, runtime_envs
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
 from minicluster._private.node.call_args import ArgumentLost, resolve_args
 from minicluster._private.node.generator_tasks import GeneratorTasks
 from minicluster._private.node.proc_title import IDLE, ProcTitle, actor_title, task_title
+from minicluster._private.node.task_environment import TaskEnvironment
 from minicluster._private.node.task_errors import error_results, one_line, task_error
 from minicluster._private.node.worker_client import WorkerClient, store_value
 from minicluster._private.observe import log_files
@@ -59,7 +59,7 @@ from minicluster._private.store import object_store
 from minicluster._private.wire import fault_hooks
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection
-from minicluster.exceptions import AsyncioActorExit, RayError, RuntimeEnvSetupError
+from minicluster.exceptions import AsyncioActorExit, RayError
 
 if TYPE_CHECKING:  # imported when an actor needs them: asyncio alone adds ~30 ms to each node's start
     import asyncio
@@ -101,9 +101,7 @@ class Worker:
         self.title = ProcTitle()  #: `ray::IDLE`, `ray::<task>`: what ps shows (proc_title.py)
         self.idle_title = IDLE  #: `ray::<Class>` once this worker holds an actor
         self.title.set(IDLE)
-        self.omp_ours = False  #: OMP_NUM_THREADS was set by us, not inherited from the user's environment
-        #: Ray's RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO: tasks without GPUs get an empty CUDA_VISIBLE_DEVICES
-        self.empty_devices_on_zero = os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "").lower() in ("1", "true")
+        self.env = TaskEnvironment(client)  #: what a task sees of its process: runtime_env, OMP threads, GPUs
         self.exiting = False  #: the actor called exit_actor(): take no more calls, then exit
         self.generators = GeneratorTasks(self)  #: how generator tasks run (generator_tasks.py)
         client.actor_exit_hook = self.exit_requested
@@ -344,11 +342,11 @@ class Worker:
             self.cancelled_queued.discard(call.task_id)
         env_error = None
         if request.runtime_env is not None and self.client.runtime_env is None:
-            env_error = self._enter_env(request.runtime_env)
+            env_error = self.env.enter_runtime_env(request.runtime_env)
         if call.task_type != ACTOR_TASK:  # (an actor's calls keep the actor's log marker, group, env and GPUs)
             self.client.current_placement_group = request.placement
-            self._set_omp_threads(request.num_cpus)
-            self._set_gpus(request.gpu_ids)
+            self.env.set_omp_threads(request.num_cpus)
+            self.env.set_gpus(request.gpu_ids)
             if call.task_type == ACTOR_CREATION_TASK:
                 # From here on this worker's output is the actor's: `(Counter pid=...)`.
                 log_files.mark_task(call.name.rsplit(".", 1)[0], log_files.ACTOR_MARKER)
@@ -368,46 +366,6 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - reported as the task's result
             call.error = exc
         return call
-
-    def _enter_env(self, encoded: str) -> Optional[Exception]:
-        """The first task of this worker's life decides its runtime_env (the head sends it only
-        tasks of that one): set before the function's module is imported. Returns the error
-        that fails the task if it cannot be set up."""
-        env = runtime_envs.decode(encoded)
-        try:
-            runtime_envs.apply(env, self.client.session_dir)
-        except (OSError, ValueError) as exc:
-            return RuntimeEnvSetupError(f"{type(exc).__name__}: {exc}")  # (Ray's error for a failed setup)
-        self.client.runtime_env = encoded
-        # In Ray the variables are there when the worker starts: what it reads once at its
-        # start (RAY_TASK_MAX_RETRIES, for the tasks it submits) is read again now.
-        self.client.default_max_retries = config.task_max_retries()
-        if "OMP_NUM_THREADS" in (env.get("env_vars") or {}):
-            self.omp_ours = False  # the user's own setting: tasks' CPU counts leave it alone (Ray)
-        return None
-
-    def _set_omp_threads(self, num_cpus: float) -> None:
-        """As Ray does: OMP_NUM_THREADS is the task's whole CPUs (at least 1), unless the user's
-        environment sets it. Ray unsets it after each task and sets it again at the next; here
-        it stays between tasks (nothing runs then) and is set only when the value changes."""
-        environ = os.environ
-        current = environ.get("OMP_NUM_THREADS")
-        if current is not None and not self.omp_ours:
-            return  # the user's own setting, inherited from the driver's environment
-        wanted = str(max(int(num_cpus), 1))
-        if current != wanted:  # (also when the last task changed or removed it)
-            environ["OMP_NUM_THREADS"] = wanted
-            self.omp_ours = True
-
-    def _set_gpus(self, gpu_ids: Optional[Tuple[str, ...]]) -> None:
-        """As Ray: CUDA_VISIBLE_DEVICES names the GPUs the task or actor was given. A task without
-        GPUs leaves it as it is (a worker runs GPU tasks or CPU tasks, never both), or empties it
-        with RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 (Ray's switch for its older behaviour)."""
-        self.client.gpu_ids = gpu_ids or ()
-        if gpu_ids is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
-        elif self.empty_devices_on_zero:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
     def _callable(self, call: "_Call") -> Any:
         if call.task_type == ACTOR_TASK:
