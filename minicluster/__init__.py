@@ -60,7 +60,8 @@ in this list (tests/test_architecture.py checks it):
                 task_records.py, task_history.py, actor_records.py, gpus.py (which GPU ids a
                 task gets), virtual_nodes.py (nodes, workers, starting and killing node
                 processes), placement_groups.py (groups, where their bundles go, removal),
-                snapshot.py (testing.snapshot),
+                snapshot.py (testing.snapshot), state_queries.py (answers to ray.nodes(),
+                cluster_resources(), get_runtime_context() and the like),
                 announcements.py (rate-limited retry/death lines, "Unhandled error" on the driver),
                 global_gc.py (a store filling up: every process collects reference cycles)
     observe/    state_recorder.py (records -> state rows, journaled), state_journal.py (the

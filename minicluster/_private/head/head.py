@@ -17,6 +17,7 @@ calls through the small interfaces of flow_interfaces.py:
     messaging.py    Outbox (post/flush) and timers that run under the lock
     task_flow.py    TaskFlow: a task's path from submission to stored result; cancel
     task_placement.py  the part of TaskFlow that places ready tasks on nodes and workers
+    state_queries.py   answers to the state queries (nodes, resources, a task's context)
     actor_flow.py   ActorFlow: actors: creation, ordered calls, death, restart, kill
     waiting.py      Waiting: get and wait, from the driver and from tasks
     recovery.py     Recovery: dead workers, nodes and owners; lost objects and their rebuild
@@ -43,9 +44,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from minicluster._private.common import config
 from minicluster._private.common.ids import job_id, new_node_id
-from minicluster._private.common.placement import plain_resources
 from minicluster._private.common.system_config import ClusterSettings
-from minicluster._private.head import global_gc, gpus, placement_groups
+from minicluster._private.head import global_gc, gpus, placement_groups, state_queries
 from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
 from minicluster._private.head.announcements import Announcer
@@ -497,63 +497,9 @@ class Head:
     # ==== cluster state ================================================================
 
     def state(self, what: str, about: Any = None) -> Any:
+        """A state query of the driver or of a worker (state_queries.py)."""
         with self.lock:
-            if what == "nodes":
-                return [self._node_info(node) for node in self.nodes.values()]
-            if what == "cluster_resources":
-                return self.scheduler.totals()
-            if what == "available_resources":
-                return self.scheduler.availables()
-            if what == "task_context":
-                return self._task_context(about)
-            if what == "namespace":  # the job's (a worker's get_runtime_context().namespace)
-                return self.head_state.namespace
-            if what == "open_tasks":  # which of these tasks are not finished (max_pending_calls)
-                tasks = self.tasks
-                return [task_id for task_id in about if task_id in tasks]
-            if what == "node_labels":
-                node = self.nodes.get(about)
-                return dict(node.labels) if node is not None else {}
-            if what == "placement_groups":  # about: a group id, or None for all
-                return placement_groups.table(self.head_state.groups, about)
-            if what == "placement_group_named":  # about: (name, namespace)
-                return self.head_state.groups.lookup(*about)
-            if what == "named_actors":  # list_named_actors(): (namespace, name) of each live one
-                return self.actor_flow.named_actors()
-        raise ValueError(f"unknown state query {what!r}")
-
-    def _task_context(self, task_id: bytes) -> Dict[str, Any]:
-        """What get_runtime_context() asks about a running task: the resources it was given and,
-        in an actor, the actor's handle metadata and how often it restarted."""
-        task = self.tasks.get(task_id)
-        spec = task.spec if task is not None else None
-        actor = self.actors.get(spec.actor_id) if spec is not None and spec.actor_id else None
-        if actor is None:
-            return {"resources": plain_resources(spec.resources) if spec is not None else {}, "actor": None}
-        resources = plain_resources(actor.creation.spec.resources)
-        if not actor.meta["holds_cpus"]:
-            resources.pop("CPU", None)  # the implicit CPU an actor is placed with is not held (Ray)
-        return {"resources": resources, "actor": (actor.actor_id, actor.meta, actor.num_restarts)}
-
-    def _node_info(self, node: NodeRecord) -> Dict[str, Any]:
-        return {
-            "NodeID": node.node_id.hex(),
-            "Alive": node.alive,
-            "alive": node.alive,
-            "NodeName": node.name,
-            "NodeManagerAddress": "127.0.0.1",
-            "NodeManagerHostname": os.uname().nodename,
-            "Resources": dict(node.resources) if node.alive else {},
-            "DeathReason": node.death_reason,
-            "Pid": node.pid,
-            "NumWorkers": len(node.workers),
-            "StoreDir": node.store_dir,
-            "ObjectStoreMemory": node.capacity,
-            "ObjectStoreUsed": self.objects.node_usage.get(node.node_id, 0),
-            "Stopped": node.stopped,
-            "StartTime": node.start_time,
-            "EndTime": node.end_time,
-        }
+            return state_queries.answer(self.head_state, self.actor_flow, what, about)
 
     def _on_create_actor(self, peer: Peer, worker: WorkerRecord, message: msg.CreateActor) -> None:
         try:
