@@ -141,6 +141,7 @@ ray.init(num_nodes=2, num_cpus=1)
 snap = testing.snapshot()
 paused = snap.nodes[1]
 print("STORE", paused.store_dir, flush=True)
+print("GROUP", paused.pid, flush=True)
 print("OTHER", snap.nodes[0].pid, flush=True)
 testing.stop_node(paused.node_id)
 # The processes the stop froze: its process group as the OS has it now. (Not the head's list of
@@ -174,10 +175,12 @@ def test_a_node_paused_when_the_driver_dies_is_reaped_by_the_next_init(tmp_path,
     shm = tempfile.mkdtemp(prefix="mc-test-paused-", dir=os.environ.get("MINICLUSTER_SHM_DIR", "/dev/shm"))
     sessions = tempfile.mkdtemp(prefix="mc-test-")  # (short: the head's socket path is bounded)
     private = {"MINICLUSTER_TMPDIR": sessions, "MINICLUSTER_SHM_DIR": shm}
+    group = None
     try:
         driver = DriverProcess(PAUSED_NODE_DRIVER, str(tmp_path / "driver.py"), env=private)
         try:
             store = driver.expect("STORE")
+            group = int(driver.expect("GROUP"))  # the paused node's process group
             other = int(driver.expect("OTHER"))
             pids = [int(p) for p in driver.expect("PIDS").split()]
             assert pids, "the stop froze no process (not even the node manager)"
@@ -212,6 +215,11 @@ def test_a_node_paused_when_the_driver_dies_is_reaped_by_the_next_init(tmp_path,
         assert ray.get(ray.put(1)) == 1
     finally:
         ray.shutdown()  # before its store folder's parent goes
+        try:  # a failed check above leaves the paused node frozen: it goes with the test
+            if group is not None and "node_manager" in " ".join(psutil.Process(group).cmdline()):
+                os.killpg(group, signal.SIGKILL)
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            pass
         shutil.rmtree(shm, ignore_errors=True)
         shutil.rmtree(sessions, ignore_errors=True)
 
