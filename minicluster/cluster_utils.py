@@ -95,7 +95,8 @@ class Cluster:
         self._client = DriverClient(0, 1, None, None, None)
         self._client.cluster_owned = True  # shutdown() in the driver only disconnects from it
         self._address = self._client.address
-        self._nodes_added = False  #: registered for init() from the first node on (clusters.py)
+        clusters.register(self._address, self._client)
+        self._nodes_added = False
         self.head_node: Optional[ClusterNode] = None
         self.worker_nodes: set = set()
         self._shut_down = False
@@ -129,9 +130,7 @@ class Cluster:
             self._apply_cluster_settings(node_args)
         record = head.add_node(num_cpus, resources, max(1, int(num_cpus)), node_args.get("object_store_memory"),
                                node_args.get("labels"))
-        if not self._nodes_added:
-            self._nodes_added = True
-            clusters.register(self._address, self._client)  # from now on init() (no address, "auto") joins it
+        self._nodes_added = True  # from now on init() (no address, or "auto") joins it (clusters.only_address)
         node = ClusterNode(self, record.node_id, dict(node_args))
         if self.head_node is None:
             self.head_node = node

@@ -119,7 +119,7 @@ def test_init_with_address_auto_finds_the_cluster(make_cluster):
     assert [n["NodeID"] for n in ray.nodes()] == [cluster.head_node.node_id]
 
 
-def test_init_and_the_first_remote_call_without_an_address_join_the_cluster(make_cluster):
+def test_init_and_the_first_remote_call_without_an_address_join_the_cluster(make_cluster, capfd):
     # As Ray: no address means the cluster started last, if one runs; "local" starts a new one.
     cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"mine": 1}})
 
@@ -128,6 +128,7 @@ def test_init_and_the_first_remote_call_without_an_address_join_the_cluster(make
         return ray.get_runtime_context().get_node_id()
 
     assert ray.get(on_the_cluster.remote()) == cluster.head_node.node_id  # auto-init joined it
+    assert "init() was not called; joined the Cluster of this process" in capfd.readouterr().err
     ray.shutdown()
     ray.init()
     assert [n["NodeID"] for n in ray.nodes()] == [cluster.head_node.node_id]

@@ -23,7 +23,7 @@ from minicluster._private.common import config
 
 ADDRESS_PREFIX = "minicluster://"
 
-_clients: Dict[str, Any] = {}  # address -> the DriverClient of a live Cluster that has nodes
+_clients: Dict[str, Any] = {}  # address -> the DriverClient of a live Cluster
 
 
 def register(address: str, client: Any) -> None:
@@ -39,9 +39,10 @@ def is_cluster_address(address: Optional[str]) -> bool:
 
 
 def only_address() -> Optional[str]:
-    """The address of the one live Cluster with nodes (what `init()` and `init(address="auto")` join),
-    or None."""
-    return next(iter(_clients)) if len(_clients) == 1 else None
+    """The address of the one live Cluster that has nodes (what `init()` and `init(address="auto")`
+    join), or None. One without nodes has no address yet, as Ray's has none without a head."""
+    started = [address for address, client in _clients.items() if client.head.nodes]
+    return started[0] if len(started) == 1 else None
 
 
 def address_of(session_dir: str) -> str:

@@ -48,9 +48,12 @@ def client() -> Any:
         if _client is None:
             if _auto_init is None:
                 raise RuntimeError("minicluster: no session is running; call minicluster.init() first")
-            print("minicluster: init() was not called; starting a local session with default settings.",
-                  file=sys.stderr)
             _auto_init()
+            if _client is not None:  # (as Ray says which it did: joined a cluster, or started one)
+                joined = getattr(_client, "cluster_owned", False)
+                print("minicluster: init() was not called; " + (
+                    "joined the Cluster of this process." if joined
+                    else "started a local session with default settings."), file=sys.stderr)
         if _client is None:
             raise RuntimeError("minicluster: init() did not start a session")
         return _client
