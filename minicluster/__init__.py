@@ -47,7 +47,8 @@ in this list (tests/test_architecture.py checks it):
     wire/       protocol.py (framing, authentication), hub.py (the head's I/O thread: sockets,
                 timers), messages.py (every message, defined once), fault_hooks.py (where a
                 test's fault plan reaches into both ends: the head's hooks, the workers' orders)
-    head/       the head, in the driver: head.py is its facade (lifecycle, messages in, queries);
+    head/       the head, in the driver: head.py is its facade (lifecycle, messages in, queries;
+                head_messages.py: each message's handler);
                 head_state.py every record of the session with its invariant, invariants.py their
                 check (validate_state), states.py task and actor states and legal transitions,
                 flow_interfaces.py what each flow calls on another, messaging.py outgoing batches;

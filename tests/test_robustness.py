@@ -65,11 +65,11 @@ def test_junk_frame_without_retries_fails_the_task_with_a_worker_crash(cluster):
 
 def test_a_handler_that_raises_drops_that_peer_and_the_head_keeps_serving(cluster, monkeypatch, capfd):
     """Whatever goes wrong while one message is handled costs its sender only."""
-    from minicluster._private.head import head as head_module
+    from minicluster._private.head import head_messages
     from minicluster._private.wire import messages as msg
 
     cluster(num_nodes=1, num_cpus=1)
-    real = head_module._HANDLERS[msg.Done]
+    real = head_messages.HANDLERS[msg.Done]
     failures = []
 
     def fails_once(head, peer, state, message):
@@ -78,7 +78,7 @@ def test_a_handler_that_raises_drops_that_peer_and_the_head_keeps_serving(cluste
             raise RuntimeError("a bug in a handler")
         real(head, peer, state, message)
 
-    monkeypatch.setitem(head_module._HANDLERS, msg.Done, fails_once)
+    monkeypatch.setitem(head_messages.HANDLERS, msg.Done, fails_once)
 
     @ray.remote(max_retries=2)
     def three():
