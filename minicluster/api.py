@@ -139,7 +139,7 @@ def init(
     *,
     num_cpus: Optional[float] = None,
     num_gpus: Optional[float] = None,
-    num_nodes: int = 1,
+    num_nodes: Optional[int] = None,
     resources: Optional[Dict[str, float]] = None,
     labels: Optional[Dict[str, str]] = None,
     object_store_memory: Optional[int] = None,
@@ -150,7 +150,7 @@ def init(
     job_config: Optional[JobConfig] = None,
     **kwargs: Any,
 ) -> RayContext:
-    """Start a session of `num_nodes` virtual nodes, each with `num_cpus` CPUs, `resources` and
+    """Start a session of `num_nodes` virtual nodes (default 1), each with `num_cpus` CPUs, `resources` and
     `labels`; or, with `address`, join a Cluster of this process ("auto": the running one).
 
     `num_cpus` defaults to this machine's cores divided among the nodes (at least 1 each).
@@ -180,7 +180,7 @@ def init(
         address = _auto_address()
     if clusters.is_cluster_address(address):
         _refuse_node_arguments(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, labels=labels,
-                               object_store_memory=object_store_memory, num_nodes=None if num_nodes == 1 else num_nodes)
+                               object_store_memory=object_store_memory, num_nodes=num_nodes)
         with _init_lock:
             current = context.current()
             if current is not None and getattr(current, "address", None) == address:
@@ -200,7 +200,7 @@ def init(
     with _init_lock:
         if context.current() is not None:
             return _already_running(ignore_reinit_error)
-        num_nodes = _check_int("num_nodes", num_nodes, minimum=1)
+        num_nodes = _check_int("num_nodes", 1 if num_nodes is None else num_nodes, minimum=1)
         if num_cpus is None:
             num_cpus = max(1, (os.cpu_count() or 1) // num_nodes)
         elif isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0:

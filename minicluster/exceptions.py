@@ -84,19 +84,12 @@ class RayTaskError(RayError):
 
     def __reduce__(self) -> tuple:
         # The dual class (as_instanceof_cause) is made anew where it is loaded: from the cause.
-        return (
-            RayTaskError if type(self) is RayTaskError else _dual_of,
-            (
-                self.function_name,
-                self.traceback_str,
-                self.cause,
-                self.proctitle,
-                self.pid,
-                self.ip,
-                self.actor_repr,
-                self.actor_id,
-            ),
-        )
+        return (RayTaskError if type(self) is RayTaskError else _dual_of, self._init_args())
+
+    def _init_args(self) -> tuple:
+        """RayTaskError.__init__'s arguments that rebuild this error (pickling, the dual class)."""
+        return (self.function_name, self.traceback_str, self.cause, self.proctitle, self.pid, self.ip,
+                self.actor_repr, self.actor_id)
 
     def as_instanceof_cause(self) -> "RayTaskError":
         """Return an error that is both a RayTaskError and an instance of the cause's class.
@@ -127,17 +120,7 @@ class RayTaskError(RayError):
         cause_cls = type(self.cause)
         cls = _dual_class(cause_cls)  # (TypeError if the class refuses to be subclassed)
         err = cls.__new__(cls)
-        RayTaskError.__init__(
-            err,
-            self.function_name,
-            self.traceback_str,
-            self.cause,
-            self.proctitle,
-            self.pid,
-            self.ip,
-            self.actor_repr,
-            self.actor_id,
-        )
+        RayTaskError.__init__(err, *self._init_args())
         # Copy the cause's attributes so `e.errno`, `e.args` etc. read like the original.
         for key, value in getattr(self.cause, "__dict__", {}).items():
             err.__dict__.setdefault(key, value)

@@ -141,6 +141,7 @@ def test_init_and_the_first_remote_call_without_an_address_join_the_cluster(make
     ({"num_cpus": 2}, "num_cpus and num_gpus"), ({"num_gpus": 1}, "num_cpus and num_gpus"),
     ({"resources": {"x": 1}}, "resources"), ({"labels": {"a": "b"}}, "labels"),
     ({"object_store_memory": 10**8}, "object_store_memory"), ({"num_nodes": 2}, "num_nodes"),
+    ({"num_nodes": 1}, "num_nodes"),  # (even the default's value: the joined session has its own nodes)
 ])
 def test_joining_a_cluster_with_node_arguments_is_refused(make_cluster, arguments, named):
     cluster = make_cluster(initialize_head=True, head_node_args={"num_cpus": 1})

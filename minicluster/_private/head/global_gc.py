@@ -35,14 +35,12 @@ class GlobalGC:
         self.state = state
         self.outbox = outbox
         self.last = -MIN_INTERVAL_S  #: time.monotonic() of the last collection asked for
-        self.count = 0  #: collections asked for so far
 
     def store_filling(self) -> None:
         now = time.monotonic()
         if now - self.last < MIN_INTERVAL_S:
             return
         self.last = now
-        self.count += 1
         for worker in self.state.workers.values():
             if worker.peer is not None and not worker.dead:
                 self.outbox.post(worker.peer, msg.CollectGarbage.new())
