@@ -47,6 +47,20 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
         delay = min(delay * 2, 0.05)
 
 
+def written(path: Any, what: str, timeout: float = 10.0) -> str:
+    """The text a task writes into `path`, once written: the file exists a moment before its
+    content does, and a read in between gets ''."""
+
+    def text() -> str:
+        try:
+            with open(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    return wait_for(text, timeout, what)
+
+
 # ---- helpers the node, lineage and ownership tests share ----------------------------------
 
 

@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from conftest import wait_for
+from conftest import written
 
 import minicluster as ray
 from minicluster import testing
@@ -134,9 +134,7 @@ def test_actor_killed_mid_map_raises_from_get_next_and_leaves_the_pool(cluster, 
     pool = ActorPool([Worker.remote(), Worker.remote()])
     results = pool.map(lambda a, v: a.work.remote(v, str(tmp_path)), range(4))
     started = tmp_path / "started"
-    # (its pid, once written: the file exists a moment before its content does)
-    pid = wait_for(lambda: started.exists() and started.read_text(), what="the first item to start")
-    testing.kill_worker(int(pid))
+    testing.kill_worker(int(written(started, "the first item to start")))
     with pytest.raises(ActorDiedError):
         next(results)  # as Ray: the dead actor's item raises; the generator ends there
     rest = []

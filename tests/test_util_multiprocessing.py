@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import wait_for
+from conftest import wait_for, written
 
 from minicluster import testing
 from minicluster.exceptions import ActorDiedError, RayError
@@ -174,8 +174,7 @@ def test_a_pool_process_killed_mid_map_fails_its_chunk(cluster, tmp_path):
 
     with Pool(2) as pool:
         result = pool.map_async(work, range(4), chunksize=2)
-        wait_for((tmp_path / "pid").exists, what="the first chunk to start")
-        testing.kill_worker(int((tmp_path / "pid").read_text()))
+        testing.kill_worker(int(written(tmp_path / "pid", "the first chunk to start")))
         result.wait(30)
         assert not result.successful()
         with pytest.raises(ActorDiedError):  # Ray's error for the chunk whose process died
