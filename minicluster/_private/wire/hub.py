@@ -23,7 +23,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
-import selectors
 import socket
 import sys
 import threading
@@ -31,6 +30,7 @@ import time
 import traceback
 from typing import Any, Callable, List, Optional, Protocol
 
+from minicluster._private.wire.poller import READ, WRITE, Poller
 from minicluster._private.wire.protocol import (
     MAX_FRAME,
     MAX_HANDSHAKE_FRAME,
@@ -48,8 +48,8 @@ RECV_BYTES = 64 * 1024
 # A connection must prove it knows the session key within this time.
 HANDSHAKE_TIMEOUT_S = 5.0
 
-_READ = selectors.EVENT_READ
-_WRITE = selectors.EVENT_WRITE
+_READ = READ
+_WRITE = WRITE
 
 
 class Handler(Protocol):
@@ -106,16 +106,17 @@ class Hub:
         os.chmod(listen_path, 0o600)
         self.listener.listen(256)
         self.listener.setblocking(False)
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.listener, _READ, "listen")
+        self.poller = Poller()
+        self.poller.register(self.listener.fileno(), _READ, "listen")
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.selector.register(self._wake_r, _READ, "wake")
+        self.poller.register(self._wake_r, _READ, "wake")
         self._lock = threading.Lock()
         self._timers: List[tuple] = []
         self._seq = itertools.count()
         self._want_write: set = set()
+        self._due: Optional[float] = None  #: when the first timer is due, as of the last _next_timeout
         self._woken = False
         self._stopping = False
         self.peers: set = set()
@@ -159,7 +160,7 @@ class Hub:
         for peer in list(self.peers):
             self._close(peer, notify=False)
         try:
-            self.selector.close()
+            self.poller.close()
         except OSError:
             pass
         for fd in (self._wake_r, self._wake_w):
@@ -176,18 +177,23 @@ class Hub:
     # ---- the loop ------------------------------------------------------------
 
     def _run(self) -> None:
+        # A round trip's reply is one turn of this loop: the turn looks at writers only when
+        # there are some, and runs timers only when one is due.
+        poll = self.poller.poll
         while not self._stopping:
             timeout = self._next_timeout()
             try:
-                events = self.selector.select(timeout)
+                events = poll(timeout)
             except OSError:
                 if self._stopping:
                     return
                 raise
-            for key, mask in events:
-                self._guard(self._event, key.data, mask)
-            self._run_timers()
-            self._guard(self._register_writers)
+            for data, mask in events:
+                self._guard(self._event, data, mask)
+            if self._due is not None and self._due <= time.monotonic():
+                self._run_timers()
+            if self._want_write:
+                self._guard(self._register_writers)
 
     def _event(self, data: Any, mask: int) -> None:
         if data == "listen":
@@ -206,12 +212,15 @@ class Hub:
                 self._flush(data)
 
     def _next_timeout(self) -> Optional[float]:
+        """How long the loop may sleep: until the first timer is due (also noted in `_due`)."""
         with self._lock:
             while self._timers and self._timers[0][2] is None:
                 heapq.heappop(self._timers)
             if not self._timers:
+                self._due = None
                 return None
-            return max(0.0, self._timers[0][0] - time.monotonic())
+            self._due = self._timers[0][0]
+        return max(0.0, self._due - time.monotonic())
 
     def _run_timers(self) -> None:
         now = time.monotonic()
@@ -230,7 +239,7 @@ class Hub:
         for peer in peers:
             if not peer.closed:
                 try:
-                    self.selector.modify(peer.sock, _READ | _WRITE, peer)
+                    self.poller.modify(peer.sock.fileno(), _READ | _WRITE)
                 except (KeyError, ValueError, OSError):
                     pass
 
@@ -246,7 +255,7 @@ class Hub:
             handshake = ServerHandshake(self.key)
             peer = Peer(sock, handshake, self)
             self.peers.add(peer)
-            self.selector.register(sock, _READ, peer)
+            self.poller.register(sock.fileno(), _READ, peer)
             peer.send_raw(handshake.hello())
             self.call_later(HANDSHAKE_TIMEOUT_S, lambda p=peer: self._drop_if_silent(p))
 
@@ -313,7 +322,7 @@ class Hub:
             empty = not peer.out
         if empty:
             try:
-                self.selector.modify(peer.sock, _READ, peer)
+                self.poller.modify(peer.sock.fileno(), _READ)
             except (KeyError, ValueError, OSError):
                 pass
 
@@ -324,7 +333,7 @@ class Hub:
             peer.closed = True
         self.peers.discard(peer)
         try:
-            self.selector.unregister(peer.sock)
+            self.poller.unregister(peer.sock.fileno())
         except (KeyError, ValueError, OSError):
             pass
         peer.sock.close()
