@@ -223,14 +223,14 @@ def _serialize_args(client: Any, args: tuple, kwargs: dict, func_name: str) -> T
 
 def _lift_refs(args: tuple, kwargs: dict, slots: List[Any]) -> Tuple[tuple, dict]:
     """Move the top-level refs out of args and kwargs into `slots` (position, object id, ...)."""
-    if any(type(a) is ObjectRef for a in args):
+    if ObjectRef in map(type, args):  # (not any(<generator>): this runs on every submit)
         lifted = list(args)
         for index, value in enumerate(args):
             if type(value) is ObjectRef:
                 lifted[index] = None
                 slots += (index, value._id)
         args = tuple(lifted)
-    if any(type(v) is ObjectRef for v in kwargs.values()):
+    if kwargs and ObjectRef in map(type, kwargs.values()):
         kwargs = dict(kwargs)
         for key, value in kwargs.items():
             if type(value) is ObjectRef:

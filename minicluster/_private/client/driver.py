@@ -110,8 +110,9 @@ class DriverClient(RuntimeClient):
     def submit(self, spec: Any, function_blob: Optional[bytes]) -> List[ObjectRef]:
         # The refs exist before the head knows the task, so a result can never be
         # freed for lack of holders between submission and the caller seeing it.
-        self.check_session(spec.arg_refs)
-        self.check_session(spec.borrowed)
+        if spec.arg_refs or spec.borrowed:
+            self.check_session(spec.arg_refs)
+            self.check_session(spec.borrowed)
         refs = [ObjectRef(oid) for oid in spec.return_ids()]
         blob = None if spec.function_id in self.known_functions else function_blob
         self.head.submit_from_driver(spec, blob, self.node_id)

@@ -49,8 +49,10 @@ class LocalRefCounter:
 
     def drain(self) -> List[bytes]:
         """Apply pending decrements; return the ids this process no longer holds."""
-        gone = []
         released = self._released
+        if not released:  # (nearly always, on the head's hot paths: no lock then)
+            return []
+        gone = []
         with self._lock:
             counts = self.counts
             while released:

@@ -37,17 +37,19 @@ PUT_INDEX_FLAG = 1 << 31
 _lock = threading.Lock()
 _prefix = os.urandom(4)
 _counter = itertools.count(1)
-_prefix_pid = os.getpid()
 
 
 def _unique8() -> bytes:
-    global _prefix, _counter, _prefix_pid
-    pid = os.getpid()
-    if pid != _prefix_pid:  # forked child: never reuse the parent's sequence
-        with _lock:
-            if pid != _prefix_pid:
-                _prefix, _counter, _prefix_pid = os.urandom(4), itertools.count(1), pid
     return _prefix + (next(_counter) & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def _new_sequence() -> None:
+    """In a forked child: never reuse the parent's sequence (os.fork calls this in the child)."""
+    global _prefix, _counter
+    _prefix, _counter = os.urandom(4), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_sequence)
 
 
 def job_id() -> bytes:

@@ -40,6 +40,7 @@ from minicluster._private.common.placement import is_group_resource
 
 INFEASIBLE = "INFEASIBLE"
 _EPS = 1e-9
+_DIGITS = 4  #: resources are exact to 0.0001, as Ray's fixed-point ones (_exact)
 
 
 class Unschedulable(Exception):
@@ -170,7 +171,7 @@ class Scheduler:
     def acquire(self, node_id: bytes, request: Dict[str, float]) -> None:
         available = self.nodes[node_id].available
         for key, qty in request.items():
-            available[key] = _exact(available.get(key, 0.0) - qty)
+            available[key] = round(available.get(key, 0.0) - qty, _DIGITS)  # (_exact, inlined: once per task)
 
     def release(self, node_id: bytes, request: Dict[str, float]) -> None:
         node = self.nodes.get(node_id)
@@ -181,7 +182,7 @@ class Scheduler:
         for key, qty in request.items():
             cap = total.get(key)
             if cap is not None:  # (else a removed placement group's resource, gone with its group)
-                available[key] = min(cap, _exact(available.get(key, 0.0) + qty))
+                available[key] = min(cap, round(available.get(key, 0.0) + qty, _DIGITS))  # (_exact)
 
     def totals(self) -> Dict[str, float]:
         return _sum(n.total for n in self.alive())
@@ -210,7 +211,7 @@ def kept_when_blocked(request: Dict[str, float]) -> Dict[str, float]:
 def _exact(quantity: float) -> float:
     """A quantity on Ray's grid of 0.0001 (its fixed-point resources): taking and giving back
     fractions such as 0.1234 leaves the count exactly where it was, not 1.9999999999999998."""
-    return round(quantity, 4)
+    return round(quantity, _DIGITS)
 
 
 def _sum(dicts: Iterable[Dict[str, float]]) -> Dict[str, float]:

@@ -220,6 +220,11 @@ class TaskFlow(TaskPlacement):
             self.actors.queue_actor_call(task)
             return
         task.set_state(PENDING_NODE_ASSIGNMENT)
+        if not state.ready and not state.groups.waiting and self.place_task(task) is not None:
+            # Nothing else waits for a node: no turn to take (schedule's fair queueing), so it
+            # is placed at once; the ready queue is for tasks that wait.
+            self._placement_pending = False
+            return
         shape = task.shape
         queue = state.ready.get(shape)
         if queue is None:
@@ -290,7 +295,10 @@ class TaskFlow(TaskPlacement):
             self.discard_results(task.spec.task_id, results, node_id)
             self._close_task(task, state, error_type, message)
             return
-        stored = sum(value.data for value in results if value.kind == "s")
+        stored = 0
+        for value in results:
+            if value.kind == "s":
+                stored += value.data
         problem = self.state.objects.no_room_for(node_id, stored) if stored else None
         if problem is not None:  # the store is full and cannot spill: the cap holds, the task fails
             self.discard_results(task.spec.task_id, results, node_id)
@@ -317,7 +325,10 @@ class TaskFlow(TaskPlacement):
         """Keep a finished task while its results exist, so they can be rebuilt if lost."""
         objects = self.state.objects
         entries = objects.entries
-        live = sum(1 for object_id in task.output_ids() if object_id in entries)
+        live = 0
+        for object_id in task.output_ids():
+            if object_id in entries:
+                live += 1
         kind = task.spec.task_type
         if not live or not self.state.lineage.enabled:
             return
@@ -386,7 +397,8 @@ class TaskFlow(TaskPlacement):
         head.tasks.pop(task.spec.task_id, None)
         # A compact copy for the state API; the record itself lives on only as lineage.
         # A rebuilt task finishing again replaces its old entry: the new one has all its attempts.
-        head.history.drop(task.history_entry, task.spec.task_id)
+        if task.history_entry >= 0:
+            head.history.drop(task.history_entry, task.spec.task_id)
         if task.spec.task_events:  # enable_task_events=False: the state API never shows it
             task.history_entry = head.history.add(task)
         kids = head.children.pop(task.spec.task_id, None)

@@ -81,38 +81,46 @@ class TaskPlacement:
                 if task.finished or task.state != PENDING_NODE_ASSIGNMENT:
                     queue.popleft()
                     continue
-                try:
-                    node_id = scheduler.place(task.spec.resources, task.spec.strategy, self._preferred_node(task),
-                                              task.spec.label_selector)
-                except Unschedulable as exc:
-                    queue.popleft()
-                    error = getattr(exc, "error", None) or TaskUnschedulableError(str(exc))
-                    self.finish_with_error(task, error, "TASK_UNSCHEDULABLE_ERROR", str(exc))
-                    continue
-                if node_id is None:
-                    blocked[shape] = scheduler.changes
-                    break
-                if node_id == INFEASIBLE:
-                    self._warn_infeasible(shape, task)
+                placed = self.place_task(task)
+                if placed is None:
                     blocked[shape] = scheduler.changes
                     break
                 queue.popleft()
-                served = True
-                scheduler.acquire(node_id, task.spec.resources)
-                node = state.nodes[node_id]
-                task.node = node
-                task.set_state(SUBMITTED_TO_WORKER, node_id=node_id)
-                worker = node.take_idle(worker_kind(task.spec)) if node.idle else None
-                if worker is not None:
-                    self._dispatch(task, worker)
-                else:
-                    node.waiting.append(task)
-                    self.replenish(node)
+                served = served or placed
             if not queue:
                 del ready[shape]
                 blocked.pop(shape, None)
             elif served:
                 ready.move_to_end(shape)
+
+    def place_task(self, task: TaskRecord) -> Optional[bool]:
+        """Place one task that waits for a node (PENDING_NODE_ASSIGNMENT) and hand it to a worker
+        there, or queue it on the node for one. True: placed; None: no node can take it now (it
+        stays where it is); False: it cannot run anywhere and has failed."""
+        scheduler = self.state.scheduler
+        spec = task.spec
+        try:
+            node_id = scheduler.place(spec.resources, spec.strategy, self._preferred_node(task), spec.label_selector)
+        except Unschedulable as exc:
+            error = getattr(exc, "error", None) or TaskUnschedulableError(str(exc))
+            self.finish_with_error(task, error, "TASK_UNSCHEDULABLE_ERROR", str(exc))
+            return False
+        if node_id is None:
+            return None
+        if node_id == INFEASIBLE:
+            self._warn_infeasible(task.shape, task)
+            return None
+        scheduler.acquire(node_id, spec.resources)
+        node = self.state.nodes[node_id]
+        task.node = node
+        task.set_state(SUBMITTED_TO_WORKER, node_id=node_id)
+        worker = node.take_idle(worker_kind(spec)) if node.idle else None
+        if worker is not None:
+            self._dispatch(task, worker)
+        else:
+            node.waiting.append(task)
+            self.replenish(node)
+        return True
 
     def _preferred_node(self, task: TaskRecord) -> Optional[bytes]:
         best, best_size = task.submitter_node, 0
@@ -171,7 +179,7 @@ class TaskPlacement:
                 return
             break
         node.idle.append(worker)
-        if node.pool_size() > node.target_workers:
+        if len(node.workers) > node.target_workers and node.pool_size() > node.target_workers:
             # Extra workers are started for tasks blocked in get(); let them go once idle.
             self.timers.call_later(IDLE_RETIRE_S, lambda: self._retire_if_idle(worker))
 
