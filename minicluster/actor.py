@@ -24,6 +24,7 @@ from minicluster._private.common.ids import ActorID, new_actor_id, new_task_id
 from minicluster._private.common.task_spec import (
     ACTOR_CREATION_TASK,
     ACTOR_TASK,
+    DEFAULT_STRATEGY,
     TaskSpec,
     resources_of,
     strategy_of,
@@ -305,6 +306,9 @@ class ActorHandle:
         # (made by .remote() and copied from one); None for get_actor's handles (as in Ray).
         self._ref = ref
         self._checks: Dict[str, Optional[signatures.ArgumentCheck]] = {}  #: by method, made at first call
+        #: by method, made at its first call without .options() (not the ActorMethod itself: it
+        #: points back at the handle, and the cycle would keep a dropped actor alive until a gc pass)
+        self._statics: Dict[str, _CallStatic] = {}
 
     def _check_call(self, method: str, args: tuple, kwargs: dict) -> None:
         checks = self._checks
@@ -321,10 +325,8 @@ class ActorHandle:
 
     def __getattr__(self, name: str) -> "ActorMethod":
         methods = self.__dict__.get("_meta", {}).get("methods", {})
-        if name in methods:
-            return ActorMethod(self, name, methods[name])
-        if name in _BUILTIN_METHODS:
-            return ActorMethod(self, name, {})
+        if name in methods or name in _BUILTIN_METHODS:
+            return ActorMethod(self, name, methods.get(name, {}), self._statics)
         raise AttributeError(
             f"'{self.__dict__.get('_meta', {}).get('class_name', 'Actor')}' actor has no method {name!r}"
         )
@@ -352,10 +354,15 @@ _BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__", "__ray_call__")
 class ActorMethod:
     """`handle.method`: call it with `.remote(...)`, or `.options(num_returns=...)` first."""
 
-    def __init__(self, handle: ActorHandle, name: str, options: Dict[str, Any]) -> None:
+    def __init__(self, handle: ActorHandle, name: str, options: Dict[str, Any],
+                 shared: Optional[Dict[str, "_CallStatic"]] = None) -> None:
         self._handle = handle
         self._name = name
         self._options = options
+        #: what its calls share, made at the first call; kept in `shared` (the handle's, for a
+        #: method without .options()) across the ActorMethods `handle.f` makes
+        self._shared = shared
+        self._static: Optional[_CallStatic] = shared.get(name) if shared is not None else None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -371,7 +378,11 @@ class ActorMethod:
         return ActorMethod(self._handle, self._name, {**self._options, **validated})
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        decorator = self._handle._meta.get("invocation_decorators", {}).get(self._name)
+        if self._static is None:
+            self._static = _CallStatic(self._handle._meta, self._name, self._options)
+            if self._shared is not None:
+                self._shared[self._name] = self._static
+        decorator = self._static.decorator
         if decorator is not None:
             # Ray's hook: the method's __ray_invocation_decorator__ wraps the call itself
             # (it may change the arguments, and return more than the call's refs).
@@ -382,46 +393,36 @@ class ActorMethod:
         client = context.client()
         handle = self._handle
         handle._check_call(self._name, args, kwargs)
-        meta = handle._meta
-        group = self._options.get("concurrency_group") or ""
-        if group and group not in meta["concurrency_groups"]:
-            # (Ray's actor crashes on such a call: "Failed to look up the executor of the given
-            # concurrency group"; refused here, before anything is submitted)
-            raise ValueError(
-                f"Failed to look up the executor of the given concurrency group {group!r} for "
-                f"{meta['class_name']}.{self._name}: the actor does not define it (its groups: "
-                f"{sorted(meta['concurrency_groups'])}); declare it in @remote(concurrency_groups=...)")
+        static = self._static or _CallStatic(handle._meta, self._name, self._options)
+        if static.group_error is not None:
+            raise ValueError(static.group_error)
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self._name)
-        num_returns = num_returns_code(self._options.get("num_returns", 1))
-        max_task_retries = self._options.get("max_task_retries", meta["max_task_retries"])
-        retry_exceptions = self._options.get("retry_exceptions", False)
-        if isinstance(retry_exceptions, (list, tuple)):
-            retry_exceptions = dumps_function(tuple(retry_exceptions), "retry_exceptions")
+        num_returns = static.num_returns
         spec = TaskSpec(
             task_id=new_task_id(handle._actor_id),
-            name=self._options.get("name") or f"{meta['short_name']}.{self._name}",
-            func_name=f"{meta['function_prefix']}.{self._name}",
+            name=static.name,
+            func_name=static.func_name,
             function_id=b"",
             args=args_blob,
             arg_refs=arg_refs,
             borrowed=borrowed,
             num_returns=num_returns,
             resources={},
-            max_retries=max_task_retries,
-            retry_exceptions=retry_exceptions,
+            max_retries=static.max_task_retries,
+            retry_exceptions=static.retry_exceptions,
             max_calls=0,
-            strategy=("DEFAULT",),
+            strategy=DEFAULT_STRATEGY,
             parent_task_id=client.current_task_id,
             owner=client.worker_id,
             task_type=ACTOR_TASK,
             actor_id=handle._actor_id,
             args_size=len(args_blob),
             method=self._name,
-            task_events=self._options.get("enable_task_events", meta.get("task_events", True)),
-            concurrency_group=group,
-            backpressure=self._options.get("_generator_backpressure_num_objects", -1),
+            task_events=static.task_events,
+            concurrency_group=static.group,
+            backpressure=static.backpressure,
         )
-        limit = meta["max_pending_calls"]
+        limit = handle._meta["max_pending_calls"]
         if limit > 0:
             client.pending_calls.admit(
                 handle._actor_id, spec.task_id, limit, lambda ids: client.state("open_tasks", ids),
@@ -431,6 +432,36 @@ class ActorMethod:
         refs = client.submit(spec, None)
         del keep_alive
         return returned_refs(refs, num_returns)
+
+
+class _CallStatic:
+    """What every call of one actor method with one set of options shares: worked out at its
+    first call, not at every call (a handle keeps its methods: ActorHandle.__getattr__)."""
+
+    __slots__ = ("decorator", "group", "group_error", "num_returns", "max_task_retries", "retry_exceptions",
+                 "name", "func_name", "task_events", "backpressure")
+
+    def __init__(self, meta: Dict[str, Any], method: str, options: Dict[str, Any]) -> None:
+        self.decorator = meta.get("invocation_decorators", {}).get(method)
+        self.group = options.get("concurrency_group") or ""
+        self.group_error: Optional[str] = None
+        if self.group and self.group not in meta["concurrency_groups"]:
+            # (Ray's actor crashes on such a call: "Failed to look up the executor of the given
+            # concurrency group"; refused here, before anything is submitted)
+            self.group_error = (
+                f"Failed to look up the executor of the given concurrency group {self.group!r} for "
+                f"{meta['class_name']}.{method}: the actor does not define it (its groups: "
+                f"{sorted(meta['concurrency_groups'])}); declare it in @remote(concurrency_groups=...)")
+        self.num_returns = num_returns_code(options.get("num_returns", 1))
+        self.max_task_retries = options.get("max_task_retries", meta["max_task_retries"])
+        retry_exceptions = options.get("retry_exceptions", False)
+        if isinstance(retry_exceptions, (list, tuple)):
+            retry_exceptions = dumps_function(tuple(retry_exceptions), "retry_exceptions")
+        self.retry_exceptions = retry_exceptions
+        self.name = options.get("name") or f"{meta['short_name']}.{method}"
+        self.func_name = f"{meta['function_prefix']}.{method}"
+        self.task_events = options.get("enable_task_events", meta.get("task_events", True))
+        self.backpressure = options.get("_generator_backpressure_num_objects", -1)
 
 
 def exit_actor() -> None:
