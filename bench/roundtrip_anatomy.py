@@ -3,6 +3,7 @@
     python -m bench.roundtrip_anatomy            # a task round trip
     python -m bench.roundtrip_anatomy --actor    # an actor call round trip
     python -m bench.roundtrip_anatomy --calls 5000 --cpus 2
+    python -m bench.roundtrip_anatomy --cpu [--actor]   # CPU time per round trip, per thread
 
 A diagnostic beside bench/run.py (which measures round trips against Ray and
 ProcessPoolExecutor): it wraps a few private functions of the driver and of the
@@ -21,7 +22,12 @@ every process of the machine) and prints the median of each segment:
     driver  get() returns       H3  -> D3   the caller wakes, reads the value, returns
 
 The wrappers cost a few microseconds each, so the total is a little above
-bench/run.py's [roundtrip] / [actor_call]. It names private functions on
+bench/run.py's [roundtrip] / [actor_call].
+
+`--cpu` wraps nothing: it runs batches of 3,000 round trips and prints, per round trip, the
+wall time and the CPU time of the driver's main thread, of the head's I/O thread and of the
+worker process (both its threads). On a shared host the wall time of a run moves by 30% with
+the host's load; which thread spends how much CPU moves much less, so compare those. It names private functions on
 purpose (it is a profile, not a test); when they move, move it with them.
 """
 
@@ -29,9 +35,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from typing import Dict, List
+
+BATCH = 3000  #: round trips per batch of --cpu
 
 SEGMENTS = [
     ("driver", "remote()", "D0", "D1"),
@@ -140,11 +149,45 @@ def install_driver_stamps(current: Dict[str, int]) -> None:
     driver._Wakeup.fire = fired
 
 
+def cpu_per_round_trip(ray, call, pid_call, batches: int) -> None:  # type: ignore[no-untyped-def]
+    """Print the medians over `batches` of BATCH round trips: wall, and CPU per thread (the
+    kernel counts threads' CPU in 10 ms ticks: a batch of 3,000 resolves ~3 us per round trip)."""
+    import psutil
+
+    from minicluster._private.client import context
+
+    worker = psutil.Process(ray.get(pid_call.remote()))
+    driver = psutil.Process()
+    hub_id = context.client().head.hub.thread.native_id
+
+    def hub_cpu() -> float:
+        return next(t.user_time + t.system_time for t in driver.threads() if t.id == hub_id)
+
+    def worker_cpu() -> float:
+        times = worker.cpu_times()
+        return times.user + times.system
+
+    for i in range(1000):
+        ray.get(call.remote(i))
+    rows = []
+    for _ in range(batches):
+        before = (time.perf_counter(), time.thread_time(), hub_cpu(), worker_cpu())
+        for i in range(BATCH):
+            ray.get(call.remote(i))
+        after = (time.perf_counter(), time.thread_time(), hub_cpu(), worker_cpu())
+        rows.append([(b - a) * 1e6 / BATCH for a, b in zip(before, after)])
+    names = ["wall", "driver main thread", "head I/O thread", "worker (both threads)"]
+    for column, name in enumerate(names):
+        print(f"  {name:22s} {statistics.median(row[column] for row in rows):7.1f} us")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--actor", action="store_true", help="an actor call instead of a task")
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--cpus", type=int, default=1, help="num_cpus of the one node")
+    parser.add_argument("--cpu", action="store_true", help="CPU time per round trip and thread, no stamps")
+    parser.add_argument("--batches", type=int, default=8, help="--cpu: batches of 3,000 round trips")
     args = parser.parse_args()
 
     import minicluster as ray
@@ -174,11 +217,24 @@ def main() -> None:
         def stamps_of_worker(self) -> list:
             return worker_stamps()
 
+        def pid(self) -> int:
+            return os.getpid()
+
+    @ray.remote
+    def pid() -> int:
+        return os.getpid()
+
     if args.actor:
         echo = Echo.remote()
-        call, install, collect = echo.f, echo.stamp_worker, echo.stamps_of_worker
+        call, install, collect, pid_call = echo.f, echo.stamp_worker, echo.stamps_of_worker, echo.pid
     else:
-        call, install, collect = f, stamp_worker, stamps_of_worker
+        call, install, collect, pid_call = f, stamp_worker, stamps_of_worker, pid
+    if args.cpu:
+        print(("actor call get(a.f.remote(i))" if args.actor else "task get(f.remote(i))")
+              + f": medians of {args.batches} batches of {BATCH:,} round trips, per round trip")
+        cpu_per_round_trip(ray, call, pid_call, args.batches)
+        ray.shutdown()
+        return
     for i in range(300):
         ray.get(call.remote(i))
     ray.get(install.remote())  # (a task lands on the worker the round trips use: the one most recently idle)
