@@ -13,10 +13,11 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import statistics
 import sys
 from typing import Any
 
-from bench.specs import BY_NAME, Bench
+from bench.specs import BY_NAME, LATENCY_BENCH, Bench
 from bench.systems import describe
 from bench.workloads import median
 
@@ -181,6 +182,16 @@ def _b2b(x: dict) -> str:
     return f" (back-to-back {_num(float(x['b2b_median']))}, worst {_num(float(x['b2b_worst']))})"
 
 
+def add_round(first: Record, again: Record) -> None:
+    """Fold another round of a latency measurement into the first one's record (run.py's
+    latency_rounds): the value and p90 become the medians of every round's."""
+    x = first["extra"]
+    rounds = x.setdefault("rounds", [{"value": float(first["value"]), "p90": float(x["p90"])}])
+    rounds.append({"value": float(again["value"]), "p90": float(again["extra"]["p90"])})
+    first["value"] = statistics.median(r["value"] for r in rounds)
+    x["p90"] = statistics.median(r["p90"] for r in rounds)
+
+
 def median_of(xs: list[float]) -> float:
     s = sorted(xs)
     return s[len(s) // 2]
@@ -308,6 +319,12 @@ def details(report: Report) -> list[str]:
             out.append(f"chaos {s}: {x['tasks']:,} tasks, a worker killed every {x['every']}: chaos "
                        f"{', '.join(_num(v) for v in x['chaos_s'])} s vs fault-free "
                        f"{', '.join(_num(v) for v in x['base_s'])} s; kills {x['kills']}")
+    for s in report.systems:
+        lat = report.record(LATENCY_BENCH, s)
+        if lat and lat["ok"] and "rounds" in lat["extra"]:
+            rounds = lat["extra"]["rounds"]
+            out.append(f"{LATENCY_BENCH} {s}: {len(rounds)} rounds, the systems taking turns, each in a fresh "
+                       f"process: {', '.join(_num(r['value']) for r in rounds)} us (the cell is their median)")
     for s in report.systems:
         tp = report.record("throughput", s)
         if tp and tp["ok"]:

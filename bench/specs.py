@@ -187,6 +187,16 @@ TIMEOUTS: dict[str, tuple[float, float]] = {
 }
 
 
+#: [roundtrip] is compared with PPE "in this run", but each system is measured in its own
+#: subprocess, one after another, and this shared host's speed drifts by 30% within minutes.
+#: So after the groups, the pools and minicluster take turns measuring it again, each in a
+#: fresh subprocess (Ray is 8x away: left out); a cell is the median of its system's rounds.
+#: Extra rounds per system: (quick, full).
+LATENCY_ROUNDS = (2, 4)
+LATENCY_BENCH = "roundtrip"
+LATENCY_SYSTEMS = ("minicluster", "ppe", "mp")
+
+
 class Reps(NamedTuple):
     """Repetition counts; ``--quick`` uses the smaller set."""
 
