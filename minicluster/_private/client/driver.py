@@ -168,7 +168,7 @@ class DriverClient(RuntimeClient):
         values = []
         for object_id in object_ids:
             for _ in range(_VANISHED_COPY_RETRIES):
-                with head.lock.unsettled:  # (the value it was woken for: head_lock.py)
+                with head.lock:
                     payload = head.payload_of(object_id)
                     head.flush()
                 try:

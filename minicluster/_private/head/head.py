@@ -39,6 +39,7 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -51,7 +52,6 @@ from minicluster._private.head import virtual_nodes as node_procs
 from minicluster._private.head.actor_flow import ActorFlow
 from minicluster._private.head.announcements import Announcer
 from minicluster._private.head.global_gc import GlobalGC
-from minicluster._private.head.head_lock import HeadLock
 from minicluster._private.head.head_messages import HANDLERS, HeadMessages
 from minicluster._private.head.head_state import new_state
 from minicluster._private.head.invariants import HeadStateError, violations
@@ -77,7 +77,7 @@ class Head(HeadMessages):
     def __init__(self, session: Any, driver_counts: Dict[bytes, int],
                  drain_driver_refs: Callable[[], List[bytes]]) -> None:
         self.session = session
-        self.lock = HeadLock()  #: settles deferred bookkeeping as it is taken (head_lock.py)
+        self.lock = threading.RLock()
         self.head_state = state = new_state(session, driver_counts)
         self._drain_driver_refs = drain_driver_refs
         #: task ids of generators the driver dropped before their end (appended lock-free by
@@ -89,7 +89,6 @@ class Head(HeadMessages):
         timers = LockedTimers(self.hub, self.lock, outbox)
         # The flows, then their links to one another (cyclic: a task's path crosses them all).
         self.task_flow = TaskFlow(state, outbox, timers)
-        self.task_flow.defer = self.lock.defer
         self.actor_flow = ActorFlow(state, outbox, timers)
         self.waiting = Waiting(state, outbox, timers)
         self.recovery = Recovery(state, timers)
@@ -323,12 +322,9 @@ class Head(HeadMessages):
 
     def _handle(self, peer: Peer, messages: List[Any]) -> None:
         state = peer.state
-        deferred = self.lock.deferred
         for message in messages:
             if peer.closed:
                 break  # a handler dropped this peer (its worker was killed): the rest is stale
-            if deferred:
-                self.lock.settle()  # (each message sees the ones before it settled, as without deferring)
             handler = HANDLERS.get(type(message))
             if handler is None:
                 print(f"minicluster: unknown message {type(message).__name__}", file=sys.stderr)
@@ -365,17 +361,13 @@ class Head(HeadMessages):
     # ==== tasks ======================================================================
 
     def submit_from_driver(self, spec: Any, function_blob: Optional[bytes], driver_node: bytes) -> None:
-        # The task goes out first; then, while a worker runs it, the head settles what it
-        # deferred (head_lock.py: nothing here reads it) and frees what the driver dropped.
-        with self.lock.unsettled as lock:
+        with self.lock:
+            self.apply_driver_refs()
             if function_blob is not None:
                 self.functions[spec.function_id] = function_blob
             for object_id in spec.return_ids():
                 self.objects.create(object_id, DRIVER)
             self.task_flow.add_task(spec, driver_node)
-            self.outbox.flush()
-            lock.settle()
-            self.apply_driver_refs()
             self.outbox.flush()
 
     # ==== cancellation =============================================================

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from minicluster._private.common.ids import task_of
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, NORMAL_TASK, argument_failed
@@ -51,9 +51,6 @@ from minicluster._private.store.serialization import deserialize, error_blob
 from minicluster._private.wire import messages as msg
 from minicluster.exceptions import ObjectStoreFullError, TaskCancelledError
 
-#: Task kinds whose finished record is settled later (head_lock.py). An actor's creation task
-#: is not: creation_done decides what the actor holds right after, from the closed record.
-_SETTLED_LATER = (NORMAL_TASK, ACTOR_TASK)
 
 class TaskFlow(TaskPlacement):
     """Moves tasks along; see the module docstring. Public methods are what Head and the
@@ -70,9 +67,6 @@ class TaskFlow(TaskPlacement):
         # Placement is tried once per submission burst: cleared when a task joins a queue
         # where others of its shape already wait (FIFO: nothing could be placed anyway).
         self._placement_pending = False
-        #: Runs bookkeeping before the next reader of the head's records (the head's lock:
-        #: head_lock.py); at once by default, when the flow runs without a head.
-        self.defer: Callable[[Callable[[], Any]], None] = lambda work: work()
         #: shape -> scheduler.changes when its queue's first task could not be placed: the queue is
         #: skipped until resources come back or nodes change (many shapes: placement groups')
         self._blocked: dict = {}
@@ -318,11 +312,6 @@ class TaskFlow(TaskPlacement):
         for index, (object_id, value) in enumerate(zip(task.spec.return_ids(), results)):
             failed = stored_error and index >= first_error  # (values a generator yielded before it raised)
             self.store(object_id, value.kind, value.data, value.refs, node_id, failed, unhandled and failed)
-        if not is_error and task.spec.num_returns >= 0 and task.spec.task_type in _SETTLED_LATER:
-            # The results are stored and their readers woken: the rest waits for the next
-            # reader of the head's records (head_lock.py), not the woken caller.
-            self.defer(lambda: self._settle_finished(task, state, error_type, message))
-            return
         if not is_error:
             self._keep_lineage(task)
         error_text = None
@@ -331,12 +320,6 @@ class TaskFlow(TaskPlacement):
             # actor's cause of death is read here)
             error_text = str(deserialize(results[0].data)[0])
         self._close_task(task, state, error_type, message, error_text)
-
-    def _settle_finished(self, task: TaskRecord, state: str, error_type: Optional[str],
-                         message: Optional[str]) -> None:
-        """The end of a finished task's _finish, deferred: keep its lineage, close its record."""
-        self._keep_lineage(task)
-        self._close_task(task, state, error_type, message)
 
     def _keep_lineage(self, task: TaskRecord) -> None:
         """Keep a finished task while its results exist, so they can be rebuilt if lost."""
