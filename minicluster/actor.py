@@ -436,7 +436,7 @@ class ActorMethod:
 
 class _CallStatic:
     """What every call of one actor method with one set of options shares: worked out at its
-    first call, not at every call (a handle keeps its methods: ActorHandle.__getattr__)."""
+    first call, not at every call (kept per handle for calls without .options(): ActorHandle._statics)."""
 
     __slots__ = ("decorator", "group", "group_error", "num_returns", "max_task_retries", "retry_exceptions",
                  "name", "func_name", "task_events", "backpressure")

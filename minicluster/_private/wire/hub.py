@@ -4,8 +4,9 @@ Runs in the driver process, one thread ("minicluster-hub"). It owns the
 listening Unix socket and every accepted connection:
 
     node managers ──┐                     ┌── handler.on_messages(peer, msgs)
-    workers ────────┼─► selector loop ────┼── handler.on_close(peer)
-    wake pipe ──────┘   (+ timer heap)    └── timers: call_later(delay, fn)
+    workers ────────┼─► poll loop ────────┼── handler.on_close(peer)
+    wake pipe ──────┘   (poller.py;       └── timers: call_later(delay, fn)
+                         + timer heap)
 
 Reads are non-blocking and parsed into frames; a connection first has to pass
 the session-key handshake (protocol.ServerHandshake) before any of its frames
@@ -30,7 +31,9 @@ import time
 import traceback
 from typing import Any, Callable, List, Optional, Protocol
 
-from minicluster._private.wire.poller import READ, WRITE, Poller
+from minicluster._private.wire.poller import READ as _READ
+from minicluster._private.wire.poller import WRITE as _WRITE
+from minicluster._private.wire.poller import Poller
 from minicluster._private.wire.protocol import (
     MAX_FRAME,
     MAX_HANDSHAKE_FRAME,
@@ -47,9 +50,6 @@ RECV_BYTES = 64 * 1024
 
 # A connection must prove it knows the session key within this time.
 HANDSHAKE_TIMEOUT_S = 5.0
-
-_READ = READ
-_WRITE = WRITE
 
 
 class Handler(Protocol):
