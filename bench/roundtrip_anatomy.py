@@ -101,6 +101,9 @@ def install_worker_stamps() -> bool:
         def get_nowait(self):  # type: ignore[no-untyped-def]
             return queue.get_nowait()
 
+        def empty(self):  # type: ignore[no-untyped-def]
+            return queue.empty()
+
     worker.tasks = StampedQueue()
     return True
 

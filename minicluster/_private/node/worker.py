@@ -178,9 +178,9 @@ class Worker:
         client = self.client
         async_batch: List[msg.Exec] = []  # an async actor's calls, handed to its loop together
         while True:
-            try:
+            if not self.tasks.empty():  # (not get_nowait: an Empty raised after every task costs more)
                 request = self.tasks.get_nowait()
-            except queue.Empty:
+            else:
                 if async_batch:
                     self.async_calls.start(async_batch)  # type: ignore[union-attr]
                     async_batch = []

@@ -84,6 +84,8 @@ class WorkerClient(RuntimeClient):
         New holds go first and releases last: a release sent ahead of a message
         that pins the object (a result containing the ref) could free it early.
         """
+        if not (messages or self._adds or self._held or self._abandoned or self.refs.has_released()):
+            return  # (a worker going idle after each task: nothing to say, nearly always)
         removed = self.refs.drain() if self.refs.has_released() else []
         with self._delta_lock:
             added, self._adds = self._adds, []
