@@ -30,7 +30,9 @@ import ctypes
 import io
 import os
 import re
+import select
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -44,6 +46,7 @@ MAX_LINE_BYTES = 64 * 1024  # a longer line without a newline is printed in piec
 _last_name: Optional[str] = None
 _libc: Optional[ctypes.CDLL] = None
 _own_files: Optional[Tuple[str, str]] = None  #: this worker's (stdout, stderr) files, once redirected
+_fd_polls = threading.local()  #: .poll: fds 1 and 2, to see after a task whether it closed them
 
 
 def log_paths(logs_dir: str, worker_id: bytes, pid: int) -> Tuple[str, str]:
@@ -75,11 +78,18 @@ def restore_output() -> None:
     file again (at /dev/null when its output was never redirected), and a closed Python
     stream is replaced by a new one on the descriptor.
     """
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        try:
-            os.fstat(fd)
-        except OSError:  # the task closed the descriptor itself
+    # One poll() syscall sees both descriptors: a closed one reports POLLNVAL (an fstat of
+    # each costs two syscalls, and this runs after every task). A poll object is one per
+    # thread: a threaded actor's calls end on several at once, and poll() is not reentrant.
+    fd_poll = getattr(_fd_polls, "poll", None)
+    if fd_poll is None:
+        fd_poll = _fd_polls.poll = select.poll()
+        for fd in (1, 2):
+            fd_poll.register(fd, 0)
+    for fd, events in fd_poll.poll(0):
+        if events & select.POLLNVAL:  # the task closed the descriptor itself
             _open_onto(_own_files[fd - 1] if _own_files else os.devnull, fd)
+    for fd, name in ((1, "stdout"), (2, "stderr")):
         stream = getattr(sys, name)
         if stream is None or stream.closed:
             setattr(sys, name, io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), errors="backslashreplace",
