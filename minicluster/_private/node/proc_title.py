@@ -26,6 +26,7 @@ Elsewhere, or if the kernel refuses a write, titles are simply not set.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 from typing import Dict, Optional, Tuple
@@ -96,6 +97,7 @@ def _argv_area() -> Tuple[int, int]:
     return start, end - start
 
 
+@functools.lru_cache(maxsize=256)  # called as each task starts; a worker sees few names
 def task_title(name: str) -> str:
     """`ray::<name>`; a class defined in a function is named as Ray names it (`Ledger.pid`, not
     `test_x.<locals>.Ledger.pid`)."""

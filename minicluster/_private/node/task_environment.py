@@ -7,11 +7,20 @@ task starts and only where it changes.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Optional, Tuple
 
 from minicluster._private.common import config, runtime_envs
 from minicluster.exceptions import RuntimeEnvSetupError
+
+_OMP_KEY = os.fsencode("OMP_NUM_THREADS")  #: its key in os.environ._data (POSIX: bytes)
+
+
+@functools.lru_cache(maxsize=64)
+def _omp_value(num_cpus: float) -> bytes:
+    """OMP_NUM_THREADS for a task of `num_cpus` CPUs, as os.environ stores it."""
+    return os.fsencode(str(max(int(num_cpus), 1)))
 
 
 class TaskEnvironment:
@@ -43,12 +52,14 @@ class TaskEnvironment:
         environment sets it. Ray unsets it after each task and sets it again at the next; here
         it stays between tasks (nothing runs then) and is set only when the value changes."""
         environ = os.environ
-        current = environ.get("OMP_NUM_THREADS")
+        # Read as bytes from the mapping's own dict: os.environ.get encodes the key and decodes
+        # the value in Python, some 3 calls per task for a value that nearly never changes.
+        current = environ._data.get(_OMP_KEY)  # type: ignore[attr-defined]
         if current is not None and not self.omp_ours:
             return  # the user's own setting, inherited from the driver's environment
-        wanted = str(max(int(num_cpus), 1))
+        wanted = _omp_value(num_cpus)
         if current != wanted:  # (also when the last task changed or removed it)
-            environ["OMP_NUM_THREADS"] = wanted
+            environ["OMP_NUM_THREADS"] = wanted.decode()
             self.omp_ours = True
 
     def set_gpus(self, gpu_ids: Optional[Tuple[str, ...]]) -> None:

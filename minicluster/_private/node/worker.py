@@ -43,6 +43,7 @@ import sys
 import threading
 import time
 import traceback
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from minicluster._private.client import context
@@ -75,6 +76,8 @@ FLUSH_REPLIES = object()
 IDLE_TITLE_AFTER_S = 0.05
 #: Refs a task dropped reach the head within this long even if it sends nothing meanwhile.
 RELEASE_FLUSH_S = 0.1
+#: The suffix of a task's first return id (its index, 1, in 4 little-endian bytes).
+_FIRST_RETURN = (1).to_bytes(4, "little")
 
 
 class Worker:
@@ -428,7 +431,7 @@ class Worker:
         try:
             if exc is not None:
                 raise exc
-            if call.num_returns > 0 and inspect.isgenerator(value):
+            if call.num_returns > 0 and type(value) is GeneratorType:  # (inspect.isgenerator, without a call)
                 results, error_info = self.generators.static_results(call, value, return_ids)
             else:
                 outputs = _split_returns(value, call.num_returns, name)
@@ -515,7 +518,9 @@ class _Call:
 
     def return_ids(self) -> List[bytes]:
         task_id = self.task_id
-        count = 1 if self.num_returns < 0 else self.num_returns  # (a generator task: its completion)
+        count = self.num_returns
+        if count == 1 or count < 0:  # nearly every task; (a generator task: its completion)
+            return [task_id + _FIRST_RETURN]
         return [task_id + i.to_bytes(4, "little") for i in range(1, count + 1)]
 
 
