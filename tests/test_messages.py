@@ -86,3 +86,30 @@ def test_no_message_is_built_as_a_kind_tagged_tuple():
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+@pytest.mark.timeout(30)
+def test_a_connection_reads_frames_however_the_bytes_arrive():
+    """One frame per read (the common case, taken whole), a frame split over reads, and
+    several frames in one read all come out as the same messages, in order."""
+    import socket
+
+    from minicluster._private.wire.protocol import Connection
+
+    payloads = [encode([messages.CollectGarbage.new()]), encode([messages.Retire.new()]),
+                encode([messages.CollectGarbage.new()])]
+    here, there = socket.socketpair()
+    try:
+        conn = Connection(here)
+        there.sendall(payloads[0])  # one whole frame
+        assert [type(m) for m in conn.recv()] == [messages.CollectGarbage]
+        there.sendall(payloads[1][:3])  # a frame split inside its length prefix...
+        there.sendall(payloads[1][3:] + payloads[2][:5])  # ...ending with the start of the next
+        assert [type(m) for m in conn.recv()] == [messages.Retire]
+        there.sendall(payloads[2][5:] + payloads[0] + payloads[1])  # the rest, then two whole frames
+        assert [type(m) for m in conn.recv()] == [messages.CollectGarbage]
+        assert [type(m) for m in conn.recv()] == [messages.CollectGarbage]
+        assert [type(m) for m in conn.recv()] == [messages.Retire]
+    finally:
+        here.close()
+        there.close()

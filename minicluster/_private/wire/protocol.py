@@ -49,6 +49,10 @@ class FrameDecoder:
         self._buf = bytearray()
         self.limit = limit  #: frames announcing more bytes are a protocol error
 
+    def buffered(self) -> bool:
+        """Bytes of an unfinished frame are waiting for the rest."""
+        return bool(self._buf)
+
     def feed(self, data: bytes) -> List[bytes]:
         buf = self._buf
         buf += data
@@ -113,6 +117,11 @@ class Connection:
             data = self.sock.recv(1 << 16)
             if not data:
                 raise ConnectionError("connection closed")
+            if (not self._decoder.buffered() and len(data) >= 4
+                    and _LEN.unpack_from(data)[0] == len(data) - 4):
+                # Nearly every read (a worker's next Exec, a Reply) is one whole frame:
+                # taken as it is, without the decoder's buffer copies (~1 us each time).
+                return data[4:]
             self._pending.extend(self._decoder.feed(data))
         return self._pending.pop(0)
 
