@@ -381,7 +381,9 @@ class Worker:
             if call.method == "__ray_call__":  # Ray's: run the function given on the actor
                 return lambda fn, *args, **kwargs: fn(self.actor, *args, **kwargs)
             return _method_of(self.actor, call.method)
-        fn = self._function(call.function_id)
+        fn = self.functions.get(call.function_id)
+        if fn is None:  # its first call here
+            fn = self._function(call.function_id)
         if call.task_type == ACTOR_CREATION_TASK:
             self.client.current_actor_id = call.actor_config.actor_id
             return lambda *args, **kwargs: self._create_actor(fn, call.actor_config, args, kwargs)
@@ -433,6 +435,8 @@ class Worker:
                 raise exc
             if call.num_returns > 0 and type(value) is GeneratorType:  # (inspect.isgenerator, without a call)
                 results, error_info = self.generators.static_results(call, value, return_ids)
+            elif call.num_returns == 1:  # nearly always: nothing to split, no comprehension (a call in 3.11)
+                results = [store_value(client, return_ids[0], value, what=f"return value of {name}")]
             else:
                 outputs = _split_returns(value, call.num_returns, name)
                 results = [store_value(client, oid, out, what=f"return value of {name}")
