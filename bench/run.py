@@ -180,8 +180,8 @@ def run_job(job: Job, quick: bool, logs: Path, index: int) -> tuple[dict[str, An
 def latency_rounds(rep: report.Report, selected: list[str], system_names: list[str], quick: bool,
                    logs: Path, index: int) -> bool:
     """Measure [roundtrip] again, the systems taking turns (specs.LATENCY_ROUNDS): each cell
-    becomes the median of its system's rounds, so the comparison "<= PPE in this run" is
-    made between measurements taken minutes apart no more than any other."""
+    becomes the median of its system's rounds, so that "<= PPE in this run" compares the two
+    over the same minutes, not over two windows minutes apart. False if a round failed."""
     turns = [s for s in specs.LATENCY_SYSTEMS if s in system_names]
     if specs.LATENCY_BENCH not in selected or "minicluster" not in turns or len(turns) < 2:
         return True
