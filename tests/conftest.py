@@ -23,13 +23,20 @@ import minicluster as ray
 from minicluster import testing
 from minicluster.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+
+def short_tmpdir(prefix: str) -> str:
+    """A new folder for sessions (MINICLUSTER_TMPDIR) under /tmp whatever TMPDIR says, so that
+    the head's socket path in it stays within its 107 bytes; the caller removes it."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp" if os.path.isdir("/tmp") else None)
+
+
 # The suite's sessions live in a folder of their own: another test run on the same host (CI
 # runners share /tmp) must neither reap a dead driver's session a test left on purpose nor
 # prune the logs of one that just ended. Set here, before any session starts, so the drivers
-# tests start in subprocesses inherit it. Under /tmp whatever TMPDIR says: the head's socket
-# path is bounded (107 bytes), and a long TMPDIR would leave no room for the session's name.
+# tests start in subprocesses inherit it. Under /tmp (short_tmpdir): a long TMPDIR would leave
+# the session's socket path no room.
 if not os.environ.get("MINICLUSTER_TMPDIR"):
-    os.environ["MINICLUSTER_TMPDIR"] = tempfile.mkdtemp(prefix="mc-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    os.environ["MINICLUSTER_TMPDIR"] = short_tmpdir("mc-")
     atexit.register(shutil.rmtree, os.environ["MINICLUSTER_TMPDIR"], True)
 
 

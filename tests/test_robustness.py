@@ -166,14 +166,14 @@ def test_a_node_paused_when_the_driver_dies_is_reaped_by_the_next_init(tmp_path,
     import tempfile
 
     import psutil
-    from conftest import wait_for
+    from conftest import short_tmpdir, wait_for
     from driver_process import DriverProcess
 
     # A session folder and a store folder of their own: any other driver's init() (another
     # test run on this host, say) reaps a dead driver's session too, and the point here is
     # that the node stays paused until *our* next init reaps it.
     shm = tempfile.mkdtemp(prefix="mc-test-paused-", dir=os.environ.get("MINICLUSTER_SHM_DIR", "/dev/shm"))
-    sessions = tempfile.mkdtemp(prefix="mc-test-")  # (short: the head's socket path is bounded)
+    sessions = short_tmpdir("mc-test-")
     private = {"MINICLUSTER_TMPDIR": sessions, "MINICLUSTER_SHM_DIR": shm}
     group = None
     try:
