@@ -12,14 +12,13 @@ import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from typing import Iterator
 
 import psutil
 import pytest
-from conftest import session_pids, wait_for
+from conftest import session_pids, short_tmpdir, wait_for
 
 import minicluster as ray
 from minicluster import testing
@@ -117,8 +116,8 @@ def test_session_files_are_removed_at_shutdown(cluster):
 
 @pytest.fixture
 def short_tmp() -> Iterator[str]:
-    """A folder short enough for a session's socket path (pytest's tmp_path is not)."""
-    root = tempfile.mkdtemp(prefix="mc-")
+    """A folder short enough for a session's socket path (pytest's tmp_path is not, nor TMPDIR always)."""
+    root = short_tmpdir("mc-")
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
