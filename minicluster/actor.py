@@ -393,7 +393,8 @@ class ActorMethod:
         client = context.client()
         handle = self._handle
         handle._check_call(self._name, args, kwargs)
-        static = self._static or _CallStatic(handle._meta, self._name, self._options)
+        static = self._static  # (set by remote(), the only caller, also through a decorator)
+        assert static is not None
         if static.group_error is not None:
             raise ValueError(static.group_error)
         args_blob, arg_refs, borrowed, keep_alive = _serialize_args(client, args, kwargs, self._name)

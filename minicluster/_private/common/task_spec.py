@@ -44,7 +44,8 @@ def argument_failed(task_name: str, error: BaseException) -> RayTaskError:
     return RayTaskError(task_name, text, cause)
 
 
-_FIRST_RETURN = (1).to_bytes(4, "little")
+#: The suffix of a task's first return id (return index 1, 4 bytes little-endian).
+FIRST_RETURN = (1).to_bytes(4, "little")
 
 # Strategy encodings: ("DEFAULT",), ("SPREAD",), ("NODE", node_id, soft), ("PG", ...) (placement.py)
 DEFAULT_STRATEGY: Tuple = ("DEFAULT",)
@@ -82,7 +83,7 @@ class TaskSpec:
     def return_ids(self) -> Tuple[bytes, ...]:
         tid = self.task_id
         if self.num_returns == 1:  # nearly every task; asked for several times per round trip
-            return (tid + _FIRST_RETURN,)
+            return (tid + FIRST_RETURN,)
         count = 1 if self.num_returns < 0 else self.num_returns
         return tuple(tid + i.to_bytes(4, "little") for i in range(1, count + 1))
 

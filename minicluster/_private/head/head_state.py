@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from minicluster._private.common import config
+from minicluster._private.common.task_spec import FIRST_RETURN
 from minicluster._private.head.actor_records import ActorRecord
 from minicluster._private.head.lineage import Lineage, arguments_of
 from minicluster._private.head.object_directory import READY, ObjectDirectory, ObjectEntry
@@ -179,9 +180,6 @@ class HeadState:
         return error_blob(ObjectLostError(object_id.hex()))
 
 
-_FIRST_RETURN = (1).to_bytes(4, "little")
-
-
 def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
     """A fresh state; the object directory and lineage call back into it to keep links tidy."""
     state: Optional[HeadState] = None
@@ -201,7 +199,7 @@ def new_state(session: Any, driver_counts: Dict[bytes, int]) -> HeadState:
         actor_id = state.actor_handles.pop(object_id, None)
         if actor_id is not None and state.on_handles_gone is not None:
             state.on_handles_gone(actor_id)
-        if object_id[24:28] == _FIRST_RETURN and state.on_stream_unheld is not None:
+        if object_id[24:28] == FIRST_RETURN and state.on_stream_unheld is not None:
             state.on_stream_unheld(object_id[:24])  # (a no-op unless that task is a generator)
 
     def release_lineage_args(task: TaskRecord) -> None:

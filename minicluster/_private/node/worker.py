@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import set_counter
-from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
+from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, FIRST_RETURN
 from minicluster._private.node.call_args import ArgumentLost, resolve_args
 from minicluster._private.node.generator_tasks import GeneratorTasks
 from minicluster._private.node.proc_title import IDLE, ProcTitle, actor_title, task_title
@@ -76,8 +76,6 @@ FLUSH_REPLIES = object()
 IDLE_TITLE_AFTER_S = 0.05
 #: Refs a task dropped reach the head within this long even if it sends nothing meanwhile.
 RELEASE_FLUSH_S = 0.1
-#: The suffix of a task's first return id (its index, 1, in 4 little-endian bytes).
-_FIRST_RETURN = (1).to_bytes(4, "little")
 
 
 class Worker:
@@ -524,7 +522,7 @@ class _Call:
         task_id = self.task_id
         count = self.num_returns
         if count == 1 or count < 0:  # nearly every task; (a generator task: its completion)
-            return [task_id + _FIRST_RETURN]
+            return [task_id + FIRST_RETURN]
         return [task_id + i.to_bytes(4, "little") for i in range(1, count + 1)]
 
 
