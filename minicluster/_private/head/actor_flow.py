@@ -303,7 +303,8 @@ class ActorFlow:
         worker = task.worker
         if record is None or worker is None:
             return
-        self.outbox.post(worker.peer, msg.CancelTask.new(task_id=task.spec.task_id))
+        # Signalled: a running call busy in its own code reads it too (is_canceled() turns true).
+        self.outbox.post_urgent(worker.peer, msg.CancelTask.new(task_id=task.spec.task_id), worker.pid)
         if task in self._started(record, record.inflight.values()):
             return
         record.inflight.pop(task.spec.task_id, None)  # its late report is discarded

@@ -9,8 +9,10 @@ the hub thread with the head's lock held and flush what it posted.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 from minicluster._private.wire.hub import Hub, Peer
 
@@ -18,10 +20,11 @@ from minicluster._private.wire.hub import Hub, Peer
 class Outbox:
     """Messages posted under the lock, sent per peer when the entry point leaves."""
 
-    __slots__ = ("dirty",)
+    __slots__ = ("dirty", "signals")
 
     def __init__(self) -> None:
         self.dirty: List[Peer] = []  #: peers whose outbox is not empty, each once
+        self.signals: List[Tuple[Peer, int]] = []  #: (peer, its worker's pid) to signal once sent
 
     def post(self, peer: Optional[Peer], message: Any) -> None:
         if peer is None:
@@ -30,12 +33,31 @@ class Outbox:
             self.dirty.append(peer)
         peer.outbox.append(message)
 
+    def post_urgent(self, peer: Optional[Peer], message: Any, pid: int) -> None:
+        """Post a message that a worker busy in its task's code must read now (a CancelTask): once
+        it is in the worker's socket, the worker is sent SIGINT, which makes it read (node/inbox.py)."""
+        if peer is None:
+            return
+        self.post(peer, message)
+        self.signals.append((peer, pid))
+
     def flush(self) -> None:
         dirty, self.dirty = self.dirty, []
         for peer in dirty:
             messages, peer.outbox = peer.outbox, []
             if messages:
                 peer.send(messages)
+        if self.signals:
+            signals, self.signals = self.signals, []
+            for peer, pid in signals:
+                peer.after_sent(lambda pid=pid: _interrupt(pid))
+
+
+def _interrupt(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGINT)
+    except (ProcessLookupError, PermissionError):
+        pass  # it is gone already: its connection's close tells the head
 
 
 class LockedTimers:

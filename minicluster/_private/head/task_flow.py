@@ -455,8 +455,9 @@ class TaskFlow(TaskPlacement):
         if worker is not None and worker.task is not task:
             # Pipelined behind another task, not started: it fails now, like a pending task.
             # It stays in the worker's queue (so the head's and the worker's queues stay in
-            # step); the worker skips it, and its report, if any, is discarded.
-            self.outbox.post(worker.peer, msg.CancelTask.new(task_id=task_id))
+            # step); the worker skips it, and its report, if any, is discarded. Signalled: the
+            # worker must read it before it gets to that task, even if it reads nothing meanwhile.
+            self.outbox.post_urgent(worker.peer, msg.CancelTask.new(task_id=task_id), worker.pid)
             self.finish_with_error(task, TaskCancelledError(task_id.hex()), "TASK_CANCELLED",
                                    "cancelled before it started")
             return
@@ -479,7 +480,8 @@ class TaskFlow(TaskPlacement):
             except ProcessLookupError:
                 pass
         else:
-            self.outbox.post(worker.peer, msg.CancelTask.new(task_id=task_id))
+            # It runs: interrupted with KeyboardInterrupt (running its own code, it may read nothing).
+            self.outbox.post_urgent(worker.peer, msg.CancelTask.new(task_id=task_id), worker.pid)
 
 
 def _unhandled_if_unread(task: TaskRecord, error_type: Optional[str]) -> bool:

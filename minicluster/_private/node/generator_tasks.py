@@ -1,8 +1,9 @@
 """Generator tasks in a worker: items reported as they are yielded, backpressure, Ray's return rules.
 
 Runs in every worker, on the thread that runs the task (the main thread, an
-actor's pool thread, or an async actor's loop); the reader thread delivers
-StreamAck messages. The head's side is head/streams.py.
+actor's pool thread, or an async actor's loop); StreamAck messages come through
+inbox.py (a generator waiting for its consumer reads them itself, or waits for the
+thread that reads). The head's side is head/streams.py.
 
 * Streaming (num_returns="streaming", a generator function's default) and dynamic
   tasks: the k-th item is stored as `stream_item_id(task, k)` and reported with a
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import inspect
 import sys
-import threading
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from minicluster._private.client.object_ref import ObjectRef
@@ -49,7 +49,6 @@ class GeneratorTasks:
         self.client: WorkerClient = worker.client
         #: streaming tasks with a backpressure limit: task id -> (items consumed, limit) (StreamAck)
         self.acks: Dict[bytes, Tuple[int, int]] = {}
-        self._acks_changed = threading.Condition()
 
     # ---- streaming and dynamic ------------------------------------------------------
 
@@ -98,10 +97,8 @@ class GeneratorTasks:
             raise KeyboardInterrupt
 
     def on_ack(self, message: msg.StreamAck) -> None:
-        """(reader thread) The consumer took more items, or the limit changed."""
-        with self._acks_changed:
-            self.acks[message.task_id] = (message.consumed, message.limit)
-            self._acks_changed.notify_all()
+        """(whichever thread reads, inbox.py) The consumer took more items, or the limit changed."""
+        self.acks[message.task_id] = (message.consumed, message.limit)
 
     def _caught_up(self, task_id: bytes, produced: int) -> bool:
         consumed, limit = self.acks.get(task_id, (0, -1))
@@ -109,9 +106,8 @@ class GeneratorTasks:
 
     def wait_for_consumer(self, call: Any, produced: int) -> None:
         """Backpressure: pause while `limit` items wait for the consumer."""
-        with self._acks_changed:
-            while not self._caught_up(call.task_id, produced):
-                self._acks_changed.wait(0.1)  # (in slices: a cancel's SIGINT gets a chance to land)
+        # Reads the connection itself, or waits for the thread that does (a cancel interrupts it).
+        self.worker.inbox.wait_for(lambda: self._caught_up(call.task_id, produced), None)
 
     @staticmethod
     def result(call: Any, count: Optional[int] = None) -> Any:

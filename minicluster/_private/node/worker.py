@@ -3,16 +3,19 @@
 Forked by its node manager (the zygote, node_manager.py), so it starts with
 the runtime already imported. It connects to the head itself and is then
 reused for task after task until it is told to go, reaches `max_calls`, or
-its node or the driver dies. Two threads:
+its node or the driver dies. Its main thread does the work:
 
-    reader thread           main thread
-    -------------           -----------
-    head socket ──► Exec ─────► queue ──► run the task ──► Done ──► head socket
-                   Reply ─────► wakes a get/wait blocked in the running task
-                   CancelTask ► KeyboardInterrupt in the main thread (SIGINT)
-                   EOF ───────► the driver is gone: exit at once
+    head socket ──► Exec ──► run the task ──► Done ──► head socket
 
-(The messages are defined in wire/messages.py.) A third thread sends the refs a task
+and reads the socket itself whenever it has no task to run. Who reads it while a
+task runs (the task's own get/wait; the SIGINT handler for cancel(); a reader
+thread for async and threaded actors) is inbox.py's to decide:
+
+    Reply ──────► wakes a get/wait blocked in the running task
+    CancelTask ─► KeyboardInterrupt in the main thread (SIGINT)
+    EOF ────────► the driver is gone: exit at once
+
+(The messages are defined in wire/messages.py.) A second thread sends the refs a task
 dropped when nothing else has gone out for RELEASE_FLUSH_S (_send_releases).
 
 An actor's worker runs its calls on the main thread too, in order; a threaded
@@ -37,7 +40,6 @@ import gc
 import inspect
 import os
 import pickle
-import queue
 import signal
 import sys
 import threading
@@ -51,6 +53,7 @@ from minicluster._private.client.object_ref import set_counter
 from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, FIRST_RETURN
 from minicluster._private.node.call_args import ArgumentLost, resolve_args
 from minicluster._private.node.generator_tasks import GeneratorTasks
+from minicluster._private.node.inbox import Inbox
 from minicluster._private.node.proc_title import IDLE, ProcTitle, actor_title, task_title
 from minicluster._private.node.task_environment import TaskEnvironment
 from minicluster._private.node.task_errors import error_results, one_line, task_error
@@ -79,11 +82,13 @@ RELEASE_FLUSH_S = 0.1
 
 
 class Worker:
-    """The worker process's main loop and its reader thread."""
+    """The worker process's main loop and the handlers of the messages it reads."""
 
     def __init__(self, client: WorkerClient) -> None:
         self.client = client
-        self.tasks: "queue.SimpleQueue[Any]" = queue.SimpleQueue()  # Exec, FLUSH_REPLIES, or None: exit
+        handlers = {kind: handler.__get__(self) for kind, handler in _HANDLERS.items()}
+        #: the socket's reads and the tasks they deliver: Exec, FLUSH_REPLIES, or None: exit
+        self.inbox = client.inbox = Inbox(client.conn, handlers, self._cancel_due)
         self.function_blobs: Dict[bytes, bytes] = {}
         self.functions: Dict[bytes, Any] = {}
         self.calls: Dict[bytes, int] = {}
@@ -91,7 +96,8 @@ class Worker:
         self.cancel_target: Optional[bytes] = None
         self.in_user_code = False  #: cancel() may interrupt only while this is true
         self.cancelled_queued: set = set()
-        self._cancel_lock = threading.Lock()
+        # (reentrant: the SIGINT handler may read a CancelTask while the main thread holds it)
+        self._cancel_lock = threading.RLock()
         self.stolen: set = set()  # queued tasks the head re-assigned; skipped when reached
         self.actor: Any = None  # the actor instance, once this worker is dedicated to one
         #: a threaded actor's (max_concurrency > 1, or concurrency groups): a thread pool per
@@ -106,26 +112,10 @@ class Worker:
         self.exiting = False  #: the actor called exit_actor(): take no more calls, then exit
         self.generators = GeneratorTasks(self)  #: how generator tasks run (generator_tasks.py)
         client.actor_exit_hook = self.exit_requested
+        # Before the head knows this worker (WorkerHello): from then on it may signal a cancel.
+        signal.signal(signal.SIGINT, self._on_sigint)
 
-    # ---- reader thread -----------------------------------------------------------
-
-    def read_loop(self) -> None:
-        conn = self.client.conn
-        handlers = _HANDLERS
-        try:
-            while True:
-                for message in conn.recv():
-                    if type(message) is msg.Exec:  # nearly every message: queued without a handler call
-                        self.tasks.put(message)
-                        continue
-                    handler = handlers.get(type(message))
-                    if handler is None:
-                        print(f"minicluster worker: unknown message {type(message).__name__}", file=sys.stderr)
-                        continue
-                    handler(self, message)
-        except (ConnectionError, OSError, EOFError):
-            pass
-        os._exit(0)  # the head is gone: nothing left to do and nobody to tell
+    # ---- messages, on whichever thread reads them (inbox.py) ---------------------
 
     def _on_reply(self, message: msg.Reply) -> None:
         self.client.on_reply(message.request_id, message.payload)
@@ -144,10 +134,12 @@ class Worker:
         self.generators.on_ack(message)
 
     def _on_collect_garbage(self, message: msg.CollectGarbage) -> None:
-        gc.collect()  # (here on the reader thread: a running task goes on meanwhile)
+        # On a thread of its own: whoever read the message (a task's get, the SIGINT handler)
+        # may hold locks that finalizers take.
+        threading.Thread(target=gc.collect, name="minicluster-gc", daemon=True).start()
 
     def _on_retire(self, message: msg.Retire) -> None:
-        self.tasks.put(None)
+        self.inbox.tasks.put(None)
 
     def _cancel(self, task_id: bytes) -> None:
         self.client.cancel_requested.add(task_id)
@@ -165,34 +157,35 @@ class Worker:
                 self.cancelled_queued.add(task_id)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        # Only a cancel aimed at the task running right now interrupts it, and only inside
-        # its own code: raised anywhere else (while its result is sent, say) it would
-        # escape the task and kill the worker.
+        # The head signals after writing a CancelTask, for a task busy in its own code that
+        # reads nothing; the reader that reads it signals again to interrupt.
+        self.inbox.on_signal()
+        if not self.inbox.main_reading and self._cancel_due():  # (never in the middle of a frame)
+            raise KeyboardInterrupt
+
+    def _cancel_due(self) -> bool:
+        """(main thread) A cancel aimed at the task running right now, inside its own code: raised
+        anywhere else (while its result is sent, say) it would escape the task and kill the worker."""
         if self.in_user_code and self.cancel_target is not None and self.cancel_target == self.current:
             self.cancel_target = None
-            raise KeyboardInterrupt
+            return True
+        return False
 
     # ---- main thread -------------------------------------------------------------
 
     def run(self) -> None:
-        signal.signal(signal.SIGINT, self._on_sigint)
         client = self.client
         async_batch: List[msg.Exec] = []  # an async actor's calls, handed to its loop together
+        tasks = self.inbox.tasks
         while True:
-            if not self.tasks.empty():  # (not get_nowait: an Empty raised after every task costs more)
-                request = self.tasks.get_nowait()
+            if not tasks.empty():  # (not get_nowait: an Empty raised after every task costs more)
+                request = tasks.get_nowait()
             else:
                 if async_batch:
                     self.async_calls.start(async_batch)  # type: ignore[union-attr]
                     async_batch = []
                 client.send()  # going idle: report refs the last task dropped, so they can be freed
-                try:
-                    # The title says IDLE only once the worker stays idle a moment: a stream of
-                    # round trips (get(f.remote())) would otherwise rewrite it twice per task.
-                    request = self.tasks.get(timeout=IDLE_TITLE_AFTER_S)
-                except queue.Empty:
-                    self.title.set(self.idle_title)
-                    request = self.tasks.get()
+                request = self._next_task()
             if request is None or self.exiting:
                 break
             if request is FLUSH_REPLIES:
@@ -227,12 +220,17 @@ class Worker:
         log_files.flush_output()
         os._exit(0)
 
+    def _next_task(self) -> Any:
+        # The title says IDLE only once the worker stays idle a moment: a stream of
+        # round trips (get(f.remote())) would otherwise rewrite it twice per task.
+        return self.inbox.next_task(lambda: self.title.set(self.idle_title), IDLE_TITLE_AFTER_S)
+
     def _wait_for_release(self) -> None:
         """After its last call: run nothing more, and exit once the head says so (Retire). The head
         waits until no object this worker owns is still referenced: they die with their owner."""
         self.client.send()
         self.title.set(IDLE)
-        while self.tasks.get() is not None:
+        while self._next_task() is not None:
             pass  # tasks the head had queued here and took back: they run elsewhere
 
     def exit_requested(self, task_id: bytes) -> None:
@@ -244,7 +242,7 @@ class Worker:
                 return
             self.exiting = True
         self.client.send(msg.ActorExiting.new(task_id=task_id))
-        self.tasks.put(None)  # wakes the main loop if it waits for work
+        self.inbox.put(None)  # wakes the main loop if it waits for work
 
     def _end_actor(self) -> None:
         """The actor ends on purpose (its last handle is gone, or exit_actor): calls running
@@ -330,7 +328,7 @@ class Worker:
         """From the async actor's loop: have the main thread send the held replies. It is
         idle, so they leave at once even while a coroutine blocks the loop, and the replies
         of the calls that end meanwhile go in the same frame."""
-        self.tasks.put(FLUSH_REPLIES)
+        self.inbox.put(FLUSH_REPLIES)
 
     def _begin(self, request: msg.Exec) -> "_Call":
         """Find the callable and resolve its arguments; a failure here is kept in call.error."""
@@ -415,6 +413,8 @@ class Worker:
 
             self.pools = {group: concurrent.futures.ThreadPoolExecutor(limit, f"actor-{group or 'default'}")
                           for group, limit in groups.items()}
+        if self.async_calls is not None or self.pools is not None:
+            self.inbox.start_reader_thread()  # its calls run elsewhere while its messages keep coming
         return None
 
     def _end(self, call: "_Call", value: Any = None, exc: Optional[BaseException] = None) -> msg.Done:
@@ -614,9 +614,8 @@ def worker_main(socket_path: str, key: bytes, worker_id: bytes, node_id: bytes, 
         client.session_name = os.path.basename(client.session_dir)
         set_counter(client.refs)
         context.set_client(client, is_worker=True)
-        conn.send(msg.WorkerHello.new(worker_id=worker_id, node_id=node_id, pid=os.getpid()))
         worker = Worker(client)
-        threading.Thread(target=worker.read_loop, name="minicluster-reader", daemon=True).start()
+        conn.send(msg.WorkerHello.new(worker_id=worker_id, node_id=node_id, pid=os.getpid()))
         threading.Thread(target=_send_releases, args=(client,), name="minicluster-releases", daemon=True).start()
         worker.run()
     except BaseException:  # noqa: BLE001 - a worker must never fall back into the zygote's code

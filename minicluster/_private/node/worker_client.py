@@ -1,9 +1,10 @@
 """The runtime as code running inside a worker process sees it.
 
 Runs in every worker, used from any of its threads (the main thread running a
-task, an actor's pool or event-loop thread, the reader thread delivering
-replies). `WorkerClient` turns the public API (`get`, `put`, `remote`, actor
-calls, `cancel`, ...) into messages to the head and waits for their replies;
+task, an actor's pool or event-loop thread). `WorkerClient` turns the public API
+(`get`, `put`, `remote`, actor calls, `cancel`, ...) into messages to the head and
+waits for their replies, which the waiting thread reads itself or gets from the
+thread reading the connection then (inbox.py);
 every frame it sends carries this process's reference-count changes: new holds
 first, then an async actor's held replies, then the messages, releases last.
 `store_value` turns a task's result into a payload: inline bytes, or a file in
@@ -50,6 +51,7 @@ class WorkerClient(RuntimeClient):
         self._held: List[Tuple[msg.Done, Any]] = []
         self._delta_lock = threading.Lock()
         self._requests: Dict[int, list] = {}
+        self.inbox: Any = None  #: the worker's reads of its connection (inbox.py), set by the worker
         self._request_ids = itertools.count(1)
         #: tasks running or queued here whose cancel() arrived, until they end: is_canceled()
         self.cancel_requested: set = set()
@@ -108,18 +110,18 @@ class WorkerClient(RuntimeClient):
         """Send the request `build(request_id)` and block for its Reply; interruptible by
         cancellation (SIGINT)."""
         request_id = next(self._request_ids)
-        slot: list = [threading.Event(), None]
+        slot: list = [False, None]  # (answered, payload)
         self._requests[request_id] = slot
         try:
             message = build(request_id)
             self.send(message)
-            if not slot[0].wait(timeout):
+            if not self.inbox.wait_for(lambda: slot[0], timeout):
                 self.send(msg.Forget.new(request_id=request_id))
                 raise GetTimeoutError(f"{type(message).__name__.lower()} timed out after {timeout} seconds")
             return slot[1]
         except BaseException:
             # Cancelled (KeyboardInterrupt) or timed out: the head must stop counting us as blocked.
-            if not slot[0].is_set():
+            if not slot[0]:
                 try:
                     self.send(msg.Forget.new(request_id=request_id))
                 except OSError:
@@ -132,7 +134,7 @@ class WorkerClient(RuntimeClient):
         slot = self._requests.get(request_id)
         if slot is not None:
             slot[1] = payload
-            slot[0].set()
+            slot[0] = True
 
     # ---- the client API ---------------------------------------------------------
 

@@ -61,7 +61,7 @@ class Handler(Protocol):
 class Peer:
     """One accepted connection. `state` is the head's per-connection record (a node or worker)."""
 
-    __slots__ = ("sock", "decoder", "handshake", "out", "lock", "closed", "state", "outbox", "hub")
+    __slots__ = ("sock", "decoder", "handshake", "out", "lock", "closed", "state", "outbox", "hub", "when_sent")
 
     def __init__(self, sock: socket.socket, handshake: ServerHandshake, hub: "Hub") -> None:
         self.sock = sock
@@ -73,6 +73,7 @@ class Peer:
         self.state: Any = None
         self.outbox: List[Any] = []  # messages the head batches up before one send()
         self.hub = hub
+        self.when_sent: List[Callable[[], None]] = []  #: run once `out` is empty (`after_sent`)
 
     def send(self, messages: List[Any]) -> None:
         """Send messages as one frame without ever blocking; safe from any thread."""
@@ -94,6 +95,15 @@ class Peer:
                 data = data[sent:]
             self.out += data
         self.hub.want_write(self)
+
+    def after_sent(self, fn: Callable[[], None]) -> None:
+        """Call fn once every byte sent so far is in the socket: at once if it is already, else
+        on the hub thread when the rest is written; never if the connection closes first."""
+        with self.lock:
+            if self.out and not self.closed:
+                self.when_sent.append(fn)
+                return
+        fn()
 
 
 class Hub:
@@ -320,6 +330,9 @@ class Hub:
                     sent = len(peer.out)
                 del peer.out[:sent]
             empty = not peer.out
+            ready, peer.when_sent = (peer.when_sent, []) if empty else ([], peer.when_sent)
+        for fn in ready:
+            self._guard(fn)
         if empty:
             try:
                 self.poller.modify(peer.sock.fileno(), _READ)
@@ -331,6 +344,7 @@ class Hub:
             if peer.closed:
                 return
             peer.closed = True
+            peer.when_sent = []
         self.peers.discard(peer)
         try:
             self.poller.unregister(peer.sock.fileno())

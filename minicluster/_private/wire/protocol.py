@@ -103,31 +103,55 @@ class Connection:
         sock.settimeout(timeout)
         sock.connect(path)
         conn = cls(sock)
-        challenge = conn._recv_frame()
+        challenge = conn.recv_frame()
         mine = os.urandom(CHALLENGE_BYTES)
         sock.sendall(frame(_proof(key, challenge) + mine))
-        answer = conn._recv_frame()
+        answer = conn.recv_frame()
         if not hmac.compare_digest(answer, _proof(key, mine)):
             raise ProtocolError("the head failed to prove it knows the session key")
         sock.settimeout(None)
         return conn
 
-    def _recv_frame(self) -> bytes:
+    def recv_frame(self) -> bytes:
+        """Block until a whole frame has come; return its payload. Raises ConnectionError on EOF."""
         while not self._pending:
-            data = self.sock.recv(1 << 16)
-            if not data:
-                raise ConnectionError("connection closed")
-            if (not self._decoder.buffered() and len(data) >= 4
-                    and _LEN.unpack_from(data)[0] == len(data) - 4):
-                # Nearly every read (a worker's next Exec, a Reply) is one whole frame:
-                # taken as it is, without the decoder's buffer copies (~1 us each time).
-                return data[4:]
-            self._pending.extend(self._decoder.feed(data))
+            whole = self._take(self.sock.recv(1 << 16))
+            if whole is not None:
+                return whole
         return self._pending.pop(0)
+
+    def pending(self) -> bool:
+        """Whole frames have been read from the socket and not taken yet (poll() cannot tell)."""
+        return bool(self._pending)
+
+    def poll_frame(self) -> Optional[bytes]:
+        """A whole frame's payload if one has come, without blocking; else None."""
+        if not self._pending:
+            try:
+                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return None
+            whole = self._take(data)
+            if whole is not None:
+                return whole
+            if not self._pending:
+                return None
+        return self._pending.pop(0)
+
+    def _take(self, data: bytes) -> Optional[bytes]:
+        """Bytes read: the payload if they are exactly one frame, else queued in `_pending`."""
+        if not data:
+            raise ConnectionError("connection closed")
+        if not self._decoder.buffered() and len(data) >= 4 and _LEN.unpack_from(data)[0] == len(data) - 4:
+            # Nearly every read (a worker's next Exec, a Reply) is one whole frame:
+            # taken as it is, without the decoder's buffer copies (~1 us each time).
+            return data[4:]
+        self._pending.extend(self._decoder.feed(data))
+        return None
 
     def recv(self) -> List[Any]:
         """Block until a frame arrives; return its messages. Raises ConnectionError on EOF."""
-        return decode(self._recv_frame())
+        return decode(self.recv_frame())
 
     def send(self, *messages: Any) -> None:
         data = encode(list(messages))
