@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import struct
 
+import psutil
 import pytest
+from conftest import wait_for
 
 import minicluster as ray
 
@@ -30,11 +32,12 @@ def test_junk_frame_drops_only_that_worker_and_the_task_is_retried(cluster, tmp_
     @ray.remote(max_retries=1)
     def breaks_its_socket_once(path):
         if not os.path.exists(path):
-            open(path, "w").close()
+            with open(path, "w") as file:
+                file.write(str(os.getpid()))
             write_junk_to_own_socket()
             import time
 
-            time.sleep(30)  # the head drops this worker; its reader thread then exits the process
+            time.sleep(30)  # the head drops this worker, and kills it
         return "second attempt"
 
     @ray.remote
@@ -42,6 +45,10 @@ def test_junk_frame_drops_only_that_worker_and_the_task_is_retried(cluster, tmp_
         return x
 
     assert ray.get(breaks_its_socket_once.remote(str(marker)), timeout=20) == "second attempt"
+    # The dropped worker does not go on with its attempt unseen (it reads its socket only between tasks).
+    first_pid = int(marker.read_text())
+    wait_for(lambda: not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == "zombie", 10,
+             "the dropped worker to be gone")
     # The head still serves: new tasks, puts, gets without a timeout.
     assert ray.get([echo.remote(i) for i in range(20)]) == list(range(20))
     assert ray.get(ray.put("still here")) == "still here"

@@ -343,6 +343,14 @@ class Head(HeadMessages):
             state = peer.state
             if isinstance(state, WorkerRecord):
                 if not state.dead:
+                    # A worker reads its connection only between tasks (node/inbox.py): one whose
+                    # connection broke (the head dropped it, or its task closed the socket) would run
+                    # its task to the end unseen, while the head retries it elsewhere. (One that
+                    # exited is gone or a zombie: its pid is not reused within these microseconds.)
+                    try:
+                        os.kill(state.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                     # The node manager reports the exit status right after; wait briefly for it.
                     worker = state
                     self.hub.call_later(config.DEATH_REPORT_GRACE_S, lambda: self._death_timeout(worker))
