@@ -1,6 +1,6 @@
 """Is change B faster than A? Round trips of two checkouts of minicluster, measured in turns.
 
-    python -m bench.ab_trees /path/to/checkout-A /path/to/checkout-B [--actor] [--sessions 6] [--rounds 8]
+    python -m bench.ab_trees /path/to/A /path/to/B [--actor | --throughput] [--sessions 6] [--rounds 8]
 
 (make a checkout of a commit with `git worktree add --detach /tmp/a <commit>`.)
 
@@ -29,11 +29,12 @@ import time
 READY = "ready"
 
 
-def child(actor: bool, calls: int) -> None:
-    """One side: a session, warmed up; a block of round trips for each "go" line on stdin."""
+def child(actor: bool, calls: int, throughput: bool) -> None:
+    """One side: a session, warmed up; a block of round trips for each "go" line on stdin (with
+    `throughput`: `calls` tasks submitted at once, then all their results got, on 2 CPUs)."""
     import minicluster as ray
 
-    ray.init(num_cpus=1)
+    ray.init(num_cpus=2 if throughput else 1)
 
     @ray.remote
     def f(i: int) -> int:
@@ -52,8 +53,11 @@ def child(actor: bool, calls: int) -> None:
         if line.strip() != "go":
             break
         t0, p0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
-        for i in range(calls):
-            ray.get(call.remote(i))
+        if throughput:
+            ray.get([call.remote(i) for i in range(calls)])
+        else:
+            for i in range(calls):
+                ray.get(call.remote(i))
         t1, p1, m1 = time.perf_counter(), time.process_time(), time.thread_time()
         print(" ".join(f"{(b - a) / calls * 1e6:.2f}" for a, b in ((t0, t1), (p0, p1), (m0, m1))), flush=True)
     ray.shutdown()
@@ -64,7 +68,8 @@ def sessions(trees: list, args: argparse.Namespace, rows: dict) -> None:
     sides = {}
     for tree in trees:
         argv = [sys.executable, os.path.abspath(__file__), tree, tree, "--child", "--calls", str(args.calls)]
-        sides[tree] = subprocess.Popen(argv + (["--actor"] if args.actor else []), cwd=tree, text=True,
+        flags = (["--actor"] if args.actor else []) + (["--throughput"] if args.throughput else [])
+        sides[tree] = subprocess.Popen(argv + flags, cwd=tree, text=True,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        env={**os.environ, "PYTHONPATH": tree})
     try:
@@ -88,19 +93,23 @@ def main() -> None:
     parser.add_argument("a")
     parser.add_argument("b")
     parser.add_argument("--actor", action="store_true", help="actor calls instead of tasks")
+    parser.add_argument("--throughput", action="store_true",
+                        help="blocks of --calls tasks submitted at once, then got (2 CPUs): time per task")
     parser.add_argument("--sessions", type=int, default=6, help="fresh session pairs")
     parser.add_argument("--rounds", type=int, default=8, help="block pairs per session pair")
     parser.add_argument("--calls", type=int, default=300, help="round trips per block")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.actor, args.calls)
+        child(args.actor, args.calls, args.throughput)
         return
     trees = [os.path.abspath(args.a), os.path.abspath(args.b)]
     rows: dict = {tree: [] for tree in trees}
     for _ in range(args.sessions):
         sessions(trees, args, rows)
     what = "actor calls" if args.actor else "tasks"
+    if args.throughput:
+        what += ", submitted in blocks (throughput)"
     print(f"{what}: {args.sessions} x {args.rounds} block pairs of {args.calls} round trips; medians per round trip")
     for tree in trees:
         wall, cpu, main_thread = (statistics.median(row[i] for row in rows[tree]) for i in range(3))

@@ -12,8 +12,8 @@ every process of the machine) and prints the median of each segment:
 
     driver  remote()            D0  -> D1   the caller's side: options, arguments, TaskSpec
     head    submit              D1  -> D2   record and place the task, Exec written to the socket
-    kernel  to the worker       D2  -> W1   the worker's reader thread has decoded the Exec
-    worker  handoff             W1  -> W2   reader thread -> main thread (queue)
+    kernel  to the worker       D2  -> W1   the worker (its main thread, idle) has decoded the Exec
+    worker  handoff             W1  -> W2   the Exec taken from the worker's queue of tasks
     worker  run                 W2  -> W3   arguments, the call, its result stored, Done built
     worker  send                W3  -> W4   Done written to the socket
     kernel  to the head         W4  -> H1   the head's I/O thread has read it
@@ -26,15 +26,15 @@ bench/run.py's [roundtrip] / [actor_call].
 
 `--cpu` wraps nothing: it runs batches of 3,000 round trips and prints, per round trip, the
 wall time and the CPU time of the driver's main thread, of the head's I/O thread and of the
-worker process (both its threads). On a shared host the wall time of a run moves by 30% with
-the host's load; which thread spends how much CPU moves much less, so compare those. It names private functions on
-purpose (it is a profile, not a test); when they move, move it with them.
+worker process (all its threads; its idle spin, node/inbox.py, counts). On a shared host
+the wall time of a run moves by 30% with the host's load; which thread spends how much CPU
+moves much less, so compare those. It names private functions on purpose (it is a profile,
+not a test); when they move, move it with them.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import statistics
 import time
@@ -60,6 +60,7 @@ def install_worker_stamps() -> bool:
     """(in a worker) Stamp W1..W4 of each task, keyed by task id, in builtins._anatomy."""
     import builtins
 
+    from minicluster._private.node import inbox as inbox_module
     from minicluster._private.node import worker as worker_module
     from minicluster._private.wire import protocol
 
@@ -85,26 +86,16 @@ def install_worker_stamps() -> bool:
             stamps.append(dict(current))
             current.clear()
 
+    dispatch = inbox_module.Inbox._dispatch
+
+    def dispatched(self, frame):  # type: ignore[no-untyped-def]
+        dispatch(self, frame)
+        if "W1" not in current and not self.tasks.empty():
+            current["W1"] = now()
+
     worker_module.Worker.execute = execute
     protocol.Connection.send_list = sending
-    worker = next(o for o in gc.get_objects() if type(o) is worker_module.Worker)
-    queue = worker.tasks
-
-    class StampedQueue:
-        def put(self, item):  # type: ignore[no-untyped-def]
-            current["W1"] = now()
-            queue.put(item)
-
-        def get(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            return queue.get(*args, **kwargs)
-
-        def get_nowait(self):  # type: ignore[no-untyped-def]
-            return queue.get_nowait()
-
-        def empty(self):  # type: ignore[no-untyped-def]
-            return queue.empty()
-
-    worker.tasks = StampedQueue()
+    inbox_module.Inbox._dispatch = dispatched
     return True
 
 
@@ -179,7 +170,7 @@ def cpu_per_round_trip(ray, call, pid_call, batches: int) -> None:  # type: igno
             ray.get(call.remote(i))
         after = (time.perf_counter(), time.thread_time(), hub_cpu(), worker_cpu())
         rows.append([(b - a) * 1e6 / BATCH for a, b in zip(before, after)])
-    names = ["wall", "driver main thread", "head I/O thread", "worker (both threads)"]
+    names = ["wall", "driver main thread", "head I/O thread", "worker process"]
     for column, name in enumerate(names):
         print(f"  {name:22s} {statistics.median(row[column] for row in rows):7.1f} us")
 
