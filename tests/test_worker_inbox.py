@@ -10,13 +10,13 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 
 import minicluster as ray
 from minicluster._private.node.inbox import Inbox
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection, encode
 from minicluster.exceptions import TaskCancelledError
-from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,7 +98,7 @@ def test_a_wait_for_a_reply_that_never_comes_times_out_and_gives_the_connection_
 def test_a_signal_reads_what_came_when_nobody_reads(pair):
     inbox, head, seen = pair
     head.sendall(encode([_define(1)]))
-    wait_for(lambda: select_readable(inbox), 5, "the bytes to arrive")
+    wait_for(lambda: _readable(inbox), 5, "the bytes to arrive")
     inbox.on_signal()  # (what the worker's SIGINT handler calls)
     assert [m.function_id for m in seen] == [b"f1"]
 
@@ -117,7 +117,7 @@ def test_a_signal_while_another_thread_reads_leaves_the_message_to_it(pair):
     assert not inbox._reading.locked()
 
 
-def select_readable(inbox: Inbox) -> bool:
+def _readable(inbox: Inbox) -> bool:
     return bool(inbox._poll.poll(0))
 
 
