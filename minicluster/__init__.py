@@ -79,7 +79,8 @@ in this list (tests/test_architecture.py checks it):
                 (Cluster registry), session.py (session folder, key, stale cleanup),
                 log_monitor.py (workers' output on the driver's terminal)
     node/       node_manager.py (a virtual node's process: forks and watches workers),
-                worker.py (runs tasks), inbox.py (who reads a worker's socket, and when),
+                worker.py (runs tasks), task_call.py (one call as a worker runs it), inbox.py
+                (who reads a worker's socket, and when),
                 worker_client.py (the runtime as a worker's code sees it),
                 generator_tasks.py (a generator's items reported as yielded; backpressure),
                 task_errors.py (a failed task's error as its caller gets it), call_args.py

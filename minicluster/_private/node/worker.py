@@ -46,15 +46,16 @@ import threading
 import time
 import traceback
 from types import GeneratorType
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from minicluster._private.client import context
 from minicluster._private.client.object_ref import set_counter
-from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK, FIRST_RETURN
+from minicluster._private.common.task_spec import ACTOR_CREATION_TASK, ACTOR_TASK
 from minicluster._private.node.call_args import ArgumentLost, resolve_args
 from minicluster._private.node.generator_tasks import GeneratorTasks
 from minicluster._private.node.inbox import Inbox
 from minicluster._private.node.proc_title import IDLE, ProcTitle, actor_title, task_title
+from minicluster._private.node.task_call import Call, actor_callable, split_returns
 from minicluster._private.node.task_environment import TaskEnvironment
 from minicluster._private.node.task_errors import error_results, one_line, task_error
 from minicluster._private.node.worker_client import WorkerClient, store_value
@@ -330,9 +331,9 @@ class Worker:
         of the calls that end meanwhile go in the same frame."""
         self.inbox.put(FLUSH_REPLIES)
 
-    def _begin(self, request: msg.Exec) -> "_Call":
+    def _begin(self, request: msg.Exec) -> Call:
         """Find the callable and resolve its arguments; a failure here is kept in call.error."""
-        call = _Call(request)
+        call = Call(request)
         call.token = self.client.enter_task(call.task_id, call.name, call.func_name)
         with self._cancel_lock:  # (see _cancel)
             if call.task_type != ACTOR_TASK:
@@ -366,17 +367,11 @@ class Worker:
             call.error = exc
         return call
 
-    def _callable(self, call: "_Call") -> Any:
+    def _callable(self, call: Call) -> Any:
         if call.task_type == ACTOR_TASK:
             if self.actor is None:
                 raise RayError(f"this worker holds no actor (call {call.name})")
-            if call.method == "__ray_terminate__":
-                return _terminate  # queued like any call: the calls before it run first
-            if call.method == "__ray_ready__":
-                return _ready
-            if call.method == "__ray_call__":  # Ray's: run the function given on the actor
-                return lambda fn, *args, **kwargs: fn(self.actor, *args, **kwargs)
-            return _method_of(self.actor, call.method)
+            return actor_callable(self.actor, call.method)
         fn = self.functions.get(call.function_id)
         if fn is None:  # its first call here
             fn = self._function(call.function_id)
@@ -417,7 +412,7 @@ class Worker:
             self.inbox.start_reader_thread()  # its calls run elsewhere while its messages keep coming
         return None
 
-    def _end(self, call: "_Call", value: Any = None, exc: Optional[BaseException] = None) -> msg.Done:
+    def _end(self, call: Call, value: Any = None, exc: Optional[BaseException] = None) -> msg.Done:
         """Store the results (or the error) and build the Done message."""
         client = self.client
         error_info = None
@@ -436,7 +431,7 @@ class Worker:
             elif call.num_returns == 1:  # nearly always: nothing to split, no comprehension (a call in 3.11)
                 results = [store_value(client, return_ids[0], value, what=f"return value of {name}")]
             else:
-                outputs = _split_returns(value, call.num_returns, name)
+                outputs = split_returns(value, call.num_returns, name)
                 results = [store_value(client, oid, out, what=f"return value of {name}")
                            for oid, out in zip(return_ids, outputs)]
         except ArgumentLost as lost:
@@ -485,93 +480,10 @@ class Worker:
                             start=call.start, end=end, retire=retire)
 
 
-class _Call:
-    """One task or actor call being run: the fields of the head's Exec message, and what running it adds."""
-
-    __slots__ = ("task_id", "attempt", "function_id", "name", "args_blob", "payloads", "num_returns",
-                 "retry_exceptions", "max_calls", "task_type", "func_name", "method", "actor_config", "faults",
-                 "fn", "args", "kwargs", "error", "token", "start", "items", "kept")
-
-    def __init__(self, request: msg.Exec) -> None:
-        # Copied once: the worker reads them some 40 times a task, and CPython 3.11 reads
-        # a slot several times faster than a NamedTuple field.
-        self.task_id = request.task_id
-        self.attempt = request.attempt
-        self.function_id = request.function_id
-        self.name = request.name
-        self.args_blob = request.args_blob
-        self.payloads = request.payloads
-        self.num_returns = request.num_returns
-        self.retry_exceptions = request.retry_exceptions
-        self.max_calls = request.max_calls
-        self.task_type = request.task_type
-        self.func_name = request.func_name
-        self.method = request.method
-        self.actor_config = request.actor_config
-        self.faults = request.faults
-        self.fn: Any = None
-        self.args: Any = ()
-        self.kwargs: Any = {}
-        self.error: Optional[BaseException] = None
-        self.token: Any = None
-        self.start = time.time()
-        self.items = 0  #: a generator task: the items it reported so far
-        self.kept: Any = None  #: a value the Done's results refer to, kept until it is sent
-
-    def return_ids(self) -> List[bytes]:
-        task_id = self.task_id
-        count = self.num_returns
-        if count == 1 or count < 0:  # nearly every task; (a generator task: its completion)
-            return [task_id + FIRST_RETURN]
-        return [task_id + i.to_bytes(4, "little") for i in range(1, count + 1)]
-
-
 def _ended_actor(done: msg.Done) -> bool:
     """The call ended its actor (exit_actor): its Done is not sent; the head fails the call
     with ActorDiedError once the worker is gone, like the calls queued behind it."""
     return done.error is not None and done.error.error_type == "ACTOR_EXIT"
-
-
-def _method_of(actor: Any, name: str) -> Any:
-    """The actor's method `name`, found on its class as Ray does: an instance attribute of the
-    same name (`self.ready = True` beside a `ready()` method) does not hide it."""
-    cls = type(actor)
-    try:
-        member = inspect.getattr_static(cls, name)
-    except AttributeError:
-        return getattr(actor, name)  # (a __getattr__ of the class's own)
-    getter = getattr(type(member), "__get__", None)
-    return getter(member, actor, cls) if getter is not None else member
-
-
-def _ready() -> bool:
-    """`handle.__ray_ready__.remote()` (Ray's): True once the actor is constructed."""
-    return True
-
-
-def _terminate() -> None:
-    """`handle.__ray_terminate__.remote()`: the actor exits as if it called exit_actor()."""
-    raise AsyncioActorExit("__ray_terminate__ was called")
-
-
-def _split_returns(result: Any, num_returns: int, name: str) -> Sequence[Any]:
-    if num_returns < 0:
-        return (result,)  # a generator task: its completion value
-    if num_returns == 1:
-        return (result,)
-    if num_returns == 0:
-        return ()
-    try:
-        values = tuple(result)
-    except TypeError:
-        raise ValueError(
-            f"Task {name} declared num_returns={num_returns} but returned a non-iterable {type(result).__name__}"
-        ) from None
-    if len(values) != num_returns:
-        raise ValueError(
-            f"Task {name} declared num_returns={num_returns} but returned {len(values)} values"
-        )
-    return values
 
 
 def _set_parent_death_signal() -> None:
