@@ -282,12 +282,13 @@ class Worker:
         if call.error is not None:
             return self._end(call, exc=call.error), None
         value, error = None, None
-        # cancel() interrupts the main thread's task, and only inside its own code: raised
-        # anywhere else (while its result is sent, say) it would escape and kill the worker.
-        self.in_user_code = call.task_type != ACTOR_TASK
         if self.pools is None:  # (a threaded actor runs calls at once: its title stays its class's name)
             self.title.set(task_title(call.name))
         try:
+            # cancel() interrupts the main thread's task, and only inside its own code: raised
+            # anywhere else (while its result is sent, say) it would escape and kill the worker.
+            # So set only inside the try: a SIGINT handled right after it lands in the except.
+            self.in_user_code = call.task_type != ACTOR_TASK
             if self.in_user_code and self.cancel_target == call.task_id:
                 raise KeyboardInterrupt  # the cancel came while its arguments were loaded
             value = call.fn(*call.args, **call.kwargs)
