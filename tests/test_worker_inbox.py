@@ -17,6 +17,7 @@ from minicluster._private.node.inbox import Inbox
 from minicluster._private.wire import messages as msg
 from minicluster._private.wire.protocol import Connection, encode
 from minicluster.exceptions import TaskCancelledError
+from minicluster.util.state import get_task
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -139,16 +140,24 @@ def test_a_cancelled_task_queued_behind_one_busy_in_its_own_code_never_runs(clus
             pass  # busy in its own code: no get, no sleep
         return path
 
+    @ray.remote
+    def hold(seconds: float) -> None:
+        time.sleep(seconds)
+
     go = str(tmp_path / "go")
-    assert ray.get(quick.remote(str(tmp_path / "warm"), ""), timeout=10)
+    assert ray.get(quick.remote(str(tmp_path / "warm"), ""), timeout=10)  # now known to be quick
+    blocker = hold.remote(0.3)  # both wait for the CPU: then one runs and the other is pipelined behind it
     busy = quick.remote(str(tmp_path / "busy"), go)
     queued = quick.remote(str(tmp_path / "queued"), "")
     wait_for(lambda: os.path.exists(tmp_path / "busy"), 10, "the busy task to start")
+    wait_for(lambda: (get_task(queued) or [None])[-1].state == "SUBMITTED_TO_WORKER", 10,
+             "the queued task to be pipelined to the busy worker")
     ray.cancel(queued)
     with pytest.raises(TaskCancelledError):
         ray.get(queued, timeout=10)
     open(go, "w").close()
     assert ray.get(busy, timeout=10) == str(tmp_path / "busy")
+    ray.get(blocker, timeout=10)
     assert ray.get(quick.remote(str(tmp_path / "after"), ""), timeout=10)  # the worker is still in step
     assert not os.path.exists(tmp_path / "queued"), "the cancelled task ran"
 
@@ -208,3 +217,24 @@ def test_a_thread_an_actor_call_left_behind_gets_its_value_while_the_actor_takes
     assert [ray.get(keeper.ping.remote(i), timeout=10) for i in range(50)] == list(range(50))
     wait_for(lambda: os.path.exists(path) and open(path).read() == "late value", 10, "the thread's value")
     assert ray.get(keeper.ping.remote(99), timeout=10) == 99
+
+
+def test_cancel_reaches_a_task_busy_in_pure_python_that_reads_nothing(cluster, tmp_path):
+    """No get, no sleep: only the head's signal makes the worker read the CancelTask."""
+    cluster(num_cpus=1)
+    started = str(tmp_path / "started")
+
+    @ray.remote(max_retries=0)
+    def spins(path: str) -> str:
+        with open(path, "w") as file:
+            file.write(str(os.getpid()))
+        while True:
+            pass
+
+    ref = spins.remote(started)
+    wait_for(lambda: os.path.exists(started), 10, "the task to start")
+    ray.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        ray.get(ref, timeout=10)
+    # The worker survived the interrupt and runs the next task.
+    assert ray.get(ray.remote(os.getpid).remote(), timeout=10) == int(open(started).read())

@@ -23,6 +23,7 @@ from minicluster._private.client.object_ref import LocalRefCounter, ObjectRef
 from minicluster._private.client.runtime_client import RuntimeClient
 from minicluster._private.common import config
 from minicluster._private.common.task_spec import ITEM
+from minicluster._private.node.inbox import Inbox
 from minicluster._private.store import object_store, store_spares
 from minicluster._private.store.serialization import Serialized, serialize
 from minicluster._private.wire import messages as msg
@@ -51,7 +52,7 @@ class WorkerClient(RuntimeClient):
         self._held: List[Tuple[msg.Done, Any]] = []
         self._delta_lock = threading.Lock()
         self._requests: Dict[int, list] = {}
-        self.inbox: Any = None  #: the worker's reads of its connection (inbox.py), set by the worker
+        self.inbox: Inbox = None  # type: ignore[assignment]  # (set by the worker right after: worker.py)
         self._request_ids = itertools.count(1)
         #: tasks running or queued here whose cancel() arrived, until they end: is_canceled()
         self.cancel_requested: set = set()

@@ -100,7 +100,9 @@ class Peer:
         """Call fn once every byte sent so far is in the socket: at once if it is already, else
         on the hub thread when the rest is written; never if the connection closes first."""
         with self.lock:
-            if self.out and not self.closed:
+            if self.closed:
+                return
+            if self.out:
                 self.when_sent.append(fn)
                 return
         fn()
@@ -330,7 +332,9 @@ class Hub:
                     sent = len(peer.out)
                 del peer.out[:sent]
             empty = not peer.out
-            ready, peer.when_sent = (peer.when_sent, []) if empty else ([], peer.when_sent)
+            ready: List[Callable[[], None]] = []
+            if empty and peer.when_sent:
+                ready, peer.when_sent = peer.when_sent, []
         for fn in ready:
             self._guard(fn)
         if empty:
